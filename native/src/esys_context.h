@@ -1,0 +1,77 @@
+// One ESYS context over one TCTI. The C++ side only moves bytes and handles: every command takes
+// plain numbers / marshaled TPM structures and returns marshaled structures; parsing and policy
+// live in TypeScript (src/tpm). One command may be in flight per context (ESAPI is not
+// re-entrant); the TypeScript TpmContext queues calls, and `busy_` is the backstop.
+#pragma once
+
+#include <napi.h>
+#include <tss2/tss2_esys.h>
+
+#include <cstdint>
+#include <functional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace tpm_native {
+
+class EsysContext;
+
+// Per-environment state: the JS class constructor and the open contexts, so the environment
+// cleanup hook can finalize whatever JavaScript forgot to close.
+struct InstanceData {
+  Napi::FunctionReference contextCtor;
+  std::set<EsysContext*> open;
+};
+
+class EsysContext : public Napi::ObjectWrap<EsysContext> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit EsysContext(const Napi::CallbackInfo& info);
+  ~EsysContext() override;
+
+  // Takes ownership of an initialized TCTI + ESYS pair (from the open worker).
+  void Adopt(TSS2_TCTI_CONTEXT* tcti, ESYS_CONTEXT* esys);
+  // Finalizes ESYS and the TCTI; safe to call twice. Never while a command runs.
+  void Finalize();
+  bool busy() const { return busy_; }
+  ESYS_CONTEXT* esys() { return esys_; }
+  void Release() { busy_ = false; }
+
+ private:
+  // Checks the context is open and idle, marks it busy; on failure throws and returns false.
+  bool Acquire(const Napi::CallbackInfo& info);
+
+  Napi::Value GetRandom(const Napi::CallbackInfo& info);
+  Napi::Value GetCapability(const Napi::CallbackInfo& info);
+  Napi::Value ReadPublic(const Napi::CallbackInfo& info);
+  Napi::Value NvReadPublic(const Napi::CallbackInfo& info);
+  Napi::Value NvRead(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value IsOpen(const Napi::CallbackInfo& info);
+
+  TSS2_TCTI_CONTEXT* tcti_ = nullptr;
+  ESYS_CONTEXT* esys_ = nullptr;
+  bool busy_ = false;
+};
+
+// What a command returns: named byte strings and numbers, or one byte string alone.
+struct CallResult {
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> bytes;
+  std::vector<std::pair<std::string, double>> numbers;
+  bool single = false;  // resolve with bytes[0] itself instead of an object
+};
+
+using CallBody = std::function<TSS2_RC(ESYS_CONTEXT*, CallResult&)>;
+
+// Runs `body` on the libuv thread pool and settles a promise on the main thread.
+Napi::Value RunOnPool(const Napi::CallbackInfo& info, EsysContext* ctx, CallBody body);
+
+// A JS Error with code ERR_TPM, the numeric rc and tpm2-tss's decoded text.
+Napi::Error TpmRcError(Napi::Env env, TSS2_RC rc, const char* what);
+
+Napi::Value OpenContext(const Napi::CallbackInfo& info);
+Napi::Value PeerCred(const Napi::CallbackInfo& info);
+
+}  // namespace tpm_native

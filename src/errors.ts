@@ -1,0 +1,79 @@
+/**
+ * One error hierarchy for the whole project. Every error a user can meet carries a stable `code`
+ * (assert on it, never on message text) and a `remedy`: one sentence that says what to do next.
+ * Edges (CLI, Workload API, transports) map codes to exit codes or gRPC statuses; nothing else does.
+ */
+
+export type ErrorCode =
+  | 'ERR_USAGE'
+  | 'ERR_CONFIG'
+  | 'ERR_NATIVE_UNAVAILABLE'
+  | 'ERR_TPM'
+  | 'ERR_TPM_CLOSED'
+  | 'ERR_TPM_STRUCTURE'
+  | 'ERR_TPM_UNSUPPORTED'
+  | 'ERR_EK_CERTIFICATE'
+  | 'ERR_PEERCRED'
+  | 'ERR_SIM_BINARY_MISSING'
+  | 'ERR_SIM_PORT_IN_USE'
+  | 'ERR_SIM_STATE_DIR'
+  | 'ERR_SIM_START_FAILED'
+  | 'ERR_SIM_NOT_RUNNING'
+  | 'ERR_SIM_COMMAND_FAILED'
+
+export interface ErrorDetails {
+  readonly remedy?: string
+  readonly cause?: unknown
+}
+
+export class SpiffeEdgeError extends Error {
+  readonly code: ErrorCode
+  readonly remedy: string | undefined
+
+  constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause })
+    this.name = new.target.name
+    this.code = code
+    this.remedy = details.remedy
+  }
+
+  /** JSON shape used by `--json` CLI output and logs: never includes secrets. */
+  toJSON(): { code: ErrorCode; message: string; remedy?: string } {
+    return this.remedy === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, remedy: this.remedy }
+  }
+}
+
+/** Wrong command line: unknown flag, missing argument. Exit code 2, like most CLIs. */
+export class UsageError extends SpiffeEdgeError {
+  constructor(message: string, remedy = 'run the command with --help to see its usage') {
+    super('ERR_USAGE', message, { remedy })
+  }
+}
+
+/** The TPM addon (or the tpm2-tss libraries it links) could not be loaded. */
+export class NativeUnavailableError extends SpiffeEdgeError {
+  readonly searched: readonly string[]
+
+  constructor(searched: readonly string[], cause: unknown) {
+    const why = cause instanceof Error ? cause.message : String(cause)
+    super(
+      'ERR_NATIVE_UNAVAILABLE',
+      `the TPM addon could not be loaded (searched: ${searched.join(', ')}): ${why}`,
+      {
+        cause,
+        remedy:
+          'install tpm2-tss (Debian: apt-get install libtss2-dev) and build the addon with `npm run build:native`, or run scripts/install.sh',
+      },
+    )
+    this.searched = searched
+  }
+}
+
+/** A hardware-sim failure: a simulator binary, port or state directory problem. */
+export class SimError extends SpiffeEdgeError {}
+
+export function isSpiffeEdgeError(err: unknown): err is SpiffeEdgeError {
+  return err instanceof SpiffeEdgeError
+}

@@ -1,0 +1,234 @@
+import { createHash, createPublicKey, type KeyObject } from 'node:crypto'
+import { HASH_ALGS, TPM_ALG, TPM_ECC_CURVE } from '../constants.js'
+import { TpmStructureError } from '../errors.js'
+import { Reader } from './reader.js'
+
+/** TPMA_OBJECT bits (TPM 2.0 part 2, 8.3). */
+export const TPMA_OBJECT = {
+  fixedTPM: 1 << 1,
+  stClear: 1 << 2,
+  fixedParent: 1 << 4,
+  sensitiveDataOrigin: 1 << 5,
+  userWithAuth: 1 << 6,
+  adminWithPolicy: 1 << 7,
+  noDA: 1 << 10,
+  encryptedDuplication: 1 << 11,
+  restricted: 1 << 16,
+  decrypt: 1 << 17,
+  sign: 1 << 18,
+} as const
+
+export interface SymDef {
+  readonly algorithm: number
+  readonly keyBits?: number
+  readonly mode?: number
+}
+
+export interface Scheme {
+  readonly scheme: number
+  readonly hashAlg?: number
+}
+
+interface PublicBase {
+  readonly nameAlg: number
+  readonly objectAttributes: number
+  readonly authPolicy: Uint8Array
+  /** The exact TPMT_PUBLIC bytes this was parsed from: the Name is computed over them. */
+  readonly raw: Uint8Array
+}
+
+export interface RsaPublic extends PublicBase {
+  readonly type: 'rsa'
+  readonly symmetric: SymDef
+  readonly scheme: Scheme
+  readonly keyBits: number
+  /** 0 means the default, 65537. */
+  readonly exponent: number
+  readonly modulus: Uint8Array
+}
+
+export interface EccPublic extends PublicBase {
+  readonly type: 'ecc'
+  readonly symmetric: SymDef
+  readonly scheme: Scheme
+  readonly curveId: number
+  readonly kdf: Scheme
+  readonly x: Uint8Array
+  readonly y: Uint8Array
+}
+
+export type TpmPublic = RsaPublic | EccPublic
+
+const CURVES: ReadonlyMap<number, { readonly jwk: string; readonly size: number }> = new Map([
+  [TPM_ECC_CURVE.NIST_P256, { jwk: 'P-256', size: 32 }],
+  [TPM_ECC_CURVE.NIST_P384, { jwk: 'P-384', size: 48 }],
+  [TPM_ECC_CURVE.NIST_P521, { jwk: 'P-521', size: 66 }],
+])
+
+function readSymDef(r: Reader): SymDef {
+  const algorithm = r.u16('symmetric.algorithm')
+  if (algorithm === TPM_ALG.NULL) return { algorithm }
+  return { algorithm, keyBits: r.u16('symmetric.keyBits'), mode: r.u16('symmetric.mode') }
+}
+
+function readScheme(r: Reader, field: string): Scheme {
+  const scheme = r.u16(`${field}.scheme`)
+  if (scheme === TPM_ALG.NULL) return { scheme }
+  const hashAlg = r.u16(`${field}.hashAlg`)
+  // ECDAA carries a commit count after the hash.
+  if (scheme === TPM_ALG.ECDAA) r.u16(`${field}.count`)
+  return { scheme, hashAlg }
+}
+
+/** Parses a TPMT_PUBLIC from a reader positioned at it (RSA and ECC; others are rejected). */
+function readTpmtPublic(r: Reader, start: number, source: Uint8Array): TpmPublic {
+  const type = r.u16('type')
+  const nameAlg = r.u16('nameAlg')
+  if (!HASH_ALGS.has(nameAlg)) {
+    throw new TpmStructureError(`TPMT_PUBLIC: unsupported nameAlg 0x${nameAlg.toString(16)}`)
+  }
+  const objectAttributes = r.u32('objectAttributes')
+  const authPolicy = r.sized('authPolicy', 64)
+  if (type === TPM_ALG.RSA) {
+    const symmetric = readSymDef(r)
+    const scheme = readScheme(r, 'scheme')
+    const keyBits = r.u16('keyBits')
+    const exponent = r.u32('exponent')
+    const modulus = r.sized('unique.rsa', 512)
+    if (keyBits === 0 || keyBits > 4096 || keyBits % 8 !== 0) {
+      throw new TpmStructureError(`TPMT_PUBLIC: unsupported RSA key size ${keyBits}`)
+    }
+    if (modulus.length !== 0 && modulus.length !== keyBits / 8) {
+      throw new TpmStructureError(
+        `TPMT_PUBLIC: RSA modulus is ${modulus.length} bytes, keyBits says ${keyBits / 8}`,
+      )
+    }
+    const raw = source.subarray(start, r.position)
+    return {
+      type: 'rsa',
+      nameAlg,
+      objectAttributes,
+      authPolicy,
+      symmetric,
+      scheme,
+      keyBits,
+      exponent,
+      modulus,
+      raw,
+    }
+  }
+  if (type === TPM_ALG.ECC) {
+    const symmetric = readSymDef(r)
+    const scheme = readScheme(r, 'scheme')
+    const curveId = r.u16('curveID')
+    const kdf = readScheme(r, 'kdf')
+    const x = r.sized('unique.ecc.x', 128)
+    const y = r.sized('unique.ecc.y', 128)
+    const raw = source.subarray(start, r.position)
+    return {
+      type: 'ecc',
+      nameAlg,
+      objectAttributes,
+      authPolicy,
+      symmetric,
+      scheme,
+      curveId,
+      kdf,
+      x,
+      y,
+      raw,
+    }
+  }
+  throw new TpmStructureError(`TPMT_PUBLIC: unsupported key type 0x${type.toString(16)}`)
+}
+
+/** Parses a marshaled TPM2B_PUBLIC (size-prefixed TPMT_PUBLIC); the size must be exact. */
+export function parseTpm2bPublic(bytes: Uint8Array): TpmPublic {
+  const outer = new Reader(bytes, 'TPM2B_PUBLIC')
+  const inner = outer.sized('publicArea')
+  outer.end()
+  return parseTpmtPublic(inner)
+}
+
+/** Parses a bare TPMT_PUBLIC; trailing bytes are an error. */
+export function parseTpmtPublic(bytes: Uint8Array): TpmPublic {
+  const r = new Reader(bytes, 'TPMT_PUBLIC')
+  const pub = readTpmtPublic(r, 0, bytes)
+  r.end()
+  return pub
+}
+
+/** The object's Name: nameAlg (u16) || H_nameAlg(TPMT_PUBLIC). */
+export function objectName(pub: TpmPublic): Uint8Array {
+  const hash = HASH_ALGS.get(pub.nameAlg)!
+  const digest = createHash(hash.name).update(pub.raw).digest()
+  const out = new Uint8Array(2 + digest.length)
+  out[0] = pub.nameAlg >> 8
+  out[1] = pub.nameAlg & 0xff
+  out.set(digest, 2)
+  return out
+}
+
+function b64url(bytes: Uint8Array): string {
+  return Buffer.from(bytes).toString('base64url')
+}
+
+/** Left-pads a big-endian integer to `size` bytes (ECC coordinates may drop leading zeros). */
+function pad(bytes: Uint8Array, size: number, field: string): Uint8Array {
+  if (bytes.length > size)
+    throw new TpmStructureError(`TPMT_PUBLIC: ${field} longer than the curve`)
+  if (bytes.length === size) return bytes
+  const out = new Uint8Array(size)
+  out.set(bytes, size - bytes.length)
+  return out
+}
+
+/** The public key as a Node KeyObject (RSA or EC); rejects points that are not on the curve. */
+export function publicKeyObject(pub: TpmPublic): KeyObject {
+  try {
+    if (pub.type === 'rsa') {
+      if (pub.modulus.length === 0) throw new TpmStructureError('TPMT_PUBLIC: empty RSA modulus')
+      const e = pub.exponent === 0 ? 65537 : pub.exponent
+      const eBytes = Buffer.alloc(4)
+      eBytes.writeUInt32BE(e)
+      let i = 0
+      while (i < 3 && eBytes[i] === 0) i++
+      return createPublicKey({
+        key: { kty: 'RSA', n: b64url(pub.modulus), e: b64url(eBytes.subarray(i)) },
+        format: 'jwk',
+      })
+    }
+    const curve = CURVES.get(pub.curveId)
+    if (!curve) {
+      throw new TpmStructureError(
+        `TPMT_PUBLIC: unsupported ECC curve 0x${pub.curveId.toString(16)}`,
+      )
+    }
+    return createPublicKey({
+      key: {
+        kty: 'EC',
+        crv: curve.jwk,
+        x: b64url(pad(pub.x, curve.size, 'x')),
+        y: b64url(pad(pub.y, curve.size, 'y')),
+      },
+      format: 'jwk',
+    })
+  } catch (err) {
+    if (err instanceof TpmStructureError) throw err
+    throw new TpmStructureError(`TPMT_PUBLIC: not a valid public key (${(err as Error).message})`)
+  }
+}
+
+/** DER SubjectPublicKeyInfo, the form `tpm2_readpublic -f der` writes. */
+export function publicKeySpki(pub: TpmPublic): Uint8Array {
+  return new Uint8Array(publicKeyObject(pub).export({ type: 'spki', format: 'der' }))
+}
+
+/** A short algorithm label: rsa-2048, ecc-p256, ecc-p384. */
+export function keyAlgorithmLabel(pub: TpmPublic): string {
+  if (pub.type === 'rsa') return `rsa-${pub.keyBits}`
+  const curve = CURVES.get(pub.curveId)
+  return curve
+    ? `ecc-${curve.jwk.toLowerCase().replace('-', '')}`
+    : `ecc-0x${pub.curveId.toString(16)}`
+}
