@@ -38,7 +38,9 @@ fi
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ] \
   || [ ! -f node_modules/pkcs11js/build/Release/pkcs11.node ]; then
   echo "install: npm dependencies"
-  npm ci --no-audit --no-fund --loglevel=error
+  # npm install, not npm ci: npm 11 writes lockfiles without other platforms' optional packages
+  # (Biome's binaries), which npm ci then rejects. Versions still come from the lockfile.
+  npm install --no-audit --no-fund --loglevel=error
 fi
 
 addon=build/Release/tpm_native.node

@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'ERR_TPM'
   | 'ERR_TPM_CLOSED'
   | 'ERR_TPM_STRUCTURE'
+  | 'ERR_TPM_VERIFY'
   | 'ERR_TPM_UNSUPPORTED'
   | 'ERR_EK_CERTIFICATE'
   | 'ERR_PEERCRED'
