@@ -5,6 +5,7 @@
       "sources": [
         "native/src/addon.cc",
         "native/src/esys_context.cc",
+        "native/src/commands.cc",
         "native/src/peercred.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -8,19 +8,6 @@
 
 namespace tpm_native {
 
-namespace {
-
-// Marshals one TPM structure with its Tss2_MU_*_Marshal function into a byte vector.
-template <typename T>
-TSS2_RC Marshal(TSS2_RC (*fn)(const T*, uint8_t*, size_t, size_t*), const T* src,
-                std::vector<uint8_t>& out) {
-  out.resize(sizeof(T) + 16);
-  size_t offset = 0;
-  TSS2_RC rc = fn(src, out.data(), out.size(), &offset);
-  out.resize(rc == TSS2_RC_SUCCESS ? offset : 0);
-  return rc;
-}
-
 bool ReadU32(const Napi::CallbackInfo& info, size_t i, uint32_t* out) {
   if (info.Length() <= i || !info[i].IsNumber()) {
     Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a number")
@@ -37,7 +24,22 @@ bool ReadU32(const Napi::CallbackInfo& info, size_t i, uint32_t* out) {
   return true;
 }
 
-// Maps a hierarchy handle given from JS to its ESYS_TR; other values are not hierarchies.
+bool ReadBytes(const Napi::CallbackInfo& info, size_t i, std::vector<uint8_t>* out) {
+  if (info.Length() <= i || !info[i].IsTypedArray() ||
+      info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a Uint8Array")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  auto arr = info[i].As<Napi::Uint8Array>();
+  out->assign(arr.Data(), arr.Data() + arr.ByteLength());
+  return true;
+}
+
+namespace {
+
+}  // namespace
+
 ESYS_TR HierarchyTr(uint32_t tpmHandle) {
   switch (tpmHandle) {
     case TPM2_RH_OWNER: return ESYS_TR_RH_OWNER;
@@ -46,6 +48,8 @@ ESYS_TR HierarchyTr(uint32_t tpmHandle) {
     default: return ESYS_TR_NONE;
   }
 }
+
+namespace {
 
 // ESYS_TR for an existing TPM object (persistent key or NV index), closed when it goes out of
 // scope. TR_Close only drops ESYS's metadata; it never evicts or flushes anything in the TPM.
@@ -81,6 +85,8 @@ class CallWorker : public Napi::AsyncWorker {
   void OnOK() override {
     Napi::Env env = Env();
     ctx_->Release();
+    for (ESYS_TR tr : result_.created) ctx_->transients.insert(tr);
+    for (ESYS_TR tr : result_.flushed) ctx_->transients.erase(tr);
     if (rc_ != TSS2_RC_SUCCESS) {
       deferred_.Reject(TpmRcError(env, rc_, "TPM command failed").Value());
       return;
@@ -183,6 +189,21 @@ Napi::Function EsysContext::Define(Napi::Env env) {
                          InstanceMethod("readPublic", &EsysContext::ReadPublic),
                          InstanceMethod("nvReadPublic", &EsysContext::NvReadPublic),
                          InstanceMethod("nvRead", &EsysContext::NvRead),
+                         InstanceMethod("createPrimary", &EsysContext::CreatePrimary),
+                         InstanceMethod("create", &EsysContext::Create),
+                         InstanceMethod("load", &EsysContext::Load),
+                         InstanceMethod("flushContext", &EsysContext::FlushContext),
+                         InstanceMethod("trFromTpmPublic", &EsysContext::TrFromTpmPublic),
+                         InstanceMethod("trClose", &EsysContext::TrClose),
+                         InstanceMethod("evictControl", &EsysContext::EvictControl),
+                         InstanceMethod("startPolicySession", &EsysContext::StartPolicySession),
+                         InstanceMethod("policySecret", &EsysContext::PolicySecret),
+                         InstanceMethod("activateCredential", &EsysContext::ActivateCredential),
+                         InstanceMethod("quote", &EsysContext::Quote),
+                         InstanceMethod("pcrRead", &EsysContext::PcrRead),
+                         InstanceMethod("certify", &EsysContext::Certify),
+                         InstanceMethod("sign", &EsysContext::Sign),
+                         InstanceMethod("transients", &EsysContext::Transients),
                          InstanceMethod("close", &EsysContext::Close),
                          InstanceMethod("isOpen", &EsysContext::IsOpen),
                      });
@@ -202,7 +223,11 @@ void EsysContext::Adopt(TSS2_TCTI_CONTEXT* tcti, ESYS_CONTEXT* esys) {
 }
 
 void EsysContext::Finalize() {
-  if (esys_ != nullptr) Esys_Finalize(&esys_);
+  if (esys_ != nullptr) {
+    for (ESYS_TR tr : transients) Esys_FlushContext(esys_, tr);
+    transients.clear();
+    Esys_Finalize(&esys_);
+  }
   if (tcti_ != nullptr) Tss2_TctiLdr_Finalize(&tcti_);
   esys_ = nullptr;
   tcti_ = nullptr;

@@ -32,8 +32,68 @@ export interface NativeEsysContext {
   nvReadPublic(nvIndex: number): Promise<NativeNvReadPublic>
   /** authHandle: the index itself (AUTHREAD) or TPM_RH_OWNER / TPM_RH_PLATFORM. */
   nvRead(nvIndex: number, authHandle: number, size: number, offset: number): Promise<Uint8Array>
+  /** Handles below are ESYS_TR references, not TPM handles (except where named tpmHandle). */
+  createPrimary(hierarchy: number, inPublic: Uint8Array): Promise<NativeCreatedPrimary>
+  create(parent: number, inPublic: Uint8Array): Promise<NativeKeyBlob>
+  load(parent: number, priv: Uint8Array, pub: Uint8Array): Promise<NativeLoaded>
+  flushContext(handle: number): Promise<{ readonly flushed: number }>
+  trFromTpmPublic(tpmHandle: number): Promise<NativeLoaded>
+  trClose(handle: number): Promise<{ readonly closed: number }>
+  evictControl(object: number, persistentTpmHandle: number): Promise<{ readonly handle: number }>
+  startPolicySession(): Promise<{ readonly handle: number }>
+  policySecret(session: number, hierarchy: number): Promise<{ readonly ok: number }>
+  /** credentialBlob: TPM2B_ID_OBJECT, secret: TPM2B_ENCRYPTED_SECRET; returns the decrypted secret. */
+  activateCredential(
+    activate: number,
+    key: number,
+    keySession: number,
+    credentialBlob: Uint8Array,
+    secret: Uint8Array,
+  ): Promise<Uint8Array>
+  /** selection: TPML_PCR_SELECTION; quoted: TPMS_ATTEST; signature: TPMT_SIGNATURE. */
+  quote(signer: number, qualifyingData: Uint8Array, selection: Uint8Array): Promise<NativeQuote>
+  pcrRead(selection: Uint8Array): Promise<NativePcrRead>
+  certify(object: number, signer: number, qualifyingData: Uint8Array): Promise<NativeCertify>
+  /** TPMT_SIGNATURE with the key's scheme, over a digest computed by the caller. */
+  sign(key: number, digest: Uint8Array): Promise<Uint8Array>
+  /** Transient objects and sessions this context has loaded and not flushed. */
+  transients(): number
   close(): void
   isOpen(): boolean
+}
+
+export interface NativeLoaded {
+  readonly handle: number
+  readonly name: Uint8Array
+}
+
+export interface NativeCreatedPrimary extends NativeLoaded {
+  /** Marshaled TPM2B_PUBLIC. */
+  readonly public: Uint8Array
+}
+
+export interface NativeKeyBlob {
+  /** Marshaled TPM2B_PRIVATE (wrapped by the parent: useless outside this TPM). */
+  readonly private: Uint8Array
+  /** Marshaled TPM2B_PUBLIC. */
+  readonly public: Uint8Array
+}
+
+export interface NativeQuote {
+  readonly quoted: Uint8Array
+  readonly signature: Uint8Array
+}
+
+export interface NativeCertify {
+  readonly certifyInfo: Uint8Array
+  readonly signature: Uint8Array
+}
+
+export interface NativePcrRead {
+  readonly updateCounter: number
+  readonly selection: Uint8Array
+  /** Marshaled TPML_DIGEST. */
+  readonly values: Uint8Array
 }
 
 export interface PeerCredentials {

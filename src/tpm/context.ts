@@ -5,7 +5,12 @@ import { TPM_CAP, TPM_PT, TPM_RH } from './constants.js'
 import { fromNative, TpmError } from './errors.js'
 import { parseHandles, parseTpmProperties, propertyString } from './structures/capability.js'
 import { type NvPublic, parseTpm2bNvPublic, TPMA_NV } from './structures/nv.js'
-import { parseTpm2bPublic, type TpmPublic } from './structures/public.js'
+import {
+  marshalTpm2bPublic,
+  type PublicTemplate,
+  parseTpm2bPublic,
+  type TpmPublic,
+} from './structures/public.js'
 
 export interface OpenOptions {
   /** Injected binding (tests, or an embedding that loads the addon itself). */
@@ -29,6 +34,63 @@ export interface FixedProperties {
   readonly specLevel: number
   readonly specRevision: number
   readonly nvBufferMax: number
+}
+
+/** A key's wrapped private part and public area: safe to store, usable only in this TPM. */
+export interface KeyBlob {
+  /** Marshaled TPM2B_PRIVATE. */
+  readonly private: Uint8Array
+  /** Marshaled TPM2B_PUBLIC. */
+  readonly public: Uint8Array
+}
+
+/**
+ * A loaded object with one owner. Disposing it flushes a transient object, or closes the ESYS
+ * reference to a persistent one (which stays in the TPM). swtpm has no resource manager, so a
+ * leaked transient costs one of its ~3 object slots: use `await using`.
+ */
+export class KeyHandle implements AsyncDisposable {
+  readonly handle: number
+  readonly public: TpmPublic
+  readonly name: Uint8Array
+  readonly persistent: boolean
+  private released = false
+  private readonly release: (h: KeyHandle) => Promise<void>
+
+  constructor(
+    handle: number,
+    pub: TpmPublic,
+    name: Uint8Array,
+    persistent: boolean,
+    release: (h: KeyHandle) => Promise<void>,
+  ) {
+    this.handle = handle
+    this.public = pub
+    this.name = name
+    this.persistent = persistent
+    this.release = release
+  }
+
+  get disposed(): boolean {
+    return this.released
+  }
+
+  async dispose(): Promise<void> {
+    if (this.released) return
+    this.released = true
+    await this.release(this)
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.dispose()
+  }
+}
+
+export interface Attestation {
+  /** TPMS_ATTEST, the bytes the signature covers. */
+  readonly message: Uint8Array
+  /** Marshaled TPMT_SIGNATURE. */
+  readonly signature: Uint8Array
 }
 
 export interface PublicArea {
@@ -202,11 +264,122 @@ export class TpmContext implements AsyncDisposable {
     return out
   }
 
+  private handleFor(handle: KeyHandle): number {
+    if (handle.disposed) {
+      throw new SpiffeEdgeError('ERR_TPM_CLOSED', 'this key handle was already disposed', {
+        remedy: 'load the key again; a disposed handle is flushed from the TPM',
+      })
+    }
+    return handle.handle
+  }
+
+  private readonly releaseHandle = async (h: KeyHandle): Promise<void> => {
+    if (this.closed) return // close() flushed everything already
+    if (h.persistent) await this.run((c) => c.trClose(h.handle))
+    else await this.run((c) => c.flushContext(h.handle))
+  }
+
+  /** A primary key in a hierarchy (owner, endorsement), from a template. */
+  async createPrimary(hierarchy: number, template: PublicTemplate): Promise<KeyHandle> {
+    const r = await this.run((c) => c.createPrimary(hierarchy, marshalTpm2bPublic(template)))
+    return new KeyHandle(r.handle, parseTpm2bPublic(r.public), r.name, false, this.releaseHandle)
+  }
+
+  /** Creates a key under a loaded parent; the result is a blob to load (and to store). */
+  async createKey(parent: KeyHandle, template: PublicTemplate): Promise<KeyBlob> {
+    const p = this.handleFor(parent)
+    const r = await this.run((c) => c.create(p, marshalTpm2bPublic(template)))
+    return { private: r.private, public: r.public }
+  }
+
+  async loadKey(parent: KeyHandle, blob: KeyBlob): Promise<KeyHandle> {
+    const p = this.handleFor(parent)
+    const pub = parseTpm2bPublic(blob.public)
+    const r = await this.run((c) => c.load(p, blob.private, blob.public))
+    return new KeyHandle(r.handle, pub, r.name, false, this.releaseHandle)
+  }
+
+  /** A reference to a persistent object (EK at 0x81010001, …); disposing it evicts nothing. */
+  async persistentKey(tpmHandle: number): Promise<KeyHandle> {
+    const area = await this.readPublic(tpmHandle)
+    const r = await this.run((c) => c.trFromTpmPublic(tpmHandle))
+    return new KeyHandle(r.handle, area.public, r.name, true, this.releaseHandle)
+  }
+
+  /** Makes a loaded transient persistent at tpmHandle (owner auth); the transient stays loaded. */
+  async evictControl(key: KeyHandle, persistentTpmHandle: number): Promise<void> {
+    const k = this.handleFor(key)
+    const r = await this.run((c) => c.evictControl(k, persistentTpmHandle))
+    // The new persistent reference is not needed: callers reopen it with persistentKey().
+    if (r.handle !== 0) await this.run((c) => c.trClose(r.handle))
+  }
+
+  /** Removes a persistent object from the TPM (owner auth). */
+  async evictPersistent(tpmHandle: number): Promise<void> {
+    const ref = await this.run((c) => c.trFromTpmPublic(tpmHandle))
+    await this.run((c) => c.evictControl(ref.handle, tpmHandle))
+  }
+
+  /**
+   * TPM2_ActivateCredential: the EK (under a PolicySecret(endorsement) session, as the TCG EK
+   * policy demands) decrypts the credential only if it was made for this AK's Name.
+   */
+  async activateCredential(
+    ak: KeyHandle,
+    ek: KeyHandle,
+    credentialBlob: Uint8Array,
+    encryptedSecret: Uint8Array,
+  ): Promise<Uint8Array> {
+    const a = this.handleFor(ak)
+    const e = this.handleFor(ek)
+    const session = await this.run((c) => c.startPolicySession())
+    try {
+      await this.run((c) => c.policySecret(session.handle, TPM_RH.ENDORSEMENT))
+      return await this.run((c) =>
+        c.activateCredential(a, e, session.handle, credentialBlob, encryptedSecret),
+      )
+    } finally {
+      await this.run((c) => c.flushContext(session.handle))
+    }
+  }
+
+  /** TPM2_Quote over a marshaled TPML_PCR_SELECTION, with the AK's own scheme. */
+  async quote(ak: KeyHandle, nonce: Uint8Array, selection: Uint8Array): Promise<Attestation> {
+    const a = this.handleFor(ak)
+    const r = await this.run((c) => c.quote(a, nonce, selection))
+    return { message: r.quoted, signature: r.signature }
+  }
+
+  /** TPM2_Certify: the AK attests that `key` lives in this TPM (its Name is in the message). */
+  async certify(key: KeyHandle, ak: KeyHandle, nonce: Uint8Array): Promise<Attestation> {
+    const k = this.handleFor(key)
+    const a = this.handleFor(ak)
+    const r = await this.run((c) => c.certify(k, a, nonce))
+    return { message: r.certifyInfo, signature: r.signature }
+  }
+
+  /** Signs a digest with an unrestricted signing key; returns a marshaled TPMT_SIGNATURE. */
+  async sign(key: KeyHandle, digest: Uint8Array): Promise<Uint8Array> {
+    const k = this.handleFor(key)
+    return this.run((c) => c.sign(k, digest))
+  }
+
+  /** One TPM2_PCR_Read call on a marshaled selection (the TPM returns at most 8 digests). */
+  async pcrReadRaw(selection: Uint8Array) {
+    return this.run((c) => c.pcrRead(selection))
+  }
+
+  /** How many transient objects the TPM itself has loaded (a leak shows up here). */
+  async loadedTransientCount(): Promise<number> {
+    return (await this.listHandles(0x80000000)).length
+  }
+
   /** Closes the context after queued calls finish. Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return
     await this.queue
     this.closed = true
+    // The addon flushes every transient this context still holds before finalizing.
     this.ctx.close()
   }
 

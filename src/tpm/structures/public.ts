@@ -2,6 +2,7 @@ import { createHash, createPublicKey, type KeyObject } from 'node:crypto'
 import { HASH_ALGS, TPM_ALG, TPM_ECC_CURVE } from '../constants.js'
 import { TpmStructureError } from '../errors.js'
 import { Reader } from './reader.js'
+import { Writer } from './writer.js'
 
 /** TPMA_OBJECT bits (TPM 2.0 part 2, 8.3). */
 export const TPMA_OBJECT = {
@@ -231,4 +232,41 @@ export function keyAlgorithmLabel(pub: TpmPublic): string {
   return curve
     ? `ecc-${curve.jwk.toLowerCase().replace('-', '')}`
     : `ecc-0x${pub.curveId.toString(16)}`
+}
+
+/** A public area to send to the TPM (templates): the parsed shape without the raw bytes. */
+export type PublicTemplate = Omit<RsaPublic, 'raw'> | Omit<EccPublic, 'raw'>
+
+function writeScheme(w: Writer, s: Scheme): void {
+  w.u16(s.scheme)
+  if (s.scheme === TPM_ALG.NULL) return
+  w.u16(s.hashAlg ?? TPM_ALG.SHA256)
+  if (s.scheme === TPM_ALG.ECDAA) w.u16(0)
+}
+
+/** Marshals a TPMT_PUBLIC. */
+export function marshalTpmtPublic(p: PublicTemplate): Uint8Array {
+  const w = new Writer()
+  w.u16(p.type === 'rsa' ? TPM_ALG.RSA : TPM_ALG.ECC)
+    .u16(p.nameAlg)
+    .u32(p.objectAttributes)
+    .sized(p.authPolicy)
+  w.u16(p.symmetric.algorithm)
+  if (p.symmetric.algorithm !== TPM_ALG.NULL) {
+    w.u16(p.symmetric.keyBits ?? 128).u16(p.symmetric.mode ?? TPM_ALG.CFB)
+  }
+  writeScheme(w, p.scheme)
+  if (p.type === 'rsa') {
+    w.u16(p.keyBits).u32(p.exponent).sized(p.modulus)
+  } else {
+    w.u16(p.curveId)
+    writeScheme(w, p.kdf)
+    w.sized(p.x).sized(p.y)
+  }
+  return w.finish()
+}
+
+/** Marshals a TPM2B_PUBLIC (what the addon's createPrimary/create take). */
+export function marshalTpm2bPublic(p: PublicTemplate): Uint8Array {
+  return new Writer().sized(marshalTpmtPublic(p)).finish()
 }
