@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto'
 import { test } from 'node:test'
 import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { TPM_ALG, TPM_RH } from '../../src/tpm/constants.js'
-import { TpmContext } from '../../src/tpm/context.js'
+import { type KeyBlob, TpmContext } from '../../src/tpm/context.js'
 import { createAk, createSigningKey, openEk, openSrk } from '../../src/tpm/keys.js'
 import { objectName, TPMA_OBJECT } from '../../src/tpm/structures/public.js'
 import { Writer } from '../../src/tpm/structures/writer.js'
@@ -54,7 +54,7 @@ for (const alg of ['ecc-p256', 'rsa-2048'] as const) {
 
 test('the SRK is deterministic: recreating it in a new context loads the old blobs', async () => {
   await using sim = await startSwtpm()
-  let blob
+  let blob: KeyBlob
   {
     await using tpm = await TpmContext.open(sim.tcti)
     await using srk = await openSrk(tpm)
