@@ -219,16 +219,19 @@ Napi::Value EsysContext::EvictControl(const Napi::CallbackInfo& info) {
   });
 }
 
-// startPolicySession() → {handle}: an unbound, unsalted SHA-256 policy session that stays open
-// after use (continueSession) until TypeScript flushes it.
+// startPolicySession(hashAlg) → {handle}: an unbound, unsalted policy session that stays open
+// after use (continueSession) until TypeScript flushes it. The hash must be the nameAlg of the
+// object whose policy it satisfies (SHA-384 for a high-range P-384 EK).
 Napi::Value EsysContext::StartPolicySession(const Napi::CallbackInfo& info) {
+  uint32_t hashAlg;
+  if (!ReadU32(info, 0, &hashAlg)) return info.Env().Undefined();
   if (!Acquire(info)) return info.Env().Undefined();
-  return RunOnPool(info, this, [](ESYS_CONTEXT* esys, CallResult& r) {
+  return RunOnPool(info, this, [hashAlg](ESYS_CONTEXT* esys, CallResult& r) {
     TPMT_SYM_DEF symmetric = {TPM2_ALG_NULL, {}, {}};
     ESYS_TR session = ESYS_TR_NONE;
     TSS2_RC rc = Esys_StartAuthSession(esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
                                        ESYS_TR_NONE, ESYS_TR_NONE, nullptr, TPM2_SE_POLICY,
-                                       &symmetric, TPM2_ALG_SHA256, &session);
+                                       &symmetric, static_cast<TPMI_ALG_HASH>(hashAlg), &session);
     if (rc != TSS2_RC_SUCCESS) return rc;
     rc = Esys_TRSess_SetAttributes(esys, session, TPMA_SESSION_CONTINUESESSION, 0xff);
     if (rc != TSS2_RC_SUCCESS) {
@@ -262,6 +265,22 @@ Napi::Value EsysContext::PolicySecret(const Napi::CallbackInfo& info) {
     Esys_Free(ticket);
     r.numbers.emplace_back("ok", 1);
     return rc;
+  });
+}
+
+// policyOr(session, digests: TPML_DIGEST): the high-range EK templates put PolicySecret in one
+// branch of a PolicyOR.
+Napi::Value EsysContext::PolicyOr(const Napi::CallbackInfo& info) {
+  uint32_t session;
+  TPML_DIGEST digests;
+  if (!ReadU32(info, 0, &session) ||
+      !Unmarshal(info, 1, Tss2_MU_TPML_DIGEST_Unmarshal, &digests, "TPML_DIGEST")) {
+    return info.Env().Undefined();
+  }
+  if (!Acquire(info)) return info.Env().Undefined();
+  return RunOnPool(info, this, [session, digests](ESYS_CONTEXT* esys, CallResult& r) {
+    r.numbers.emplace_back("ok", 1);
+    return Esys_PolicyOR(esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &digests);
   });
 }
 

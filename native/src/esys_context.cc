@@ -198,6 +198,7 @@ Napi::Function EsysContext::Define(Napi::Env env) {
                          InstanceMethod("evictControl", &EsysContext::EvictControl),
                          InstanceMethod("startPolicySession", &EsysContext::StartPolicySession),
                          InstanceMethod("policySecret", &EsysContext::PolicySecret),
+                         InstanceMethod("policyOr", &EsysContext::PolicyOr),
                          InstanceMethod("activateCredential", &EsysContext::ActivateCredential),
                          InstanceMethod("quote", &EsysContext::Quote),
                          InstanceMethod("pcrRead", &EsysContext::PcrRead),

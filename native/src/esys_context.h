@@ -58,6 +58,7 @@ class EsysContext : public Napi::ObjectWrap<EsysContext> {
   Napi::Value EvictControl(const Napi::CallbackInfo& info);
   Napi::Value StartPolicySession(const Napi::CallbackInfo& info);
   Napi::Value PolicySecret(const Napi::CallbackInfo& info);
+  Napi::Value PolicyOr(const Napi::CallbackInfo& info);
   Napi::Value ActivateCredential(const Napi::CallbackInfo& info);
   Napi::Value Quote(const Napi::CallbackInfo& info);
   Napi::Value PcrRead(const Napi::CallbackInfo& info);

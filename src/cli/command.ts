@@ -153,3 +153,14 @@ export function optionalPort(
   }
   return n
 }
+
+/** Parses a hex option (nonces, qualifying data) of 1 to maxBytes bytes. */
+export function parseHexOption(value: string, flag: string, maxBytes = 64): Uint8Array {
+  if (!/^([0-9a-fA-F]{2})+$/.test(value) || value.length > 2 * maxBytes) {
+    throw new UsageError(
+      `--${flag} '${value}' is not 1 to ${maxBytes} bytes of hex`,
+      `pass --${flag} as even-length hex`,
+    )
+  }
+  return new Uint8Array(Buffer.from(value, 'hex'))
+}

@@ -1,6 +1,8 @@
 import { TpmContext } from '../tpm/context.js'
 import { formatTpmInfo, tpmInfo } from '../tpm/info.js'
 import type { Group } from './command.js'
+import { checkQuoteCommand } from './tpm-check-quote.js'
+import { quoteCommand } from './tpm-quote.js'
 
 export const tpmGroup: Group = {
   kind: 'group',
@@ -30,5 +32,7 @@ export const tpmGroup: Group = {
         return 0
       },
     },
+    quoteCommand,
+    checkQuoteCommand,
   ],
 }

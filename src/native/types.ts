@@ -40,8 +40,10 @@ export interface NativeEsysContext {
   trFromTpmPublic(tpmHandle: number): Promise<NativeLoaded>
   trClose(handle: number): Promise<{ readonly closed: number }>
   evictControl(object: number, persistentTpmHandle: number): Promise<{ readonly handle: number }>
-  startPolicySession(): Promise<{ readonly handle: number }>
+  startPolicySession(hashAlg: number): Promise<{ readonly handle: number }>
   policySecret(session: number, hierarchy: number): Promise<{ readonly ok: number }>
+  /** digests: marshaled TPML_DIGEST (2 to 8 branches). */
+  policyOr(session: number, digests: Uint8Array): Promise<{ readonly ok: number }>
   /** credentialBlob: TPM2B_ID_OBJECT, secret: TPM2B_ENCRYPTED_SECRET; returns the decrypted secret. */
   activateCredential(
     activate: number,

@@ -2,15 +2,24 @@ import { SpiffeEdgeError } from '../errors.js'
 import { loadNative } from '../native/load.js'
 import type { NativeBinding, NativeEsysContext } from '../native/types.js'
 import { TPM_CAP, TPM_PT, TPM_RH } from './constants.js'
-import { fromNative, TpmError } from './errors.js'
+import { fromNative, TpmError, TpmStructureError } from './errors.js'
+import { marshalDigestList, policyOrDigest, policySecretDigest } from './policy.js'
 import { parseHandles, parseTpmProperties, propertyString } from './structures/capability.js'
 import { type NvPublic, parseTpm2bNvPublic, TPMA_NV } from './structures/nv.js'
+import {
+  marshalPcrSelection,
+  type PcrSelection,
+  type PcrValues,
+  parsePcrSelection,
+} from './structures/pcr.js'
 import {
   marshalTpm2bPublic,
   type PublicTemplate,
   parseTpm2bPublic,
   type TpmPublic,
 } from './structures/public.js'
+import { Reader } from './structures/reader.js'
+import { EK_POLICY_C } from './templates.js'
 
 export interface OpenOptions {
   /** Injected binding (tests, or an embedding that loads the addon itself). */
@@ -110,6 +119,7 @@ export class TpmContext implements AsyncDisposable {
   private closed = false
   private readonly ctx: NativeEsysContext
   private readonly retries: number
+  private nvBufferMax: number | undefined
   readonly tcti: string
 
   private constructor(ctx: NativeEsysContext, tcti: string, retries: number) {
@@ -247,7 +257,9 @@ export class TpmContext implements AsyncDisposable {
   /** The whole contents of an NV index, read in chunks no larger than the TPM's NV buffer. */
   async nvReadAll(index: number): Promise<Uint8Array> {
     const pub = await this.nvReadPublic(index)
-    const { nvBufferMax } = await this.fixedProperties()
+    // A fixed property: ask once per context.
+    this.nvBufferMax ??= (await this.fixedProperties()).nvBufferMax
+    const nvBufferMax = this.nvBufferMax
     // Prefer the index's own auth (EK certificate indices are AUTHREAD with an empty auth);
     // fall back to the owner hierarchy, whose auth is empty on an unprovisioned TPM.
     const auth = pub.attributes & TPMA_NV.AUTHREAD ? index : TPM_RH.OWNER
@@ -332,9 +344,35 @@ export class TpmContext implements AsyncDisposable {
   ): Promise<Uint8Array> {
     const a = this.handleFor(ak)
     const e = this.handleFor(ek)
-    const session = await this.run((c) => c.startPolicySession())
+    const nameAlg = ek.public.nameAlg
+    // Which session satisfies the EK's policy: plain PolicySecret(endorsement) (templates L-1,
+    // L-2), or that inside a PolicyOR (high-range templates). Anything else: refuse up front.
+    const secretBranch = policySecretDigest(nameAlg, ENDORSEMENT_NAME)
+    const otherBranch = EK_POLICY_C.get(nameAlg)
+    let orBranches: Uint8Array[] | undefined
+    if (!sameBytes(ek.public.authPolicy, secretBranch)) {
+      if (
+        otherBranch &&
+        sameBytes(ek.public.authPolicy, policyOrDigest(nameAlg, [secretBranch, otherBranch]))
+      ) {
+        orBranches = [secretBranch, otherBranch]
+      } else {
+        throw new SpiffeEdgeError(
+          'ERR_TPM_UNSUPPORTED',
+          "the EK's authPolicy is not a TCG EK policy",
+          {
+            remedy: 'use an EK created from a TCG EK template (L-1, L-2 or the high-range ones)',
+          },
+        )
+      }
+    }
+    const session = await this.run((c) => c.startPolicySession(nameAlg))
     try {
       await this.run((c) => c.policySecret(session.handle, TPM_RH.ENDORSEMENT))
+      if (orBranches) {
+        const list = marshalDigestList(orBranches)
+        await this.run((c) => c.policyOr(session.handle, list))
+      }
       return await this.run((c) =>
         c.activateCredential(a, e, session.handle, credentialBlob, encryptedSecret),
       )
@@ -343,10 +381,11 @@ export class TpmContext implements AsyncDisposable {
     }
   }
 
-  /** TPM2_Quote over a marshaled TPML_PCR_SELECTION, with the AK's own scheme. */
-  async quote(ak: KeyHandle, nonce: Uint8Array, selection: Uint8Array): Promise<Attestation> {
+  /** TPM2_Quote over a PCR selection, with the AK's own scheme; nonce is the qualifying data. */
+  async quote(ak: KeyHandle, nonce: Uint8Array, selection: PcrSelection): Promise<Attestation> {
     const a = this.handleFor(ak)
-    const r = await this.run((c) => c.quote(a, nonce, selection))
+    const sel = marshalPcrSelection(selection)
+    const r = await this.run((c) => c.quote(a, nonce, sel))
     return { message: r.quoted, signature: r.signature }
   }
 
@@ -364,9 +403,38 @@ export class TpmContext implements AsyncDisposable {
     return this.run((c) => c.sign(k, digest))
   }
 
-  /** One TPM2_PCR_Read call on a marshaled selection (the TPM returns at most 8 digests). */
-  async pcrReadRaw(selection: Uint8Array) {
-    return this.run((c) => c.pcrRead(selection))
+  /**
+   * PCR values for a selection. TPM2_PCR_Read returns at most 8 digests per call and says which
+   * it returned, so this asks again for the rest; a PCR the TPM never returns (inactive bank) is an
+   * error rather than a silently missing value.
+   */
+  async pcrRead(selection: PcrSelection): Promise<PcrValues> {
+    const out = new Map<number, Map<number, Uint8Array>>()
+    let remaining = selection.map((s) => ({ hashAlg: s.hashAlg, pcrs: [...s.pcrs] }))
+    while (remaining.some((s) => s.pcrs.length > 0)) {
+      const ask = remaining.filter((s) => s.pcrs.length > 0)
+      const r = await this.run((c) => c.pcrRead(marshalPcrSelection(ask)))
+      const got = parsePcrSelection(r.selection)
+      const digests = parseTpmlDigest(r.values)
+      const pairs = got.flatMap((s) => s.pcrs.map((p) => [s.hashAlg, p] as const))
+      if (pairs.length === 0 || pairs.length !== digests.length) {
+        throw new TpmError(
+          `the TPM returned no values for PCRs it was asked for (inactive bank?)`,
+          0,
+          '',
+        )
+      }
+      pairs.forEach(([bank, pcr], i) => {
+        const m = out.get(bank) ?? new Map<number, Uint8Array>()
+        out.set(bank, m)
+        m.set(pcr, digests[i]!)
+      })
+      remaining = remaining.map((s) => ({
+        hashAlg: s.hashAlg,
+        pcrs: s.pcrs.filter((p) => !out.get(s.hashAlg)?.has(p)),
+      }))
+    }
+    return out
   }
 
   /** How many transient objects the TPM itself has loaded (a leak shows up here). */
@@ -386,4 +454,22 @@ export class TpmContext implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close()
   }
+}
+
+/** The Name of TPM_RH_ENDORSEMENT: its handle, big-endian. */
+const ENDORSEMENT_NAME = Uint8Array.from([0x40, 0x00, 0x00, 0x0b])
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
+}
+
+/** TPML_DIGEST: count, then TPM2B_DIGESTs (at most 8 in a PCR_Read response). */
+function parseTpmlDigest(bytes: Uint8Array): Uint8Array[] {
+  const r = new Reader(bytes, 'TPML_DIGEST')
+  const count = r.u32('count')
+  if (count > 8) throw new TpmStructureError(`TPML_DIGEST: count ${count} exceeds 8`)
+  const out: Uint8Array[] = []
+  for (let i = 0; i < count; i++) out.push(r.sized('digest', 64))
+  r.end()
+  return out
 }

@@ -13,6 +13,20 @@ export const EK_POLICY_SHA256 = hex(
   '837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa',
 )
 
+/**
+ * The high-range EK templates (EK profile 2.x, e.g. swtpm's P-384 EK) use
+ * PolicyOR(PolicySecret(endorsement), PolicyAuthorizeNV(…)). These are the second branches, by
+ * nameAlg; the policy-session code checks PolicyOR(A, C) equals the EK's authPolicy before use.
+ */
+export const EK_POLICY_C: ReadonlyMap<number, Uint8Array> = new Map([
+  [
+    TPM_ALG.SHA384,
+    hex(
+      'd6032ce61f2fb3c240eb3cf6a33237ef2b6a16f4293c22b455e261cffd217ad5b4947c2d73e63005eed2dc2b3593d165',
+    ),
+  ],
+])
+
 const EK_ATTRS =
   A.fixedTPM | A.fixedParent | A.sensitiveDataOrigin | A.adminWithPolicy | A.restricted | A.decrypt
 const SRK_ATTRS =

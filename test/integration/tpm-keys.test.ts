@@ -5,16 +5,13 @@ import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { TPM_ALG, TPM_RH } from '../../src/tpm/constants.js'
 import { type KeyBlob, TpmContext } from '../../src/tpm/context.js'
 import { createAk, createSigningKey, openEk, openSrk } from '../../src/tpm/keys.js'
-import { objectName, TPMA_OBJECT } from '../../src/tpm/structures/public.js'
-import { Writer } from '../../src/tpm/structures/writer.js'
-import { rsaEkTemplate } from '../../src/tpm/templates.js'
-
-/** TPML_PCR_SELECTION for one bank (built by hand here; the codec has its own tests). */
-function selection(hashAlg: number, pcrs: number[]): Uint8Array {
-  const bitmap = new Uint8Array(3)
-  for (const p of pcrs) bitmap[p >> 3]! |= 1 << (p & 7)
-  return new Writer().u32(1).u16(hashAlg).u8(3).bytes(bitmap).finish()
-}
+import {
+  objectName,
+  publicFromKeyObject,
+  publicKeyObject,
+  TPMA_OBJECT,
+} from '../../src/tpm/structures/public.js'
+import { eccEkTemplate, rsaEkTemplate } from '../../src/tpm/templates.js'
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
 
@@ -74,6 +71,9 @@ test('openEk finds the persistent RSA EK and recreates a P-256 EK from its templ
   await using p256 = await openEk(tpm, 'ecc-p256')
   assert.equal(p256.persistent, false)
   assert.equal(p256.public.type, 'ecc')
+  // From the key alone (as a server has it from an EK certificate) and the template, the same Name.
+  const rebuilt = publicFromKeyObject(publicKeyObject(p256.public), eccEkTemplate())
+  assert.equal(hex(objectName(rebuilt)), hex(p256.name))
 })
 
 test('no handle leaks: 1000 quote and sign cycles leave the transient count flat', async () => {
@@ -83,7 +83,7 @@ test('no handle leaks: 1000 quote and sign cycles leave the transient count flat
   const akBlob = await createAk(tpm, srk)
   const keyBlob = await createSigningKey(tpm, srk)
   const before = await tpm.loadedTransientCount()
-  const sel = selection(TPM_ALG.SHA256, [0, 1, 7])
+  const sel = [{ hashAlg: TPM_ALG.SHA256, pcrs: [0, 1, 7] }]
   let ticks = 0
   const timer = setInterval(() => ticks++, 5)
   try {

@@ -12,9 +12,12 @@ import {
   keyAlgorithmLabel,
   objectName,
   parseTpm2bPublic,
+  publicFromKeyObject,
+  publicKeyObject,
   publicKeySpki,
   TPMA_OBJECT,
 } from '../../src/tpm/structures/public.js'
+import { eccEkTemplate, rsaEkTemplate } from '../../src/tpm/templates.js'
 import { recordedPublics } from '../fixtures/tpm-publics.js'
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
@@ -137,4 +140,20 @@ test('an NV public area parses, and a truncated one does not', () => {
   assert.equal(p.nvIndex, 0x01c00002)
   assert.equal(p.dataSize, 1016)
   assert.throws(() => parseTpm2bNvPublic(nv.subarray(0, 9)), { code: 'ERR_TPM_STRUCTURE' })
+})
+
+test('an EK public area rebuilt from its key and the TCG template has the recorded Name', () => {
+  const rec = recordedPublics['rsa-2048']!
+  const ek = parseTpm2bPublic(fromHex(rec.tpm2bPublic))
+  const rebuilt = publicFromKeyObject(publicKeyObject(ek), rsaEkTemplate())
+  assert.equal(hex(objectName(rebuilt)), rec.name)
+  assert.equal(hex(rebuilt.raw), hex(ek.raw))
+})
+
+test('a key that does not fit the template is ERR_TPM_STRUCTURE', () => {
+  const rsa = publicKeyObject(parseTpm2bPublic(fromHex(recordedPublics['rsa-2048']!.tpm2bPublic)))
+  const p384 = publicKeyObject(parseTpm2bPublic(fromHex(recordedPublics['ecc-p384']!.tpm2bPublic)))
+  assert.throws(() => publicFromKeyObject(rsa, eccEkTemplate()), { code: 'ERR_TPM_STRUCTURE' })
+  assert.throws(() => publicFromKeyObject(p384, eccEkTemplate()), { code: 'ERR_TPM_STRUCTURE' })
+  assert.throws(() => publicFromKeyObject(p384, rsaEkTemplate()), { code: 'ERR_TPM_STRUCTURE' })
 })

@@ -184,8 +184,21 @@ function pad(bytes: Uint8Array, size: number, field: string): Uint8Array {
   return out
 }
 
+// Parsed public areas are immutable, and building a KeyObject from a JWK costs more than the
+// signature check a verifier does with it: remember one per public area.
+const keyObjects = new WeakMap<TpmPublic, KeyObject>()
+
 /** The public key as a Node KeyObject (RSA or EC); rejects points that are not on the curve. */
 export function publicKeyObject(pub: TpmPublic): KeyObject {
+  let key = keyObjects.get(pub)
+  if (!key) {
+    key = buildKeyObject(pub)
+    keyObjects.set(pub, key)
+  }
+  return key
+}
+
+function buildKeyObject(pub: TpmPublic): KeyObject {
   try {
     if (pub.type === 'rsa') {
       if (pub.modulus.length === 0) throw new TpmStructureError('TPMT_PUBLIC: empty RSA modulus')
@@ -269,4 +282,39 @@ export function marshalTpmtPublic(p: PublicTemplate): Uint8Array {
 /** Marshals a TPM2B_PUBLIC (what the addon's createPrimary/create take). */
 export function marshalTpm2bPublic(p: PublicTemplate): Uint8Array {
   return new Writer().sized(marshalTpmtPublic(p)).finish()
+}
+
+/**
+ * The inverse direction: a TPM public area for a key we only have as a KeyObject (e.g. from an EK
+ * certificate), shaped by a template (nameAlg, attributes, policy, symmetric, scheme). With the TCG
+ * EK template this gives the EK's exact public area, so its Name and MakeCredential work from the
+ * certificate alone.
+ */
+export function publicFromKeyObject(key: KeyObject, template: PublicTemplate): TpmPublic {
+  const jwk = key.export({ format: 'jwk' })
+  const bytes = (s: string | undefined, field: string) => {
+    if (!s) throw new TpmStructureError(`key has no ${field}`)
+    return new Uint8Array(Buffer.from(s, 'base64url'))
+  }
+  let filled: PublicTemplate
+  if (template.type === 'rsa') {
+    if (jwk.kty !== 'RSA') throw new TpmStructureError('template is RSA but the key is not')
+    const modulus = bytes(jwk.n, 'modulus')
+    const e = bytes(jwk.e, 'exponent').reduce((acc, b) => acc * 256 + b, 0)
+    filled = {
+      ...template,
+      keyBits: modulus.length * 8,
+      exponent: e === 65537 ? 0 : e,
+      modulus,
+    }
+  } else {
+    const curve = CURVES.get(template.curveId)
+    if (jwk.kty !== 'EC' || !curve || jwk.crv !== curve.jwk) {
+      throw new TpmStructureError(
+        `template wants curve ${curve?.jwk ?? template.curveId}, key is ${jwk.crv ?? jwk.kty}`,
+      )
+    }
+    filled = { ...template, x: bytes(jwk.x, 'x'), y: bytes(jwk.y, 'y') }
+  }
+  return parseTpmtPublic(marshalTpmtPublic(filled))
 }
