@@ -36,7 +36,8 @@ if [ -z "${npm_config_nodedir:-}" ] && [ -f "$prefix/include/node/node_api.h" ];
 fi
 
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ] \
-  || [ ! -f node_modules/pkcs11js/build/Release/pkcs11.node ]; then
+  || [ ! -f node_modules/pkcs11js/build/Release/pkcs11.node ] \
+  || [ ! -f node_modules/better-sqlite3/build/Release/better_sqlite3.node ]; then
   echo "install: npm dependencies"
   # npm install, not npm ci: npm 11 writes lockfiles without other platforms' optional packages
   # (Biome's binaries), which npm ci then rejects. Versions still come from the lockfile.
