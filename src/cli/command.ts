@@ -12,7 +12,11 @@ export type OptionSpec = {
   readonly description: string
   readonly default?: string | boolean
   readonly valueName?: string
+  /** Repeatable (e.g. --selector unix:uid:0 --selector unix:gid:0): the value is a string[]. */
+  readonly multiple?: boolean
 }
+
+export type OptionValues = Record<string, string | boolean | string[] | undefined>
 
 export interface Io {
   readonly out: (text: string) => void
@@ -27,7 +31,7 @@ export interface Leaf {
   /** Extra lines shown under --help. */
   readonly details?: string
   readonly options: Readonly<Record<string, OptionSpec>>
-  run(values: Record<string, string | boolean | undefined>, io: Io): Promise<number>
+  run(values: OptionValues, io: Io): Promise<number>
 }
 
 export interface Group {
@@ -85,23 +89,22 @@ export async function runCli(root: Group, argv: readonly string[], io: Io): Prom
     }
     const options: Record<
       string,
-      { type: 'string' | 'boolean'; short?: string; default?: string | boolean }
+      { type: 'string' | 'boolean'; short?: string; default?: string | boolean; multiple?: boolean }
     > = {}
     for (const [name, o] of Object.entries(node.options)) {
       options[name] = {
         type: o.type,
         ...(o.short ? { short: o.short } : {}),
         ...(o.default !== undefined ? { default: o.default } : {}),
+        ...(o.multiple ? { multiple: true } : {}),
       }
     }
-    let values: Record<string, string | boolean | undefined>
+    let values: OptionValues
     try {
       // --json is accepted everywhere: it also makes errors machine-readable on stderr.
       const args = 'json' in options ? rest : rest.filter((a) => a !== '--json')
-      values = parseArgs({ args, options, allowPositionals: false, strict: true }).values as Record<
-        string,
-        string | boolean | undefined
-      >
+      values = parseArgs({ args, options, allowPositionals: false, strict: true })
+        .values as OptionValues
     } catch (err) {
       throw new UsageError(
         `${path.join(' ')}: ${(err as Error).message}`,
@@ -131,20 +134,14 @@ export function reportError(err: unknown, io: Io, json: boolean): void {
 }
 
 /** Reads a required string option or throws a usage error naming it. */
-export function requireString(
-  values: Record<string, string | boolean | undefined>,
-  name: string,
-): string {
+export function requireString(values: OptionValues, name: string): string {
   const v = values[name]
   if (typeof v !== 'string' || v === '') throw new UsageError(`--${name} is required`)
   return v
 }
 
 /** Parses an optional port option (1-65535). */
-export function optionalPort(
-  values: Record<string, string | boolean | undefined>,
-  name = 'port',
-): number | undefined {
+export function optionalPort(values: OptionValues, name = 'port'): number | undefined {
   const v = values[name]
   if (v === undefined) return undefined
   const n = Number(v)

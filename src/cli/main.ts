@@ -1,4 +1,6 @@
 import { type Group, type Io, runCli } from './command.js'
+import { serverGroup } from './server.js'
+import { serverRunCommand } from './server-run.js'
 import { simGroup } from './sim.js'
 import { tpmGroup } from './tpm.js'
 
@@ -7,8 +9,8 @@ export const cliTree: Group = {
   name: 'spiffe-edge',
   summary:
     'spiffe-edge: a hardware-attested SPIFFE agent and server for edge fleets.\n' +
-    'The server and agent commands land with their issues; today: the TPM diagnostics and hardware-sim.',
-  children: [tpmGroup, simGroup],
+    'The server (node API, admin), TPM diagnostics and hardware-sim; the agent lands with its issue.',
+  children: [serverGroup(serverRunCommand), tpmGroup, simGroup],
 }
 
 export async function main(argv: readonly string[], io?: Partial<Io>): Promise<number> {

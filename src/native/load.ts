@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { dirname, join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join, resolve } from 'node:path'
+import { packageRoot } from '../common/package-root.js'
 import { NativeUnavailableError } from '../errors.js'
 import type { NativeBinding } from './types.js'
 
@@ -59,14 +59,4 @@ export function loadNative(options: LoadNativeOptions = {}): NativeBinding {
     }
   }
   throw new NativeUnavailableError(searched, lastError)
-}
-
-function packageRoot(): string {
-  // dist/src/native/load.js or src/native/load.ts: walk up to the folder with package.json.
-  let dir = dirname(fileURLToPath(import.meta.url))
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'binding.gyp'))) return dir
-    dir = dirname(dir)
-  }
-  return process.cwd()
 }

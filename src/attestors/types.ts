@@ -1,0 +1,45 @@
+/**
+ * Node attestor plugins, typed by kind. Each attestor has an agent half (produces evidence,
+ * answers challenges) and a server half (verifies, may challenge, names the agent), side by side
+ * in src/attestors/<name>/ and sharing their wire types.
+ */
+
+export interface Selector {
+  readonly type: string
+  readonly value: string
+}
+
+/** Sends a challenge to the agent and resolves with its response. */
+export type Challenger = (challenge: Uint8Array) => Promise<Uint8Array>
+
+export interface AttestationContext {
+  readonly trustDomain: string
+  readonly now: Date
+}
+
+export interface NodeAttestationResult {
+  /** Path of the agent ID under the trust domain: /spire/agent/<attestor>/<unique>. */
+  readonly agentPath: string
+  readonly selectors: readonly Selector[]
+  /** Whether the agent renews by attesting again (TPM) rather than by RenewAgent. */
+  readonly canReattest: boolean
+}
+
+export interface ServerNodeAttestor {
+  readonly kind: 'NodeAttestor'
+  readonly name: string
+  attest(
+    payload: Uint8Array,
+    challenge: Challenger,
+    ctx: AttestationContext,
+  ): Promise<NodeAttestationResult>
+}
+
+export interface AgentNodeAttestor {
+  readonly kind: 'NodeAttestor'
+  readonly name: string
+  /** The first message's payload. */
+  payload(): Promise<Uint8Array>
+  /** Answers one server challenge. */
+  respond(challenge: Uint8Array): Promise<Uint8Array>
+}

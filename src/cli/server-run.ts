@@ -1,0 +1,73 @@
+import { loadNative } from '../native/load.js'
+import { loadServerConfig } from '../server/config.js'
+import { startServer } from '../server/server.js'
+import { type Leaf, optionalPort, requireString } from './command.js'
+
+/** `server run`: runs until SIGTERM/SIGINT, then shuts down gracefully. */
+export const serverRunCommand: Leaf = {
+  kind: 'command',
+  name: 'run',
+  summary: 'run the server',
+  details:
+    'Paths in the config are relative to the config file. Flags override the file, so a server can\n' +
+    'start in a temp dir with one command line. Logs are JSON lines on stderr.',
+  options: {
+    config: { type: 'string', description: 'config file (TOML)', valueName: 'FILE' },
+    'data-dir': { type: 'string', description: 'override server.data_dir', valueName: 'DIR' },
+    'trust-domain': {
+      type: 'string',
+      description: 'override server.trust_domain',
+      valueName: 'TD',
+    },
+    'bind-address': {
+      type: 'string',
+      description: 'override server.bind_address',
+      valueName: 'ADDR',
+    },
+    port: {
+      type: 'string',
+      description: 'override server.bind_port (0: any free port)',
+      valueName: 'N',
+    },
+    'admin-socket': {
+      type: 'string',
+      description: 'override server.admin_socket',
+      valueName: 'PATH',
+    },
+  },
+  async run(values, io) {
+    const file = requireString(values, 'config')
+    const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined)
+    const port = values.port === '0' ? 0 : optionalPort(values)
+    const overrides = {
+      ...(str('data-dir') ? { dataDir: str('data-dir')! } : {}),
+      ...(str('trust-domain') ? { trustDomain: str('trust-domain')! } : {}),
+      ...(str('bind-address') ? { bindAddress: str('bind-address')! } : {}),
+      ...(port !== undefined ? { bindPort: port } : {}),
+      ...(str('admin-socket') ? { adminSocket: str('admin-socket')! } : {}),
+    }
+    const config = loadServerConfig(file, overrides)
+    // The admin socket also checks callers' kernel credentials when the addon is available.
+    let peerCred:
+      | ((s: import('node:net').Socket) => import('../native/types.js').PeerCredentials)
+      | undefined
+    try {
+      const native = loadNative()
+      peerCred = (s) => native.peerCred((s as unknown as { _handle: { fd: number } })._handle.fd)
+    } catch {
+      peerCred = undefined
+    }
+    const server = await startServer(config, { peerCred })
+    // Scripts read this line to learn the port when --port 0 was asked.
+    io.out(
+      `${JSON.stringify({ listening: `${config.bindAddress}:${server.port}`, admin_socket: server.adminSocket, trust_domain: config.trustDomain })}\n`,
+    )
+    await new Promise<void>((resolve) => {
+      const stop = () => resolve()
+      process.once('SIGTERM', stop)
+      process.once('SIGINT', stop)
+    })
+    await server.close()
+    return 0
+  },
+}

@@ -1,0 +1,151 @@
+/**
+ * Config reading that reports every problem at once and refuses unknown keys (a typo must not
+ * silently fall back to a default). Values come from TOML tables; paths are resolved against the
+ * config file's folder so a config works as-is wherever it is copied with its data.
+ */
+import { isAbsolute, resolve } from 'node:path'
+import { SpiffeEdgeError } from '../errors.js'
+
+export type Table = Record<string, unknown>
+
+export class ConfigError extends SpiffeEdgeError {
+  readonly problems: readonly string[]
+
+  constructor(source: string, problems: readonly string[]) {
+    super(
+      'ERR_CONFIG',
+      `${source}: ${problems.length} problem(s):\n  - ${problems.join('\n  - ')}`,
+      {
+        remedy: 'fix the listed keys; see examples/local for a working config',
+      },
+    )
+    this.problems = problems
+  }
+}
+
+export class ConfigReader {
+  readonly problems: string[] = []
+  private readonly baseDir: string
+
+  constructor(baseDir: string) {
+    this.baseDir = baseDir
+  }
+
+  table(parent: Table, key: string, path: string, required = false): Table | undefined {
+    const v = parent[key]
+    if (v === undefined) {
+      if (required) this.problems.push(`${path}: missing table`)
+      return undefined
+    }
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+      this.problems.push(`${path}: must be a table`)
+      return undefined
+    }
+    return v as Table
+  }
+
+  /** Records every key of `t` that is not in `known`. */
+  known(t: Table | undefined, known: readonly string[], path: string): void {
+    if (!t) return
+    for (const k of Object.keys(t)) {
+      if (!known.includes(k)) this.problems.push(`${path}.${k}: unknown key`)
+    }
+  }
+
+  string(t: Table | undefined, key: string, path: string, def?: string): string | undefined {
+    const v = t?.[key]
+    if (v === undefined) {
+      if (def === undefined) this.problems.push(`${path}.${key}: required`)
+      return def
+    }
+    if (typeof v !== 'string' || v === '') {
+      this.problems.push(`${path}.${key}: must be a non-empty string`)
+      return def
+    }
+    return v
+  }
+
+  optionalString(t: Table | undefined, key: string, path: string): string | undefined {
+    return t?.[key] === undefined ? undefined : this.string(t, key, path)
+  }
+
+  path(t: Table | undefined, key: string, path: string, def?: string): string | undefined {
+    const v = this.string(t, key, path, def)
+    return v === undefined ? undefined : isAbsolute(v) ? v : resolve(this.baseDir, v)
+  }
+
+  int(
+    t: Table | undefined,
+    key: string,
+    path: string,
+    def: number,
+    min: number,
+    max: number,
+  ): number {
+    const v = t?.[key]
+    if (v === undefined) return def
+    const n = typeof v === 'bigint' ? Number(v) : v
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
+      this.problems.push(`${path}.${key}: must be an integer from ${min} to ${max}`)
+      return def
+    }
+    return n
+  }
+
+  bool(t: Table | undefined, key: string, path: string, def: boolean): boolean {
+    const v = t?.[key]
+    if (v === undefined) return def
+    if (typeof v !== 'boolean') {
+      this.problems.push(`${path}.${key}: must be true or false`)
+      return def
+    }
+    return v
+  }
+
+  oneOf<T extends string>(
+    t: Table | undefined,
+    key: string,
+    path: string,
+    values: readonly T[],
+    def: T,
+  ): T {
+    const v = t?.[key]
+    if (v === undefined) return def
+    if (typeof v !== 'string' || !values.includes(v as T)) {
+      this.problems.push(`${path}.${key}: must be one of ${values.join(', ')}`)
+      return def
+    }
+    return v as T
+  }
+
+  /** Durations like "90s", "5m", "1h30m", "24h"; returns seconds. */
+  duration(t: Table | undefined, key: string, path: string, defSeconds: number): number {
+    const v = t?.[key]
+    if (v === undefined) return defSeconds
+    const s = typeof v === 'string' ? parseDuration(v) : undefined
+    if (s === undefined || s <= 0) {
+      this.problems.push(`${path}.${key}: must be a duration like "90s", "5m" or "24h"`)
+      return defSeconds
+    }
+    return s
+  }
+
+  /** Throws one ConfigError naming every problem found. */
+  done(source: string): void {
+    if (this.problems.length > 0) throw new ConfigError(source, this.problems)
+  }
+}
+
+const UNITS: Readonly<Record<string, number>> = { s: 1, m: 60, h: 3600, d: 86400 }
+
+export function parseDuration(text: string): number | undefined {
+  const re = /(\d+)([smhd])/g
+  let total = 0
+  let consumed = 0
+  for (const m of text.matchAll(re)) {
+    if (m.index !== consumed) return undefined
+    total += Number(m[1]) * UNITS[m[2]!]!
+    consumed += m[0].length
+  }
+  return consumed === text.length && consumed > 0 ? total : undefined
+}

@@ -1,0 +1,155 @@
+import { createPrivateKey, createPublicKey, randomBytes } from 'node:crypto'
+import { chmod, mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises'
+import { join } from 'node:path'
+import { generateSoftwareKeyPair, softwareKey } from './memory.js'
+import {
+  type Key,
+  type KeyManager,
+  KeyManagerError,
+  type KeyType,
+  keyTypeOf,
+  validateKeyId,
+} from './types.js'
+
+const SUFFIX = '.key.pem'
+
+function errCode(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err
+    ? String((err as { code: unknown }).code)
+    : undefined
+}
+
+/**
+ * Software keys persisted as one unencrypted PKCS#8 PEM per key (`<dir>/<id>.key.pem`), mode 0600
+ * in a 0700 directory, like SPIRE's disk key manager. Files are replaced atomically (temp file,
+ * fsync, rename) so a crash never leaves a half-written key. Key material never reaches logs or
+ * error messages.
+ */
+export class DiskKeyManager implements KeyManager {
+  readonly dir: string
+  private ready: Promise<void> | undefined
+
+  constructor(dir: string) {
+    this.dir = dir
+  }
+
+  private pathOf(id: string): string {
+    return join(this.dir, `${id}${SUFFIX}`)
+  }
+
+  private ensureDir(): Promise<void> {
+    this.ready ??= (async () => {
+      try {
+        await mkdir(this.dir, { recursive: true, mode: 0o700 })
+      } catch (err) {
+        this.ready = undefined
+        throw new KeyManagerError(
+          `cannot create key directory ${this.dir}`,
+          'check the path and that this user may create it',
+          err,
+        )
+      }
+    })()
+    return this.ready
+  }
+
+  async generateKey(id: string, type: KeyType): Promise<Key> {
+    validateKeyId(id)
+    await this.ensureDir()
+    const { privateKey, publicKey } = await generateSoftwareKeyPair(type)
+    const pem = privateKey.export({ format: 'pem', type: 'pkcs8' })
+    const target = this.pathOf(id)
+    // The temp name never ends in SUFFIX, so listKeys never sees a half-written file.
+    const tmp = join(this.dir, `.${id}.${randomBytes(6).toString('hex')}.tmp`)
+    try {
+      const fh = await open(tmp, 'wx', 0o600)
+      try {
+        await fh.writeFile(pem)
+        await fh.sync()
+      } finally {
+        await fh.close()
+      }
+      await chmod(tmp, 0o600) // a umask cannot widen it, but a weird ACL default could
+      await rename(tmp, target)
+    } catch (err) {
+      await rm(tmp, { force: true }).catch(() => {})
+      throw new KeyManagerError(
+        `cannot write key ${id} to ${this.dir}`,
+        'check that the key directory is writable and the disk not full',
+        err,
+      )
+    }
+    return softwareKey(id, type, privateKey, publicKey)
+  }
+
+  async getKey(id: string): Promise<Key | undefined> {
+    validateKeyId(id)
+    const path = this.pathOf(id)
+    let pem: Buffer
+    try {
+      pem = await readFile(path)
+    } catch (err) {
+      if (errCode(err) === 'ENOENT') return undefined
+      throw new KeyManagerError(`cannot read key file ${path}`, 'check the file permissions', err)
+    }
+    return loadKey(id, path, pem)
+  }
+
+  async listKeys(): Promise<Key[]> {
+    let names: string[]
+    try {
+      names = await readdir(this.dir)
+    } catch (err) {
+      if (errCode(err) === 'ENOENT') return []
+      throw new KeyManagerError(
+        `cannot list key directory ${this.dir}`,
+        'check the directory permissions',
+        err,
+      )
+    }
+    const keys: Key[] = []
+    for (const name of names.sort()) {
+      if (!name.endsWith(SUFFIX)) continue
+      const id = name.slice(0, -SUFFIX.length)
+      if (!/^[A-Za-z0-9._-]{1,64}$/.test(id)) continue // not ours
+      const key = await this.getKey(id)
+      if (key) keys.push(key)
+    }
+    return keys
+  }
+
+  async deleteKey(id: string): Promise<void> {
+    validateKeyId(id)
+    try {
+      await rm(this.pathOf(id), { force: true })
+    } catch (err) {
+      throw new KeyManagerError(
+        `cannot delete key ${id} from ${this.dir}`,
+        'check the directory permissions',
+        err,
+      )
+    }
+  }
+}
+
+function loadKey(id: string, path: string, pem: Buffer): Key {
+  const corrupt = (why: string, cause?: unknown): KeyManagerError =>
+    new KeyManagerError(
+      `key file ${path} ${why}`,
+      `restore the file from a backup, or delete it and generate key ${id} again ` +
+        '(anything it signed must then be re-issued)',
+      cause,
+    )
+  let privateKey: ReturnType<typeof createPrivateKey>
+  try {
+    // Parse errors from OpenSSL carry no key bytes, but keep the cause for debugging.
+    privateKey = createPrivateKey({ key: pem, format: 'pem' })
+  } catch (err) {
+    throw corrupt('is not a valid PKCS#8 PEM private key', err)
+  } finally {
+    pem.fill(0) // do not leave the PEM text lying around in the heap
+  }
+  const keyType = keyTypeOf(privateKey)
+  if (keyType === undefined) throw corrupt('holds an unsupported key type')
+  return softwareKey(id, keyType, privateKey, createPublicKey(privateKey))
+}

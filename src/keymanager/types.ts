@@ -1,0 +1,159 @@
+import { createPublicKey, sign as cryptoSign, type KeyObject } from 'node:crypto'
+import { SpiffeEdgeError } from '../errors.js'
+
+/** The key types every key manager (software, TPM, PKCS#11) must support. */
+export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-4096'
+
+export const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
+
+/**
+ * Something that signs with a private key it may never reveal. This is the hardware seam: a
+ * TPM or PKCS#11 key implements it without exposing its private key.
+ */
+export interface Signer {
+  readonly keyType: KeyType
+  readonly publicKey: KeyObject
+  /**
+   * Hashes `data` (SHA-256, or SHA-384 for ec-p384) and signs the digest. ECDSA signatures are
+   * IEEE P1363 r||s (the JWS and WebCrypto form), RSA signatures PKCS#1 v1.5.
+   */
+  sign(data: Uint8Array): Promise<Uint8Array>
+}
+
+export interface Key extends Signer {
+  readonly id: string
+}
+
+export interface KeyManager {
+  /** Generates a key under `id`, replacing any key already there. */
+  generateKey(id: string, type: KeyType): Promise<Key>
+  getKey(id: string): Promise<Key | undefined>
+  listKeys(): Promise<Key[]>
+  /** Deletes the key; deleting a missing key is not an error. */
+  deleteKey(id: string): Promise<void>
+}
+
+/** A key manager failure: bad id, unreadable or corrupt key store. */
+export class KeyManagerError extends SpiffeEdgeError {
+  constructor(message: string, remedy: string, cause?: unknown) {
+    super('ERR_KEY_MANAGER', message, { remedy, cause })
+  }
+}
+
+export function isKeyType(s: unknown): s is KeyType {
+  return typeof s === 'string' && (KEY_TYPES as readonly string[]).includes(s)
+}
+
+/** The hash sign() applies: SHA-384 pairs with P-384, SHA-256 with everything else. */
+export function hashOf(keyType: KeyType): 'SHA-256' | 'SHA-384' {
+  return keyType === 'ec-p384' ? 'SHA-384' : 'SHA-256'
+}
+
+export function jwsAlgorithm(keyType: KeyType): 'ES256' | 'ES384' | 'RS256' {
+  switch (keyType) {
+    case 'ec-p256':
+      return 'ES256'
+    case 'ec-p384':
+      return 'ES384'
+    default:
+      return 'RS256'
+  }
+}
+
+export type WebCryptoSigningAlgorithm =
+  | { name: 'ECDSA'; hash: 'SHA-256' | 'SHA-384'; namedCurve: 'P-256' | 'P-384' }
+  | { name: 'RSASSA-PKCS1-v1_5'; hash: 'SHA-256' }
+
+/** The WebCrypto algorithm matching sign(): what @peculiar/x509 needs as `signingAlgorithm`. */
+export function webCryptoAlgorithm(keyType: KeyType): WebCryptoSigningAlgorithm {
+  switch (keyType) {
+    case 'ec-p256':
+      return { name: 'ECDSA', hash: 'SHA-256', namedCurve: 'P-256' }
+    case 'ec-p384':
+      return { name: 'ECDSA', hash: 'SHA-384', namedCurve: 'P-384' }
+    default:
+      return { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' }
+  }
+}
+
+/** Node's generateKeyPair options for a key type. */
+export function generateOptions(
+  keyType: KeyType,
+): { type: 'ec'; namedCurve: string } | { type: 'rsa'; modulusLength: number } {
+  switch (keyType) {
+    case 'ec-p256':
+      return { type: 'ec', namedCurve: 'prime256v1' }
+    case 'ec-p384':
+      return { type: 'ec', namedCurve: 'secp384r1' }
+    case 'rsa-2048':
+      return { type: 'rsa', modulusLength: 2048 }
+    case 'rsa-4096':
+      return { type: 'rsa', modulusLength: 4096 }
+  }
+}
+
+/** The key type of a (public or private) key, or undefined when it is not one we support. */
+export function keyTypeOf(key: KeyObject): KeyType | undefined {
+  const d = key.asymmetricKeyDetails
+  if (key.asymmetricKeyType === 'ec') {
+    if (d?.namedCurve === 'prime256v1') return 'ec-p256'
+    if (d?.namedCurve === 'secp384r1') return 'ec-p384'
+  } else if (key.asymmetricKeyType === 'rsa') {
+    // Only the common exponent: hardware keys use it, and odd exponents are a red flag.
+    if (d?.publicExponent !== undefined && d.publicExponent !== 65537n) return undefined
+    if (d?.modulusLength === 2048) return 'rsa-2048'
+    if (d?.modulusLength === 4096) return 'rsa-4096'
+  }
+  return undefined
+}
+
+/** Signs with an in-process private key the way Signer.sign() is specified to. */
+export function signWithPrivateKey(
+  privateKey: KeyObject,
+  keyType: KeyType,
+  data: Uint8Array,
+): Promise<Uint8Array> {
+  const hash = keyType === 'ec-p384' ? 'sha384' : 'sha256'
+  return new Promise((resolve, reject) => {
+    // The callback form runs on the libuv pool, so RSA-4096 signing does not block the loop.
+    cryptoSign(hash, data, { key: privateKey, dsaEncoding: 'ieee-p1363' }, (err, sig) => {
+      if (err) reject(err)
+      else resolve(new Uint8Array(sig.buffer, sig.byteOffset, sig.byteLength))
+    })
+  })
+}
+
+/** A Signer over an in-process private key (tests, software CAs, short-lived keys). */
+export function softwareSigner(privateKey: KeyObject, publicKey?: KeyObject): Signer {
+  if (privateKey.type !== 'private') {
+    throw new KeyManagerError(
+      'softwareSigner needs a private key',
+      'pass the private KeyObject, not its public half',
+    )
+  }
+  const keyType = keyTypeOf(privateKey)
+  if (keyType === undefined) {
+    throw new KeyManagerError(
+      `unsupported key (${privateKey.asymmetricKeyType})`,
+      `use one of ${KEY_TYPES.join(', ')}`,
+    )
+  }
+  return {
+    keyType,
+    // createPublicKey on a private KeyObject returns its public half.
+    publicKey: publicKey ?? createPublicKey(privateKey),
+    sign: (data) => signWithPrivateKey(privateKey, keyType, data),
+  }
+}
+
+const KEY_ID = /^[A-Za-z0-9._-]{1,64}$/
+
+/** Key ids end up in file names and HSM labels: keep them to a safe, bounded alphabet. */
+export function validateKeyId(id: string): void {
+  if (typeof id !== 'string' || !KEY_ID.test(id)) {
+    throw new KeyManagerError(
+      `invalid key id ${JSON.stringify(String(id).slice(0, 80))}`,
+      'use 1-64 characters of A-Z, a-z, 0-9, dot, dash and underscore',
+    )
+  }
+}

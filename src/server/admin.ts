@@ -1,0 +1,248 @@
+/**
+ * The admin API: JSON over HTTP/1.1 on a local Unix socket (curl --unix-socket works). Access is
+ * the socket file's mode (0600, or 0660 with a configured group) and, where the TPM addon loads,
+ * the caller's kernel credentials too (SO_PEERCRED): root, the server's own user, or the group.
+ */
+import { chmodSync, chownSync, existsSync, rmSync } from 'node:fs'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
+import { isSpiffeEdgeError, SpiffeEdgeError } from '../errors.js'
+import type { PeerCredentials } from '../native/types.js'
+import type { AttestedNode, Datastore, EntryInput, RegistrationEntry } from './datastore/types.js'
+
+export interface AdminCore {
+  readonly trustDomain: string
+  readonly datastore: Datastore
+  bundle(): Promise<{ spiffe: string; pem: string; sequence: number }>
+  generateJoinToken(
+    spiffeId: string | undefined,
+    ttlSeconds: number,
+  ): Promise<{ token: string; expiresAt: number }>
+  /** Validates an entry (IDs, selectors) and fills defaults; throws coded errors. */
+  checkEntry(input: unknown): EntryInput
+}
+
+export interface AdminServerOptions {
+  readonly socketPath: string
+  /** A group id allowed besides root and the server's own user. */
+  readonly allowedGid?: number | undefined
+  /** Kernel credentials of a connected socket; absent: file permissions alone guard the socket. */
+  readonly peerCred?: ((socket: Socket) => PeerCredentials) | undefined
+  readonly log?: (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void
+}
+
+class HttpError extends SpiffeEdgeError {
+  readonly status: number
+  constructor(status: number, code: 'ERR_USAGE' | 'ERR_AUTH', message: string, remedy: string) {
+    super(code, message, { remedy })
+    this.status = status
+  }
+}
+
+const STATUS_BY_CODE: Readonly<Record<string, number>> = {
+  ERR_USAGE: 400,
+  ERR_CONFIG: 400,
+  ERR_SPIFFE_ID_INVALID: 400,
+  ERR_DATASTORE_INVALID: 400,
+  ERR_DATASTORE_NOT_FOUND: 404,
+  ERR_DATASTORE_CONFLICT: 409,
+  ERR_AUTH: 403,
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const c of req) {
+    size += (c as Buffer).length
+    if (size > 1 << 20)
+      throw new HttpError(400, 'ERR_USAGE', 'request body over 1 MiB', 'send less')
+    chunks.push(c as Buffer)
+  }
+  if (size === 0) return {}
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch {
+    throw new HttpError(400, 'ERR_USAGE', 'request body is not JSON', 'send a JSON object')
+  }
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = `${JSON.stringify(body)}\n`
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+  })
+  res.end(text)
+}
+
+export function entryJson(e: RegistrationEntry): Record<string, unknown> {
+  return { ...e }
+}
+
+export function agentJson(n: AttestedNode): Record<string, unknown> {
+  return { ...n }
+}
+
+export async function startAdminServer(
+  core: AdminCore,
+  opts: AdminServerOptions,
+): Promise<Server & AsyncDisposable> {
+  const ds = core.datastore
+  const allowed = new WeakMap<Socket, boolean>()
+  const myUid = process.getuid?.() ?? 0
+  const server = createServer(async (req, res) => {
+    try {
+      if (req.socket && allowed.get(req.socket) === false) {
+        throw new HttpError(
+          403,
+          'ERR_AUTH',
+          'caller is not allowed on the admin socket',
+          'run the admin CLI as root or as the server user',
+        )
+      }
+      const url = new URL(req.url ?? '/', 'http://admin')
+      const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
+      const route = `${req.method} /${parts.slice(0, 2).join('/')}`
+      const id = parts[2]
+      switch (route) {
+        case 'GET /v1/health':
+          return send(res, 200, { healthy: true, trust_domain: core.trustDomain })
+        case 'GET /v1/bundle': {
+          const b = await core.bundle()
+          const format = url.searchParams.get('format') ?? 'pem'
+          if (format !== 'pem' && format !== 'spiffe') {
+            throw new HttpError(
+              400,
+              'ERR_USAGE',
+              `unknown bundle format '${format}'`,
+              'use pem or spiffe',
+            )
+          }
+          return send(res, 200, {
+            format,
+            sequence: b.sequence,
+            bundle: format === 'pem' ? b.pem : b.spiffe,
+          })
+        }
+        case 'POST /v1/entries': {
+          const entry = await ds.createEntry(core.checkEntry(await readJson(req)))
+          return send(res, 201, entryJson(entry))
+        }
+        case 'GET /v1/entries': {
+          if (id) {
+            const e = await ds.getEntry(id)
+            if (!e)
+              throw new SpiffeEdgeError('ERR_DATASTORE_NOT_FOUND', `no entry ${id}`, {
+                remedy: 'list entries to find its id',
+              })
+            return send(res, 200, entryJson(e))
+          }
+          const filter: { parentId?: string; spiffeId?: string } = {}
+          const parentId = url.searchParams.get('parentId')
+          const spiffeId = url.searchParams.get('spiffeId')
+          if (parentId) filter.parentId = parentId
+          if (spiffeId) filter.spiffeId = spiffeId
+          return send(res, 200, { entries: (await ds.listEntries(filter)).map(entryJson) })
+        }
+        case 'PUT /v1/entries': {
+          if (!id) throw new HttpError(400, 'ERR_USAGE', 'entry id missing', 'PUT /v1/entries/<id>')
+          const entry = await ds.updateEntry(id, core.checkEntry(await readJson(req)))
+          return send(res, 200, entryJson(entry))
+        }
+        case 'DELETE /v1/entries': {
+          if (!id)
+            throw new HttpError(400, 'ERR_USAGE', 'entry id missing', 'DELETE /v1/entries/<id>')
+          await ds.deleteEntry(id)
+          return send(res, 200, { deleted: id })
+        }
+        case 'GET /v1/agents': {
+          if (id) {
+            const n = await ds.getAttestedNode(id)
+            if (!n)
+              throw new SpiffeEdgeError('ERR_DATASTORE_NOT_FOUND', `no agent ${id}`, {
+                remedy: 'list agents to find its SPIFFE ID',
+              })
+            return send(res, 200, agentJson(n))
+          }
+          return send(res, 200, { agents: (await ds.listAttestedNodes()).map(agentJson) })
+        }
+        case 'POST /v1/agents': {
+          // POST /v1/agents/<id>/ban
+          const action = parts[3]
+          if (!id || (action !== 'ban' && action !== 'evict')) {
+            throw new HttpError(
+              400,
+              'ERR_USAGE',
+              'use POST /v1/agents/<id>/ban or /evict',
+              'see --help',
+            )
+          }
+          if (action === 'ban') await ds.updateAttestedNode(id, { banned: true })
+          else await ds.deleteAttestedNode(id)
+          opts.log?.('info', `agent ${action === 'ban' ? 'banned' : 'evicted'}`, { agent: id })
+          return send(res, 200, { [action === 'ban' ? 'banned' : 'evicted']: id })
+        }
+        case 'POST /v1/tokens': {
+          const body = (await readJson(req)) as { spiffe_id?: unknown; ttl?: unknown }
+          const ttl = body.ttl === undefined ? 600 : Number(body.ttl)
+          if (!Number.isInteger(ttl) || ttl < 1 || ttl > 30 * 86400) {
+            throw new HttpError(
+              400,
+              'ERR_USAGE',
+              'ttl must be 1 to 2592000 seconds',
+              'pass --ttl in seconds',
+            )
+          }
+          if (body.spiffe_id !== undefined && typeof body.spiffe_id !== 'string') {
+            throw new HttpError(400, 'ERR_USAGE', 'spiffe_id must be a string', 'pass --spiffeID')
+          }
+          const t = await core.generateJoinToken(body.spiffe_id, ttl)
+          return send(res, 201, { token: t.token, expires_at: t.expiresAt })
+        }
+        default:
+          throw new HttpError(
+            404,
+            'ERR_USAGE',
+            `no admin route ${route}`,
+            'see spiffe-edge server --help',
+          )
+      }
+    } catch (err) {
+      if (isSpiffeEdgeError(err)) {
+        const status = err instanceof HttpError ? err.status : (STATUS_BY_CODE[err.code] ?? 500)
+        return send(res, status, { error: err.toJSON() })
+      }
+      opts.log?.('warn', 'admin request failed', { error: (err as Error).message })
+      return send(res, 500, { error: { code: 'ERR_INTERNAL', message: (err as Error).message } })
+    }
+  })
+  server.on('connection', (socket: Socket) => {
+    if (!opts.peerCred) return
+    try {
+      const cred = opts.peerCred(socket)
+      allowed.set(
+        socket,
+        cred.uid === 0 ||
+          cred.uid === myUid ||
+          (opts.allowedGid !== undefined && cred.gid === opts.allowedGid),
+      )
+    } catch {
+      allowed.set(socket, false) // fail closed: no credentials, no access
+    }
+  })
+  // A stale socket from a crashed server would make listen() fail with EADDRINUSE.
+  if (existsSync(opts.socketPath)) rmSync(opts.socketPath)
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(opts.socketPath, () => resolve())
+  })
+  chmodSync(opts.socketPath, opts.allowedGid === undefined ? 0o600 : 0o660)
+  if (opts.allowedGid !== undefined) chownSync(opts.socketPath, myUid, opts.allowedGid)
+  const closable = server as Server & AsyncDisposable
+  closable[Symbol.asyncDispose] = () =>
+    new Promise<void>((resolve) => {
+      server.close(() => resolve())
+      server.closeAllConnections()
+    })
+  return closable
+}

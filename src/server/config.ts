@@ -1,0 +1,157 @@
+import { readFileSync } from 'node:fs'
+import { dirname, resolve } from 'node:path'
+import { parse as parseToml } from 'smol-toml'
+import { ConfigError, ConfigReader, type Table } from '../common/config.js'
+
+export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-4096'
+const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
+
+export interface ServerConfig {
+  readonly trustDomain: string
+  readonly bindAddress: string
+  readonly bindPort: number
+  readonly dataDir: string
+  readonly adminSocket: string
+  /** A group whose members may use the admin socket besides root; undefined: root only. */
+  readonly adminSocketGroup: string | undefined
+  readonly logLevel: 'debug' | 'info' | 'warn' | 'error'
+  readonly caTtlSeconds: number
+  readonly caKeyType: KeyType
+  readonly defaultX509SvidTtlSeconds: number
+  readonly defaultJwtSvidTtlSeconds: number
+  /** Agent SVID lifetime (SPIRE: agent_ttl, defaults to the X509-SVID TTL). */
+  readonly agentTtlSeconds: number
+  readonly upstream:
+    | { readonly certFile: string; readonly keyFile: string; readonly bundleFile: string }
+    | undefined
+  readonly keyManager:
+    | { readonly kind: 'disk'; readonly directory: string }
+    | { readonly kind: 'memory' }
+  /** Node attestor plugins by name, with their raw plugin_data (each plugin validates its own). */
+  readonly nodeAttestors: ReadonlyMap<string, Table>
+  /** Attestations per second per source address (SPIRE: 1). */
+  readonly attestRatePerSecond: number
+}
+
+/** Flags that override the file (so scripts can start a server in a temp dir in one line). */
+export interface ServerOverrides {
+  readonly dataDir?: string
+  readonly trustDomain?: string
+  readonly bindAddress?: string
+  readonly bindPort?: number
+  readonly adminSocket?: string
+}
+
+const SERVER_KEYS = [
+  'trust_domain',
+  'bind_address',
+  'bind_port',
+  'data_dir',
+  'admin_socket',
+  'admin_socket_group',
+  'log_level',
+  'ca_ttl',
+  'ca_key_type',
+  'default_x509_svid_ttl',
+  'default_jwt_svid_ttl',
+  'agent_ttl',
+  'attest_rate_per_second',
+] as const
+
+/** Parses and validates a server config; every problem is reported in one ERR_CONFIG. */
+export function parseServerConfig(
+  text: string,
+  source: string,
+  overrides: ServerOverrides = {},
+): ServerConfig {
+  let doc: Table
+  try {
+    doc = parseToml(text) as Table
+  } catch (err) {
+    throw new ConfigError(source, [`not valid TOML: ${(err as Error).message}`])
+  }
+  const r = new ConfigReader(dirname(resolve(source)))
+  r.known(doc, ['server', 'plugins'], '')
+  const s = r.table(doc, 'server', 'server', true)
+  r.known(s, [...SERVER_KEYS, 'upstream'], 'server')
+  const trustDomain = overrides.trustDomain ?? r.string(s, 'trust_domain', 'server') ?? ''
+  const dataDir = overrides.dataDir
+    ? resolve(overrides.dataDir)
+    : r.path(s, 'data_dir', 'server', './data')!
+  const adminSocket = overrides.adminSocket
+    ? resolve(overrides.adminSocket)
+    : s?.admin_socket === undefined
+      ? resolve(dataDir, 'admin.sock')
+      : r.path(s, 'admin_socket', 'server')!
+  const x509Ttl = r.duration(s, 'default_x509_svid_ttl', 'server', 3600)
+  const up = r.table(s ?? {}, 'upstream', 'server.upstream')
+  r.known(up, ['cert_file', 'key_file', 'bundle_file'], 'server.upstream')
+  const upstream = up
+    ? {
+        certFile: r.path(up, 'cert_file', 'server.upstream') ?? '',
+        keyFile: r.path(up, 'key_file', 'server.upstream') ?? '',
+        bundleFile: r.path(up, 'bundle_file', 'server.upstream') ?? '',
+      }
+    : undefined
+
+  const plugins = r.table(doc, 'plugins', 'plugins')
+  r.known(plugins, ['NodeAttestor', 'KeyManager'], 'plugins')
+  const km = r.table(plugins ?? {}, 'KeyManager', 'plugins.KeyManager')
+  r.known(km, ['disk', 'memory'], 'plugins.KeyManager')
+  let keyManager: ServerConfig['keyManager'] = { kind: 'disk', directory: resolve(dataDir, 'keys') }
+  if (km && Object.keys(km).length !== 1)
+    r.problems.push('plugins.KeyManager: configure exactly one')
+  if (km?.memory !== undefined) keyManager = { kind: 'memory' }
+  const disk = r.table(km ?? {}, 'disk', 'plugins.KeyManager.disk')
+  if (disk) {
+    r.known(disk, ['directory'], 'plugins.KeyManager.disk')
+    keyManager = {
+      kind: 'disk',
+      directory: r.path(disk, 'directory', 'plugins.KeyManager.disk', resolve(dataDir, 'keys'))!,
+    }
+  }
+  const na = r.table(plugins ?? {}, 'NodeAttestor', 'plugins.NodeAttestor')
+  const nodeAttestors = new Map<string, Table>()
+  for (const [name, value] of Object.entries(na ?? { join_token: {} })) {
+    const t = r.table({ [name]: value }, name, `plugins.NodeAttestor.${name}`)
+    if (t) nodeAttestors.set(name, t)
+  }
+  if (nodeAttestors.size === 0) r.problems.push('plugins.NodeAttestor: configure at least one')
+
+  const config: ServerConfig = {
+    trustDomain,
+    bindAddress: overrides.bindAddress ?? r.string(s, 'bind_address', 'server', '127.0.0.1')!,
+    bindPort: overrides.bindPort ?? r.int(s, 'bind_port', 'server', 8081, 0, 65535),
+    dataDir,
+    adminSocket,
+    adminSocketGroup: r.optionalString(s, 'admin_socket_group', 'server'),
+    logLevel: r.oneOf(s, 'log_level', 'server', ['debug', 'info', 'warn', 'error'], 'info'),
+    caTtlSeconds: r.duration(s, 'ca_ttl', 'server', 86400),
+    caKeyType: r.oneOf(s, 'ca_key_type', 'server', KEY_TYPES, 'ec-p256'),
+    defaultX509SvidTtlSeconds: x509Ttl,
+    defaultJwtSvidTtlSeconds: r.duration(s, 'default_jwt_svid_ttl', 'server', 300),
+    agentTtlSeconds: r.duration(s, 'agent_ttl', 'server', x509Ttl),
+    upstream,
+    keyManager,
+    nodeAttestors,
+    attestRatePerSecond: r.int(s, 'attest_rate_per_second', 'server', 1, 1, 10_000),
+  }
+  if (config.defaultX509SvidTtlSeconds >= config.caTtlSeconds) {
+    r.problems.push('server.default_x509_svid_ttl: must be shorter than server.ca_ttl')
+  }
+  if (!/^[a-z0-9._-]{1,255}$/.test(config.trustDomain)) {
+    r.problems.push(`server.trust_domain: '${config.trustDomain}' is not a valid trust domain name`)
+  }
+  r.done(source)
+  return config
+}
+
+export function loadServerConfig(file: string, overrides: ServerOverrides = {}): ServerConfig {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(file, [`cannot read: ${(err as Error).message}`])
+  }
+  return parseServerConfig(text, file, overrides)
+}

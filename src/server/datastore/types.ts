@@ -1,0 +1,134 @@
+/**
+ * The server datastore contract. Every method is async so a networked implementation (PostgreSQL)
+ * can follow without touching callers; the SQLite implementation is synchronous underneath.
+ * Times are unix seconds. Errors are SpiffeEdgeError with ERR_DATASTORE_* codes.
+ */
+
+export interface Selector {
+  readonly type: string
+  readonly value: string
+}
+
+export interface EntryInput {
+  spiffeId: string
+  parentId: string
+  /** At least one; AND semantics. Order is kept; duplicates are refused. */
+  selectors: Selector[]
+  /** 0 = server default. */
+  x509SvidTtl: number
+  /** 0 = server default. */
+  jwtSvidTtl: number
+  dnsNames: string[]
+  hint: string
+  federatesWith: string[]
+  admin: boolean
+  downstream: boolean
+  /** unix s; datastore pruning only (SPIRE: "not a security feature"). */
+  expiresAt: number | null
+}
+
+export interface RegistrationEntry extends Readonly<EntryInput> {
+  /** uuid, assigned by the datastore and never reused. */
+  readonly id: string
+  readonly revision: number
+  readonly createdAt: number
+}
+
+export interface AttestedNode {
+  spiffeId: string
+  attestorType: string
+  /** May be empty (join_token attestation yields no selectors). */
+  selectors: Selector[]
+  certSerial: string
+  certNotAfter: number
+  canReattest: boolean
+  banned: boolean
+  createdAt: number
+  updatedAt: number
+}
+
+export interface EntryChanges {
+  /** Current global revision: pass it back as `revision` next time. */
+  revision: number
+  upserted: RegistrationEntry[]
+  /** Entry ids deleted after the requested revision (tombstones). */
+  deleted: string[]
+  /**
+   * Set when the requested revision cannot be served incrementally (its tombstones were pruned,
+   * or it is ahead of this datastore, e.g. after a restore): `upserted` is then every entry and the
+   * caller must replace its whole set rather than merge.
+   */
+  resync?: boolean
+}
+
+export interface EntryFilter {
+  parentId?: string
+  spiffeId?: string
+  /** Entries whose selectors are all within this set (workload/agent selector matching). */
+  selectorsSubsetOf?: Selector[]
+}
+
+export interface JoinTokenInput {
+  /** The caller hashes the token; the datastore never sees the secret. */
+  tokenHash: string
+  spiffeId?: string
+  expiresAt: number
+}
+
+export interface Datastore extends AsyncDisposable {
+  /** Rejects exact duplicates (same spiffeId + parentId + selector set): ERR_DATASTORE_CONFLICT. */
+  createEntry(e: EntryInput): Promise<RegistrationEntry>
+  /** ERR_DATASTORE_NOT_FOUND if absent; ERR_DATASTORE_CONFLICT if it would duplicate another. */
+  updateEntry(id: string, e: EntryInput): Promise<RegistrationEntry>
+  /** ERR_DATASTORE_NOT_FOUND if absent. Leaves a tombstone for entryChangesSince. */
+  deleteEntry(id: string): Promise<void>
+  getEntry(id: string): Promise<RegistrationEntry | undefined>
+  /** Sorted by id (SPIRE hands matched entries out sorted by entry id). */
+  listEntries(filter?: EntryFilter): Promise<RegistrationEntry[]>
+  /**
+   * Entries changed after `revision` (sorted by revision) and ids deleted after it. Relies on
+   * commit order = revision order, or a reader could pass over a revision that commits late:
+   * SQLite has one writer; a PostgreSQL store must take the counter with UPDATE ... RETURNING
+   * (row lock held to commit), not a sequence.
+   */
+  entryChangesSince(revision: number): Promise<EntryChanges>
+  currentRevision(): Promise<number>
+
+  createAttestedNode(n: AttestedNode): Promise<void>
+  getAttestedNode(spiffeId: string): Promise<AttestedNode | undefined>
+  /** updatedAt defaults to now when the patch leaves it out; spiffeId cannot change. */
+  updateAttestedNode(spiffeId: string, patch: Partial<AttestedNode>): Promise<AttestedNode>
+  listAttestedNodes(): Promise<AttestedNode[]>
+  /** ERR_DATASTORE_NOT_FOUND if absent. */
+  deleteAttestedNode(spiffeId: string): Promise<void>
+
+  /** ERR_DATASTORE_CONFLICT if the hash already exists. */
+  createJoinToken(t: JoinTokenInput): Promise<void>
+  /**
+   * Atomic single use: deletes the token and returns what it carried. Expired (now >= expiresAt)
+   * → undefined (and deleted). Never returns the same token twice, even across processes.
+   */
+  consumeJoinToken(tokenHash: string, now: number): Promise<{ spiffeId?: string } | undefined>
+  /** Deletes tokens with expiresAt <= now; returns how many. */
+  pruneJoinTokens(now: number): Promise<number>
+
+  getBundle(trustDomain: string): Promise<{ json: string; sequence: number } | undefined>
+  setBundle(trustDomain: string, json: string, sequence: number): Promise<void>
+
+  /** CA journal blobs (JSON) by name. */
+  getJournal(name: string): Promise<string | undefined>
+  setJournal(name: string, value: string): Promise<void>
+
+  // Additions beyond the lead's contract.
+
+  /** Deletes entries with expiresAt <= now (tombstoned like deleteEntry); returns how many. */
+  pruneExpiredEntries(now: number): Promise<number>
+  /**
+   * Forgets tombstones with revision <= throughRevision. Callers that last synced before that
+   * revision get `resync: true` from entryChangesSince. Returns how many were removed.
+   */
+  pruneEntryTombstones(throughRevision: number): Promise<number>
+
+  /** Idempotent. Every later call rejects with ERR_DATASTORE_CLOSED. */
+  close(): Promise<void>
+}

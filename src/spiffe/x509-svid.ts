@@ -1,0 +1,441 @@
+import { getRandomValues, type KeyObject, X509Certificate as NodeX509 } from 'node:crypto'
+import { x509 } from '../common/x509.js'
+import { type Signer, webCryptoAlgorithm } from '../keymanager/types.js'
+import { signerCrypto, signerCryptoKey } from '../keymanager/webcrypto.js'
+import type { X509Bundle } from './bundle.js'
+import { SvidError } from './errors.js'
+import { SpiffeId, type TrustDomain } from './id.js'
+
+/**
+ * X509-SVID issuance and validation per the X509-SVID spec. Certificates are built with
+ * @peculiar/x509 and signed through a Signer, so CA keys may live in a TPM or HSM. Validation is
+ * our own small RFC 5280 path check (node:crypto verifies signatures): SPIFFE trust is per trust
+ * domain, which generic TLS verifiers cannot express.
+ */
+
+export interface X509Issuer {
+  /** The issuing CA certificate, DER. */
+  readonly certificate: Uint8Array
+  /** Signs with the private key of `certificate`. */
+  readonly signer: Signer
+}
+
+export interface IssueX509CaParams {
+  readonly subjectPublicKey: KeyObject
+  readonly trustDomain: TrustDomain
+  /** The parent CA; omit (and pass selfSigner) for a self-signed root. */
+  readonly issuer?: X509Issuer
+  /** The new CA's own signer, for a self-signed root. */
+  readonly selfSigner?: Signer
+  readonly notBefore: Date
+  readonly notAfter: Date
+  readonly serial?: bigint
+  /** RFC 4514 string; default C=US, O=SPIFFE, serialNumber=<serial>. */
+  readonly subject?: string
+}
+
+export interface IssueX509SvidParams {
+  readonly subjectPublicKey: KeyObject
+  readonly spiffeId: SpiffeId
+  readonly dnsNames?: readonly string[]
+  readonly issuer: X509Issuer
+  readonly notBefore: Date
+  readonly notAfter: Date
+  readonly serial?: bigint
+}
+
+export interface ValidatedX509Svid {
+  readonly spiffeId: SpiffeId
+  readonly leaf: InstanceType<typeof x509.X509Certificate>
+  /** The verified path, leaf first, ending with the bundle authority it chains to. */
+  readonly path: Uint8Array[]
+}
+
+type PeculiarCert = InstanceType<typeof x509.X509Certificate>
+type CreateParams = Parameters<typeof x509.X509CertificateGenerator.create>[0]
+type SigningKey = Extract<CreateParams, { signingKey: unknown }>['signingKey']
+type X509Crypto = Parameters<typeof x509.X509CertificateGenerator.create>[1]
+
+const KU = x509.KeyUsageFlags
+const OID_BASIC_CONSTRAINTS = '2.5.29.19'
+const OID_KEY_USAGE = '2.5.29.15'
+const OID_EXT_KEY_USAGE = '2.5.29.37'
+const OID_SAN = '2.5.29.17'
+const OID_SKI = '2.5.29.14'
+const OID_AKI = '2.5.29.35'
+/** Critical extensions we process; RFC 5280 says reject any other critical extension. */
+const UNDERSTOOD_CRITICAL = new Set([
+  OID_BASIC_CONSTRAINTS,
+  OID_KEY_USAGE,
+  OID_EXT_KEY_USAGE,
+  OID_SAN,
+  OID_SKI,
+  OID_AKI,
+])
+
+function spki(key: KeyObject): Uint8Array {
+  return new Uint8Array(key.export({ type: 'spki', format: 'der' }))
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
+  return true
+}
+
+function sameKey(a: KeyObject, b: KeyObject): boolean {
+  return sameBytes(spki(a), spki(b))
+}
+
+/** A positive serial of at most 20 octets (RFC 5280 §4.1.2.2), random when not given. */
+function serialHex(serial: bigint | undefined): string {
+  let s = serial
+  if (s === undefined) {
+    const r = getRandomValues(new Uint8Array(16))
+    r[0] = r[0]! & 0x7f // positive, and never needs a leading zero octet
+    s = BigInt(`0x${Buffer.from(r).toString('hex')}`)
+    if (s === 0n) s = 1n
+  }
+  if (s <= 0n || s >= 1n << 159n) {
+    throw new SvidError('serial number must be positive and fit in 20 octets')
+  }
+  const hex = s.toString(16)
+  return hex.length % 2 === 0 ? hex : `0${hex}`
+}
+
+function earlier(a: Date, b: Date): Date {
+  return a.getTime() < b.getTime() ? a : b
+}
+
+function checkTimes(notBefore: Date, notAfter: Date): void {
+  if (Number.isNaN(notBefore.getTime()) || Number.isNaN(notAfter.getTime())) {
+    throw new SvidError('notBefore and notAfter must be valid dates')
+  }
+  if (notAfter.getTime() <= notBefore.getTime()) {
+    throw new SvidError('notAfter must be after notBefore (after clamping to the issuer)')
+  }
+}
+
+function parseCert(der: Uint8Array, what: string): { p: PeculiarCert; n: NodeX509 } {
+  try {
+    return { p: new x509.X509Certificate(der), n: new NodeX509(der) }
+  } catch (err) {
+    throw new SvidError(`${what} is not a DER X.509 certificate`, err)
+  }
+}
+
+function basicConstraints(c: PeculiarCert): { ca: boolean; pathLength?: number } | undefined {
+  const bc = c.getExtension(x509.BasicConstraintsExtension)
+  if (bc === null) return undefined
+  return bc.pathLength === undefined ? { ca: bc.ca } : { ca: bc.ca, pathLength: bc.pathLength }
+}
+
+function keyUsage(c: PeculiarCert): number | undefined {
+  return c.getExtension(x509.KeyUsagesExtension)?.usages
+}
+
+function uriSans(c: PeculiarCert): string[] {
+  const san = c.getExtension(x509.SubjectAlternativeNameExtension)
+  if (san === null) return []
+  return san.names
+    .toJSON()
+    .filter((n) => n.type === 'url')
+    .map((n) => n.value)
+}
+
+function isCa(c: PeculiarCert): boolean {
+  const ku = keyUsage(c)
+  return basicConstraints(c)?.ca === true && (ku === undefined || (ku & KU.keyCertSign) !== 0)
+}
+
+/** The issuer's subject key identifier (hex), from its SKI extension or computed as RFC 5280. */
+async function issuerKeyId(issuer: PeculiarCert): Promise<string> {
+  const ski = issuer.getExtension(x509.SubjectKeyIdentifierExtension)
+  if (ski !== null) return ski.keyId
+  return Buffer.from(await issuer.publicKey.getKeyIdentifier()).toString('hex')
+}
+
+interface PreparedIssuer {
+  cert: PeculiarCert
+  signer: Signer
+  notAfter: Date
+}
+
+function prepareIssuer(issuer: X509Issuer, td: TrustDomain, what: string): PreparedIssuer {
+  const { p, n } = parseCert(issuer.certificate, 'issuer certificate')
+  if (!isCa(p)) throw new SvidError(`issuer certificate is not a CA (cA=true, keyCertSign)`)
+  if (!sameKey(n.publicKey, issuer.signer.publicKey)) {
+    throw new SvidError("issuer signer's key does not match the issuer certificate")
+  }
+  // A CA that names its trust domain must not issue for another one.
+  for (const uri of uriSans(p)) {
+    if (!uri.startsWith('spiffe://')) continue
+    const caId = SpiffeId.parse(uri)
+    if (!caId.memberOf(td)) {
+      throw new SvidError(`a CA of ${caId.trustDomain} cannot issue ${what} in ${td}`)
+    }
+  }
+  return { cert: p, signer: issuer.signer, notAfter: p.notAfter }
+}
+
+async function sign(
+  params: {
+    serial: string
+    subject: string | x509.JsonName
+    issuerName: string | x509.JsonName | InstanceType<typeof x509.Name>
+    notBefore: Date
+    notAfter: Date
+    subjectPublicKey: KeyObject
+    extensions: InstanceType<typeof x509.Extension>[]
+  },
+  signer: Signer,
+): Promise<Uint8Array> {
+  const crypto = signerCrypto(signer) as unknown as X509Crypto
+  const cert = await x509.X509CertificateGenerator.create(
+    {
+      serialNumber: params.serial,
+      subject: params.subject,
+      issuer: params.issuerName,
+      notBefore: params.notBefore,
+      notAfter: params.notAfter,
+      publicKey: spki(params.subjectPublicKey),
+      signingKey: signerCryptoKey(signer) as unknown as SigningKey,
+      signingAlgorithm: webCryptoAlgorithm(signer.keyType),
+      extensions: params.extensions,
+    },
+    crypto,
+  )
+  const der = new Uint8Array(cert.rawData)
+  // A hardware signer returning garbage should fail here, not in every relying party.
+  if (!new NodeX509(der).verify(signer.publicKey)) {
+    throw new SvidError('the signer produced a signature that does not verify')
+  }
+  return der
+}
+
+/**
+ * Issues a signing CA for `trustDomain`: self-signed (selfSigner) or under `issuer`. The CA carries
+ * the path-less ID spiffe://<td> as its URI SAN, as the spec recommends for signing certificates.
+ */
+export async function issueX509Ca(params: IssueX509CaParams): Promise<Uint8Array> {
+  const { issuer, selfSigner, trustDomain: td } = params
+  if ((issuer === undefined) === (selfSigner === undefined)) {
+    throw new SvidError('issueX509Ca needs exactly one of issuer and selfSigner')
+  }
+  if (selfSigner !== undefined && !sameKey(selfSigner.publicKey, params.subjectPublicKey)) {
+    throw new SvidError("a self-signed CA's selfSigner must hold the subject key")
+  }
+  const parent = issuer === undefined ? undefined : prepareIssuer(issuer, td, 'a CA')
+  const notAfter = parent ? earlier(parent.notAfter, params.notAfter) : params.notAfter
+  checkTimes(params.notBefore, notAfter)
+  const serial = serialHex(params.serial)
+  const subject: string | x509.JsonName = params.subject ?? [
+    { C: ['US'] },
+    { O: ['SPIFFE'] },
+    // The serial in the subject keeps successive CAs apart for path builders that match names.
+    { '2.5.4.5': [BigInt(`0x${serial}`).toString()] },
+  ]
+  const pub = spki(params.subjectPublicKey)
+  const extensions: InstanceType<typeof x509.Extension>[] = [
+    new x509.BasicConstraintsExtension(true, undefined, true),
+    new x509.KeyUsagesExtension(KU.keyCertSign | KU.cRLSign, true),
+    // The spec makes the URI SAN critical when the subject is empty.
+    new x509.SubjectAlternativeNameExtension(
+      [{ type: 'url', value: td.idString() }],
+      params.subject === '',
+    ),
+    await x509.SubjectKeyIdentifierExtension.create(pub, false),
+  ]
+  if (parent) {
+    extensions.push(new x509.AuthorityKeyIdentifierExtension(await issuerKeyId(parent.cert)))
+  }
+  return sign(
+    {
+      serial,
+      subject,
+      issuerName: parent ? parent.cert.subjectName : subject,
+      notBefore: params.notBefore,
+      notAfter,
+      subjectPublicKey: params.subjectPublicKey,
+      extensions,
+    },
+    parent ? parent.signer : selfSigner!,
+  )
+}
+
+const DNS_NAME =
+  /^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/
+
+/**
+ * Issues a leaf X509-SVID: one URI SAN, cA=false, critical key usage without CA bits, EKU
+ * serverAuth+clientAuth. Like SPIRE the subject is C=US, O=SPIRE, plus CN=<first DNS name>.
+ * notAfter is clamped to the issuer's notAfter so the chain never outlives its CA.
+ */
+export async function issueX509Svid(params: IssueX509SvidParams): Promise<Uint8Array> {
+  const id = params.spiffeId
+  if (!(id instanceof SpiffeId)) throw new SvidError('spiffeId must be a SpiffeId')
+  if (id.path === '') {
+    throw new SvidError('a leaf X509-SVID must have a SPIFFE ID with a non-root path')
+  }
+  const dnsNames = params.dnsNames ?? []
+  for (const d of dnsNames) {
+    if (d.length > 253 || !DNS_NAME.test(d)) {
+      throw new SvidError(`invalid DNS name ${JSON.stringify(d.slice(0, 80))}`)
+    }
+  }
+  const parent = prepareIssuer(params.issuer, id.trustDomain, 'SVIDs')
+  const notAfter = earlier(parent.notAfter, params.notAfter)
+  checkTimes(params.notBefore, notAfter)
+  const pub = spki(params.subjectPublicKey)
+  const rsa = params.subjectPublicKey.asymmetricKeyType === 'rsa'
+  const subject: x509.JsonName = [{ C: ['US'] }, { O: ['SPIRE'] }]
+  if (dnsNames[0] !== undefined) subject.push({ CN: [dnsNames[0]] })
+  const extensions: InstanceType<typeof x509.Extension>[] = [
+    new x509.BasicConstraintsExtension(false, undefined, true),
+    new x509.KeyUsagesExtension(
+      rsa ? KU.digitalSignature | KU.keyEncipherment : KU.digitalSignature,
+      true,
+    ),
+    new x509.ExtendedKeyUsageExtension(
+      [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth],
+      false,
+    ),
+    new x509.SubjectAlternativeNameExtension(
+      [
+        { type: 'url', value: id.toString() },
+        ...dnsNames.map((value) => ({ type: 'dns' as const, value })),
+      ],
+      false,
+    ),
+    await x509.SubjectKeyIdentifierExtension.create(pub, false),
+    new x509.AuthorityKeyIdentifierExtension(await issuerKeyId(parent.cert)),
+  ]
+  return sign(
+    {
+      serial: serialHex(params.serial),
+      subject,
+      issuerName: parent.cert.subjectName,
+      notBefore: params.notBefore,
+      notAfter,
+      subjectPublicKey: params.subjectPublicKey,
+      extensions,
+    },
+    parent.signer,
+  )
+}
+
+function checkCriticalExtensions(c: PeculiarCert, what: string): void {
+  for (const ext of c.extensions) {
+    if (ext.critical && !UNDERSTOOD_CRITICAL.has(ext.type)) {
+      throw new SvidError(`${what} has an unsupported critical extension ${ext.type}`)
+    }
+  }
+}
+
+function checkValidAt(c: PeculiarCert, now: Date, what: string): void {
+  if (now < c.notBefore) throw new SvidError(`${what} is not valid yet`)
+  if (now > c.notAfter) throw new SvidError(`${what} has expired`)
+}
+
+/** The leaf's SPIFFE ID, enforcing the X509-SVID leaf rules (spec §5.2 and go-spiffe). */
+function leafId(leaf: PeculiarCert): SpiffeId {
+  const uris = uriSans(leaf)
+  if (uris.length === 0) throw new SvidError('leaf certificate has no URI SAN')
+  if (uris.length > 1) throw new SvidError('leaf certificate has more than one URI SAN')
+  let id: SpiffeId
+  try {
+    id = SpiffeId.parse(uris[0]!)
+  } catch (err) {
+    throw new SvidError('leaf URI SAN is not a valid SPIFFE ID', err)
+  }
+  if (id.path === '') throw new SvidError('leaf SPIFFE ID must have a non-root path')
+  if (basicConstraints(leaf)?.ca === true) throw new SvidError('leaf certificate is a CA')
+  const ku = keyUsage(leaf)
+  if (ku === undefined) throw new SvidError('leaf certificate has no key usage extension')
+  if ((ku & KU.keyCertSign) !== 0) throw new SvidError('leaf certificate has keyCertSign')
+  if ((ku & KU.cRLSign) !== 0) throw new SvidError('leaf certificate has cRLSign')
+  if ((ku & KU.digitalSignature) === 0) {
+    throw new SvidError('leaf certificate lacks digitalSignature')
+  }
+  return id
+}
+
+interface Parsed {
+  der: Uint8Array
+  p: PeculiarCert
+  n: NodeX509
+}
+
+function issued(child: Parsed, parent: Parsed): boolean {
+  // checkIssued matches names (and key ids); verify proves the signature.
+  return child.n.checkIssued(parent.n) && child.n.verify(parent.n.publicKey)
+}
+
+/** CA rules for every certificate above the leaf; `below` counts the intermediates under it. */
+function checkCa(c: Parsed, below: number, now: Date, what: string): void {
+  if (!isCa(c.p)) throw new SvidError(`${what} is not a CA (cA=true with keyCertSign)`)
+  checkCriticalExtensions(c.p, what)
+  checkValidAt(c.p, now, what)
+  const len = basicConstraints(c.p)?.pathLength
+  if (len !== undefined && below > len) {
+    throw new SvidError(`${what} pathLenConstraint ${len} is exceeded`)
+  }
+}
+
+/**
+ * Validates an X509-SVID chain (leaf first, then intermediates) against the X.509 bundle of the
+ * leaf's own trust domain: leaf rules, then a path of verified signatures to a bundle authority,
+ * every certificate valid at `now`.
+ */
+export function validateX509Svid(
+  chain: readonly Uint8Array[],
+  bundles: (td: TrustDomain) => X509Bundle | undefined,
+  now: Date,
+): ValidatedX509Svid {
+  if (chain.length === 0) throw new SvidError('the certificate chain is empty')
+  const certs: Parsed[] = chain.map((der, i) => ({
+    der,
+    ...parseCert(der, i === 0 ? 'leaf certificate' : `chain certificate ${i}`),
+  }))
+  const leaf = certs[0]!
+  const id = leafId(leaf.p)
+  checkCriticalExtensions(leaf.p, 'leaf certificate')
+  checkValidAt(leaf.p, now, 'leaf certificate')
+  // go-spiffe's ParseRaw demands every certificate after the leaf be a CA.
+  for (let i = 1; i < certs.length; i++) {
+    if (!isCa(certs[i]!.p)) throw new SvidError(`chain certificate ${i} is not a CA`)
+  }
+  const bundle = bundles(id.trustDomain)
+  if (bundle === undefined || !bundle.trustDomain.equals(id.trustDomain)) {
+    throw new SvidError(`no X.509 bundle for trust domain ${id.trustDomain}`)
+  }
+  const anchors: Parsed[] = []
+  for (const der of bundle.authorities) {
+    try {
+      anchors.push({ der, ...parseCert(der, 'bundle authority') })
+    } catch {
+      // One unparseable authority must not make the whole bundle useless.
+    }
+  }
+  const pool = certs.slice(1)
+  const path: Parsed[] = [leaf]
+  let current = leaf
+  // Each step consumes an intermediate, so this terminates within chain.length steps.
+  for (;;) {
+    const below = path.length - 1
+    const anchor = anchors.find((a) => issued(current, a))
+    if (anchor !== undefined) {
+      checkCa(anchor, below, now, 'bundle authority')
+      path.push(anchor)
+      return { spiffeId: id, leaf: leaf.p, path: path.map((c) => c.der) }
+    }
+    const idx = pool.findIndex((c) => issued(current, c))
+    if (idx < 0) {
+      throw new SvidError(`no path from the leaf to an authority of trust domain ${id.trustDomain}`)
+    }
+    const next = pool.splice(idx, 1)[0]!
+    checkCa(next, below, now, `intermediate certificate ${chain.indexOf(next.der)}`)
+    path.push(next)
+    current = next
+  }
+}
