@@ -28,6 +28,9 @@ function errCode(err: unknown): string | undefined {
 export class DiskKeyManager implements KeyManager {
   readonly dir: string
   private ready: Promise<void> | undefined
+  // Keys already read: parsing a PEM per signature would dominate signing time. This process owns
+  // the directory, so the files do not change under it.
+  private readonly cache = new Map<string, Key>()
 
   constructor(dir: string) {
     this.dir = dir
@@ -79,11 +82,15 @@ export class DiskKeyManager implements KeyManager {
         err,
       )
     }
-    return softwareKey(id, type, privateKey, publicKey)
+    const key = softwareKey(id, type, privateKey, publicKey)
+    this.cache.set(id, key)
+    return key
   }
 
   async getKey(id: string): Promise<Key | undefined> {
     validateKeyId(id)
+    const cached = this.cache.get(id)
+    if (cached) return cached
     const path = this.pathOf(id)
     let pem: Buffer
     try {
@@ -92,7 +99,9 @@ export class DiskKeyManager implements KeyManager {
       if (errCode(err) === 'ENOENT') return undefined
       throw new KeyManagerError(`cannot read key file ${path}`, 'check the file permissions', err)
     }
-    return loadKey(id, path, pem)
+    const key = loadKey(id, path, pem)
+    this.cache.set(id, key)
+    return key
   }
 
   async listKeys(): Promise<Key[]> {
@@ -120,6 +129,7 @@ export class DiskKeyManager implements KeyManager {
 
   async deleteKey(id: string): Promise<void> {
     validateKeyId(id)
+    this.cache.delete(id)
     try {
       await rm(this.pathOf(id), { force: true })
     } catch (err) {

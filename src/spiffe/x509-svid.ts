@@ -1,8 +1,15 @@
-import { getRandomValues, type KeyObject, X509Certificate as NodeX509 } from 'node:crypto'
+import {
+  createHash,
+  verify as cryptoVerify,
+  getRandomValues,
+  type KeyObject,
+  X509Certificate as NodeX509,
+} from 'node:crypto'
 import { x509 } from '../common/x509.js'
 import { type Signer, webCryptoAlgorithm } from '../keymanager/types.js'
 import { signerCrypto, signerCryptoKey } from '../keymanager/webcrypto.js'
 import type { X509Bundle } from './bundle.js'
+import * as der from './der.js'
 import { SvidError } from './errors.js'
 import { SpiffeId, type TrustDomain } from './id.js'
 
@@ -74,7 +81,7 @@ const UNDERSTOOD_CRITICAL = new Set([
 ])
 
 function spki(key: KeyObject): Uint8Array {
-  return new Uint8Array(key.export({ type: 'spki', format: 'der' }))
+  return der.spkiOf(key)
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
@@ -283,46 +290,121 @@ export async function issueX509Svid(params: IssueX509SvidParams): Promise<Uint8A
       throw new SvidError(`invalid DNS name ${JSON.stringify(d.slice(0, 80))}`)
     }
   }
-  const parent = prepareIssuer(params.issuer, id.trustDomain, 'SVIDs')
+  const parent = await preparedLeafIssuer(params.issuer, id.trustDomain)
   const notAfter = earlier(parent.notAfter, params.notAfter)
   checkTimes(params.notBefore, notAfter)
   const pub = spki(params.subjectPublicKey)
   const rsa = params.subjectPublicKey.asymmetricKeyType === 'rsa'
-  const subject: x509.JsonName = [{ C: ['US'] }, { O: ['SPIRE'] }]
-  if (dnsNames[0] !== undefined) subject.push({ CN: [dnsNames[0]] })
-  const extensions: InstanceType<typeof x509.Extension>[] = [
-    new x509.BasicConstraintsExtension(false, undefined, true),
-    new x509.KeyUsagesExtension(
-      rsa ? KU.digitalSignature | KU.keyEncipherment : KU.digitalSignature,
-      true,
-    ),
-    new x509.ExtendedKeyUsageExtension(
-      [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth],
-      false,
-    ),
-    new x509.SubjectAlternativeNameExtension(
-      [
-        { type: 'url', value: id.toString() },
-        ...dnsNames.map((value) => ({ type: 'dns' as const, value })),
-      ],
-      false,
-    ),
-    await x509.SubjectKeyIdentifierExtension.create(pub, false),
-    new x509.AuthorityKeyIdentifierExtension(await issuerKeyId(parent.cert)),
+  const subject = [
+    der.tlv(0x31, der.seq(der.oid('2.5.4.6'), der.printable('US'))),
+    der.tlv(0x31, der.seq(der.oid('2.5.4.10'), der.utf8String('SPIRE'))),
   ]
-  return sign(
-    {
-      serial: serialHex(params.serial),
-      subject,
-      issuerName: parent.cert.subjectName,
-      notBefore: params.notBefore,
-      notAfter,
-      subjectPublicKey: params.subjectPublicKey,
-      extensions,
-    },
-    parent.signer,
+  if (dnsNames[0] !== undefined) {
+    subject.push(der.tlv(0x31, der.seq(der.oid('2.5.4.3'), der.utf8String(dnsNames[0]))))
+  }
+  const ext = (oidDer: Uint8Array, critical: boolean, value: Uint8Array) =>
+    critical ? der.seq(oidDer, der.boolTrue, der.octets(value)) : der.seq(oidDer, der.octets(value))
+  const sans = [
+    der.tlv(0x86, new Uint8Array(Buffer.from(id.toString(), 'utf8'))),
+    ...dnsNames.map((d) => der.tlv(0x82, new Uint8Array(Buffer.from(d, 'ascii')))),
+  ]
+  const tbs = der.seq(
+    LEAF.version,
+    der.uint(new Uint8Array(Buffer.from(serialHex(params.serial), 'hex'))),
+    parent.signatureAlgorithm,
+    parent.issuerName,
+    der.seq(der.time(params.notBefore), der.time(notAfter)),
+    der.seq(...subject),
+    pub,
+    der.tlv(
+      0xa3,
+      der.seq(
+        ext(LEAF.basicConstraints, true, LEAF.notCa),
+        ext(LEAF.keyUsage, true, rsa ? LEAF.kuSignEncipher : LEAF.kuSign),
+        ext(LEAF.extKeyUsage, false, LEAF.serverAndClientAuth),
+        ext(LEAF.san, false, der.seq(...sans)),
+        ext(LEAF.ski, false, der.octets(subjectKeyId(pub))),
+        ext(LEAF.aki, false, der.seq(der.tlv(0x80, parent.keyId))),
+      ),
+    ),
   )
+  const raw = await params.issuer.signer.sign(tbs)
+  const signature = params.issuer.signer.keyType.startsWith('ec') ? der.p1363ToDer(raw) : raw
+  // A hardware signer returning garbage should fail here, not in every relying party: check the
+  // first signature of each signer (later ones come from the same, now proven, key path).
+  if (!checkedSigners.has(params.issuer.signer)) {
+    const hash = params.issuer.signer.keyType === 'ec-p384' ? 'sha384' : 'sha256'
+    if (!cryptoVerify(hash, tbs, params.issuer.signer.publicKey, signature)) {
+      throw new SvidError('the signer produced a signature that does not verify')
+    }
+    checkedSigners.add(params.issuer.signer)
+  }
+  return der.seq(tbs, parent.signatureAlgorithm, der.bits(signature))
 }
+
+const checkedSigners = new WeakSet<Signer>()
+
+/** Constant parts of every leaf, encoded once. */
+const LEAF = {
+  version: der.tlv(0xa0, der.uint(Uint8Array.of(2))),
+  basicConstraints: der.oid('2.5.29.19'),
+  keyUsage: der.oid('2.5.29.15'),
+  extKeyUsage: der.oid('2.5.29.37'),
+  san: der.oid('2.5.29.17'),
+  ski: der.oid('2.5.29.14'),
+  aki: der.oid('2.5.29.35'),
+  notCa: der.seq(),
+  // KeyUsage BIT STRINGs: digitalSignature (bit 0); digitalSignature + keyEncipherment (bits 0, 2).
+  kuSign: Uint8Array.of(0x03, 0x02, 0x07, 0x80),
+  kuSignEncipher: Uint8Array.of(0x03, 0x02, 0x05, 0xa0),
+  serverAndClientAuth: der.seq(der.oid('1.3.6.1.5.5.7.3.1'), der.oid('1.3.6.1.5.5.7.3.2')),
+}
+
+const SIGNATURE_ALGORITHMS = {
+  'ec-p256': der.seq(der.oid('1.2.840.10045.4.3.2')),
+  'ec-p384': der.seq(der.oid('1.2.840.10045.4.3.3')),
+  'rsa-2048': der.seq(der.oid('1.2.840.113549.1.1.11'), Uint8Array.of(0x05, 0x00)),
+  'rsa-4096': der.seq(der.oid('1.2.840.113549.1.1.11'), Uint8Array.of(0x05, 0x00)),
+} as const
+
+/** RFC 5280 method 1: SHA-1 of the subjectPublicKey BIT STRING's bits. */
+function subjectKeyId(spkiDer: Uint8Array): Uint8Array {
+  const outer = der.readTlv(spkiDer, 0, 'SubjectPublicKeyInfo')
+  const [, bitString] = der.children(outer.value, 'SubjectPublicKeyInfo')
+  if (bitString?.tag !== 0x03) throw new SvidError('SubjectPublicKeyInfo has no key')
+  return new Uint8Array(createHash('sha1').update(bitString.value.subarray(1)).digest())
+}
+
+interface LeafIssuer {
+  readonly issuerName: Uint8Array
+  readonly keyId: Uint8Array
+  readonly notAfter: Date
+  readonly signatureAlgorithm: Uint8Array
+}
+
+// Issuers are few (the active CA, one at a time): remember what parsing them gives.
+const leafIssuers = new Map<string, LeafIssuer>()
+
+async function preparedLeafIssuer(issuer: X509Issuer, td: TrustDomain): Promise<LeafIssuer> {
+  // Keyed by certificate and trust domain: prepareIssuer's checks depend on both.
+  const key = `${td.name}:${issuer.signer.keyType}:${createHash('sha256').update(issuer.certificate).digest('base64')}`
+  const cached = leafIssuers.get(key)
+  // The cache is keyed by certificate; the signer must still be the one holding its key.
+  if (cached && checkedIssuerSigners.get(issuer.signer) === key) return cached
+  const parent = prepareIssuer(issuer, td, 'SVIDs')
+  const prepared: LeafIssuer = {
+    issuerName: new Uint8Array(parent.cert.subjectName.toArrayBuffer()),
+    keyId: new Uint8Array(Buffer.from(await issuerKeyId(parent.cert), 'hex')),
+    notAfter: parent.notAfter,
+    signatureAlgorithm: SIGNATURE_ALGORITHMS[issuer.signer.keyType],
+  }
+  if (leafIssuers.size > 16) leafIssuers.clear()
+  leafIssuers.set(key, prepared)
+  checkedIssuerSigners.set(issuer.signer, key)
+  return prepared
+}
+
+const checkedIssuerSigners = new WeakMap<Signer, string>()
 
 function checkCriticalExtensions(c: PeculiarCert, what: string): void {
   for (const ext of c.extensions) {
