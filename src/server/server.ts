@@ -229,7 +229,8 @@ export async function startServer(
       },
       {
         socketPath: config.adminSocket,
-        allowedGid: undefined,
+        allowedGid:
+          config.adminSocketGroup === undefined ? undefined : groupId(config.adminSocketGroup),
         peerCred: opts.peerCred,
         log,
       },
@@ -276,6 +277,24 @@ export async function startServer(
     await cleanup()
     throw err
   }
+}
+
+/** A group's numeric id from /etc/group (names only; a number is taken as the id itself). */
+export function groupId(name: string, groupFile = '/etc/group'): number {
+  if (/^\d+$/.test(name)) return Number(name)
+  let text = ''
+  try {
+    text = readFileSync(groupFile, 'utf8')
+  } catch {
+    // fall through to the error below
+  }
+  for (const line of text.split('\n')) {
+    const [n, , gid] = line.split(':')
+    if (n === name && gid !== undefined && /^\d+$/.test(gid)) return Number(gid)
+  }
+  throw new ConfigError('server.admin_socket_group', [
+    `group '${name}' does not exist on this host`,
+  ])
 }
 
 function badEntry(message: string): SpiffeEdgeError {

@@ -1,0 +1,68 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { parseDuration } from '../../src/common/config.js'
+import { parseServerConfig } from '../../src/server/config.js'
+import { groupId } from '../../src/server/server.js'
+
+const base = '[server]\ntrust_domain = "example.org"\n'
+
+test('defaults follow SPIRE and paths resolve against the config file', () => {
+  const c = parseServerConfig(base, '/etc/spiffe-edge/server.conf')
+  assert.equal(c.caTtlSeconds, 86400)
+  assert.equal(c.defaultX509SvidTtlSeconds, 3600)
+  assert.equal(c.defaultJwtSvidTtlSeconds, 300)
+  assert.equal(c.dataDir, '/etc/spiffe-edge/data')
+  assert.equal(c.adminSocket, '/etc/spiffe-edge/data/admin.sock')
+  assert.deepEqual([...c.nodeAttestors.keys()], ['join_token'])
+  assert.deepEqual(c.keyManager, { kind: 'disk', directory: '/etc/spiffe-edge/data/keys' })
+})
+
+test('flags override the file', () => {
+  const c = parseServerConfig(base, '/x/server.conf', {
+    dataDir: '/tmp/d',
+    trustDomain: 'other.org',
+    bindPort: 0,
+    adminSocket: '/tmp/a.sock',
+  })
+  assert.equal(c.trustDomain, 'other.org')
+  assert.equal(c.dataDir, '/tmp/d')
+  assert.equal(c.bindPort, 0)
+  assert.equal(c.adminSocket, '/tmp/a.sock')
+})
+
+test('every problem is reported at once, unknown keys included', () => {
+  const text =
+    '[server]\ntrust_domain = "Not Valid"\nca_ttl = "soon"\nbind_port = -1\nlog_levle = "info"\n[plugins]\nKeyManager = { disk = {}, memory = {} }\n[bogus]\n'
+  assert.throws(
+    () => parseServerConfig(text, 'server.conf'),
+    (e: unknown) => {
+      const problems = (e as { problems: string[]; code: string }).problems
+      assert.equal((e as { code: string }).code, 'ERR_CONFIG')
+      for (const k of ['trust_domain', 'ca_ttl', 'bind_port', 'log_levle', 'KeyManager', 'bogus']) {
+        assert.ok(
+          problems.some((p) => p.includes(k)),
+          k,
+        )
+      }
+      return true
+    },
+  )
+  assert.throws(() => parseServerConfig('[server\n', 'bad.conf'), { code: 'ERR_CONFIG' })
+  assert.throws(() => parseServerConfig(`${base}default_x509_svid_ttl = "48h"\n`, 's.conf'), {
+    code: 'ERR_CONFIG',
+  })
+})
+
+test('durations parse like SPIRE config values', () => {
+  assert.equal(parseDuration('90s'), 90)
+  assert.equal(parseDuration('1h30m'), 5400)
+  assert.equal(parseDuration('2d'), 172800)
+  for (const bad of ['', '10', 'h', '5 m', '1h 2m', '-1s'])
+    assert.equal(parseDuration(bad), undefined, bad)
+})
+
+test('admin socket groups resolve by name or number, and an unknown one is a config error', () => {
+  assert.equal(groupId('root'), 0)
+  assert.equal(groupId('4242'), 4242)
+  assert.throws(() => groupId('no-such-group-here'), { code: 'ERR_CONFIG' })
+})
