@@ -30,6 +30,7 @@ export type ErrorCode =
   | 'ERR_ATTESTATION_FAILED'
   | 'ERR_SERVER_UNREACHABLE'
   | 'ERR_SERVER_REFUSED'
+  | 'ERR_AGENT_STATE'
   | 'ERR_DATASTORE_UNAVAILABLE'
   | 'ERR_DATASTORE_VERSION'
   | 'ERR_DATASTORE_CONFLICT'
@@ -38,6 +39,9 @@ export type ErrorCode =
   | 'ERR_DATASTORE_BUSY'
   | 'ERR_DATASTORE_IO'
   | 'ERR_DATASTORE_CLOSED'
+  | 'ERR_WORKLOAD_API'
+  | 'ERR_WORKLOAD_ENDPOINT'
+  | 'ERR_WORKLOAD_ATTESTATION'
 
 export interface ErrorDetails {
   readonly remedy?: string

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -47,6 +47,9 @@ test('the admin CLI manages entries, tokens, agents and the bundle; SIGTERM stop
   const s = await runServer(t)
   const a = (...args: string[]) => cli([...args, '--admin-socket', s.socket])
   assert.equal(statSync(s.socket).mode & 0o777, 0o600, 'admin socket is private')
+  // Everything the server writes goes under --data-dir: keys included, never beside the config.
+  assert.equal(statSync(join(s.dir, 'keys')).mode & 0o777, 0o700)
+  assert.equal(existsSync(join(repoRoot, 'examples/local/data')), false)
   assert.match((await a('server', 'healthcheck')).stdout, /Server is healthy/)
 
   const created = await a(

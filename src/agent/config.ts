@@ -1,0 +1,157 @@
+import { readFileSync } from 'node:fs'
+import { dirname, resolve } from 'node:path'
+import { parse as parseToml } from 'smol-toml'
+import { ConfigError, ConfigReader, type Table } from '../common/config.js'
+import type { KeyType } from '../keymanager/types.js'
+
+const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
+
+export interface AgentConfig {
+  readonly trustDomain: string
+  /** host:port of the server's node API. */
+  readonly serverAddress: string
+  readonly dataDir: string
+  readonly socketPath: string
+  /** PEM bundle to trust at first contact; undefined with insecureBootstrap. */
+  readonly trustBundlePath: string | undefined
+  readonly insecureBootstrap: boolean
+  readonly joinToken: string | undefined
+  readonly workloadKeyType: KeyType
+  readonly syncIntervalSeconds: number
+  readonly x509SvidCacheMaxSize: number
+  readonly logLevel: 'debug' | 'info' | 'warn' | 'error'
+  readonly keyManager:
+    | { readonly kind: 'disk'; readonly directory: string }
+    | { readonly kind: 'memory' }
+  readonly nodeAttestor: { readonly name: string; readonly data: Table }
+  readonly workloadAttestors: ReadonlyMap<string, Table>
+}
+
+export interface AgentOverrides {
+  readonly dataDir?: string
+  readonly socketPath?: string
+  readonly serverAddress?: string
+  readonly joinToken?: string
+  readonly trustBundlePath?: string
+  readonly insecureBootstrap?: boolean
+  readonly trustDomain?: string
+}
+
+const AGENT_KEYS = [
+  'trust_domain',
+  'server_address',
+  'server_port',
+  'data_dir',
+  'socket_path',
+  'trust_bundle_path',
+  'insecure_bootstrap',
+  'join_token',
+  'workload_x509_svid_key_type',
+  'sync_interval',
+  'x509_svid_cache_max_size',
+  'log_level',
+] as const
+
+/** Parses and validates an agent config (SPIRE's key names); every problem in one ERR_CONFIG. */
+export function parseAgentConfig(
+  text: string,
+  source: string,
+  o: AgentOverrides = {},
+): AgentConfig {
+  let doc: Table
+  try {
+    doc = parseToml(text) as Table
+  } catch (err) {
+    throw new ConfigError(source, [`not valid TOML: ${(err as Error).message}`])
+  }
+  const r = new ConfigReader(dirname(resolve(source)))
+  r.known(doc, ['agent', 'plugins'], '')
+  const a = r.table(doc, 'agent', 'agent', true)
+  r.known(a, AGENT_KEYS, 'agent')
+  const dataDir = o.dataDir ? resolve(o.dataDir) : r.path(a, 'data_dir', 'agent', './data/agent')!
+  const socketPath = o.socketPath
+    ? resolve(o.socketPath)
+    : a?.socket_path === undefined
+      ? resolve(dataDir, 'public', 'api.sock')
+      : r.path(a, 'socket_path', 'agent')!
+  let serverAddress = o.serverAddress ?? r.string(a, 'server_address', 'agent', '127.0.0.1')!
+  if (o.serverAddress === undefined && !serverAddress.includes(':')) {
+    serverAddress = `${serverAddress}:${r.int(a, 'server_port', 'agent', 8081, 1, 65535)}`
+  }
+  const insecureBootstrap = o.insecureBootstrap ?? r.bool(a, 'insecure_bootstrap', 'agent', false)
+  const trustBundlePath = o.trustBundlePath
+    ? resolve(o.trustBundlePath)
+    : a?.trust_bundle_path === undefined
+      ? undefined
+      : r.path(a, 'trust_bundle_path', 'agent')
+  if (!insecureBootstrap && trustBundlePath === undefined) {
+    r.problems.push('agent: set trust_bundle_path (or insecure_bootstrap = true for a demo)')
+  }
+  if (insecureBootstrap && trustBundlePath !== undefined && o.insecureBootstrap === undefined) {
+    r.problems.push('agent: trust_bundle_path and insecure_bootstrap exclude each other')
+  }
+
+  const plugins = r.table(doc, 'plugins', 'plugins')
+  r.known(plugins, ['NodeAttestor', 'KeyManager', 'WorkloadAttestor'], 'plugins')
+  const na = r.table(plugins ?? {}, 'NodeAttestor', 'plugins.NodeAttestor') ?? { join_token: {} }
+  const naNames = Object.keys(na)
+  if (naNames.length !== 1) r.problems.push('plugins.NodeAttestor: configure exactly one')
+  const naName = naNames[0] ?? 'join_token'
+  const naData = r.table(na, naName, `plugins.NodeAttestor.${naName}`) ?? {}
+
+  const km = r.table(plugins ?? {}, 'KeyManager', 'plugins.KeyManager')
+  r.known(km, ['disk', 'memory'], 'plugins.KeyManager')
+  if (km && Object.keys(km).length !== 1)
+    r.problems.push('plugins.KeyManager: configure exactly one')
+  let keyManager: AgentConfig['keyManager'] = { kind: 'disk', directory: resolve(dataDir, 'keys') }
+  if (km?.memory !== undefined) keyManager = { kind: 'memory' }
+  const disk = r.table(km ?? {}, 'disk', 'plugins.KeyManager.disk')
+  if (disk) {
+    r.known(disk, ['directory'], 'plugins.KeyManager.disk')
+    keyManager = {
+      kind: 'disk',
+      directory: r.path(disk, 'directory', 'plugins.KeyManager.disk', resolve(dataDir, 'keys'))!,
+    }
+  }
+
+  const wa = r.table(plugins ?? {}, 'WorkloadAttestor', 'plugins.WorkloadAttestor') ?? { unix: {} }
+  const workloadAttestors = new Map<string, Table>()
+  for (const name of Object.keys(wa)) {
+    const t = r.table(wa, name, `plugins.WorkloadAttestor.${name}`)
+    if (t) workloadAttestors.set(name, t)
+  }
+  if (workloadAttestors.size === 0)
+    r.problems.push('plugins.WorkloadAttestor: configure at least one')
+
+  const config: AgentConfig = {
+    trustDomain: o.trustDomain ?? r.string(a, 'trust_domain', 'agent') ?? '',
+    serverAddress,
+    dataDir,
+    socketPath,
+    trustBundlePath,
+    insecureBootstrap,
+    joinToken: o.joinToken ?? r.optionalString(a, 'join_token', 'agent'),
+    workloadKeyType: r.oneOf(a, 'workload_x509_svid_key_type', 'agent', KEY_TYPES, 'ec-p256'),
+    syncIntervalSeconds: r.duration(a, 'sync_interval', 'agent', 5),
+    x509SvidCacheMaxSize: r.int(a, 'x509_svid_cache_max_size', 'agent', 1000, 1, 1_000_000),
+    logLevel: r.oneOf(a, 'log_level', 'agent', ['debug', 'info', 'warn', 'error'], 'info'),
+    keyManager,
+    nodeAttestor: { name: naName, data: naData },
+    workloadAttestors,
+  }
+  if (!/^[a-z0-9._-]{1,255}$/.test(config.trustDomain)) {
+    r.problems.push(`agent.trust_domain: '${config.trustDomain}' is not a valid trust domain name`)
+  }
+  r.done(source)
+  return config
+}
+
+export function loadAgentConfig(file: string, o: AgentOverrides = {}): AgentConfig {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(file, [`cannot read: ${(err as Error).message}`])
+  }
+  return parseAgentConfig(text, file, o)
+}

@@ -1,0 +1,603 @@
+/**
+ * The agent's manager: its own identity (attest, renew or re-attest at half-life), the entries
+ * authorized to it (incremental sync), the workload SVIDs (keys generated here, never sent; rotated
+ * at half-life with jitter), JWT-SVIDs cached per (SPIFFE ID, audience set), and the bundle. It is
+ * the WorkloadSource the Workload API serves from, so workloads are answered from memory and keep
+ * being answered while the server is unreachable; the sync loop retries with capped exponential
+ * backoff and reports it in health().
+ */
+import type { KeyObject } from 'node:crypto'
+import type { AgentNodeAttestor } from '../attestors/types.js'
+import { createCsr } from '../common/csr.js'
+import type { Log } from '../common/log.js'
+import { x509 } from '../common/x509.js'
+import { generateSoftwareKeyPair, softwareKey } from '../keymanager/memory.js'
+import type { Key, KeyManager, KeyType } from '../keymanager/types.js'
+import type { JwtBundle } from '../spiffe/bundle.js'
+import { TrustBundle } from '../spiffe/bundle.js'
+import type { TrustDomain } from '../spiffe/id.js'
+import type { AgentAuth, NodeClient } from '../transport/grpc-client.js'
+import { NodeCallError } from '../transport/grpc-client.js'
+import type { EntryMessage } from '../transport/proto.js'
+import type { AgentStorage } from './storage.js'
+import type {
+  BundlesUpdate,
+  JwtSvidResult,
+  Selector,
+  WorkloadSource,
+  WorkloadX509Svid,
+  X509Update,
+} from './workload-api/types.js'
+
+export interface Clock {
+  now(): Date
+}
+
+export interface ManagerOptions {
+  readonly trustDomain: TrustDomain
+  readonly client: NodeClient
+  readonly storage: AgentStorage
+  readonly keyManager: KeyManager
+  readonly attestor: AgentNodeAttestor
+  readonly workloadKeyType: KeyType
+  readonly syncIntervalMs: number
+  readonly cacheMaxSize: number
+  readonly clock?: Clock
+  readonly log: Log
+  /** For tests: [0,1) jitter source. */
+  readonly random?: () => number
+}
+
+interface AgentIdentity {
+  spiffeId: string
+  chain: Uint8Array[]
+  key: Key
+  notBefore: number
+  notAfter: number
+  rotateAt: number
+  reattestable: boolean
+}
+
+interface CachedSvid extends WorkloadX509Svid {
+  readonly entryRevision: number
+  readonly notAfter: number
+  readonly rotateAt: number
+  lastAccess: number
+}
+
+interface X509Sub {
+  readonly selectors: ReadonlySet<string>
+  readonly cb: (u: X509Update) => void
+  last: string | undefined
+  /** Deferred first update: waiting for SVIDs of matching entries. */
+  waitingUntil: number | undefined
+}
+
+const sel = (s: Selector) => `${s.type}:${s.value}`
+const MAX_BATCH = 500
+
+function validity(der: Uint8Array): { notBefore: number; notAfter: number } {
+  const c = new x509.X509Certificate(der)
+  return { notBefore: c.notBefore.getTime(), notAfter: c.notAfter.getTime() }
+}
+
+export class AgentManager implements WorkloadSource {
+  private readonly o: ManagerOptions
+  private readonly clock: Clock
+  private readonly random: () => number
+  private agent: AgentIdentity | undefined
+  private bundle: TrustBundle | undefined
+  private entries = new Map<string, EntryMessage>()
+  private revision = 0
+  private readonly svids = new Map<string, CachedSvid>()
+  private readonly jwtCache = new Map<
+    string,
+    { token: string; issuedAt: number; expiresAt: number; hint: string; spiffeId: string }
+  >()
+  private readonly x509Subs = new Set<X509Sub>()
+  private readonly bundleSubs = new Set<(u: BundlesUpdate) => void>()
+  private timer: NodeJS.Timeout | undefined
+  private stopped = false
+  private syncing: Promise<void> | undefined
+  private failures = 0
+  private lastSyncOk: number | undefined
+  private lastError: string | undefined
+  private keyCounter = 0
+
+  constructor(o: ManagerOptions) {
+    this.o = o
+    this.clock = o.clock ?? { now: () => new Date() }
+    this.random = o.random ?? Math.random
+  }
+
+  private now(): number {
+    return this.clock.now().getTime()
+  }
+
+  /**
+   * SPIRE's half-life rule: rotate when the remaining life falls under half, ±10% jitter. The life
+   * counts from when we got the certificate, not its notBefore: servers backdate notBefore (ours by
+   * 10 s), which would make a short-lived SVID look half spent on arrival and rotate in a loop.
+   */
+  private rotateAt(notBefore: number, notAfter: number): number {
+    const half = (notAfter - Math.max(notBefore, this.now())) / 2
+    const jittered = half + (this.random() * 2 - 1) * (half / 10)
+    return notAfter - jittered
+  }
+
+  get agentId(): string | undefined {
+    return this.agent?.spiffeId
+  }
+
+  private auth(): AgentAuth {
+    const a = this.agent
+    if (!a) throw new Error('the agent has not attested')
+    return { spiffeId: a.spiffeId, chain: a.chain, signer: a.key }
+  }
+
+  /** Restores saved state, or attests. Then runs one sync so workloads have SVIDs at once. */
+  async start(): Promise<void> {
+    const state = this.o.storage.load()
+    if (state.bundle) {
+      this.bundle = TrustBundle.fromSpiffeJson(this.o.trustDomain, state.bundle)
+      this.o.client.setBundle(this.bundle)
+    }
+    if (state.agentSvid && state.agentSpiffeId && state.agentKeyId) {
+      const key = await this.o.keyManager.getKey(state.agentKeyId)
+      const leaf = state.agentSvid[0]
+      if (key && leaf) {
+        const v = validity(leaf)
+        if (v.notAfter > this.now()) {
+          this.agent = {
+            spiffeId: state.agentSpiffeId,
+            chain: state.agentSvid,
+            key,
+            ...v,
+            rotateAt: this.rotateAt(v.notBefore, v.notAfter),
+            reattestable: state.reattestable ?? false,
+          }
+          this.o.log('info', 'restored agent identity', {
+            agent: state.agentSpiffeId,
+            expires: new Date(v.notAfter).toISOString(),
+          })
+        }
+      }
+    }
+    if (state.entries && this.agent) {
+      for (const e of JSON.parse(state.entries) as EntryMessage[]) this.entries.set(e.id, e)
+      this.revision = state.revision ?? 0
+    }
+    if (!this.agent) await this.attest()
+    await this.syncNow()
+    this.schedule(this.o.syncIntervalMs)
+  }
+
+  private async newAgentKey(): Promise<Key> {
+    const id = `agent-svid-${Date.now()}-${++this.keyCounter}`
+    return this.o.keyManager.generateKey(id, 'ec-p256')
+  }
+
+  /** Node attestation: a new key, evidence, and the agent SVID. */
+  private async attest(): Promise<void> {
+    const key = await this.newAgentKey()
+    const r = await this.o.client.attestAgent(this.o.attestor, key)
+    const old = this.agent
+    const v = validity(r.svid.certChain[0]!)
+    this.agent = {
+      spiffeId: r.svid.spiffeId,
+      chain: r.svid.certChain,
+      key,
+      ...v,
+      rotateAt: this.rotateAt(v.notBefore, v.notAfter),
+      reattestable: r.reattestable,
+    }
+    this.bundle = r.bundle
+    this.o.storage.save({
+      agentSvid: r.svid.certChain,
+      agentSpiffeId: r.svid.spiffeId,
+      reattestable: r.reattestable,
+      bundle: r.bundle.toSpiffeJson(),
+      agentKeyId: key.id,
+    })
+    if (old && old.key.id !== key.id) await this.o.keyManager.deleteKey(old.key.id)
+    if (old && old.spiffeId !== r.svid.spiffeId) {
+      // A different identity: nothing synced for the old one applies.
+      this.entries.clear()
+      this.revision = 0
+    }
+    this.o.log('info', 'node attested', { agent: r.svid.spiffeId, attestor: this.o.attestor.name })
+    this.notifyBundles()
+  }
+
+  /** Renews the agent SVID (RenewAgent), or attests again when the attestor allows it. */
+  private async rotateAgent(): Promise<void> {
+    const a = this.agent!
+    if (a.reattestable) {
+      await this.attest()
+      return
+    }
+    const key = await this.newAgentKey()
+    const r = await this.o.client.call('RenewAgent', { csr: await createCsr(key) }, this.auth())
+    const v = validity(r.svid.certChain[0]!)
+    const old = a.key
+    this.agent = {
+      ...a,
+      chain: r.svid.certChain,
+      key,
+      ...v,
+      rotateAt: this.rotateAt(v.notBefore, v.notAfter),
+    }
+    this.o.storage.save({ agentSvid: r.svid.certChain, agentKeyId: key.id })
+    await this.o.keyManager.deleteKey(old.id)
+    this.o.log('info', 'agent SVID renewed', {
+      agent: a.spiffeId,
+      expires: new Date(v.notAfter).toISOString(),
+    })
+  }
+
+  private schedule(ms: number): void {
+    if (this.stopped) return
+    this.timer = setTimeout(() => {
+      void this.syncNow().then(
+        () => this.schedule(this.o.syncIntervalMs),
+        () => {
+          // Capped exponential backoff with jitter: min(8 min, 48 × interval), as SPIRE caps it.
+          const cap = Math.min(8 * 60_000, 48 * this.o.syncIntervalMs)
+          const delay = Math.min(cap, this.o.syncIntervalMs * 2 ** Math.min(this.failures, 10))
+          this.schedule(delay / 2 + this.random() * (delay / 2))
+        },
+      )
+    }, ms)
+    this.timer.unref?.()
+  }
+
+  /** One sync (coalesced with a running one). Rejects when it failed; the state is kept. */
+  syncNow(): Promise<void> {
+    this.syncing ??= this.sync().finally(() => {
+      this.syncing = undefined
+    })
+    return this.syncing
+  }
+
+  private async sync(): Promise<void> {
+    try {
+      if (this.agent && this.now() >= this.agent.rotateAt) await this.rotateAgent()
+      await this.syncBundle()
+      await this.syncEntries()
+      await this.syncSvids()
+      this.failures = 0
+      this.lastSyncOk = this.now()
+      this.lastError = undefined
+    } catch (err) {
+      this.failures++
+      this.lastError = (err as Error).message
+      this.o.log('warn', 'sync with the server failed; serving cached identities', {
+        error: this.lastError,
+        failures: this.failures,
+        remedy: 'check that the server is reachable; the agent retries with backoff',
+      })
+      if (
+        err instanceof NodeCallError &&
+        ['banned', 'not_attested', 'stale_svid', 'bad_svid'].includes(err.reason)
+      ) {
+        // The server no longer accepts this identity: forget it so the next start (or an attestor
+        // that can) attests again, rather than retrying with a dead SVID forever.
+        this.o.log('error', 'the server refused the agent identity', {
+          reason: err.reason,
+          remedy: 'evict the agent on the server and give it a new join token, or re-attest',
+        })
+        this.o.storage.clearIdentity()
+        if (this.agent?.reattestable) await this.attest().catch(() => undefined)
+      }
+      throw err
+    } finally {
+      this.flushWaiting()
+    }
+  }
+
+  private async syncBundle(): Promise<void> {
+    const r = await this.o.client.call('GetBundle', {}, this.auth())
+    if (this.bundle && r.sequence <= this.bundle.sequence) return
+    const b = TrustBundle.fromSpiffeJson(this.o.trustDomain, r.bundle)
+    this.bundle = b
+    this.o.client.setBundle(b)
+    this.o.storage.save({ bundle: r.bundle })
+    this.o.log('info', 'trust bundle updated', { sequence: b.sequence })
+    this.notifyBundles()
+    this.notifyX509()
+  }
+
+  private async syncEntries(): Promise<void> {
+    const r = await this.o.client.call('SyncEntries', { sinceRevision: this.revision }, this.auth())
+    if (r.full) this.entries = new Map(r.entries.map((e) => [e.id, e]))
+    else {
+      for (const e of r.entries) this.entries.set(e.id, e)
+      for (const id of r.deletedIds) this.entries.delete(id)
+    }
+    const changed = r.full || r.entries.length > 0 || r.deletedIds.length > 0
+    this.revision = r.revision
+    if (changed) {
+      this.o.storage.save({
+        revision: this.revision,
+        entries: JSON.stringify([...this.entries.values()]),
+      })
+      for (const id of [...this.svids.keys()]) if (!this.entries.has(id)) this.svids.delete(id)
+      this.notifyX509()
+    }
+  }
+
+  /** Which entries need a (new) SVID: missing, due for rotation, or their entry changed. */
+  private dueEntries(): EntryMessage[] {
+    const now = this.now()
+    const subscribed = this.subscribedEntryIds()
+    const due: EntryMessage[] = []
+    for (const e of this.entries.values()) {
+      const have = this.svids.get(e.id)
+      if (!have) {
+        // Soft cache limit: past it, only entries someone is waiting for get SVIDs ahead of time.
+        if (this.svids.size >= this.o.cacheMaxSize && !subscribed.has(e.id)) continue
+        due.push(e)
+      } else if (now >= have.rotateAt || have.entryRevision !== e.revisionNumber) due.push(e)
+    }
+    return due
+  }
+
+  private async syncSvids(): Promise<void> {
+    const due = this.dueEntries()
+    for (let i = 0; i < due.length; i += MAX_BATCH) {
+      const batch = due.slice(i, i + MAX_BATCH)
+      const keys = await Promise.all(
+        batch.map(() => generateSoftwareKeyPair(this.o.workloadKeyType)),
+      )
+      const csrs = await Promise.all(
+        keys.map((k, j) =>
+          createCsr(softwareKey(`w${j}`, this.o.workloadKeyType, k.privateKey, k.publicKey)),
+        ),
+      )
+      const r = await this.o.client.call(
+        'BatchNewX509SVID',
+        { params: batch.map((e, j) => ({ entryId: e.id, csr: csrs[j]! })) },
+        this.auth(),
+      )
+      r.results.forEach((res, j) => {
+        const e = batch[j]!
+        if (res.status !== 0 || !res.svid) {
+          this.o.log('warn', 'the server did not issue an SVID', {
+            entry: e.id,
+            status: res.status,
+            error: res.message,
+          })
+          return
+        }
+        const v = validity(res.svid.certChain[0]!)
+        this.svids.set(e.id, {
+          entryId: e.id,
+          spiffeId: res.svid.spiffeId,
+          chain: res.svid.certChain,
+          privateKey: pkcs8(keys[j]!.privateKey),
+          hint: e.hint,
+          entryRevision: e.revisionNumber,
+          notAfter: v.notAfter,
+          rotateAt: this.rotateAt(v.notBefore, v.notAfter),
+          lastAccess: this.now(),
+        })
+      })
+    }
+    this.evict()
+    if (due.length > 0) this.notifyX509()
+  }
+
+  /** Soft limit: drop least recently used SVIDs nobody subscribes to (SPIRE's LRU semantics). */
+  private evict(): void {
+    const over = this.svids.size - this.o.cacheMaxSize
+    if (over <= 0) return
+    const subscribed = this.subscribedEntryIds()
+    const victims = [...this.svids.values()]
+      .filter((s) => !subscribed.has(s.entryId))
+      .sort((a, b) => a.lastAccess - b.lastAccess)
+      .slice(0, over)
+    for (const v of victims) this.svids.delete(v.entryId)
+  }
+
+  // ------------------------------------------------------------ WorkloadSource
+
+  private matching(selectors: ReadonlySet<string>): EntryMessage[] {
+    return [...this.entries.values()]
+      .filter((e) => e.selectors.length > 0 && e.selectors.every((s) => selectors.has(sel(s))))
+      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+  }
+
+  private subscribedEntryIds(): Set<string> {
+    const out = new Set<string>()
+    for (const sub of this.x509Subs) for (const e of this.matching(sub.selectors)) out.add(e.id)
+    return out
+  }
+
+  private x509Update(selectors: ReadonlySet<string>): X509Update {
+    const now = this.now()
+    const svids: WorkloadX509Svid[] = []
+    for (const e of this.matching(selectors)) {
+      const s = this.svids.get(e.id)
+      if (!s || s.notAfter <= now) continue
+      s.lastAccess = now
+      svids.push(s)
+    }
+    const bundles = new Map<string, readonly Uint8Array[]>()
+    if (this.bundle) bundles.set(this.o.trustDomain.name, this.bundle.x509Authorities)
+    return { svids, bundles }
+  }
+
+  private fingerprint(u: X509Update): string {
+    return `${this.bundle?.sequence ?? 0}|${u.svids.map((s) => `${s.entryId}:${Buffer.from(s.chain[0]!).subarray(-16).toString('hex')}`).join(',')}`
+  }
+
+  private deliver(sub: X509Sub): void {
+    const u = this.x509Update(sub.selectors)
+    const fp = this.fingerprint(u)
+    if (fp === sub.last) return
+    sub.last = fp
+    sub.cb(u)
+  }
+
+  private notifyX509(): void {
+    for (const sub of this.x509Subs) if (sub.waitingUntil === undefined) this.deliver(sub)
+  }
+
+  /** Subscriptions waiting for SVIDs get their first update once they exist, or when time is up. */
+  private flushWaiting(): void {
+    const now = this.now()
+    for (const sub of this.x509Subs) {
+      if (sub.waitingUntil === undefined) continue
+      const pending = this.matching(sub.selectors).some((e) => !this.svids.has(e.id))
+      if (!pending || now >= sub.waitingUntil) {
+        sub.waitingUntil = undefined
+        this.deliver(sub)
+      }
+    }
+  }
+
+  subscribeX509(selectors: readonly Selector[], onUpdate: (u: X509Update) => void): () => void {
+    const sub: X509Sub = {
+      selectors: new Set(selectors.map(sel)),
+      cb: onUpdate,
+      last: undefined,
+      waitingUntil: undefined,
+    }
+    this.x509Subs.add(sub)
+    const pending = this.matching(sub.selectors).some((e) => !this.svids.has(e.id))
+    if (pending) {
+      // Entries match but their SVIDs are not issued yet (cache limit, new entry): fetch now and
+      // answer when they arrive, rather than telling the workload it has no identity.
+      sub.waitingUntil = this.now() + 10_000
+      void this.syncNow().catch(() => undefined)
+      setTimeout(() => this.flushWaiting(), 10_050).unref?.()
+    } else {
+      this.deliver(sub)
+    }
+    return () => {
+      this.x509Subs.delete(sub)
+    }
+  }
+
+  private bundlesUpdate(): BundlesUpdate {
+    const x509b = new Map<string, readonly Uint8Array[]>()
+    const jwt = new Map<string, string>()
+    if (this.bundle) {
+      x509b.set(this.o.trustDomain.name, this.bundle.x509Authorities)
+      const keys = (JSON.parse(this.bundle.toSpiffeJson()) as { keys: { use?: string }[] }).keys
+        .filter((k) => k.use === 'jwt-svid')
+        .map(({ use: _use, ...k }) => k)
+      jwt.set(this.o.trustDomain.name, JSON.stringify({ keys }))
+    }
+    return { x509: x509b, jwt }
+  }
+
+  private notifyBundles(): void {
+    const u = this.bundlesUpdate()
+    for (const cb of this.bundleSubs) cb(u)
+  }
+
+  subscribeBundles(onUpdate: (u: BundlesUpdate) => void): () => void {
+    this.bundleSubs.add(onUpdate)
+    onUpdate(this.bundlesUpdate())
+    return () => {
+      this.bundleSubs.delete(onUpdate)
+    }
+  }
+
+  async fetchJwtSvids(
+    selectors: readonly Selector[],
+    audience: readonly string[],
+    spiffeId?: string,
+  ): Promise<JwtSvidResult[]> {
+    const entries = this.matching(new Set(selectors.map(sel))).filter(
+      (e) => spiffeId === undefined || e.spiffeId === spiffeId,
+    )
+    const out: JwtSvidResult[] = []
+    const seen = new Set<string>()
+    const aud = [...new Set(audience)].sort()
+    for (const e of entries) {
+      if (seen.has(e.spiffeId)) continue
+      seen.add(e.spiffeId)
+      const key = `${e.spiffeId}|${aud.join('\u0000')}`
+      const cached = this.jwtCache.get(key)
+      const now = this.now()
+      if (cached && now < cached.issuedAt + (cached.expiresAt - cached.issuedAt) / 2) {
+        out.push({ spiffeId: cached.spiffeId, token: cached.token, hint: cached.hint })
+        continue
+      }
+      try {
+        const r = await this.o.client.call(
+          'NewJWTSVID',
+          { entryId: e.id, audience: aud },
+          this.auth(),
+        )
+        const entry = {
+          token: r.token,
+          issuedAt: r.issuedAt * 1000,
+          expiresAt: r.expiresAt * 1000,
+          hint: r.hint,
+          spiffeId: r.spiffeId,
+        }
+        this.jwtCache.delete(key)
+        this.jwtCache.set(key, entry)
+        // A hard limit on cached JWT-SVIDs (SPIRE: 1000): drop the oldest.
+        while (this.jwtCache.size > 1000) this.jwtCache.delete(this.jwtCache.keys().next().value!)
+        out.push({ spiffeId: r.spiffeId, token: r.token, hint: r.hint })
+      } catch (err) {
+        // The server is unreachable: an unexpired cached token is still valid (SPIRE does this too).
+        if (cached && now < cached.expiresAt) {
+          this.o.log('warn', 'serving a cached JWT-SVID: the server did not answer', {
+            spiffe_id: e.spiffeId,
+          })
+          out.push({ spiffeId: cached.spiffeId, token: cached.token, hint: cached.hint })
+          continue
+        }
+        throw err
+      }
+    }
+    return out
+  }
+
+  jwtBundle(td: TrustDomain): JwtBundle | undefined {
+    return this.bundle && td.equals(this.o.trustDomain) ? this.bundle.jwtBundle() : undefined
+  }
+
+  // ------------------------------------------------------------ health and lifecycle
+
+  health(): {
+    ready: boolean
+    agentId?: string
+    lastSyncOk?: string
+    failures: number
+    lastError?: string
+    agentExpiresAt?: string
+  } {
+    const h: ReturnType<AgentManager['health']> = {
+      ready: this.agent !== undefined && this.agent.notAfter > this.now(),
+      failures: this.failures,
+    }
+    if (this.agent) {
+      h.agentId = this.agent.spiffeId
+      h.agentExpiresAt = new Date(this.agent.notAfter).toISOString()
+    }
+    if (this.lastSyncOk) h.lastSyncOk = new Date(this.lastSyncOk).toISOString()
+    if (this.lastError) h.lastError = this.lastError
+    return h
+  }
+
+  /** For tests and diagnostics. */
+  cachedSvidCount(): number {
+    return this.svids.size
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true
+    if (this.timer) clearTimeout(this.timer)
+    await this.syncing?.catch(() => undefined)
+  }
+}
+
+function pkcs8(key: KeyObject): Uint8Array {
+  return new Uint8Array(key.export({ type: 'pkcs8', format: 'der' }))
+}

@@ -1,0 +1,154 @@
+/**
+ * The agent's state in SQLite in its data dir (agent.sqlite3), so a restart neither re-attests nor
+ * stops serving: the agent SVID chain, whether it can re-attest, the bundle, the entry revision and
+ * entries. Workload SVIDs are not stored (their keys live in memory only, as SPIRE does); they are
+ * reissued after a restart. A database that is not readable is moved aside with a clear log line
+ * and the agent starts over (re-attesting, which is safe where the attestor allows it).
+ */
+import { closeSync, existsSync, mkdirSync, openSync, renameSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { SpiffeEdgeError } from '../errors.js'
+import { loadBetterSqlite3 } from '../server/datastore/sqlite.js'
+
+type Db = InstanceType<ReturnType<typeof loadBetterSqlite3>>
+
+export interface AgentState {
+  /** DER certificates, leaf first. */
+  agentSvid?: Uint8Array[]
+  agentSpiffeId?: string
+  reattestable?: boolean
+  /** SPIFFE bundle JSON. */
+  bundle?: string
+  revision?: number
+  /** The authorized entries as last synced (JSON of EntryMessage[]). */
+  entries?: string
+  /** The agent SVID key's id in the key manager. */
+  agentKeyId?: string
+}
+
+export class AgentStorage {
+  private readonly db: Db
+  readonly path: string
+
+  private constructor(db: Db, path: string) {
+    this.db = db
+    this.path = path
+  }
+
+  /**
+   * Opens the state database; one that does not open or fails its integrity check is renamed to
+   * `<file>.corrupt-<time>` and a new one is started (returned with `recovered: true`).
+   */
+  static open(path: string): { storage: AgentStorage; recovered: boolean } {
+    const ctor = loadBetterSqlite3()
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
+    const tryOpen = () => {
+      if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600))
+      const db = new ctor(path)
+      try {
+        db.pragma('journal_mode = WAL')
+        // Losing the last write of agent state only costs a re-sync; FULL is not needed here.
+        db.pragma('synchronous = NORMAL')
+        const check = db.pragma('quick_check', { simple: true })
+        if (check !== 'ok') throw new Error(`integrity check: ${String(check)}`)
+        db.exec('CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value BLOB NOT NULL)')
+        return db
+      } catch (err) {
+        db.close()
+        throw err
+      }
+    }
+    try {
+      return { storage: new AgentStorage(tryOpen(), path), recovered: false }
+    } catch (err) {
+      const aside = `${path}.corrupt-${Date.now()}`
+      try {
+        renameSync(path, aside)
+      } catch (renameErr) {
+        throw new SpiffeEdgeError(
+          'ERR_AGENT_STATE',
+          `agent state ${path} is unreadable and cannot be moved aside`,
+          {
+            cause: renameErr,
+            remedy: `remove ${path} by hand (the agent will attest again)`,
+          },
+        )
+      }
+      try {
+        return { storage: new AgentStorage(tryOpen(), path), recovered: true }
+      } catch (err2) {
+        throw new SpiffeEdgeError(
+          'ERR_AGENT_STATE',
+          `cannot create agent state ${path}: ${(err2 as Error).message}`,
+          {
+            cause: err,
+            remedy: 'check that the data dir is writable',
+          },
+        )
+      }
+    }
+  }
+
+  load(): AgentState {
+    const rows = this.db.prepare('SELECT name, value FROM state').all() as {
+      name: string
+      value: Buffer
+    }[]
+    const m = new Map(rows.map((r) => [r.name, r.value]))
+    const text = (k: string) => m.get(k)?.toString('utf8')
+    const out: AgentState = {}
+    const chain = text('agent_svid')
+    if (chain)
+      out.agentSvid = (JSON.parse(chain) as string[]).map(
+        (b) => new Uint8Array(Buffer.from(b, 'base64')),
+      )
+    const id = text('agent_spiffe_id')
+    if (id) out.agentSpiffeId = id
+    const re = text('reattestable')
+    if (re) out.reattestable = re === 'true'
+    const bundle = text('bundle')
+    if (bundle) out.bundle = bundle
+    const rev = text('revision')
+    if (rev) out.revision = Number(rev)
+    const entries = text('entries')
+    if (entries) out.entries = entries
+    const keyId = text('agent_key_id')
+    if (keyId) out.agentKeyId = keyId
+    return out
+  }
+
+  /** Writes the given fields in one transaction. */
+  save(s: AgentState): void {
+    const put = this.db.prepare(
+      'INSERT INTO state (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value',
+    )
+    const values: [string, string][] = []
+    if (s.agentSvid)
+      values.push([
+        'agent_svid',
+        JSON.stringify(s.agentSvid.map((c) => Buffer.from(c).toString('base64'))),
+      ])
+    if (s.agentSpiffeId !== undefined) values.push(['agent_spiffe_id', s.agentSpiffeId])
+    if (s.reattestable !== undefined) values.push(['reattestable', String(s.reattestable)])
+    if (s.bundle !== undefined) values.push(['bundle', s.bundle])
+    if (s.revision !== undefined) values.push(['revision', String(s.revision)])
+    if (s.entries !== undefined) values.push(['entries', s.entries])
+    if (s.agentKeyId !== undefined) values.push(['agent_key_id', s.agentKeyId])
+    this.db.transaction(() => {
+      for (const [k, v] of values) put.run(k, Buffer.from(v, 'utf8'))
+    })()
+  }
+
+  /** Forgets the agent identity (after eviction or a ban): the next start attests again. */
+  clearIdentity(): void {
+    this.db
+      .prepare(
+        "DELETE FROM state WHERE name IN ('agent_svid','agent_spiffe_id','reattestable','revision','entries')",
+      )
+      .run()
+  }
+
+  close(): void {
+    this.db.close()
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * The seam between the agent's cache (which knows identities and bundles) and the Workload API
+ * endpoint (which knows sockets, callers and the SPIFFE wire rules). The endpoint never talks to
+ * the server: everything it serves comes from a WorkloadSource, so it never blocks on the network.
+ */
+import type { Selector } from '../../attestors/types.js'
+import type { JwtBundle } from '../../spiffe/bundle.js'
+import type { TrustDomain } from '../../spiffe/id.js'
+
+export type { Selector }
+
+export interface WorkloadX509Svid {
+  readonly spiffeId: string
+  /** DER certificates, leaf first. */
+  readonly chain: readonly Uint8Array[]
+  /** Unencrypted PKCS#8 DER of the SVID's private key (generated on the agent, never sent anywhere). */
+  readonly privateKey: Uint8Array
+  readonly hint: string
+  /** The entry it was issued for (stable order: sorted by entry id, as SPIRE sorts). */
+  readonly entryId: string
+}
+
+export interface X509Update {
+  readonly svids: readonly WorkloadX509Svid[]
+  /** X.509 authorities (DER) by trust domain name: our own and the federated ones these SVIDs use. */
+  readonly bundles: ReadonlyMap<string, readonly Uint8Array[]>
+}
+
+export interface BundlesUpdate {
+  /** X.509 authorities (DER) by trust domain name. */
+  readonly x509: ReadonlyMap<string, readonly Uint8Array[]>
+  /** JWKS JSON (standard JWK Set: keys without SPIFFE `use`) by trust domain name. */
+  readonly jwt: ReadonlyMap<string, string>
+}
+
+export interface JwtSvidResult {
+  readonly spiffeId: string
+  readonly token: string
+  readonly hint: string
+}
+
+export interface WorkloadSource {
+  /**
+   * Identities whose entry selectors are all in `selectors`. `onUpdate` is called at once with the
+   * current state (possibly no SVIDs yet) and again on every change; the returned function
+   * unsubscribes. While a subscription lives, its SVIDs are never evicted from the cache.
+   */
+  subscribeX509(selectors: readonly Selector[], onUpdate: (u: X509Update) => void): () => void
+  /** Every bundle the agent has; called at once and on every change. */
+  subscribeBundles(onUpdate: (u: BundlesUpdate) => void): () => void
+  /** JWT-SVIDs for the matching identities (all, or only `spiffeId`), minted or from cache. */
+  fetchJwtSvids(
+    selectors: readonly Selector[],
+    audience: readonly string[],
+    spiffeId?: string,
+  ): Promise<JwtSvidResult[]>
+  /** JWT authorities of a trust domain, for ValidateJWTSVID. */
+  jwtBundle(td: TrustDomain): JwtBundle | undefined
+}
+
+/** What is known of a Workload API caller from the kernel, checked again after attestation. */
+export interface PeerInfo {
+  readonly pid: number
+  readonly uid: number
+  readonly gid: number
+}
+
+/** A workload attestor plugin (unix, systemd, docker): selectors from a caller's pid. */
+export interface WorkloadAttestor {
+  readonly kind: 'WorkloadAttestor'
+  readonly name: string
+  attest(peer: PeerInfo, signal?: AbortSignal): Promise<Selector[]>
+}
