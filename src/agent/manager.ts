@@ -308,7 +308,15 @@ export class AgentManager implements WorkloadSource {
   }
 
   private async syncEntries(): Promise<void> {
-    const r = await this.o.client.call('SyncEntries', { sinceRevision: this.revision }, this.auth())
+    const known = [...this.entries.values()].map((e) => ({
+      id: e.id,
+      revisionNumber: e.revisionNumber,
+    }))
+    const r = await this.o.client.call(
+      'SyncEntries',
+      { sinceRevision: this.revision, known },
+      this.auth(),
+    )
     if (r.full) this.entries = new Map(r.entries.map((e) => [e.id, e]))
     else {
       for (const e of r.entries) this.entries.set(e.id, e)

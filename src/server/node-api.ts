@@ -571,29 +571,26 @@ export class NodeApi {
     agent: AttestedNode,
     req: CallMethods['SyncEntries']['request'],
   ): Promise<CallMethods['SyncEntries']['response']> {
-    // Changes first, then the authorized set: an entry written in between is then sent twice at
-    // worst, never reported as deleted (which would lose it for good).
-    const changes =
-      req.sinceRevision > 0
-        ? await this.o.datastore.entryChangesSince(req.sinceRevision)
-        : undefined
-    const revision = changes?.revision ?? (await this.o.datastore.currentRevision())
+    // The revision first, then the set: an entry written in between is sent again next time at
+    // worst (its revision is above the one returned), never missed.
+    const revision = await this.o.datastore.currentRevision()
+    if (req.sinceRevision > 0 && req.sinceRevision === revision) {
+      return { revision, full: false, entries: [], deletedIds: [] }
+    }
     const authorized = await this.authorizedEntries(agent)
-    if (!changes || changes.resync) {
+    if (req.sinceRevision <= 0 || req.sinceRevision > revision) {
       return { revision, full: true, entries: authorized.map(entryMessage), deletedIds: [] }
     }
-    const allowed = new Set(authorized.map((e) => e.id))
-    const entries = changes.upserted.filter((e) => allowed.has(e.id))
-    // An entry that changed and is no longer authorized (re-parented, …) is a deletion for this agent.
-    const deletedIds = [
-      ...changes.deleted,
-      ...changes.upserted.filter((e) => !allowed.has(e.id)).map((e) => e.id),
-    ]
+    // Compare against what the agent says it holds: this catches entries whose authorization
+    // changed without the entry itself changing (node aliases added, removed or re-selected).
+    const known = new Map((req.known ?? []).map((k) => [k.id, k.revisionNumber]))
+    const ids = new Set(authorized.map((e) => e.id))
     return {
-      revision: changes.revision,
+      revision,
       full: false,
-      entries: entries.map(entryMessage),
-      deletedIds,
+      entries: authorized.filter((e) => known.get(e.id) !== e.revision).map(entryMessage),
+      // Only ids the agent itself sent: it learns nothing about other agents' entries.
+      deletedIds: [...known.keys()].filter((id) => !ids.has(id)),
     }
   }
 

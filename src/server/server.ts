@@ -81,6 +81,13 @@ function readUpstream(cfg: NonNullable<ServerConfig['upstream']>): UpstreamAutho
   if (!cert.getExtension(x509.BasicConstraintsExtension)?.ca) {
     throw new ConfigError('server.upstream', ['cert_file: the upstream certificate is not a CA'])
   }
+  const certKey = Buffer.from(cert.publicKey.rawData)
+  const signerKey = signer.publicKey.export({ type: 'spki', format: 'der' })
+  if (!certKey.equals(signerKey)) {
+    throw new ConfigError('server.upstream', [
+      'key_file: the key is not the one cert_file certifies',
+    ])
+  }
   return { certificate: certs[0]!, signer, roots, chain: certs.slice(1) }
 }
 

@@ -74,7 +74,7 @@ export interface EntryMessage {
 export interface CallMethods {
   RenewAgent: { request: { csr: Uint8Array }; response: { svid: X509SvidMessage } }
   SyncEntries: {
-    request: { sinceRevision: number }
+    request: { sinceRevision: number; known?: { id: string; revisionNumber: number }[] }
     response: { revision: number; full: boolean; entries: EntryMessage[]; deletedIds: string[] }
   }
   BatchNewX509SVID: {

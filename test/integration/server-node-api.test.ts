@@ -120,7 +120,8 @@ test('entries sync, SVIDs are issued only for authorized entries, JWT-SVIDs veri
       parent_id: 'spiffe://example.org/gateway/7',
       selectors: [{ type: 'unix', value: 'uid:1001' }],
     })
-    const inc = await client.call('SyncEntries', { sinceRevision: full.revision }, auth)
+    const known = full.entries.map((e) => ({ id: e.id, revisionNumber: e.revisionNumber }))
+    const inc = await client.call('SyncEntries', { sinceRevision: full.revision, known }, auth)
     assert.deepEqual(
       inc.entries.map((e) => e.selectors[0]?.value),
       ['uid:1001'],
