@@ -1,3 +1,5 @@
+import type { KeyObject } from 'node:crypto'
+
 /**
  * Node attestor plugins, typed by kind. Each attestor has an agent half (produces evidence,
  * answers challenges) and a server half (verifies, may challenge, names the agent), side by side
@@ -15,6 +17,16 @@ export type Challenger = (challenge: Uint8Array) => Promise<Uint8Array>
 export interface AttestationContext {
   readonly trustDomain: string
   readonly now: Date
+  /** The key the agent SVID will be issued for (from the CSR, possession already proven). */
+  readonly agentPublicKey: KeyObject
+  /** Per-agent memory across attestations (e.g. the last quote clock), by agent ID path; values are JSON text. */
+  readonly state: AttestorState
+}
+
+/** Small persistent per-agent values a server attestor keeps between attestations. */
+export interface AttestorState {
+  get(agentPath: string): Promise<string | undefined>
+  set(agentPath: string, value: string): Promise<void>
 }
 
 export interface NodeAttestationResult {

@@ -220,9 +220,16 @@ export class NodeApi {
     }
     let result: Awaited<ReturnType<ServerNodeAttestor['attest']>>
     try {
+      const ds = this.o.datastore
+      const journal = (path: string) => `attestor:${attestor.name}:${path}`
       result = await attestor.attest(params.data.payload, challenge, {
         trustDomain: this.o.trustDomain.name,
         now: this.o.clock.now(),
+        agentPublicKey: publicKey,
+        state: {
+          get: (path) => ds.getJournal(journal(path)),
+          set: (path, value) => ds.setJournal(journal(path), value),
+        },
       })
     } catch (err) {
       if (err instanceof NodeApiError) throw err
