@@ -4,6 +4,9 @@ import { parse as parseToml } from 'smol-toml'
 import { ConfigError, ConfigReader, type Table } from '../common/config.js'
 import type { KeyType } from '../keymanager/types.js'
 
+/** Where SPIRE users expect it (SPIRE: /tmp/spire-agent/public/api.sock); `api` commands look here. */
+export const DEFAULT_AGENT_SOCKET = '/tmp/spiffe-edge-agent/public/api.sock'
+
 const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
 
 export interface AgentConfig {
@@ -72,7 +75,7 @@ export function parseAgentConfig(
   const socketPath = o.socketPath
     ? resolve(o.socketPath)
     : a?.socket_path === undefined
-      ? resolve(dataDir, 'public', 'api.sock')
+      ? DEFAULT_AGENT_SOCKET
       : r.path(a, 'socket_path', 'agent')!
   let serverAddress = o.serverAddress ?? r.string(a, 'server_address', 'agent', '127.0.0.1')!
   if (o.serverAddress === undefined && !serverAddress.includes(':')) {

@@ -1,3 +1,5 @@
+import { agentRunCommand } from './agent-run.js'
+import { agentHealthcheck, apiGroup } from './api.js'
 import { type Group, type Io, runCli } from './command.js'
 import { serverGroup } from './server.js'
 import { serverRunCommand } from './server-run.js'
@@ -9,8 +11,19 @@ export const cliTree: Group = {
   name: 'spiffe-edge',
   summary:
     'spiffe-edge: a hardware-attested SPIFFE agent and server for edge fleets.\n' +
-    'The server (node API, admin), TPM diagnostics and hardware-sim; the agent lands with its issue.',
-  children: [serverGroup(serverRunCommand), tpmGroup, simGroup],
+    'Server (node API, admin), agent (Workload API), TPM diagnostics and hardware-sim.',
+  children: [
+    serverGroup(serverRunCommand),
+    {
+      kind: 'group',
+      name: 'agent',
+      summary: 'the node agent: attests, keeps SVIDs fresh, serves the Workload API',
+      children: [agentRunCommand, agentHealthcheck],
+    },
+    apiGroup,
+    tpmGroup,
+    simGroup,
+  ],
 }
 
 export async function main(argv: readonly string[], io?: Partial<Io>): Promise<number> {

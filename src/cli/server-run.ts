@@ -59,14 +59,15 @@ export const serverRunCommand: Leaf = {
     }
     const server = await startServer(config, { peerCred })
     // Scripts read this line to learn the port when --port 0 was asked.
+    // Listen for the signals before saying we are up: a script may signal as soon as it reads the line.
+    const stopped = new Promise<void>((resolve) => {
+      process.once('SIGTERM', () => resolve())
+      process.once('SIGINT', () => resolve())
+    })
     io.out(
       `${JSON.stringify({ listening: `${config.bindAddress}:${server.port}`, admin_socket: server.adminSocket, trust_domain: config.trustDomain })}\n`,
     )
-    await new Promise<void>((resolve) => {
-      const stop = () => resolve()
-      process.once('SIGTERM', stop)
-      process.once('SIGINT', stop)
-    })
+    await stopped
     await server.close()
     return 0
   },

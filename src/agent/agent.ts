@@ -1,0 +1,164 @@
+/**
+ * The agent's composition root: config → key manager, state, node client, node attestor, manager
+ * (the cache), workload attestors and the Workload API endpoint. Nothing here decides policy.
+ */
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { joinTokenAgentAttestor } from '../attestors/join-token/agent.js'
+import type { AgentNodeAttestor } from '../attestors/types.js'
+import { ConfigError, type Table } from '../common/config.js'
+import { jsonLogger, type Log } from '../common/log.js'
+import { DiskKeyManager } from '../keymanager/disk.js'
+import { MemoryKeyManager } from '../keymanager/memory.js'
+import type { KeyManager } from '../keymanager/types.js'
+import { parsePemCertificates, TrustBundle } from '../spiffe/bundle.js'
+import { TrustDomain } from '../spiffe/id.js'
+import { NodeClient } from '../transport/grpc-client.js'
+import type { AgentConfig } from './config.js'
+import { AgentManager } from './manager.js'
+import { AgentStorage } from './storage.js'
+import { dockerAttestor } from './workload-api/attestors/docker.js'
+import { systemdAttestor } from './workload-api/attestors/systemd.js'
+import { unixAttestor } from './workload-api/attestors/unix.js'
+import { startWorkloadApi } from './workload-api/server.js'
+import type { WorkloadAttestor } from './workload-api/types.js'
+
+export interface RunningAgent extends AsyncDisposable {
+  readonly manager: AgentManager
+  readonly socketPath: string
+  close(): Promise<void>
+}
+
+function bootstrapBundle(config: AgentConfig, td: TrustDomain): TrustBundle | 'insecure' {
+  if (config.insecureBootstrap) return 'insecure'
+  let pem: string
+  try {
+    pem = readFileSync(config.trustBundlePath!, 'utf8')
+  } catch (err) {
+    throw new ConfigError('agent.trust_bundle_path', [
+      `${config.trustBundlePath}: ${(err as Error).message}`,
+    ])
+  }
+  const certs = parsePemCertificates(pem)
+  if (certs.length === 0) {
+    throw new ConfigError('agent.trust_bundle_path', [
+      `${config.trustBundlePath} holds no PEM certificate`,
+    ])
+  }
+  return new TrustBundle({ trustDomain: td, x509Authorities: certs })
+}
+
+function nodeAttestor(config: AgentConfig): AgentNodeAttestor {
+  const { name, data } = config.nodeAttestor
+  if (name === 'join_token') {
+    if (Object.keys(data).length > 0)
+      throw new ConfigError('plugins.NodeAttestor.join_token', ['takes no settings'])
+    // Without a token, attestation fails with a clear error; a restart with saved state needs none.
+    return joinTokenAgentAttestor(config.joinToken ?? '')
+  }
+  throw new ConfigError('plugins.NodeAttestor', [
+    `${name}: unknown node attestor (this agent has: join_token)`,
+  ])
+}
+
+function workloadAttestors(config: AgentConfig): WorkloadAttestor[] {
+  const out: WorkloadAttestor[] = []
+  const problems: string[] = []
+  for (const [name, data] of config.workloadAttestors) {
+    const d = data as Table
+    if (name === 'unix') {
+      const unknown = Object.keys(d).filter(
+        (k) => k !== 'discover_workload_path' && k !== 'workload_size_limit',
+      )
+      if (unknown.length)
+        problems.push(`plugins.WorkloadAttestor.unix: unknown keys ${unknown.join(', ')}`)
+      out.push(
+        unixAttestor({
+          discoverWorkloadPath: d.discover_workload_path === true,
+          ...(typeof d.workload_size_limit === 'number'
+            ? { workloadSizeLimit: d.workload_size_limit }
+            : {}),
+        }),
+      )
+    } else if (name === 'systemd') {
+      if (Object.keys(d).length)
+        problems.push('plugins.WorkloadAttestor.systemd: takes no settings')
+      out.push(systemdAttestor())
+    } else if (name === 'docker') {
+      const unknown = Object.keys(d).filter((k) => k !== 'docker_socket_path')
+      if (unknown.length)
+        problems.push(`plugins.WorkloadAttestor.docker: unknown keys ${unknown.join(', ')}`)
+      out.push(
+        dockerAttestor(
+          typeof d.docker_socket_path === 'string' ? { socketPath: d.docker_socket_path } : {},
+        ),
+      )
+    } else {
+      problems.push(
+        `plugins.WorkloadAttestor.${name}: unknown workload attestor (unix, systemd, docker)`,
+      )
+    }
+  }
+  if (problems.length) throw new ConfigError('plugins.WorkloadAttestor', problems)
+  return out
+}
+
+export async function startAgent(
+  config: AgentConfig,
+  opts: { log?: Log } = {},
+): Promise<RunningAgent> {
+  const log = opts.log ?? jsonLogger(config.logLevel, 'agent')
+  const td = TrustDomain.parse(config.trustDomain)
+  const attestors = workloadAttestors(config)
+  const attestor = nodeAttestor(config)
+  const bundle = bootstrapBundle(config, td)
+  const keyManager: KeyManager =
+    config.keyManager.kind === 'disk'
+      ? new DiskKeyManager(config.keyManager.directory)
+      : new MemoryKeyManager()
+  const { storage, recovered } = AgentStorage.open(join(config.dataDir, 'agent.sqlite3'))
+  if (recovered) {
+    log('warn', 'agent state was unreadable and was moved aside; attesting again', {
+      remedy: 'if attestation fails, give the agent a new join token',
+    })
+  }
+  const client = new NodeClient({ address: config.serverAddress, trustDomain: td, bundle })
+  const manager = new AgentManager({
+    trustDomain: td,
+    client,
+    storage,
+    keyManager,
+    attestor,
+    workloadKeyType: config.workloadKeyType,
+    syncIntervalMs: config.syncIntervalSeconds * 1000,
+    cacheMaxSize: config.x509SvidCacheMaxSize,
+    log,
+  })
+  try {
+    await manager.start()
+  } catch (err) {
+    client.close()
+    storage.close()
+    throw err
+  }
+  const api = await startWorkloadApi({
+    socketPath: config.socketPath,
+    source: manager,
+    attestors,
+    trustDomain: td,
+    log,
+  })
+  log('info', 'agent started', {
+    agent: manager.agentId,
+    socket: config.socketPath,
+    server: config.serverAddress,
+  })
+  const close = async () => {
+    await api.close()
+    await manager.stop()
+    client.close()
+    storage.close()
+    log('info', 'agent stopped')
+  }
+  return { manager, socketPath: config.socketPath, close, [Symbol.asyncDispose]: close }
+}

@@ -1,0 +1,271 @@
+/**
+ * The SPIFFE Workload API messages (proto/workload.proto), loaded once with protobufjs, plus the
+ * two small protocols served beside it: grpc.health.v1 and grpc.reflection.v1alpha. Messages go
+ * over the wire as raw bytes (see service.ts) and are (de)coded here, so a malformed request is a
+ * coded error the handler maps to INVALID_ARGUMENT instead of a transport failure.
+ */
+import { join } from 'node:path'
+import protobuf from 'protobufjs'
+import { packageRoot } from '../../common/package-root.js'
+import { WorkloadProtocolError } from './errors.js'
+
+export const WORKLOAD_PROTO = join(packageRoot(), 'proto', 'workload.proto')
+
+export interface X509SvidMsg {
+  spiffeId: string
+  x509Svid: Uint8Array
+  x509SvidKey: Uint8Array
+  bundle: Uint8Array
+  hint: string
+}
+
+export interface X509SvidResponseMsg {
+  svids: X509SvidMsg[]
+  crl: Uint8Array[]
+  federatedBundles: Record<string, Uint8Array>
+}
+
+export interface X509BundlesResponseMsg {
+  crl: Uint8Array[]
+  bundles: Record<string, Uint8Array>
+}
+
+export interface JwtSvidRequestMsg {
+  audience: string[]
+  spiffeId: string
+}
+
+export interface JwtSvidMsg {
+  spiffeId: string
+  svid: string
+  hint: string
+}
+
+export interface JwtSvidResponseMsg {
+  svids: JwtSvidMsg[]
+}
+
+export interface JwtBundlesResponseMsg {
+  bundles: Record<string, Uint8Array>
+}
+
+export interface ValidateJwtSvidRequestMsg {
+  audience: string
+  svid: string
+}
+
+export interface ValidateJwtSvidResponseMsg {
+  spiffeId: string
+  /** Plain JSON here; converted to and from google.protobuf.Struct at the codec. */
+  claims: Record<string, unknown>
+}
+
+/** grpc.health.v1 and grpc.reflection.v1alpha, small enough to carry inline. */
+export const HEALTH_PROTO_TEXT = `
+syntax = "proto3";
+package grpc.health.v1;
+message HealthCheckRequest { string service = 1; }
+message HealthCheckResponse {
+  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
+  ServingStatus status = 1;
+}
+service Health {
+  rpc Check(HealthCheckRequest) returns (HealthCheckResponse);
+  rpc Watch(HealthCheckRequest) returns (stream HealthCheckResponse);
+}
+`
+
+export const REFLECTION_PROTO_TEXT = `
+syntax = "proto3";
+package grpc.reflection.v1alpha;
+message ServerReflectionRequest {
+  string host = 1;
+  oneof message_request {
+    string file_by_filename = 3;
+    string file_containing_symbol = 4;
+    ExtensionRequest file_containing_extension = 5;
+    string all_extension_numbers_of_type = 6;
+    string list_services = 7;
+  }
+}
+message ExtensionRequest { string containing_type = 1; int32 extension_number = 2; }
+message ServerReflectionResponse {
+  string valid_host = 1;
+  ServerReflectionRequest original_request = 2;
+  oneof message_response {
+    FileDescriptorResponse file_descriptor_response = 4;
+    ExtensionNumberResponse all_extension_numbers_response = 5;
+    ListServiceResponse list_services_response = 6;
+    ErrorResponse error_response = 7;
+  }
+}
+message FileDescriptorResponse { repeated bytes file_descriptor_proto = 1; }
+message ExtensionNumberResponse { string base_type_name = 1; repeated int32 extension_number = 2; }
+message ListServiceResponse { repeated ServiceResponse service = 1; }
+message ServiceResponse { string name = 1; }
+message ErrorResponse { int32 error_code = 1; string error_message = 2; }
+service ServerReflection {
+  rpc ServerReflectionInfo(stream ServerReflectionRequest) returns (stream ServerReflectionResponse);
+}
+`
+
+let workloadRoot: protobuf.Root | undefined
+let sideRoot: protobuf.Root | undefined
+
+export function workloadProtoRoot(): protobuf.Root {
+  workloadRoot ??= protobuf.loadSync(WORKLOAD_PROTO)
+  return workloadRoot
+}
+
+function sideType(name: string): protobuf.Type {
+  if (!sideRoot) {
+    sideRoot = new protobuf.Root()
+    protobuf.parse(HEALTH_PROTO_TEXT, sideRoot, { keepCase: false })
+    protobuf.parse(REFLECTION_PROTO_TEXT, sideRoot, { keepCase: false })
+  }
+  return sideRoot.lookupType(name)
+}
+
+const TO_OBJECT: protobuf.IConversionOptions = {
+  longs: Number,
+  enums: Number,
+  defaults: true,
+  arrays: true,
+  objects: true,
+  oneofs: false,
+}
+
+function encodeWith(t: protobuf.Type, value: object): Uint8Array {
+  const err = t.verify(value)
+  if (err) throw new WorkloadProtocolError(`${t.name}: ${err}`)
+  return t.encode(t.fromObject(value)).finish()
+}
+
+function decodeWith<T>(t: protobuf.Type, bytes: Uint8Array, defaults = true): T {
+  try {
+    return t.toObject(t.decode(bytes), { ...TO_OBJECT, defaults }) as T
+  } catch (err) {
+    throw new WorkloadProtocolError(`${t.name} does not decode: ${(err as Error).message}`)
+  }
+}
+
+const wl = (name: string) => workloadProtoRoot().lookupType(name)
+
+type StructValue =
+  | { nullValue: number }
+  | { numberValue: number }
+  | { stringValue: string }
+  | { boolValue: boolean }
+  | { structValue: { fields: Record<string, StructValue> } }
+  | { listValue: { values: StructValue[] } }
+
+/** JSON → google.protobuf.Value (protobufjs has no JSON mapping for Struct). */
+function toValue(v: unknown): StructValue {
+  if (v === null || v === undefined) return { nullValue: 0 }
+  if (typeof v === 'number') return { numberValue: v }
+  if (typeof v === 'string') return { stringValue: v }
+  if (typeof v === 'boolean') return { boolValue: v }
+  if (Array.isArray(v)) return { listValue: { values: v.map(toValue) } }
+  if (typeof v === 'object') return { structValue: toStruct(v as Record<string, unknown>) }
+  return { stringValue: String(v) }
+}
+
+export function toStruct(o: Record<string, unknown>): { fields: Record<string, StructValue> } {
+  const fields: Record<string, StructValue> = {}
+  for (const [k, v] of Object.entries(o)) fields[k] = toValue(v)
+  return { fields }
+}
+
+function fromValue(v: Record<string, unknown> | undefined): unknown {
+  if (v === undefined) return null
+  if ('numberValue' in v) return v.numberValue
+  if ('stringValue' in v) return v.stringValue
+  if ('boolValue' in v) return v.boolValue
+  if ('structValue' in v) return fromStruct(v.structValue as Record<string, unknown>)
+  if ('listValue' in v) {
+    const values = (v.listValue as { values?: Record<string, unknown>[] }).values ?? []
+    return values.map(fromValue)
+  }
+  return null
+}
+
+export function fromStruct(s: Record<string, unknown> | undefined): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  const fields = (s?.fields ?? {}) as Record<string, Record<string, unknown>>
+  for (const [k, v] of Object.entries(fields)) out[k] = fromValue(v)
+  return out
+}
+
+export const workloadCodec = {
+  x509SvidResponse: {
+    encode: (m: X509SvidResponseMsg) => encodeWith(wl('X509SVIDResponse'), m),
+    decode: (b: Uint8Array) => decodeWith<X509SvidResponseMsg>(wl('X509SVIDResponse'), b),
+  },
+  x509BundlesResponse: {
+    encode: (m: X509BundlesResponseMsg) => encodeWith(wl('X509BundlesResponse'), m),
+    decode: (b: Uint8Array) => decodeWith<X509BundlesResponseMsg>(wl('X509BundlesResponse'), b),
+  },
+  jwtSvidRequest: {
+    encode: (m: JwtSvidRequestMsg) => encodeWith(wl('JWTSVIDRequest'), m),
+    decode: (b: Uint8Array) => decodeWith<JwtSvidRequestMsg>(wl('JWTSVIDRequest'), b),
+  },
+  jwtSvidResponse: {
+    encode: (m: JwtSvidResponseMsg) => encodeWith(wl('JWTSVIDResponse'), m),
+    decode: (b: Uint8Array) => decodeWith<JwtSvidResponseMsg>(wl('JWTSVIDResponse'), b),
+  },
+  jwtBundlesResponse: {
+    encode: (m: JwtBundlesResponseMsg) => encodeWith(wl('JWTBundlesResponse'), m),
+    decode: (b: Uint8Array) => decodeWith<JwtBundlesResponseMsg>(wl('JWTBundlesResponse'), b),
+  },
+  validateJwtSvidRequest: {
+    encode: (m: ValidateJwtSvidRequestMsg) => encodeWith(wl('ValidateJWTSVIDRequest'), m),
+    decode: (b: Uint8Array) =>
+      decodeWith<ValidateJwtSvidRequestMsg>(wl('ValidateJWTSVIDRequest'), b),
+  },
+  validateJwtSvidResponse: {
+    encode: (m: ValidateJwtSvidResponseMsg) =>
+      encodeWith(wl('ValidateJWTSVIDResponse'), {
+        spiffeId: m.spiffeId,
+        claims: toStruct(m.claims),
+      }),
+    decode: (b: Uint8Array): ValidateJwtSvidResponseMsg => {
+      const raw = decodeWith<{ spiffeId: string; claims?: Record<string, unknown> }>(
+        wl('ValidateJWTSVIDResponse'),
+        b,
+        false,
+      )
+      return { spiffeId: raw.spiffeId ?? '', claims: fromStruct(raw.claims) }
+    },
+  },
+  /** The empty requests (X509SVIDRequest, bundles): any bytes that parse as the message. */
+  empty: {
+    decode: (name: string, b: Uint8Array) => decodeWith<object>(wl(name), b),
+  },
+  healthRequest: {
+    encode: (m: { service: string }) =>
+      encodeWith(sideType('grpc.health.v1.HealthCheckRequest'), m),
+    decode: (b: Uint8Array) =>
+      decodeWith<{ service: string }>(sideType('grpc.health.v1.HealthCheckRequest'), b),
+  },
+  healthResponse: {
+    encode: (m: { status: number }) =>
+      encodeWith(sideType('grpc.health.v1.HealthCheckResponse'), m),
+    decode: (b: Uint8Array) =>
+      decodeWith<{ status: number }>(sideType('grpc.health.v1.HealthCheckResponse'), b),
+  },
+  reflectionRequest: {
+    decode: (b: Uint8Array) =>
+      decodeWith<Record<string, unknown>>(
+        sideType('grpc.reflection.v1alpha.ServerReflectionRequest'),
+        b,
+        false,
+      ),
+  },
+  reflectionResponse: {
+    encode: (m: object) =>
+      encodeWith(sideType('grpc.reflection.v1alpha.ServerReflectionResponse'), m),
+  },
+}
+
+export const HEALTH_SERVING = 1
+export const HEALTH_NOT_SERVING = 2

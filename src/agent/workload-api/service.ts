@@ -1,0 +1,53 @@
+/**
+ * The services on the Workload API socket as grpc-js definitions over raw bytes: messages are
+ * (de)coded by proto.ts in the handlers, so a malformed request becomes a coded INVALID_ARGUMENT.
+ * Paths are package-less for the Workload API (/SpiffeWorkloadAPI/<Method>), as the spec fixes.
+ */
+import type { MethodDefinition, ServiceDefinition } from '@grpc/grpc-js'
+
+const bytes = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength)
+const raw = (b: Buffer): Uint8Array => new Uint8Array(b.buffer, b.byteOffset, b.byteLength)
+
+function method(
+  service: string,
+  name: string,
+  requestStream: boolean,
+  responseStream: boolean,
+): MethodDefinition<Uint8Array, Uint8Array> {
+  return {
+    path: `/${service}/${name}`,
+    requestStream,
+    responseStream,
+    requestSerialize: bytes,
+    requestDeserialize: raw,
+    responseSerialize: bytes,
+    responseDeserialize: raw,
+    originalName: name.charAt(0).toLowerCase() + name.slice(1),
+  }
+}
+
+/** The metadata every Workload API call must carry, exactly once, with the value 'true'. */
+export const SECURITY_HEADER = 'workload.spiffe.io'
+
+export const WORKLOAD_SERVICE = 'SpiffeWorkloadAPI'
+export const HEALTH_SERVICE = 'grpc.health.v1.Health'
+export const REFLECTION_SERVICE = 'grpc.reflection.v1alpha.ServerReflection'
+
+export const workloadServiceDefinition: ServiceDefinition = {
+  FetchX509SVID: method(WORKLOAD_SERVICE, 'FetchX509SVID', false, true),
+  FetchX509Bundles: method(WORKLOAD_SERVICE, 'FetchX509Bundles', false, true),
+  FetchJWTSVID: method(WORKLOAD_SERVICE, 'FetchJWTSVID', false, false),
+  FetchJWTBundles: method(WORKLOAD_SERVICE, 'FetchJWTBundles', false, true),
+  ValidateJWTSVID: method(WORKLOAD_SERVICE, 'ValidateJWTSVID', false, false),
+  FetchWITSVID: method(WORKLOAD_SERVICE, 'FetchWITSVID', false, true),
+  FetchWITBundles: method(WORKLOAD_SERVICE, 'FetchWITBundles', false, true),
+}
+
+export const healthServiceDefinition: ServiceDefinition = {
+  Check: method(HEALTH_SERVICE, 'Check', false, false),
+  Watch: method(HEALTH_SERVICE, 'Watch', false, true),
+}
+
+export const reflectionServiceDefinition: ServiceDefinition = {
+  ServerReflectionInfo: method(REFLECTION_SERVICE, 'ServerReflectionInfo', true, true),
+}

@@ -1,0 +1,62 @@
+import { startAgent } from '../agent/agent.js'
+import { loadAgentConfig } from '../agent/config.js'
+import { type Leaf, requireString } from './command.js'
+
+/** `agent run`: attests (or restores its identity), serves the Workload API until SIGTERM/SIGINT. */
+export const agentRunCommand: Leaf = {
+  kind: 'command',
+  name: 'run',
+  summary: 'run the agent',
+  details:
+    'Paths in the config are relative to the config file; flags override it. Prints one JSON line\n' +
+    'when the Workload API is up; logs are JSON lines on stderr.',
+  options: {
+    config: { type: 'string', description: 'config file (TOML)', valueName: 'FILE' },
+    'data-dir': { type: 'string', description: 'override agent.data_dir', valueName: 'DIR' },
+    'socket-path': { type: 'string', description: 'override agent.socket_path', valueName: 'PATH' },
+    'server-address': {
+      type: 'string',
+      description: 'override the server host:port',
+      valueName: 'ADDR',
+    },
+    'join-token': {
+      type: 'string',
+      description: 'join token for the first attestation',
+      valueName: 'T',
+    },
+    'trust-bundle': {
+      type: 'string',
+      description: 'PEM bundle to trust the server with',
+      valueName: 'FILE',
+    },
+    'insecure-bootstrap': {
+      type: 'boolean',
+      description: 'trust the server on first use (demos only)',
+    },
+  },
+  async run(values, io) {
+    const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined)
+    const config = loadAgentConfig(requireString(values, 'config'), {
+      ...(str('data-dir') ? { dataDir: str('data-dir')! } : {}),
+      ...(str('socket-path') ? { socketPath: str('socket-path')! } : {}),
+      ...(str('server-address') ? { serverAddress: str('server-address')! } : {}),
+      ...(str('join-token') ? { joinToken: str('join-token')! } : {}),
+      ...(str('trust-bundle')
+        ? { trustBundlePath: str('trust-bundle')!, insecureBootstrap: false }
+        : {}),
+      ...(values['insecure-bootstrap'] === true ? { insecureBootstrap: true } : {}),
+    })
+    const agent = await startAgent(config)
+    // Listen for the signals before saying we are up: a script may signal as soon as it reads the line.
+    const stopped = new Promise<void>((resolve) => {
+      process.once('SIGTERM', () => resolve())
+      process.once('SIGINT', () => resolve())
+    })
+    io.out(
+      `${JSON.stringify({ agent_id: agent.manager.agentId, socket_path: agent.socketPath })}\n`,
+    )
+    await stopped
+    await agent.close()
+    return 0
+  },
+}

@@ -1,0 +1,189 @@
+import assert from 'node:assert/strict'
+import { type ChildProcess, spawn } from 'node:child_process'
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { test } from 'node:test'
+import { cli, cliPath, repoRoot, run } from '../helpers/exec.js'
+
+interface Proc {
+  readonly child: ChildProcess
+  readonly first: Record<string, unknown>
+  readonly exited: Promise<number | null>
+  stderr(): string
+}
+
+/** Starts a long-running CLI command and waits for the JSON line it prints when ready. */
+async function start(
+  args: string[],
+  t: { after: (fn: () => Promise<void>) => void },
+): Promise<Proc> {
+  const child = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stderr = ''
+  child.stderr!.on('data', (d: Buffer) => {
+    stderr += d.toString()
+  })
+  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)))
+  t.after(async () => {
+    if (child.exitCode === null) child.kill('SIGKILL')
+    await exited
+  })
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).once('line', resolve)
+    void exited.then((c) =>
+      reject(new Error(`${args.slice(0, 2).join(' ')} exited ${c}: ${stderr}`)),
+    )
+  })
+  return { child, first: JSON.parse(line) as Record<string, unknown>, exited, stderr: () => stderr }
+}
+
+test('server + agent + Workload API end to end: X.509 and JWT SVIDs for this uid only, restart keeps identity', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-e2e-'))
+  chmodSync(dir, 0o755) // the unprivileged client below must reach the agent socket
+  t.after(async () => rmSync(dir, { recursive: true, force: true }))
+  const server = await start(
+    [
+      'server',
+      'run',
+      '--config',
+      join(repoRoot, 'examples/local/server.conf'),
+      '--data-dir',
+      join(dir, 'server'),
+      '--port',
+      '0',
+    ],
+    t,
+  )
+  const sock = String(server.first.admin_socket)
+  const address = String(server.first.listening)
+  const token = JSON.parse(
+    (
+      await cli([
+        'server',
+        'token',
+        'generate',
+        '--admin-socket',
+        sock,
+        '--spiffeID',
+        'spiffe://example.org/host',
+        '--json',
+      ])
+    ).stdout,
+  ).token as string
+  const uid = process.getuid!()
+  const created = await cli([
+    'server',
+    'entry',
+    'create',
+    '--admin-socket',
+    sock,
+    '--parentID',
+    'spiffe://example.org/host',
+    '--spiffeID',
+    'spiffe://example.org/me',
+    '--selector',
+    `unix:uid:${uid}`,
+  ])
+  assert.equal(created.code, 0, created.stderr)
+
+  const agentArgs = [
+    'agent',
+    'run',
+    '--config',
+    join(repoRoot, 'examples/local/agent.conf'),
+    '--data-dir',
+    join(dir, 'agent'),
+    '--socket-path',
+    join(dir, 'agent', 'public', 'api.sock'),
+    '--server-address',
+    address,
+  ]
+  const agent = await start([...agentArgs, '--join-token', token, '--insecure-bootstrap'], t)
+  const apiSock = String(agent.first.socket_path)
+  assert.match(String(agent.first.agent_id), /^spiffe:\/\/example\.org\/spire\/agent\/join_token\//)
+
+  const out = join(dir, 'out')
+  const fetched = await cli(['api', 'fetch', 'x509', '--socket-path', apiSock, '--write', out])
+  assert.equal(fetched.code, 0, fetched.stderr)
+  assert.match(fetched.stdout, /SPIFFE ID:\s+spiffe:\/\/example\.org\/me/)
+  assert.equal(statSync(join(out, 'svid.0.key')).mode & 0o777, 0o600)
+  const v = await run('openssl', [
+    'verify',
+    '-CAfile',
+    join(out, 'bundle.0.pem'),
+    join(out, 'svid.0.pem'),
+  ])
+  assert.equal(v.code, 0, v.stdout + v.stderr)
+  assert.match(readFileSync(join(out, 'svid.0.key'), 'utf8'), /BEGIN PRIVATE KEY/)
+
+  const jwt = await cli([
+    'api',
+    'fetch',
+    'jwt',
+    '--socket-path',
+    apiSock,
+    '--audience',
+    'db',
+    '--output',
+    'json',
+  ])
+  assert.equal(jwt.code, 0, jwt.stderr)
+  const tokenText = JSON.stringify(JSON.parse(jwt.stdout)).match(/eyJ[\w-]+\.[\w-]+\.[\w-]+/)?.[0]
+  assert.ok(tokenText, jwt.stdout)
+  const valid = await cli([
+    'api',
+    'validate',
+    'jwt',
+    '--socket-path',
+    apiSock,
+    '--audience',
+    'db',
+    '--svid',
+    tokenText,
+  ])
+  assert.equal(valid.code, 0, valid.stderr)
+  assert.match(valid.stdout, /SVID is valid/)
+  const wrongAud = await cli([
+    'api',
+    'validate',
+    'jwt',
+    '--socket-path',
+    apiSock,
+    '--audience',
+    'other',
+    '--svid',
+    tokenText,
+  ])
+  assert.notEqual(wrongAud.code, 0)
+
+  // Another uid has no entry: PermissionDenied, nothing printed as an SVID.
+  const nobody = await run('setpriv', [
+    '--reuid=65534',
+    '--regid=65534',
+    '--clear-groups',
+    process.execPath,
+    cliPath,
+    'api',
+    'fetch',
+    'x509',
+    '--socket-path',
+    apiSock,
+  ])
+  assert.notEqual(nobody.code, 0)
+  assert.doesNotMatch(nobody.stdout, /spiffe:\/\/example\.org\/me/)
+
+  // Restart the agent without a token: it restores its identity and serves again.
+  agent.child.kill('SIGTERM')
+  assert.equal(await agent.exited, 0)
+  const again = await start(agentArgs, t)
+  assert.equal(again.first.agent_id, agent.first.agent_id)
+  const refetch = await cli(['api', 'fetch', 'x509', '--socket-path', apiSock])
+  assert.equal(refetch.code, 0, refetch.stderr)
+  assert.equal((await cli(['agent', 'healthcheck', '--socket-path', apiSock])).code, 0)
+
+  again.child.kill('SIGTERM')
+  server.child.kill('SIGTERM')
+  assert.equal(await again.exited, 0)
+  assert.equal(await server.exited, 0)
+})
