@@ -5,14 +5,17 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { joinTokenAgentAttestor } from '../attestors/join-token/agent.js'
+import { parseTpmAgentConfig, tpmAgentAttestor } from '../attestors/tpm/agent.js'
 import type { AgentNodeAttestor } from '../attestors/types.js'
 import { ConfigError, type Table } from '../common/config.js'
 import { jsonLogger, type Log } from '../common/log.js'
 import { DiskKeyManager } from '../keymanager/disk.js'
 import { MemoryKeyManager } from '../keymanager/memory.js'
+import { type TpmKey, TpmKeyManager } from '../keymanager/tpm.js'
 import type { KeyManager } from '../keymanager/types.js'
 import { parsePemCertificates, TrustBundle } from '../spiffe/bundle.js'
 import { TrustDomain } from '../spiffe/id.js'
+import { TpmContext } from '../tpm/context.js'
 import { NodeClient } from '../transport/grpc-client.js'
 import type { AgentConfig } from './config.js'
 import { AgentManager } from './manager.js'
@@ -48,16 +51,64 @@ function bootstrapBundle(config: AgentConfig, td: TrustDomain): TrustBundle | 'i
   return new TrustBundle({ trustDomain: td, x509Authorities: certs })
 }
 
-function nodeAttestor(config: AgentConfig): AgentNodeAttestor {
+interface NodeIdentity {
+  readonly attestor: AgentNodeAttestor
+  /** The key manager for the agent SVID key (the TPM's, for TPM attestation). */
+  readonly keyManager: KeyManager
+  close(): Promise<void>
+}
+
+async function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {
   const { name, data } = config.nodeAttestor
+  const softwareKeys = (): KeyManager =>
+    config.keyManager.kind === 'disk'
+      ? new DiskKeyManager(config.keyManager.directory)
+      : new MemoryKeyManager()
   if (name === 'join_token') {
     if (Object.keys(data).length > 0)
       throw new ConfigError('plugins.NodeAttestor.join_token', ['takes no settings'])
     // Without a token, attestation fails with a clear error; a restart with saved state needs none.
-    return joinTokenAgentAttestor(config.joinToken ?? '')
+    return {
+      attestor: joinTokenAgentAttestor(config.joinToken ?? ''),
+      keyManager: softwareKeys(),
+      close: async () => undefined,
+    }
+  }
+  if (name === 'tpm') {
+    const cfg = parseTpmAgentConfig(data)
+    const tpm = await TpmContext.open(cfg.tcti)
+    // The agent SVID key lives in the TPM; the attestor certifies whichever key the manager made
+    // last, which is the one the CSR (and so the SVID) is for.
+    const keys = new TpmKeyManager(tpm, join(config.dataDir, 'tpm-keys'))
+    let current: TpmKey | undefined
+    const keyManager: KeyManager = {
+      async generateKey(id, type) {
+        current = (await keys.generateKey(id, type)) as TpmKey
+        return current
+      },
+      async getKey(id) {
+        const k = (await keys.getKey(id)) as TpmKey | undefined
+        if (k) current ??= k
+        return k
+      },
+      listKeys: () => keys.listKeys(),
+      deleteKey: (id) => keys.deleteKey(id),
+    }
+    const attestor = tpmAgentAttestor({
+      tpm,
+      dataDir: join(config.dataDir, 'tpm'),
+      ekAlgorithm: cfg.ekAlgorithm,
+      akAlgorithm: cfg.akAlgorithm,
+      persistEk: cfg.persistEk,
+      agentKey: () => {
+        if (!current) throw new Error('no agent key yet')
+        return current
+      },
+    })
+    return { attestor, keyManager, close: () => tpm.close() }
   }
   throw new ConfigError('plugins.NodeAttestor', [
-    `${name}: unknown node attestor (this agent has: join_token)`,
+    `${name}: unknown node attestor (this agent has: join_token, tpm)`,
   ])
 }
 
@@ -110,12 +161,9 @@ export async function startAgent(
   const log = opts.log ?? jsonLogger(config.logLevel, 'agent')
   const td = TrustDomain.parse(config.trustDomain)
   const attestors = workloadAttestors(config)
-  const attestor = nodeAttestor(config)
   const bundle = bootstrapBundle(config, td)
-  const keyManager: KeyManager =
-    config.keyManager.kind === 'disk'
-      ? new DiskKeyManager(config.keyManager.directory)
-      : new MemoryKeyManager()
+  const identity = await nodeIdentity(config)
+  const { attestor, keyManager } = identity
   const { storage, recovered } = AgentStorage.open(join(config.dataDir, 'agent.sqlite3'))
   if (recovered) {
     log('warn', 'agent state was unreadable and was moved aside; attesting again', {
@@ -139,6 +187,7 @@ export async function startAgent(
   } catch (err) {
     client.close()
     storage.close()
+    await identity.close()
     throw err
   }
   const api = await startWorkloadApi({
@@ -158,6 +207,7 @@ export async function startAgent(
     await manager.stop()
     client.close()
     storage.close()
+    await identity.close()
     log('info', 'agent stopped')
   }
   return { manager, socketPath: config.socketPath, close, [Symbol.asyncDispose]: close }

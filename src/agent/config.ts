@@ -38,6 +38,8 @@ export interface AgentOverrides {
   readonly trustBundlePath?: string
   readonly insecureBootstrap?: boolean
   readonly trustDomain?: string
+  /** TPM to attest with (overrides plugins.NodeAttestor.tpm.tcti). */
+  readonly tcti?: string
 }
 
 const AGENT_KEYS = [
@@ -100,7 +102,11 @@ export function parseAgentConfig(
   const naNames = Object.keys(na)
   if (naNames.length !== 1) r.problems.push('plugins.NodeAttestor: configure exactly one')
   const naName = naNames[0] ?? 'join_token'
-  const naData = r.table(na, naName, `plugins.NodeAttestor.${naName}`) ?? {}
+  let naData = r.table(na, naName, `plugins.NodeAttestor.${naName}`) ?? {}
+  if (o.tcti !== undefined) {
+    if (naName !== 'tpm') r.problems.push('--tcti: the config has no [plugins.NodeAttestor.tpm]')
+    else naData = { ...naData, tcti: o.tcti }
+  }
 
   const km = r.table(plugins ?? {}, 'KeyManager', 'plugins.KeyManager')
   r.known(km, ['disk', 'memory'], 'plugins.KeyManager')

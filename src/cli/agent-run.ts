@@ -33,6 +33,11 @@ export const agentRunCommand: Leaf = {
       type: 'boolean',
       description: 'trust the server on first use (demos only)',
     },
+    tcti: {
+      type: 'string',
+      description: 'TPM for the tpm node attestor (e.g. swtpm:host=…,port=…)',
+      valueName: 'T',
+    },
   },
   async run(values, io) {
     const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined)
@@ -45,6 +50,7 @@ export const agentRunCommand: Leaf = {
         ? { trustBundlePath: str('trust-bundle')!, insecureBootstrap: false }
         : {}),
       ...(values['insecure-bootstrap'] === true ? { insecureBootstrap: true } : {}),
+      ...(str('tcti') ? { tcti: str('tcti')! } : {}),
     })
     const agent = await startAgent(config)
     // Listen for the signals before saying we are up: a script may signal as soon as it reads the line.

@@ -34,6 +34,11 @@ export const serverRunCommand: Leaf = {
       description: 'override server.admin_socket',
       valueName: 'PATH',
     },
+    'tpm-ek-ca': {
+      type: 'string',
+      description: 'TPM manufacturer CA bundle (overrides plugins.NodeAttestor.tpm.ek_ca_bundle)',
+      valueName: 'PATH',
+    },
   },
   async run(values, io) {
     const file = requireString(values, 'config')
@@ -45,6 +50,7 @@ export const serverRunCommand: Leaf = {
       ...(str('bind-address') ? { bindAddress: str('bind-address')! } : {}),
       ...(port !== undefined ? { bindPort: port } : {}),
       ...(str('admin-socket') ? { adminSocket: str('admin-socket')! } : {}),
+      ...(str('tpm-ek-ca') ? { tpmEkCa: str('tpm-ek-ca')! } : {}),
     }
     const config = loadServerConfig(file, overrides)
     // The admin socket also checks callers' kernel credentials when the addon is available.

@@ -9,6 +9,7 @@ const ADMIN_SOCKET: OptionSpec = {
   valueName: 'PATH',
 }
 const JSON_FLAG: OptionSpec = { type: 'boolean', description: 'print JSON instead of text' }
+const OUTPUT: OptionSpec = { type: 'string', description: 'pretty or json', valueName: 'FORMAT' }
 
 function socketOf(values: OptionValues, io: Io): string {
   const v = values['admin-socket']
@@ -156,8 +157,18 @@ function leaf(
     kind: 'command',
     name,
     summary,
-    options: { ...options, 'admin-socket': ADMIN_SOCKET, json: JSON_FLAG },
-    run: (values, io) => run(values, io, socketOf(values, io)),
+    options: { ...options, 'admin-socket': ADMIN_SOCKET, json: JSON_FLAG, output: OUTPUT },
+    run: (values, io) => {
+      // SPIRE spells it --output json; --json is the short form.
+      if (values.output !== undefined && values.output !== 'pretty' && values.output !== 'json') {
+        throw new UsageError(`--output must be pretty or json, got '${String(values.output)}'`)
+      }
+      return run(
+        { ...values, json: values.json === true || values.output === 'json' },
+        io,
+        socketOf(values, io),
+      )
+    },
   }
 }
 

@@ -31,6 +31,8 @@ export interface ServerConfig {
   readonly nodeAttestors: ReadonlyMap<string, Table>
   /** Attestations per second per source address (SPIRE: 1). */
   readonly attestRatePerSecond: number
+  /** The config file's folder: plugin settings resolve relative paths against it. */
+  readonly configDir: string
 }
 
 /** Flags that override the file (so scripts can start a server in a temp dir in one line). */
@@ -40,6 +42,8 @@ export interface ServerOverrides {
   readonly bindAddress?: string
   readonly bindPort?: number
   readonly adminSocket?: string
+  /** Manufacturer CA bundle for the TPM attestor (what `sim tpm start` prints as ek_ca_bundle). */
+  readonly tpmEkCa?: string
 }
 
 const SERVER_KEYS = [
@@ -116,6 +120,11 @@ export function parseServerConfig(
     const t = r.table({ [name]: value }, name, `plugins.NodeAttestor.${name}`)
     if (t) nodeAttestors.set(name, t)
   }
+  if (overrides.tpmEkCa !== undefined) {
+    const tpm = nodeAttestors.get('tpm')
+    if (!tpm) r.problems.push('--tpm-ek-ca: the config has no [plugins.NodeAttestor.tpm]')
+    else nodeAttestors.set('tpm', { ...tpm, ek_ca_bundle: resolve(overrides.tpmEkCa) })
+  }
   if (nodeAttestors.size === 0) r.problems.push('plugins.NodeAttestor: configure at least one')
 
   const config: ServerConfig = {
@@ -135,6 +144,7 @@ export function parseServerConfig(
     keyManager,
     nodeAttestors,
     attestRatePerSecond: r.int(s, 'attest_rate_per_second', 'server', 1, 1, 10_000),
+    configDir: dirname(resolve(source)),
   }
   if (config.defaultX509SvidTtlSeconds >= config.caTtlSeconds) {
     r.problems.push('server.default_x509_svid_ttl: must be shorter than server.ca_ttl')

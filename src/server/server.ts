@@ -12,6 +12,7 @@ import {
   JOIN_TOKEN,
   joinTokenServerAttestor,
 } from '../attestors/join-token/server.js'
+import { parseTpmServerConfig, tpmServerAttestor } from '../attestors/tpm/server.js'
 import type { ServerNodeAttestor } from '../attestors/types.js'
 import { ConfigError } from '../common/config.js'
 import { jsonLogger, type Log } from '../common/log.js'
@@ -159,6 +160,8 @@ export async function startServer(
         if (Object.keys(data).length > 0)
           throw new ConfigError('plugins.NodeAttestor.join_token', ['takes no settings'])
         attestors.set(name, joinTokenServerAttestor(datastore))
+      } else if (name === 'tpm') {
+        attestors.set(name, tpmServerAttestor(parseTpmServerConfig(data, config.configDir)))
       } else {
         throw new ConfigError('plugins.NodeAttestor', [
           `${name}: unknown node attestor (this server has: ${JOIN_TOKEN})`,

@@ -42,6 +42,8 @@ export interface ClientValidatedJwt {
 export interface WorkloadClientOptions {
   /** Deadline for unary calls and for the first message of a fetch; default 5000 ms. */
   readonly timeoutMs?: number
+  /** A connection of its own (grpc-js otherwise shares one per target within a process). */
+  readonly ownConnection?: boolean
 }
 
 export interface WatchOptions {
@@ -158,6 +160,7 @@ export function workloadClient(addr: string, opts: WorkloadClientOptions = {}): 
   const timeoutMs = opts.timeoutMs ?? 5000
   const client = new grpc.Client(grpcTarget(address), grpc.credentials.createInsecure(), {
     'grpc.max_receive_message_length': 64 << 20,
+    ...(opts.ownConnection ? { 'grpc.use_local_subchannel_pool': 1 } : {}),
   })
   const md = (): grpc.Metadata => {
     const m = new grpc.Metadata()

@@ -1,0 +1,275 @@
+/**
+ * The agent half of the TPM node attestor: sends the EK (certificate, NV chain, public area), the
+ * AK and the agent's own TPM key; answers the one challenge with ActivateCredential, a quote over
+ * the PCRs the server names and a certify of the agent key by the AK. The AK is made once and its
+ * blob kept in dataDir, so restarts and re-attestations reuse it.
+ */
+import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { ConfigError, type Table } from '../../common/config.js'
+import { withTpm } from '../../keymanager/tpm.js'
+import type { KeyBlob, KeyHandle, TpmContext } from '../../tpm/context.js'
+import { EK_SLOTS, type EkSlot, extractDerCertificate } from '../../tpm/ek.js'
+import { TpmError } from '../../tpm/errors.js'
+import { createAk, type EkAlgorithm, openEk, openSrk } from '../../tpm/keys.js'
+import {
+  bankName,
+  type PcrSelection,
+  type PcrValues,
+  parsePcrSpec,
+} from '../../tpm/structures/pcr.js'
+import { keyAlgorithmLabel, parseTpm2bPublic } from '../../tpm/structures/public.js'
+import type { KeyAlgorithm } from '../../tpm/templates.js'
+import type { AgentNodeAttestor } from '../types.js'
+import {
+  encodePayload,
+  encodeResponse,
+  parseChallenge,
+  TPM,
+  TpmAttestationError,
+  type WirePcrValues,
+} from './protocol.js'
+
+export const DEFAULT_TCTI = 'device:/dev/tpmrm0'
+// NV indices an EK certificate chain may occupy (TCG EK profile 2.x).
+const CHAIN_FIRST = 0x01c00100
+const CHAIN_LAST = 0x01c001ff
+
+/** Anything holding the blob of the TPM key the agent SVID is issued for (e.g. a TpmKey). */
+export interface AgentTpmKey {
+  readonly blob: KeyBlob
+}
+
+export interface TpmAgentAttestorOptions {
+  /** An open TPM, owned by the caller (also shared with the TPM key manager). */
+  readonly tpm: TpmContext
+  /** Where the AK blob is kept (ak.priv 0600, ak.pub 0644). */
+  readonly dataDir: string
+  /** Default: the first EK with a certificate in NV, rsa-2048 first; else rsa-2048. */
+  readonly ekAlgorithm?: EkAlgorithm | undefined
+  /** Default ecc-p256. An AK of another algorithm found in dataDir is replaced. */
+  readonly akAlgorithm?: KeyAlgorithm | undefined
+  /** Persist a recreated EK at its standard handle (RSA CreatePrimary takes seconds on chips). */
+  readonly persistEk?: boolean | undefined
+  /** The TPM-resident key the SVID will be issued for (asked at every attestation). */
+  readonly agentKey: () => AgentTpmKey | Promise<AgentTpmKey>
+}
+
+/** The [agent] TPM settings: tcti, ek_algorithm, ak_algorithm, persist_ek. */
+export interface TpmAgentConfig {
+  readonly tcti: string
+  readonly ekAlgorithm: EkAlgorithm | undefined
+  readonly akAlgorithm: KeyAlgorithm
+  readonly persistEk: boolean
+}
+
+const EK_ALGS: readonly EkAlgorithm[] = ['rsa-2048', 'ecc-p256', 'ecc-p384']
+const AK_ALGS: readonly KeyAlgorithm[] = ['ecc-p256', 'rsa-2048']
+
+/** Validates an agent-side [plugins.NodeAttestor.tpm] table. */
+export function parseTpmAgentConfig(raw: Table): TpmAgentConfig {
+  const problems: string[] = []
+  const known = ['tcti', 'ek_algorithm', 'ak_algorithm', 'persist_ek']
+  for (const k of Object.keys(raw)) if (!known.includes(k)) problems.push(`${k}: unknown key`)
+  const str = (k: string, def: string | undefined, allowed?: readonly string[]) => {
+    const v = raw[k]
+    if (v === undefined) return def
+    if (typeof v !== 'string' || v === '' || (allowed && !allowed.includes(v))) {
+      problems.push(`${k}: must be ${allowed ? `one of ${allowed.join(', ')}` : 'a string'}`)
+      return def
+    }
+    return v
+  }
+  const tcti = str('tcti', DEFAULT_TCTI)!
+  const ekAlgorithm = str('ek_algorithm', undefined, EK_ALGS) as EkAlgorithm | undefined
+  const akAlgorithm = str('ak_algorithm', 'ecc-p256', AK_ALGS) as KeyAlgorithm
+  let persistEk = false
+  if (raw.persist_ek !== undefined) {
+    if (typeof raw.persist_ek !== 'boolean') problems.push('persist_ek: must be true or false')
+    else persistEk = raw.persist_ek
+  }
+  if (problems.length > 0) throw new ConfigError('plugins.NodeAttestor.tpm', problems)
+  return { tcti, ekAlgorithm, akAlgorithm, persistEk }
+}
+
+/** A TPMT_PUBLIC as the TPM2B_PUBLIC the wire carries. */
+function tpm2b(raw: Uint8Array): Uint8Array {
+  const out = new Uint8Array(2 + raw.length)
+  out[0] = raw.length >> 8
+  out[1] = raw.length & 0xff
+  out.set(raw, 2)
+  return out
+}
+
+/** Certificates concatenated in one NV index (padding after the last one is ignored). */
+export function splitDerCertificates(nv: Uint8Array): Uint8Array[] {
+  const out: Uint8Array[] = []
+  let rest = nv
+  while (rest.length > 1 && rest[0] === 0x30) {
+    const der = extractDerCertificate(rest)
+    out.push(der)
+    rest = rest.subarray(der.length)
+  }
+  return out
+}
+
+function errCode(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err
+    ? String((err as { code: unknown }).code)
+    : undefined
+}
+
+function sameValues(a: PcrValues, b: PcrValues): boolean {
+  for (const [bank, m] of a) {
+    for (const [i, v] of m) {
+      if (!Buffer.from(v).equals(Buffer.from(b.get(bank)?.get(i) ?? []))) return false
+    }
+  }
+  return true
+}
+
+function toWire(values: PcrValues): WirePcrValues {
+  const out: Record<string, Record<string, string>> = {}
+  for (const [bank, m] of values) {
+    const b: Record<string, string> = {}
+    for (const [i, v] of m) b[String(i)] = Buffer.from(v).toString('hex')
+    out[bankName(bank)] = b
+  }
+  return out
+}
+
+/** The TPM node attestor, agent half. */
+export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor {
+  const { tpm } = o
+  const akAlg = o.akAlgorithm ?? 'ecc-p256'
+  const akPriv = join(o.dataDir, 'ak.priv')
+  const akPub = join(o.dataDir, 'ak.pub')
+  let slot: EkSlot | undefined
+  let akBlob: KeyBlob | undefined
+
+  /** The stored AK when it is of the right algorithm and loads in this TPM; else a new one. */
+  const ensureAk = async (): Promise<KeyBlob> => {
+    let blob: KeyBlob | undefined
+    try {
+      blob = {
+        private: new Uint8Array(await readFile(akPriv)),
+        public: new Uint8Array(await readFile(akPub)),
+      }
+      if (keyAlgorithmLabel(parseTpm2bPublic(blob.public)) !== akAlg) blob = undefined
+    } catch (err) {
+      if (errCode(err) !== 'ENOENT' && errCode(err) !== 'ERR_TPM_STRUCTURE') throw err
+      blob = undefined
+    }
+    await using srk = await openSrk(tpm)
+    if (blob) {
+      try {
+        // A blob from another TPM (or a re-manufactured one) does not load: replace it.
+        await (await tpm.loadKey(srk, blob)).dispose()
+        return blob
+      } catch (err) {
+        if (!(err instanceof TpmError)) throw err
+      }
+    }
+    const fresh = await createAk(tpm, srk, akAlg)
+    await mkdir(o.dataDir, { recursive: true, mode: 0o700 })
+    // Private first, both via rename: a crash leaves the old pair or a new private only.
+    await writeFile(`${akPriv}.tmp`, fresh.private, { mode: 0o600 })
+    await chmod(`${akPriv}.tmp`, 0o600)
+    await writeFile(`${akPub}.tmp`, fresh.public, { mode: 0o644 })
+    await rename(`${akPriv}.tmp`, akPriv)
+    await rename(`${akPub}.tmp`, akPub)
+    return fresh
+  }
+
+  const chooseSlot = (nv: ReadonlySet<number>): EkSlot => {
+    if (o.ekAlgorithm) return EK_SLOTS.find((s) => s.algorithm === o.ekAlgorithm)!
+    return EK_SLOTS.find((s) => nv.has(s.certIndex)) ?? EK_SLOTS[0]!
+  }
+
+  return {
+    kind: 'NodeAttestor',
+    name: TPM,
+    async payload() {
+      const agentKeyPublic = (await o.agentKey()).blob.public
+      return withTpm(tpm, async () => {
+        akBlob = await ensureAk()
+        const nv = new Set(await tpm.listHandles(0x01000000))
+        const s = chooseSlot(nv)
+        slot = s
+        const ekCert = nv.has(s.certIndex)
+          ? extractDerCertificate(await tpm.nvReadAll(s.certIndex))
+          : undefined
+        const ekChain: Uint8Array[] = []
+        for (const idx of [...nv].filter((h) => h >= CHAIN_FIRST && h <= CHAIN_LAST).sort()) {
+          ekChain.push(...splitDerCertificates(await tpm.nvReadAll(idx)))
+        }
+        await using ek = await openEk(tpm, s.algorithm)
+        if (o.persistEk && !ek.persistent) await tpm.evictControl(ek, s.persistentHandle)
+        return encodePayload({
+          version: 1,
+          ...(ekCert ? { ekCert } : {}),
+          ...(ekChain.length ? { ekChain } : {}),
+          ekPublic: tpm2b(ek.public.raw),
+          akPublic: akBlob.public,
+          agentKeyPublic,
+        })
+      })
+    },
+
+    async respond(challengeBytes) {
+      const c = parseChallenge(challengeBytes)
+      let selection: PcrSelection
+      try {
+        selection = parsePcrSpec(c.pcrs)
+      } catch (err) {
+        throw new TpmAttestationError('challenge', `PCR selection: ${(err as Error).message}`)
+      }
+      if (!slot || !akBlob) {
+        throw new TpmAttestationError('challenge', 'a challenge came before the payload was made')
+      }
+      const ekSlot = slot
+      const ak0 = akBlob
+      const agentBlob = (await o.agentKey()).blob
+      return withTpm(tpm, async () => {
+        // Slot order for a 3-object TPM: SRK+AK+key, SRK flushed, then the EK beside them.
+        let ak: KeyHandle | undefined
+        let key: KeyHandle | undefined
+        try {
+          {
+            await using srk = await openSrk(tpm)
+            ak = await tpm.loadKey(srk, ak0)
+            key = await tpm.loadKey(srk, agentBlob)
+          }
+          let secret: Uint8Array
+          {
+            await using ek = await openEk(tpm, ekSlot.algorithm)
+            secret = await tpm.activateCredential(ak, ek, c.credentialBlob, c.encryptedSecret)
+          }
+          // PCRs can move between the read and the quote: read around it until they hold still.
+          let values = await tpm.pcrRead(selection)
+          let quote = await tpm.quote(ak, c.nonce, selection)
+          for (let i = 0; i < 3; i++) {
+            const after = await tpm.pcrRead(selection)
+            const still = sameValues(values, after)
+            values = after
+            if (still) break
+            quote = await tpm.quote(ak, c.nonce, selection)
+          }
+          const certify = await tpm.certify(key, ak, c.nonce)
+          return encodeResponse({
+            version: 1,
+            secret,
+            quoteMessage: quote.message,
+            quoteSignature: quote.signature,
+            pcrValues: toWire(values),
+            certifyMessage: certify.message,
+            certifySignature: certify.signature,
+          })
+        } finally {
+          await key?.dispose()
+          await ak?.dispose()
+        }
+      })
+    },
+  }
+}

@@ -1,0 +1,227 @@
+/**
+ * A KeyManager whose keys live in the TPM: each key is a non-exportable signing key (fixedTPM,
+ * fixedParent, sensitiveDataOrigin) created under the SRK. Only its blob is stored
+ * (`<dir>/<id>.tpmkey`, JSON of the SRK-wrapped private part and the public area, mode 0600): it
+ * is useless outside this TPM. Signing hashes in software and signs the digest in the TPM.
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import { chmod, mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises'
+import { join } from 'node:path'
+import { TPM_ALG } from '../tpm/constants.js'
+import type { KeyBlob, KeyHandle, TpmContext } from '../tpm/context.js'
+import { createSigningKey, openSrk } from '../tpm/keys.js'
+import {
+  keyAlgorithmLabel,
+  parseTpm2bPublic,
+  publicKeyObject,
+  type TpmPublic,
+} from '../tpm/structures/public.js'
+import { ecdsaToP1363, parseSignature } from '../tpm/structures/signature.js'
+import type { KeyAlgorithm } from '../tpm/templates.js'
+import { type Key, type KeyManager, KeyManagerError, type KeyType, validateKeyId } from './types.js'
+
+const SUFFIX = '.tpmkey'
+
+// TPM key types this manager makes (the TPM templates are SHA-256 based).
+const TPM_ALGORITHMS: Partial<Record<KeyType, KeyAlgorithm>> = {
+  'ec-p256': 'ecc-p256',
+  'rsa-2048': 'rsa-2048',
+}
+
+const locks = new WeakMap<TpmContext, Promise<unknown>>()
+
+/**
+ * Runs `fn` with the TPM to itself. TpmContext queues single commands, but a load-sign-flush
+ * sequence must not interleave with another (swtpm has ~3 object slots and no resource manager):
+ * every multi-command sequence on a shared context goes through here. Not re-entrant.
+ */
+export function withTpm<T>(tpm: TpmContext, fn: () => Promise<T>): Promise<T> {
+  const prev = locks.get(tpm) ?? Promise.resolve()
+  const next = prev.then(fn, fn)
+  locks.set(
+    tpm,
+    next.catch(() => undefined),
+  )
+  return next
+}
+
+/** Loads a blob under a fresh SRK and flushes the SRK at once (one slot held afterwards). */
+export async function loadUnderSrk(tpm: TpmContext, blob: KeyBlob): Promise<KeyHandle> {
+  // `return await`: a rejection must be observed before the SRK's disposal is awaited.
+  await using srk = await openSrk(tpm)
+  return await tpm.loadKey(srk, blob)
+}
+
+/** A key inside the TPM. `blob` is safe to hand around: only this TPM can load it. */
+export interface TpmKey extends Key {
+  readonly blob: KeyBlob
+  /** The marshaled TPM2B_PUBLIC (what the AK certifies and the attestor sends). */
+  readonly tpmPublic: Uint8Array
+}
+
+function keyTypeOfPublic(pub: TpmPublic): KeyType | undefined {
+  const label = keyAlgorithmLabel(pub)
+  return label === 'ecc-p256' ? 'ec-p256' : label === 'rsa-2048' ? 'rsa-2048' : undefined
+}
+
+/** A signature in the Signer form: ECDSA as IEEE-P1363 r||s, RSA as PKCS#1 v1.5 bytes. */
+function toSignerForm(marshaled: Uint8Array): Uint8Array {
+  const sig = parseSignature(marshaled)
+  if (sig.sigAlg === TPM_ALG.ECDSA) return ecdsaToP1363(sig, 32)
+  if (sig.sigAlg !== TPM_ALG.RSASSA) {
+    throw new KeyManagerError('the TPM signed with RSA-PSS', 'use an RSASSA signing key template')
+  }
+  return sig.sig
+}
+
+/** A Key for a blob: each sign() loads, signs and flushes, holding the TPM meanwhile. */
+export function tpmKey(tpm: TpmContext, id: string, blob: KeyBlob): TpmKey {
+  const pub = parseTpm2bPublic(blob.public)
+  const keyType = keyTypeOfPublic(pub)
+  if (keyType === undefined) {
+    throw new KeyManagerError(
+      `TPM key ${id} is ${keyAlgorithmLabel(pub)}`,
+      'use ec-p256 or rsa-2048 TPM keys',
+    )
+  }
+  return Object.freeze({
+    id,
+    keyType,
+    publicKey: publicKeyObject(pub),
+    blob,
+    tpmPublic: blob.public,
+    sign: (data: Uint8Array) =>
+      withTpm(tpm, async () => {
+        const digest = new Uint8Array(createHash('sha256').update(data).digest())
+        await using k = await loadUnderSrk(tpm, blob)
+        return toSignerForm(await tpm.sign(k, digest))
+      }),
+  })
+}
+
+function errCode(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err
+    ? String((err as { code: unknown }).code)
+    : undefined
+}
+
+/** TPM-resident keys, blobs in `dir` (0700). */
+export class TpmKeyManager implements KeyManager {
+  readonly dir: string
+  private readonly tpm: TpmContext
+
+  constructor(tpm: TpmContext, dir: string) {
+    this.tpm = tpm
+    this.dir = dir
+  }
+
+  private pathOf(id: string): string {
+    return join(this.dir, `${id}${SUFFIX}`)
+  }
+
+  async generateKey(id: string, type: KeyType): Promise<TpmKey> {
+    validateKeyId(id)
+    const alg = TPM_ALGORITHMS[type]
+    if (alg === undefined) {
+      throw new KeyManagerError(
+        `the TPM key manager does not make ${type} keys`,
+        'use ec-p256 or rsa-2048',
+      )
+    }
+    await mkdir(this.dir, { recursive: true, mode: 0o700 })
+    const made = await withTpm(this.tpm, async () => {
+      await using srk = await openSrk(this.tpm)
+      return await createSigningKey(this.tpm, srk, alg)
+    })
+    // Plain Uint8Arrays (the addon returns Buffers): the same shape getKey() reads back.
+    const blob: KeyBlob = {
+      private: new Uint8Array(made.private),
+      public: new Uint8Array(made.public),
+    }
+    const text = JSON.stringify({
+      version: 1,
+      key_type: type,
+      private: Buffer.from(blob.private).toString('base64'),
+      public: Buffer.from(blob.public).toString('base64'),
+    })
+    // Atomic replace: a crash never leaves a half-written blob under the real name.
+    const tmp = join(this.dir, `.${id}.${randomBytes(6).toString('hex')}.tmp`)
+    try {
+      const fh = await open(tmp, 'wx', 0o600)
+      try {
+        await fh.writeFile(text)
+        await fh.sync()
+      } finally {
+        await fh.close()
+      }
+      await chmod(tmp, 0o600)
+      await rename(tmp, this.pathOf(id))
+    } catch (err) {
+      await rm(tmp, { force: true }).catch(() => {})
+      throw new KeyManagerError(
+        `cannot write TPM key ${id} to ${this.dir}`,
+        'check the directory permissions and free space',
+        err,
+      )
+    }
+    return tpmKey(this.tpm, id, blob)
+  }
+
+  async getKey(id: string): Promise<TpmKey | undefined> {
+    validateKeyId(id)
+    let text: string
+    try {
+      text = await readFile(this.pathOf(id), 'utf8')
+    } catch (err) {
+      if (errCode(err) === 'ENOENT') return undefined
+      throw new KeyManagerError(`cannot read TPM key ${id}`, 'check the file permissions', err)
+    }
+    try {
+      const j = JSON.parse(text) as { version?: unknown; private?: unknown; public?: unknown }
+      if (j.version !== 1 || typeof j.private !== 'string' || typeof j.public !== 'string') {
+        throw new Error('not a version 1 TPM key file')
+      }
+      const blob: KeyBlob = {
+        private: new Uint8Array(Buffer.from(j.private, 'base64')),
+        public: new Uint8Array(Buffer.from(j.public, 'base64')),
+      }
+      return tpmKey(this.tpm, id, blob)
+    } catch (err) {
+      if (err instanceof KeyManagerError) throw err
+      throw new KeyManagerError(
+        `TPM key file ${this.pathOf(id)} is corrupt`,
+        'delete it and generate the key again',
+        err,
+      )
+    }
+  }
+
+  /** The marshaled TPM2B_PUBLIC of a key (for the TPM attestor's agent_key_public). */
+  async tpmPublic(id: string): Promise<Uint8Array> {
+    const k = await this.getKey(id)
+    if (!k) throw new KeyManagerError(`no TPM key ${id}`, 'generate the key first')
+    return k.tpmPublic
+  }
+
+  async listKeys(): Promise<TpmKey[]> {
+    let names: string[]
+    try {
+      names = await readdir(this.dir)
+    } catch (err) {
+      if (errCode(err) === 'ENOENT') return []
+      throw new KeyManagerError(`cannot list ${this.dir}`, 'check the directory permissions', err)
+    }
+    const out: TpmKey[] = []
+    for (const n of names.sort()) {
+      if (!n.endsWith(SUFFIX) || n.startsWith('.')) continue
+      const k = await this.getKey(n.slice(0, -SUFFIX.length))
+      if (k) out.push(k)
+    }
+    return out
+  }
+
+  async deleteKey(id: string): Promise<void> {
+    validateKeyId(id)
+    await rm(this.pathOf(id), { force: true })
+  }
+}
