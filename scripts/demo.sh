@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, then
-#  1. starts a simulated TPM with its own manufacturer CA and reads its identity as an operator would;
-#  2. starts a server (trust domain example.org), generates a join token, starts an agent with it,
-#     registers an entry for this shell's uid, and fetches an X.509-SVID and a JWT-SVID through the
-#     SPIFFE Workload API with the CLI.
+#  1. starts a simulated TPM (swtpm) with its own manufacturer CA and reads it as an operator would;
+#  2. starts a server that trusts that manufacturer, and an agent that attests with the TPM (its
+#     agent key lives in the TPM); registers an entry for this shell's uid under a node alias on the
+#     TPM's EK; fetches an X.509-SVID and a JWT-SVID over the SPIFFE Workload API with the CLI.
+# DEMO_ATTESTOR=join_token runs the same with a join token instead of the TPM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 
+attestor="${DEMO_ATTESTOR:-tpm}"
 state="$(mktemp -d /tmp/spiffe-edge-demo.XXXXXX)"
 server_pid=""
 agent_pid=""
@@ -18,48 +20,65 @@ cleanup() {
   rm -rf "$state"
 }
 trap cleanup EXIT
-json() { node -e 'console.log(JSON.parse(process.argv[1])[process.argv[2]])' "$1" "$2"; }
+json() { node -e 'const v=JSON.parse(process.argv[1]); console.log(process.argv[2].split(".").reduce((o,k)=>o[k],v))' "$1" "$2"; }
+wait_line() { for _ in $(seq 1 150); do [ -s "$1" ] && return 0; sleep 0.1; done; cat "${1%.out}.log" >&2; return 1; }
 
 echo
 echo "== spiffe-edge sim tpm start --state $state/tpm"
 started="$(./bin/spiffe-edge sim tpm start --state "$state/tpm")"
 echo "$started"
 tcti="$(json "$started" tcti)"
+ek_ca="$(json "$started" ek_ca_bundle)"
 
 echo
 echo "== spiffe-edge tpm info --tcti $tcti"
 ./bin/spiffe-edge tpm info --tcti "$tcti"
+ek_hash="$(json "$(./bin/spiffe-edge tpm info --tcti "$tcti" --json)" endorsement_keys.0.public_key_sha256)"
 
-echo "== spiffe-edge server run --config examples/local/server.conf --data-dir $state/server --port 0"
-./bin/spiffe-edge server run --config examples/local/server.conf --data-dir "$state/server" --port 0 \
+if [ "$attestor" = tpm ]; then
+  server_args=(--config examples/local/server-tpm.conf --tpm-ek-ca "$ek_ca")
+else
+  server_args=(--config examples/local/server.conf)
+fi
+echo "== spiffe-edge server run ${server_args[*]} --data-dir $state/server --port 0"
+./bin/spiffe-edge server run "${server_args[@]}" --data-dir "$state/server" --port 0 \
   >"$state/server.out" 2>"$state/server.log" &
 server_pid=$!
-for _ in $(seq 1 100); do [ -s "$state/server.out" ] && break; sleep 0.1; done
+wait_line "$state/server.out"
 cat "$state/server.out"
 sock="$state/server/admin.sock"
-
 address="$(json "$(cat "$state/server.out")" listening)"
+api="$state/agent/public/api.sock"
 
-echo
-echo "== spiffe-edge server token generate --spiffeID spiffe://example.org/gateway/1"
-token="$(json "$(./bin/spiffe-edge server token generate --admin-socket "$sock" --spiffeID spiffe://example.org/gateway/1 --json)" token)"
-echo "Token: $token"
+if [ "$attestor" = tpm ]; then
+  echo
+  echo "== spiffe-edge server entry create --node --spiffeID spiffe://example.org/gateway/1 --selector tpm:ek_hash:$ek_hash"
+  ./bin/spiffe-edge server entry create --admin-socket "$sock" --node \
+    --spiffeID spiffe://example.org/gateway/1 --selector "tpm:ek_hash:$ek_hash"
+  agent_args=(--config examples/local/agent-tpm.conf --tcti "$tcti")
+else
+  echo
+  echo "== spiffe-edge server token generate --spiffeID spiffe://example.org/gateway/1"
+  token="$(json "$(./bin/spiffe-edge server token generate --admin-socket "$sock" --spiffeID spiffe://example.org/gateway/1 --json)" token)"
+  echo "Token: $token"
+  agent_args=(--config examples/local/agent.conf --join-token "$token" --insecure-bootstrap)
+fi
 
-echo
 echo "== spiffe-edge server entry create --parentID spiffe://example.org/gateway/1 --spiffeID spiffe://example.org/demo --selector unix:uid:$(id -u)"
 ./bin/spiffe-edge server entry create --admin-socket "$sock" \
   --parentID spiffe://example.org/gateway/1 --spiffeID spiffe://example.org/demo --selector "unix:uid:$(id -u)"
 
-api="$state/agent/public/api.sock"
-echo "== spiffe-edge agent run --config examples/local/agent.conf --join-token … --socket-path $api"
-./bin/spiffe-edge agent run --config examples/local/agent.conf --data-dir "$state/agent" \
-  --socket-path "$api" --server-address "$address" --join-token "$token" --insecure-bootstrap \
-  >"$state/agent.out" 2>"$state/agent.log" &
+echo "== spiffe-edge agent run ${agent_args[*]} --socket-path $api"
+./bin/spiffe-edge agent run "${agent_args[@]}" --data-dir "$state/agent" --socket-path "$api" \
+  --server-address "$address" >"$state/agent.out" 2>"$state/agent.log" &
 agent_pid=$!
-for _ in $(seq 1 100); do [ -s "$state/agent.out" ] && break; sleep 0.1; done
+wait_line "$state/agent.out"
 cat "$state/agent.out"
 
 echo
+echo "== spiffe-edge server agent list"
+./bin/spiffe-edge server agent list --admin-socket "$sock"
+
 echo "== spiffe-edge api fetch x509 --socket-path $api --write $state/svid"
 ./bin/spiffe-edge api fetch x509 --socket-path "$api" --write "$state/svid"
 openssl verify -CAfile "$state/svid/bundle.0.pem" "$state/svid/svid.0.pem"
