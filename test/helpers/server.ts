@@ -21,13 +21,21 @@ export interface TestServer extends AsyncDisposable {
 
 /** A real server on loopback in its own temp dir (on-disk SQLite, disk keys), port chosen by the OS. */
 export async function startTestServer(
-  opts: { extraToml?: string; clock?: Clock; tickMs?: number } = {},
+  opts: {
+    extraToml?: string
+    clock?: Clock
+    tickMs?: number
+    /** Reuse a data dir (a restart); the caller then owns and removes it. */
+    dir?: string
+    port?: number
+  } = {},
 ): Promise<TestServer> {
-  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-server-'))
+  const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'spiffe-edge-server-'))
   const config = parseServerConfig(
     // Tests attest many agents from one address: lift the per-source limit unless a test sets it.
     `[server]\ntrust_domain = "example.org"\nbind_port = 0\nca_ttl = "24h"\n${opts.extraToml ?? 'attest_rate_per_second = 1000'}\n[plugins.NodeAttestor.join_token]\n`,
     join(dir, 'server.conf'),
+    opts.port === undefined ? {} : { bindPort: opts.port },
   )
   const server = await startServer(config, {
     log: silentLog,
@@ -47,7 +55,7 @@ export async function startTestServer(
     },
     async [Symbol.asyncDispose]() {
       await server.close()
-      rmSync(dir, { recursive: true, force: true })
+      if (!opts.dir) rmSync(dir, { recursive: true, force: true })
     },
   }
 }
