@@ -1,7 +1,14 @@
-import { readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { parse as parseToml } from 'smol-toml'
-import { ConfigError, ConfigReader, type Table } from '../common/config.js'
+import {
+  ConfigReader,
+  checkTrustDomain,
+  type KeyManagerConfig,
+  keyManagerConfig,
+  parseTomlConfig,
+  readConfigFile,
+  type Table,
+} from '../common/config.js'
 import type { KeyType } from '../keymanager/types.js'
 
 /** Where SPIRE users expect it (SPIRE: /tmp/spire-agent/public/api.sock); `api` commands look here. */
@@ -23,9 +30,7 @@ export interface AgentConfig {
   readonly syncIntervalSeconds: number
   readonly x509SvidCacheMaxSize: number
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error'
-  readonly keyManager:
-    | { readonly kind: 'disk'; readonly directory: string }
-    | { readonly kind: 'memory' }
+  readonly keyManager: KeyManagerConfig
   readonly nodeAttestor: { readonly name: string; readonly data: Table }
   readonly workloadAttestors: ReadonlyMap<string, Table>
 }
@@ -63,12 +68,7 @@ export function parseAgentConfig(
   source: string,
   o: AgentOverrides = {},
 ): AgentConfig {
-  let doc: Table
-  try {
-    doc = parseToml(text) as Table
-  } catch (err) {
-    throw new ConfigError(source, [`not valid TOML: ${(err as Error).message}`])
-  }
+  const doc = parseTomlConfig(text, source, parseToml)
   const r = new ConfigReader(dirname(resolve(source)))
   r.known(doc, ['agent', 'plugins'], '')
   const a = r.table(doc, 'agent', 'agent', true)
@@ -108,20 +108,7 @@ export function parseAgentConfig(
     else naData = { ...naData, tcti: o.tcti }
   }
 
-  const km = r.table(plugins ?? {}, 'KeyManager', 'plugins.KeyManager')
-  r.known(km, ['disk', 'memory'], 'plugins.KeyManager')
-  if (km && Object.keys(km).length !== 1)
-    r.problems.push('plugins.KeyManager: configure exactly one')
-  let keyManager: AgentConfig['keyManager'] = { kind: 'disk', directory: resolve(dataDir, 'keys') }
-  if (km?.memory !== undefined) keyManager = { kind: 'memory' }
-  const disk = r.table(km ?? {}, 'disk', 'plugins.KeyManager.disk')
-  if (disk) {
-    r.known(disk, ['directory'], 'plugins.KeyManager.disk')
-    keyManager = {
-      kind: 'disk',
-      directory: r.path(disk, 'directory', 'plugins.KeyManager.disk', resolve(dataDir, 'keys'))!,
-    }
-  }
+  const keyManager = keyManagerConfig(r, plugins, dataDir)
 
   const wa = r.table(plugins ?? {}, 'WorkloadAttestor', 'plugins.WorkloadAttestor') ?? { unix: {} }
   const workloadAttestors = new Map<string, Table>()
@@ -148,19 +135,11 @@ export function parseAgentConfig(
     nodeAttestor: { name: naName, data: naData },
     workloadAttestors,
   }
-  if (!/^[a-z0-9._-]{1,255}$/.test(config.trustDomain)) {
-    r.problems.push(`agent.trust_domain: '${config.trustDomain}' is not a valid trust domain name`)
-  }
+  checkTrustDomain(r, config.trustDomain, 'agent.trust_domain')
   r.done(source)
   return config
 }
 
 export function loadAgentConfig(file: string, o: AgentOverrides = {}): AgentConfig {
-  let text: string
-  try {
-    text = readFileSync(file, 'utf8')
-  } catch (err) {
-    throw new ConfigError(file, [`cannot read: ${(err as Error).message}`])
-  }
-  return parseAgentConfig(text, file, o)
+  return parseAgentConfig(readConfigFile(file), file, o)
 }

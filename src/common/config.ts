@@ -3,6 +3,7 @@
  * silently fall back to a default). Values come from TOML tables; paths are resolved against the
  * config file's folder so a config works as-is wherever it is copied with its data.
  */
+import { readFileSync } from 'node:fs'
 import { isAbsolute, resolve } from 'node:path'
 import { SpiffeEdgeError } from '../errors.js'
 
@@ -148,4 +149,56 @@ export function parseDuration(text: string): number | undefined {
     consumed += m[0].length
   }
   return consumed === text.length && consumed > 0 ? total : undefined
+}
+
+/** Parses TOML text into a table, or one ConfigError. */
+export function parseTomlConfig(
+  text: string,
+  source: string,
+  parse: (t: string) => unknown,
+): Table {
+  try {
+    return parse(text) as Table
+  } catch (err) {
+    throw new ConfigError(source, [`not valid TOML: ${(err as Error).message}`])
+  }
+}
+
+/** Reads a config file, or one ConfigError naming it. */
+export function readConfigFile(file: string): string {
+  try {
+    return readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(file, [`cannot read: ${(err as Error).message}`])
+  }
+}
+
+export type KeyManagerConfig =
+  | { readonly kind: 'disk'; readonly directory: string }
+  | { readonly kind: 'memory' }
+
+/** `[plugins.KeyManager]`: exactly one of disk (directory defaults to <data_dir>/keys) or memory. */
+export function keyManagerConfig(
+  r: ConfigReader,
+  plugins: Table | undefined,
+  dataDir: string,
+): KeyManagerConfig {
+  const km = r.table(plugins ?? {}, 'KeyManager', 'plugins.KeyManager')
+  r.known(km, ['disk', 'memory'], 'plugins.KeyManager')
+  if (km && Object.keys(km).length !== 1)
+    r.problems.push('plugins.KeyManager: configure exactly one')
+  if (km?.memory !== undefined) return { kind: 'memory' }
+  const disk = r.table(km ?? {}, 'disk', 'plugins.KeyManager.disk')
+  r.known(disk, ['directory'], 'plugins.KeyManager.disk')
+  const fallback = resolve(dataDir, 'keys')
+  return {
+    kind: 'disk',
+    directory: disk ? r.path(disk, 'directory', 'plugins.KeyManager.disk', fallback)! : fallback,
+  }
+}
+
+/** Records a problem unless `name` is a valid trust domain name. */
+export function checkTrustDomain(r: ConfigReader, name: string, path: string): void {
+  if (!/^[a-z0-9._-]{1,255}$/.test(name))
+    r.problems.push(`${path}: '${name}' is not a valid trust domain name`)
 }

@@ -1,7 +1,14 @@
-import { readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { parse as parseToml } from 'smol-toml'
-import { ConfigError, ConfigReader, type Table } from '../common/config.js'
+import {
+  ConfigReader,
+  checkTrustDomain,
+  type KeyManagerConfig,
+  keyManagerConfig,
+  parseTomlConfig,
+  readConfigFile,
+  type Table,
+} from '../common/config.js'
 
 export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-4096'
 const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
@@ -24,9 +31,7 @@ export interface ServerConfig {
   readonly upstream:
     | { readonly certFile: string; readonly keyFile: string; readonly bundleFile: string }
     | undefined
-  readonly keyManager:
-    | { readonly kind: 'disk'; readonly directory: string }
-    | { readonly kind: 'memory' }
+  readonly keyManager: KeyManagerConfig
   /** Node attestor plugins by name, with their raw plugin_data (each plugin validates its own). */
   readonly nodeAttestors: ReadonlyMap<string, Table>
   /** Attestations per second per source address (SPIRE: 1). */
@@ -68,12 +73,7 @@ export function parseServerConfig(
   source: string,
   overrides: ServerOverrides = {},
 ): ServerConfig {
-  let doc: Table
-  try {
-    doc = parseToml(text) as Table
-  } catch (err) {
-    throw new ConfigError(source, [`not valid TOML: ${(err as Error).message}`])
-  }
+  const doc = parseTomlConfig(text, source, parseToml)
   const r = new ConfigReader(dirname(resolve(source)))
   r.known(doc, ['server', 'plugins'], '')
   const s = r.table(doc, 'server', 'server', true)
@@ -100,20 +100,7 @@ export function parseServerConfig(
 
   const plugins = r.table(doc, 'plugins', 'plugins')
   r.known(plugins, ['NodeAttestor', 'KeyManager'], 'plugins')
-  const km = r.table(plugins ?? {}, 'KeyManager', 'plugins.KeyManager')
-  r.known(km, ['disk', 'memory'], 'plugins.KeyManager')
-  let keyManager: ServerConfig['keyManager'] = { kind: 'disk', directory: resolve(dataDir, 'keys') }
-  if (km && Object.keys(km).length !== 1)
-    r.problems.push('plugins.KeyManager: configure exactly one')
-  if (km?.memory !== undefined) keyManager = { kind: 'memory' }
-  const disk = r.table(km ?? {}, 'disk', 'plugins.KeyManager.disk')
-  if (disk) {
-    r.known(disk, ['directory'], 'plugins.KeyManager.disk')
-    keyManager = {
-      kind: 'disk',
-      directory: r.path(disk, 'directory', 'plugins.KeyManager.disk', resolve(dataDir, 'keys'))!,
-    }
-  }
+  const keyManager = keyManagerConfig(r, plugins, dataDir)
   const na = r.table(plugins ?? {}, 'NodeAttestor', 'plugins.NodeAttestor')
   const nodeAttestors = new Map<string, Table>()
   for (const [name, value] of Object.entries(na ?? { join_token: {} })) {
@@ -149,19 +136,11 @@ export function parseServerConfig(
   if (config.defaultX509SvidTtlSeconds >= config.caTtlSeconds) {
     r.problems.push('server.default_x509_svid_ttl: must be shorter than server.ca_ttl')
   }
-  if (!/^[a-z0-9._-]{1,255}$/.test(config.trustDomain)) {
-    r.problems.push(`server.trust_domain: '${config.trustDomain}' is not a valid trust domain name`)
-  }
+  checkTrustDomain(r, config.trustDomain, 'server.trust_domain')
   r.done(source)
   return config
 }
 
 export function loadServerConfig(file: string, overrides: ServerOverrides = {}): ServerConfig {
-  let text: string
-  try {
-    text = readFileSync(file, 'utf8')
-  } catch (err) {
-    throw new ConfigError(file, [`cannot read: ${(err as Error).message}`])
-  }
-  return parseServerConfig(text, file, overrides)
+  return parseServerConfig(readConfigFile(file), file, overrides)
 }

@@ -1,48 +1,16 @@
 import assert from 'node:assert/strict'
-import { type ChildProcess, spawn } from 'node:child_process'
 import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { test } from 'node:test'
+import { startCli } from '../helpers/cli-process.js'
 import { cli, cliPath, repoRoot, run } from '../helpers/exec.js'
-
-interface Proc {
-  readonly child: ChildProcess
-  readonly first: Record<string, unknown>
-  readonly exited: Promise<number | null>
-  stderr(): string
-}
-
-/** Starts a long-running CLI command and waits for the JSON line it prints when ready. */
-async function start(
-  args: string[],
-  t: { after: (fn: () => Promise<void>) => void },
-): Promise<Proc> {
-  const child = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-  let stderr = ''
-  child.stderr!.on('data', (d: Buffer) => {
-    stderr += d.toString()
-  })
-  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)))
-  t.after(async () => {
-    if (child.exitCode === null) child.kill('SIGKILL')
-    await exited
-  })
-  const line = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).once('line', resolve)
-    void exited.then((c) =>
-      reject(new Error(`${args.slice(0, 2).join(' ')} exited ${c}: ${stderr}`)),
-    )
-  })
-  return { child, first: JSON.parse(line) as Record<string, unknown>, exited, stderr: () => stderr }
-}
 
 test('server + agent + Workload API end to end: X.509 and JWT SVIDs for this uid only, restart keeps identity', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-e2e-'))
   chmodSync(dir, 0o755) // the unprivileged client below must reach the agent socket
   t.after(async () => rmSync(dir, { recursive: true, force: true }))
-  const server = await start(
+  const server = await startCli(
     [
       'server',
       'run',
@@ -99,7 +67,7 @@ test('server + agent + Workload API end to end: X.509 and JWT SVIDs for this uid
     '--server-address',
     address,
   ]
-  const agent = await start([...agentArgs, '--join-token', token, '--insecure-bootstrap'], t)
+  const agent = await startCli([...agentArgs, '--join-token', token, '--insecure-bootstrap'], t)
   const apiSock = String(agent.first.socket_path)
   assert.match(String(agent.first.agent_id), /^spiffe:\/\/example\.org\/spire\/agent\/join_token\//)
 
@@ -176,7 +144,7 @@ test('server + agent + Workload API end to end: X.509 and JWT SVIDs for this uid
   // Restart the agent without a token: it restores its identity and serves again.
   agent.child.kill('SIGTERM')
   assert.equal(await agent.exited, 0)
-  const again = await start(agentArgs, t)
+  const again = await startCli(agentArgs, t)
   assert.equal(again.first.agent_id, agent.first.agent_id)
   const refetch = await cli(['api', 'fetch', 'x509', '--socket-path', apiSock])
   assert.equal(refetch.code, 0, refetch.stderr)

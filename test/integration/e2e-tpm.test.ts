@@ -1,34 +1,11 @@
 import assert from 'node:assert/strict'
-import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { test } from 'node:test'
 import { startSwtpm } from '../../hardware-sim/swtpm.js'
-import { cli, cliPath, repoRoot } from '../helpers/exec.js'
-
-async function start(args: string[], t: { after: (fn: () => Promise<void>) => void }) {
-  const child: ChildProcess = spawn(process.execPath, [cliPath, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let stderr = ''
-  child.stderr!.on('data', (d: Buffer) => {
-    stderr += d.toString()
-  })
-  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)))
-  t.after(async () => {
-    if (child.exitCode === null) child.kill('SIGKILL')
-    await exited
-  })
-  const line = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).once('line', resolve)
-    void exited.then((c) =>
-      reject(new Error(`${args.slice(0, 2).join(' ')} exited ${c}: ${stderr}`)),
-    )
-  })
-  return { child, exited, first: JSON.parse(line) as Record<string, unknown> }
-}
+import { startCli } from '../helpers/cli-process.js'
+import { cli, repoRoot } from '../helpers/exec.js'
 
 test('TPM attestation end to end with the example configs: agent ID from the EK, selectors, SVIDs', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-e2e-tpm-'))
@@ -39,7 +16,7 @@ test('TPM attestation end to end with the example configs: agent ID from the EK,
   }
   const rsaEk = info.endorsement_keys.find((k) => k.algorithm === 'rsa-2048')!
 
-  const server = await start(
+  const server = await startCli(
     [
       'server',
       'run',
@@ -69,7 +46,7 @@ test('TPM attestation end to end with the example configs: agent ID from the EK,
     '--tcti',
     sim.tcti,
   ]
-  const agent = await start(agentArgs, t)
+  const agent = await startCli(agentArgs, t)
   const agentId = `spiffe://example.org/spire/agent/tpm/${rsaEk.public_key_sha256}`
   assert.equal(agent.first.agent_id, agentId)
 
@@ -127,7 +104,7 @@ test('TPM attestation end to end with the example configs: agent ID from the EK,
   // Restart: same agent ID (the EK decides), attesting again with the same AK.
   agent.child.kill('SIGTERM')
   assert.equal(await agent.exited, 0)
-  const again = await start(agentArgs, t)
+  const again = await startCli(agentArgs, t)
   assert.equal(again.first.agent_id, agentId)
   again.child.kill('SIGTERM')
   server.child.kill('SIGTERM')
