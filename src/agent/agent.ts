@@ -196,6 +196,8 @@ export async function startAgent(
     attestors,
     trustDomain: td,
     log,
+    // An expired agent SVID means nothing new can be issued: report it like SPIRE does.
+    ready: () => manager.health().ready,
   })
   log('info', 'agent started', {
     agent: manager.agentId,

@@ -16,6 +16,7 @@ import { DiskKeyManager } from '../../src/keymanager/disk.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
 import { NodeClient } from '../../src/transport/grpc-client.js'
 import { startTestServer, type TestServer } from '../helpers/server.js'
+import { MemoryWorkloadSource } from '../helpers/workload-source.js'
 
 const td = TrustDomain.parse('example.org')
 const me = `uid:${process.getuid!()}`
@@ -137,4 +138,25 @@ test('a server restart mid-sync: the agent keeps serving, then resumes and picks
     if (ids.length < 2) await new Promise((r) => setTimeout(r, 100))
   }
   assert.deepEqual(ids, ['spiffe://example.org/a', 'spiffe://example.org/b'])
+})
+
+test('health reports NOT_SERVING while the agent itself is not ready (no valid agent SVID)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-health-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const source = await MemoryWorkloadSource.create()
+  let ready = false
+  const socketPath = join(dir, 'api.sock')
+  await using _api = await startWorkloadApi({
+    socketPath,
+    source,
+    attestors: [unixAttestor()],
+    trustDomain: td,
+    log: silentLog,
+    ready: () => ready,
+  })
+  const c = workloadClient(`unix://${socketPath}`)
+  t.after(() => c.close())
+  assert.equal(await c.health(), 'NOT_SERVING')
+  ready = true
+  assert.equal(await c.health(), 'SERVING')
 })

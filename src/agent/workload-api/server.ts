@@ -90,6 +90,8 @@ export interface WorkloadApiServerOptions {
   readonly allowUnauthenticatedVerifiers?: boolean
   /** Most concurrent streams per connection; default 1000. */
   readonly maxConcurrentStreams?: number
+  /** Whether the agent itself is healthy (a valid agent SVID); default: always. */
+  readonly ready?: () => boolean
 }
 
 export interface WorkloadApiServer extends AsyncDisposable {
@@ -649,7 +651,7 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
     if (service !== '' && service !== WORKLOAD_SERVICE) {
       throw new WorkloadStatusError(GrpcStatus.NOT_FOUND, `unknown service ${service}`)
     }
-    return serving ? HEALTH_SERVING : HEALTH_NOT_SERVING
+    return serving && (opts.ready?.() ?? true) ? HEALTH_SERVING : HEALTH_NOT_SERVING
   }
 
   const healthHandlers: grpc.UntypedServiceImplementation = {
