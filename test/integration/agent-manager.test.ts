@@ -17,7 +17,13 @@ import { startTestServer, type TestServer } from '../helpers/server.js'
 
 const td = TrustDomain.parse('example.org')
 
-async function agentFor(s: TestServer, dir: string, token: string, syncIntervalMs = 200) {
+async function agentFor(
+  s: TestServer,
+  dir: string,
+  token: string,
+  syncIntervalMs = 200,
+  cacheMaxSize = 1000,
+) {
   const client = new NodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
   const { storage } = AgentStorage.open(join(dir, 'agent.sqlite3'))
   const manager = new AgentManager({
@@ -28,7 +34,7 @@ async function agentFor(s: TestServer, dir: string, token: string, syncIntervalM
     attestor: joinTokenAgentAttestor(token),
     workloadKeyType: 'ec-p256',
     syncIntervalMs,
-    cacheMaxSize: 1000,
+    cacheMaxSize,
     log: silentLog,
   })
   await manager.start()
@@ -160,4 +166,31 @@ test('a corrupt state database is moved aside and the agent starts over', (t) =>
   assert.equal(recovered, true)
   assert.deepEqual(storage.load(), {})
   storage.close()
+})
+
+test('the SVID cache is a soft limit: past it, SVIDs are issued only for subscribers, and never evicted from them', async (t) => {
+  await using s = await startTestServer()
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-agent-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const token = await s.token('spiffe://example.org/gw')
+  for (const n of [1, 2, 3]) {
+    await s.admin('POST', '/v1/entries', {
+      spiffe_id: `spiffe://example.org/w${n}`,
+      parent_id: 'spiffe://example.org/gw',
+      selectors: [{ type: 'unix', value: `uid:${n}` }],
+    })
+  }
+  await using a = await agentFor(s, dir, token, 200, 1)
+  assert.equal(a.manager.cachedSvidCount(), 1, 'one SVID prefetched within the limit')
+  const got: X509Update[] = []
+  const stop2 = a.manager.subscribeX509([{ type: 'unix', value: 'uid:2' }], (u) => got.push(u))
+  const stop3 = a.manager.subscribeX509([{ type: 'unix', value: 'uid:3' }], (u) => got.push(u))
+  await nextUpdate(got, 2)
+  const ids = got.map((u) => u.svids[0]?.spiffeId).sort()
+  assert.deepEqual(ids, ['spiffe://example.org/w2', 'spiffe://example.org/w3'])
+  // Subscribed SVIDs stay even though the cache is over its limit.
+  await a.manager.syncNow()
+  assert.ok(a.manager.cachedSvidCount() >= 2)
+  stop2()
+  stop3()
 })
