@@ -256,6 +256,10 @@ export async function startServer(
             await issueIdentity()
           const nowS = Math.floor(now / 1000)
           await datastore.pruneJoinTokens(nowS)
+          // Entries past their expiry go (SPIRE: pruning, not a security feature). Agents sync by
+          // comparing what they hold, so tombstones are not needed once written.
+          await datastore.pruneExpiredEntries(nowS)
+          await datastore.pruneEntryTombstones(await datastore.currentRevision())
         } catch (err) {
           log('error', 'rotation tick failed', { error: (err as Error).message })
         }

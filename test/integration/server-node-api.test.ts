@@ -276,3 +276,32 @@ test('an agent trusting another bundle refuses the server', async () => {
     wrong.close()
   }
 })
+
+test('entries past their expiry are pruned by the server, and agents are told they are gone', async () => {
+  await using s = await startTestServer({ tickMs: 100 })
+  const { client, auth } = await attest(s.address, await s.token())
+  try {
+    const expires = Math.floor(Date.now() / 1000) + 1
+    const e = await s.admin('POST', '/v1/entries', {
+      spiffe_id: 'spiffe://example.org/brief',
+      parent_id: auth.spiffeId,
+      selectors: [{ type: 'unix', value: 'uid:9' }],
+      expires_at: expires,
+    })
+    const full = await client.call('SyncEntries', { sinceRevision: 0 }, auth)
+    assert.deepEqual(
+      full.entries.map((x) => x.id),
+      [String(e.id)],
+    )
+    const deadline = Date.now() + 10_000
+    while (((await s.admin('GET', '/v1/entries')).entries as unknown[]).length > 0) {
+      assert.ok(Date.now() < deadline, 'the expired entry was not pruned')
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    const known = full.entries.map((x) => ({ id: x.id, revisionNumber: x.revisionNumber }))
+    const inc = await client.call('SyncEntries', { sinceRevision: full.revision, known }, auth)
+    assert.deepEqual(inc.deletedIds, [String(e.id)])
+  } finally {
+    client.close()
+  }
+})
