@@ -16,17 +16,13 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import * as grpc from '@grpc/grpc-js'
-import { AgentManager } from '../src/agent/manager.js'
-import { AgentStorage } from '../src/agent/storage.js'
 import { unixAttestor } from '../src/agent/workload-api/attestors/unix.js'
 import { workloadClient } from '../src/agent/workload-api/client.js'
 import { startWorkloadApi } from '../src/agent/workload-api/server.js'
 import { workloadServiceDefinition } from '../src/agent/workload-api/service.js'
-import { joinTokenAgentAttestor } from '../src/attestors/join-token/agent.js'
 import { silentLog } from '../src/common/log.js'
-import { MemoryKeyManager } from '../src/keymanager/memory.js'
 import { TrustDomain } from '../src/spiffe/id.js'
-import { NodeClient } from '../src/transport/grpc-client.js'
+import { startTestAgent } from '../test/helpers/agent.js'
 import { startTestServer } from '../test/helpers/server.js'
 
 const CLIENTS = 100
@@ -145,20 +141,8 @@ async function main(): Promise<void> {
       parent_id: 'spiffe://example.org/host',
       selectors: [{ type: 'unix', value: `uid:${process.getuid!()}` }],
     })
-    const client = new NodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
-    const { storage } = AgentStorage.open(join(dir, 'agent.sqlite3'))
-    const manager = new AgentManager({
-      trustDomain: td,
-      client,
-      storage,
-      keyManager: new MemoryKeyManager(),
-      attestor: joinTokenAgentAttestor(token),
-      workloadKeyType: 'ec-p256',
-      syncIntervalMs: 5000,
-      cacheMaxSize: 1000,
-      log: silentLog,
-    })
-    await manager.start()
+    await using agent = await startTestAgent(s.address, dir, token, { syncIntervalMs: 5000 })
+    const manager = agent.manager
     const agentSock = join(dir, 'agent.sock')
     const api = await startWorkloadApi({
       socketPath: agentSock,
@@ -167,7 +151,7 @@ async function main(): Promise<void> {
       trustDomain: td,
       log: silentLog,
     })
-    try {
+    {
       const x509 = await captureFirst(agentSock, 'FetchX509SVID', new Uint8Array())
       // JWTSVIDRequest { audience: ["bench"] } = field 1, length 5, "bench"
       const jwt = await captureFirst(
@@ -222,10 +206,6 @@ async function main(): Promise<void> {
       } finally {
         await api.close()
       }
-    } finally {
-      await manager.stop()
-      client.close()
-      storage.close()
     }
   } finally {
     rmSync(dir, { recursive: true, force: true })

@@ -4,49 +4,19 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { AgentManager } from '../../src/agent/manager.js'
 import { AgentStorage } from '../../src/agent/storage.js'
 import type { X509Update } from '../../src/agent/workload-api/types.js'
-import { joinTokenAgentAttestor } from '../../src/attestors/join-token/agent.js'
-import { silentLog } from '../../src/common/log.js'
 import { x509 } from '../../src/common/x509.js'
-import { DiskKeyManager } from '../../src/keymanager/disk.js'
-import { TrustDomain } from '../../src/spiffe/id.js'
-import { NodeClient } from '../../src/transport/grpc-client.js'
+import { startTestAgent } from '../helpers/agent.js'
 import { startTestServer, type TestServer } from '../helpers/server.js'
 
-const td = TrustDomain.parse('example.org')
-
-async function agentFor(
+const agentFor = (
   s: TestServer,
   dir: string,
   token: string,
   syncIntervalMs = 200,
   cacheMaxSize = 1000,
-) {
-  const client = new NodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
-  const { storage } = AgentStorage.open(join(dir, 'agent.sqlite3'))
-  const manager = new AgentManager({
-    trustDomain: td,
-    client,
-    storage,
-    keyManager: new DiskKeyManager(join(dir, 'keys')),
-    attestor: joinTokenAgentAttestor(token),
-    workloadKeyType: 'ec-p256',
-    syncIntervalMs,
-    cacheMaxSize,
-    log: silentLog,
-  })
-  await manager.start()
-  return {
-    manager,
-    async [Symbol.asyncDispose]() {
-      await manager.stop()
-      client.close()
-      storage.close()
-    },
-  }
-}
+) => startTestAgent(s.address, dir, token, { syncIntervalMs, cacheMaxSize })
 
 function nextUpdate(updates: X509Update[], count: number, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs

@@ -4,17 +4,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { findFreePorts } from '../../hardware-sim/process.js'
-import { AgentManager } from '../../src/agent/manager.js'
-import { AgentStorage } from '../../src/agent/storage.js'
 import { unixAttestor } from '../../src/agent/workload-api/attestors/unix.js'
 import { type ClientX509Response, workloadClient } from '../../src/agent/workload-api/client.js'
 import { startWorkloadApi } from '../../src/agent/workload-api/server.js'
-import { joinTokenAgentAttestor } from '../../src/attestors/join-token/agent.js'
 import { silentLog } from '../../src/common/log.js'
 import { x509 } from '../../src/common/x509.js'
-import { DiskKeyManager } from '../../src/keymanager/disk.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
-import { NodeClient } from '../../src/transport/grpc-client.js'
+import { startTestAgent } from '../helpers/agent.js'
 import { startTestServer, type TestServer } from '../helpers/server.js'
 import { MemoryWorkloadSource } from '../helpers/workload-source.js'
 
@@ -23,36 +19,21 @@ const me = `uid:${process.getuid!()}`
 
 /** A real agent (manager + Workload API on a Unix socket) against a real server. */
 async function agent(s: TestServer, dir: string, token: string) {
-  const client = new NodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
-  const { storage } = AgentStorage.open(join(dir, 'agent.sqlite3'))
-  const manager = new AgentManager({
-    trustDomain: td,
-    client,
-    storage,
-    keyManager: new DiskKeyManager(join(dir, 'keys')),
-    attestor: joinTokenAgentAttestor(token),
-    workloadKeyType: 'ec-p256',
-    syncIntervalMs: 150,
-    cacheMaxSize: 1000,
-    log: silentLog,
-  })
-  await manager.start()
+  const a = await startTestAgent(s.address, dir, token, { syncIntervalMs: 150 })
   const socketPath = join(dir, 'api.sock')
   const api = await startWorkloadApi({
     socketPath,
-    source: manager,
+    source: a.manager,
     attestors: [unixAttestor()],
     trustDomain: td,
     log: silentLog,
   })
   return {
-    manager,
+    manager: a.manager,
     socketPath,
     async [Symbol.asyncDispose]() {
       await api.close()
-      await manager.stop()
-      client.close()
-      storage.close()
+      await a[Symbol.asyncDispose]()
     },
   }
 }
