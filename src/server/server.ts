@@ -202,7 +202,8 @@ export async function startServer(
         },
         checkEntry: (input) => checkEntry(input, trustDomain, serverIdString),
         async generateJoinToken(spiffeId, ttlSeconds) {
-          const token = randomBytes(32).toString('base64url')
+          // Hex, not base64url: a token starting with '-' would be read as a flag on a command line.
+          const token = randomBytes(32).toString('hex')
           const expiresAt = Math.floor(clock.now().getTime() / 1000) + ttlSeconds
           const agentId = `spiffe://${trustDomain.name}/spire/agent/${JOIN_TOKEN}/${token}`
           if (spiffeId !== undefined) {
