@@ -46,7 +46,6 @@ import {
   parseChallenge,
   parsePayload,
   parseResponse,
-  type TpmResponse,
 } from '../src/attestors/tpm/protocol.js'
 import {
   checkAgentKeyAttributes,
@@ -54,6 +53,7 @@ import {
   parseTpmServerConfig,
   type TpmServerConfig,
   tpmServerAttestor,
+  wireToPcrValues,
 } from '../src/attestors/tpm/server.js'
 import type { AttestorState } from '../src/attestors/types.js'
 import { silentLog } from '../src/common/log.js'
@@ -61,12 +61,12 @@ import { TpmKeyManager } from '../src/keymanager/tpm.js'
 import { parseServerConfig } from '../src/server/config.js'
 import { startServer } from '../src/server/server.js'
 import { TrustDomain } from '../src/spiffe/id.js'
-import { HASH_ALGS, TPM_ALG } from '../src/tpm/constants.js'
+import { TPM_ALG } from '../src/tpm/constants.js'
 import { type KeyBlob, TpmContext } from '../src/tpm/context.js'
 import { makeCredential } from '../src/tpm/credential.js'
 import { createSigningKey, openEk, openSrk } from '../src/tpm/keys.js'
 import type { ClockInfo } from '../src/tpm/structures/attest.js'
-import { formatPcrSpec, type PcrValues, parsePcrSpec } from '../src/tpm/structures/pcr.js'
+import { formatPcrSpec, parsePcrSpec } from '../src/tpm/structures/pcr.js'
 import {
   objectName,
   parseTpm2bPublic,
@@ -130,20 +130,6 @@ function memoryState(): AttestorState {
 }
 
 /** The server's conversion of the wire PCR values (server.ts keeps its own private). */
-function wireToPcrValues(wire: TpmResponse['pcrValues']): PcrValues {
-  const out = new Map<number, Map<number, Uint8Array>>()
-  for (const [bank, values] of Object.entries(wire)) {
-    const alg = [...HASH_ALGS].find(([, h]) => h.name === bank)?.[0]
-    if (alg === undefined) throw new Error(`unknown PCR bank ${bank}`)
-    const m = new Map<number, Uint8Array>()
-    for (const [index, v] of Object.entries(values)) {
-      m.set(Number(index), new Uint8Array(Buffer.from(v, 'hex')))
-    }
-    out.set(alg, m)
-  }
-  return out
-}
-
 interface Recorded {
   readonly payload: Uint8Array
   readonly challenge: Uint8Array

@@ -1,19 +1,16 @@
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { test } from 'node:test'
-import { cli, cliPath, repoRoot } from '../helpers/exec.js'
+import { startCli } from '../helpers/cli-process.js'
+import { cli, repoRoot } from '../helpers/exec.js'
 
 /** `server run` as an operator starts it: the CLI in a child process, with flags over the example config. */
-async function runServer(t: { after: (fn: () => Promise<void> | void) => void }) {
+async function runServer(t: { after: (fn: () => Promise<void>) => void }) {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-srvcli-'))
-  const child = spawn(
-    process.execPath,
+  const p = await startCli(
     [
-      cliPath,
       'server',
       'run',
       '--config',
@@ -23,24 +20,11 @@ async function runServer(t: { after: (fn: () => Promise<void> | void) => void })
       '--port',
       '0',
     ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
+    t,
   )
-  let stderr = ''
-  child.stderr.on('data', (d: Buffer) => {
-    stderr += d.toString()
-  })
-  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)))
-  t.after(async () => {
-    if (child.exitCode === null) child.kill('SIGKILL')
-    await exited
-    rmSync(dir, { recursive: true, force: true })
-  })
-  const line = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout }).once('line', resolve)
-    void exited.then(() => reject(new Error(`server exited: ${stderr}`)))
-  })
-  const info = JSON.parse(line) as { listening: string; admin_socket: string }
-  return { dir, child, exited, info, socket: info.admin_socket, stderr: () => stderr }
+  // Registered after startCli's: the process is gone before its dir is removed.
+  t.after(async () => rmSync(dir, { recursive: true, force: true }))
+  return { ...p, dir, socket: String(p.first.admin_socket) }
 }
 
 test('the admin CLI manages entries, tokens, agents and the bundle; SIGTERM stops the server cleanly', async (t) => {

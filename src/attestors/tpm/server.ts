@@ -259,7 +259,8 @@ function previousClock(stored: string | undefined, akName: string): ClockInfo | 
   }
 }
 
-function wireToPcrValues(wire: TpmResponse['pcrValues']): PcrValues {
+/** PCR values from the wire form ({bank: {index: hex}}); an unknown bank is refused. */
+export function wireToPcrValues(wire: TpmResponse['pcrValues']): PcrValues {
   const out = new Map<number, Map<number, Uint8Array>>()
   for (const [bank, values] of Object.entries(wire)) {
     const alg = [...HASH_ALGS].find(([, h]) => h.name === bank)?.[0]
