@@ -1,24 +1,18 @@
 import { createPublicKey, sign as cryptoSign, type KeyObject } from 'node:crypto'
 import { SpiffeEdgeError } from '../errors.js'
+import { KEY_TYPES, type KeyType, type Signer } from '../spiffe/signer.js'
 
-/** The key types every key manager (software, TPM, PKCS#11) must support. */
-export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-4096'
-
-export const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
-
-/**
- * Something that signs with a private key it may never reveal. This is the hardware seam: a
- * TPM or PKCS#11 key implements it without exposing its private key.
- */
-export interface Signer {
-  readonly keyType: KeyType
-  readonly publicKey: KeyObject
-  /**
-   * Hashes `data` (SHA-256, or SHA-384 for ec-p384) and signs the digest. ECDSA signatures are
-   * IEEE P1363 r||s (the JWS and WebCrypto form), RSA signatures PKCS#1 v1.5.
-   */
-  sign(data: Uint8Array): Promise<Uint8Array>
-}
+// The Signer contract lives in the SPIFFE core; key managers implement it.
+export {
+  hashOf,
+  isKeyType,
+  jwsAlgorithm,
+  KEY_TYPES,
+  type KeyType,
+  type Signer,
+  type WebCryptoSigningAlgorithm,
+  webCryptoAlgorithm,
+} from '../spiffe/signer.js'
 
 export interface Key extends Signer {
   readonly id: string
@@ -37,42 +31,6 @@ export interface KeyManager {
 export class KeyManagerError extends SpiffeEdgeError {
   constructor(message: string, remedy: string, cause?: unknown) {
     super('ERR_KEY_MANAGER', message, { remedy, cause })
-  }
-}
-
-export function isKeyType(s: unknown): s is KeyType {
-  return typeof s === 'string' && (KEY_TYPES as readonly string[]).includes(s)
-}
-
-/** The hash sign() applies: SHA-384 pairs with P-384, SHA-256 with everything else. */
-export function hashOf(keyType: KeyType): 'SHA-256' | 'SHA-384' {
-  return keyType === 'ec-p384' ? 'SHA-384' : 'SHA-256'
-}
-
-export function jwsAlgorithm(keyType: KeyType): 'ES256' | 'ES384' | 'RS256' {
-  switch (keyType) {
-    case 'ec-p256':
-      return 'ES256'
-    case 'ec-p384':
-      return 'ES384'
-    default:
-      return 'RS256'
-  }
-}
-
-export type WebCryptoSigningAlgorithm =
-  | { name: 'ECDSA'; hash: 'SHA-256' | 'SHA-384'; namedCurve: 'P-256' | 'P-384' }
-  | { name: 'RSASSA-PKCS1-v1_5'; hash: 'SHA-256' }
-
-/** The WebCrypto algorithm matching sign(): what @peculiar/x509 needs as `signingAlgorithm`. */
-export function webCryptoAlgorithm(keyType: KeyType): WebCryptoSigningAlgorithm {
-  switch (keyType) {
-    case 'ec-p256':
-      return { name: 'ECDSA', hash: 'SHA-256', namedCurve: 'P-256' }
-    case 'ec-p384':
-      return { name: 'ECDSA', hash: 'SHA-384', namedCurve: 'P-384' }
-    default:
-      return { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' }
   }
 }
 

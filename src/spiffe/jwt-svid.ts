@@ -1,8 +1,8 @@
 import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify } from 'jose'
-import { jwsAlgorithm, type Signer } from '../keymanager/types.js'
 import type { JwtBundle } from './bundle.js'
 import { SvidError } from './errors.js'
 import { SpiffeId, type TrustDomain } from './id.js'
+import { jwsAlgorithm, type Signer } from './signer.js'
 
 /**
  * JWT-SVIDs per the JWT-SVID spec. Minting builds the JWS by hand and signs through a Signer

@@ -6,12 +6,12 @@ import {
   X509Certificate as NodeX509,
 } from 'node:crypto'
 import { x509 } from '../common/x509.js'
-import { type Signer, webCryptoAlgorithm } from '../keymanager/types.js'
-import { signerCrypto, signerCryptoKey } from '../keymanager/webcrypto.js'
 import type { X509Bundle } from './bundle.js'
 import * as der from './der.js'
 import { SvidError } from './errors.js'
 import { SpiffeId, type TrustDomain } from './id.js'
+import { type Signer, webCryptoAlgorithm } from './signer.js'
+import { signerCrypto, signerCryptoKey } from './webcrypto.js'
 
 /**
  * X509-SVID issuance and validation per the X509-SVID spec. Certificates are built with

@@ -4,7 +4,7 @@ import { test } from 'node:test'
 import { x509 } from '../../src/common/x509.js'
 import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import { KEY_TYPES, webCryptoAlgorithm } from '../../src/keymanager/types.js'
-import { signerCrypto, signerCryptoKey } from '../../src/keymanager/webcrypto.js'
+import { signerCrypto, signerCryptoKey } from '../../src/spiffe/webcrypto.js'
 
 type X509Crypto = Parameters<typeof x509.X509CertificateGenerator.create>[1]
 type CreateParams = Parameters<typeof x509.X509CertificateGenerator.create>[0]

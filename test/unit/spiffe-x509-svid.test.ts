@@ -4,9 +4,9 @@ import { test } from 'node:test'
 import { x509 } from '../../src/common/x509.js'
 import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import { type Key, type Signer, webCryptoAlgorithm } from '../../src/keymanager/types.js'
-import { signerCrypto, signerCryptoKey } from '../../src/keymanager/webcrypto.js'
 import { X509Bundle } from '../../src/spiffe/bundle.js'
 import { SpiffeId, TrustDomain } from '../../src/spiffe/id.js'
+import { signerCrypto, signerCryptoKey } from '../../src/spiffe/webcrypto.js'
 import { issueX509Ca, issueX509Svid, validateX509Svid } from '../../src/spiffe/x509-svid.js'
 
 type X509Crypto = Parameters<typeof x509.X509CertificateGenerator.create>[1]
