@@ -18,7 +18,7 @@ import { TrustBundle } from '../spiffe/bundle.js'
 import type { TrustDomain } from '../spiffe/id.js'
 import type { AgentAuth, NodeClient } from '../transport/grpc-client.js'
 import { NodeCallError } from '../transport/grpc-client.js'
-import type { EntryMessage } from '../transport/proto.js'
+import { type EntryMessage, required } from '../transport/proto.js'
 import type { AgentStorage } from './storage.js'
 import type {
   BundlesUpdate,
@@ -218,16 +218,17 @@ export class AgentManager implements WorkloadSource {
     }
     const key = await this.newAgentKey()
     const r = await this.o.client.call('RenewAgent', { csr: await createCsr(key) }, this.auth())
-    const v = validity(r.svid.certChain[0]!)
+    const svid = required(r.svid, 'RenewAgentResponse.svid')
+    const v = validity(svid.certChain[0]!)
     const old = a.key
     this.agent = {
       ...a,
-      chain: r.svid.certChain,
+      chain: svid.certChain,
       key,
       ...v,
       rotateAt: this.rotateAt(v.notBefore, v.notAfter),
     }
-    this.o.storage.save({ agentSvid: r.svid.certChain, agentKeyId: key.id })
+    this.o.storage.save({ agentSvid: svid.certChain, agentKeyId: key.id })
     await this.o.keyManager.deleteKey(old.id)
     this.o.log('info', 'agent SVID renewed', {
       agent: a.spiffeId,

@@ -26,6 +26,8 @@ import {
   type CallMethod,
   type CallMethods,
   codec,
+  type Init,
+  required,
   type Selector,
   type SignedResponse,
   type X509SvidMessage,
@@ -158,7 +160,7 @@ export class NodeClient {
             settled = true
             call.end()
             resolve({
-              svid: m.result.svid,
+              svid: required(m.result.svid, 'AttestAgentResponse.result.svid'),
               bundle,
               reattestable: m.result.reattestable,
               selectors: m.result.selectors,
@@ -184,7 +186,7 @@ export class NodeClient {
   /** One signed call. `auth` is required for every method but GetBundle. */
   async call<M extends CallMethod>(
     method: M,
-    body: CallMethods[M]['request'],
+    body: Init<CallMethods[M]['request']>,
     auth?: AgentAuth,
   ): Promise<CallMethods[M]['response']> {
     const bodyBytes = codec.request(method).encode(body)

@@ -11,81 +11,25 @@ import { SpiffeEdgeError } from '../errors.js'
 export const NODE_PROTO = join(packageRoot(), 'proto', 'spiffe_edge', 'node', 'v1', 'node.proto')
 export const NODE_PACKAGE = 'spiffe_edge.node.v1'
 
-export interface Selector {
-  type: string
-  value: string
-}
+import type * as gen from './gen/node.js'
 
-export interface X509SvidMessage {
-  certChain: Uint8Array[]
-  spiffeId: string
-  expiresAt: number
-  hint: string
-}
-
-export interface AttestAgentRequest {
-  params?: { data: { type: string; payload: Uint8Array }; csr: Uint8Array }
-  challengeResponse?: Uint8Array
-}
-
-export interface AttestAgentResponse {
-  result?: { svid: X509SvidMessage; reattestable: boolean; selectors: Selector[]; bundle: string }
-  challenge?: Uint8Array
-}
-
-export interface SignedRequest {
-  method: string
-  body: Uint8Array
-  agentChain: Uint8Array[]
-  timestampMs: number
-  nonce: Uint8Array
-  signature: Uint8Array
-}
-
-export interface SignedResponse {
-  body: Uint8Array
-  serverChain: Uint8Array[]
-  timestampMs: number
-  requestNonce: Uint8Array
-  signature: Uint8Array
-  errorCode: number
-  errorMessage: string
-  errorReason: string
-}
-
-export interface EntryMessage {
-  id: string
-  spiffeId: string
-  parentId: string
-  selectors: Selector[]
-  x509SvidTtl: number
-  federatesWith: string[]
-  admin: boolean
-  downstream: boolean
-  expiresAt: number
-  dnsNames: string[]
-  revisionNumber: number
-  jwtSvidTtl: number
-  hint: string
-  createdAt: number
-}
+// The message shapes come from node.proto (scripts/gen-proto-types.mjs); these are the names the
+// rest of the code uses for them.
+export type Selector = gen.Selector
+export type X509SvidMessage = gen.X509SVID
+export type AttestAgentRequest = gen.AttestAgentRequest
+export type AttestAgentResponse = gen.AttestAgentResponse
+export type SignedRequest = gen.SignedRequest
+export type SignedResponse = gen.SignedResponse
+export type EntryMessage = gen.Entry
 
 /** Request and response bodies of the signed `Call` methods, by method name. */
 export interface CallMethods {
-  RenewAgent: { request: { csr: Uint8Array }; response: { svid: X509SvidMessage } }
-  SyncEntries: {
-    request: { sinceRevision: number; known?: { id: string; revisionNumber: number }[] }
-    response: { revision: number; full: boolean; entries: EntryMessage[]; deletedIds: string[] }
-  }
-  BatchNewX509SVID: {
-    request: { params: { entryId: string; csr: Uint8Array }[] }
-    response: { results: { status: number; message: string; svid?: X509SvidMessage }[] }
-  }
-  NewJWTSVID: {
-    request: { entryId: string; audience: string[] }
-    response: { token: string; spiffeId: string; expiresAt: number; issuedAt: number; hint: string }
-  }
-  GetBundle: { request: Record<string, never>; response: { bundle: string; sequence: number } }
+  RenewAgent: { request: gen.RenewAgentRequest; response: gen.RenewAgentResponse }
+  SyncEntries: { request: gen.SyncEntriesRequest; response: gen.SyncEntriesResponse }
+  BatchNewX509SVID: { request: gen.BatchNewX509SVIDRequest; response: gen.BatchNewX509SVIDResponse }
+  NewJWTSVID: { request: gen.NewJWTSVIDRequest; response: gen.NewJWTSVIDResponse }
+  GetBundle: { request: gen.GetBundleRequest; response: gen.GetBundleResponse }
 }
 
 export type CallMethod = keyof CallMethods
@@ -116,6 +60,27 @@ const TO_OBJECT: protobuf.IConversionOptions = {
   oneofs: false,
 }
 
+/**
+ * What an encoder accepts: any field may be left out (proto3 sends defaults as absent), while
+ * decoded messages always carry every scalar and repeated field (toObject with defaults).
+ */
+export type Init<T> = T extends Uint8Array
+  ? T
+  : T extends (infer U)[]
+    ? Init<U>[]
+    : T extends object
+      ? { [K in keyof T]?: Init<T[K]> | null }
+      : T
+
+/**
+ * A singular message field is absent on the wire unless the peer set it: a message the protocol
+ * says must be there is checked, never assumed, since the peer may be a broker's relay.
+ */
+export function required<T>(value: T | null | undefined, field: string): T {
+  if (value === null || value === undefined) throw new ProtocolError(`${field} is missing`)
+  return value
+}
+
 function encode(name: string, value: object): Uint8Array {
   const t = type(name)
   const err = t.verify(value)
@@ -132,16 +97,6 @@ function decode<T>(name: string, bytes: Uint8Array): T {
   }
 }
 
-/** Like decode, but oneof members that are not set stay absent (not filled with defaults). */
-function decodeOneof<T>(name: string, bytes: Uint8Array): T {
-  const t = type(name)
-  try {
-    return t.toObject(t.decode(bytes), { ...TO_OBJECT, defaults: false }) as T
-  } catch (err) {
-    throw new ProtocolError(`${name} does not decode: ${(err as Error).message}`)
-  }
-}
-
 /** A message that is not what the protocol says. */
 export class ProtocolError extends SpiffeEdgeError {
   constructor(message: string) {
@@ -153,32 +108,32 @@ export class ProtocolError extends SpiffeEdgeError {
 
 export const codec = {
   attestRequest: {
-    encode: (m: AttestAgentRequest) => encode('AttestAgentRequest', m),
-    decode: (b: Uint8Array) => decodeOneof<AttestAgentRequest>('AttestAgentRequest', b),
+    encode: (m: Init<AttestAgentRequest>) => encode('AttestAgentRequest', m),
+    decode: (b: Uint8Array) => decode<AttestAgentRequest>('AttestAgentRequest', b),
   },
   attestResponse: {
-    encode: (m: AttestAgentResponse) => encode('AttestAgentResponse', m),
-    decode: (b: Uint8Array) => decodeOneof<AttestAgentResponse>('AttestAgentResponse', b),
+    encode: (m: Init<AttestAgentResponse>) => encode('AttestAgentResponse', m),
+    decode: (b: Uint8Array) => decode<AttestAgentResponse>('AttestAgentResponse', b),
   },
   signedRequest: {
-    encode: (m: SignedRequest) => encode('SignedRequest', m),
+    encode: (m: Init<SignedRequest>) => encode('SignedRequest', m),
     decode: (b: Uint8Array) => decode<SignedRequest>('SignedRequest', b),
   },
   signedResponse: {
-    encode: (m: SignedResponse) => encode('SignedResponse', m),
+    encode: (m: Init<SignedResponse>) => encode('SignedResponse', m),
     decode: (b: Uint8Array) => decode<SignedResponse>('SignedResponse', b),
   },
   request<M extends CallMethod>(method: M) {
     const name = MESSAGE_NAMES[method][0]
     return {
-      encode: (m: CallMethods[M]['request']) => encode(name, m),
+      encode: (m: Init<CallMethods[M]['request']>) => encode(name, m),
       decode: (b: Uint8Array) => decode<CallMethods[M]['request']>(name, b),
     }
   },
   response<M extends CallMethod>(method: M) {
     const name = MESSAGE_NAMES[method][1]
     return {
-      encode: (m: CallMethods[M]['response']) => encode(name, m),
+      encode: (m: Init<CallMethods[M]['response']>) => encode(name, m),
       decode: (b: Uint8Array) => decode<CallMethods[M]['response']>(name, b),
     }
   },

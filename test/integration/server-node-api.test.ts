@@ -229,10 +229,10 @@ test('RenewAgent issues a new SVID; the old one works until the new one is used'
   try {
     const next = await keys.generateKey('next', 'ec-p256')
     const renewed = await client.call('RenewAgent', { csr: await createCsr(next) }, auth)
-    assert.equal(renewed.svid.spiffeId, auth.spiffeId)
+    assert.equal(renewed.svid?.spiffeId, auth.spiffeId)
     const auth2: AgentAuth = {
       spiffeId: auth.spiffeId,
-      chain: renewed.svid.certChain,
+      chain: renewed.svid!.certChain,
       signer: next,
     }
     await client.call('SyncEntries', { sinceRevision: 0 }, auth) // old still accepted
