@@ -177,10 +177,18 @@ export class AgentManager implements WorkloadSource {
     return this.o.keyManager.generateKey(id, 'ec-p256')
   }
 
+  /** A failed attempt's fresh key is nobody's (the working identity's key has another id): remove it. */
+  private async dropKey(key: Key, err: unknown): Promise<never> {
+    await this.o.keyManager.deleteKey(key.id).catch(() => undefined)
+    throw err
+  }
+
   /** Node attestation: a new key, evidence, and the agent SVID. */
   private async attest(): Promise<void> {
     const key = await this.newAgentKey()
-    const r = await this.o.client.attestAgent(this.o.attestor, key)
+    const r = await this.o.client
+      .attestAgent(this.o.attestor, key)
+      .catch((err) => this.dropKey(key, err))
     const old = this.agent
     const v = validity(r.svid.certChain[0]!)
     this.agent = {
@@ -217,7 +225,9 @@ export class AgentManager implements WorkloadSource {
       return
     }
     const key = await this.newAgentKey()
-    const r = await this.o.client.call('RenewAgent', { csr: await createCsr(key) }, this.auth())
+    const r = await createCsr(key)
+      .then((csr) => this.o.client.call('RenewAgent', { csr }, this.auth()))
+      .catch((err) => this.dropKey(key, err))
     const v = validity(r.svid.certChain[0]!)
     const old = a.key
     this.agent = {

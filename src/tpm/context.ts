@@ -52,7 +52,7 @@ const RC_INITIALIZE = 0x100
  * Failures after which this ESYS context is useless and must be reopened: the TCTI lost the TPM
  * (swtpm restarted, device reset), ESAPI is stuck mid-sequence, or the TPM was reset under us.
  */
-export function isConnectionFailure(err: unknown): err is TpmError {
+export function isConnectionFailure(err: unknown): boolean {
   if (!(err instanceof TpmError)) return false
   if (err.layer === 10) return true
   if (err.rc === ESYS_BAD_SEQUENCE) return true
@@ -266,7 +266,7 @@ export class TpmContext implements AsyncDisposable {
             await new Promise((r) => setTimeout(r, 10 * 2 ** attempt))
             continue
           }
-          if (isConnectionFailure(err)) this.markDown(err)
+          if (err instanceof TpmError && isConnectionFailure(err)) this.markDown(err)
           throw err
         }
       }
