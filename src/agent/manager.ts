@@ -281,10 +281,14 @@ export class AgentManager implements WorkloadSource {
     } catch (err) {
       this.failures++
       this.lastError = (err as Error).message
-      this.o.log('warn', 'sync with the server failed; serving cached identities', {
+      // A TPM that stopped answering (the agent key signs every request) is not the server's fault.
+      const tpm = (err as { code?: unknown }).code === 'ERR_TPM'
+      this.o.log('warn', `sync failed (${tpm ? 'TPM' : 'server'}); serving cached identities`, {
         error: this.lastError,
         failures: this.failures,
-        remedy: 'check that the server is reachable; the agent retries with backoff',
+        remedy: tpm
+          ? (err as { remedy?: string }).remedy
+          : 'check that the server is reachable; the agent retries with backoff',
       })
       if (
         err instanceof NodeCallError &&
