@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { spawnService, waitForPort } from '../../hardware-sim/process.js'
 import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { TpmKeyManager } from '../../src/keymanager/tpm.js'
 import { TpmContext } from '../../src/tpm/context.js'
@@ -102,4 +103,43 @@ test('handles from before a reconnect are refused, and disposing them does not t
   await srk.dispose()
   // Nothing of the old context leaked into the new one.
   assert.equal(await tpm.loadedTransientCount(), 0)
+})
+
+test('a TPM that comes back without TPM2_Startup gets one, and signing works again', async (t) => {
+  const stateDir = mkdtempSync(join(tmpdir(), 'spiffe-edge-tpm-restart-'))
+  t.after(() => rmSync(stateDir, { recursive: true, force: true }))
+  const sim = await startSwtpm({ stateDir })
+  const tpm = await TpmContext.open(sim.tcti, { reconnectMinMs: 50, reconnectMaxMs: 200 })
+  t.after(() => tpm.close())
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-tpmkeys-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const keys = new TpmKeyManager(tpm, dir)
+  const key = await keys.generateKey('agent', 'ec-p256')
+  const data = new TextEncoder().encode('y')
+  await key.sign(data)
+  await sim.stop()
+  // The same TPM state, but a bare swtpm: no startup-clear, so every command is TPM_RC_INITIALIZE
+  // until someone sends TPM2_Startup (as after a real power cycle without firmware doing it).
+  const bare = spawnService({
+    command: 'swtpm',
+    args: [
+      'socket',
+      '--tpm2',
+      '--tpmstate',
+      `dir=${join(stateDir, 'tpm')}`,
+      '--server',
+      `type=tcp,port=${sim.port},bindaddr=127.0.0.1`,
+      '--ctrl',
+      `type=tcp,port=${sim.port + 1},bindaddr=127.0.0.1`,
+      '--flags',
+      'not-need-init',
+    ],
+    logFile: join(stateDir, 'bare.log'),
+    detached: false,
+  })
+  t.after(() => bare.stop())
+  await waitForPort(sim.port, bare, 'swtpm', join(stateDir, 'bare.log'))
+  const sig = await key.sign(data)
+  assert.ok(verify('sha256', data, { key: key.publicKey, dsaEncoding: 'ieee-p1363' }, sig))
+  assert.equal(keys.tpmHealth().healthy, true)
 })
