@@ -45,8 +45,11 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 
 addon=build/Release/tpm_native.node
-if [ ! -f "$addon" ] || [ -n "$(find native binding.gyp -newer "$addon" -type f 2>/dev/null | head -1)" ]; then
-  echo "install: building the TPM addon"
+# peercred.node (caller credentials, no tpm2-tss) is built with it; a build from before it existed
+# has only tpm_native.node.
+if [ ! -f "$addon" ] || [ ! -f build/Release/peercred.node ] \
+  || [ -n "$(find native binding.gyp -newer "$addon" -type f 2>/dev/null | head -1)" ]; then
+  echo "install: building the addons (TPM, peercred)"
   npm run --silent build:native >/tmp/spiffe-edge-native-build.log 2>&1 || {
     cat /tmp/spiffe-edge-native-build.log >&2
     exit 1

@@ -19,8 +19,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     }
   });
   exports.Set("openContext", Napi::Function::New(env, OpenContext, "openContext"));
-  exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  // 2: peerCred moved to the peercred addon (no tpm2-tss needed to check callers).
+  exports.Set("abiVersion", Napi::Number::New(env, 2));
   return exports;
 }
 

@@ -185,6 +185,7 @@ Napi::Function EsysContext::Define(Napi::Env env) {
   return DefineClass(env, "NativeEsysContext",
                      {
                          InstanceMethod("getRandom", &EsysContext::GetRandom),
+                         InstanceMethod("startup", &EsysContext::Startup),
                          InstanceMethod("getCapability", &EsysContext::GetCapability),
                          InstanceMethod("readPublic", &EsysContext::ReadPublic),
                          InstanceMethod("nvReadPublic", &EsysContext::NvReadPublic),
@@ -270,6 +271,17 @@ Napi::Value EsysContext::GetRandom(const Napi::CallbackInfo& info) {
     r.single = true;
     r.bytes.emplace_back("bytes", std::vector<uint8_t>(bytes->buffer, bytes->buffer + bytes->size));
     Esys_Free(bytes);
+    return rc;
+  });
+}
+
+// TPM2_Startup(CLEAR): a TPM that restarted without it (a bare swtpm) answers TPM_RC_INITIALIZE
+// to everything; TypeScript sends this only after seeing that code.
+Napi::Value EsysContext::Startup(const Napi::CallbackInfo& info) {
+  if (!Acquire(info)) return info.Env().Undefined();
+  return RunOnPool(info, this, [](ESYS_CONTEXT* esys, CallResult& r) {
+    TSS2_RC rc = Esys_Startup(esys, TPM2_SU_CLEAR);
+    r.numbers.emplace_back("ok", 1);
     return rc;
   });
 }

@@ -44,6 +44,7 @@ class EsysContext : public Napi::ObjectWrap<EsysContext> {
   bool Acquire(const Napi::CallbackInfo& info);
 
   Napi::Value GetRandom(const Napi::CallbackInfo& info);
+  Napi::Value Startup(const Napi::CallbackInfo& info);
   Napi::Value GetCapability(const Napi::CallbackInfo& info);
   Napi::Value ReadPublic(const Napi::CallbackInfo& info);
   Napi::Value NvReadPublic(const Napi::CallbackInfo& info);
@@ -114,6 +115,5 @@ bool ReadU32(const Napi::CallbackInfo& info, size_t i, uint32_t* out);
 Napi::Error TpmRcError(Napi::Env env, TSS2_RC rc, const char* what);
 
 Napi::Value OpenContext(const Napi::CallbackInfo& info);
-Napi::Value PeerCred(const Napi::CallbackInfo& info);
 
 }  // namespace tpm_native

@@ -1,14 +1,33 @@
-// peerCred(fd): the kernel's record of who is on the other end of a connected Unix socket.
-// The Workload API attests callers from these credentials, so they must come from the kernel
-// (SO_PEERCRED is set at connect time and cannot be forged by the peer).
+// The peercred addon: the kernel's record of who is on the other end of a connected Unix socket.
+// A separate target from tpm_native on purpose: it links nothing but libc, so a join-token agent
+// or a server without tpm2-tss can still check its callers (admin socket, Workload API).
+// Credentials come from the kernel (SO_PEERCRED / SO_PEERGROUPS are recorded at connect time and
+// cannot be forged by the peer).
 #include <errno.h>
+#include <napi.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
-#include "esys_context.h"
+#include <string>
+#include <vector>
 
-namespace tpm_native {
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59  // Linux 4.13+; older kernels answer ENOPROTOOPT
+#endif
+
+namespace {
+
+// The kernel caps supplementary groups at NGROUPS_MAX (65536); refuse anything larger.
+constexpr socklen_t kMaxGroupBytes = 65536 * sizeof(gid_t);
+
+Napi::Value Fail(Napi::Env env, const char* what, int e) {
+  Napi::Error err = Napi::Error::New(env, std::string(what) + " failed: " + strerror(e));
+  err.Set("code", Napi::String::New(env, "ERR_PEERCRED"));
+  err.Set("errno", Napi::Number::New(env, e));
+  err.ThrowAsJavaScriptException();
+  return env.Undefined();
+}
 
 Napi::Value PeerCred(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -17,21 +36,44 @@ Napi::Value PeerCred(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   int fd = info[0].As<Napi::Number>().Int32Value();
+  if (fd < 0) return Fail(env, "SO_PEERCRED", EBADF);
   struct ucred cred;
   socklen_t len = sizeof cred;
-  if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof cred) {
-    int e = fd < 0 ? EBADF : errno;
-    Napi::Error err = Napi::Error::New(env, std::string("SO_PEERCRED failed: ") + strerror(e));
-    err.Set("code", Napi::String::New(env, "ERR_PEERCRED"));
-    err.Set("errno", Napi::Number::New(env, e));
-    err.ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return Fail(env, "SO_PEERCRED", errno);
+  if (len != sizeof cred) return Fail(env, "SO_PEERCRED", EINVAL);
   Napi::Object out = Napi::Object::New(env);
   out.Set("pid", Napi::Number::New(env, cred.pid));
   out.Set("uid", Napi::Number::New(env, cred.uid));
   out.Set("gid", Napi::Number::New(env, cred.gid));
+
+  // Supplementary groups as of connect(), from the kernel: no /proc race with a reused pid.
+  std::vector<gid_t> groups(64);
+  socklen_t glen = groups.size() * sizeof(gid_t);
+  int rc = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
+  if (rc != 0 && errno == ERANGE && glen > 0 && glen <= kMaxGroupBytes) {
+    groups.resize(glen / sizeof(gid_t) + 1);
+    glen = groups.size() * sizeof(gid_t);
+    rc = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
+  }
+  if (rc == 0) {
+    size_t n = glen / sizeof(gid_t);
+    Napi::Array arr = Napi::Array::New(env, n);
+    for (size_t i = 0; i < n; i++) arr.Set(static_cast<uint32_t>(i), Napi::Number::New(env, groups[i]));
+    out.Set("groups", arr);
+  } else if (errno != ENOPROTOOPT) {
+    // A kernel that has the option but cannot answer: refuse rather than guess.
+    return Fail(env, "SO_PEERGROUPS", errno);
+  }
+  // ENOPROTOOPT (kernel < 4.13): no `groups`; callers then trust the primary gid only.
   return out;
 }
 
-}  // namespace tpm_native
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
+  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(peercred, Init)

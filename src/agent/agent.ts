@@ -55,6 +55,8 @@ interface NodeIdentity {
   readonly attestor: AgentNodeAttestor
   /** The key manager for the agent SVID key (the TPM's, for TPM attestation). */
   readonly keyManager: KeyManager
+  /** False while the agent's TPM is unreachable (TPM attestation only). */
+  readonly tpmHealthy?: () => boolean
   close(): Promise<void>
 }
 
@@ -105,7 +107,12 @@ async function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {
         return current
       },
     })
-    return { attestor, keyManager, close: () => tpm.close() }
+    return {
+      attestor,
+      keyManager,
+      tpmHealthy: () => keys.tpmHealth().healthy,
+      close: () => tpm.close(),
+    }
   }
   throw new ConfigError('plugins.NodeAttestor', [
     `${name}: unknown node attestor (this agent has: join_token, tpm)`,
@@ -197,7 +204,7 @@ export async function startAgent(
     trustDomain: td,
     log,
     // An expired agent SVID means nothing new can be issued: report it like SPIRE does.
-    ready: () => manager.health().ready,
+    ready: () => manager.health().ready && (identity.tpmHealthy?.() ?? true),
   })
   log('info', 'agent started', {
     agent: manager.agentId,

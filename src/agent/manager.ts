@@ -177,10 +177,18 @@ export class AgentManager implements WorkloadSource {
     return this.o.keyManager.generateKey(id, 'ec-p256')
   }
 
+  /** A failed attempt's fresh key is nobody's (the working identity's key has another id): remove it. */
+  private async dropKey(key: Key, err: unknown): Promise<never> {
+    await this.o.keyManager.deleteKey(key.id).catch(() => undefined)
+    throw err
+  }
+
   /** Node attestation: a new key, evidence, and the agent SVID. */
   private async attest(): Promise<void> {
     const key = await this.newAgentKey()
-    const r = await this.o.client.attestAgent(this.o.attestor, key)
+    const r = await this.o.client
+      .attestAgent(this.o.attestor, key)
+      .catch((err) => this.dropKey(key, err))
     const old = this.agent
     const v = validity(r.svid.certChain[0]!)
     this.agent = {
@@ -217,7 +225,9 @@ export class AgentManager implements WorkloadSource {
       return
     }
     const key = await this.newAgentKey()
-    const r = await this.o.client.call('RenewAgent', { csr: await createCsr(key) }, this.auth())
+    const r = await createCsr(key)
+      .then((csr) => this.o.client.call('RenewAgent', { csr }, this.auth()))
+      .catch((err) => this.dropKey(key, err))
     const svid = required(r.svid, 'RenewAgentResponse.svid')
     const v = validity(svid.certChain[0]!)
     const old = a.key
@@ -272,10 +282,14 @@ export class AgentManager implements WorkloadSource {
     } catch (err) {
       this.failures++
       this.lastError = (err as Error).message
-      this.o.log('warn', 'sync with the server failed; serving cached identities', {
+      // A TPM that stopped answering (the agent key signs every request) is not the server's fault.
+      const tpm = (err as { code?: unknown }).code === 'ERR_TPM'
+      this.o.log('warn', `sync failed (${tpm ? 'TPM' : 'server'}); serving cached identities`, {
         error: this.lastError,
         failures: this.failures,
-        remedy: 'check that the server is reachable; the agent retries with backoff',
+        remedy: tpm
+          ? (err as { remedy?: string }).remedy
+          : 'check that the server is reachable; the agent retries with backoff',
       })
       if (
         err instanceof NodeCallError &&

@@ -1,4 +1,4 @@
-import { loadNative } from '../native/load.js'
+import { socketPeerCred } from '../native/peercred.js'
 import { loadServerConfig } from '../server/config.js'
 import { startServer } from '../server/server.js'
 import { type Leaf, optionalPort, requireString } from './command.js'
@@ -53,16 +53,9 @@ export const serverRunCommand: Leaf = {
       ...(str('tpm-ek-ca') ? { tpmEkCa: str('tpm-ek-ca')! } : {}),
     }
     const config = loadServerConfig(file, overrides)
-    // The admin socket also checks callers' kernel credentials when the addon is available.
-    let peerCred:
-      | ((s: import('node:net').Socket) => import('../native/types.js').PeerCredentials)
-      | undefined
-    try {
-      const native = loadNative()
-      peerCred = (s) => native.peerCred((s as unknown as { _handle: { fd: number } })._handle.fd)
-    } catch {
-      peerCred = undefined
-    }
+    // The admin socket checks callers' kernel credentials: without the peercred addon the server
+    // refuses to start (ERR_PEERCRED_UNAVAILABLE) instead of admitting everyone who can connect.
+    const peerCred = socketPeerCred()
     const server = await startServer(config, { peerCred })
     // Scripts read this line to learn the port when --port 0 was asked.
     // Listen for the signals before saying we are up: a script may signal as soon as it reads the line.

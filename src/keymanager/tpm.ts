@@ -8,7 +8,13 @@ import { createHash, randomBytes } from 'node:crypto'
 import { chmod, mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { TPM_ALG } from '../tpm/constants.js'
-import type { KeyBlob, KeyHandle, TpmContext } from '../tpm/context.js'
+import {
+  isConnectionFailure,
+  type KeyBlob,
+  type KeyHandle,
+  type TpmContext,
+  type TpmHealth,
+} from '../tpm/context.js'
 import { createSigningKey, openSrk } from '../tpm/keys.js'
 import {
   keyAlgorithmLabel,
@@ -93,8 +99,17 @@ export function tpmKey(tpm: TpmContext, id: string, blob: KeyBlob): TpmKey {
     sign: (data: Uint8Array) =>
       withTpm(tpm, async () => {
         const digest = new Uint8Array(createHash('sha256').update(data).digest())
-        await using k = await loadUnderSrk(tpm, blob)
-        return toSignerForm(await tpm.sign(k, digest))
+        for (let attempt = 0; ; attempt++) {
+          try {
+            await using k = await loadUnderSrk(tpm, blob)
+            return toSignerForm(await tpm.sign(k, digest))
+          } catch (err) {
+            // The TPM went away (swtpm restart, device reset): the next command reopens the
+            // context and the key reloads from its blob, so one more try is enough.
+            if (attempt === 0 && isConnectionFailure(err)) continue
+            throw err
+          }
+        }
       }),
   })
 }
@@ -113,6 +128,11 @@ export class TpmKeyManager implements KeyManager {
   constructor(tpm: TpmContext, dir: string) {
     this.tpm = tpm
     this.dir = dir
+  }
+
+  /** The TPM's state for the agent's health: unhealthy while the TPM is unreachable. */
+  tpmHealth(): TpmHealth {
+    return this.tpm.health()
   }
 
   private pathOf(id: string): string {

@@ -58,6 +58,8 @@ export interface NativeEsysContext {
   certify(object: number, signer: number, qualifyingData: Uint8Array): Promise<NativeCertify>
   /** TPMT_SIGNATURE with the key's scheme, over a digest computed by the caller. */
   sign(key: number, digest: Uint8Array): Promise<Uint8Array>
+  /** TPM2_Startup(CLEAR), for a TPM that restarted without one (TPM_RC_INITIALIZE). */
+  startup(): Promise<{ readonly ok: number }>
   /** Transient objects and sessions this context has loaded and not flushed. */
   transients(): number
   close(): void
@@ -102,14 +104,14 @@ export interface PeerCredentials {
   readonly pid: number
   readonly uid: number
   readonly gid: number
+  /** Supplementary groups at connect time (SO_PEERGROUPS); absent on kernels before 4.13. */
+  readonly groups?: readonly number[]
 }
 
 export interface NativeBinding {
   readonly abiVersion: number
   /** Opens a TCTI from a tpm2-tools style string (`swtpm:host=…,port=…`, `device:/dev/tpmrm0`). */
   openContext(tcti: string): Promise<NativeEsysContext>
-  /** getsockopt(SO_PEERCRED) on a connected Unix socket. */
-  peerCred(fd: number): PeerCredentials
 }
 
 /** Error shape the addon rejects with (turned into TpmError by src/tpm/errors.ts). */

@@ -1,12 +1,14 @@
 /**
  * The admin API: JSON over HTTP/1.1 on a local Unix socket (curl --unix-socket works). Access is
- * the socket file's mode (0600, or 0660 with a configured group) and, where the TPM addon loads,
- * the caller's kernel credentials too (SO_PEERCRED): root, the server's own user, or the group.
+ * the socket file's mode (0600, or 0660 with a configured group) and the caller's kernel
+ * credentials (SO_PEERCRED, SO_PEERGROUPS): root, the server's own user, or a member of the group
+ * (primary or supplementary). No credentials, no access: the server does not start without them.
  */
 import { chmodSync, chownSync, existsSync, rmSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import { isSpiffeEdgeError, SpiffeEdgeError } from '../errors.js'
+import { socketPeerCred } from '../native/peercred.js'
 import type { PeerCredentials } from '../native/types.js'
 import type { AttestedNode, Datastore, EntryInput, RegistrationEntry } from './datastore/types.js'
 
@@ -26,7 +28,7 @@ export interface AdminServerOptions {
   readonly socketPath: string
   /** A group id allowed besides root and the server's own user. */
   readonly allowedGid?: number | undefined
-  /** Kernel credentials of a connected socket; absent: file permissions alone guard the socket. */
+  /** Kernel credentials of a connected socket; default: the peercred addon (start fails without it). */
   readonly peerCred?: ((socket: Socket) => PeerCredentials) | undefined
   readonly log?: (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void
 }
@@ -83,6 +85,17 @@ export function agentJson(n: AttestedNode): Record<string, unknown> {
   return { ...n }
 }
 
+/** Root, the server's own user, or a member (primary or supplementary) of the allowed group. */
+export function callerAllowed(
+  cred: PeerCredentials,
+  myUid: number,
+  allowedGid: number | undefined,
+): boolean {
+  if (cred.uid === 0 || cred.uid === myUid) return true
+  if (allowedGid === undefined) return false
+  return cred.gid === allowedGid || (cred.groups?.includes(allowedGid) ?? false)
+}
+
 export async function startAdminServer(
   core: AdminCore,
   opts: AdminServerOptions,
@@ -90,14 +103,17 @@ export async function startAdminServer(
   const ds = core.datastore
   const allowed = new WeakMap<Socket, boolean>()
   const myUid = process.getuid?.() ?? 0
+  // Resolved before listening: a server that cannot check callers must not start.
+  const peerCred = opts.peerCred ?? socketPeerCred()
   const server = createServer(async (req, res) => {
     try {
-      if (req.socket && allowed.get(req.socket) === false) {
+      // Only a connection whose credentials were read and passed is served (fail closed).
+      if (allowed.get(req.socket) !== true) {
         throw new HttpError(
           403,
           'ERR_AUTH',
           'caller is not allowed on the admin socket',
-          'run the admin CLI as root or as the server user',
+          'run the admin CLI as root, as the server user, or as a member of admin_socket_group',
         )
       }
       const url = new URL(req.url ?? '/', 'http://admin')
@@ -217,17 +233,13 @@ export async function startAdminServer(
     }
   })
   server.on('connection', (socket: Socket) => {
-    if (!opts.peerCred) return
     try {
-      const cred = opts.peerCred(socket)
-      allowed.set(
-        socket,
-        cred.uid === 0 ||
-          cred.uid === myUid ||
-          (opts.allowedGid !== undefined && cred.gid === opts.allowedGid),
-      )
-    } catch {
+      allowed.set(socket, callerAllowed(peerCred(socket), myUid, opts.allowedGid))
+    } catch (err) {
       allowed.set(socket, false) // fail closed: no credentials, no access
+      opts.log?.('warn', 'cannot read admin caller credentials; refusing', {
+        error: (err as Error).message,
+      })
     }
   })
   // A stale socket from a crashed server would make listen() fail with EADDRINUSE.

@@ -26,6 +26,37 @@ export interface OpenOptions {
   readonly native?: NativeBinding
   /** How often a retryable response code (RETRY, YIELDED, TESTING) is retried. */
   readonly retries?: number
+  /** Reconnect backoff after the TPM connection broke: first delay and cap, ms (100, 5000). */
+  readonly reconnectMinMs?: number
+  readonly reconnectMaxMs?: number
+}
+
+/** What the agent's health reports about its TPM. */
+export interface TpmHealth {
+  readonly healthy: boolean
+  readonly tcti: string
+  /** How often the context was reopened after the TPM went away. */
+  readonly reconnects: number
+  /** While unhealthy: the failure that broke the connection (and the last reopen failure). */
+  readonly error?: { readonly code: string; readonly rc: number; readonly message: string }
+  /** While unhealthy: when it broke (ms since the epoch). */
+  readonly downSince?: number
+}
+
+/** TSS2_ESYS_RC_BAD_SEQUENCE: ESAPI is mid-command (its TPM went away during one). */
+const ESYS_BAD_SEQUENCE = 0x70007
+/** TPM_RC_INITIALIZE: the TPM restarted and wants TPM2_Startup. */
+const RC_INITIALIZE = 0x100
+
+/**
+ * Failures after which this ESYS context is useless and must be reopened: the TCTI lost the TPM
+ * (swtpm restarted, device reset), ESAPI is stuck mid-sequence, or the TPM was reset under us.
+ */
+export function isConnectionFailure(err: unknown): boolean {
+  if (!(err instanceof TpmError)) return false
+  if (err.layer === 10) return true
+  if (err.rc === ESYS_BAD_SEQUENCE) return true
+  return err.layer === 0 && (err.rc & 0xfff) === RC_INITIALIZE
 }
 
 export interface FixedProperties {
@@ -117,35 +148,115 @@ export interface PublicArea {
 export class TpmContext implements AsyncDisposable {
   private queue: Promise<unknown> = Promise.resolve()
   private closed = false
-  private readonly ctx: NativeEsysContext
+  private ctx: NativeEsysContext
+  private readonly native: NativeBinding
   private readonly retries: number
+  private readonly reconnectMinMs: number
+  private readonly reconnectMaxMs: number
   private nvBufferMax: number | undefined
+  /** Bumped at every reopen: handles of an older generation name nothing in the new context. */
+  private generation = 0
+  private readonly handleGeneration = new WeakMap<KeyHandle, number>()
+  /** Set while the connection is broken: the failure, when, and when to try reopening next. */
+  private down: { error: TpmError; since: number; retryAt: number; delayMs: number } | undefined
+  private reconnects = 0
   readonly tcti: string
 
-  private constructor(ctx: NativeEsysContext, tcti: string, retries: number) {
+  private constructor(
+    ctx: NativeEsysContext,
+    native: NativeBinding,
+    tcti: string,
+    options: OpenOptions,
+  ) {
     this.ctx = ctx
+    this.native = native
     this.tcti = tcti
-    this.retries = retries
+    this.retries = options.retries ?? 5
+    this.reconnectMinMs = options.reconnectMinMs ?? 100
+    this.reconnectMaxMs = options.reconnectMaxMs ?? 5000
   }
 
   static async open(tcti: string, options: OpenOptions = {}): Promise<TpmContext> {
     const native = options.native ?? loadNative()
     try {
       const ctx = await native.openContext(tcti)
-      return new TpmContext(ctx, tcti, options.retries ?? 5)
+      return new TpmContext(ctx, native, tcti, options)
     } catch (err) {
       throw fromNative(err)
     }
   }
 
+  /** Whether the TPM answered the last command; while not, the failure that broke it. */
+  health(): TpmHealth {
+    const d = this.down
+    if (!d) return { healthy: true, tcti: this.tcti, reconnects: this.reconnects }
+    return {
+      healthy: false,
+      tcti: this.tcti,
+      reconnects: this.reconnects,
+      error: { code: d.error.code, rc: d.error.rc, message: d.error.message },
+      downSince: d.since,
+    }
+  }
+
+  private markDown(error: TpmError): void {
+    const now = Date.now()
+    // The first reopen is tried at once (a restarted swtpm is usually back already).
+    this.down = this.down
+      ? { ...this.down, error }
+      : { error, since: now, retryAt: now, delayMs: this.reconnectMinMs }
+  }
+
+  /**
+   * Reopens the ESYS context after a connection failure, at most once per backoff delay (doubling
+   * to reconnectMaxMs): a dead TPM costs callers one fast error each, not a reconnect storm.
+   * A TPM that restarted without TPM2_Startup gets one. Keys are not cached across this: every
+   * signing key is reloaded from its blob (see keymanager/tpm.ts), so nothing else is needed.
+   */
+  private async reopen(): Promise<void> {
+    const d = this.down!
+    const now = Date.now()
+    if (now < d.retryAt) throw unavailable(d.error, d.retryAt - now)
+    d.retryAt = now + d.delayMs
+    d.delayMs = Math.min(d.delayMs * 2, this.reconnectMaxMs)
+    try {
+      this.ctx.close()
+    } catch {
+      // Closing a context whose TPM is gone may fail: it is being replaced anyway.
+    }
+    this.generation++
+    try {
+      this.ctx = await this.native.openContext(this.tcti)
+      try {
+        await this.ctx.getRandom(1)
+      } catch (raw) {
+        const e = fromNative(raw)
+        if (!(e instanceof TpmError && e.layer === 0 && (e.rc & 0xfff) === RC_INITIALIZE)) throw e
+        await this.ctx.startup()
+      }
+    } catch (raw) {
+      const e = fromNative(raw)
+      if (e instanceof TpmError) d.error = e
+      throw unavailable(d.error, d.retryAt - Date.now())
+    }
+    this.down = undefined
+    this.reconnects++
+  }
+
   /** Runs one native call after the ones before it, retrying retryable TPM codes. */
-  private run<T>(call: (ctx: NativeEsysContext) => Promise<T>): Promise<T> {
+  private run<T>(
+    call: (ctx: NativeEsysContext) => Promise<T>,
+    uses: readonly KeyHandle[] = [],
+  ): Promise<T> {
     const next = this.queue.then(async () => {
       if (this.closed) {
         throw new SpiffeEdgeError('ERR_TPM_CLOSED', 'the TPM context is closed', {
           remedy: 'open a new TpmContext; this one was closed',
         })
       }
+      if (this.down) await this.reopen()
+      // Checked here, after any reopen: a handle number from the old context must never reach the new one.
+      for (const h of uses) this.handleFor(h)
       for (let attempt = 0; ; attempt++) {
         try {
           return await call(this.ctx)
@@ -155,6 +266,7 @@ export class TpmContext implements AsyncDisposable {
             await new Promise((r) => setTimeout(r, 10 * 2 ** attempt))
             continue
           }
+          if (err instanceof TpmError && isConnectionFailure(err)) this.markDown(err)
           throw err
         }
       }
@@ -282,46 +394,66 @@ export class TpmContext implements AsyncDisposable {
         remedy: 'load the key again; a disposed handle is flushed from the TPM',
       })
     }
+    if (this.handleGeneration.get(handle) !== this.generation) throw staleHandle()
     return handle.handle
+  }
+
+  /** Every handle is stamped with the context generation it was loaded in. */
+  private track(h: KeyHandle): KeyHandle {
+    this.handleGeneration.set(h, this.generation)
+    return h
   }
 
   private readonly releaseHandle = async (h: KeyHandle): Promise<void> => {
     if (this.closed) return // close() flushed everything already
-    if (h.persistent) await this.run((c) => c.trClose(h.handle))
-    else await this.run((c) => c.flushContext(h.handle))
+    // Loaded before a reopen, or the TPM is unreachable: the TPM that held it is gone (a reopen
+    // finalizes the old context), and releasing must not throw over the error that got us here.
+    if (this.down || this.handleGeneration.get(h) !== this.generation) return
+    const gen = this.generation
+    try {
+      await this.run(async (c): Promise<void> => {
+        if (gen !== this.generation) return
+        if (h.persistent) await c.trClose(h.handle)
+        else await c.flushContext(h.handle)
+      })
+    } catch (err) {
+      if (!this.down) throw err
+    }
   }
 
   /** A primary key in a hierarchy (owner, endorsement), from a template. */
   async createPrimary(hierarchy: number, template: PublicTemplate): Promise<KeyHandle> {
     const r = await this.run((c) => c.createPrimary(hierarchy, marshalTpm2bPublic(template)))
-    return new KeyHandle(r.handle, parseTpm2bPublic(r.public), r.name, false, this.releaseHandle)
+    return this.track(
+      new KeyHandle(r.handle, parseTpm2bPublic(r.public), r.name, false, this.releaseHandle),
+    )
   }
 
   /** Creates a key under a loaded parent; the result is a blob to load (and to store). */
   async createKey(parent: KeyHandle, template: PublicTemplate): Promise<KeyBlob> {
     const p = this.handleFor(parent)
-    const r = await this.run((c) => c.create(p, marshalTpm2bPublic(template)))
+    const r = await this.run((c) => c.create(p, marshalTpm2bPublic(template)), [parent])
     return { private: r.private, public: r.public }
   }
 
   async loadKey(parent: KeyHandle, blob: KeyBlob): Promise<KeyHandle> {
     const p = this.handleFor(parent)
     const pub = parseTpm2bPublic(blob.public)
-    const r = await this.run((c) => c.load(p, blob.private, blob.public))
-    return new KeyHandle(r.handle, pub, r.name, false, this.releaseHandle)
+    const r = await this.run((c) => c.load(p, blob.private, blob.public), [parent])
+    return this.track(new KeyHandle(r.handle, pub, r.name, false, this.releaseHandle))
   }
 
   /** A reference to a persistent object (EK at 0x81010001, …); disposing it evicts nothing. */
   async persistentKey(tpmHandle: number): Promise<KeyHandle> {
     const area = await this.readPublic(tpmHandle)
     const r = await this.run((c) => c.trFromTpmPublic(tpmHandle))
-    return new KeyHandle(r.handle, area.public, r.name, true, this.releaseHandle)
+    return this.track(new KeyHandle(r.handle, area.public, r.name, true, this.releaseHandle))
   }
 
   /** Makes a loaded transient persistent at tpmHandle (owner auth); the transient stays loaded. */
   async evictControl(key: KeyHandle, persistentTpmHandle: number): Promise<void> {
     const k = this.handleFor(key)
-    const r = await this.run((c) => c.evictControl(k, persistentTpmHandle))
+    const r = await this.run((c) => c.evictControl(k, persistentTpmHandle), [key])
     // The new persistent reference is not needed: callers reopen it with persistentKey().
     if (r.handle !== 0) await this.run((c) => c.trClose(r.handle))
   }
@@ -366,18 +498,36 @@ export class TpmContext implements AsyncDisposable {
         )
       }
     }
-    const session = await this.run((c) => c.startPolicySession(nameAlg))
+    const session = await this.run((c) => c.startPolicySession(nameAlg), [ak, ek])
+    const gen = this.generation
+    const sameContext = () => {
+      if (gen !== this.generation) throw staleHandle()
+    }
     try {
-      await this.run((c) => c.policySecret(session.handle, TPM_RH.ENDORSEMENT))
+      await this.run(async (c) => {
+        sameContext()
+        return c.policySecret(session.handle, TPM_RH.ENDORSEMENT)
+      })
       if (orBranches) {
         const list = marshalDigestList(orBranches)
-        await this.run((c) => c.policyOr(session.handle, list))
+        await this.run(async (c) => {
+          sameContext()
+          return c.policyOr(session.handle, list)
+        })
       }
-      return await this.run((c) =>
-        c.activateCredential(a, e, session.handle, credentialBlob, encryptedSecret),
+      return await this.run(
+        (c) => c.activateCredential(a, e, session.handle, credentialBlob, encryptedSecret),
+        [ak, ek],
       )
     } finally {
-      await this.run((c) => c.flushContext(session.handle))
+      // As releaseHandle: a session of a lost context is gone with it.
+      if (!this.down && gen === this.generation) {
+        await this.run(async (c) =>
+          gen === this.generation ? c.flushContext(session.handle) : { flushed: 0 },
+        ).catch((err) => {
+          if (!this.down) throw err
+        })
+      }
     }
   }
 
@@ -385,7 +535,7 @@ export class TpmContext implements AsyncDisposable {
   async quote(ak: KeyHandle, nonce: Uint8Array, selection: PcrSelection): Promise<Attestation> {
     const a = this.handleFor(ak)
     const sel = marshalPcrSelection(selection)
-    const r = await this.run((c) => c.quote(a, nonce, sel))
+    const r = await this.run((c) => c.quote(a, nonce, sel), [ak])
     return { message: r.quoted, signature: r.signature }
   }
 
@@ -393,14 +543,14 @@ export class TpmContext implements AsyncDisposable {
   async certify(key: KeyHandle, ak: KeyHandle, nonce: Uint8Array): Promise<Attestation> {
     const k = this.handleFor(key)
     const a = this.handleFor(ak)
-    const r = await this.run((c) => c.certify(k, a, nonce))
+    const r = await this.run((c) => c.certify(k, a, nonce), [key, ak])
     return { message: r.certifyInfo, signature: r.signature }
   }
 
   /** Signs a digest with an unrestricted signing key; returns a marshaled TPMT_SIGNATURE. */
   async sign(key: KeyHandle, digest: Uint8Array): Promise<Uint8Array> {
     const k = this.handleFor(key)
-    return this.run((c) => c.sign(k, digest))
+    return this.run((c) => c.sign(k, digest), [key])
   }
 
   /**
@@ -454,6 +604,22 @@ export class TpmContext implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close()
   }
+}
+
+function staleHandle(): SpiffeEdgeError {
+  return new SpiffeEdgeError('ERR_TPM_CLOSED', 'this handle is from before a TPM reconnect', {
+    remedy: 'load the key again from its blob; the TPM restarted and forgot it',
+  })
+}
+
+/** The error callers get while the TPM is unreachable: a TPM code (the cause), never a server one. */
+function unavailable(cause: TpmError, retryInMs: number): TpmError {
+  return new TpmError(
+    `the TPM at this TCTI is unreachable (reconnecting; next try in ${Math.max(0, retryInMs)} ms): ${cause.message}`,
+    cause.rc,
+    cause.decoded,
+    cause,
+  )
 }
 
 /** The Name of TPM_RH_ENDORSEMENT: its handle, big-endian. */

@@ -1,8 +1,4 @@
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { createConnection, createServer, type Socket } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { test } from 'node:test'
 import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { loadNative } from '../../src/native/load.js'
@@ -11,9 +7,10 @@ import { TpmError } from '../../src/tpm/errors.js'
 
 test('the built addon loads and exposes the documented surface', () => {
   const native = loadNative()
-  assert.equal(native.abiVersion, 1)
+  assert.equal(native.abiVersion, 2)
   assert.equal(typeof native.openContext, 'function')
-  assert.equal(typeof native.peerCred, 'function')
+  // peerCred lives in the peercred addon now (test/integration/peercred.test.ts).
+  assert.equal((native as unknown as Record<string, unknown>).peerCred, undefined)
 })
 
 test('the addon loads and returns random bytes from a per-test swtpm', async () => {
@@ -72,45 +69,4 @@ test('reading a missing NV index is a TpmError, and the context stays usable', a
   await using tpm = await TpmContext.open(sim.tcti)
   await assert.rejects(tpm.nvReadAll(0x01c0ff00), (e: unknown) => e instanceof TpmError)
   assert.equal((await tpm.getRandom(4)).length, 4)
-})
-
-function socketPair(): Promise<{ server: Socket; client: Socket; close: () => void }> {
-  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-peercred-'))
-  const path = join(dir, 's.sock')
-  return new Promise((resolve, reject) => {
-    const srv = createServer((server) => {
-      resolve({
-        server,
-        client,
-        close: () => {
-          server.destroy()
-          client.destroy()
-          srv.close()
-          rmSync(dir, { recursive: true, force: true })
-        },
-      })
-    })
-    srv.once('error', reject)
-    let client: Socket
-    srv.listen(path, () => {
-      client = createConnection(path)
-    })
-  })
-}
-
-test('peerCred returns this process pid, uid and gid over a Unix socket', async () => {
-  const { server, close } = await socketPair()
-  try {
-    const fd = (server as unknown as { _handle: { fd: number } })._handle.fd
-    assert.ok(Number.isInteger(fd) && fd >= 0)
-    const cred = loadNative().peerCred(fd)
-    assert.deepEqual(cred, { pid: process.pid, uid: process.getuid!(), gid: process.getgid!() })
-  } finally {
-    close()
-  }
-})
-
-test('peerCred on a descriptor that is not a socket is ERR_PEERCRED', () => {
-  assert.throws(() => loadNative().peerCred(-1), { code: 'ERR_PEERCRED' })
-  assert.throws(() => loadNative().peerCred(0x7fff), { code: 'ERR_PEERCRED' })
 })

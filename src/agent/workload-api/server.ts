@@ -14,7 +14,7 @@ import { connect, createServer, type Socket } from 'node:net'
 import { dirname } from 'node:path'
 import * as grpc from '@grpc/grpc-js'
 import { type Log, silentLog } from '../../common/log.js'
-import { loadNative } from '../../native/load.js'
+import { loadPeerCred } from '../../native/peercred.js'
 import { SpiffeId, type TrustDomain } from '../../spiffe/id.js'
 import { validateJwtSvid } from '../../spiffe/jwt-svid.js'
 import {
@@ -80,7 +80,7 @@ export interface WorkloadApiServerOptions {
   /** Default 0o777: any local user may ask; attestation decides what they get (like SPIRE). */
   readonly socketMode?: number
   readonly log?: Log
-  /** Kernel credentials of a connected socket; default: the native addon's SO_PEERCRED. */
+  /** Kernel credentials of a connected socket; default: the peercred addon's SO_PEERCRED. */
   readonly peerCred?: (fd: number) => PeerInfo
   /** Where /proc is (tests); default '/proc'. */
   readonly procRoot?: string
@@ -309,7 +309,7 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
   const attestTimeoutMs = opts.attestTimeoutMs ?? 10_000
   const ownTd = opts.trustDomain.name
   // Resolved now, so a missing addon fails the start, not every caller.
-  const peerCred = opts.peerCred ?? loadNative().peerCred
+  const peerCred = opts.peerCred ?? loadPeerCred().peerCred
   const conns = new Map<string, Conn>()
   const sockets = new Set<Socket>()
   let serving = true

@@ -4,11 +4,17 @@
  * the PCRs the server names and a certify of the agent key by the AK. The AK is made once and its
  * blob kept in dataDir, so restarts and re-attestations reuse it.
  */
-import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ConfigError, type Table } from '../../common/config.js'
 import { withTpm } from '../../keymanager/tpm.js'
-import type { KeyBlob, KeyHandle, TpmContext } from '../../tpm/context.js'
+import {
+  isConnectionFailure,
+  type KeyBlob,
+  type KeyHandle,
+  type TpmContext,
+} from '../../tpm/context.js'
 import { EK_SLOTS, type EkSlot, extractDerCertificate } from '../../tpm/ek.js'
 import { TpmError } from '../../tpm/errors.js'
 import { createAk, type EkAlgorithm, openEk, openSrk } from '../../tpm/keys.js'
@@ -119,6 +125,16 @@ function errCode(err: unknown): string | undefined {
     : undefined
 }
 
+/**
+ * A load failure that means the blob belongs to no key of this TPM (integrity, binding, size: TPM
+ * errors), as opposed to the TPM being unreachable or out of slots, which says nothing about it.
+ */
+function blobRejected(err: unknown): boolean {
+  if (!(err instanceof TpmError) || isConnectionFailure(err)) return false
+  const warning = err.layer === 0 && (err.rc & 0x900) === 0x900
+  return !warning
+}
+
 function sameValues(a: PcrValues, b: PcrValues): boolean {
   for (const [bank, m] of a) {
     for (const [i, v] of m) {
@@ -147,38 +163,57 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
   let slot: EkSlot | undefined
   let akBlob: KeyBlob | undefined
 
+  // An AK this process made for an attempt that has not got through the TPM's part yet. It goes to
+  // disk only then (persistAk): a failed attempt leaves no AK files, and the stored AK (the one
+  // the working identity was attested with) is replaced only by an AK that did its job.
+  let pendingAk: KeyBlob | undefined
+
   /** The stored AK when it is of the right algorithm and loads in this TPM; else a new one. */
   const ensureAk = async (): Promise<KeyBlob> => {
-    let blob: KeyBlob | undefined
+    let stored: KeyBlob | undefined
     try {
-      blob = {
+      stored = {
         private: new Uint8Array(await readFile(akPriv)),
         public: new Uint8Array(await readFile(akPub)),
       }
-      if (keyAlgorithmLabel(parseTpm2bPublic(blob.public)) !== akAlg) blob = undefined
+      if (keyAlgorithmLabel(parseTpm2bPublic(stored.public)) !== akAlg) stored = undefined
     } catch (err) {
       if (errCode(err) !== 'ENOENT' && errCode(err) !== 'ERR_TPM_STRUCTURE') throw err
-      blob = undefined
+      stored = undefined
     }
     await using srk = await openSrk(tpm)
-    if (blob) {
+    for (const blob of [stored, pendingAk]) {
+      if (!blob) continue
       try {
-        // A blob from another TPM (or a re-manufactured one) does not load: replace it.
         await (await tpm.loadKey(srk, blob)).dispose()
         return blob
       } catch (err) {
-        if (!(err instanceof TpmError)) throw err
+        // Only "this blob is not this TPM's" replaces it; a TPM that is down or busy does not.
+        if (!blobRejected(err)) throw err
       }
     }
-    const fresh = await createAk(tpm, srk, akAlg)
+    pendingAk = await createAk(tpm, srk, akAlg)
+    return pendingAk
+  }
+
+  /** Stores the AK an attempt used, if it is new. Private first, both via rename. */
+  const persistAk = async (blob: KeyBlob): Promise<void> => {
+    if (blob !== pendingAk) return
     await mkdir(o.dataDir, { recursive: true, mode: 0o700 })
-    // Private first, both via rename: a crash leaves the old pair or a new private only.
-    await writeFile(`${akPriv}.tmp`, fresh.private, { mode: 0o600 })
-    await chmod(`${akPriv}.tmp`, 0o600)
-    await writeFile(`${akPub}.tmp`, fresh.public, { mode: 0o644 })
-    await rename(`${akPriv}.tmp`, akPriv)
-    await rename(`${akPub}.tmp`, akPub)
-    return fresh
+    const suffix = `.${randomBytes(6).toString('hex')}.tmp`
+    try {
+      await writeFile(`${akPriv}${suffix}`, blob.private, { mode: 0o600, flag: 'wx' })
+      await chmod(`${akPriv}${suffix}`, 0o600)
+      await writeFile(`${akPub}${suffix}`, blob.public, { mode: 0o644, flag: 'wx' })
+      // A crash between the renames leaves a new private with the old public: that pair does not
+      // load, so the next attempt makes a new AK.
+      await rename(`${akPriv}${suffix}`, akPriv)
+      await rename(`${akPub}${suffix}`, akPub)
+      pendingAk = undefined
+    } finally {
+      await rm(`${akPriv}${suffix}`, { force: true })
+      await rm(`${akPub}${suffix}`, { force: true })
+    }
   }
 
   const chooseSlot = (nv: ReadonlySet<number>): EkSlot => {
@@ -256,6 +291,7 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
             quote = await tpm.quote(ak, c.nonce, selection)
           }
           const certify = await tpm.certify(key, ak, c.nonce)
+          await persistAk(ak0)
           return encodeResponse({
             version: 1,
             secret,
