@@ -68,7 +68,13 @@ export async function publicKeyFromCsr(csrDer: Uint8Array): Promise<KeyObject> {
     key = jwk
       ? createPublicKey({ key: jwk, format: 'jwk' })
       : createPublicKey({ key: Buffer.from(spki.raw), format: 'der', type: 'spki' })
-    der.rememberSpki(key, spki.raw)
+    // The CA embeds the key it signs for; it must never embed bytes the requester chose. Only the
+    // canonical DER of the parsed key is accepted (junk inside or around the SPKI, long-form or
+    // non-minimal lengths, unused bits, extra parameters all differ from it).
+    const canonical = der.spkiOf(key)
+    if (!Buffer.from(canonical).equals(Buffer.from(spki.raw))) {
+      throw new Error('SubjectPublicKeyInfo is not the canonical DER encoding of its key')
+    }
     signed = info.raw
     signature = sig.value.subarray(1)
   } catch (err) {
@@ -79,13 +85,24 @@ export async function publicKeyFromCsr(csrDer: Uint8Array): Promise<KeyObject> {
   const type = key.asymmetricKeyType
   const curve = key.asymmetricKeyDetails?.namedCurve
   const bits = key.asymmetricKeyDetails?.modulusLength ?? 0
+  const e = key.asymmetricKeyDetails?.publicExponent ?? 0n
+  // What an SVID may carry (SPIRE's key types): EC P-256/P-384, RSA 2048-4096 with a sane
+  // exponent. Ed25519 is refused: SPIRE does not issue it and many TLS stacks reject such SVIDs.
   if (
     !(
       (type === 'ec' && (curve === 'prime256v1' || curve === 'secp384r1')) ||
-      (type === 'rsa' && bits >= 2048)
+      (type === 'rsa' &&
+        bits >= 2048 &&
+        bits <= 4096 &&
+        e >= 3n &&
+        e <= 0xffffffffn &&
+        e % 2n === 1n)
     )
   ) {
-    throw new CsrError(`CSR key type ${type}${curve ? `/${curve}` : ''} is not allowed`)
+    const size = type === 'rsa' ? `/${bits}` : curve ? `/${curve}` : ''
+    throw new CsrError(
+      `CSR key type ${type}${size} is not allowed (EC P-256/P-384 or RSA 2048-4096 only)`,
+    )
   }
   let ok = false
   try {

@@ -161,7 +161,7 @@ export async function startServer(
           throw new ConfigError('plugins.NodeAttestor.join_token', ['takes no settings'])
         attestors.set(name, joinTokenServerAttestor(datastore))
       } else if (name === 'tpm') {
-        attestors.set(name, tpmServerAttestor(parseTpmServerConfig(data, config.configDir)))
+        attestors.set(name, tpmServerAttestor(parseTpmServerConfig(data, config.configDir), log))
       } else {
         throw new ConfigError('plugins.NodeAttestor', [
           `${name}: unknown node attestor (this server has: ${JOIN_TOKEN})`,

@@ -150,11 +150,6 @@ export function spkiOf(key: KeyObject): Uint8Array {
   return out
 }
 
-/** Records a key's SPKI when the caller already has the DER (e.g. from a CSR). */
-export function rememberSpki(key: KeyObject, spkiDer: Uint8Array): void {
-  spkiCache.set(key, spkiDer)
-}
-
 const CURVE_BY_OID: ReadonlyMap<string, { crv: string; size: number }> = new Map([
   [Buffer.from(oid('1.2.840.10045.3.1.7')).toString('hex'), { crv: 'P-256', size: 32 }],
   [Buffer.from(oid('1.3.132.0.34')).toString('hex'), { crv: 'P-384', size: 48 }],

@@ -11,7 +11,7 @@ import {
   timingSafeEqual,
 } from 'node:crypto'
 import { SpiffeEdgeError } from '../errors.js'
-import { HASH_ALGS, TPM_ALG } from './constants.js'
+import { HASH_ALGS, TPM_ALG, TPM_ECC_CURVE } from './constants.js'
 import { TpmStructureError } from './errors.js'
 import {
   type ClockInfo,
@@ -34,6 +34,7 @@ export type VerifyReason =
   | 'ak_attributes'
   | 'name'
   | 'clock'
+  | 'algorithm'
 
 const REMEDIES: Readonly<Record<VerifyReason, string>> = {
   signature: 'the evidence was not signed by this AK: check the AK and that nothing altered it',
@@ -46,6 +47,8 @@ const REMEDIES: Readonly<Record<VerifyReason, string>> = {
   name: 'the certified key is not the one presented: certify the same key that is sent',
   clock:
     'the TPM clock went backwards without a reset: the evidence is replayed or the TPM tampered',
+  algorithm:
+    'use an AK with a fixed signing scheme and SHA-256 or stronger, RSA >= 2048 or NIST P-256/P-384/P-521 (SHA-1 only with allow_sha1)',
 }
 
 /** TPM evidence that parsed but does not verify; `reason` is a stable machine value. */
@@ -95,9 +98,76 @@ const CURVE_SIZES: ReadonlyMap<string, number> = new Map([
   ['secp521r1', 66],
 ])
 
-function akKey(ak: TpmPublic | KeyObject): KeyObject {
-  if (ak instanceof KeyObject) return ak.type === 'public' ? ak : createPublicKey(ak)
+/** What the evidence checks accept beyond the defaults. */
+export interface AlgorithmPolicy {
+  /** SHA-1 signatures and Names: only by explicit configuration (weak, collisions are practical). */
+  readonly allowSha1?: boolean | undefined
+}
+
+const MIN_RSA_BITS = 2048
+const AK_CURVES: ReadonlySet<number> = new Set([
+  TPM_ECC_CURVE.NIST_P256,
+  TPM_ECC_CURVE.NIST_P384,
+  TPM_ECC_CURVE.NIST_P521,
+])
+
+function algorithmError(message: string): TpmVerifyError {
+  return new TpmVerifyError('algorithm', message)
+}
+
+/** A hash the policy allows for signatures and Names: SHA-256 or stronger, SHA-1 if allowed. */
+export function checkHashAllowed(hashAlg: number, what: string, policy: AlgorithmPolicy): void {
+  if (hashAlg === TPM_ALG.SHA1 && policy.allowSha1 === true) return
+  if (hashAlg === TPM_ALG.SHA256 || hashAlg === TPM_ALG.SHA384 || hashAlg === TPM_ALG.SHA512) {
+    return
+  }
+  const name = HASH_ALGS.get(hashAlg)?.name ?? `0x${hashAlg.toString(16)}`
+  throw algorithmError(`${what} uses ${name}; SHA-256 or stronger is required`)
+}
+
+/**
+ * The AK's own algorithms: RSA >= 2048 bits or a NIST curve, a fixed signing scheme (a restricted
+ * key with a NULL scheme would let the signer pick it per signature) and an allowed hash in it.
+ */
+export function checkAkAlgorithms(ak: TpmPublic, policy: AlgorithmPolicy = {}): void {
+  if (ak.type === 'rsa' && ak.keyBits < MIN_RSA_BITS) {
+    throw algorithmError(`the AK is RSA-${ak.keyBits}; at least ${MIN_RSA_BITS} bits are required`)
+  }
+  if (ak.type === 'ecc' && !AK_CURVES.has(ak.curveId)) {
+    throw algorithmError(`the AK's curve 0x${ak.curveId.toString(16)} is not a NIST P curve`)
+  }
+  const scheme = ak.scheme.scheme
+  if (scheme === TPM_ALG.NULL) throw algorithmError('the AK has a NULL signing scheme')
+  const ok =
+    ak.type === 'rsa'
+      ? scheme === TPM_ALG.RSASSA || scheme === TPM_ALG.RSAPSS
+      : scheme === TPM_ALG.ECDSA
+  if (!ok) throw algorithmError(`the AK's scheme 0x${scheme.toString(16)} is not supported`)
+  checkHashAllowed(ak.scheme.hashAlg ?? TPM_ALG.NULL, "the AK's signing scheme", policy)
+  checkHashAllowed(ak.nameAlg, "the AK's nameAlg", policy)
+}
+
+/** The same size and curve bounds for an AK given only as a key (tpm check-quote). */
+function checkBareKey(key: KeyObject): void {
+  const d = key.asymmetricKeyDetails
+  if (key.asymmetricKeyType === 'rsa' && (d?.modulusLength ?? 0) < MIN_RSA_BITS) {
+    throw algorithmError(
+      `the AK is RSA-${d?.modulusLength}; at least ${MIN_RSA_BITS} bits are required`,
+    )
+  }
+  if (key.asymmetricKeyType === 'ec' && !CURVE_SIZES.has(d?.namedCurve ?? '')) {
+    throw algorithmError(`the AK's curve ${d?.namedCurve} is not a NIST P curve`)
+  }
+}
+
+function akKey(ak: TpmPublic | KeyObject, policy: AlgorithmPolicy): KeyObject {
+  if (ak instanceof KeyObject) {
+    const key = ak.type === 'public' ? ak : createPublicKey(ak)
+    checkBareKey(key)
+    return key
+  }
   checkAkAttributes(ak)
+  checkAkAlgorithms(ak, policy)
   return publicKeyObject(ak)
 }
 
@@ -140,6 +210,8 @@ interface SignedEvidence {
   readonly signature: Uint8Array
   /** The qualifying data the verifier sent; must equal extraData. */
   readonly nonce: Uint8Array
+  /** Default: SHA-256 or stronger only. */
+  readonly policy?: AlgorithmPolicy | undefined
 }
 
 /** Signature, then magic, type and nonce: the checks quotes and certifications share. */
@@ -147,8 +219,20 @@ function verifySigned(
   input: SignedEvidence,
   type: number,
 ): { attest: TpmAttest; sig: TpmSignature } {
-  const key = akKey(input.akPublic)
+  const policy = input.policy ?? {}
+  const key = akKey(input.akPublic, policy)
   const sig = parseSignature(input.signature)
+  // The signature must use the AK's own scheme and hash: no downgrade to another padding or a
+  // weaker hash the signer picked.
+  checkHashAllowed(sig.hashAlg, 'the attestation signature', policy)
+  if (!(input.akPublic instanceof KeyObject)) {
+    const s = input.akPublic.scheme
+    if (sig.sigAlg !== s.scheme || sig.hashAlg !== s.hashAlg) {
+      throw algorithmError(
+        `the signature (scheme 0x${sig.sigAlg.toString(16)}, hash 0x${sig.hashAlg.toString(16)}) is not the AK's scheme (0x${s.scheme.toString(16)}, 0x${(s.hashAlg ?? 0).toString(16)})`,
+      )
+    }
+  }
   // The signature is checked over the raw bytes before anything in them is believed.
   if (!signatureValid(key, input.message, sig)) {
     throw new TpmVerifyError('signature', 'the attestation signature does not verify with the AK')
@@ -267,6 +351,8 @@ export interface VerifiedCertify {
 /** Verifies a TPM2_Certify by the AK: signature, magic, type, nonce and the certified Name. */
 export function verifyCertify(input: CertifyInput): VerifiedCertify {
   const { attest, sig } = verifySigned(input, TPM_ST_ATTEST.CERTIFY)
+  // The certified Name binds the key only as strongly as its nameAlg.
+  checkHashAllowed(input.certifiedPublic.nameAlg, "the certified key's nameAlg", input.policy ?? {})
   if (attest.attested.kind !== 'certify') {
     throw new TpmStructureError('TPMS_ATTEST: not a certification')
   }

@@ -40,6 +40,17 @@ const CA_CRITICAL_OK = new Set<string>([
   OID.certificatePolicies,
 ])
 const MAX_DEPTH = 8
+/**
+ * Work bounds for one chain search (the input is unauthenticated): Go's x509 stops at 100
+ * signature checks; candidate considerations are capped too, since path enumeration alone can be
+ * exponential when many certificates name each other.
+ */
+export const MAX_SIGNATURE_CHECKS = 100
+export const MAX_CANDIDATES = 2000
+// Keys a CA may sign with here: bounded verification cost (OpenSSL accepts 16384-bit RSA keys with
+// huge exponents, each verification then costing milliseconds).
+const MAX_RSA_BITS = 4096
+const CA_CURVES: ReadonlySet<string> = new Set(['prime256v1', 'secp384r1', 'secp521r1'])
 
 /** One certificate parsed twice: OpenSSL for signatures, @peculiar/x509 for extensions. */
 export interface Cert {
@@ -48,15 +59,32 @@ export interface Cert {
   readonly info: x509.X509Certificate
   /** sha256 hex of the DER certificate. */
   readonly sha256: string
+  /** subject + sha256 of the SPKI: the same CA however often it was (cross-)certified. */
+  readonly subjectKey: string
+  /** Whether signatures by this certificate's key are cheap enough to check (see MAX_RSA_BITS). */
+  readonly verifiable: boolean
+}
+
+function boundedKey(node: NodeX509): boolean {
+  const k = node.publicKey
+  const d = k.asymmetricKeyDetails
+  if (k.asymmetricKeyType === 'rsa') {
+    return (d?.modulusLength ?? 0) <= MAX_RSA_BITS && (d?.publicExponent ?? 0n) <= 0xffffffffn
+  }
+  return k.asymmetricKeyType === 'ec' && CA_CURVES.has(d?.namedCurve ?? '')
 }
 
 export function parseCert(der: Uint8Array, what: string): Cert {
   try {
+    const node = new NodeX509(der)
+    const spki = node.publicKey.export({ type: 'spki', format: 'der' })
     return {
       der,
-      node: new NodeX509(der),
+      node,
       info: new x509.X509Certificate(der),
       sha256: createHash('sha256').update(der).digest('hex'),
+      subjectKey: `${node.subject}\n${createHash('sha256').update(spki).digest('hex')}`,
+      verifiable: boundedKey(node),
     }
   } catch (err) {
     throw new TpmAttestationError('chain', `${what} does not parse as X.509`, undefined, err)
@@ -164,11 +192,34 @@ function checkLeaf(c: Cert, now: Date): void {
   // No keyUsage check: RSA EKs carry keyEncipherment only, ECC EKs keyAgreement; both are fine.
 }
 
-function issues(parent: Cert, child: Cert): boolean {
-  try {
-    return child.node.checkIssued(parent.node) && child.node.verify(parent.node.publicKey)
-  } catch {
-    return false
+/** Memoised, budgeted "does parent issue child": the signature checks are the expensive part. */
+class IssuerChecks {
+  private readonly memo = new Map<string, boolean>()
+  signatures = 0
+  candidates = 0
+
+  issues(parent: Cert, child: Cert): boolean {
+    if (++this.candidates > MAX_CANDIDATES) {
+      fail(`the EK chain search gave up after ${MAX_CANDIDATES} candidate issuers`)
+    }
+    const key = `${parent.sha256}:${child.sha256}`
+    const known = this.memo.get(key)
+    if (known !== undefined) return known
+    let ok = false
+    try {
+      // Name/AKI matching is cheap and needs no signature; only then is the signature checked.
+      if (parent.verifiable && child.node.checkIssued(parent.node)) {
+        if (++this.signatures > MAX_SIGNATURE_CHECKS) {
+          fail(`the EK chain search gave up after ${MAX_SIGNATURE_CHECKS} signature checks`)
+        }
+        ok = child.node.verify(parent.node.publicKey)
+      }
+    } catch (err) {
+      if (err instanceof TpmAttestationError) throw err
+      ok = false
+    }
+    this.memo.set(key, ok)
+    return ok
   }
 }
 
@@ -192,14 +243,24 @@ export function verifyEkChain(
 ): VerifiedChain {
   if (anchors.length === 0) fail('no EK CA certificates are configured')
   checkLeaf(leaf, now)
-  const isAnchor = (c: Cert) => anchors.some((a) => a.sha256 === c.sha256)
-  const pool = [...anchors, ...intermediates.filter((c) => !isAnchor(c))]
+  const anchorHashes = new Set(anchors.map((a) => a.sha256))
+  const isAnchor = (c: Cert) => anchorHashes.has(c.sha256)
+  // Exact duplicates (and resent anchors) are dropped; anchors are tried first.
+  const pool = [...anchors]
+  const seen = new Set(anchorHashes)
+  for (const c of intermediates) {
+    if (!seen.has(c.sha256)) pool.push(c)
+    seen.add(c.sha256)
+  }
+  const checks = new IssuerChecks()
   const walk = (path: Cert[]): Cert[] | undefined => {
     const top = path[path.length - 1]!
     if (path.length > 1 && isAnchor(top)) return path
     if (path.length > MAX_DEPTH) return undefined
     for (const cand of pool) {
-      if (path.some((p) => p.sha256 === cand.sha256) || !issues(cand, top)) continue
+      // A CA already on the path (same subject and key, whichever certificate) is a loop.
+      if (path.some((p) => p.subjectKey === cand.subjectKey)) continue
+      if (!checks.issues(cand, top)) continue
       try {
         // CAs strictly between this candidate and the leaf.
         checkCa(cand, now, path.length - 1)

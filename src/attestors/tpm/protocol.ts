@@ -96,9 +96,12 @@ export interface TpmResponse {
 }
 
 // Bounds: nothing here is legitimately bigger (an EK cert is ~1-2 KiB, a chain a few certs).
-const MAX_MESSAGE = 64 * 1024
+export const MAX_MESSAGE = 64 * 1024
 const MAX_FIELD = 16 * 1024
-const MAX_CHAIN = 8
+/** One DER certificate (EK or intermediate): real ones are 1-2 KiB. */
+export const MAX_CERT = 8 * 1024
+/** Intermediates the agent may send; each one multiplies the chain search. */
+export const MAX_CHAIN = 4
 const B64 = /^[A-Za-z0-9+/]*={0,2}$/
 
 type Kind = 'payload' | 'response' | 'challenge'
@@ -136,22 +139,24 @@ class Fields {
     return this.obj[key] !== undefined
   }
 
-  bytes(key: string, value: unknown = this.obj[key], label = key): Uint8Array {
+  bytes(key: string, value: unknown = this.obj[key], label = key, max = MAX_FIELD): Uint8Array {
     if (typeof value !== 'string' || value.length === 0) {
       this.fail(`field '${label}' must be a non-empty base64 string`)
     }
+    // Size first, from the text alone: nothing oversize is decoded, let alone parsed.
+    if (value.length > Math.ceil(max / 3) * 4) this.fail(`field '${label}' is over ${max} bytes`)
     if (value.length % 4 !== 0 || !B64.test(value)) this.fail(`field '${label}' is not base64`)
     const out = new Uint8Array(Buffer.from(value, 'base64'))
-    if (out.length > MAX_FIELD) this.fail(`field '${label}' is over ${MAX_FIELD} bytes`)
+    if (out.length > max) this.fail(`field '${label}' is over ${max} bytes`)
     return out
   }
 
-  bytesList(key: string): Uint8Array[] {
+  bytesList(key: string, max = MAX_FIELD): Uint8Array[] {
     const v = this.obj[key]
     if (!Array.isArray(v) || v.length > MAX_CHAIN) {
       this.fail(`field '${key}' must be an array of at most ${MAX_CHAIN} base64 strings`)
     }
-    return v.map((x, i) => this.bytes(key, x, `${key}[${i}]`))
+    return v.map((x, i) => this.bytes(key, x, `${key}[${i}]`, max))
   }
 
   string(key: string): string {
@@ -213,8 +218,8 @@ export function parsePayload(bytes: Uint8Array): TpmPayload {
   ])
   return {
     version: PROTOCOL_VERSION,
-    ...(f.has('ek_cert') ? { ekCert: f.bytes('ek_cert') } : {}),
-    ...(f.has('ek_chain') ? { ekChain: f.bytesList('ek_chain') } : {}),
+    ...(f.has('ek_cert') ? { ekCert: f.bytes('ek_cert', undefined, 'ek_cert', MAX_CERT) } : {}),
+    ...(f.has('ek_chain') ? { ekChain: f.bytesList('ek_chain', MAX_CERT) } : {}),
     ekPublic: f.bytes('ek_public'),
     akPublic: f.bytes('ak_public'),
     agentKeyPublic: f.bytes('agent_key_public'),

@@ -8,6 +8,7 @@
 import { createHash, type KeyObject, randomBytes, timingSafeEqual } from 'node:crypto'
 import { resolve } from 'node:path'
 import { ConfigError, type Table } from '../../common/config.js'
+import type { Log } from '../../common/log.js'
 import { isSpiffeEdgeError } from '../../errors.js'
 import { HASH_ALGS } from '../../tpm/constants.js'
 import { makeCredential } from '../../tpm/credential.js'
@@ -27,7 +28,13 @@ import {
   TPMA_OBJECT,
   type TpmPublic,
 } from '../../tpm/structures/public.js'
-import { checkAkAttributes, TpmVerifyError, verifyCertify, verifyQuote } from '../../tpm/verify.js'
+import {
+  checkAkAlgorithms,
+  checkAkAttributes,
+  TpmVerifyError,
+  verifyCertify,
+  verifyQuote,
+} from '../../tpm/verify.js'
 import type {
   AttestationContext,
   Challenger,
@@ -65,6 +72,8 @@ export interface TpmServerConfig {
   /** Allowed values per bank and PCR, lowercase hex. */
   readonly pcrPolicy: ReadonlyMap<number, ReadonlyMap<number, ReadonlySet<string>>>
   readonly requireEkCert: boolean
+  /** Accept SHA-1 quote/certify signatures and Names (`allow_sha1`); default false. */
+  readonly allowSha1?: boolean
 }
 
 const CONFIG_KEYS = [
@@ -74,6 +83,7 @@ const CONFIG_KEYS = [
   'pcr_selection',
   'pcr_policy',
   'require_ek_cert',
+  'allow_sha1',
 ] as const
 
 const SOURCE = 'plugins.NodeAttestor.tpm'
@@ -122,6 +132,12 @@ export function parseTpmServerConfig(raw: Table, baseDir: string): TpmServerConf
   if (raw.require_ek_cert !== undefined) {
     if (typeof raw.require_ek_cert !== 'boolean') problems.push('require_ek_cert: must be a bool')
     else requireEkCert = raw.require_ek_cert
+  }
+
+  let allowSha1 = false
+  if (raw.allow_sha1 !== undefined) {
+    if (typeof raw.allow_sha1 !== 'boolean') problems.push('allow_sha1: must be a bool')
+    else allowSha1 = raw.allow_sha1
   }
 
   let pcrSelection: PcrSelection = parsePcrSpec(DEFAULT_PCR_SELECTION)
@@ -191,6 +207,7 @@ export function parseTpmServerConfig(raw: Table, baseDir: string): TpmServerConf
     pcrSelection,
     pcrPolicy,
     requireEkCert,
+    allowSha1,
   }
 }
 
@@ -274,8 +291,15 @@ export function wireToPcrValues(wire: TpmResponse['pcrValues']): PcrValues {
   return out
 }
 
-/** The TPM node attestor, server half. */
-export function tpmServerAttestor(cfg: TpmServerConfig): ServerNodeAttestor {
+/** The TPM node attestor, server half; `log` gets the startup warning for allow_sha1. */
+export function tpmServerAttestor(cfg: TpmServerConfig, log?: Log): ServerNodeAttestor {
+  if (cfg.allowSha1) {
+    log?.(
+      'warn',
+      'tpm node attestor: allow_sha1 = true accepts SHA-1 quotes, certifications and key Names; SHA-1 collisions are practical, turn it off once every TPM uses SHA-256',
+      { plugin: SOURCE, allow_sha1: true },
+    )
+  }
   return {
     kind: 'NodeAttestor',
     name: TPM,
@@ -354,7 +378,10 @@ async function attest(
   }
 
   // 2. Checks on what the agent presented, before any work is done for it.
+  const policy = { allowSha1: cfg.allowSha1 === true }
   step('ak_attributes', 'AK', () => checkAkAttributes(ak))
+  // Before any work is done for this AK: its size, curve, scheme and hashes.
+  step('ak_attributes', 'AK', () => checkAkAlgorithms(ak, policy))
   checkAgentKeyAttributes(agentKey)
   const agentKeyObject = step('agent_key', 'agent_key_public', () => publicKeyObject(agentKey))
   if (!sameKey(agentKeyObject, ctx.agentPublicKey)) {
@@ -392,6 +419,7 @@ async function attest(
       pcrValues: wireToPcrValues(res.pcrValues),
       requiredPcrs: cfg.pcrSelection,
       previousClock: prev,
+      policy,
     }),
   )
   const quoted = quote.pcrs ?? new Map<number, ReadonlyMap<number, Uint8Array>>()
@@ -416,6 +444,7 @@ async function attest(
       signature: res.certifySignature,
       nonce,
       certifiedPublic: agentKey,
+      policy,
     }),
   )
 
