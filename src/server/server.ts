@@ -4,7 +4,7 @@
  * passed in or built here; nothing is reached through module state.
  */
 import { createPrivateKey, randomBytes } from 'node:crypto'
-import { mkdirSync, readFileSync } from 'node:fs'
+import { chmodSync, existsSync, readFileSync, renameSync, statSync } from 'node:fs'
 import type { Socket } from 'node:net'
 import { join } from 'node:path'
 import {
@@ -15,10 +15,11 @@ import {
 import { parseTpmServerConfig, tpmServerAttestor } from '../attestors/tpm/server.js'
 import type { ServerNodeAttestor } from '../attestors/types.js'
 import { ConfigError } from '../common/config.js'
+import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { jsonLogger, type Log } from '../common/log.js'
 import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
-import { DiskKeyManager } from '../keymanager/disk.js'
+import { DiskKeyManager, keyFileNames } from '../keymanager/disk.js'
 import { generateSoftwareKeyPair, MemoryKeyManager, softwareKey } from '../keymanager/memory.js'
 import { type KeyManager, softwareSigner } from '../keymanager/types.js'
 import type { PeerCredentials } from '../native/types.js'
@@ -49,6 +50,11 @@ export interface StartServerOptions {
   readonly peerCred?: ((socket: Socket) => PeerCredentials) | undefined
   /** How often keys rotate and stale rows are pruned (ms). */
   readonly tickMs?: number
+  /**
+   * Start a new CA from scratch: the datastore and the key directory are moved aside (renamed
+   * `*.reset-<time>`), never deleted. Without it, keys without their datastore refuse to start.
+   */
+  readonly reset?: boolean
 }
 
 function readUpstream(cfg: NonNullable<ServerConfig['upstream']>): UpstreamAuthority {
@@ -99,18 +105,31 @@ export async function startServer(
   const log = opts.log ?? jsonLogger(config.logLevel, 'server')
   const clock = opts.clock ?? { now: () => new Date() }
   const trustDomain = TrustDomain.parse(config.trustDomain)
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 })
   const cleanups: (() => Promise<void> | void)[] = []
   const cleanup = async () => {
     for (const c of cleanups.reverse()) await c()
   }
+  // Before anything touches the data dir: a second server on it would share the database and
+  // keys, and replace the live admin socket.
+  const lock = acquireDataDirLock(config.dataDir, 'server')
+  cleanups.push(() => lock.release())
   try {
-    const datastore = await openSqliteDatastore(join(config.dataDir, 'datastore.sqlite3'))
+    tightenDataDir(config.dataDir, log)
+    const datastorePath = join(config.dataDir, 'datastore.sqlite3')
+    const keyDir = config.keyManager.kind === 'disk' ? config.keyManager.directory : undefined
+    if (opts.reset) moveAside(datastorePath, keyDir, log)
+    const datastore = await openSqliteDatastore(datastorePath)
     cleanups.push(() => datastore.close())
-    const keyManager: KeyManager =
-      config.keyManager.kind === 'disk'
-        ? new DiskKeyManager(config.keyManager.directory)
-        : new MemoryKeyManager()
+    let keyManager: KeyManager
+    if (keyDir !== undefined) {
+      const disk = new DiskKeyManager(keyDir)
+      for (const fixed of await disk.tightenPermissions())
+        log('warn', 'key file permissions were too open; fixed', { path: fixed })
+      await refuseKeysWithoutDatastore(datastore, keyDir, datastorePath)
+      keyManager = disk
+    } else {
+      keyManager = new MemoryKeyManager()
+    }
     const upstream = config.upstream ? readUpstream(config.upstream) : undefined
     const ca = await CaManager.open({
       trustDomain,
@@ -159,7 +178,7 @@ export async function startServer(
       if (name === JOIN_TOKEN) {
         if (Object.keys(data).length > 0)
           throw new ConfigError('plugins.NodeAttestor.join_token', ['takes no settings'])
-        attestors.set(name, joinTokenServerAttestor(datastore))
+        attestors.set(name, aliasingJoinTokenAttestor(datastore))
       } else if (name === 'tpm') {
         attestors.set(name, tpmServerAttestor(parseTpmServerConfig(data, config.configDir)))
       } else {
@@ -188,7 +207,18 @@ export async function startServer(
       config.bindAddress,
       config.bindPort,
       log,
-    )
+    ).catch((err: unknown) => {
+      if (err instanceof SpiffeEdgeError) throw err
+      throw new SpiffeEdgeError(
+        'ERR_SERVER_BIND',
+        `cannot listen on ${config.bindAddress}:${config.bindPort}: ${(err as Error).message}`,
+        {
+          cause: err,
+          remedy:
+            'set server.bind_address to an address of this host (0.0.0.0 for all) and bind_port to a free port',
+        },
+      )
+    })
     cleanups.push(() => grpcServer.close())
 
     const serverIdString = serverId.toString()
@@ -205,27 +235,14 @@ export async function startServer(
           // Hex, not base64url: a token starting with '-' would be read as a flag on a command line.
           const token = randomBytes(32).toString('hex')
           const expiresAt = Math.floor(clock.now().getTime() / 1000) + ttlSeconds
-          const agentId = `spiffe://${trustDomain.name}/spire/agent/${JOIN_TOKEN}/${token}`
           if (spiffeId !== undefined) {
             const id = SpiffeId.parse(spiffeId)
             if (!id.memberOf(trustDomain))
               throw badEntry(`${spiffeId} is not in trust domain ${trustDomain.name}`)
-            // As SPIRE does: an entry giving the agent (by its future ID) this SPIFFE ID, so
-            // workload entries can be parented to a stable name instead of the token.
-            await datastore.createEntry({
-              spiffeId,
-              parentId: agentId,
-              selectors: [{ type: 'spiffe_id', value: agentId }],
-              x509SvidTtl: 0,
-              jwtSvidTtl: 0,
-              dnsNames: [],
-              hint: '',
-              federatesWith: [],
-              admin: false,
-              downstream: false,
-              expiresAt: null,
-            })
+            checkIssuableId(id, trustDomain, serverIdString)
           }
+          // The alias ID waits with the token's hash; its entry is created when the token is
+          // used (aliasingJoinTokenAttestor), so nothing at rest holds a usable token.
           await datastore.createJoinToken({
             tokenHash: hashJoinToken(token),
             expiresAt,
@@ -294,6 +311,116 @@ export async function startServer(
   }
 }
 
+/**
+ * The join_token attestor, plus SPIRE's node alias for tokens generated with a SPIFFE ID: an entry
+ * giving the agent (by its ID, which holds the now spent token) that SPIFFE ID, so workload
+ * entries can be parented to a stable name. SPIRE writes that entry when the token is generated,
+ * which puts the live token in the database; here it is written when the token is consumed.
+ */
+function aliasingJoinTokenAttestor(datastore: Datastore): ServerNodeAttestor {
+  const plain = joinTokenServerAttestor(datastore)
+  return {
+    ...plain,
+    async attest(payload, challenge, ctx) {
+      let alias: string | undefined
+      // A store per call: the alias of this very token, whatever else runs concurrently.
+      const inner = joinTokenServerAttestor({
+        async consumeJoinToken(hash, now) {
+          const found = await datastore.consumeJoinToken(hash, now)
+          alias = found?.spiffeId
+          return found
+        },
+      })
+      const result = await inner.attest(payload, challenge, ctx)
+      if (alias !== undefined) {
+        const agentId = `spiffe://${ctx.trustDomain}${result.agentPath}`
+        await datastore.createEntry({
+          spiffeId: alias,
+          parentId: agentId,
+          selectors: [{ type: 'spiffe_id', value: agentId }],
+          x509SvidTtl: 0,
+          jwtSvidTtl: 0,
+          dnsNames: [],
+          hint: '',
+          federatesWith: [],
+          admin: false,
+          downstream: false,
+          expiresAt: null,
+        })
+      }
+      return result
+    },
+  }
+}
+
+/**
+ * A data dir others can write to lets them replace the datastore or key files: take the group and
+ * other write bits away (and say so) rather than run on it.
+ */
+function tightenDataDir(dir: string, log: Log): void {
+  const mode = statSync(dir).mode & 0o777
+  if ((mode & 0o022) === 0) return
+  try {
+    chmodSync(dir, mode & ~0o022)
+  } catch (err) {
+    throw new SpiffeEdgeError(
+      'ERR_DATA_DIR',
+      `data dir ${dir} is writable by others (0${mode.toString(8)}) and cannot be fixed`,
+      { cause: err, remedy: 'chmod go-w the data dir, or run the server as its owner' },
+    )
+  }
+  log('warn', 'data dir was writable by group or others; fixed', {
+    path: dir,
+    from: `0${mode.toString(8)}`,
+    to: `0${(mode & ~0o022).toString(8)}`,
+  })
+}
+
+/** `--reset`: the datastore (with its -wal/-shm) and the key directory renamed, never deleted. */
+function moveAside(datastorePath: string, keyDir: string | undefined, log: Log): void {
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-')
+  const moved: string[] = []
+  const move = (from: string, to: string) => {
+    if (!existsSync(from)) return
+    if (existsSync(to)) {
+      throw new SpiffeEdgeError('ERR_DATA_DIR', `cannot move ${from} aside: ${to} exists`, {
+        remedy: 'retry in a second, or move the old files away by hand',
+      })
+    }
+    renameSync(from, to)
+    moved.push(to)
+  }
+  for (const suffix of ['', '-wal', '-shm', '-journal'])
+    move(datastorePath + suffix, `${datastorePath}.reset-${stamp}${suffix}`)
+  if (keyDir !== undefined) move(keyDir, `${keyDir}.reset-${stamp}`)
+  log('warn', 'reset: the old datastore and keys were moved aside; a new CA will be created', {
+    moved,
+  })
+}
+
+/**
+ * Keys on disk but no CA journal in the datastore means the datastore was lost, emptied or
+ * replaced. Starting fresh would mint new CA keys (a new trust root every agent rejects) next to
+ * the old ones, so refuse and say how to recover.
+ */
+async function refuseKeysWithoutDatastore(
+  datastore: Datastore,
+  keyDir: string,
+  datastorePath: string,
+): Promise<void> {
+  if ((await datastore.getJournal('ca')) !== undefined) return
+  const keys = await keyFileNames(keyDir)
+  if (keys.length === 0) return
+  throw new SpiffeEdgeError(
+    'ERR_DATASTORE_MISSING',
+    `${keyDir} holds CA keys (${keys.slice(0, 3).join(', ')}${keys.length > 3 ? ', ...' : ''}) but the datastore ${datastorePath} does not know them (it is missing, empty or another one)`,
+    {
+      remedy:
+        'restore datastore.sqlite3 from a backup; or, to start a new CA on purpose, run `server run --reset`, which moves the datastore and keys aside (agents must then trust the new bundle)',
+    },
+  )
+}
+
 /** A group's numeric id from /etc/group (names only; a number is taken as the id itself). */
 export function groupId(name: string, groupFile = '/etc/group'): number {
   if (/^\d+$/.test(name)) return Number(name)
@@ -316,6 +443,20 @@ function badEntry(message: string): SpiffeEdgeError {
   return new SpiffeEdgeError('ERR_DATASTORE_INVALID', message, {
     remedy: 'fix the entry and try again',
   })
+}
+
+/**
+ * SPIFFE IDs no entry may issue: the trust domain itself (an X509-SVID needs a path, so it could
+ * never be signed and would stall its workloads), the server's ID, and the agents' namespace.
+ */
+export function checkIssuableId(id: SpiffeId, td: TrustDomain, serverId: string): void {
+  const s = id.toString()
+  if (s === `spiffe://${td.name}` || s === `spiffe://${td.name}/`)
+    throw badEntry(`${s} is the trust domain itself; an entry must issue an ID with a path`)
+  if (s === serverId) throw badEntry('an entry cannot issue the server ID')
+  const path = s.slice(`spiffe://${td.name}`.length)
+  if (path === '/spire/agent' || path.startsWith('/spire/agent/'))
+    throw badEntry(`${s} is in /spire/agent/, which only node attestation issues`)
 }
 
 /** Validates an admin API entry body (snake_case JSON) into a datastore EntryInput. */
@@ -345,7 +486,7 @@ export function checkEntry(input: unknown, td: TrustDomain, serverId: string): E
   const parentId = b.node === true ? serverId : SpiffeId.parse(str('parent_id')).toString()
   if (!SpiffeId.parse(parentId).memberOf(td))
     throw badEntry(`parent_id ${parentId} is not in trust domain ${td.name}`)
-  if (spiffeId.toString() === serverId) throw badEntry('an entry cannot issue the server ID')
+  checkIssuableId(spiffeId, td, serverId)
   const rawSelectors = b.selectors
   if (!Array.isArray(rawSelectors) || rawSelectors.length === 0)
     throw badEntry('at least one selector is required')
@@ -354,6 +495,11 @@ export function checkEntry(input: unknown, td: TrustDomain, serverId: string): E
     const v = (s as { value?: unknown }).value
     if (typeof t !== 'string' || typeof v !== 'string' || !/^[a-z0-9_]+$/.test(t) || v === '') {
       throw badEntry('selectors must be {type, value} with a lowercase type and a non-empty value')
+    }
+    // Control characters match nothing a workload attestor reports and garble logs and output.
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: they are what is refused
+    if (/[\u0000-\u001f\u007f-\u009f]/.test(v)) {
+      throw badEntry(`selector ${t}: the value holds a control character`)
     }
     return { type: t, value: v }
   })
