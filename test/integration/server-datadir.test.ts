@@ -107,6 +107,12 @@ test('a missing or emptied datastore never replaces the CA keys; --reset moves b
   const fresh = keyFiles(keys)
   for (const [name, pem] of fresh) assert.notEqual(before.get(name), pem, `${name} is new`)
   assert.ok(readdirSync(dir).some((n) => n.startsWith('datastore.sqlite3.reset-')))
+
+  // The other way round: the datastore names keys that are gone. Refused, nothing regenerated.
+  rmSync(keys, { recursive: true })
+  stderr = await refuses(serverArgs(dir), 'ERR_KEY_MANAGER')
+  assert.match(stderr, /restore the key directory/)
+  assert.ok(!existsSync(keys) || readdirSync(keys).length === 0, 'no key was generated')
 })
 
 test('a datastore damaged mid-file is refused at start as ERR_DATASTORE_CORRUPT', async (t) => {
