@@ -130,6 +130,7 @@ export async function startServer(
     } else {
       keyManager = new MemoryKeyManager()
     }
+    await scrubLiveTokenAliases(datastore, trustDomain, log)
     const upstream = config.upstream ? readUpstream(config.upstream) : undefined
     const ca = await CaManager.open({
       trustDomain,
@@ -351,6 +352,28 @@ function aliasingJoinTokenAttestor(datastore: Datastore): ServerNodeAttestor {
       return result
     },
   }
+}
+
+/**
+ * Earlier versions wrote a token's alias entry at `token generate`, parented to the agent ID
+ * that holds the live token. For agents that have not attested yet, drop those entries: the
+ * token's row keeps the alias ID, and the entry is written again when the token is used.
+ */
+async function scrubLiveTokenAliases(ds: Datastore, td: TrustDomain, log: Log): Promise<void> {
+  const prefix = `spiffe://${td.name}/spire/agent/${JOIN_TOKEN}/`
+  let removed = 0
+  for (const e of await ds.listEntries()) {
+    const s = e.selectors[0]
+    const aliasShape =
+      e.parentId.startsWith(prefix) &&
+      e.selectors.length === 1 &&
+      s?.type === 'spiffe_id' &&
+      s.value === e.parentId
+    if (!aliasShape || (await ds.getAttestedNode(e.parentId))) continue
+    await ds.deleteEntry(e.id)
+    removed++
+  }
+  if (removed > 0) log('warn', 'removed alias entries that held unused join tokens', { removed })
 }
 
 /**

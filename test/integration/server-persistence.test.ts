@@ -122,6 +122,39 @@ test('token generate --spiffeID stores no usable token; using the token still yi
   ])
 })
 
+test('alias entries an earlier version wrote with a live token are dropped at start, and come back on use', async (t) => {
+  const dir = tempDir(t)
+  let s = await startTestServer({ dir })
+  const token = await s.token('spiffe://example.org/node/old')
+  const agentId = `spiffe://example.org/spire/agent/join_token/${token}`
+  // What `token generate --spiffeID` used to write.
+  await s.server.datastore.createEntry({
+    spiffeId: 'spiffe://example.org/node/old',
+    parentId: agentId,
+    selectors: [{ type: 'spiffe_id', value: agentId }],
+    x509SvidTtl: 0,
+    jwtSvidTtl: 0,
+    dnsNames: [],
+    hint: '',
+    federatesWith: [],
+    admin: false,
+    downstream: false,
+    expiresAt: null,
+  })
+  await s[Symbol.asyncDispose]()
+  s = await startTestServer({ dir })
+  t.after(() => s[Symbol.asyncDispose]())
+  assert.deepEqual((await s.admin('GET', '/v1/entries')).entries, [])
+  assert.ok(!everyValue(join(dir, 'data', 'datastore.sqlite3')).includes(token))
+  const { client } = await attest(s.address, token)
+  client.close()
+  const entries = (await s.admin('GET', '/v1/entries')).entries as { parentId: string }[]
+  assert.deepEqual(
+    entries.map((e) => e.parentId),
+    [agentId],
+  )
+})
+
 test('entries for the trust domain itself, the agent namespace, or with control characters are refused', async () => {
   await using s = await startTestServer()
   const base = {
