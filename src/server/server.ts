@@ -4,14 +4,10 @@
  * passed in or built here; nothing is reached through module state.
  */
 import { createPrivateKey, randomBytes } from 'node:crypto'
-import { chmodSync, existsSync, readFileSync, renameSync, statSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import type { Socket } from 'node:net'
 import { join } from 'node:path'
-import {
-  hashJoinToken,
-  JOIN_TOKEN,
-  joinTokenServerAttestor,
-} from '../attestors/join-token/server.js'
+import { hashJoinToken, JOIN_TOKEN } from '../attestors/join-token/server.js'
 import { parseTpmServerConfig, tpmServerAttestor } from '../attestors/tpm/server.js'
 import type { ServerNodeAttestor } from '../attestors/types.js'
 import { ConfigError } from '../common/config.js'
@@ -19,7 +15,7 @@ import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { jsonLogger, type Log } from '../common/log.js'
 import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
-import { DiskKeyManager, keyFileNames } from '../keymanager/disk.js'
+import { DiskKeyManager } from '../keymanager/disk.js'
 import { generateSoftwareKeyPair, MemoryKeyManager, softwareKey } from '../keymanager/memory.js'
 import { type KeyManager, softwareSigner } from '../keymanager/types.js'
 import type { PeerCredentials } from '../native/types.js'
@@ -28,9 +24,12 @@ import { SpiffeId, TrustDomain } from '../spiffe/id.js'
 import { startAdminServer } from './admin.js'
 import { CaManager, type Clock, type UpstreamAuthority } from './ca.js'
 import type { ServerConfig } from './config.js'
+import { moveAside, refuseKeysWithoutDatastore, tightenDataDir } from './datadir.js'
 import { openSqliteDatastore } from './datastore/sqlite.js'
-import type { Datastore, EntryInput, Selector } from './datastore/types.js'
+import type { Datastore } from './datastore/types.js'
+import { badEntry, checkEntry, checkIssuableId } from './entry-check.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
+import { aliasingJoinTokenAttestor, scrubLiveTokenAliases } from './join-token-alias.js'
 import { NodeApi, type ServerIdentity } from './node-api.js'
 
 export interface RunningServer extends AsyncDisposable {
@@ -312,137 +311,7 @@ export async function startServer(
   }
 }
 
-/**
- * The join_token attestor, plus SPIRE's node alias for tokens generated with a SPIFFE ID: an entry
- * giving the agent (by its ID, which holds the now spent token) that SPIFFE ID, so workload
- * entries can be parented to a stable name. SPIRE writes that entry when the token is generated,
- * which puts the live token in the database; here it is written when the token is consumed.
- */
-function aliasingJoinTokenAttestor(datastore: Datastore): ServerNodeAttestor {
-  const plain = joinTokenServerAttestor(datastore)
-  return {
-    ...plain,
-    async attest(payload, challenge, ctx) {
-      let alias: string | undefined
-      // A store per call: the alias of this very token, whatever else runs concurrently.
-      const inner = joinTokenServerAttestor({
-        async consumeJoinToken(hash, now) {
-          const found = await datastore.consumeJoinToken(hash, now)
-          alias = found?.spiffeId
-          return found
-        },
-      })
-      const result = await inner.attest(payload, challenge, ctx)
-      if (alias !== undefined) {
-        const agentId = `spiffe://${ctx.trustDomain}${result.agentPath}`
-        await datastore.createEntry({
-          spiffeId: alias,
-          parentId: agentId,
-          selectors: [{ type: 'spiffe_id', value: agentId }],
-          x509SvidTtl: 0,
-          jwtSvidTtl: 0,
-          dnsNames: [],
-          hint: '',
-          federatesWith: [],
-          admin: false,
-          downstream: false,
-          expiresAt: null,
-        })
-      }
-      return result
-    },
-  }
-}
-
-/**
- * Earlier versions wrote a token's alias entry at `token generate`, parented to the agent ID
- * that holds the live token. For agents that have not attested yet, drop those entries: the
- * token's row keeps the alias ID, and the entry is written again when the token is used.
- */
-async function scrubLiveTokenAliases(ds: Datastore, td: TrustDomain, log: Log): Promise<void> {
-  const prefix = `spiffe://${td.name}/spire/agent/${JOIN_TOKEN}/`
-  let removed = 0
-  for (const e of await ds.listEntries()) {
-    const s = e.selectors[0]
-    const aliasShape =
-      e.parentId.startsWith(prefix) &&
-      e.selectors.length === 1 &&
-      s?.type === 'spiffe_id' &&
-      s.value === e.parentId
-    if (!aliasShape || (await ds.getAttestedNode(e.parentId))) continue
-    await ds.deleteEntry(e.id)
-    removed++
-  }
-  if (removed > 0) log('warn', 'removed alias entries that held unused join tokens', { removed })
-}
-
-/**
- * A data dir others can write to lets them replace the datastore or key files: take the group and
- * other write bits away (and say so) rather than run on it.
- */
-function tightenDataDir(dir: string, log: Log): void {
-  const mode = statSync(dir).mode & 0o777
-  if ((mode & 0o022) === 0) return
-  try {
-    chmodSync(dir, mode & ~0o022)
-  } catch (err) {
-    throw new SpiffeEdgeError(
-      'ERR_DATA_DIR',
-      `data dir ${dir} is writable by others (0${mode.toString(8)}) and cannot be fixed`,
-      { cause: err, remedy: 'chmod go-w the data dir, or run the server as its owner' },
-    )
-  }
-  log('warn', 'data dir was writable by group or others; fixed', {
-    path: dir,
-    from: `0${mode.toString(8)}`,
-    to: `0${(mode & ~0o022).toString(8)}`,
-  })
-}
-
-/** `--reset`: the datastore (with its -wal/-shm) and the key directory renamed, never deleted. */
-function moveAside(datastorePath: string, keyDir: string | undefined, log: Log): void {
-  const stamp = new Date().toISOString().replace(/[:.]/g, '-')
-  const moved: string[] = []
-  const move = (from: string, to: string) => {
-    if (!existsSync(from)) return
-    if (existsSync(to)) {
-      throw new SpiffeEdgeError('ERR_DATA_DIR', `cannot move ${from} aside: ${to} exists`, {
-        remedy: 'retry in a second, or move the old files away by hand',
-      })
-    }
-    renameSync(from, to)
-    moved.push(to)
-  }
-  for (const suffix of ['', '-wal', '-shm', '-journal'])
-    move(datastorePath + suffix, `${datastorePath}.reset-${stamp}${suffix}`)
-  if (keyDir !== undefined) move(keyDir, `${keyDir}.reset-${stamp}`)
-  log('warn', 'reset: the old datastore and keys were moved aside; a new CA will be created', {
-    moved,
-  })
-}
-
-/**
- * Keys on disk but no CA journal in the datastore means the datastore was lost, emptied or
- * replaced. Starting fresh would mint new CA keys (a new trust root every agent rejects) next to
- * the old ones, so refuse and say how to recover.
- */
-async function refuseKeysWithoutDatastore(
-  datastore: Datastore,
-  keyDir: string,
-  datastorePath: string,
-): Promise<void> {
-  if ((await datastore.getJournal('ca')) !== undefined) return
-  const keys = await keyFileNames(keyDir)
-  if (keys.length === 0) return
-  throw new SpiffeEdgeError(
-    'ERR_DATASTORE_MISSING',
-    `${keyDir} holds CA keys (${keys.slice(0, 3).join(', ')}${keys.length > 3 ? ', ...' : ''}) but the datastore ${datastorePath} does not know them (it is missing, empty or another one)`,
-    {
-      remedy:
-        'restore datastore.sqlite3 from a backup; or, to start a new CA on purpose, run `server run --reset`, which moves the datastore and keys aside (agents must then trust the new bundle)',
-    },
-  )
-}
+export { checkEntry, checkIssuableId } from './entry-check.js'
 
 /** A group's numeric id from /etc/group (names only; a number is taken as the id itself). */
 export function groupId(name: string, groupFile = '/etc/group'): number {
@@ -460,105 +329,4 @@ export function groupId(name: string, groupFile = '/etc/group'): number {
   throw new ConfigError('server.admin_socket_group', [
     `group '${name}' does not exist on this host`,
   ])
-}
-
-function badEntry(message: string): SpiffeEdgeError {
-  return new SpiffeEdgeError('ERR_DATASTORE_INVALID', message, {
-    remedy: 'fix the entry and try again',
-  })
-}
-
-/**
- * SPIFFE IDs no entry may issue: the trust domain itself (an X509-SVID needs a path, so it could
- * never be signed and would stall its workloads), the server's ID, and the agents' namespace.
- */
-export function checkIssuableId(id: SpiffeId, td: TrustDomain, serverId: string): void {
-  const s = id.toString()
-  if (s === `spiffe://${td.name}` || s === `spiffe://${td.name}/`)
-    throw badEntry(`${s} is the trust domain itself; an entry must issue an ID with a path`)
-  if (s === serverId) throw badEntry('an entry cannot issue the server ID')
-  const path = s.slice(`spiffe://${td.name}`.length)
-  if (path === '/spire/agent' || path.startsWith('/spire/agent/'))
-    throw badEntry(`${s} is in /spire/agent/, which only node attestation issues`)
-}
-
-/** Validates an admin API entry body (snake_case JSON) into a datastore EntryInput. */
-export function checkEntry(input: unknown, td: TrustDomain, serverId: string): EntryInput {
-  if (typeof input !== 'object' || input === null) throw badEntry('entry must be a JSON object')
-  const b = input as Record<string, unknown>
-  const str = (k: string, def?: string): string => {
-    const v = b[k] ?? def
-    if (typeof v !== 'string') throw badEntry(`${k} must be a string`)
-    return v
-  }
-  const strs = (k: string): string[] => {
-    const v = b[k] ?? []
-    if (!Array.isArray(v) || v.some((x) => typeof x !== 'string'))
-      throw badEntry(`${k} must be a list of strings`)
-    return v as string[]
-  }
-  const ttl = (k: string): number => {
-    const v = b[k] ?? 0
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
-      throw badEntry(`${k} must be a non-negative integer`)
-    return v
-  }
-  const spiffeId = SpiffeId.parse(str('spiffe_id'))
-  if (!spiffeId.memberOf(td))
-    throw badEntry(`spiffe_id ${spiffeId} is not in trust domain ${td.name}`)
-  const parentId = b.node === true ? serverId : SpiffeId.parse(str('parent_id')).toString()
-  if (!SpiffeId.parse(parentId).memberOf(td))
-    throw badEntry(`parent_id ${parentId} is not in trust domain ${td.name}`)
-  checkIssuableId(spiffeId, td, serverId)
-  const rawSelectors = b.selectors
-  if (!Array.isArray(rawSelectors) || rawSelectors.length === 0)
-    throw badEntry('at least one selector is required')
-  const selectors: Selector[] = rawSelectors.map((s) => {
-    const t = (s as { type?: unknown }).type
-    const v = (s as { value?: unknown }).value
-    if (typeof t !== 'string' || typeof v !== 'string' || !/^[a-z0-9_]+$/.test(t) || v === '') {
-      throw badEntry('selectors must be {type, value} with a lowercase type and a non-empty value')
-    }
-    // Control characters match nothing a workload attestor reports and garble logs and output.
-    // biome-ignore lint/suspicious/noControlCharactersInRegex: they are what is refused
-    if (/[\u0000-\u001f\u007f-\u009f]/.test(v)) {
-      throw badEntry(`selector ${t}: the value holds a control character`)
-    }
-    return { type: t, value: v }
-  })
-  const dnsNames = strs('dns_names')
-  for (const d of dnsNames) {
-    if (
-      !/^(\*\.)?([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/.test(
-        d,
-      ) ||
-      d.length > 253
-    ) {
-      throw badEntry(`dns name '${d}' is not valid`)
-    }
-  }
-  const federatesWith = strs('federates_with').map(
-    (t) => TrustDomain.parse(t.replace(/^spiffe:\/\//, '')).name,
-  )
-  const expires = b.expires_at
-  if (
-    expires !== undefined &&
-    expires !== null &&
-    (typeof expires !== 'number' || !Number.isInteger(expires) || expires < 0)
-  ) {
-    throw badEntry('expires_at must be unix seconds')
-  }
-  return {
-    spiffeId: spiffeId.toString(),
-    parentId,
-    selectors,
-    x509SvidTtl: ttl('x509_svid_ttl'),
-    jwtSvidTtl: ttl('jwt_svid_ttl'),
-    dnsNames,
-    hint: str('hint', ''),
-    federatesWith,
-    admin: b.admin === true,
-    downstream: b.downstream === true,
-    expiresAt: typeof expires === 'number' ? expires : null,
-  }
 }
