@@ -2,12 +2,14 @@
  * The agent's composition root: config → key manager, state, node client, node attestor, manager
  * (the cache), workload attestors and the Workload API endpoint. Nothing here decides policy.
  */
+
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { joinTokenAgentAttestor } from '../attestors/join-token/agent.js'
 import { parseTpmAgentConfig, tpmAgentAttestor } from '../attestors/tpm/agent.js'
 import type { AgentNodeAttestor } from '../attestors/types.js'
 import { ConfigError, type Table } from '../common/config.js'
+import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { jsonLogger, type Log } from '../common/log.js'
 import { DiskKeyManager } from '../keymanager/disk.js'
 import { MemoryKeyManager } from '../keymanager/memory.js'
@@ -165,6 +167,25 @@ export async function startAgent(
   config: AgentConfig,
   opts: { log?: Log } = {},
 ): Promise<RunningAgent> {
+  // One agent per data dir: two would share the state database and the SVID keys.
+  const lock = acquireDataDirLock(config.dataDir, 'agent')
+  try {
+    const agent = await startAgentLocked(config, opts)
+    const close = async () => {
+      try {
+        await agent.close()
+      } finally {
+        lock.release()
+      }
+    }
+    return { ...agent, close, [Symbol.asyncDispose]: close }
+  } catch (err) {
+    lock.release()
+    throw err
+  }
+}
+
+async function startAgentLocked(config: AgentConfig, opts: { log?: Log }): Promise<RunningAgent> {
   const log = opts.log ?? jsonLogger(config.logLevel, 'agent')
   const td = TrustDomain.parse(config.trustDomain)
   const attestors = workloadAttestors(config)

@@ -34,6 +34,11 @@ export const serverRunCommand: Leaf = {
       description: 'override server.admin_socket',
       valueName: 'PATH',
     },
+    reset: {
+      type: 'boolean',
+      description:
+        'start a new CA: move the datastore and key directory aside (renamed *.reset-<time>, not deleted)',
+    },
     'tpm-ek-ca': {
       type: 'string',
       description: 'TPM manufacturer CA bundle (overrides plugins.NodeAttestor.tpm.ek_ca_bundle)',
@@ -56,7 +61,7 @@ export const serverRunCommand: Leaf = {
     // The admin socket checks callers' kernel credentials: without the peercred addon the server
     // refuses to start (ERR_PEERCRED_UNAVAILABLE) instead of admitting everyone who can connect.
     const peerCred = socketPeerCred()
-    const server = await startServer(config, { peerCred })
+    const server = await startServer(config, { peerCred, reset: values.reset === true })
     // Scripts read this line to learn the port when --port 0 was asked.
     // Listen for the signals before saying we are up: a script may signal as soon as it reads the line.
     const stopped = new Promise<void>((resolve) => {

@@ -1,5 +1,5 @@
 import { createPrivateKey, createPublicKey, randomBytes } from 'node:crypto'
-import { chmod, mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises'
+import { chmod, link, mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { generateSoftwareKeyPair, softwareKey } from './memory.js'
 import {
@@ -21,9 +21,10 @@ function errCode(err: unknown): string | undefined {
 
 /**
  * Software keys persisted as one unencrypted PKCS#8 PEM per key (`<dir>/<id>.key.pem`), mode 0600
- * in a 0700 directory, like SPIRE's disk key manager. Files are replaced atomically (temp file,
- * fsync, rename) so a crash never leaves a half-written key. Key material never reaches logs or
- * error messages.
+ * in a 0700 directory, like SPIRE's disk key manager. A key file is never overwritten: it is
+ * written to a temp file, fsynced, then hard-linked to its name, which fails if the name exists,
+ * so a crash never leaves a half-written key and a bug or a lost datastore cannot replace a CA
+ * key. Key material never reaches logs or error messages.
  */
 export class DiskKeyManager implements KeyManager {
   readonly dir: string
@@ -73,9 +74,17 @@ export class DiskKeyManager implements KeyManager {
         await fh.close()
       }
       await chmod(tmp, 0o600) // a umask cannot widen it, but a weird ACL default could
-      await rename(tmp, target)
+      await link(tmp, target) // atomic, and EEXIST instead of replacing
+      await rm(tmp, { force: true })
     } catch (err) {
       await rm(tmp, { force: true }).catch(() => {})
+      if (errCode(err) === 'EEXIST') {
+        throw new KeyManagerError(
+          `key file ${target} already exists; refusing to overwrite it`,
+          `move the file aside if key ${id} is really unused (anything it signed still trusts it), or restore the datastore that refers to it`,
+          err,
+        )
+      }
       throw new KeyManagerError(
         `cannot write key ${id} to ${this.dir}`,
         'check that the key directory is writable and the disk not full',
@@ -127,6 +136,38 @@ export class DiskKeyManager implements KeyManager {
     return keys
   }
 
+  /**
+   * Removes group/other bits from the key directory (→ 0700) and key files (→ 0600). Returns
+   * what it fixed, for the caller to warn about; throws when a fix is not possible (e.g. the
+   * files belong to another user), so a readable key is never used silently.
+   */
+  async tightenPermissions(): Promise<string[]> {
+    const fixed: string[] = []
+    const fix = async (path: string, want: number) => {
+      let mode: number
+      try {
+        mode = (await stat(path)).mode & 0o777
+      } catch (err) {
+        if (errCode(err) === 'ENOENT') return
+        throw new KeyManagerError(`cannot stat ${path}`, 'check the permissions', err)
+      }
+      if ((mode & 0o077) === 0) return
+      try {
+        await chmod(path, want)
+      } catch (err) {
+        throw new KeyManagerError(
+          `${path} has mode 0${mode.toString(8)} and cannot be made 0${want.toString(8)}`,
+          'run the server as the owner of its key files, or fix their modes by hand',
+          err,
+        )
+      }
+      fixed.push(`${path}: 0${mode.toString(8)} -> 0${want.toString(8)}`)
+    }
+    await fix(this.dir, 0o700)
+    for (const name of await keyFileNames(this.dir)) await fix(join(this.dir, name), 0o600)
+    return fixed
+  }
+
   async deleteKey(id: string): Promise<void> {
     validateKeyId(id)
     this.cache.delete(id)
@@ -139,6 +180,16 @@ export class DiskKeyManager implements KeyManager {
         err,
       )
     }
+  }
+}
+
+/** Names of key files in `dir` (empty when it does not exist); nothing is parsed. */
+export async function keyFileNames(dir: string): Promise<string[]> {
+  try {
+    return (await readdir(dir)).filter((n) => n.endsWith(SUFFIX)).sort()
+  } catch (err) {
+    if (errCode(err) === 'ENOENT') return []
+    throw new KeyManagerError(`cannot list key directory ${dir}`, 'check its permissions', err)
   }
 }
 

@@ -121,8 +121,12 @@ export async function startAdminServer(
       const route = `${req.method} /${parts.slice(0, 2).join('/')}`
       const id = parts[2]
       switch (route) {
-        case 'GET /v1/health':
+        case 'GET /v1/health': {
+          // A damaged datastore must not look healthy (quick_check, rate-limited in the store).
+          const h = await ds.healthCheck()
+          if (!h.ok) return send(res, 503, { healthy: false, error: h.error.toJSON() })
           return send(res, 200, { healthy: true, trust_domain: core.trustDomain })
+        }
         case 'GET /v1/bundle': {
           const b = await core.bundle()
           const format = url.searchParams.get('format') ?? 'pem'

@@ -9,6 +9,7 @@
  */
 import { type KeyObject, randomBytes } from 'node:crypto'
 import { x509 } from '../common/x509.js'
+import { SpiffeEdgeError } from '../errors.js'
 import type { KeyManager, KeyType, Signer } from '../keymanager/types.js'
 import { TrustBundle } from '../spiffe/bundle.js'
 import type { SpiffeId, TrustDomain } from '../spiffe/id.js'
@@ -96,8 +97,32 @@ export class CaManager {
       ? (JSON.parse(raw) as Journal)
       : { x509: { retired: [] }, jwt: { retired: [] }, counter: 0 }
     const ca = new CaManager(o, journal)
+    await ca.checkKeysPresent()
     await ca.rotate()
     return ca
+  }
+
+  /**
+   * Every key the journal names must still be in the key manager: a journal whose keys were lost
+   * (a key directory deleted or not restored) cannot sign, and replacing the keys silently would
+   * change the trust root under every agent.
+   */
+  private async checkKeysPresent(): Promise<void> {
+    const missing: string[] = []
+    for (const j of [this.journal.x509, this.journal.jwt]) {
+      for (const slot of [j.current, j.next, ...j.retired]) {
+        if (slot && !(await this.o.keyManager.getKey(slot.keyId))) missing.push(slot.keyId)
+      }
+    }
+    if (missing.length === 0) return
+    throw new SpiffeEdgeError(
+      'ERR_KEY_MANAGER',
+      `the datastore names CA keys the key manager does not hold: ${missing.join(', ')}`,
+      {
+        remedy:
+          'restore the key directory from the backup that matches the datastore; or, to start a new CA on purpose, run `server run --reset` (moves the datastore and keys aside)',
+      },
+    )
   }
 
   private nowMs(): number {

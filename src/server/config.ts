@@ -1,3 +1,4 @@
+import { isIP } from 'node:net'
 import { dirname, resolve } from 'node:path'
 import { parse as parseToml } from 'smol-toml'
 import {
@@ -137,6 +138,12 @@ export function parseServerConfig(
     r.problems.push('server.default_x509_svid_ttl: must be shorter than server.ca_ttl')
   }
   checkTrustDomain(r, config.trustDomain, 'server.trust_domain')
+  // grpc-js reports a bad host only as a generic bind failure; name the setting instead.
+  if (isIP(config.bindAddress) === 0 && config.bindAddress !== 'localhost') {
+    r.problems.push(
+      `server.bind_address: '${config.bindAddress}' is not an IP address (use 127.0.0.1, 0.0.0.0, ::1 or ::)`,
+    )
+  }
   r.done(source)
   return config
 }

@@ -158,8 +158,6 @@ export class NodeApi {
   private readonly attestLimiter: TokenBuckets
   private readonly serverId: string
   private readonly aliasParent: string
-  /** Agent ID → the serial replaced by RenewAgent, honoured until the new SVID is first used. */
-  private readonly previousSerial = new Map<string, string>()
 
   constructor(o: NodeApiOptions) {
     this.o = o
@@ -280,6 +278,7 @@ export class NodeApi {
       attestorType: attestor.name,
       selectors,
       certSerial: issued.serial,
+      previousCertSerial: '',
       certNotAfter: Math.floor(issued.notAfter.getTime() / 1000),
       canReattest: result.canReattest,
       banned: false,
@@ -288,7 +287,6 @@ export class NodeApi {
     }
     if (existing) await this.o.datastore.updateAttestedNode(id, node)
     else await this.o.datastore.createAttestedNode(node)
-    this.previousSerial.delete(id)
     this.o.log?.('info', 'agent attested', {
       agent: id,
       attestor: attestor.name,
@@ -456,7 +454,9 @@ export class NodeApi {
     }
     const serial = validated.leaf.serialNumber.toLowerCase().replace(/^0+/, '')
     const current = node.certSerial.toLowerCase().replace(/^0+/, '')
-    const previous = this.previousSerial.get(agentId)?.toLowerCase().replace(/^0+/, '')
+    const previous = node.previousCertSerial
+      ? node.previousCertSerial.toLowerCase().replace(/^0+/, '')
+      : undefined
     if (serial !== current && serial !== previous) {
       throw new NodeApiError(
         Status.PERMISSION_DENIED,
@@ -480,7 +480,9 @@ export class NodeApi {
     }
     // Only after the signature checks out: otherwise anyone could burn an agent's nonces.
     this.replay.check(req.nonce, now)
-    if (serial === current && previous !== undefined) this.previousSerial.delete(agentId)
+    // The new SVID is in use: the replaced one stops working (persisted, like the renewal).
+    if (serial === current && previous !== undefined)
+      return this.o.datastore.updateAttestedNode(agentId, { previousCertSerial: '' })
     return node
   }
 
@@ -535,12 +537,13 @@ export class NodeApi {
       spiffeId: SpiffeId.parse(agent.spiffeId),
       ttlSeconds: this.o.agentTtlSeconds,
     })
+    // The old SVID keeps working until the new one is first used (the agent may crash, or this
+    // server restart, in between), so the replaced serial is stored with the node in one write.
     await this.o.datastore.updateAttestedNode(agent.spiffeId, {
       certSerial: issued.serial,
+      previousCertSerial: agent.certSerial,
       certNotAfter: Math.floor(issued.notAfter.getTime() / 1000),
     })
-    // The old SVID keeps working until the new one is first used (the agent may crash in between).
-    this.previousSerial.set(agent.spiffeId, agent.certSerial)
     return { svid: svidMessage(issued, agent.spiffeId) }
   }
 

@@ -4,17 +4,14 @@
  * passed in or built here; nothing is reached through module state.
  */
 import { createPrivateKey, randomBytes } from 'node:crypto'
-import { mkdirSync, readFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import type { Socket } from 'node:net'
 import { join } from 'node:path'
-import {
-  hashJoinToken,
-  JOIN_TOKEN,
-  joinTokenServerAttestor,
-} from '../attestors/join-token/server.js'
+import { hashJoinToken, JOIN_TOKEN } from '../attestors/join-token/server.js'
 import { parseTpmServerConfig, tpmServerAttestor } from '../attestors/tpm/server.js'
 import type { ServerNodeAttestor } from '../attestors/types.js'
 import { ConfigError } from '../common/config.js'
+import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { jsonLogger, type Log } from '../common/log.js'
 import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
@@ -27,9 +24,12 @@ import { SpiffeId, TrustDomain } from '../spiffe/id.js'
 import { startAdminServer } from './admin.js'
 import { CaManager, type Clock, type UpstreamAuthority } from './ca.js'
 import type { ServerConfig } from './config.js'
+import { moveAside, refuseKeysWithoutDatastore, tightenDataDir } from './datadir.js'
 import { openSqliteDatastore } from './datastore/sqlite.js'
-import type { Datastore, EntryInput, Selector } from './datastore/types.js'
+import type { Datastore } from './datastore/types.js'
+import { badEntry, checkEntry, checkIssuableId } from './entry-check.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
+import { aliasingJoinTokenAttestor, scrubLiveTokenAliases } from './join-token-alias.js'
 import { NodeApi, type ServerIdentity } from './node-api.js'
 
 export interface RunningServer extends AsyncDisposable {
@@ -49,6 +49,11 @@ export interface StartServerOptions {
   readonly peerCred?: ((socket: Socket) => PeerCredentials) | undefined
   /** How often keys rotate and stale rows are pruned (ms). */
   readonly tickMs?: number
+  /**
+   * Start a new CA from scratch: the datastore and the key directory are moved aside (renamed
+   * `*.reset-<time>`), never deleted. Without it, keys without their datastore refuse to start.
+   */
+  readonly reset?: boolean
 }
 
 function readUpstream(cfg: NonNullable<ServerConfig['upstream']>): UpstreamAuthority {
@@ -99,18 +104,32 @@ export async function startServer(
   const log = opts.log ?? jsonLogger(config.logLevel, 'server')
   const clock = opts.clock ?? { now: () => new Date() }
   const trustDomain = TrustDomain.parse(config.trustDomain)
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 })
   const cleanups: (() => Promise<void> | void)[] = []
   const cleanup = async () => {
     for (const c of cleanups.reverse()) await c()
   }
+  // Before anything touches the data dir: a second server on it would share the database and
+  // keys, and replace the live admin socket.
+  const lock = acquireDataDirLock(config.dataDir, 'server')
+  cleanups.push(() => lock.release())
   try {
-    const datastore = await openSqliteDatastore(join(config.dataDir, 'datastore.sqlite3'))
+    tightenDataDir(config.dataDir, log)
+    const datastorePath = join(config.dataDir, 'datastore.sqlite3')
+    const keyDir = config.keyManager.kind === 'disk' ? config.keyManager.directory : undefined
+    if (opts.reset) moveAside(datastorePath, keyDir, log)
+    const datastore = await openSqliteDatastore(datastorePath)
     cleanups.push(() => datastore.close())
-    const keyManager: KeyManager =
-      config.keyManager.kind === 'disk'
-        ? new DiskKeyManager(config.keyManager.directory)
-        : new MemoryKeyManager()
+    let keyManager: KeyManager
+    if (keyDir !== undefined) {
+      const disk = new DiskKeyManager(keyDir)
+      for (const fixed of await disk.tightenPermissions())
+        log('warn', 'key file permissions were too open; fixed', { path: fixed })
+      await refuseKeysWithoutDatastore(datastore, keyDir, datastorePath)
+      keyManager = disk
+    } else {
+      keyManager = new MemoryKeyManager()
+    }
+    await scrubLiveTokenAliases(datastore, trustDomain, log)
     const upstream = config.upstream ? readUpstream(config.upstream) : undefined
     const ca = await CaManager.open({
       trustDomain,
@@ -159,7 +178,7 @@ export async function startServer(
       if (name === JOIN_TOKEN) {
         if (Object.keys(data).length > 0)
           throw new ConfigError('plugins.NodeAttestor.join_token', ['takes no settings'])
-        attestors.set(name, joinTokenServerAttestor(datastore))
+        attestors.set(name, aliasingJoinTokenAttestor(datastore))
       } else if (name === 'tpm') {
         attestors.set(name, tpmServerAttestor(parseTpmServerConfig(data, config.configDir), log))
       } else {
@@ -188,7 +207,18 @@ export async function startServer(
       config.bindAddress,
       config.bindPort,
       log,
-    )
+    ).catch((err: unknown) => {
+      if (err instanceof SpiffeEdgeError) throw err
+      throw new SpiffeEdgeError(
+        'ERR_SERVER_BIND',
+        `cannot listen on ${config.bindAddress}:${config.bindPort}: ${(err as Error).message}`,
+        {
+          cause: err,
+          remedy:
+            'set server.bind_address to an address of this host (0.0.0.0 for all) and bind_port to a free port',
+        },
+      )
+    })
     cleanups.push(() => grpcServer.close())
 
     const serverIdString = serverId.toString()
@@ -205,27 +235,14 @@ export async function startServer(
           // Hex, not base64url: a token starting with '-' would be read as a flag on a command line.
           const token = randomBytes(32).toString('hex')
           const expiresAt = Math.floor(clock.now().getTime() / 1000) + ttlSeconds
-          const agentId = `spiffe://${trustDomain.name}/spire/agent/${JOIN_TOKEN}/${token}`
           if (spiffeId !== undefined) {
             const id = SpiffeId.parse(spiffeId)
             if (!id.memberOf(trustDomain))
               throw badEntry(`${spiffeId} is not in trust domain ${trustDomain.name}`)
-            // As SPIRE does: an entry giving the agent (by its future ID) this SPIFFE ID, so
-            // workload entries can be parented to a stable name instead of the token.
-            await datastore.createEntry({
-              spiffeId,
-              parentId: agentId,
-              selectors: [{ type: 'spiffe_id', value: agentId }],
-              x509SvidTtl: 0,
-              jwtSvidTtl: 0,
-              dnsNames: [],
-              hint: '',
-              federatesWith: [],
-              admin: false,
-              downstream: false,
-              expiresAt: null,
-            })
+            checkIssuableId(id, trustDomain, serverIdString)
           }
+          // The alias ID waits with the token's hash; its entry is created when the token is
+          // used (aliasingJoinTokenAttestor), so nothing at rest holds a usable token.
           await datastore.createJoinToken({
             tokenHash: hashJoinToken(token),
             expiresAt,
@@ -294,6 +311,8 @@ export async function startServer(
   }
 }
 
+export { checkEntry, checkIssuableId } from './entry-check.js'
+
 /** A group's numeric id from /etc/group (names only; a number is taken as the id itself). */
 export function groupId(name: string, groupFile = '/etc/group'): number {
   if (/^\d+$/.test(name)) return Number(name)
@@ -310,86 +329,4 @@ export function groupId(name: string, groupFile = '/etc/group'): number {
   throw new ConfigError('server.admin_socket_group', [
     `group '${name}' does not exist on this host`,
   ])
-}
-
-function badEntry(message: string): SpiffeEdgeError {
-  return new SpiffeEdgeError('ERR_DATASTORE_INVALID', message, {
-    remedy: 'fix the entry and try again',
-  })
-}
-
-/** Validates an admin API entry body (snake_case JSON) into a datastore EntryInput. */
-export function checkEntry(input: unknown, td: TrustDomain, serverId: string): EntryInput {
-  if (typeof input !== 'object' || input === null) throw badEntry('entry must be a JSON object')
-  const b = input as Record<string, unknown>
-  const str = (k: string, def?: string): string => {
-    const v = b[k] ?? def
-    if (typeof v !== 'string') throw badEntry(`${k} must be a string`)
-    return v
-  }
-  const strs = (k: string): string[] => {
-    const v = b[k] ?? []
-    if (!Array.isArray(v) || v.some((x) => typeof x !== 'string'))
-      throw badEntry(`${k} must be a list of strings`)
-    return v as string[]
-  }
-  const ttl = (k: string): number => {
-    const v = b[k] ?? 0
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
-      throw badEntry(`${k} must be a non-negative integer`)
-    return v
-  }
-  const spiffeId = SpiffeId.parse(str('spiffe_id'))
-  if (!spiffeId.memberOf(td))
-    throw badEntry(`spiffe_id ${spiffeId} is not in trust domain ${td.name}`)
-  const parentId = b.node === true ? serverId : SpiffeId.parse(str('parent_id')).toString()
-  if (!SpiffeId.parse(parentId).memberOf(td))
-    throw badEntry(`parent_id ${parentId} is not in trust domain ${td.name}`)
-  if (spiffeId.toString() === serverId) throw badEntry('an entry cannot issue the server ID')
-  const rawSelectors = b.selectors
-  if (!Array.isArray(rawSelectors) || rawSelectors.length === 0)
-    throw badEntry('at least one selector is required')
-  const selectors: Selector[] = rawSelectors.map((s) => {
-    const t = (s as { type?: unknown }).type
-    const v = (s as { value?: unknown }).value
-    if (typeof t !== 'string' || typeof v !== 'string' || !/^[a-z0-9_]+$/.test(t) || v === '') {
-      throw badEntry('selectors must be {type, value} with a lowercase type and a non-empty value')
-    }
-    return { type: t, value: v }
-  })
-  const dnsNames = strs('dns_names')
-  for (const d of dnsNames) {
-    if (
-      !/^(\*\.)?([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/.test(
-        d,
-      ) ||
-      d.length > 253
-    ) {
-      throw badEntry(`dns name '${d}' is not valid`)
-    }
-  }
-  const federatesWith = strs('federates_with').map(
-    (t) => TrustDomain.parse(t.replace(/^spiffe:\/\//, '')).name,
-  )
-  const expires = b.expires_at
-  if (
-    expires !== undefined &&
-    expires !== null &&
-    (typeof expires !== 'number' || !Number.isInteger(expires) || expires < 0)
-  ) {
-    throw badEntry('expires_at must be unix seconds')
-  }
-  return {
-    spiffeId: spiffeId.toString(),
-    parentId,
-    selectors,
-    x509SvidTtl: ttl('x509_svid_ttl'),
-    jwtSvidTtl: ttl('jwt_svid_ttl'),
-    dnsNames,
-    hint: str('hint', ''),
-    federatesWith,
-    admin: b.admin === true,
-    downstream: b.downstream === true,
-    expiresAt: typeof expires === 'number' ? expires : null,
-  }
 }

@@ -42,9 +42,12 @@ export interface TrustBundleInit {
 
 export interface FromSpiffeJsonOptions {
   /**
-   * Skip keys whose `use` is a string we do not know (the spec says to ignore them) instead of
-   * rejecting the bundle. Off by default: a bundle we produce or pin should be exact.
+   * Reject the bundle when a key has a `use` or `kty` we do not know. Off by default: the SPIFFE
+   * bundle format says such a key is ignored, not the whole bundle (a peer may publish keys for
+   * SVID types or algorithms this build does not have yet).
    */
+  readonly strict?: boolean
+  /** @deprecated unknown uses are ignored by default now; kept so callers still compile. */
   readonly ignoreUnknownUse?: boolean
 }
 
@@ -52,6 +55,8 @@ const X509_USE = 'x509-svid'
 const JWT_USE = 'jwt-svid'
 /** Spec-defined uses we do not serve but must not choke on (WIT-SVID, incubating). */
 const KNOWN_OTHER_USES = new Set(['wit-svid'])
+/** Key types this build can use; keys of other types are skipped (see FromSpiffeJsonOptions). */
+const KNOWN_KTY = new Set(['EC', 'RSA'])
 const STD_BASE64 = /^[A-Za-z0-9+/]*={0,2}$/
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
@@ -239,6 +244,17 @@ export class TrustBundle {
       const jwk = k as Record<string, unknown>
       if (typeof jwk.kty !== 'string') throw new BundleError(`${where} has no kty`)
       if (typeof jwk.use !== 'string') throw new BundleError(`${where} has no use`)
+      const knownUse = jwk.use === X509_USE || jwk.use === JWT_USE
+      if (!knownUse || !KNOWN_KTY.has(jwk.kty)) {
+        if (opts.strict && !KNOWN_OTHER_USES.has(jwk.use)) {
+          throw new BundleError(
+            knownUse
+              ? `${where} has unsupported kty ${JSON.stringify(jwk.kty)}`
+              : `${where} has unknown use ${JSON.stringify(jwk.use)}`,
+          )
+        }
+        return // ignored, as the spec says: the other keys still count
+      }
       if (jwk.use === X509_USE) {
         x509Authorities.push(parseX509Key(jwk, where))
       } else if (jwk.use === JWT_USE) {
@@ -247,8 +263,6 @@ export class TrustBundle {
           throw new BundleError(`${where} repeats key id ${JSON.stringify(kid)}`)
         }
         jwtAuthorities.set(kid, key)
-      } else if (!(opts.ignoreUnknownUse || KNOWN_OTHER_USES.has(jwk.use))) {
-        throw new BundleError(`${where} has unknown use ${JSON.stringify(jwk.use)}`)
       }
     })
     const init: TrustBundleInit =

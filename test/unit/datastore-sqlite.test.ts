@@ -44,6 +44,7 @@ function node(overrides: Partial<AttestedNode> = {}): AttestedNode {
     attestorType: 'join_token',
     selectors: [],
     certSerial: '0a1b',
+    previousCertSerial: '',
     certNotAfter: 2_000_000_000,
     canReattest: false,
     banned: false,
@@ -491,7 +492,7 @@ test('a SQLite file that is not ours, or not SQLite at all, is refused', async (
 
   const junk = join(dir, 'junk.sqlite')
   writeFileSync(junk, 'x'.repeat(4096))
-  await rejectsWith(openSqliteDatastore(junk), 'ERR_DATASTORE_IO')
+  await rejectsWith(openSqliteDatastore(junk), 'ERR_DATASTORE_CORRUPT')
 })
 
 test('a second process-level handle waits for the lock, then fails as ERR_DATASTORE_BUSY', async (t) => {

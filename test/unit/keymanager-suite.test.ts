@@ -39,6 +39,8 @@ interface Harness {
   make(): Promise<KeyManager>
   /** A new instance over the same storage, when the store persists. */
   reopen?(km: KeyManager): KeyManager
+  /** A second generateKey for an existing id is refused and the key kept. */
+  readonly neverOverwrites?: boolean
 }
 
 function keyManagerSuite(name: string, h: Harness): void {
@@ -82,11 +84,19 @@ function keyManagerSuite(name: string, h: Harness): void {
           ['b', 'ec-p384'],
         ],
       )
-      const a2 = await km.generateKey('a', 'ec-p384')
-      const got = await km.getKey('a')
-      assert.equal(got?.keyType, 'ec-p384')
-      assert.ok(!a.publicKey.equals(a2.publicKey))
-      assert.ok(got?.publicKey.equals(a2.publicKey))
+      if (h.neverOverwrites) {
+        // A key file is never replaced (a lost datastore once made the server regenerate CA keys).
+        await assert.rejects(km.generateKey('a', 'ec-p384'), { code: 'ERR_KEY_MANAGER' })
+        const kept = await (h.reopen ? h.reopen(km) : km).getKey('a')
+        assert.equal(kept?.keyType, 'ec-p256')
+        assert.ok(kept?.publicKey.equals(a.publicKey))
+      } else {
+        const a2 = await km.generateKey('a', 'ec-p384')
+        const got = await km.getKey('a')
+        assert.equal(got?.keyType, 'ec-p384')
+        assert.ok(!a.publicKey.equals(a2.publicKey))
+        assert.ok(got?.publicKey.equals(a2.publicKey))
+      }
       await km.deleteKey('a')
       await km.deleteKey('a') // idempotent
       assert.equal(await km.getKey('a'), undefined)
@@ -126,13 +136,14 @@ keyManagerSuite('disk', {
     return km
   },
   reopen: (km) => new DiskKeyManager(diskDirs.get(km)!),
+  neverOverwrites: true,
 })
 
 test('disk: files are PKCS#8 PEM, 0600, in a 0700 directory, with no temp files left', async () => {
   const dir = await newDir()
   const km = new DiskKeyManager(dir)
   await km.generateKey('ca', 'ec-p256')
-  await km.generateKey('ca', 'ec-p256') // overwrite goes through rename too
+  await assert.rejects(km.generateKey('ca', 'ec-p256'), { code: 'ERR_KEY_MANAGER' })
   assert.equal((await stat(dir)).mode & 0o777, 0o700)
   assert.deepEqual(await readdir(dir), ['ca.key.pem'])
   const file = join(dir, 'ca.key.pem')

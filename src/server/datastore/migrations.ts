@@ -125,6 +125,16 @@ export const migrations: readonly Migration[] = [
       ) STRICT;
     `,
   },
+  {
+    version: 2,
+    description: 'attested nodes keep the serial RenewAgent replaced',
+    sql: `
+      -- The agent SVID serial before the last RenewAgent, honoured until the new one is first used
+      -- (SPIRE keeps it with the node too): in memory only, a server restart between the renewal
+      -- and the agent storing its new SVID stranded the agent. '' = none.
+      ALTER TABLE attested_nodes ADD COLUMN previous_cert_serial TEXT NOT NULL DEFAULT '';
+    `,
+  },
 ]
 
 /** The schema version this build writes; a database with a higher one is refused. */

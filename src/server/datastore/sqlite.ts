@@ -41,6 +41,8 @@ export interface SqliteDatastoreOptions {
 
 const DEFAULT_BUSY_TIMEOUT_MS = 5000
 const TOMBSTONE_HORIZON = 'tombstones_pruned_through'
+/** quick_check reads every page: bounded to once per interval however often health is asked. */
+const HEALTH_CHECK_INTERVAL_MS = 5000
 
 let cachedConstructor: DbConstructor | undefined
 
@@ -96,6 +98,8 @@ export async function openSqliteDatastore(
   }
   try {
     configure(db, memory, busyTimeoutMs)
+    // Mid-file damage can leave the header and schema readable: check every page before serving.
+    if (!memory) checkIntegrity(db, 'integrity_check(20)')
     migrate(db)
     if (!memory) tightenSidecars(file)
     return new SqliteDatastore(db)
@@ -152,6 +156,22 @@ function configure(db: Db, memory: boolean, busyTimeoutMs: number): void {
   db.pragma('synchronous = FULL')
   // Off by default in SQLite; the ON DELETE CASCADE child tables rely on it.
   db.pragma('foreign_keys = ON')
+}
+
+/** Throws ERR_DATASTORE_CORRUPT unless SQLite's `pragma` check answers 'ok'. */
+function checkIntegrity(db: Db, pragma: string): void {
+  const rows = db.pragma(pragma) as Record<string, unknown>[]
+  const found = rows.map((r) => String(Object.values(r)[0]))
+  if (found.length === 1 && found[0] === 'ok') return
+  throw corrupt(`the database failed its integrity check: ${found.slice(0, 3).join('; ')}`)
+}
+
+function corrupt(message: string, cause?: unknown): SpiffeEdgeError {
+  return new SpiffeEdgeError('ERR_DATASTORE_CORRUPT', message, {
+    cause,
+    remedy:
+      'stop the server and restore the datastore from a backup (or start over with `server run --reset`, which moves it and the keys aside)',
+  })
 }
 
 function migrate(db: Db): void {
@@ -221,6 +241,7 @@ interface NodeRow {
   spiffe_id: string
   attestor_type: string
   cert_serial: string
+  previous_cert_serial: string
   cert_not_after: number
   can_reattest: number
   banned: number
@@ -254,7 +275,7 @@ const SUBSET_CLAUSE = `e.id IN (
     HAVING count(*) = max(x.selector_count))`
 
 const NODE_SELECT = `
-  SELECT n.spiffe_id, n.attestor_type, n.cert_serial, n.cert_not_after, n.can_reattest, n.banned,
+  SELECT n.spiffe_id, n.attestor_type, n.cert_serial, n.previous_cert_serial, n.cert_not_after, n.can_reattest, n.banned,
     n.created_at, n.updated_at,
     (SELECT json_group_array(json_array(s.type, s.value) ORDER BY s.position)
        FROM attested_node_selectors s WHERE s.spiffe_id = n.spiffe_id) AS selectors
@@ -324,14 +345,14 @@ function prepareStatements(db: Db) {
     getNode: db.prepare<[string], NodeRow>(`${NODE_SELECT} WHERE n.spiffe_id = ?`),
     listNodes: db.prepare<[], NodeRow>(`${NODE_SELECT} ORDER BY n.spiffe_id`),
     insertNode: db.prepare(
-      `INSERT INTO attested_nodes (spiffe_id, attestor_type, cert_serial, cert_not_after,
-         can_reattest, banned, created_at, updated_at)
-       VALUES (@spiffeId, @attestorType, @certSerial, @certNotAfter, @canReattest, @banned,
-         @createdAt, @updatedAt)`,
+      `INSERT INTO attested_nodes (spiffe_id, attestor_type, cert_serial, previous_cert_serial,
+         cert_not_after, can_reattest, banned, created_at, updated_at)
+       VALUES (@spiffeId, @attestorType, @certSerial, @previousCertSerial, @certNotAfter,
+         @canReattest, @banned, @createdAt, @updatedAt)`,
     ),
     updateNode: db.prepare(
       `UPDATE attested_nodes SET attestor_type = @attestorType, cert_serial = @certSerial,
-         cert_not_after = @certNotAfter, can_reattest = @canReattest, banned = @banned,
+         previous_cert_serial = @previousCertSerial, cert_not_after = @certNotAfter, can_reattest = @canReattest, banned = @banned,
          created_at = @createdAt, updated_at = @updatedAt
        WHERE spiffe_id = @spiffeId`,
     ),
@@ -376,6 +397,9 @@ class SqliteDatastore implements Datastore {
   #st: Statements
   #listCache = new Map<string, BetterSqlite3.Statement<[Record<string, string>], EntryRow>>()
   #closed = false
+  /** Sticky: once SQLite reports corruption, health fails until the store is restored. */
+  #corruption: SpiffeEdgeError | undefined
+  #checkedAt = 0
 
   constructor(db: Db) {
     this.#db = db
@@ -646,6 +670,25 @@ class SqliteDatastore implements Datastore {
     })
   }
 
+  async healthCheck(): Promise<{ ok: true } | { ok: false; error: SpiffeEdgeError }> {
+    if (this.#closed) return { ok: false, error: closedError('check health') }
+    const now = Date.now()
+    if (!this.#corruption && now - this.#checkedAt >= HEALTH_CHECK_INTERVAL_MS) {
+      this.#checkedAt = now
+      try {
+        // Drop cached pages so the check reads the file, not what this process remembers.
+        this.#db.pragma('shrink_memory')
+        checkIntegrity(this.#db, 'quick_check(5)')
+      } catch (err) {
+        const mapped = mapError(err, 'check the datastore')
+        if (mapped instanceof SpiffeEdgeError && mapped.code === 'ERR_DATASTORE_CORRUPT')
+          this.#corruption = mapped
+        else return { ok: false, error: mapped as SpiffeEdgeError }
+      }
+    }
+    return this.#corruption ? { ok: false, error: this.#corruption } : { ok: true }
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
@@ -658,15 +701,14 @@ class SqliteDatastore implements Datastore {
 
   /** Runs one operation with the closed check and SQLite errors mapped to ERR_DATASTORE_*. */
   #op<T>(what: string, fn: () => T): T {
-    if (this.#closed) {
-      throw new SpiffeEdgeError('ERR_DATASTORE_CLOSED', `cannot ${what}: the datastore is closed`, {
-        remedy: 'open the datastore again; this handle was closed',
-      })
-    }
+    if (this.#closed) throw closedError(what)
     try {
       return fn()
     } catch (err) {
-      throw mapError(err, what)
+      const mapped = mapError(err, what)
+      if (mapped instanceof SpiffeEdgeError && mapped.code === 'ERR_DATASTORE_CORRUPT')
+        this.#corruption ??= mapped
+      throw mapped
     }
   }
 
@@ -751,6 +793,7 @@ function nodeParams(n: AttestedNode) {
     spiffeId: n.spiffeId,
     attestorType: n.attestorType,
     certSerial: n.certSerial,
+    previousCertSerial: n.previousCertSerial ?? '',
     certNotAfter: n.certNotAfter,
     canReattest: n.canReattest ? 1 : 0,
     banned: n.banned ? 1 : 0,
@@ -788,6 +831,7 @@ function toNode(r: NodeRow): AttestedNode {
     attestorType: r.attestor_type,
     selectors: toSelectors(r.selectors),
     certSerial: r.cert_serial,
+    previousCertSerial: r.previous_cert_serial,
     certNotAfter: r.cert_not_after,
     canReattest: r.can_reattest === 1,
     banned: r.banned === 1,
@@ -807,6 +851,12 @@ function selectorSetParam(selectors: unknown): string {
     return [sel.type, sel.value]
   })
   return JSON.stringify(pairs)
+}
+
+function closedError(what: string): SpiffeEdgeError {
+  return new SpiffeEdgeError('ERR_DATASTORE_CLOSED', `cannot ${what}: the datastore is closed`, {
+    remedy: 'open the datastore again; this handle was closed',
+  })
 }
 
 function entryNotFound(id: string): SpiffeEdgeError {
@@ -852,11 +902,10 @@ function mapError(err: unknown, what: string): unknown {
       remedy: 'another process holds the database lock; retry, or raise busyTimeoutMs',
     })
   }
+  if (code?.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB') return corrupt(message, err)
   let remedy = 'check the datastore path, its permissions and free disk space'
   if (code === 'SQLITE_FULL') remedy = 'free disk space on the datastore volume'
-  else if (code?.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB') {
-    remedy = 'the file is not a healthy SQLite database; restore the datastore from a backup'
-  } else if (code?.startsWith('SQLITE_READONLY') || code?.startsWith('SQLITE_CANTOPEN')) {
+  else if (code?.startsWith('SQLITE_READONLY') || code?.startsWith('SQLITE_CANTOPEN')) {
     remedy = 'make the datastore file and its directory writable by the server user'
   }
   return new SpiffeEdgeError('ERR_DATASTORE_IO', message, { cause: err, remedy })

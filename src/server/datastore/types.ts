@@ -4,6 +4,8 @@
  * Times are unix seconds. Errors are SpiffeEdgeError with ERR_DATASTORE_* codes.
  */
 
+import type { SpiffeEdgeError } from '../../errors.js'
+
 export interface Selector {
   readonly type: string
   readonly value: string
@@ -40,6 +42,11 @@ export interface AttestedNode {
   /** May be empty (join_token attestation yields no selectors). */
   selectors: Selector[]
   certSerial: string
+  /**
+   * The serial RenewAgent replaced ('' or absent: none), still accepted until `certSerial` is
+   * first used. Persisted so a server restart does not strand an agent mid-renewal.
+   */
+  previousCertSerial?: string
   certNotAfter: number
   canReattest: boolean
   banned: boolean
@@ -128,6 +135,12 @@ export interface Datastore extends AsyncDisposable {
    * revision get `resync: true` from entryChangesSince. Returns how many were removed.
    */
   pruneEntryTombstones(throughRevision: number): Promise<number>
+
+  /**
+   * Whether the store is usable: a bounded consistency check (SQLite: quick_check, at most every
+   * few seconds) plus any corruption met by earlier calls. Never throws for an unhealthy store.
+   */
+  healthCheck(): Promise<{ ok: true } | { ok: false; error: SpiffeEdgeError }>
 
   /** Idempotent. Every later call rejects with ERR_DATASTORE_CLOSED. */
   close(): Promise<void>

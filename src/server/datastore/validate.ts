@@ -95,6 +95,8 @@ export function validateAttestedNode(n: AttestedNode): void {
   checkNonEmpty('attestorType', n.attestorType)
   checkSelectors('selectors', n.selectors, true)
   if (typeof n.certSerial !== 'string') throw invalid('certSerial must be a string')
+  if (n.previousCertSerial !== undefined && typeof n.previousCertSerial !== 'string')
+    throw invalid('previousCertSerial must be a string')
   checkInt('certNotAfter', n.certNotAfter)
   checkBool('canReattest', n.canReattest)
   checkBool('banned', n.banned)
