@@ -141,12 +141,49 @@ function encodeWith(t: protobuf.Type, value: object): Uint8Array {
   return t.encode(t.fromObject(value)).finish()
 }
 
-function decodeWith<T>(t: protobuf.Type, bytes: Uint8Array, defaults = true): T {
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true })
+
+/**
+ * Proto3 strings must be UTF-8, but protobufjs decodes bad bytes into U+FFFD silently: two
+ * different byte strings would then name the same audience. So the raw wire is walked first and
+ * every string field (in nested messages too) must be valid UTF-8.
+ */
+function checkUtf8(t: protobuf.Type, bytes: Uint8Array, depth = 0): void {
+  if (depth > 8) throw new Error('messages nested too deeply')
+  const r = protobuf.Reader.create(bytes)
+  while (r.pos < r.len) {
+    const tag = r.uint32()
+    const wire = tag & 7
+    const field = t.fieldsById[tag >>> 3]
+    if (wire !== 2 || !field) {
+      r.skipType(wire)
+      continue
+    }
+    const value = r.bytes()
+    if (field.type === 'string') {
+      try {
+        STRICT_UTF8.decode(value)
+      } catch {
+        throw new Error(`field ${field.name} is not valid UTF-8`)
+      }
+    } else if (field.resolve().resolvedType instanceof protobuf.Type) {
+      checkUtf8(field.resolvedType as protobuf.Type, value, depth + 1)
+    }
+  }
+}
+
+function decodeWith<T>(t: protobuf.Type, bytes: Uint8Array, defaults = true, strict = false): T {
   try {
+    if (strict) checkUtf8(t, bytes)
     return t.toObject(t.decode(bytes), { ...TO_OBJECT, defaults }) as T
   } catch (err) {
     throw new WorkloadProtocolError(`${t.name} does not decode: ${(err as Error).message}`)
   }
+}
+
+/** Requests from callers: strict UTF-8 (responses we decode as a client stay lenient). */
+function decodeRequest<T>(t: protobuf.Type, bytes: Uint8Array, defaults = true): T {
+  return decodeWith<T>(t, bytes, defaults, true)
 }
 
 const wl = (name: string) => workloadProtoRoot().lookupType(name)
@@ -207,7 +244,7 @@ export const workloadCodec = {
   },
   jwtSvidRequest: {
     encode: (m: JwtSvidRequestMsg) => encodeWith(wl('JWTSVIDRequest'), m),
-    decode: (b: Uint8Array) => decodeWith<JwtSvidRequestMsg>(wl('JWTSVIDRequest'), b),
+    decode: (b: Uint8Array) => decodeRequest<JwtSvidRequestMsg>(wl('JWTSVIDRequest'), b),
   },
   jwtSvidResponse: {
     encode: (m: JwtSvidResponseMsg) => encodeWith(wl('JWTSVIDResponse'), m),
@@ -220,7 +257,7 @@ export const workloadCodec = {
   validateJwtSvidRequest: {
     encode: (m: ValidateJwtSvidRequestMsg) => encodeWith(wl('ValidateJWTSVIDRequest'), m),
     decode: (b: Uint8Array) =>
-      decodeWith<ValidateJwtSvidRequestMsg>(wl('ValidateJWTSVIDRequest'), b),
+      decodeRequest<ValidateJwtSvidRequestMsg>(wl('ValidateJWTSVIDRequest'), b),
   },
   validateJwtSvidResponse: {
     encode: (m: ValidateJwtSvidResponseMsg) =>
@@ -239,13 +276,13 @@ export const workloadCodec = {
   },
   /** The empty requests (X509SVIDRequest, bundles): any bytes that parse as the message. */
   empty: {
-    decode: (name: string, b: Uint8Array) => decodeWith<object>(wl(name), b),
+    decode: (name: string, b: Uint8Array) => decodeRequest<object>(wl(name), b),
   },
   healthRequest: {
     encode: (m: { service: string }) =>
       encodeWith(sideType('grpc.health.v1.HealthCheckRequest'), m),
     decode: (b: Uint8Array) =>
-      decodeWith<{ service: string }>(sideType('grpc.health.v1.HealthCheckRequest'), b),
+      decodeRequest<{ service: string }>(sideType('grpc.health.v1.HealthCheckRequest'), b),
   },
   healthResponse: {
     encode: (m: { status: number }) =>

@@ -7,11 +7,10 @@
  * Everything served comes from the WorkloadSource (the agent's cache): no handler waits on the
  * SPIRE-like server, so a network outage never stalls a workload.
  */
-import { chmodSync, existsSync, lstatSync, mkdirSync, statSync, unlinkSync } from 'node:fs'
+import { chmodSync, lstatSync, statSync, unlinkSync } from 'node:fs'
 import type { Http2Server, Http2Session } from 'node:http2'
 import { constants as h2 } from 'node:http2'
 import { connect, createServer, type Socket } from 'node:net'
-import { dirname } from 'node:path'
 import * as grpc from '@grpc/grpc-js'
 import { type Log, silentLog } from '../../common/log.js'
 import { loadNative } from '../../native/load.js'
@@ -39,6 +38,7 @@ import {
   type X509SvidResponseMsg,
 } from './proto.js'
 import { reflectionHandler } from './reflection.js'
+import { secureSocketDir } from './socket-dir.js'
 import {
   HEALTH_SERVICE,
   healthServiceDefinition,
@@ -48,13 +48,14 @@ import {
   WORKLOAD_SERVICE,
   workloadServiceDefinition,
 } from './service.js'
-import type {
-  BundlesUpdate,
-  PeerInfo,
-  Selector,
-  WorkloadAttestor,
-  WorkloadSource,
-  X509Update,
+import {
+  audienceProblem,
+  type BundlesUpdate,
+  type PeerInfo,
+  type Selector,
+  type WorkloadAttestor,
+  type WorkloadSource,
+  type X509Update,
 } from './types.js'
 
 export { SECURITY_HEADER }
@@ -193,19 +194,7 @@ function socketIsLive(path: string): Promise<boolean> {
 }
 
 async function prepareSocketPath(path: string): Promise<void> {
-  const dir = dirname(path)
-  if (!existsSync(dir)) {
-    try {
-      mkdirSync(dir, { recursive: true, mode: 0o755 })
-      chmodSync(dir, 0o755) // mkdir's mode is masked by the umask
-    } catch (err) {
-      throw new WorkloadEndpointError(
-        `cannot create the socket directory ${dir}: ${(err as Error).message}`,
-        'create it (mode 0755) or choose another socket path',
-        err,
-      )
-    }
-  }
+  secureSocketDir(path)
   let st: ReturnType<typeof lstatSync>
   try {
     st = lstatSync(path)
@@ -553,9 +542,8 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
     ),
     FetchJWTSVID: unary(async (call, signal) => {
       const req = workloadCodec.jwtSvidRequest.decode(call.request)
-      if (req.audience.length === 0 || req.audience.some((a) => a === '')) {
-        throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, 'audience must be specified')
-      }
+      const bad = audienceProblem(req.audience)
+      if (bad !== undefined) throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, bad)
       let wanted: string | undefined
       if (req.spiffeId !== '') {
         try {
