@@ -38,7 +38,6 @@ import {
   type X509SvidResponseMsg,
 } from './proto.js'
 import { reflectionHandler } from './reflection.js'
-import { secureSocketDir } from './socket-dir.js'
 import {
   HEALTH_SERVICE,
   healthServiceDefinition,
@@ -48,6 +47,7 @@ import {
   WORKLOAD_SERVICE,
   workloadServiceDefinition,
 } from './service.js'
+import { secureSocketDir } from './socket-dir.js'
 import {
   audienceProblem,
   type BundlesUpdate,
