@@ -174,6 +174,68 @@ describe('Workload API hardening', () => {
     }
   })
 
+  test('reflection v1 and v1alpha (real file names, snake_case fields); health per service', async () => {
+    const socket = join(root, `refl${++n}`, 'api.sock')
+    let ready = true
+    const { server } = await serve(socket, { ready: () => ready })
+    const c = new grpc.Client(`unix://${socket}`, grpc.credentials.createInsecure())
+    try {
+      const str = (tag: number, v: string) =>
+        Buffer.concat([Buffer.from([tag, Buffer.byteLength(v)]), Buffer.from(v)])
+      for (const version of ['v1', 'v1alpha']) {
+        const call = c.makeBidiStreamRequest(
+          `/grpc.reflection.${version}.ServerReflection/ServerReflectionInfo`,
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+        )
+        const got: Buffer[] = []
+        const done = new Promise<void>((resolve) => {
+          call.on('data', (b: Buffer) => {
+            got.push(b)
+            if (got.length === 3) call.end()
+          })
+          call.on('end', () => resolve())
+          call.on('error', () => resolve())
+        })
+        call.write(str(0x3a, '*')) // list_services
+        call.write(str(0x1a, 'workload.proto')) // file_by_filename
+        call.write(str(0x22, 'grpc.health.v1.Health')) // file_containing_symbol
+        await done
+        assert.equal(got.length, 3, version)
+        const [list, file, health] = got.map((b) => b.toString('latin1'))
+        assert.match(list!, /\x11SpiffeWorkloadAPI/, version) // listed without a leading dot
+        assert.doesNotMatch(list!, /\.SpiffeWorkloadAPI/, version)
+        assert.match(list!, /grpc\.reflection\.v1\.ServerReflection/)
+        assert.match(file!, /workload\.proto/)
+        assert.match(file!, /google\/protobuf\/struct\.proto/) // the import, by its real path
+        assert.match(file!, /spiffe_id/) // the .proto's field names, not camelCase
+        assert.doesNotMatch(file!, /root\.proto/)
+        assert.match(health!, /grpc\/health\/v1\/health\.proto/)
+      }
+      const check = (service: string) =>
+        new Promise<{ code: number; status?: number }>((resolve) => {
+          c.makeUnaryRequest(
+            '/grpc.health.v1.Health/Check',
+            (b: Buffer) => b,
+            (b: Buffer) => b,
+            Buffer.from(workloadCodec.healthRequest.encode({ service })),
+            (err, res) => {
+              if (err) return resolve({ code: err.code })
+              resolve({ code: 0, status: workloadCodec.healthResponse.decode(res!).status })
+            },
+          )
+        })
+      assert.deepEqual(await check(''), { code: 0, status: 1 })
+      assert.deepEqual(await check('SpiffeWorkloadAPI'), { code: 0, status: 1 })
+      assert.equal((await check('nope')).code, GrpcStatus.NOT_FOUND)
+      ready = false
+      assert.deepEqual(await check(''), { code: 0, status: 2 }) // exact at once, no polling lag
+    } finally {
+      c.close()
+      await server.close()
+    }
+  })
+
   test('exec after connect: the forked child is not served the new binary identity', {
     skip: !hasPython() ? 'needs python3 to fork with an inherited connection' : false,
   }, async () => {

@@ -1,6 +1,6 @@
 /**
  * The SPIFFE Workload API messages (proto/workload.proto), loaded once with protobufjs, plus the
- * two small protocols served beside it: grpc.health.v1 and grpc.reflection.v1alpha. Messages go
+ * health check the client makes (grpc.health.v1). Messages go
  * over the wire as raw bytes (see service.ts) and are (de)coded here, so a malformed request is a
  * coded error the handler maps to INVALID_ARGUMENT instead of a transport failure.
  */
@@ -60,7 +60,7 @@ export interface ValidateJwtSvidResponseMsg {
   claims: Record<string, unknown>
 }
 
-/** grpc.health.v1 and grpc.reflection.v1alpha, small enough to carry inline. */
+/** grpc.health.v1, for the client's health check (the server side is grpc-health-check). */
 export const HEALTH_PROTO_TEXT = `
 syntax = "proto3";
 package grpc.health.v1;
@@ -72,40 +72,6 @@ message HealthCheckResponse {
 service Health {
   rpc Check(HealthCheckRequest) returns (HealthCheckResponse);
   rpc Watch(HealthCheckRequest) returns (stream HealthCheckResponse);
-}
-`
-
-export const REFLECTION_PROTO_TEXT = `
-syntax = "proto3";
-package grpc.reflection.v1alpha;
-message ServerReflectionRequest {
-  string host = 1;
-  oneof message_request {
-    string file_by_filename = 3;
-    string file_containing_symbol = 4;
-    ExtensionRequest file_containing_extension = 5;
-    string all_extension_numbers_of_type = 6;
-    string list_services = 7;
-  }
-}
-message ExtensionRequest { string containing_type = 1; int32 extension_number = 2; }
-message ServerReflectionResponse {
-  string valid_host = 1;
-  ServerReflectionRequest original_request = 2;
-  oneof message_response {
-    FileDescriptorResponse file_descriptor_response = 4;
-    ExtensionNumberResponse all_extension_numbers_response = 5;
-    ListServiceResponse list_services_response = 6;
-    ErrorResponse error_response = 7;
-  }
-}
-message FileDescriptorResponse { repeated bytes file_descriptor_proto = 1; }
-message ExtensionNumberResponse { string base_type_name = 1; repeated int32 extension_number = 2; }
-message ListServiceResponse { repeated ServiceResponse service = 1; }
-message ServiceResponse { string name = 1; }
-message ErrorResponse { int32 error_code = 1; string error_message = 2; }
-service ServerReflection {
-  rpc ServerReflectionInfo(stream ServerReflectionRequest) returns (stream ServerReflectionResponse);
 }
 `
 
@@ -121,7 +87,6 @@ function sideType(name: string): protobuf.Type {
   if (!sideRoot) {
     sideRoot = new protobuf.Root()
     protobuf.parse(HEALTH_PROTO_TEXT, sideRoot, { keepCase: false })
-    protobuf.parse(REFLECTION_PROTO_TEXT, sideRoot, { keepCase: false })
   }
   return sideRoot.lookupType(name)
 }
@@ -289,18 +254,6 @@ export const workloadCodec = {
       encodeWith(sideType('grpc.health.v1.HealthCheckResponse'), m),
     decode: (b: Uint8Array) =>
       decodeWith<{ status: number }>(sideType('grpc.health.v1.HealthCheckResponse'), b),
-  },
-  reflectionRequest: {
-    decode: (b: Uint8Array) =>
-      decodeWith<Record<string, unknown>>(
-        sideType('grpc.reflection.v1alpha.ServerReflectionRequest'),
-        b,
-        false,
-      ),
-  },
-  reflectionResponse: {
-    encode: (m: object) =>
-      encodeWith(sideType('grpc.reflection.v1alpha.ServerReflectionResponse'), m),
   },
 }
 

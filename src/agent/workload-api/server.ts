@@ -30,23 +30,13 @@ import {
   stampMismatch,
 } from './proc.js'
 import {
-  HEALTH_NOT_SERVING,
-  HEALTH_SERVING,
   type JwtSvidMsg,
   workloadCodec,
   type X509SvidMsg,
   type X509SvidResponseMsg,
 } from './proto.js'
-import { reflectionHandler } from './reflection.js'
-import {
-  HEALTH_SERVICE,
-  healthServiceDefinition,
-  REFLECTION_SERVICE,
-  reflectionServiceDefinition,
-  SECURITY_HEADER,
-  WORKLOAD_SERVICE,
-  workloadServiceDefinition,
-} from './service.js'
+import { SECURITY_HEADER, workloadServiceDefinition } from './service.js'
+import { addSideServices } from './side-services.js'
 import { secureSocketDir } from './socket-dir.js'
 import {
   audienceProblem,
@@ -635,41 +625,14 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
     },
   }
 
-  function healthStatus(service: string): number {
-    if (service !== '' && service !== WORKLOAD_SERVICE) {
-      throw new WorkloadStatusError(GrpcStatus.NOT_FOUND, `unknown service ${service}`)
-    }
-    return serving && (opts.ready?.() ?? true) ? HEALTH_SERVING : HEALTH_NOT_SERVING
-  }
-
-  const healthHandlers: grpc.UntypedServiceImplementation = {
-    // The endpoint answers from the local cache only, so "up" is what SERVING can mean here.
-    Check: unary(async (call) => {
-      const req = workloadCodec.healthRequest.decode(call.request)
-      return workloadCodec.healthResponse.encode({ status: healthStatus(req.service) })
-    }, false),
-    Watch: (call: grpc.ServerWritableStream<Uint8Array, Uint8Array>) => {
-      const s = new StreamState(call)
-      try {
-        const req = workloadCodec.healthRequest.decode(call.request)
-        s.send(workloadCodec.healthResponse.encode({ status: healthStatus(req.service) }))
-        // Status only changes on shutdown, which ends the stream anyway.
-      } catch (err) {
-        s.fail(statusOf(err))
-      }
-    },
-  }
-
   const grpcServer = new grpc.Server({
     // Requests are tiny (the largest is a JWT to validate); bound what a caller can make us buffer.
     'grpc.max_receive_message_length': 1 << 20,
     'grpc.max_concurrent_streams': opts.maxConcurrentStreams ?? 1000,
   })
   grpcServer.addService(workloadServiceDefinition, workloadHandlers)
-  grpcServer.addService(healthServiceDefinition, healthHandlers)
-  grpcServer.addService(reflectionServiceDefinition, {
-    ServerReflectionInfo: reflectionHandler([WORKLOAD_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE]),
-  })
+  // The endpoint answers from the local cache only, so "up" is what SERVING can mean here.
+  const side = addSideServices(grpcServer, () => serving && (opts.ready?.() ?? true))
   const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure())
   // grpc-js keeps the HTTP/2 server it made for the injector in a private map; we only listen
   // to its sessions (to recycle them, see RESET_BUDGET). Without it, recycling is skipped.
@@ -746,6 +709,7 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
   const close = (): Promise<void> => {
     closing ??= (async () => {
       serving = false
+      side.stop()
       await new Promise<void>((resolve) => {
         net.close(() => resolve())
         for (const s of sockets) s.destroy()
