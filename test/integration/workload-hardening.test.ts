@@ -45,6 +45,13 @@ async function serve(socketPath: string, over: Partial<WorkloadApiServerOptions>
   return { source, server }
 }
 
+/** Starts a server where it must be refused; one that starts anyway is closed (no hung test). */
+async function refused(socketPath: string): Promise<never> {
+  const s = await serve(socketPath)
+  await s.server.close()
+  throw new Error(`the server started on ${socketPath}`)
+}
+
 /** A raw unary call with hand-made request bytes; resolves with the status. */
 function rawUnary(socket: string, path: string, body: Buffer): Promise<grpc.StatusObject> {
   const c = new grpc.Client(`unix://${socket}`, grpc.credentials.createInsecure())
@@ -74,7 +81,7 @@ describe('Workload API hardening', () => {
     const foreign = join(root, `foreign${++n}`)
     mkdirSync(foreign, { mode: 0o755 })
     chownSync(foreign, 65534, 65534)
-    await assert.rejects(serve(join(foreign, 'api.sock')), (err: Error & { code?: string }) => {
+    await assert.rejects(refused(join(foreign, 'api.sock')), (err: Error & { code?: string }) => {
       assert.equal(err.code, 'ERR_WORKLOAD_ENDPOINT')
       assert.match(err.message, /owned by uid 65534/)
       return true
@@ -82,12 +89,12 @@ describe('Workload API hardening', () => {
     // A parent pre-created by another user is refused too, even if the socket dir is ours.
     const sub = join(foreign, 'public')
     mkdirSync(sub, { mode: 0o755 })
-    await assert.rejects(serve(join(sub, 'api.sock')), /owned by uid 65534/)
+    await assert.rejects(refused(join(sub, 'api.sock')), /owned by uid 65534/)
     // World-writable (0777), ours.
     const open = join(root, `open${++n}`)
     mkdirSync(open)
     chmodSync(open, 0o777)
-    await assert.rejects(serve(join(open, 'api.sock')), (err: Error & { remedy?: string }) => {
+    await assert.rejects(refused(join(open, 'api.sock')), (err: Error & { remedy?: string }) => {
       assert.match(err.message, /writable by group or others \(mode 777\)/)
       assert.match(err.remedy ?? '', /another local user could replace/)
       return true
@@ -96,7 +103,7 @@ describe('Workload API hardening', () => {
     const sticky = join(root, `sticky${++n}`)
     mkdirSync(sticky)
     chmodSync(sticky, 0o1777)
-    await assert.rejects(serve(join(sticky, 'api.sock')), /writable by group or others/)
+    await assert.rejects(refused(join(sticky, 'api.sock')), /writable by group or others/)
     const s = await serve(join(sticky, 'agent', 'public', 'api.sock'))
     await s.server.close()
     // The socket directory may not be a symlink (to a good directory or not).
@@ -104,7 +111,7 @@ describe('Workload API hardening', () => {
     mkdirSync(good, { mode: 0o755 })
     const link = join(root, `link${++n}`)
     symlinkSync(good, link)
-    await assert.rejects(serve(join(link, 'api.sock')), /symbolic link/)
+    await assert.rejects(refused(join(link, 'api.sock')), /symbolic link/)
     // Nothing was created in the refused places.
     assert.throws(() => execFileSync('ls', [join(foreign, 'api.sock')], { stdio: 'ignore' }))
   })
