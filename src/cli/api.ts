@@ -6,8 +6,8 @@
 import { randomBytes, X509Certificate } from 'node:crypto'
 import {
   closeSync,
-  constants as fsc,
   fchmodSync,
+  constants as fsc,
   fsyncSync,
   mkdirSync,
   openSync,
@@ -173,11 +173,7 @@ function pkcs8Pem(der: Uint8Array): string {
  */
 function writeFile(path: string, text: string, mode: 0o600 | 0o644): void {
   const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`
-  const fd = openSync(
-    tmp,
-    fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW,
-    0o600,
-  )
+  const fd = openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600)
   try {
     try {
       writeSync(fd, text)
@@ -247,7 +243,8 @@ const fetchX509: Leaf = {
     ...COMMON,
     write: {
       type: 'string',
-      description: 'also write the SVIDs, keys and bundles to DIR (keys 0600; files replaced, never written through)',
+      description:
+        'also write the SVIDs, keys and bundles to DIR (keys 0600; files replaced, never written through)',
       valueName: 'DIR',
     },
     silent: { type: 'boolean', description: 'print nothing on success' },
