@@ -20,13 +20,15 @@ import type { AgentAuth, NodeClient } from '../transport/grpc-client.js'
 import { NodeCallError } from '../transport/grpc-client.js'
 import { type EntryMessage, required } from '../transport/proto.js'
 import type { AgentStorage } from './storage.js'
-import type {
-  BundlesUpdate,
-  JwtSvidResult,
-  Selector,
-  WorkloadSource,
-  WorkloadX509Svid,
-  X509Update,
+import { GrpcStatus, WorkloadStatusError } from './workload-api/errors.js'
+import {
+  audienceProblem,
+  type BundlesUpdate,
+  type JwtSvidResult,
+  type Selector,
+  type WorkloadSource,
+  type WorkloadX509Svid,
+  type X509Update,
 } from './workload-api/types.js'
 
 export interface Clock {
@@ -46,7 +48,24 @@ export interface ManagerOptions {
   readonly log: Log
   /** For tests: [0,1) jitter source. */
   readonly random?: () => number
+  /** Cap on the JWT-SVID cache, in bytes (tokens, keys, IDs); default 8 MiB. */
+  readonly jwtCacheMaxBytes?: number
 }
+
+interface CachedJwt {
+  readonly token: string
+  readonly issuedAt: number
+  readonly expiresAt: number
+  readonly hint: string
+  readonly spiffeId: string
+  /** What this cache slot costs: key and strings in UTF-8, plus a fixed overhead. */
+  readonly bytes: number
+}
+
+/** Hard limits on cached JWT-SVIDs: count as SPIRE has it, and bytes (audiences can be long). */
+const JWT_CACHE_MAX_ENTRIES = 1000
+const JWT_CACHE_DEFAULT_BYTES = 8 << 20
+const JWT_CACHE_SLOT_OVERHEAD = 128
 
 interface AgentIdentity {
   spiffeId: string
@@ -90,10 +109,10 @@ export class AgentManager implements WorkloadSource {
   private entries = new Map<string, EntryMessage>()
   private revision = 0
   private readonly svids = new Map<string, CachedSvid>()
-  private readonly jwtCache = new Map<
-    string,
-    { token: string; issuedAt: number; expiresAt: number; hint: string; spiffeId: string }
-  >()
+  private readonly jwtCache = new Map<string, CachedJwt>()
+  private jwtCacheBytes = 0
+  /** Entries the server refused to issue an X509-SVID for, by id → the entry revision refused. */
+  private readonly issueRefused = new Map<string, number>()
   private readonly x509Subs = new Set<X509Sub>()
   private readonly bundleSubs = new Set<(u: BundlesUpdate) => void>()
   private timer: NodeJS.Timeout | undefined
@@ -345,6 +364,9 @@ export class AgentManager implements WorkloadSource {
         entries: JSON.stringify([...this.entries.values()]),
       })
       for (const id of [...this.svids.keys()]) if (!this.entries.has(id)) this.svids.delete(id)
+      for (const id of [...this.issueRefused.keys()]) {
+        if (!this.entries.has(id)) this.issueRefused.delete(id)
+      }
       this.notifyX509()
     }
   }
@@ -385,6 +407,9 @@ export class AgentManager implements WorkloadSource {
       r.results.forEach((res, j) => {
         const e = batch[j]!
         if (res.status !== 0 || !res.svid) {
+          // Remembered so watchers of this entry's workloads are not kept waiting for it; the
+          // next sync asks again (the server may have been fixed meanwhile).
+          this.issueRefused.set(e.id, e.revisionNumber)
           this.o.log('warn', 'the server did not issue an SVID', {
             entry: e.id,
             status: res.status,
@@ -392,6 +417,7 @@ export class AgentManager implements WorkloadSource {
           })
           return
         }
+        this.issueRefused.delete(e.id)
         const v = validity(res.svid.certChain[0]!)
         this.svids.set(e.id, {
           entryId: e.id,
@@ -466,13 +492,22 @@ export class AgentManager implements WorkloadSource {
     for (const sub of this.x509Subs) if (sub.waitingUntil === undefined) this.deliver(sub)
   }
 
+  /**
+   * Whether an entry of these selectors still lacks an SVID that may yet come. One the server
+   * refused (at this revision) will not come soon: waiting for it would delay the others.
+   */
+  private awaitsSvids(selectors: ReadonlySet<string>): boolean {
+    return this.matching(selectors).some(
+      (e) => !this.svids.has(e.id) && this.issueRefused.get(e.id) !== e.revisionNumber,
+    )
+  }
+
   /** Subscriptions waiting for SVIDs get their first update once they exist, or when time is up. */
   private flushWaiting(): void {
     const now = this.now()
     for (const sub of this.x509Subs) {
       if (sub.waitingUntil === undefined) continue
-      const pending = this.matching(sub.selectors).some((e) => !this.svids.has(e.id))
-      if (!pending || now >= sub.waitingUntil) {
+      if (!this.awaitsSvids(sub.selectors) || now >= sub.waitingUntil) {
         sub.waitingUntil = undefined
         this.deliver(sub)
       }
@@ -487,8 +522,7 @@ export class AgentManager implements WorkloadSource {
       waitingUntil: undefined,
     }
     this.x509Subs.add(sub)
-    const pending = this.matching(sub.selectors).some((e) => !this.svids.has(e.id))
-    if (pending) {
+    if (this.awaitsSvids(sub.selectors)) {
       // Entries match but their SVIDs are not issued yet (cache limit, new entry): fetch now and
       // answer when they arrive, rather than telling the workload it has no identity.
       sub.waitingUntil = this.now() + 10_000
@@ -533,53 +567,101 @@ export class AgentManager implements WorkloadSource {
     audience: readonly string[],
     spiffeId?: string,
   ): Promise<JwtSvidResult[]> {
-    const entries = this.matching(new Set(selectors.map(sel))).filter(
-      (e) => spiffeId === undefined || e.spiffeId === spiffeId,
-    )
-    const out: JwtSvidResult[] = []
-    const seen = new Set<string>()
+    const bad = audienceProblem(audience)
+    if (bad !== undefined) throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, bad)
     const aud = [...new Set(audience)].sort()
-    for (const e of entries) {
-      if (seen.has(e.spiffeId)) continue
+    const seen = new Set<string>()
+    const entries = this.matching(new Set(selectors.map(sel))).filter((e) => {
+      if (spiffeId !== undefined && e.spiffeId !== spiffeId) return false
+      if (seen.has(e.spiffeId)) return false
       seen.add(e.spiffeId)
-      const key = `${e.spiffeId}|${aud.join('\u0000')}`
-      const cached = this.jwtCache.get(key)
-      const now = this.now()
-      if (cached && now < cached.issuedAt + (cached.expiresAt - cached.issuedAt) / 2) {
-        out.push({ spiffeId: cached.spiffeId, token: cached.token, hint: cached.hint })
-        continue
+      return true
+    })
+    // Each identity on its own: one the server refuses must not cost the workload the others.
+    const results = await Promise.allSettled(entries.map((e) => this.jwtFor(e, aud)))
+    const out: JwtSvidResult[] = []
+    let firstError: unknown
+    results.forEach((r, i) => {
+      if (r.status === 'fulfilled') {
+        out.push(r.value)
+        return
       }
-      try {
-        const r = await this.o.client.call(
-          'NewJWTSVID',
-          { entryId: e.id, audience: aud },
-          this.auth(),
-        )
-        const entry = {
-          token: r.token,
-          issuedAt: r.issuedAt * 1000,
-          expiresAt: r.expiresAt * 1000,
-          hint: r.hint,
-          spiffeId: r.spiffeId,
-        }
-        this.jwtCache.delete(key)
-        this.jwtCache.set(key, entry)
-        // A hard limit on cached JWT-SVIDs (SPIRE: 1000): drop the oldest.
-        while (this.jwtCache.size > 1000) this.jwtCache.delete(this.jwtCache.keys().next().value!)
-        out.push({ spiffeId: r.spiffeId, token: r.token, hint: r.hint })
-      } catch (err) {
-        // The server is unreachable: an unexpired cached token is still valid (SPIRE does this too).
-        if (cached && now < cached.expiresAt) {
-          this.o.log('warn', 'serving a cached JWT-SVID: the server did not answer', {
-            spiffe_id: e.spiffeId,
-          })
-          out.push({ spiffeId: cached.spiffeId, token: cached.token, hint: cached.hint })
-          continue
-        }
-        throw err
-      }
-    }
+      firstError ??= r.reason
+      this.o.log('warn', 'could not get a JWT-SVID for one identity; serving the others', {
+        entry: entries[i]!.id,
+        spiffe_id: entries[i]!.spiffeId,
+        error: (r.reason as Error)?.message ?? String(r.reason),
+      })
+    })
+    if (out.length === 0 && firstError !== undefined) throw firstError
     return out
+  }
+
+  private async jwtFor(e: EntryMessage, aud: readonly string[]): Promise<JwtSvidResult> {
+    const key = `${e.spiffeId}|${aud.join('\u0000')}`
+    const cached = this.jwtCache.get(key)
+    const now = this.now()
+    if (cached && now < cached.issuedAt + (cached.expiresAt - cached.issuedAt) / 2) {
+      return { spiffeId: cached.spiffeId, token: cached.token, hint: cached.hint }
+    }
+    try {
+      const r = await this.o.client.call(
+        'NewJWTSVID',
+        { entryId: e.id, audience: [...aud] },
+        this.auth(),
+      )
+      this.cacheJwt(key, {
+        token: r.token,
+        issuedAt: r.issuedAt * 1000,
+        expiresAt: r.expiresAt * 1000,
+        hint: r.hint,
+        spiffeId: r.spiffeId,
+      })
+      return { spiffeId: r.spiffeId, token: r.token, hint: r.hint }
+    } catch (err) {
+      // The server is unreachable: an unexpired cached token is still valid (SPIRE does this too).
+      if (cached && now < cached.expiresAt) {
+        this.o.log('warn', 'serving a cached JWT-SVID: the server did not answer', {
+          spiffe_id: e.spiffeId,
+        })
+        return { spiffeId: cached.spiffeId, token: cached.token, hint: cached.hint }
+      }
+      throw err
+    }
+  }
+
+  /** Inserts as the newest slot, then drops the oldest until both the count and bytes caps hold. */
+  private cacheJwt(key: string, v: Omit<CachedJwt, 'bytes'>): void {
+    const max = this.o.jwtCacheMaxBytes ?? JWT_CACHE_DEFAULT_BYTES
+    const bytes =
+      JWT_CACHE_SLOT_OVERHEAD +
+      Buffer.byteLength(key) +
+      Buffer.byteLength(v.token) +
+      Buffer.byteLength(v.spiffeId) +
+      Buffer.byteLength(v.hint)
+    this.dropJwt(key)
+    if (bytes > max) return // larger than the whole cache: served, not kept
+    this.jwtCache.set(key, { ...v, bytes })
+    this.jwtCacheBytes += bytes
+    while (this.jwtCache.size > JWT_CACHE_MAX_ENTRIES || this.jwtCacheBytes > max) {
+      this.dropJwt(this.jwtCache.keys().next().value!)
+    }
+  }
+
+  private dropJwt(key: string): void {
+    const old = this.jwtCache.get(key)
+    if (!old) return
+    this.jwtCache.delete(key)
+    this.jwtCacheBytes -= old.bytes
+  }
+
+  /** For tests and diagnostics: cached JWT-SVIDs and what they cost. */
+  jwtCacheStats(): { entries: number; bytes: number; maxBytes: number } {
+    return {
+      entries: this.jwtCache.size,
+      bytes: this.jwtCacheBytes,
+      maxBytes: this.o.jwtCacheMaxBytes ?? JWT_CACHE_DEFAULT_BYTES,
+    }
   }
 
   jwtBundle(td: TrustDomain): JwtBundle | undefined {

@@ -3,8 +3,18 @@
  * `spire-agent api` output so scripts and habits carry over. Every command talks to the agent's
  * public socket (--socket-path, else $SPIFFE_ENDPOINT_SOCKET, else the default path).
  */
-import { X509Certificate } from 'node:crypto'
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs'
+import { randomBytes, X509Certificate } from 'node:crypto'
+import {
+  closeSync,
+  fchmodSync,
+  constants as fsc,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs'
 import { join } from 'node:path'
 import { SOCKET_ENV } from '../agent/workload-api/addr.js'
 import {
@@ -156,14 +166,36 @@ function pkcs8Pem(der: Uint8Array): string {
   return `-----BEGIN PRIVATE KEY-----\n${lines.join('\n')}\n-----END PRIVATE KEY-----\n`
 }
 
-function writeFile(path: string, text: string, mode: number): void {
-  writeFileSync(path, text, { mode })
-  chmodSync(path, mode) // an existing file keeps its old mode otherwise
+/**
+ * Writes through a fresh temporary name (O_CREAT|O_EXCL|O_NOFOLLOW, created 0600), then renames it
+ * over `path`. Whatever was planted at `path` (a symlink to someone else's file, a hard link) is
+ * replaced as a directory entry, never written through. Keys stay 0600; certificates are public.
+ */
+function writeFile(path: string, text: string, mode: 0o600 | 0o644): void {
+  const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`
+  const fd = openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600)
+  try {
+    try {
+      writeSync(fd, text)
+      fsyncSync(fd)
+      fchmodSync(fd, mode) // exact, whatever the umask
+    } finally {
+      closeSync(fd)
+    }
+    renameSync(tmp, path)
+  } catch (err) {
+    try {
+      unlinkSync(tmp)
+    } catch {
+      // already renamed or never created
+    }
+    throw err
+  }
 }
 
 function writeX509(r: ClientX509Response, dir: string, io: Io): void {
   try {
-    mkdirSync(dir, { recursive: true })
+    mkdirSync(dir, { recursive: true, mode: 0o700 })
     const fed = [...r.federatedBundles].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     r.svids.forEach((s, i) => {
       const svidPath = join(dir, `svid.${i}.pem`)
@@ -211,7 +243,8 @@ const fetchX509: Leaf = {
     ...COMMON,
     write: {
       type: 'string',
-      description: 'also write the SVIDs, keys and bundles to DIR',
+      description:
+        'also write the SVIDs, keys and bundles to DIR (keys 0600; files replaced, never written through)',
       valueName: 'DIR',
     },
     silent: { type: 'boolean', description: 'print nothing on success' },

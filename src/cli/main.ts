@@ -26,7 +26,23 @@ export const cliTree: Group = {
   ],
 }
 
+/**
+ * A reader that stops early (`| head`, `| grep -q`) closes the pipe: the next write fails with
+ * EPIPE, emitted on the stream. That is the reader being done, not a failure of ours: exit
+ * quietly with 0 instead of dying on an unhandled 'error' with a stack trace.
+ */
+function exitQuietlyOnEpipe(stream: NodeJS.WriteStream, code: number): void {
+  if (stream.listenerCount('error') > 0) return
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(code)
+    throw err
+  })
+}
+
 export async function main(argv: readonly string[], io?: Partial<Io>): Promise<number> {
+  if (!io?.out) exitQuietlyOnEpipe(process.stdout, 0)
+  // Nothing can be reported once stderr's reader is gone; keep the exit code we would have had.
+  if (!io?.err) exitQuietlyOnEpipe(process.stderr, 1)
   return runCli(cliTree, argv, {
     out: io?.out ?? ((t) => process.stdout.write(t)),
     err: io?.err ?? ((t) => process.stderr.write(t)),

@@ -21,7 +21,7 @@ export async function startTestAgent(
   address: string,
   dir: string,
   token: string,
-  opts: { syncIntervalMs?: number; cacheMaxSize?: number } = {},
+  opts: { syncIntervalMs?: number; cacheMaxSize?: number; jwtCacheMaxBytes?: number } = {},
 ): Promise<TestAgent> {
   const client = new NodeClient({ address, trustDomain: testTrustDomain, bundle: 'insecure' })
   const { storage } = AgentStorage.open(join(dir, 'agent.sqlite3'))
@@ -34,6 +34,7 @@ export async function startTestAgent(
     workloadKeyType: 'ec-p256',
     syncIntervalMs: opts.syncIntervalMs ?? 200,
     cacheMaxSize: opts.cacheMaxSize ?? 1000,
+    ...(opts.jwtCacheMaxBytes === undefined ? {} : { jwtCacheMaxBytes: opts.jwtCacheMaxBytes }),
     log: silentLog,
   })
   try {

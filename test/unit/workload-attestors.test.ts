@@ -77,8 +77,10 @@ describe('/proc parsing', () => {
     const stat = `77 (a (b) c) ${fields.join(' ')}\n`
     assert.equal(parseStatStartTime(stat), '22')
     assert.throws(() => parseStatStartTime('77 no-paren'), /comm/)
-    const a = { startTime: '1', uid: 1, gid: 1 }
+    const a = { startTime: '1', uid: 1, gid: 1, exe: '2049:77' }
     assert.equal(stampMismatch(a, { ...a }), undefined)
+    assert.match(stampMismatch(a, { ...a, exe: '2049:78' }) ?? '', /exec/)
+    assert.match(stampMismatch(a, { ...a, exe: undefined }) ?? '', /exec/)
     assert.match(stampMismatch(a, { ...a, startTime: '2' }) ?? '', /pid reused/)
     assert.match(stampMismatch(a, { ...a, uid: 0 }) ?? '', /owner/)
   })

@@ -16,6 +16,13 @@ export interface ProcStamp {
   /** Owner of /proc/<pid> (the process's effective ids). */
   readonly uid: number
   readonly gid: number
+  /**
+   * The binary the process runs, as device:inode of /proc/<pid>/exe; undefined when the agent may
+   * not look (another user's process, agent not root). exec() keeps the pid and the start time,
+   * so without this a caller could connect, fork, and exec a binary with more privilege in the
+   * parent while the child, holding the connection, is served the new binary's identity.
+   */
+  readonly exe: string | undefined
 }
 
 /** Start time from /proc/<pid>/stat text; the comm field may hold spaces and parentheses. */
@@ -32,25 +39,40 @@ export function parseStatStartTime(text: string): string {
   return start
 }
 
+const exeId = (st: { dev: number; ino: number }) => `${st.dev}:${st.ino}`
+
 export function procStampSync(pid: number, procRoot = DEFAULT_PROC_ROOT): ProcStamp {
   const dir = join(procRoot, String(pid))
   const st = statSync(dir)
+  let exe: string | undefined
+  try {
+    exe = exeId(statSync(join(dir, 'exe')))
+  } catch {
+    exe = undefined
+  }
   return {
     startTime: parseStatStartTime(readFileSync(join(dir, 'stat'), 'utf8')),
     uid: st.uid,
     gid: st.gid,
+    exe,
   }
 }
 
 export async function procStamp(pid: number, procRoot = DEFAULT_PROC_ROOT): Promise<ProcStamp> {
   const dir = join(procRoot, String(pid))
-  const [st, text] = await Promise.all([stat(dir), readFile(join(dir, 'stat'), 'utf8')])
-  return { startTime: parseStatStartTime(text), uid: st.uid, gid: st.gid }
+  const [st, text, exe] = await Promise.all([
+    stat(dir),
+    readFile(join(dir, 'stat'), 'utf8'),
+    stat(join(dir, 'exe')).then(exeId, () => undefined),
+  ])
+  return { startTime: parseStatStartTime(text), uid: st.uid, gid: st.gid, exe }
 }
 
 /** Why `now` is not the process `then` recorded, or undefined when it is the same one. */
 export function stampMismatch(then: ProcStamp, now: ProcStamp): string | undefined {
   if (now.startTime !== then.startTime) return 'process start time changed (pid reused)'
   if (now.uid !== then.uid || now.gid !== then.gid) return 'process owner changed'
+  // Also when it became unreadable or readable: either way it is not the binary seen at connect.
+  if (now.exe !== then.exe) return 'process executable changed since it connected (exec)'
   return undefined
 }

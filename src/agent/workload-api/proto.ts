@@ -1,6 +1,6 @@
 /**
  * The SPIFFE Workload API messages (proto/workload.proto), loaded once with protobufjs, plus the
- * two small protocols served beside it: grpc.health.v1 and grpc.reflection.v1alpha. Messages go
+ * health check the client makes (grpc.health.v1). Messages go
  * over the wire as raw bytes (see service.ts) and are (de)coded here, so a malformed request is a
  * coded error the handler maps to INVALID_ARGUMENT instead of a transport failure.
  */
@@ -60,7 +60,7 @@ export interface ValidateJwtSvidResponseMsg {
   claims: Record<string, unknown>
 }
 
-/** grpc.health.v1 and grpc.reflection.v1alpha, small enough to carry inline. */
+/** grpc.health.v1, for the client's health check (the server side is grpc-health-check). */
 export const HEALTH_PROTO_TEXT = `
 syntax = "proto3";
 package grpc.health.v1;
@@ -72,40 +72,6 @@ message HealthCheckResponse {
 service Health {
   rpc Check(HealthCheckRequest) returns (HealthCheckResponse);
   rpc Watch(HealthCheckRequest) returns (stream HealthCheckResponse);
-}
-`
-
-export const REFLECTION_PROTO_TEXT = `
-syntax = "proto3";
-package grpc.reflection.v1alpha;
-message ServerReflectionRequest {
-  string host = 1;
-  oneof message_request {
-    string file_by_filename = 3;
-    string file_containing_symbol = 4;
-    ExtensionRequest file_containing_extension = 5;
-    string all_extension_numbers_of_type = 6;
-    string list_services = 7;
-  }
-}
-message ExtensionRequest { string containing_type = 1; int32 extension_number = 2; }
-message ServerReflectionResponse {
-  string valid_host = 1;
-  ServerReflectionRequest original_request = 2;
-  oneof message_response {
-    FileDescriptorResponse file_descriptor_response = 4;
-    ExtensionNumberResponse all_extension_numbers_response = 5;
-    ListServiceResponse list_services_response = 6;
-    ErrorResponse error_response = 7;
-  }
-}
-message FileDescriptorResponse { repeated bytes file_descriptor_proto = 1; }
-message ExtensionNumberResponse { string base_type_name = 1; repeated int32 extension_number = 2; }
-message ListServiceResponse { repeated ServiceResponse service = 1; }
-message ServiceResponse { string name = 1; }
-message ErrorResponse { int32 error_code = 1; string error_message = 2; }
-service ServerReflection {
-  rpc ServerReflectionInfo(stream ServerReflectionRequest) returns (stream ServerReflectionResponse);
 }
 `
 
@@ -121,7 +87,6 @@ function sideType(name: string): protobuf.Type {
   if (!sideRoot) {
     sideRoot = new protobuf.Root()
     protobuf.parse(HEALTH_PROTO_TEXT, sideRoot, { keepCase: false })
-    protobuf.parse(REFLECTION_PROTO_TEXT, sideRoot, { keepCase: false })
   }
   return sideRoot.lookupType(name)
 }
@@ -141,12 +106,49 @@ function encodeWith(t: protobuf.Type, value: object): Uint8Array {
   return t.encode(t.fromObject(value)).finish()
 }
 
-function decodeWith<T>(t: protobuf.Type, bytes: Uint8Array, defaults = true): T {
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true })
+
+/**
+ * Proto3 strings must be UTF-8, but protobufjs decodes bad bytes into U+FFFD silently: two
+ * different byte strings would then name the same audience. So the raw wire is walked first and
+ * every string field (in nested messages too) must be valid UTF-8.
+ */
+function checkUtf8(t: protobuf.Type, bytes: Uint8Array, depth = 0): void {
+  if (depth > 8) throw new Error('messages nested too deeply')
+  const r = protobuf.Reader.create(bytes)
+  while (r.pos < r.len) {
+    const tag = r.uint32()
+    const wire = tag & 7
+    const field = t.fieldsById[tag >>> 3]
+    if (wire !== 2 || !field) {
+      r.skipType(wire)
+      continue
+    }
+    const value = r.bytes()
+    if (field.type === 'string') {
+      try {
+        STRICT_UTF8.decode(value)
+      } catch {
+        throw new Error(`field ${field.name} is not valid UTF-8`)
+      }
+    } else if (field.resolve().resolvedType instanceof protobuf.Type) {
+      checkUtf8(field.resolvedType as protobuf.Type, value, depth + 1)
+    }
+  }
+}
+
+function decodeWith<T>(t: protobuf.Type, bytes: Uint8Array, defaults = true, strict = false): T {
   try {
+    if (strict) checkUtf8(t, bytes)
     return t.toObject(t.decode(bytes), { ...TO_OBJECT, defaults }) as T
   } catch (err) {
     throw new WorkloadProtocolError(`${t.name} does not decode: ${(err as Error).message}`)
   }
+}
+
+/** Requests from callers: strict UTF-8 (responses we decode as a client stay lenient). */
+function decodeRequest<T>(t: protobuf.Type, bytes: Uint8Array, defaults = true): T {
+  return decodeWith<T>(t, bytes, defaults, true)
 }
 
 const wl = (name: string) => workloadProtoRoot().lookupType(name)
@@ -207,7 +209,7 @@ export const workloadCodec = {
   },
   jwtSvidRequest: {
     encode: (m: JwtSvidRequestMsg) => encodeWith(wl('JWTSVIDRequest'), m),
-    decode: (b: Uint8Array) => decodeWith<JwtSvidRequestMsg>(wl('JWTSVIDRequest'), b),
+    decode: (b: Uint8Array) => decodeRequest<JwtSvidRequestMsg>(wl('JWTSVIDRequest'), b),
   },
   jwtSvidResponse: {
     encode: (m: JwtSvidResponseMsg) => encodeWith(wl('JWTSVIDResponse'), m),
@@ -220,7 +222,7 @@ export const workloadCodec = {
   validateJwtSvidRequest: {
     encode: (m: ValidateJwtSvidRequestMsg) => encodeWith(wl('ValidateJWTSVIDRequest'), m),
     decode: (b: Uint8Array) =>
-      decodeWith<ValidateJwtSvidRequestMsg>(wl('ValidateJWTSVIDRequest'), b),
+      decodeRequest<ValidateJwtSvidRequestMsg>(wl('ValidateJWTSVIDRequest'), b),
   },
   validateJwtSvidResponse: {
     encode: (m: ValidateJwtSvidResponseMsg) =>
@@ -239,31 +241,19 @@ export const workloadCodec = {
   },
   /** The empty requests (X509SVIDRequest, bundles): any bytes that parse as the message. */
   empty: {
-    decode: (name: string, b: Uint8Array) => decodeWith<object>(wl(name), b),
+    decode: (name: string, b: Uint8Array) => decodeRequest<object>(wl(name), b),
   },
   healthRequest: {
     encode: (m: { service: string }) =>
       encodeWith(sideType('grpc.health.v1.HealthCheckRequest'), m),
     decode: (b: Uint8Array) =>
-      decodeWith<{ service: string }>(sideType('grpc.health.v1.HealthCheckRequest'), b),
+      decodeRequest<{ service: string }>(sideType('grpc.health.v1.HealthCheckRequest'), b),
   },
   healthResponse: {
     encode: (m: { status: number }) =>
       encodeWith(sideType('grpc.health.v1.HealthCheckResponse'), m),
     decode: (b: Uint8Array) =>
       decodeWith<{ status: number }>(sideType('grpc.health.v1.HealthCheckResponse'), b),
-  },
-  reflectionRequest: {
-    decode: (b: Uint8Array) =>
-      decodeWith<Record<string, unknown>>(
-        sideType('grpc.reflection.v1alpha.ServerReflectionRequest'),
-        b,
-        false,
-      ),
-  },
-  reflectionResponse: {
-    encode: (m: object) =>
-      encodeWith(sideType('grpc.reflection.v1alpha.ServerReflectionResponse'), m),
   },
 }
 

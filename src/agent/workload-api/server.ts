@@ -7,11 +7,10 @@
  * Everything served comes from the WorkloadSource (the agent's cache): no handler waits on the
  * SPIRE-like server, so a network outage never stalls a workload.
  */
-import { chmodSync, existsSync, lstatSync, mkdirSync, statSync, unlinkSync } from 'node:fs'
+import { chmodSync, lstatSync, statSync, unlinkSync } from 'node:fs'
 import type { Http2Server, Http2Session } from 'node:http2'
 import { constants as h2 } from 'node:http2'
 import { connect, createServer, type Socket } from 'node:net'
-import { dirname } from 'node:path'
 import * as grpc from '@grpc/grpc-js'
 import { type Log, silentLog } from '../../common/log.js'
 import { loadPeerCred } from '../../native/peercred.js'
@@ -31,30 +30,22 @@ import {
   stampMismatch,
 } from './proc.js'
 import {
-  HEALTH_NOT_SERVING,
-  HEALTH_SERVING,
   type JwtSvidMsg,
   workloadCodec,
   type X509SvidMsg,
   type X509SvidResponseMsg,
 } from './proto.js'
-import { reflectionHandler } from './reflection.js'
+import { SECURITY_HEADER, workloadServiceDefinition } from './service.js'
+import { addSideServices } from './side-services.js'
+import { secureSocketDir } from './socket-dir.js'
 import {
-  HEALTH_SERVICE,
-  healthServiceDefinition,
-  REFLECTION_SERVICE,
-  reflectionServiceDefinition,
-  SECURITY_HEADER,
-  WORKLOAD_SERVICE,
-  workloadServiceDefinition,
-} from './service.js'
-import type {
-  BundlesUpdate,
-  PeerInfo,
-  Selector,
-  WorkloadAttestor,
-  WorkloadSource,
-  X509Update,
+  audienceProblem,
+  type BundlesUpdate,
+  type PeerInfo,
+  type Selector,
+  type WorkloadAttestor,
+  type WorkloadSource,
+  type X509Update,
 } from './types.js'
 
 export { SECURITY_HEADER }
@@ -193,19 +184,7 @@ function socketIsLive(path: string): Promise<boolean> {
 }
 
 async function prepareSocketPath(path: string): Promise<void> {
-  const dir = dirname(path)
-  if (!existsSync(dir)) {
-    try {
-      mkdirSync(dir, { recursive: true, mode: 0o755 })
-      chmodSync(dir, 0o755) // mkdir's mode is masked by the umask
-    } catch (err) {
-      throw new WorkloadEndpointError(
-        `cannot create the socket directory ${dir}: ${(err as Error).message}`,
-        'create it (mode 0755) or choose another socket path',
-        err,
-      )
-    }
-  }
+  secureSocketDir(path)
   let st: ReturnType<typeof lstatSync>
   try {
     st = lstatSync(path)
@@ -553,9 +532,8 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
     ),
     FetchJWTSVID: unary(async (call, signal) => {
       const req = workloadCodec.jwtSvidRequest.decode(call.request)
-      if (req.audience.length === 0 || req.audience.some((a) => a === '')) {
-        throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, 'audience must be specified')
-      }
+      const bad = audienceProblem(req.audience)
+      if (bad !== undefined) throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, bad)
       let wanted: string | undefined
       if (req.spiffeId !== '') {
         try {
@@ -647,41 +625,14 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
     },
   }
 
-  function healthStatus(service: string): number {
-    if (service !== '' && service !== WORKLOAD_SERVICE) {
-      throw new WorkloadStatusError(GrpcStatus.NOT_FOUND, `unknown service ${service}`)
-    }
-    return serving && (opts.ready?.() ?? true) ? HEALTH_SERVING : HEALTH_NOT_SERVING
-  }
-
-  const healthHandlers: grpc.UntypedServiceImplementation = {
-    // The endpoint answers from the local cache only, so "up" is what SERVING can mean here.
-    Check: unary(async (call) => {
-      const req = workloadCodec.healthRequest.decode(call.request)
-      return workloadCodec.healthResponse.encode({ status: healthStatus(req.service) })
-    }, false),
-    Watch: (call: grpc.ServerWritableStream<Uint8Array, Uint8Array>) => {
-      const s = new StreamState(call)
-      try {
-        const req = workloadCodec.healthRequest.decode(call.request)
-        s.send(workloadCodec.healthResponse.encode({ status: healthStatus(req.service) }))
-        // Status only changes on shutdown, which ends the stream anyway.
-      } catch (err) {
-        s.fail(statusOf(err))
-      }
-    },
-  }
-
   const grpcServer = new grpc.Server({
     // Requests are tiny (the largest is a JWT to validate); bound what a caller can make us buffer.
     'grpc.max_receive_message_length': 1 << 20,
     'grpc.max_concurrent_streams': opts.maxConcurrentStreams ?? 1000,
   })
   grpcServer.addService(workloadServiceDefinition, workloadHandlers)
-  grpcServer.addService(healthServiceDefinition, healthHandlers)
-  grpcServer.addService(reflectionServiceDefinition, {
-    ServerReflectionInfo: reflectionHandler([WORKLOAD_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE]),
-  })
+  // The endpoint answers from the local cache only, so "up" is what SERVING can mean here.
+  const side = addSideServices(grpcServer, () => serving && (opts.ready?.() ?? true))
   const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure())
   // grpc-js keeps the HTTP/2 server it made for the injector in a private map; we only listen
   // to its sessions (to recycle them, see RESET_BUDGET). Without it, recycling is skipped.
@@ -758,6 +709,7 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
   const close = (): Promise<void> => {
     closing ??= (async () => {
       serving = false
+      side.stop()
       await new Promise<void>((resolve) => {
         net.close(() => resolve())
         for (const s of sockets) s.destroy()

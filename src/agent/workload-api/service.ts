@@ -1,5 +1,5 @@
 /**
- * The services on the Workload API socket as grpc-js definitions over raw bytes: messages are
+ * The Workload API as a grpc-js definition over raw bytes (health and reflection: side-services.ts): messages are
  * (de)coded by proto.ts in the handlers, so a malformed request becomes a coded INVALID_ARGUMENT.
  * Paths are package-less for the Workload API (/SpiffeWorkloadAPI/<Method>), as the spec fixes.
  */
@@ -31,7 +31,6 @@ export const SECURITY_HEADER = 'workload.spiffe.io'
 
 export const WORKLOAD_SERVICE = 'SpiffeWorkloadAPI'
 export const HEALTH_SERVICE = 'grpc.health.v1.Health'
-export const REFLECTION_SERVICE = 'grpc.reflection.v1alpha.ServerReflection'
 
 export const workloadServiceDefinition: ServiceDefinition = {
   FetchX509SVID: method(WORKLOAD_SERVICE, 'FetchX509SVID', false, true),
@@ -41,13 +40,4 @@ export const workloadServiceDefinition: ServiceDefinition = {
   ValidateJWTSVID: method(WORKLOAD_SERVICE, 'ValidateJWTSVID', false, false),
   FetchWITSVID: method(WORKLOAD_SERVICE, 'FetchWITSVID', false, true),
   FetchWITBundles: method(WORKLOAD_SERVICE, 'FetchWITBundles', false, true),
-}
-
-export const healthServiceDefinition: ServiceDefinition = {
-  Check: method(HEALTH_SERVICE, 'Check', false, false),
-  Watch: method(HEALTH_SERVICE, 'Watch', false, true),
-}
-
-export const reflectionServiceDefinition: ServiceDefinition = {
-  ServerReflectionInfo: method(REFLECTION_SERVICE, 'ServerReflectionInfo', true, true),
 }

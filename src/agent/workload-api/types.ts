@@ -33,6 +33,39 @@ export interface BundlesUpdate {
   readonly jwt: ReadonlyMap<string, string>
 }
 
+/**
+ * Bounds on a FetchJWTSVID request's audiences. Each distinct audience set is a cache key on the
+ * agent and a request to the server, so a caller must not be able to make them large.
+ */
+export const JWT_AUDIENCE_LIMITS = {
+  /** Most audiences in one request. */
+  maxCount: 32,
+  /** Longest audience, in UTF-8 bytes. */
+  maxBytes: 1024,
+  /** All audiences of one request together, in UTF-8 bytes. */
+  maxTotalBytes: 8192,
+} as const
+
+/** Why `audience` breaks JWT_AUDIENCE_LIMITS (or is empty), or undefined when it is acceptable. */
+export function audienceProblem(audience: readonly string[]): string | undefined {
+  if (audience.length === 0 || audience.some((a) => a === '')) return 'audience must be specified'
+  if (audience.length > JWT_AUDIENCE_LIMITS.maxCount) {
+    return `too many audiences: ${audience.length} > ${JWT_AUDIENCE_LIMITS.maxCount}`
+  }
+  let total = 0
+  for (const a of audience) {
+    const n = Buffer.byteLength(a, 'utf8')
+    if (n > JWT_AUDIENCE_LIMITS.maxBytes) {
+      return `an audience is ${n} bytes, more than ${JWT_AUDIENCE_LIMITS.maxBytes}`
+    }
+    total += n
+  }
+  if (total > JWT_AUDIENCE_LIMITS.maxTotalBytes) {
+    return `the audiences total ${total} bytes, more than ${JWT_AUDIENCE_LIMITS.maxTotalBytes}`
+  }
+  return undefined
+}
+
 export interface JwtSvidResult {
   readonly spiffeId: string
   readonly token: string

@@ -1,0 +1,86 @@
+/**
+ * The directory the Workload API socket lives in must be ours. If another local user could create
+ * it (say /tmp/spiffe-edge-agent/public before the agent first runs), or write to it, or to an
+ * ancestor without the sticky bit, they could later replace the socket with their own and serve
+ * forged identities to every workload. So every path component is lstat'ed: the ones we create are
+ * made one at a time and checked after mkdir; the ones we accept must be owned by root or by the
+ * agent's user and not writable by group/others (sticky directories such as /tmp excepted for
+ * ancestors, never for the socket directory itself). The socket directory may not be a symlink;
+ * an ancestor symlink (/var/run → /run) is accepted only when root or the agent's user owns it,
+ * and its target is then checked like any other component.
+ */
+import { chmodSync, lstatSync, mkdirSync, type Stats, statSync } from 'node:fs'
+import { dirname, isAbsolute, resolve, sep } from 'node:path'
+import { WorkloadEndpointError } from './errors.js'
+
+const S_ISVTX = 0o1000
+
+function trustedOwner(uid: number, euid: number): boolean {
+  return uid === 0 || uid === euid
+}
+
+function refuse(dir: string, why: string): never {
+  throw new WorkloadEndpointError(
+    `refusing the socket directory ${dir}: ${why}`,
+    'another local user could replace the Workload API socket there: remove the directory ' +
+      '(the agent creates it, mode 0755) or make it owned by root or the agent user and not ' +
+      'writable by group or others (chown, chmod 0755), or choose another socket path',
+  )
+}
+
+function lstatOrUndefined(p: string): Stats | undefined {
+  try {
+    return lstatSync(p)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+    throw new WorkloadEndpointError(
+      `cannot inspect ${p}: ${(err as Error).message}`,
+      'check the permissions of the socket path',
+      err,
+    )
+  }
+}
+
+function checkDir(p: string, st: Stats, euid: number, isSocketDir: boolean): void {
+  if (!st.isDirectory()) refuse(p, 'it is not a directory')
+  if (!trustedOwner(st.uid, euid)) {
+    refuse(p, `it is owned by uid ${st.uid}, not by root or the agent's uid ${euid}`)
+  }
+  const writableByOthers = (st.mode & 0o022) !== 0
+  if (writableByOthers && (isSocketDir || (st.mode & S_ISVTX) === 0)) {
+    refuse(p, `it is writable by group or others (mode ${(st.mode & 0o7777).toString(8)})`)
+  }
+}
+
+/** Creates the socket's directory (0755) or checks an existing one; throws ERR_WORKLOAD_ENDPOINT. */
+export function secureSocketDir(socketPath: string, euid = process.geteuid?.() ?? 0): void {
+  const dir = resolve(dirname(socketPath))
+  if (!isAbsolute(dir)) refuse(dir, 'the path is not absolute')
+  const parts = dir.split(sep).filter((p) => p !== '')
+  let cur: string = sep
+  checkDir(cur, statSync(cur), euid, parts.length === 0)
+  for (let i = 0; i < parts.length; i++) {
+    cur = cur === sep ? `${sep}${parts[i]}` : `${cur}${sep}${parts[i]}`
+    const isSocketDir = i === parts.length - 1
+    let st = lstatOrUndefined(cur)
+    if (st === undefined) {
+      try {
+        mkdirSync(cur, { mode: 0o755 }) // one level at a time: each new one is checked below
+        chmodSync(cur, 0o755) // mkdir's mode is masked by the umask
+      } catch (err) {
+        throw new WorkloadEndpointError(
+          `cannot create the socket directory ${cur}: ${(err as Error).message}`,
+          'create it (mode 0755, owned by the agent user) or choose another socket path',
+          err,
+        )
+      }
+      st = lstatSync(cur)
+    }
+    if (st.isSymbolicLink()) {
+      if (isSocketDir) refuse(cur, 'it is a symbolic link')
+      if (!trustedOwner(st.uid, euid)) refuse(cur, `it is a symbolic link owned by uid ${st.uid}`)
+      st = statSync(cur) // the target directory, checked like any other component
+    }
+    checkDir(cur, st, euid, isSocketDir)
+  }
+}
