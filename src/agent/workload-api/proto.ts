@@ -8,55 +8,22 @@ import { join } from 'node:path'
 import protobuf from 'protobufjs'
 import { packageRoot } from '../../common/package-root.js'
 import { WorkloadProtocolError } from './errors.js'
+import type * as gen from './gen/workload.js'
 
 export const WORKLOAD_PROTO = join(packageRoot(), 'proto', 'workload.proto')
 
-export interface X509SvidMsg {
-  spiffeId: string
-  x509Svid: Uint8Array
-  x509SvidKey: Uint8Array
-  bundle: Uint8Array
-  hint: string
-}
-
-export interface X509SvidResponseMsg {
-  svids: X509SvidMsg[]
-  crl: Uint8Array[]
-  federatedBundles: Record<string, Uint8Array>
-}
-
-export interface X509BundlesResponseMsg {
-  crl: Uint8Array[]
-  bundles: Record<string, Uint8Array>
-}
-
-export interface JwtSvidRequestMsg {
-  audience: string[]
-  spiffeId: string
-}
-
-export interface JwtSvidMsg {
-  spiffeId: string
-  svid: string
-  hint: string
-}
-
-export interface JwtSvidResponseMsg {
-  svids: JwtSvidMsg[]
-}
-
-export interface JwtBundlesResponseMsg {
-  bundles: Record<string, Uint8Array>
-}
-
-export interface ValidateJwtSvidRequestMsg {
-  audience: string
-  svid: string
-}
-
-export interface ValidateJwtSvidResponseMsg {
-  spiffeId: string
-  /** Plain JSON here; converted to and from google.protobuf.Struct at the codec. */
+// Message shapes generated from workload.proto (scripts/gen-proto-types.mjs), under the names
+// the Workload API code uses. Claims are plain JSON on our side; the codec converts them to and
+// from google.protobuf.Struct.
+export type X509SvidMsg = gen.X509SVID
+export type X509SvidResponseMsg = gen.X509SVIDResponse
+export type X509BundlesResponseMsg = gen.X509BundlesResponse
+export type JwtSvidRequestMsg = gen.JWTSVIDRequest
+export type JwtSvidMsg = gen.JWTSVID
+export type JwtSvidResponseMsg = gen.JWTSVIDResponse
+export type JwtBundlesResponseMsg = gen.JWTBundlesResponse
+export type ValidateJwtSvidRequestMsg = gen.ValidateJWTSVIDRequest
+export type ValidateJwtSvidResponseMsg = Omit<gen.ValidateJWTSVIDResponse, 'claims'> & {
   claims: Record<string, unknown>
 }
 
