@@ -55,6 +55,16 @@ function toServiceError(err: unknown): Partial<grpc.StatusObject> {
   return { code: Status.INTERNAL, details: 'internal error' }
 }
 
+/**
+ * Receive limits (the node API is reachable before any authentication). Calls: the largest
+ * legitimate request is a BatchNewX509SVID of 500 CSRs (~600 KiB with RSA-4096 keys).
+ * AttestAgent: a TPM payload or challenge response is at most 64 KiB, plus the CSR; an agent may
+ * not run ahead of the exchange by more than a few messages.
+ */
+export const MAX_RECEIVE_MESSAGE = 1 << 20
+export const MAX_ATTEST_MESSAGE = 128 << 10
+const MAX_ATTEST_QUEUED = 4
+
 export interface NodeGrpcServer extends AsyncDisposable {
   readonly port: number
   close(): Promise<void>
@@ -67,22 +77,33 @@ export async function startNodeGrpcServer(
   port: number,
   log?: (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void,
 ): Promise<NodeGrpcServer> {
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 << 20 })
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE })
   server.addService(nodeServiceDefinition, {
     attestAgent(call: grpc.ServerDuplexStream<Uint8Array, Uint8Array>) {
       const queue: Uint8Array[] = []
       const waiters: { resolve: (b: Uint8Array) => void; reject: (e: Error) => void }[] = []
       let ended = false
+      let overflow: string | undefined
+      const finish = () => {
+        ended = true
+        const why = overflow ?? 'the agent closed the attestation stream'
+        for (const w of waiters.splice(0)) w.reject(new ProtocolError(why))
+      }
       call.on('data', (b: Uint8Array) => {
+        if (ended) return
+        if (b.length > MAX_ATTEST_MESSAGE || queue.length >= MAX_ATTEST_QUEUED) {
+          overflow =
+            b.length > MAX_ATTEST_MESSAGE
+              ? `an AttestAgent message is over ${MAX_ATTEST_MESSAGE} bytes`
+              : 'the agent sent AttestAgent messages ahead of the exchange'
+          queue.length = 0
+          finish()
+          return
+        }
         const w = waiters.shift()
         if (w) w.resolve(b)
         else queue.push(b)
       })
-      const finish = () => {
-        ended = true
-        for (const w of waiters.splice(0))
-          w.reject(new ProtocolError('the agent closed the attestation stream'))
-      }
       call.on('end', finish)
       call.on('error', finish)
       call.on('cancelled', finish)
@@ -90,7 +111,8 @@ export async function startNodeGrpcServer(
         new Promise<Uint8Array>((resolve, reject) => {
           const b = queue.shift()
           if (b) return resolve(b)
-          if (ended) return reject(new ProtocolError('the agent closed the attestation stream'))
+          if (ended)
+            return reject(new ProtocolError(overflow ?? 'the agent closed the attestation stream'))
           waiters.push({ resolve, reject })
         }).then((b) => codec.attestRequest.decode(b))
       api
