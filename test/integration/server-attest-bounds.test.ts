@@ -125,9 +125,9 @@ test('hostile EK chains are refused fast while the node API keeps answering othe
     )
     // Round trips over TLS on a shared 2-core machine: generous bounds; the unbounded search
     // took over 10 s of synchronous CPU per attempt.
-    assert.ok(worst < 500, `a hostile attestation took ${worst.toFixed(0)} ms`)
+    assert.ok(worst < 2000, `a hostile attestation took ${worst.toFixed(0)} ms`)
     assert.ok(answered > 0, 'the other client got no answer while attestations ran')
-    assert.ok(longest < 500, `the other client waited ${longest.toFixed(0)} ms for GetBundle`)
+    assert.ok(longest < 2000, `the other client waited ${longest.toFixed(0)} ms for GetBundle`)
   } finally {
     other.close()
     bad.close()

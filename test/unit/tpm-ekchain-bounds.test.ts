@@ -52,13 +52,22 @@ async function loopChain(): Promise<{ leaf: Cert; mids: Cert[]; anchors: Cert[] 
   return { leaf, mids, anchors: [root] }
 }
 
+/**
+ * CPU time of this process, not wall time: the suite runs files in parallel on two cores, and what
+ * the bound protects is the server's CPU. The first chain parse also warms @peculiar/x509 up.
+ */
+function cpuMs(f: () => void): number {
+  const t0 = process.cpuUsage()
+  f()
+  const d = process.cpuUsage(t0)
+  return (d.user + d.system) / 1000
+}
+
 test('8 intermediates that issue each other are refused quickly (bounded chain search)', async (t) => {
   const { leaf, mids, anchors } = await loopChain()
-  const t0 = performance.now()
-  assert.throws(() => verifyEkChain(leaf, mids, anchors, now), isChain)
-  const ms = performance.now() - t0
-  t.diagnostic(`looping chain refused in ${ms.toFixed(1)} ms`)
-  assert.ok(ms < 100, `refusing the looping chain took ${ms.toFixed(1)} ms`)
+  const ms = cpuMs(() => assert.throws(() => verifyEkChain(leaf, mids, anchors, now), isChain))
+  t.diagnostic(`looping chain refused in ${ms.toFixed(1)} ms of CPU`)
+  assert.ok(ms < 100, `refusing the looping chain took ${ms.toFixed(1)} ms of CPU`)
 })
 
 test('many distinct CAs that cross-certify each other hit the signature budget, not the CPU', async (t) => {
@@ -79,11 +88,9 @@ test('many distinct CAs that cross-certify each other hit the signature budget, 
   const leaf = await cert('CN=EK', 'CN=Mesh', ek.publicKey, keys[0]!.privateKey, '02', false)
   const rootKey = await crypto.subtle.generateKey(ecAlg, true, ['sign', 'verify'])
   const root = await cert('CN=Root', 'CN=Root', rootKey.publicKey, rootKey.privateKey, '01', true)
-  const t0 = performance.now()
-  assert.throws(() => verifyEkChain(leaf, pool, [root], now), isChain)
-  const ms = performance.now() - t0
-  t.diagnostic(`mesh refused in ${ms.toFixed(1)} ms`)
-  assert.ok(ms < 100, `refusing the mesh took ${ms.toFixed(1)} ms`)
+  const ms = cpuMs(() => assert.throws(() => verifyEkChain(leaf, pool, [root], now), isChain))
+  t.diagnostic(`mesh refused in ${ms.toFixed(1)} ms of CPU`)
+  assert.ok(ms < 100, `refusing the mesh took ${ms.toFixed(1)} ms of CPU`)
 })
 
 test('a good chain still verifies, and a resent anchor or duplicate intermediate is harmless', async () => {

@@ -30,6 +30,7 @@ import type { AgentNodeAttestor } from '../types.js'
 import {
   encodePayload,
   encodeResponse,
+  MAX_CHAIN,
   parseChallenge,
   TPM,
   TpmAttestationError,
@@ -237,6 +238,13 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
         const ekChain: Uint8Array[] = []
         for (const idx of [...nv].filter((h) => h >= CHAIN_FIRST && h <= CHAIN_LAST).sort()) {
           ekChain.push(...splitDerCertificates(await tpm.nvReadAll(idx)))
+        }
+        if (ekChain.length > MAX_CHAIN) {
+          // The server refuses longer chains before parsing them; say so here, where it is fixable.
+          throw new TpmAttestationError(
+            'chain',
+            `this TPM's NV holds ${ekChain.length} EK intermediates; the protocol carries at most ${MAX_CHAIN}`,
+          )
         }
         await using ek = await openEk(tpm, s.algorithm)
         if (o.persistEk && !ek.persistent) await tpm.evictControl(ek, s.persistentHandle)
