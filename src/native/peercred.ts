@@ -44,6 +44,53 @@ export class PeerCredUnavailableError extends SpiffeEdgeError {
   }
 }
 
+/** getsockopt failed on a descriptor (not a socket, closed): the addon's ERR_PEERCRED. */
+export class PeerCredError extends SpiffeEdgeError {
+  /** The errno getsockopt set, when the addon reported one. */
+  readonly errno: number | undefined
+  constructor(message: string, errno: number | undefined, cause?: unknown) {
+    super('ERR_PEERCRED', message, {
+      cause,
+      remedy:
+        'kernel credentials are read from a connected Unix socket; check that the caller connected over the socket and is still connected',
+    })
+    this.errno = errno
+  }
+}
+
+/**
+ * Every `code` native/src/peercred.cc sets, and what it becomes (the addon's argument check is a
+ * TypeError, mapped below). test/unit/native-errors.test.ts checks this against the C++.
+ */
+export const PEERCRED_ERROR_CODES: readonly string[] = ['ERR_PEERCRED']
+
+/** The addon's errors in our hierarchy; anything else passes through. */
+export function fromPeerCredNative(err: unknown): Error {
+  if (err instanceof SpiffeEdgeError) return err
+  const e = err as { code?: unknown; errno?: unknown; message?: unknown }
+  if (e && typeof e === 'object' && e.code === 'ERR_PEERCRED') {
+    const errno = typeof e.errno === 'number' ? e.errno : undefined
+    return new PeerCredError(String(e.message), errno, err)
+  }
+  // Its argument check (`peerCred(fd) takes a file descriptor`): the same remedy applies.
+  if (err instanceof TypeError) return new PeerCredError(err.message, undefined, err)
+  return err instanceof Error ? err : new Error(String(err))
+}
+
+/** The raw binding, with its throws mapped (the addon's own errors carry no remedy). */
+function mapped(raw: PeerCredBinding): PeerCredBinding {
+  return {
+    abiVersion: raw.abiVersion,
+    peerCred(fd: number): PeerCredentials {
+      try {
+        return raw.peerCred(fd)
+      } catch (err) {
+        throw fromPeerCredNative(err)
+      }
+    },
+  }
+}
+
 let cached: PeerCredBinding | undefined
 
 export function peerCredCandidates(options: LoadPeerCredOptions = {}): string[] {
@@ -73,8 +120,9 @@ export function loadPeerCred(options: LoadPeerCredOptions = {}): PeerCredBinding
         )
         continue
       }
-      if (useCache) cached = binding
-      return binding
+      const wrapped = mapped(binding)
+      if (useCache) cached = wrapped
+      return wrapped
     } catch (err) {
       lastError = err
     }

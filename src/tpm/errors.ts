@@ -31,24 +31,85 @@ export class TpmError extends SpiffeEdgeError {
 
 /** A TPM structure that does not parse: truncated, oversized, wrong tag, unknown algorithm. */
 export class TpmStructureError extends SpiffeEdgeError {
-  constructor(message: string) {
+  constructor(message: string, cause?: unknown) {
     super('ERR_TPM_STRUCTURE', message, {
+      cause,
       remedy: 'the TPM structure is malformed or unsupported; check where it came from',
     })
   }
 }
 
+/** The context (or a handle in it) is closed, disposed, or from before a reconnect. */
+export class TpmClosedError extends SpiffeEdgeError {
+  constructor(message: string, remedy: string, cause?: unknown) {
+    super('ERR_TPM_CLOSED', message, { cause, remedy })
+  }
+}
+
+/**
+ * The addon refused a second command (or a close) while one was in flight on the context.
+ * TpmContext queues every call, so this means the raw native context was used around it.
+ */
+export class TpmBusyError extends SpiffeEdgeError {
+  constructor(message: string, cause?: unknown) {
+    super('ERR_TPM_BUSY', message, {
+      cause,
+      remedy:
+        'use one TpmContext per TPM and only its methods: it runs one command at a time and closes after the last',
+    })
+  }
+}
+
+/**
+ * The addon rejected an argument (a TypeError or RangeError from its checks). TypeScript checks
+ * arguments before they cross, so reaching this is a bug in the caller of the native surface.
+ */
+export class TpmArgumentError extends SpiffeEdgeError {
+  /** The JavaScript error class the addon threw: 'TypeError' or 'RangeError'. */
+  readonly kind: string
+  constructor(message: string, kind: string, cause?: unknown) {
+    super('ERR_TPM_ARGUMENT', message, {
+      cause,
+      remedy:
+        'a value passed to the TPM addon is out of range or of the wrong type; report it with the stack trace',
+    })
+    this.kind = kind
+  }
+}
+
+type Mapper = (e: NativeError) => SpiffeEdgeError | undefined
+
+/**
+ * Every `code` the TPM addon (native/src/addon.cc, commands.cc, esys_context.cc) sets on an error,
+ * and the class it becomes. test/unit/native-errors.test.ts reads the C++ and checks each is here.
+ */
+export const NATIVE_ERROR_CODES: Readonly<Record<string, Mapper>> = {
+  ERR_TPM: (e) =>
+    typeof e.rc === 'number' ? new TpmError(e.message, e.rc, e.decoded ?? '', e) : undefined,
+  ERR_TPM_CLOSED: (e) =>
+    new TpmClosedError(e.message, 'open a new TpmContext; this one was closed', e),
+  ERR_TPM_BUSY: (e) => new TpmBusyError(e.message, e),
+  ERR_TPM_STRUCTURE: (e) => new TpmStructureError(e.message, e),
+}
+
+/** The JavaScript error classes the addon throws without a code (its argument checks). */
+export const NATIVE_ERROR_KINDS: readonly string[] = ['TypeError', 'RangeError']
+
 /** Turns whatever the addon rejected with into our hierarchy. */
 export function fromNative(err: unknown): Error {
+  if (err instanceof SpiffeEdgeError) return err
   const e = err as NativeError
-  if (e && typeof e === 'object' && e.code === 'ERR_TPM' && typeof e.rc === 'number') {
-    return new TpmError(e.message, e.rc, e.decoded ?? '', err)
+  if (
+    e &&
+    typeof e === 'object' &&
+    typeof e.code === 'string' &&
+    Object.hasOwn(NATIVE_ERROR_CODES, e.code)
+  ) {
+    const mapped = NATIVE_ERROR_CODES[e.code]!(e)
+    if (mapped) return mapped
   }
-  if (e && typeof e === 'object' && e.code === 'ERR_TPM_CLOSED') {
-    return new SpiffeEdgeError('ERR_TPM_CLOSED', e.message, {
-      cause: err,
-      remedy: 'open a new TpmContext; this one was closed',
-    })
+  if (err instanceof TypeError || err instanceof RangeError) {
+    return new TpmArgumentError(err.message, err.name, err)
   }
   return err instanceof Error ? err : new Error(String(err))
 }

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto'
 import { test } from 'node:test'
 import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { TPM_ALG, TPM_RH } from '../../src/tpm/constants.js'
-import { type KeyBlob, TpmContext } from '../../src/tpm/context.js'
+import { type KeyBlob, KeyHandle, TpmContext } from '../../src/tpm/context.js'
 import { createAk, createSigningKey, openEk, openSrk } from '../../src/tpm/keys.js'
 import {
   objectName,
@@ -122,4 +122,18 @@ test('a disposed key handle refuses further use', async () => {
   const srk = await openSrk(tpm)
   await srk.dispose()
   await assert.rejects(tpm.createKey(srk, rsaEkTemplate()), { code: 'ERR_TPM_CLOSED' })
+})
+
+test('a key handle the context did not load itself is refused, and disposing it flushes nothing', async () => {
+  await using sim = await startSwtpm()
+  await using tpm = await TpmContext.open(sim.tcti)
+  await using srk = await openSrk(tpm)
+  await using key = await tpm.loadKey(srk, await createSigningKey(tpm, srk))
+  // Same handle number, but not made by this context: it has no owner here, so it is refused
+  // before anything reaches the TPM, and the real owner's key stays loaded and usable.
+  const forged = new KeyHandle(key.handle, key.public, key.name, false, async () => {})
+  await assert.rejects(tpm.sign(forged, new Uint8Array(32)), { code: 'ERR_TPM_CLOSED' })
+  await forged.dispose()
+  assert.equal(await tpm.loadedTransientCount(), 2)
+  assert.ok((await tpm.sign(key, new Uint8Array(32))).length > 0)
 })

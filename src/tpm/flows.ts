@@ -1,0 +1,120 @@
+/**
+ * The multi-step and attesting TPM commands over one connection: ActivateCredential (with the EK
+ * policy session it needs), Quote, Certify and Sign. TpmContext exposes them as methods.
+ */
+import { SpiffeEdgeError } from '../errors.js'
+import type { TpmConnection } from './connection.js'
+import { TPM_RH } from './constants.js'
+import type { KeyHandle } from './key-handle.js'
+import { marshalDigestList, policyOrDigest, policySecretDigest } from './policy.js'
+import { marshalPcrSelection, type PcrSelection } from './structures/pcr.js'
+import { EK_POLICY_C } from './templates.js'
+
+export interface Attestation {
+  /** TPMS_ATTEST, the bytes the signature covers. */
+  readonly message: Uint8Array
+  /** Marshaled TPMT_SIGNATURE. */
+  readonly signature: Uint8Array
+}
+
+/** The Name of TPM_RH_ENDORSEMENT: its handle, big-endian. */
+const ENDORSEMENT_NAME = Uint8Array.from([0x40, 0x00, 0x00, 0x0b])
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
+}
+
+/**
+ * Which policy branches satisfy the EK's authPolicy: plain PolicySecret(endorsement) (templates
+ * L-1, L-2; undefined here), or that inside a PolicyOR (high-range templates). Anything else is
+ * refused up front, before a session is spent on it.
+ */
+function ekPolicyBranches(ek: KeyHandle): Uint8Array[] | undefined {
+  const nameAlg = ek.public.nameAlg
+  const secretBranch = policySecretDigest(nameAlg, ENDORSEMENT_NAME)
+  if (sameBytes(ek.public.authPolicy, secretBranch)) return undefined
+  const otherBranch = EK_POLICY_C.get(nameAlg)
+  if (
+    otherBranch &&
+    sameBytes(ek.public.authPolicy, policyOrDigest(nameAlg, [secretBranch, otherBranch]))
+  ) {
+    return [secretBranch, otherBranch]
+  }
+  throw new SpiffeEdgeError('ERR_TPM_UNSUPPORTED', "the EK's authPolicy is not a TCG EK policy", {
+    remedy: 'use an EK created from a TCG EK template (L-1, L-2 or the high-range ones)',
+  })
+}
+
+/**
+ * TPM2_ActivateCredential: the EK (under a PolicySecret(endorsement) session, as the TCG EK
+ * policy demands) decrypts the credential only if it was made for this AK's Name.
+ */
+export async function activateCredential(
+  conn: TpmConnection,
+  ak: KeyHandle,
+  ek: KeyHandle,
+  credentialBlob: Uint8Array,
+  encryptedSecret: Uint8Array,
+): Promise<Uint8Array> {
+  const a = conn.handleFor(ak)
+  const e = conn.handleFor(ek)
+  const orBranches = ekPolicyBranches(ek)
+  const session = await conn.run((c) => c.startPolicySession(ek.public.nameAlg), [ak, ek])
+  // The session is owned here and flushed in `finally`; it must not outlive a reopen either.
+  const gen = conn.generation
+  try {
+    await conn.run(async (c) => {
+      conn.checkGeneration(gen)
+      return c.policySecret(session.handle, TPM_RH.ENDORSEMENT)
+    })
+    if (orBranches) {
+      const list = marshalDigestList(orBranches)
+      await conn.run(async (c) => {
+        conn.checkGeneration(gen)
+        return c.policyOr(session.handle, list)
+      })
+    }
+    return await conn.run(
+      (c) => c.activateCredential(a, e, session.handle, credentialBlob, encryptedSecret),
+      [ak, ek],
+    )
+  } finally {
+    await conn.flushSession(session.handle, gen)
+  }
+}
+
+/** TPM2_Quote over a PCR selection, with the AK's own scheme; nonce is the qualifying data. */
+export async function quote(
+  conn: TpmConnection,
+  ak: KeyHandle,
+  nonce: Uint8Array,
+  selection: PcrSelection,
+): Promise<Attestation> {
+  const a = conn.handleFor(ak)
+  const sel = marshalPcrSelection(selection)
+  const r = await conn.run((c) => c.quote(a, nonce, sel), [ak])
+  return { message: r.quoted, signature: r.signature }
+}
+
+/** TPM2_Certify: the AK attests that `key` lives in this TPM (its Name is in the message). */
+export async function certify(
+  conn: TpmConnection,
+  key: KeyHandle,
+  ak: KeyHandle,
+  nonce: Uint8Array,
+): Promise<Attestation> {
+  const k = conn.handleFor(key)
+  const a = conn.handleFor(ak)
+  const r = await conn.run((c) => c.certify(k, a, nonce), [key, ak])
+  return { message: r.certifyInfo, signature: r.signature }
+}
+
+/** Signs a digest with an unrestricted signing key; returns a marshaled TPMT_SIGNATURE. */
+export async function sign(
+  conn: TpmConnection,
+  key: KeyHandle,
+  digest: Uint8Array,
+): Promise<Uint8Array> {
+  const k = conn.handleFor(key)
+  return conn.run((c) => c.sign(k, digest), [key])
+}
