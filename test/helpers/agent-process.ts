@@ -30,14 +30,16 @@ export async function startServerProcess(
   dir: string,
   t: After,
   serverToml = '',
+  port = 0,
 ): Promise<ServerProcess> {
   const config = join(dir, 'server.conf')
+  // Written on every start; a restart over the same dir keeps the data.
   writeFileSync(
     config,
     `[server]\ntrust_domain = "example.org"\ndata_dir = "./server"\nlog_level = "info"\n${serverToml}\n` +
       '[plugins.KeyManager.disk]\n[plugins.NodeAttestor.join_token]\n',
   )
-  const p = await startCli(['server', 'run', '--config', config, '--port', '0'], t)
+  const p = await startCli(['server', 'run', '--config', config, '--port', String(port)], t)
   const adminSocket = String(p.first.admin_socket)
   return {
     ...p,

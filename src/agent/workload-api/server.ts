@@ -14,6 +14,7 @@ import { connect, createServer, type Socket } from 'node:net'
 import { dirname } from 'node:path'
 import * as grpc from '@grpc/grpc-js'
 import { type Log, silentLog } from '../../common/log.js'
+import { SpiffeEdgeError } from '../../errors.js'
 import { loadNative } from '../../native/load.js'
 import { SpiffeId, type TrustDomain } from '../../spiffe/id.js'
 import { validateJwtSvid } from '../../spiffe/jwt-svid.js'
@@ -573,9 +574,11 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
         results = await source.fetchJwtSvids(selectors, req.audience, wanted)
       } catch (err) {
         if (err instanceof WorkloadStatusError) throw err
+        // The code tells the workload whose fault it is (the agent's server, most often).
+        const code = err instanceof SpiffeEdgeError ? ` [${err.code}]` : ''
         throw new WorkloadStatusError(
           GrpcStatus.UNAVAILABLE,
-          `could not fetch JWT-SVID: ${(err as Error).message}`,
+          `could not fetch JWT-SVID${code}: ${(err as Error).message}`,
         )
       }
       if (wanted !== undefined) results = results.filter((r) => r.spiffeId === wanted)
