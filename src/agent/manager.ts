@@ -271,7 +271,7 @@ export class AgentManager implements WorkloadSource {
    * When to sync next: `base` (the interval, or the backoff), but no later than the next SVID
    * rotation, so a short-lived SVID (clamped to the end of its CA) is not left to expire between
    * syncs. Once the agent SVID is due and renewal keeps failing, retry at a quarter of its
-   * remaining life (at least every second): backoff must not outlast it.
+   * remaining life (at most twice a second): backoff must not outlast it.
    */
   private nextDelay(base: number): number {
     const now = this.now()
@@ -279,7 +279,7 @@ export class AgentManager implements WorkloadSource {
     const a = this.agent
     if (a) {
       if (a.rotateAt > now) d = Math.min(d, a.rotateAt - now)
-      else d = Math.min(d, Math.max(1000, (a.notAfter - now) / 4))
+      else d = Math.min(d, Math.max(500, (a.notAfter - now) / 4))
     }
     for (const s of this.svids.values()) if (s.rotateAt > now) d = Math.min(d, s.rotateAt - now)
     return Math.max(50, d)

@@ -166,8 +166,14 @@ export class NodeClient {
   }
 
   private channelOptions(): grpc.ChannelOptions {
-    // The server SVID names localhost in its DNS SAN; the real check is the URI SAN below.
-    return { 'grpc.ssl_target_name_override': 'localhost' }
+    return {
+      // The server SVID names localhost in its DNS SAN; the real check is the URI SAN below.
+      'grpc.ssl_target_name_override': 'localhost',
+      // grpc-js backs reconnects off to 2 minutes; our own sync loop decides how often to try, and
+      // a renewal that is due must not wait out a long reconnect backoff once the server is back.
+      'grpc.initial_reconnect_backoff_ms': 250,
+      'grpc.max_reconnect_backoff_ms': 1000,
+    }
   }
 
   /** Identity is the SPIFFE ID, not the host name. */
