@@ -3,7 +3,8 @@
  * (the cache), workload attestors and the Workload API endpoint. Nothing here decides policy.
  */
 
-import { readFileSync } from 'node:fs'
+import { lstatSync, readFileSync } from 'node:fs'
+import { connect } from 'node:net'
 import { join } from 'node:path'
 import { joinTokenAgentAttestor } from '../attestors/join-token/agent.js'
 import { parseTpmAgentConfig, tpmAgentAttestor } from '../attestors/tpm/agent.js'
@@ -11,6 +12,7 @@ import type { AgentNodeAttestor } from '../attestors/types.js'
 import { ConfigError, type Table } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { jsonLogger, type Log } from '../common/log.js'
+import { SpiffeEdgeError } from '../errors.js'
 import { DiskKeyManager } from '../keymanager/disk.js'
 import { MemoryKeyManager } from '../keymanager/memory.js'
 import { type TpmKey, TpmKeyManager } from '../keymanager/tpm.js'
@@ -31,7 +33,66 @@ import type { WorkloadAttestor } from './workload-api/types.js'
 export interface RunningAgent extends AsyncDisposable {
   readonly manager: AgentManager
   readonly socketPath: string
+  /**
+   * Settles when the agent stopped on its own because the server will never accept it again
+   * (banned, evicted): the Workload API is closed by then. The owner should exit non-zero.
+   */
+  readonly terminated: Promise<SpiffeEdgeError>
   close(): Promise<void>
+}
+
+/** A second agent on a live socket must fail before it spends its join token on attestation. */
+async function checkSocketFree(path: string): Promise<void> {
+  let isSocket: boolean
+  try {
+    isSocket = lstatSync(path).isSocket()
+  } catch {
+    return // nothing there
+  }
+  const live =
+    isSocket &&
+    (await new Promise<boolean>((resolve) => {
+      const s = connect(path)
+      const done = (v: boolean) => {
+        s.destroy()
+        resolve(v)
+      }
+      s.setTimeout(2000, () => done(false))
+      s.once('connect', () => done(true))
+      s.once('error', () => done(false))
+    }))
+  if (!isSocket || live) {
+    throw new SpiffeEdgeError(
+      'ERR_WORKLOAD_SOCKET_IN_USE',
+      isSocket
+        ? `another process is listening on the Workload API socket ${path}`
+        : `${path} exists and is not a socket`,
+      {
+        remedy: isSocket
+          ? 'stop the other agent, or give this one another socket_path / --socket-path (nothing was attested)'
+          : 'remove the file or choose another socket_path (nothing was attested)',
+      },
+    )
+  }
+}
+
+/** Without a token the server would only say "malformed": say what is missing, before connecting. */
+function missingJoinToken(): AgentNodeAttestor {
+  const err = () =>
+    new SpiffeEdgeError('ERR_JOIN_TOKEN_MISSING', 'no join token to attest with', {
+      remedy:
+        'generate one on the server (spiffe-edge server token generate) and pass it with --join-token or agent.join_token',
+    })
+  return {
+    kind: 'NodeAttestor',
+    name: 'join_token',
+    payload: async () => {
+      throw err()
+    },
+    respond: async () => {
+      throw err()
+    },
+  }
 }
 
 function bootstrapBundle(config: AgentConfig, td: TrustDomain): TrustBundle | 'insecure' {
@@ -73,7 +134,7 @@ async function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {
       throw new ConfigError('plugins.NodeAttestor.join_token', ['takes no settings'])
     // Without a token, attestation fails with a clear error; a restart with saved state needs none.
     return {
-      attestor: joinTokenAgentAttestor(config.joinToken ?? ''),
+      attestor: config.joinToken ? joinTokenAgentAttestor(config.joinToken) : missingJoinToken(),
       keyManager: softwareKeys(),
       close: async () => undefined,
     }
@@ -189,17 +250,43 @@ async function startAgentLocked(config: AgentConfig, opts: { log?: Log }): Promi
   const log = opts.log ?? jsonLogger(config.logLevel, 'agent')
   const td = TrustDomain.parse(config.trustDomain)
   const attestors = workloadAttestors(config)
-  const bundle = bootstrapBundle(config, td)
+  await checkSocketFree(config.socketPath)
   const identity = await nodeIdentity(config)
   const { attestor, keyManager } = identity
-  const { storage, recovered } = AgentStorage.open(join(config.dataDir, 'agent.sqlite3'))
-  if (recovered) {
-    log('warn', 'agent state was unreadable and was moved aside; attesting again', {
-      remedy: 'if attestation fails, give the agent a new join token',
-    })
+  let storage: AgentStorage
+  let bundle: TrustBundle | 'insecure'
+  try {
+    const opened = AgentStorage.open(join(config.dataDir, 'agent.sqlite3'))
+    storage = opened.storage
+    if (opened.recovered) {
+      log('warn', 'agent state was unreadable and was moved aside; attesting again', {
+        remedy: 'if attestation fails, give the agent a new join token',
+      })
+    }
+    // After the first attestation the bundle we keep in sync is the trust anchor, not the
+    // bootstrap file: that one names CAs that rotate away (and it may be gone).
+    const saved = storage.load().bundle
+    try {
+      bundle = saved ? TrustBundle.fromSpiffeJson(td, saved) : bootstrapBundle(config, td)
+    } catch (err) {
+      storage.close()
+      throw err
+    }
+  } catch (err) {
+    await identity.close()
+    throw err
   }
   const client = new NodeClient({ address: config.serverAddress, trustDomain: td, bundle })
+  let onFatal: (err: SpiffeEdgeError) => void = () => undefined
+  let fatalError: SpiffeEdgeError | undefined
+  const terminated = new Promise<SpiffeEdgeError>((resolve) => {
+    onFatal = (err) => {
+      fatalError = err
+      resolve(err)
+    }
+  })
   const manager = new AgentManager({
+    onFatal: (err) => onFatal(err),
     trustDomain: td,
     client,
     storage,
@@ -216,7 +303,7 @@ async function startAgentLocked(config: AgentConfig, opts: { log?: Log }): Promi
     client.close()
     storage.close()
     await identity.close()
-    throw err
+    throw fatalError ?? err
   }
   const api = await startWorkloadApi({
     socketPath: config.socketPath,
@@ -232,13 +319,25 @@ async function startAgentLocked(config: AgentConfig, opts: { log?: Log }): Promi
     socket: config.socketPath,
     server: config.serverAddress,
   })
-  const close = async () => {
-    await api.close()
-    await manager.stop()
-    client.close()
-    storage.close()
-    await identity.close()
-    log('info', 'agent stopped')
+  let closing: Promise<void> | undefined
+  const close = () => {
+    closing ??= (async () => {
+      await api.close()
+      await manager.stop()
+      client.close()
+      storage.close()
+      await identity.close()
+      log('info', 'agent stopped')
+    })()
+    return closing
   }
-  return { manager, socketPath: config.socketPath, close, [Symbol.asyncDispose]: close }
+  // Stop serving at once: nothing this agent holds will be renewed.
+  void terminated.then(() => close())
+  return {
+    manager,
+    socketPath: config.socketPath,
+    terminated,
+    close,
+    [Symbol.asyncDispose]: close,
+  }
 }

@@ -11,6 +11,7 @@ import type { AgentNodeAttestor } from '../attestors/types.js'
 import { createCsr } from '../common/csr.js'
 import type { Log } from '../common/log.js'
 import { x509 } from '../common/x509.js'
+import { SpiffeEdgeError } from '../errors.js'
 import { generateSoftwareKeyPair, softwareKey } from '../keymanager/memory.js'
 import type { Key, KeyManager, KeyType } from '../keymanager/types.js'
 import type { JwtBundle } from '../spiffe/bundle.js'
@@ -50,6 +51,11 @@ export interface ManagerOptions {
   readonly random?: () => number
   /** Cap on the JWT-SVID cache, in bytes (tokens, keys, IDs); default 8 MiB. */
   readonly jwtCacheMaxBytes?: number
+  /**
+   * Called once when the server will never accept this agent again (banned, or evicted without a
+   * way to re-attest): the manager has stopped and serves nothing; the agent should exit.
+   */
+  readonly onFatal?: (err: SpiffeEdgeError) => void
 }
 
 interface CachedJwt {
@@ -144,6 +150,16 @@ export class AgentManager implements WorkloadSource {
     return notAfter - jittered
   }
 
+  /**
+   * The agent SVID renews at its half-life, and in any case a skew margin before it expires (a
+   * quarter of its life, at most 30 s), so an agent clock running behind the server's still renews
+   * in time. The sync loop wakes for it (nextDelay), whatever the sync interval.
+   */
+  private agentRotateAt(notBefore: number, notAfter: number): number {
+    const life = notAfter - Math.max(notBefore, this.now())
+    return Math.min(this.rotateAt(notBefore, notAfter), notAfter - Math.min(30_000, life / 4))
+  }
+
   get agentId(): string | undefined {
     return this.agent?.spiffeId
   }
@@ -172,7 +188,7 @@ export class AgentManager implements WorkloadSource {
             chain: state.agentSvid,
             key,
             ...v,
-            rotateAt: this.rotateAt(v.notBefore, v.notAfter),
+            rotateAt: this.agentRotateAt(v.notBefore, v.notAfter),
             reattestable: state.reattestable ?? false,
           }
           this.o.log('info', 'restored agent identity', {
@@ -188,7 +204,7 @@ export class AgentManager implements WorkloadSource {
     }
     if (!this.agent) await this.attest()
     await this.syncNow()
-    this.schedule(this.o.syncIntervalMs)
+    this.schedule(this.nextDelay(this.o.syncIntervalMs))
   }
 
   private async newAgentKey(): Promise<Key> {
@@ -215,7 +231,7 @@ export class AgentManager implements WorkloadSource {
       chain: r.svid.certChain,
       key,
       ...v,
-      rotateAt: this.rotateAt(v.notBefore, v.notAfter),
+      rotateAt: this.agentRotateAt(v.notBefore, v.notAfter),
       reattestable: r.reattestable,
     }
     this.bundle = r.bundle
@@ -255,7 +271,7 @@ export class AgentManager implements WorkloadSource {
       chain: svid.certChain,
       key,
       ...v,
-      rotateAt: this.rotateAt(v.notBefore, v.notAfter),
+      rotateAt: this.agentRotateAt(v.notBefore, v.notAfter),
     }
     this.o.storage.save({ agentSvid: svid.certChain, agentKeyId: key.id })
     await this.o.keyManager.deleteKey(old.id)
@@ -269,16 +285,34 @@ export class AgentManager implements WorkloadSource {
     if (this.stopped) return
     this.timer = setTimeout(() => {
       void this.syncNow().then(
-        () => this.schedule(this.o.syncIntervalMs),
+        () => this.schedule(this.nextDelay(this.o.syncIntervalMs)),
         () => {
           // Capped exponential backoff with jitter: min(8 min, 48 × interval), as SPIRE caps it.
           const cap = Math.min(8 * 60_000, 48 * this.o.syncIntervalMs)
           const delay = Math.min(cap, this.o.syncIntervalMs * 2 ** Math.min(this.failures, 10))
-          this.schedule(delay / 2 + this.random() * (delay / 2))
+          this.schedule(this.nextDelay(delay / 2 + this.random() * (delay / 2)))
         },
       )
     }, ms)
     this.timer.unref?.()
+  }
+
+  /**
+   * When to sync next: `base` (the interval, or the backoff), but no later than the next SVID
+   * rotation, so a short-lived SVID (clamped to the end of its CA) is not left to expire between
+   * syncs. Once the agent SVID is due and renewal keeps failing, retry at a quarter of its
+   * remaining life (at most twice a second): backoff must not outlast it.
+   */
+  private nextDelay(base: number): number {
+    const now = this.now()
+    let d = base
+    const a = this.agent
+    if (a) {
+      if (a.rotateAt > now) d = Math.min(d, a.rotateAt - now)
+      else d = Math.min(d, Math.max(500, (a.notAfter - now) / 4))
+    }
+    for (const s of this.svids.values()) if (s.rotateAt > now) d = Math.min(d, s.rotateAt - now)
+    return Math.max(50, d)
   }
 
   /** One sync (coalesced with a running one). Rejects when it failed; the state is kept. */
@@ -312,21 +346,56 @@ export class AgentManager implements WorkloadSource {
       })
       if (
         err instanceof NodeCallError &&
+        err.code === 'ERR_SERVER_REFUSED' &&
         ['banned', 'not_attested', 'stale_svid', 'bad_svid'].includes(err.reason)
       ) {
-        // The server no longer accepts this identity: forget it so the next start (or an attestor
-        // that can) attests again, rather than retrying with a dead SVID forever.
-        this.o.log('error', 'the server refused the agent identity', {
-          reason: err.reason,
-          remedy: 'evict the agent on the server and give it a new join token, or re-attest',
-        })
+        // The server no longer accepts this identity: forget it. An attestor that can attests
+        // again; otherwise nothing will ever be renewed, so stop serving (SPIRE's agent exits).
         this.o.storage.clearIdentity()
-        if (this.agent?.reattestable) await this.attest().catch(() => undefined)
+        if (err.reason !== 'banned' && this.agent?.reattestable) {
+          this.o.log('warn', 'the server no longer accepts the agent identity; attesting again', {
+            reason: err.reason,
+          })
+          await this.attest().catch((e: unknown) => this.refused(e))
+        } else {
+          this.refused(err)
+        }
       }
       throw err
     } finally {
       this.flushWaiting()
     }
+  }
+
+  /** A refusal that ends this agent: stop, drop what we serve, log why, tell the owner. */
+  private refused(err: unknown): void {
+    if (!(err instanceof NodeCallError) || err.code !== 'ERR_SERVER_REFUSED') return
+    if (this.stopped) return
+    const banned = err.reason === 'banned'
+    const fatal = new SpiffeEdgeError(
+      banned ? 'ERR_AGENT_BANNED' : 'ERR_AGENT_EVICTED',
+      banned
+        ? `the server banned this agent (${this.agent?.spiffeId ?? 'unknown'}); stopping`
+        : `the server no longer accepts this agent (${this.agent?.spiffeId ?? 'unknown'}, ${err.reason}); stopping`,
+      {
+        cause: err,
+        remedy: banned
+          ? 'on the server, evict the agent (spiffe-edge server agent evict), then give it a new join token'
+          : 'give the agent a new join token (spiffe-edge server token generate) and start it again',
+      },
+    )
+    this.stopped = true
+    if (this.timer) clearTimeout(this.timer)
+    this.agent = undefined
+    this.svids.clear()
+    this.jwtCache.clear()
+    this.notifyX509()
+    this.o.log('error', fatal.message, {
+      code: fatal.code,
+      reason: err.reason,
+      remedy: fatal.remedy,
+    })
+    this.o.onFatal?.(fatal)
   }
 
   private async syncBundle(): Promise<void> {

@@ -7,6 +7,7 @@
  */
 import { closeSync, existsSync, mkdirSync, openSync, renameSync } from 'node:fs'
 import { dirname } from 'node:path'
+import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { loadBetterSqlite3 } from '../server/datastore/sqlite.js'
 
@@ -52,6 +53,9 @@ export class AgentStorage {
         const check = db.pragma('quick_check', { simple: true })
         if (check !== 'ok') throw new Error(`integrity check: ${String(check)}`)
         db.exec('CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value BLOB NOT NULL)')
+        // Rows that SQLite reads fine but we cannot (a bad write, a hand edit) count as corrupt
+        // too: better moved aside now than a TypeError at every start.
+        readState(db)
         return db
       } catch (err) {
         db.close()
@@ -89,32 +93,9 @@ export class AgentStorage {
     }
   }
 
+  /** The saved state; every field was checked when the database was opened. */
   load(): AgentState {
-    const rows = this.db.prepare('SELECT name, value FROM state').all() as {
-      name: string
-      value: Buffer
-    }[]
-    const m = new Map(rows.map((r) => [r.name, r.value]))
-    const text = (k: string) => m.get(k)?.toString('utf8')
-    const out: AgentState = {}
-    const chain = text('agent_svid')
-    if (chain)
-      out.agentSvid = (JSON.parse(chain) as string[]).map(
-        (b) => new Uint8Array(Buffer.from(b, 'base64')),
-      )
-    const id = text('agent_spiffe_id')
-    if (id) out.agentSpiffeId = id
-    const re = text('reattestable')
-    if (re) out.reattestable = re === 'true'
-    const bundle = text('bundle')
-    if (bundle) out.bundle = bundle
-    const rev = text('revision')
-    if (rev) out.revision = Number(rev)
-    const entries = text('entries')
-    if (entries) out.entries = entries
-    const keyId = text('agent_key_id')
-    if (keyId) out.agentKeyId = keyId
-    return out
+    return readState(this.db)
   }
 
   /** Writes the given fields in one transaction. */
@@ -151,4 +132,71 @@ export class AgentStorage {
   close(): void {
     this.db.close()
   }
+}
+
+/** Reads and checks every field; throws on anything that is not what save() writes. */
+function readState(db: Db): AgentState {
+  const rows = db.prepare('SELECT name, value FROM state').all() as {
+    name: string
+    value: Buffer
+  }[]
+  const m = new Map(rows.map((r) => [r.name, r.value]))
+  const text = (k: string) => m.get(k)?.toString('utf8')
+  const bad = (k: string, why: string) => new Error(`state field ${k}: ${why}`)
+  const json = (k: string, v: string): unknown => {
+    try {
+      return JSON.parse(v)
+    } catch {
+      throw bad(k, 'not JSON')
+    }
+  }
+  const out: AgentState = {}
+  const chain = text('agent_svid')
+  if (chain) {
+    const list = json('agent_svid', chain)
+    if (!Array.isArray(list) || list.length === 0 || !list.every((b) => typeof b === 'string'))
+      throw bad('agent_svid', 'not a list of base64 certificates')
+    out.agentSvid = list.map((b: string) => new Uint8Array(Buffer.from(b, 'base64')))
+    // A chain that does not parse would fail later, in the middle of start().
+    for (const c of out.agentSvid) new x509.X509Certificate(c)
+  }
+  const id = text('agent_spiffe_id')
+  if (id) out.agentSpiffeId = id
+  const re = text('reattestable')
+  if (re) {
+    if (re !== 'true' && re !== 'false') throw bad('reattestable', 'not true/false')
+    out.reattestable = re === 'true'
+  }
+  const bundle = text('bundle')
+  if (bundle) {
+    const b = json('bundle', bundle) as { keys?: unknown } | null
+    if (typeof b !== 'object' || b === null || !Array.isArray(b.keys))
+      throw bad('bundle', 'not a SPIFFE bundle')
+    out.bundle = bundle
+  }
+  const rev = text('revision')
+  if (rev) {
+    const n = Number(rev)
+    if (!Number.isSafeInteger(n) || n < 0) throw bad('revision', 'not a revision number')
+    out.revision = n
+  }
+  const entries = text('entries')
+  if (entries) {
+    const list = json('entries', entries)
+    const ok =
+      Array.isArray(list) &&
+      list.every(
+        (e: { id?: unknown; revisionNumber?: unknown; selectors?: unknown }) =>
+          typeof e === 'object' &&
+          e !== null &&
+          typeof e.id === 'string' &&
+          typeof e.revisionNumber === 'number' &&
+          Array.isArray(e.selectors),
+      )
+    if (!ok) throw bad('entries', 'not a list of entries')
+    out.entries = entries
+  }
+  const keyId = text('agent_key_id')
+  if (keyId) out.agentKeyId = keyId
+  return out
 }

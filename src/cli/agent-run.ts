@@ -54,15 +54,17 @@ export const agentRunCommand: Leaf = {
     })
     const agent = await startAgent(config)
     // Listen for the signals before saying we are up: a script may signal as soon as it reads the line.
-    const stopped = new Promise<void>((resolve) => {
-      process.once('SIGTERM', () => resolve())
-      process.once('SIGINT', () => resolve())
+    const stopped = new Promise<undefined>((resolve) => {
+      process.once('SIGTERM', () => resolve(undefined))
+      process.once('SIGINT', () => resolve(undefined))
     })
     io.out(
       `${JSON.stringify({ agent_id: agent.manager.agentId, socket_path: agent.socketPath })}\n`,
     )
-    await stopped
+    // A banned or evicted agent stops on its own; its error is printed like any other (exit 1).
+    const fatal = await Promise.race([stopped, agent.terminated])
     await agent.close()
+    if (fatal) throw fatal
     return 0
   },
 }

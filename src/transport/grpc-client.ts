@@ -60,22 +60,46 @@ export interface AttestResult {
   readonly selectors: Selector[]
 }
 
-/** A call the server refused; `status` is a gRPC code, `reason` a stable machine value. */
+/**
+ * A failed node API call. `status` is a gRPC code, `reason` a stable machine value. The code says
+ * whose fault it is: ERR_SERVER_REFUSED only when the server answered with a refusal;
+ * ERR_SERVER_UNREACHABLE when no connection could be made; ERR_SERVER_UNTRUSTED when the agent's
+ * bundle does not verify what the server presented (a stale bundle, or the wrong server).
+ */
 export class NodeCallError extends SpiffeEdgeError {
   readonly status: number
   readonly reason: string
 
-  constructor(status: number, reason: string, message: string) {
-    super('ERR_SERVER_REFUSED', message, {
+  constructor(
+    status: number,
+    reason: string,
+    message: string,
+    code:
+      | 'ERR_SERVER_REFUSED'
+      | 'ERR_SERVER_UNREACHABLE'
+      | 'ERR_SERVER_UNTRUSTED' = 'ERR_SERVER_REFUSED',
+    remedy?: string,
+  ) {
+    super(code, message, {
       remedy:
-        reason === 'banned' || reason === 'not_attested' || reason === 'stale_svid'
-          ? 'the agent must attest again (or be evicted first if banned)'
-          : 'see the message; the server log has details',
+        remedy ??
+        (reason === 'banned'
+          ? 'the agent is banned: the server operator must evict it before it may attest again'
+          : reason === 'not_attested' || reason === 'stale_svid' || reason === 'bad_svid'
+            ? 'the server no longer knows this agent identity: attest again (a new join token)'
+            : 'the server refused the call; the server log has details'),
     })
     this.status = status
     this.reason = reason
   }
 }
+
+const UNREACHABLE_REMEDY =
+  'start the server, or check server_address/--server-address and the network (the agent retries)'
+const UNTRUSTED_REMEDY =
+  "the agent's bundle does not trust the server's certificate: if this is the first start, " +
+  'set trust_bundle_path to the current bundle (spiffe-edge server bundle show); if the agent ' +
+  'was off longer than the CA lifetime, remove its data dir and attest again'
 
 function uriSans(cert: PeerCertificate): string[] {
   return (cert.subjectaltname ?? '')
@@ -85,35 +109,88 @@ function uriSans(cert: PeerCertificate): string[] {
 }
 
 const GrpcNodeClient = grpc.makeGenericClientConstructor(nodeServiceDefinition, 'Node')
+type RawClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>
+
+/**
+ * The TLS roots for new connections, updated whenever the bundle changes: grpc-js asks the
+ * provider for the latest roots on every connection, so a CA rotation never locks the agent out
+ * (pinning the bootstrap bundle did, as soon as the server SVID came from the next CA).
+ */
+class RootsProvider implements grpc.experimental.CertificateProvider {
+  private pem: Buffer
+  private readonly listeners = new Set<grpc.experimental.CaCertificateUpdateListener>()
+
+  constructor(pem: string) {
+    this.pem = Buffer.from(pem)
+  }
+
+  update(pem: string): void {
+    if (this.pem.equals(Buffer.from(pem))) return
+    this.pem = Buffer.from(pem)
+    for (const l of this.listeners) l({ caCertificate: this.pem })
+  }
+
+  addCaCertificateListener(l: grpc.experimental.CaCertificateUpdateListener): void {
+    this.listeners.add(l)
+    l({ caCertificate: this.pem })
+  }
+  removeCaCertificateListener(l: grpc.experimental.CaCertificateUpdateListener): void {
+    this.listeners.delete(l)
+  }
+  addIdentityCertificateListener(): void {}
+  removeIdentityCertificateListener(): void {}
+}
 
 export class NodeClient {
   private readonly o: NodeClientOptions
   private bundle: TrustBundle | undefined
-  private readonly client: grpc.Client & Record<string, (...args: unknown[]) => unknown>
+  /** Verifies the server against the current bundle; created once a bundle is known. */
+  private strict: { client: RawClient; roots: RootsProvider } | undefined
+  /** insecure_bootstrap only, and only until the first bundle arrives. */
+  private insecure: RawClient | undefined
   private readonly serverId: string
 
   constructor(o: NodeClientOptions) {
     this.o = o
-    this.bundle = o.bundle === 'insecure' ? undefined : o.bundle
     this.serverId = `spiffe://${o.trustDomain.name}/spire/server`
-    const roots = o.bundle === 'insecure' ? null : Buffer.from(o.bundle.toPem())
-    const creds = grpc.credentials.createSsl(roots, null, null, {
-      rejectUnauthorized: o.bundle !== 'insecure',
-      // Identity is the SPIFFE ID, not the host name.
-      checkServerIdentity: (_host: string, cert: PeerCertificate) => {
-        const uris = uriSans(cert)
-        if (uris.length !== 1 || uris[0] !== this.serverId) {
-          return new Error(
-            `server presented ${uris.join(',') || 'no URI SAN'}, expected ${this.serverId}`,
-          )
-        }
-        return undefined
-      },
-    })
-    this.client = new GrpcNodeClient(o.address, creds, {
-      // The server SVID names localhost in its DNS SAN; the real check is the URI SAN above.
+    if (o.bundle === 'insecure') {
+      this.insecure = new GrpcNodeClient(
+        o.address,
+        grpc.credentials.createSsl(null, null, null, {
+          rejectUnauthorized: false,
+          checkServerIdentity: (h, c) => this.checkServerId(h, c),
+        }),
+        this.channelOptions(),
+      ) as unknown as RawClient
+    } else {
+      this.setBundle(o.bundle)
+    }
+  }
+
+  private channelOptions(): grpc.ChannelOptions {
+    return {
+      // The server SVID names localhost in its DNS SAN; the real check is the URI SAN below.
       'grpc.ssl_target_name_override': 'localhost',
-    }) as unknown as grpc.Client & Record<string, (...args: unknown[]) => unknown>
+      // grpc-js backs reconnects off to 2 minutes; our own sync loop decides how often to try, and
+      // a renewal that is due must not wait out a long reconnect backoff once the server is back.
+      'grpc.initial_reconnect_backoff_ms': 250,
+      'grpc.max_reconnect_backoff_ms': 1000,
+    }
+  }
+
+  /** Identity is the SPIFFE ID, not the host name. */
+  private checkServerId(_host: string, cert: PeerCertificate): Error | undefined {
+    const uris = uriSans(cert)
+    if (uris.length !== 1 || uris[0] !== this.serverId) {
+      return new Error(
+        `server presented ${uris.join(',') || 'no URI SAN'}, expected ${this.serverId}`,
+      )
+    }
+    return undefined
+  }
+
+  private client(): RawClient {
+    return this.strict?.client ?? this.insecure!
   }
 
   /** The bundle the client now trusts (updated from attestation and GetBundle). */
@@ -121,8 +198,30 @@ export class NodeClient {
     return this.bundle
   }
 
+  /**
+   * Trusts `b` from now on, for both TLS and the response envelopes. The first bundle ends
+   * insecure bootstrap; later ones replace the TLS roots for every new connection.
+   */
   setBundle(b: TrustBundle): void {
     this.bundle = b
+    const pem = b.toPem()
+    if (this.strict) {
+      this.strict.roots.update(pem)
+      return
+    }
+    const roots = new RootsProvider(pem)
+    const creds = grpc.experimental.createCertificateProviderChannelCredentials(roots, null, {
+      rejectUnauthorized: true,
+      checkServerIdentity: (h, c) => this.checkServerId(h, c),
+    })
+    this.strict = {
+      roots,
+      client: new GrpcNodeClient(
+        this.o.address,
+        creds,
+        this.channelOptions(),
+      ) as unknown as RawClient,
+    }
   }
 
   private deadline(): Date {
@@ -133,7 +232,7 @@ export class NodeClient {
   attestAgent(attestor: AgentNodeAttestor, signer: Signer): Promise<AttestResult> {
     return new Promise<AttestResult>((resolve, reject) => {
       const call = (
-        this.client.attestAgent as (
+        this.client().attestAgent as (
           o: grpc.CallOptions,
         ) => grpc.ClientDuplexStream<Uint8Array, Uint8Array>
       )({
@@ -156,7 +255,7 @@ export class NodeClient {
           }
           if (m.result) {
             const bundle = TrustBundle.fromSpiffeJson(this.o.trustDomain, m.result.bundle)
-            this.bundle = bundle
+            this.setBundle(bundle)
             settled = true
             call.end()
             resolve({
@@ -168,7 +267,7 @@ export class NodeClient {
           }
         })().catch(fail)
       })
-      call.on('error', (err: grpc.ServiceError) => fail(fromGrpcError(err)))
+      call.on('error', (err: grpc.ServiceError) => fail(this.fromGrpcError(err)))
       call.on('end', () =>
         fail(new NodeCallError(14, 'closed', 'the server closed the attestation stream')),
       )
@@ -207,13 +306,13 @@ export class NodeClient {
     })
     const responseBytes = await new Promise<Uint8Array>((resolve, reject) => {
       ;(
-        this.client.call as (
+        this.client().call as (
           r: Uint8Array,
           o: grpc.CallOptions,
           cb: (e: grpc.ServiceError | null, v?: Uint8Array) => void,
         ) => void
       )(request, { deadline: this.deadline() }, (err, value) =>
-        err ? reject(fromGrpcError(err)) : resolve(value!),
+        err ? reject(this.fromGrpcError(err)) : resolve(value!),
       )
     })
     const res = codec.signedResponse.decode(responseBytes)
@@ -246,6 +345,8 @@ export class NodeClient {
         16,
         'bad_server_svid',
         `response not from our server: ${(err as Error).message}`,
+        'ERR_SERVER_UNTRUSTED',
+        UNTRUSTED_REMEDY,
       )
     }
     if (Buffer.compare(Buffer.from(res.requestNonce), Buffer.from(nonce)) !== 0) {
@@ -263,11 +364,40 @@ export class NodeClient {
   }
 
   close(): void {
-    this.client.close()
+    this.strict?.client.close()
+    this.insecure?.close()
+  }
+
+  /**
+   * A gRPC failure as the agent should report it: a status the server sent carries its reason
+   * ("… (reason)"); a connection that never came up is unreachable, or untrusted when TLS failed.
+   */
+  private fromGrpcError(err: grpc.ServiceError): NodeCallError {
+    const details = err.details || err.message
+    const m = /\(([a-z_]+)\)$/.exec(details)
+    if (m) return new NodeCallError(err.code, m[1]!, details)
+    if (err.code === grpc.status.UNAVAILABLE || err.code === grpc.status.DEADLINE_EXCEEDED) {
+      if (TLS_FAILURE.test(details)) {
+        return new NodeCallError(
+          err.code,
+          'untrusted_server',
+          `cannot verify the server at ${this.o.address}: ${details}`,
+          'ERR_SERVER_UNTRUSTED',
+          UNTRUSTED_REMEDY,
+        )
+      }
+      return new NodeCallError(
+        err.code,
+        'unreachable',
+        `cannot reach the server at ${this.o.address}: ${details}`,
+        'ERR_SERVER_UNREACHABLE',
+        UNREACHABLE_REMEDY,
+      )
+    }
+    return new NodeCallError(err.code, 'transport', details)
   }
 }
 
-function fromGrpcError(err: grpc.ServiceError): NodeCallError {
-  const m = /\(([a-z_]+)\)$/.exec(err.details ?? '')
-  return new NodeCallError(err.code, m?.[1] ?? 'transport', err.details || err.message)
-}
+/** What OpenSSL and our identity check say when the presented certificate is not trusted. */
+const TLS_FAILURE =
+  /certificate|self[- ]signed|issuer|verify|server presented|CERT_|DEPTH_ZERO|SELF_SIGNED/i

@@ -55,10 +55,18 @@ export class WorkloadApiError extends SpiffeEdgeError {
   readonly status: number
 
   constructor(status: number, details: string, cause?: unknown) {
-    super('ERR_WORKLOAD_API', `${statusName(status)}: ${details}`, {
-      remedy: CLIENT_REMEDY[status] ?? 'check the agent logs',
-      cause,
-    })
+    // The agent answered, but could not reach (or trust) its server: not "is the agent running?".
+    const serverSide = status === GrpcStatus.UNAVAILABLE && /\[ERR_SERVER_[A-Z_]+\]/.test(details)
+    super(
+      serverSide ? 'ERR_AGENT_SERVER_UNREACHABLE' : 'ERR_WORKLOAD_API',
+      `${statusName(status)}: ${details}`,
+      {
+        remedy: serverSide
+          ? 'the agent is running but cannot get this from its server: check that the server is up and reachable from the agent (see the agent log)'
+          : (CLIENT_REMEDY[status] ?? 'check the agent logs'),
+        cause,
+      },
+    )
     this.status = status
   }
 }

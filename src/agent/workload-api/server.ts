@@ -13,6 +13,7 @@ import { constants as h2 } from 'node:http2'
 import { connect, createServer, type Socket } from 'node:net'
 import * as grpc from '@grpc/grpc-js'
 import { type Log, silentLog } from '../../common/log.js'
+import { SpiffeEdgeError } from '../../errors.js'
 import { loadPeerCred } from '../../native/peercred.js'
 import { SpiffeId, type TrustDomain } from '../../spiffe/id.js'
 import { validateJwtSvid } from '../../spiffe/jwt-svid.js'
@@ -551,9 +552,11 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
         results = await source.fetchJwtSvids(selectors, req.audience, wanted)
       } catch (err) {
         if (err instanceof WorkloadStatusError) throw err
+        // The code tells the workload whose fault it is (the agent's server, most often).
+        const code = err instanceof SpiffeEdgeError ? ` [${err.code}]` : ''
         throw new WorkloadStatusError(
           GrpcStatus.UNAVAILABLE,
-          `could not fetch JWT-SVID: ${(err as Error).message}`,
+          `could not fetch JWT-SVID${code}: ${(err as Error).message}`,
         )
       }
       if (wanted !== undefined) results = results.filter((r) => r.spiffeId === wanted)
