@@ -49,6 +49,13 @@ interface X509Slot {
   certificate: string
   notBefore: number
   notAfter: number
+  /**
+   * When the CA was made (notBefore is backdated for relying parties' clock skew). Rotation
+   * fractions count from here: with a short ca_ttl the backdating would otherwise let the next CA
+   * be prepared and activated in one tick, before any agent could fetch it. Absent in journals
+   * written before it existed (notBefore is used then).
+   */
+  issuedAt?: number
 }
 
 interface JwtSlot {
@@ -70,8 +77,12 @@ const ACTIVATE_AT = 5 / 6
 
 const der = (b64: string) => new Uint8Array(Buffer.from(b64, 'base64'))
 
-function fraction(slot: { notBefore: number; notAfter: number }, now: number): number {
-  return (now - slot.notBefore) / (slot.notAfter - slot.notBefore)
+function fraction(
+  slot: { notBefore: number; notAfter: number; issuedAt?: number },
+  now: number,
+): number {
+  const from = slot.issuedAt ?? slot.notBefore
+  return (now - from) / (slot.notAfter - from)
 }
 
 export interface IssuedX509 {
@@ -150,7 +161,13 @@ export class CaManager {
       subject: `CN=${this.o.trustDomain.name} CA ${this.journal.counter},O=spiffe-edge`,
     })
     this.o.log?.('info', 'prepared X.509 CA', { keyId, notAfter: new Date(notAfter).toISOString() })
-    return { keyId, certificate: Buffer.from(certificate).toString('base64'), notBefore, notAfter }
+    return {
+      keyId,
+      certificate: Buffer.from(certificate).toString('base64'),
+      notBefore,
+      notAfter,
+      issuedAt: this.nowMs(),
+    }
   }
 
   private async newJwtSlot(): Promise<JwtSlot> {

@@ -10,7 +10,7 @@ import { SpiffeId, TrustDomain } from '../../src/spiffe/id.js'
 const td = TrustDomain.parse('example.org')
 const HOUR = 3600_000
 
-async function fixture() {
+async function fixture(caTtlSeconds = 24 * 3600) {
   let now = Date.parse('2026-11-23T00:00:00Z')
   const clock = { now: () => new Date(now) }
   const datastore = await openMemoryDatastore()
@@ -20,7 +20,7 @@ async function fixture() {
     keyManager,
     datastore,
     keyType: 'ec-p256',
-    caTtlSeconds: 24 * 3600,
+    caTtlSeconds,
     clock,
   })
   const advance = async (ms: number) => {
@@ -58,6 +58,21 @@ test('a next CA is published in the bundle before it signs, and the old one stay
   assert.ok(
     !ca.bundle().x509Authorities.some((c) => new x509.X509Certificate(c).subject === caName1),
   )
+})
+
+test('a short-lived CA: the next CA is published for a third of its life before it signs', async () => {
+  // 60 s CA: the notBefore backdating (60 s) must not count toward rotation, or the next CA would
+  // be prepared and activated in the same tick, before agents could fetch it.
+  const { ca, advance } = await fixture(60)
+  await advance(29_000)
+  assert.equal(ca.slots().x509.next, undefined, 'not prepared before half life')
+  await advance(2_000)
+  assert.ok(ca.slots().x509.next, 'prepared past half life')
+  const first = ca.slots().x509.current
+  await advance(10_000) // 41 s: published, not yet signing
+  assert.equal(ca.slots().x509.current, first)
+  await advance(10_000) // 51 s: past 5/6
+  assert.notEqual(ca.slots().x509.current, first)
 })
 
 test('an SVID never outlives the CA that signed it', async () => {

@@ -20,6 +20,7 @@ import { type WorkloadClient, workloadClient } from '../../src/agent/workload-ap
 import { GrpcStatus, WorkloadApiError } from '../../src/agent/workload-api/errors.js'
 import { workloadCodec } from '../../src/agent/workload-api/proto.js'
 import {
+  RESET_BUDGET,
   startWorkloadApi,
   type WorkloadApiServer,
   type WorkloadApiServerOptions,
@@ -538,8 +539,12 @@ describe('Workload API server', () => {
     const ms = performance.now() - t0
     assert.ok(ms < 60_000, `took ${ms} ms`)
     // Past ~800 resets the server moves the client to a fresh connection, gracefully: without
-    // that, nghttp2's rapid-reset guard kills the connection at ~1000-1200 cycles.
-    assert.ok(logs.filter((m) => m.startsWith('recycling')).length >= 2, logs.join('\n'))
+    // that, nghttp2's rapid-reset guard kills the connection at ~1000-1200 cycles. The budget
+    // refills over time, so on a loaded machine (slow cycles) fewer recycles are needed.
+    const drained = 3000 - RESET_BUDGET.perSecond * (ms / 1000)
+    const expected = Math.floor(drained / (RESET_BUDGET.burst - RESET_BUDGET.recycleBelow))
+    const recycled = logs.filter((m) => m.startsWith('recycling')).length
+    assert.ok(recycled >= Math.min(2, expected), `${recycled} recycles in ${ms} ms`)
   })
 
   test('close ends open streams and drops their subscriptions', async () => {
