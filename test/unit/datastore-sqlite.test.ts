@@ -365,6 +365,52 @@ test('join tokens are single use; expired ones are refused and deleted', () =>
     assert.deepEqual(await ds.consumeJoinToken('new', 25), {})
   }))
 
+test('consumeJoinTokenForAgent spends the token and writes its alias entry together', () =>
+  withStore(async (ds) => {
+    const alias = 'spiffe://example.org/node/a'
+    await ds.createJoinToken({ tokenHash: 'a1', spiffeId: alias, expiresAt: 100 })
+    await ds.createJoinToken({ tokenHash: 'a2', expiresAt: 100 })
+    await ds.createJoinToken({ tokenHash: 'a3', spiffeId: alias, expiresAt: 100 })
+    const before = await ds.currentRevision()
+
+    const got = await ds.consumeJoinTokenForAgent('a1', 1, AGENT)
+    assert.equal(got?.spiffeId, alias)
+    const e = got?.aliasEntryId ? await ds.getEntry(got.aliasEntryId) : undefined
+    assert.ok(e, 'the alias entry exists')
+    assert.equal(e.spiffeId, alias)
+    assert.equal(e.parentId, AGENT)
+    assert.deepEqual(e.selectors, [{ type: 'spiffe_id', value: AGENT }])
+    assert.equal(e.revision, before + 1)
+    assert.equal(await ds.consumeJoinTokenForAgent('a1', 1, AGENT), undefined)
+    assert.equal(await ds.consumeJoinToken('a1', 1), undefined)
+
+    // No spiffeId: spent, no entry. Expired: refused and deleted, no entry.
+    assert.deepEqual(await ds.consumeJoinTokenForAgent('a2', 1, AGENT), {})
+    await ds.createJoinToken({ tokenHash: 'a4', spiffeId: alias, expiresAt: 10 })
+    assert.equal(await ds.consumeJoinTokenForAgent('a4', 10, AGENT), undefined)
+    assert.equal(await ds.consumeJoinToken('a4', 1), undefined)
+    assert.equal((await ds.listEntries()).length, 1)
+
+    // An identical alias already there is reused, not a conflict.
+    const again = await ds.consumeJoinTokenForAgent('a3', 1, AGENT)
+    assert.deepEqual(again, { spiffeId: alias, aliasEntryId: got?.aliasEntryId })
+    assert.equal((await ds.listEntries()).length, 1)
+
+    // Racing consumers: exactly one wins, one alias.
+    await ds.createJoinToken({
+      tokenHash: 'ar',
+      spiffeId: 'spiffe://example.org/node/r',
+      expiresAt: 100,
+    })
+    const results = await Promise.all(
+      Array.from({ length: 8 }, () => ds.consumeJoinTokenForAgent('ar', 1, `${AGENT}r`)),
+    )
+    assert.equal(results.filter((r) => r !== undefined).length, 1)
+    assert.equal((await ds.listEntries({ parentId: `${AGENT}r` })).length, 1)
+
+    await rejectsWith(ds.consumeJoinTokenForAgent('x', 1, ''), 'ERR_DATASTORE_INVALID')
+  }))
+
 test('bundles and CA journal round-trip and overwrite', () =>
   withStore(async (ds) => {
     assert.equal(await ds.getBundle('example.org'), undefined)

@@ -631,6 +631,37 @@ class SqliteDatastore implements Datastore {
     })
   }
 
+  async consumeJoinTokenForAgent(
+    tokenHash: string,
+    now: number,
+    agentId: string,
+  ): Promise<{ spiffeId?: string; aliasEntryId?: string } | undefined> {
+    return this.#op('consume join token', () => {
+      checkNonEmpty('tokenHash', tokenHash)
+      checkInt('now', now)
+      checkNonEmpty('agentId', agentId)
+      // One IMMEDIATE transaction: a crash or a failed alias insert rolls the token delete back.
+      return this.#write(() => {
+        const row = this.#st.consumeJoinToken.get(tokenHash)
+        if (!row || now >= row.expires_at) return undefined
+        if (row.spiffe_id === null) return {}
+        const alias = aliasEntry(row.spiffe_id, agentId)
+        validateEntryInput(alias)
+        const existing = this.#st.findDuplicate.get(
+          alias.spiffeId,
+          alias.parentId,
+          selectorKey(alias.selectors),
+          '',
+        )
+        if (existing) return { spiffeId: row.spiffe_id, aliasEntryId: existing.id }
+        const id = randomUUID()
+        this.#st.insertEntry.run(entryParams(id, alias, this.#nextRevision(), nowSeconds()))
+        this.#insertEntryChildren(id, alias)
+        return { spiffeId: row.spiffe_id, aliasEntryId: id }
+      })
+    })
+  }
+
   async pruneJoinTokens(now: number): Promise<number> {
     return this.#op('prune join tokens', () => {
       checkInt('now', now)
@@ -785,6 +816,23 @@ function entryParams(id: string, e: EntryInput, revision: number, createdAt: num
     expiresAt: e.expiresAt,
     revision,
     createdAt,
+  }
+}
+
+/** SPIRE's node alias: the agent holding `agentId` (and only it) is given `spiffeId`. */
+function aliasEntry(spiffeId: string, agentId: string): EntryInput {
+  return {
+    spiffeId,
+    parentId: agentId,
+    selectors: [{ type: 'spiffe_id', value: agentId }],
+    x509SvidTtl: 0,
+    jwtSvidTtl: 0,
+    dnsNames: [],
+    hint: '',
+    federatesWith: [],
+    admin: false,
+    downstream: false,
+    expiresAt: null,
   }
 }
 
