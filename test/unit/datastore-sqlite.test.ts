@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
@@ -567,4 +567,28 @@ test('paths that are not plain file paths are refused', async () => {
   await rejectsWith(openSqliteDatastore(''), 'ERR_DATASTORE_INVALID')
   await rejectsWith(openSqliteDatastore('file:x.db?mode=memory'), 'ERR_DATASTORE_INVALID')
   await rejectsWith(openSqliteDatastore(':memory:', { busyTimeoutMs: -1 }), 'ERR_DATASTORE_INVALID')
+})
+
+test('deleted rows leave no bytes in the file (secure_delete)', async (t) => {
+  const path = join(tempDir(t), 'ds.sqlite')
+  const hash = `${'5ec7e7'.repeat(10)}cafe`
+  const gone = 'spiffe://example.org/deleted-workload-marker'
+  const kept = 'spiffe://example.org/kept-workload-marker'
+  let ds = await openSqliteDatastore(path)
+  await ds.createJoinToken({ tokenHash: hash, expiresAt: 100 })
+  const e = await ds.createEntry(entry({ spiffeId: gone }))
+  await ds.createEntry(entry({ spiffeId: kept }))
+  await ds.close() // the last close checkpoints the WAL into the file
+  const file = () => readFileSync(path)
+  assert.ok(file().includes(hash), 'the token hash is written to the file')
+  assert.ok(file().includes(gone))
+
+  ds = await openSqliteDatastore(path)
+  assert.deepEqual(await ds.consumeJoinToken(hash, 1), {})
+  await ds.deleteEntry(e.id)
+  await ds.close()
+  assert.equal(existsSync(`${path}-wal`), false, 'the WAL was checkpointed and removed')
+  assert.equal(file().includes(hash), false, 'the spent token hash is gone from the file')
+  assert.equal(file().includes(gone), false, 'the deleted entry is gone from the file')
+  assert.ok(file().includes(kept), 'live rows are still there')
 })

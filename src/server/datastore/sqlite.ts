@@ -154,6 +154,13 @@ function configure(db: Db, memory: boolean, busyTimeoutMs: number): void {
   // (the WAL is not fsynced per commit). FULL fsyncs the WAL at every commit, so a write we have
   // acknowledged (a join token consumed, an entry created) is still there after power loss.
   db.pragma('synchronous = FULL')
+  // Zero deleted content instead of leaving it in free space: spent join token hashes, deleted
+  // entries and nodes must not be recoverable from the file (or a copy of it) after deletion.
+  if (db.pragma('secure_delete = ON', { simple: true }) !== 1) {
+    throw new SpiffeEdgeError('ERR_DATASTORE_IO', 'could not enable secure_delete', {
+      remedy: 'use the SQLite bundled with better-sqlite3 (not one built without secure_delete)',
+    })
+  }
   // Off by default in SQLite; the ON DELETE CASCADE child tables rely on it.
   db.pragma('foreign_keys = ON')
 }
