@@ -103,7 +103,7 @@ test('consumeJoinTokenForAgent rolls back on a failed alias insert (datastore le
   })
 })
 
-test('a token without a spiffeId writes no alias; an unknown token changes nothing', async (t) => {
+test('a token without a spiffeId writes no alias; using it again changes nothing', async (t) => {
   const [ds] = await fileStore(t)
   await ds.createJoinToken({ tokenHash: hashJoinToken(TOKEN), expiresAt: 2_000_000 })
   const attestor = aliasingJoinTokenAttestor(ds)
