@@ -5,6 +5,7 @@
 import { JOIN_TOKEN, joinTokenServerAttestor } from '../attestors/join-token/server.js'
 import type { ServerNodeAttestor } from '../attestors/types.js'
 import type { Log } from '../common/log.js'
+import { SpiffeEdgeError } from '../errors.js'
 import type { TrustDomain } from '../spiffe/id.js'
 import type { Datastore } from './datastore/types.js'
 
@@ -12,38 +13,29 @@ import type { Datastore } from './datastore/types.js'
  * The join_token attestor, plus SPIRE's node alias for tokens generated with a SPIFFE ID: an entry
  * giving the agent (by its ID, which holds the now spent token) that SPIFFE ID, so workload
  * entries can be parented to a stable name. SPIRE writes that entry when the token is generated,
- * which puts the live token in the database; here it is written when the token is consumed.
+ * which puts the live token in the database; here it is written when the token is consumed, in
+ * the same datastore transaction that spends it.
  */
 export function aliasingJoinTokenAttestor(datastore: Datastore): ServerNodeAttestor {
   const plain = joinTokenServerAttestor(datastore)
   return {
     ...plain,
     async attest(payload, challenge, ctx) {
-      let alias: string | undefined
-      // A store per call: the alias of this very token, whatever else runs concurrently.
+      // The agent ID is the token's, known before it is consumed, so the datastore can spend the
+      // token and write the alias in one transaction (a crash between the two loses neither).
+      const agentId = `spiffe://${ctx.trustDomain}/spire/agent/${JOIN_TOKEN}/${Buffer.from(payload).toString('utf8')}`
+      // The plain attestor checks the token's shape before it reaches the store.
       const inner = joinTokenServerAttestor({
-        async consumeJoinToken(hash, now) {
-          const found = await datastore.consumeJoinToken(hash, now)
-          alias = found?.spiffeId
-          return found
-        },
+        consumeJoinToken: (hash, now) => datastore.consumeJoinTokenForAgent(hash, now, agentId),
       })
       const result = await inner.attest(payload, challenge, ctx)
-      if (alias !== undefined) {
-        const agentId = `spiffe://${ctx.trustDomain}${result.agentPath}`
-        await datastore.createEntry({
-          spiffeId: alias,
-          parentId: agentId,
-          selectors: [{ type: 'spiffe_id', value: agentId }],
-          x509SvidTtl: 0,
-          jwtSvidTtl: 0,
-          dnsNames: [],
-          hint: '',
-          federatesWith: [],
-          admin: false,
-          downstream: false,
-          expiresAt: null,
-        })
+      if (`spiffe://${ctx.trustDomain}${result.agentPath}` !== agentId) {
+        // Fail closed if the attestor's ID scheme ever drifts from the one the alias names.
+        throw new SpiffeEdgeError(
+          'ERR_ATTESTATION_FAILED',
+          'join token alias was written for another agent ID',
+          { remedy: 'keep join-token-alias.ts in step with the join_token attestor agent path' },
+        )
       }
       return result
     },

@@ -1,7 +1,6 @@
 /**
- * Datastore durability: what survives a reopen (a server restart), and what a damaged file does.
- * The reopen cases take a `Backend` so a second datastore implementation can run them too (issue
- * 10); the corruption cases are about SQLite files.
+ * SQLite durability: old schemas migrated in place, and what a damaged file does. What survives a
+ * reopen for any backend is in the conformance suite (test/helpers/datastore-conformance.ts).
  */
 import assert from 'node:assert/strict'
 import { closeSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from 'node:fs'
@@ -9,7 +8,6 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import {
-  type AttestedNode,
   type Datastore,
   type EntryInput,
   loadBetterSqlite3,
@@ -37,21 +35,6 @@ const sqlite: Backend = {
 
 const AGENT = 'spiffe://example.org/spire/agent/join_token/abc'
 
-function node(overrides: Partial<AttestedNode> = {}): AttestedNode {
-  return {
-    spiffeId: AGENT,
-    attestorType: 'join_token',
-    selectors: [],
-    certSerial: '0a1b',
-    certNotAfter: 2_000_000_000,
-    canReattest: false,
-    banned: false,
-    createdAt: 1_700_000_000,
-    updatedAt: 1_700_000_000,
-    ...overrides,
-  }
-}
-
 function entry(i: number): EntryInput {
   return {
     spiffeId: `spiffe://example.org/workload/${i}/${'x'.repeat(200)}`,
@@ -67,28 +50,6 @@ function entry(i: number): EntryInput {
     expiresAt: null,
   }
 }
-
-export function durabilitySuite(b: Backend): void {
-  test(`${b.name}: the serial RenewAgent replaced survives a reopen, until cleared`, async (t) => {
-    const where = b.fresh(t)
-    const first = await b.open(where)
-    await first.createAttestedNode(node())
-    await first.updateAttestedNode(AGENT, { certSerial: '0c0d', previousCertSerial: '0a1b' })
-    await first.close()
-    const second = await b.open(where)
-    t.after(() => second.close())
-    const got = await second.getAttestedNode(AGENT)
-    assert.equal(got?.certSerial, '0c0d')
-    assert.equal(got?.previousCertSerial, '0a1b')
-    // A patch that does not mention it keeps it; clearing it is explicit.
-    await second.updateAttestedNode(AGENT, { banned: false })
-    assert.equal((await second.getAttestedNode(AGENT))?.previousCertSerial, '0a1b')
-    await second.updateAttestedNode(AGENT, { previousCertSerial: '' })
-    assert.equal((await second.getAttestedNode(AGENT))?.previousCertSerial, '')
-  })
-}
-
-durabilitySuite(sqlite)
 
 test('sqlite: a schema-1 database gains previous_cert_serial, keeping its nodes', async (t) => {
   const path = sqlite.fresh(t)

@@ -1,20 +1,16 @@
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import type { ErrorCode } from '../../src/errors.js'
-import { SpiffeEdgeError } from '../../src/errors.js'
 import {
-  type AttestedNode,
-  type Datastore,
   type EntryInput,
   LATEST_SCHEMA_VERSION,
   loadBetterSqlite3,
   migrations,
-  openMemoryDatastore,
   openSqliteDatastore,
 } from '../../src/server/datastore/index.js'
+import { rejectsWith, runDatastoreConformance } from '../helpers/datastore-conformance.js'
 
 const AGENT = 'spiffe://example.org/spire/agent/join_token/abc'
 
@@ -38,45 +34,18 @@ function entry(overrides: Partial<EntryInput> = {}): EntryInput {
   }
 }
 
-function node(overrides: Partial<AttestedNode> = {}): AttestedNode {
-  return {
-    spiffeId: AGENT,
-    attestorType: 'join_token',
-    selectors: [],
-    certSerial: '0a1b',
-    previousCertSerial: '',
-    certNotAfter: 2_000_000_000,
-    canReattest: false,
-    banned: false,
-    createdAt: 1_700_000_000,
-    updatedAt: 1_700_000_000,
-    ...overrides,
-  }
-}
-
-async function rejectsWith(p: Promise<unknown>, code: ErrorCode): Promise<void> {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof SpiffeEdgeError, `expected SpiffeEdgeError, got ${String(e)}`)
-    assert.equal(e.code, code, e.message)
-    assert.ok(e.remedy, 'every datastore error carries a remedy')
-    return true
-  })
-}
-
-async function withStore(fn: (ds: Datastore) => Promise<void>): Promise<void> {
-  const ds = await openMemoryDatastore()
-  try {
-    await fn(ds)
-  } finally {
-    await ds.close()
-  }
-}
-
 function tempDir(t: { after(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-ds-'))
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   return dir
 }
+
+// Everything the Datastore interface promises, on an on-disk SQLite file (the PostgreSQL backend
+// runs the same suite). What follows is SQLite's own: migrations, files, locks, paths.
+runDatastoreConformance('sqlite', {
+  fresh: (t) => join(tempDir(t), 'ds.sqlite'),
+  open: (where) => openSqliteDatastore(where),
+})
 
 test('migrations are numbered 1..n in order', () => {
   assert.deepEqual(
@@ -84,362 +53,6 @@ test('migrations are numbered 1..n in order', () => {
     migrations.map((_, i) => i + 1),
   )
   assert.equal(LATEST_SCHEMA_VERSION, migrations.length)
-})
-
-test('entry CRUD round-trips every field and keeps id and createdAt across updates', () =>
-  withStore(async (ds) => {
-    const input = entry()
-    const created = await ds.createEntry(input)
-    assert.match(created.id, /^[0-9a-f-]{36}$/)
-    assert.equal(created.revision, 1)
-    assert.ok(Math.abs(created.createdAt - Date.now() / 1000) < 60)
-    const { id, revision, createdAt, ...rest } = created
-    assert.deepEqual(rest, input)
-    assert.deepEqual(await ds.getEntry(id), created)
-
-    const changed = entry({
-      selectors: [{ type: 'docker', value: 'label:com.example.name:foo' }],
-      dnsNames: [],
-      federatesWith: [],
-      admin: true,
-      downstream: true,
-      expiresAt: 1_900_000_000,
-      hint: '',
-      x509SvidTtl: 0,
-    })
-    const updated = await ds.updateEntry(id, changed)
-    assert.equal(updated.id, id)
-    assert.equal(updated.createdAt, createdAt)
-    assert.ok(updated.revision > revision)
-    const { id: _i, revision: _r, createdAt: _c, ...updatedRest } = updated
-    assert.deepEqual(updatedRest, changed)
-    assert.deepEqual(await ds.getEntry(id), updated)
-
-    await ds.deleteEntry(id)
-    assert.equal(await ds.getEntry(id), undefined)
-    assert.deepEqual(await ds.listEntries(), [])
-  }))
-
-test('not found: update, delete, get of a missing or deleted entry', () =>
-  withStore(async (ds) => {
-    const missing = '00000000-0000-4000-8000-000000000000'
-    await rejectsWith(ds.updateEntry(missing, entry()), 'ERR_DATASTORE_NOT_FOUND')
-    await rejectsWith(ds.deleteEntry(missing), 'ERR_DATASTORE_NOT_FOUND')
-    assert.equal(await ds.getEntry(missing), undefined)
-    const e = await ds.createEntry(entry())
-    await ds.deleteEntry(e.id)
-    await rejectsWith(ds.deleteEntry(e.id), 'ERR_DATASTORE_NOT_FOUND')
-    await rejectsWith(ds.updateEntry(e.id, entry()), 'ERR_DATASTORE_NOT_FOUND')
-    // A refused write takes no revision.
-    assert.equal(await ds.currentRevision(), 2)
-  }))
-
-test('duplicates (same spiffeId, parentId and selector set, any order) are a conflict', () =>
-  withStore(async (ds) => {
-    const a = await ds.createEntry(entry())
-    const reordered = entry({ selectors: [...entry().selectors].reverse(), hint: 'other' })
-    await rejectsWith(ds.createEntry(reordered), 'ERR_DATASTORE_CONFLICT')
-    // Any of the three differing makes a distinct entry.
-    const b = await ds.createEntry(entry({ parentId: 'spiffe://example.org/spire/server' }))
-    await ds.createEntry(entry({ spiffeId: 'spiffe://example.org/other' }))
-    await ds.createEntry(entry({ selectors: [{ type: 'unix', value: 'uid:1000' }] }))
-    // Updating b into a's identity is a conflict too; updating a onto itself is not.
-    await rejectsWith(ds.updateEntry(b.id, entry()), 'ERR_DATASTORE_CONFLICT')
-    await ds.updateEntry(a.id, reordered)
-    assert.equal((await ds.listEntries()).length, 4)
-    assert.equal(await ds.currentRevision(), 5)
-  }))
-
-test('revisions are monotonic and entryChangesSince returns upserts and tombstones', () =>
-  withStore(async (ds) => {
-    assert.equal(await ds.currentRevision(), 0)
-    const a = await ds.createEntry(entry({ spiffeId: 'spiffe://example.org/a' }))
-    const b = await ds.createEntry(entry({ spiffeId: 'spiffe://example.org/b' }))
-    const a2 = await ds.updateEntry(a.id, entry({ spiffeId: 'spiffe://example.org/a', hint: 'x' }))
-    await ds.deleteEntry(b.id)
-    const c = await ds.createEntry(entry({ spiffeId: 'spiffe://example.org/c' }))
-    assert.deepEqual(
-      [a.revision, b.revision, a2.revision, c.revision],
-      [1, 2, 3, 5],
-      'the delete took revision 4',
-    )
-    assert.equal(await ds.currentRevision(), 5)
-
-    const all = await ds.entryChangesSince(0)
-    assert.equal(all.revision, 5)
-    assert.deepEqual(
-      all.upserted.map((e) => e.id),
-      [a.id, c.id],
-    )
-    assert.equal(all.upserted[0]?.hint, 'x')
-    assert.deepEqual(all.deleted, [b.id])
-    assert.equal(all.resync, undefined)
-
-    const since3 = await ds.entryChangesSince(3)
-    assert.deepEqual(
-      since3.upserted.map((e) => e.id),
-      [c.id],
-    )
-    assert.deepEqual(since3.deleted, [b.id])
-
-    const since4 = await ds.entryChangesSince(4)
-    assert.deepEqual(since4.deleted, [])
-    assert.deepEqual(await ds.entryChangesSince(5), { revision: 5, upserted: [], deleted: [] })
-
-    // Ahead of the store (restored from an older backup): the caller must resync.
-    const ahead = await ds.entryChangesSince(99)
-    assert.equal(ahead.resync, true)
-    assert.equal(ahead.upserted.length, 2)
-  }))
-
-test('pruned tombstones force callers from before the horizon to resync', () =>
-  withStore(async (ds) => {
-    const a = await ds.createEntry(entry({ spiffeId: 'spiffe://example.org/a' }))
-    const b = await ds.createEntry(entry({ spiffeId: 'spiffe://example.org/b' }))
-    await ds.deleteEntry(a.id)
-    await ds.deleteEntry(b.id)
-    const keep = await ds.createEntry(entry({ spiffeId: 'spiffe://example.org/k' }))
-    assert.equal(await ds.pruneEntryTombstones(3), 1)
-    const old = await ds.entryChangesSince(2)
-    assert.equal(old.resync, true)
-    assert.deepEqual(
-      old.upserted.map((e) => e.id),
-      [keep.id],
-    )
-    assert.deepEqual(old.deleted, [])
-    const recent = await ds.entryChangesSince(3)
-    assert.equal(recent.resync, undefined)
-    assert.deepEqual(recent.deleted, [b.id])
-    // The horizon never passes the current revision: an up-to-date caller stays incremental.
-    await ds.pruneEntryTombstones(1000)
-    assert.equal((await ds.entryChangesSince(5)).resync, undefined)
-  }))
-
-test('pruneExpiredEntries deletes expired entries with tombstones and new revisions', () =>
-  withStore(async (ds) => {
-    const gone = await ds.createEntry(entry({ spiffeId: 'spiffe://example.org/a', expiresAt: 100 }))
-    const kept = await ds.createEntry(entry({ spiffeId: 'spiffe://example.org/b', expiresAt: 200 }))
-    await ds.createEntry(entry({ spiffeId: 'spiffe://example.org/c' }))
-    assert.equal(await ds.pruneExpiredEntries(150), 1)
-    assert.equal(await ds.getEntry(gone.id), undefined)
-    assert.ok(await ds.getEntry(kept.id))
-    const ch = await ds.entryChangesSince(3)
-    assert.deepEqual(ch.deleted, [gone.id])
-    assert.equal(ch.revision, 4)
-  }))
-
-test('listEntries filters by parentId, spiffeId and selector subset, sorted by id', () =>
-  withStore(async (ds) => {
-    const a = { type: 'unix', value: 'uid:0' }
-    const b = { type: 'k8s', value: 'ns:default' }
-    const c = { type: 'docker', value: 'label:a:b' }
-    const ab = await ds.createEntry(
-      entry({ spiffeId: 'spiffe://example.org/ab', selectors: [a, b] }),
-    )
-    const onlyA = await ds.createEntry(
-      entry({ spiffeId: 'spiffe://example.org/a', selectors: [a] }),
-    )
-    const other = await ds.createEntry(
-      entry({ parentId: 'spiffe://example.org/spire/server', selectors: [c] }),
-    )
-    const ids = (es: { id: string }[]) => es.map((e) => e.id)
-    const sorted = (...xs: { id: string }[]) => xs.map((e) => e.id).sort()
-
-    assert.deepEqual(ids(await ds.listEntries()), sorted(ab, onlyA, other))
-    assert.deepEqual(ids(await ds.listEntries({ parentId: AGENT })), sorted(ab, onlyA))
-    assert.deepEqual(ids(await ds.listEntries({ spiffeId: 'spiffe://example.org/ab' })), sorted(ab))
-    // {a,b} ⊆ {a,b,c}; {a,b} ⊄ {a}.
-    assert.deepEqual(
-      ids(await ds.listEntries({ selectorsSubsetOf: [a, b, c] })),
-      sorted(ab, onlyA, other),
-    )
-    assert.deepEqual(ids(await ds.listEntries({ selectorsSubsetOf: [a] })), sorted(onlyA))
-    assert.deepEqual(ids(await ds.listEntries({ selectorsSubsetOf: [b] })), [])
-    assert.deepEqual(ids(await ds.listEntries({ selectorsSubsetOf: [] })), [])
-    // Duplicates in the caller's set do not inflate the match count.
-    assert.deepEqual(ids(await ds.listEntries({ selectorsSubsetOf: [a, a, a] })), sorted(onlyA))
-    // Type and value must both match: same value under another type is not a match.
-    assert.deepEqual(
-      ids(await ds.listEntries({ selectorsSubsetOf: [{ type: 'k8s', value: 'uid:0' }, b] })),
-      [],
-    )
-    assert.deepEqual(
-      ids(await ds.listEntries({ parentId: AGENT, selectorsSubsetOf: [a, b, c] })),
-      sorted(ab, onlyA),
-    )
-    assert.deepEqual(
-      ids(
-        await ds.listEntries({
-          parentId: AGENT,
-          spiffeId: 'spiffe://example.org/a',
-          selectorsSubsetOf: [a, b],
-        }),
-      ),
-      sorted(onlyA),
-    )
-  }))
-
-test('attested nodes: create, get, conflict, ban, patch, list, delete', () =>
-  withStore(async (ds) => {
-    const n = node({ selectors: [{ type: 'tpm', value: 'ek-hash:ab' }] })
-    await ds.createAttestedNode(n)
-    assert.deepEqual(await ds.getAttestedNode(AGENT), n)
-    await rejectsWith(ds.createAttestedNode(n), 'ERR_DATASTORE_CONFLICT')
-
-    const banned = await ds.updateAttestedNode(AGENT, { banned: true })
-    assert.equal(banned.banned, true)
-    assert.equal(banned.certSerial, n.certSerial)
-    assert.deepEqual(banned.selectors, n.selectors, 'selectors kept when not patched')
-    assert.ok(banned.updatedAt > n.updatedAt, 'updatedAt defaults to now')
-    assert.deepEqual(await ds.getAttestedNode(AGENT), banned)
-
-    const renewed = await ds.updateAttestedNode(AGENT, {
-      banned: false,
-      certSerial: 'ff',
-      certNotAfter: 2_100_000_000,
-      selectors: [{ type: 'tpm', value: 'pcr:0:aa' }],
-      updatedAt: 1_800_000_000,
-    })
-    assert.deepEqual(renewed, {
-      ...n,
-      certSerial: 'ff',
-      certNotAfter: 2_100_000_000,
-      selectors: [{ type: 'tpm', value: 'pcr:0:aa' }],
-      updatedAt: 1_800_000_000,
-    })
-    await rejectsWith(
-      ds.updateAttestedNode(AGENT, { spiffeId: 'spiffe://example.org/else' }),
-      'ERR_DATASTORE_INVALID',
-    )
-    await rejectsWith(ds.updateAttestedNode(AGENT, { certNotAfter: 1.5 }), 'ERR_DATASTORE_INVALID')
-    await rejectsWith(
-      ds.updateAttestedNode('spiffe://example.org/nope', { banned: true }),
-      'ERR_DATASTORE_NOT_FOUND',
-    )
-
-    const second = node({ spiffeId: 'spiffe://example.org/spire/agent/x509pop/01' })
-    await ds.createAttestedNode(second)
-    assert.deepEqual(
-      (await ds.listAttestedNodes()).map((x) => x.spiffeId),
-      [AGENT, second.spiffeId].sort(),
-    )
-    await ds.deleteAttestedNode(AGENT)
-    assert.equal(await ds.getAttestedNode(AGENT), undefined)
-    await rejectsWith(ds.deleteAttestedNode(AGENT), 'ERR_DATASTORE_NOT_FOUND')
-    // Its selectors went with it: re-creating with the same selectors is fine.
-    await ds.createAttestedNode(n)
-    assert.deepEqual(await ds.getAttestedNode(AGENT), n)
-  }))
-
-test('join tokens are single use; expired ones are refused and deleted', () =>
-  withStore(async (ds) => {
-    await ds.createJoinToken({ tokenHash: 'h1', spiffeId: AGENT, expiresAt: 1000 })
-    await ds.createJoinToken({ tokenHash: 'h2', expiresAt: 1000 })
-    await rejectsWith(
-      ds.createJoinToken({ tokenHash: 'h1', expiresAt: 5 }),
-      'ERR_DATASTORE_CONFLICT',
-    )
-
-    assert.deepEqual(await ds.consumeJoinToken('h1', 500), { spiffeId: AGENT })
-    assert.equal(await ds.consumeJoinToken('h1', 500), undefined)
-    assert.deepEqual(await ds.consumeJoinToken('h2', 999), {})
-    assert.equal(await ds.consumeJoinToken('never', 0), undefined)
-
-    // Expired (now >= expiresAt): refused, and gone even for a later "earlier now".
-    await ds.createJoinToken({ tokenHash: 'h3', expiresAt: 1000 })
-    assert.equal(await ds.consumeJoinToken('h3', 1000), undefined)
-    assert.equal(await ds.consumeJoinToken('h3', 1), undefined)
-
-    // Racing consumers: exactly one wins.
-    await ds.createJoinToken({ tokenHash: 'race', expiresAt: 1000 })
-    const results = await Promise.all(
-      Array.from({ length: 8 }, () => ds.consumeJoinToken('race', 1)),
-    )
-    assert.equal(results.filter((r) => r !== undefined).length, 1)
-
-    await ds.createJoinToken({ tokenHash: 'old1', expiresAt: 10 })
-    await ds.createJoinToken({ tokenHash: 'old2', expiresAt: 20 })
-    await ds.createJoinToken({ tokenHash: 'new', expiresAt: 30 })
-    assert.equal(await ds.pruneJoinTokens(20), 2)
-    assert.equal(await ds.pruneJoinTokens(20), 0)
-    assert.deepEqual(await ds.consumeJoinToken('new', 25), {})
-  }))
-
-test('bundles and CA journal round-trip and overwrite', () =>
-  withStore(async (ds) => {
-    assert.equal(await ds.getBundle('example.org'), undefined)
-    await ds.setBundle('example.org', '{"keys":[]}', 1)
-    assert.deepEqual(await ds.getBundle('example.org'), { json: '{"keys":[]}', sequence: 1 })
-    await ds.setBundle('example.org', '{"keys":[{"kty":"EC"}]}', 2)
-    assert.deepEqual(await ds.getBundle('example.org'), {
-      json: '{"keys":[{"kty":"EC"}]}',
-      sequence: 2,
-    })
-    assert.equal(await ds.getBundle('other.org'), undefined)
-
-    assert.equal(await ds.getJournal('x509'), undefined)
-    await ds.setJournal('x509', '{"entries":[1]}')
-    await ds.setJournal('jwt', '{"entries":[2]}')
-    await ds.setJournal('x509', '{"entries":[1,3]}')
-    assert.equal(await ds.getJournal('x509'), '{"entries":[1,3]}')
-    assert.equal(await ds.getJournal('jwt'), '{"entries":[2]}')
-  }))
-
-test('invalid inputs are ERR_DATASTORE_INVALID and store nothing', () =>
-  withStore(async (ds) => {
-    const bad: [string, Partial<EntryInput>][] = [
-      ['negative TTL', { x509SvidTtl: -1 }],
-      ['fractional TTL', { jwtSvidTtl: 1.5 }],
-      ['huge TTL', { x509SvidTtl: 2 ** 31 }],
-      ['no selectors', { selectors: [] }],
-      ['colon in type', { selectors: [{ type: 'unix:uid', value: '0' }] }],
-      ['empty type', { selectors: [{ type: '', value: '0' }] }],
-      ['empty value', { selectors: [{ type: 'unix', value: '' }] }],
-      [
-        'duplicate selector',
-        {
-          selectors: [
-            { type: 'unix', value: 'uid:0' },
-            { type: 'unix', value: 'uid:0' },
-          ],
-        },
-      ],
-      ['bad spiffeId', { spiffeId: 'https://example.org/x' }],
-      ['uppercase trust domain', { spiffeId: 'spiffe://Example.org/x' }],
-      ['dot segment', { parentId: 'spiffe://example.org/a/../b' }],
-      ['empty dns name', { dnsNames: [''] }],
-      ['duplicate federatesWith', { federatesWith: ['a', 'a'] }],
-      ['fractional expiresAt', { expiresAt: 1.5 }],
-      ['non-boolean admin', { admin: 'yes' as unknown as boolean }],
-    ]
-    for (const [why, overrides] of bad) {
-      await assert.rejects(ds.createEntry(entry(overrides)), (e: unknown) => {
-        assert.ok(e instanceof SpiffeEdgeError, why)
-        assert.equal(e.code, 'ERR_DATASTORE_INVALID', why)
-        return true
-      })
-    }
-    assert.equal(await ds.currentRevision(), 0)
-    assert.deepEqual(await ds.listEntries(), [])
-
-    await rejectsWith(ds.createAttestedNode(node({ attestorType: '' })), 'ERR_DATASTORE_INVALID')
-    await rejectsWith(ds.createJoinToken({ tokenHash: '', expiresAt: 1 }), 'ERR_DATASTORE_INVALID')
-    await rejectsWith(ds.setBundle('example.org', 'not json', 1), 'ERR_DATASTORE_INVALID')
-    await rejectsWith(ds.setBundle('example.org', '{}', -1), 'ERR_DATASTORE_INVALID')
-    await rejectsWith(ds.setJournal('x509', '{'), 'ERR_DATASTORE_INVALID')
-    await rejectsWith(ds.entryChangesSince(-1), 'ERR_DATASTORE_INVALID')
-    await rejectsWith(
-      ds.listEntries({ selectorsSubsetOf: [{ type: 'unix' } as never] }),
-      'ERR_DATASTORE_INVALID',
-    )
-  }))
-
-test('a closed datastore rejects every call with ERR_DATASTORE_CLOSED; close is idempotent', async () => {
-  const ds = await openMemoryDatastore()
-  await ds[Symbol.asyncDispose]()
-  await ds.close()
-  await rejectsWith(ds.listEntries(), 'ERR_DATASTORE_CLOSED')
-  await rejectsWith(ds.createEntry(entry()), 'ERR_DATASTORE_CLOSED')
 })
 
 test('reopening applies no migration twice and keeps the data', async (t) => {
@@ -521,4 +134,28 @@ test('paths that are not plain file paths are refused', async () => {
   await rejectsWith(openSqliteDatastore(''), 'ERR_DATASTORE_INVALID')
   await rejectsWith(openSqliteDatastore('file:x.db?mode=memory'), 'ERR_DATASTORE_INVALID')
   await rejectsWith(openSqliteDatastore(':memory:', { busyTimeoutMs: -1 }), 'ERR_DATASTORE_INVALID')
+})
+
+test('deleted rows leave no bytes in the file (secure_delete)', async (t) => {
+  const path = join(tempDir(t), 'ds.sqlite')
+  const hash = `${'5ec7e7'.repeat(10)}cafe`
+  const gone = 'spiffe://example.org/deleted-workload-marker'
+  const kept = 'spiffe://example.org/kept-workload-marker'
+  let ds = await openSqliteDatastore(path)
+  await ds.createJoinToken({ tokenHash: hash, expiresAt: 100 })
+  const e = await ds.createEntry(entry({ spiffeId: gone }))
+  await ds.createEntry(entry({ spiffeId: kept }))
+  await ds.close() // the last close checkpoints the WAL into the file
+  const file = () => readFileSync(path)
+  assert.ok(file().includes(hash), 'the token hash is written to the file')
+  assert.ok(file().includes(gone))
+
+  ds = await openSqliteDatastore(path)
+  assert.deepEqual(await ds.consumeJoinToken(hash, 1), {})
+  await ds.deleteEntry(e.id)
+  await ds.close()
+  assert.equal(existsSync(`${path}-wal`), false, 'the WAL was checkpointed and removed')
+  assert.equal(file().includes(hash), false, 'the spent token hash is gone from the file')
+  assert.equal(file().includes(gone), false, 'the deleted entry is gone from the file')
+  assert.ok(file().includes(kept), 'live rows are still there')
 })

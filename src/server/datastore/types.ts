@@ -116,6 +116,18 @@ export interface Datastore extends AsyncDisposable {
    * → undefined (and deleted). Never returns the same token twice, even across processes.
    */
   consumeJoinToken(tokenHash: string, now: number): Promise<{ spiffeId?: string } | undefined>
+  /**
+   * consumeJoinToken for the agent `agentId` that presents it, plus, when the token carries a
+   * spiffeId, that agent's node alias entry (spiffeId, parentId = agentId, selector
+   * spiffe_id:agentId), in one transaction: either the token is spent and the alias exists, or
+   * neither (a failed alias write leaves the token usable). An identical alias entry already
+   * present is reused, not duplicated.
+   */
+  consumeJoinTokenForAgent(
+    tokenHash: string,
+    now: number,
+    agentId: string,
+  ): Promise<{ spiffeId?: string; aliasEntryId?: string } | undefined>
   /** Deletes tokens with expiresAt <= now; returns how many. */
   pruneJoinTokens(now: number): Promise<number>
 

@@ -1,0 +1,185 @@
+/**
+ * The SQLite Datastore: one connection, every call wrapped so a closed store refuses it and SQLite
+ * errors come out as ERR_DATASTORE_*. The table work is in sqlite-entries, -nodes and -tokens.
+ */
+import type BetterSqlite3 from 'better-sqlite3'
+import { SpiffeEdgeError } from '../../errors.js'
+import * as entries from './sqlite-entries.js'
+import { checkIntegrity, closedError, mapError } from './sqlite-errors.js'
+import * as nodes from './sqlite-nodes.js'
+import { prepareStatements, type SqliteContext } from './sqlite-statements.js'
+import * as tokens from './sqlite-tokens.js'
+import type {
+  AttestedNode,
+  Datastore,
+  EntryChanges,
+  EntryFilter,
+  EntryInput,
+  JoinTokenInput,
+  RegistrationEntry,
+} from './types.js'
+
+/** quick_check reads every page: bounded to once per interval however often health is asked. */
+const HEALTH_CHECK_INTERVAL_MS = 5000
+
+export class SqliteDatastore implements Datastore {
+  #db: BetterSqlite3.Database
+  #c: SqliteContext
+  #closed = false
+  /** Sticky: once SQLite reports corruption, health fails until the store is restored. */
+  #corruption: SpiffeEdgeError | undefined
+  #checkedAt = 0
+
+  constructor(db: BetterSqlite3.Database) {
+    this.#db = db
+    this.#c = {
+      db,
+      st: prepareStatements(db),
+      listCache: new Map(),
+      write: (fn) => db.transaction(fn).immediate(),
+    }
+  }
+
+  async createEntry(e: EntryInput): Promise<RegistrationEntry> {
+    return this.#op('create entry', () => entries.createEntry(this.#c, e))
+  }
+
+  async updateEntry(id: string, e: EntryInput): Promise<RegistrationEntry> {
+    return this.#op('update entry', () => entries.updateEntry(this.#c, id, e))
+  }
+
+  async deleteEntry(id: string): Promise<void> {
+    return this.#op('delete entry', () => entries.deleteEntry(this.#c, id))
+  }
+
+  async getEntry(id: string): Promise<RegistrationEntry | undefined> {
+    return this.#op('get entry', () => entries.getEntry(this.#c, id))
+  }
+
+  async listEntries(filter: EntryFilter = {}): Promise<RegistrationEntry[]> {
+    return this.#op('list entries', () => entries.listEntries(this.#c, filter))
+  }
+
+  async entryChangesSince(revision: number): Promise<EntryChanges> {
+    return this.#op('read entry changes', () => entries.entryChangesSince(this.#c, revision))
+  }
+
+  async currentRevision(): Promise<number> {
+    return this.#op('read revision', () => entries.currentRevision(this.#c))
+  }
+
+  async pruneExpiredEntries(now: number): Promise<number> {
+    return this.#op('prune expired entries', () => entries.pruneExpiredEntries(this.#c, now))
+  }
+
+  async pruneEntryTombstones(throughRevision: number): Promise<number> {
+    return this.#op('prune entry tombstones', () =>
+      entries.pruneEntryTombstones(this.#c, throughRevision),
+    )
+  }
+
+  async createAttestedNode(n: AttestedNode): Promise<void> {
+    return this.#op('create attested node', () => nodes.createAttestedNode(this.#c, n))
+  }
+
+  async getAttestedNode(spiffeId: string): Promise<AttestedNode | undefined> {
+    return this.#op('get attested node', () => nodes.getAttestedNode(this.#c, spiffeId))
+  }
+
+  async updateAttestedNode(spiffeId: string, patch: Partial<AttestedNode>): Promise<AttestedNode> {
+    return this.#op('update attested node', () =>
+      nodes.updateAttestedNode(this.#c, spiffeId, patch),
+    )
+  }
+
+  async listAttestedNodes(): Promise<AttestedNode[]> {
+    return this.#op('list attested nodes', () => nodes.listAttestedNodes(this.#c))
+  }
+
+  async deleteAttestedNode(spiffeId: string): Promise<void> {
+    return this.#op('delete attested node', () => nodes.deleteAttestedNode(this.#c, spiffeId))
+  }
+
+  async createJoinToken(t: JoinTokenInput): Promise<void> {
+    return this.#op('create join token', () => tokens.createJoinToken(this.#c, t))
+  }
+
+  async consumeJoinToken(
+    tokenHash: string,
+    now: number,
+  ): Promise<{ spiffeId?: string } | undefined> {
+    return this.#op('consume join token', () => tokens.consumeJoinToken(this.#c, tokenHash, now))
+  }
+
+  async consumeJoinTokenForAgent(
+    tokenHash: string,
+    now: number,
+    agentId: string,
+  ): Promise<{ spiffeId?: string; aliasEntryId?: string } | undefined> {
+    return this.#op('consume join token', () =>
+      tokens.consumeJoinTokenForAgent(this.#c, tokenHash, now, agentId),
+    )
+  }
+
+  async pruneJoinTokens(now: number): Promise<number> {
+    return this.#op('prune join tokens', () => tokens.pruneJoinTokens(this.#c, now))
+  }
+
+  async getBundle(trustDomain: string): Promise<{ json: string; sequence: number } | undefined> {
+    return this.#op('get bundle', () => tokens.getBundle(this.#c, trustDomain))
+  }
+
+  async setBundle(trustDomain: string, json: string, sequence: number): Promise<void> {
+    return this.#op('set bundle', () => tokens.setBundle(this.#c, trustDomain, json, sequence))
+  }
+
+  async getJournal(name: string): Promise<string | undefined> {
+    return this.#op('get CA journal', () => tokens.getJournal(this.#c, name))
+  }
+
+  async setJournal(name: string, value: string): Promise<void> {
+    return this.#op('set CA journal', () => tokens.setJournal(this.#c, name, value))
+  }
+
+  async healthCheck(): Promise<{ ok: true } | { ok: false; error: SpiffeEdgeError }> {
+    if (this.#closed) return { ok: false, error: closedError('check health') }
+    const now = Date.now()
+    if (!this.#corruption && now - this.#checkedAt >= HEALTH_CHECK_INTERVAL_MS) {
+      this.#checkedAt = now
+      try {
+        // Drop cached pages so the check reads the file, not what this process remembers.
+        this.#db.pragma('shrink_memory')
+        checkIntegrity(this.#db, 'quick_check(5)')
+      } catch (err) {
+        const mapped = mapError(err, 'check the datastore')
+        if (mapped instanceof SpiffeEdgeError && mapped.code === 'ERR_DATASTORE_CORRUPT')
+          this.#corruption = mapped
+        else return { ok: false, error: mapped as SpiffeEdgeError }
+      }
+    }
+    return this.#corruption ? { ok: false, error: this.#corruption } : { ok: true }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    this.#db.close()
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+
+  /** Runs one operation with the closed check and SQLite errors mapped to ERR_DATASTORE_*. */
+  #op<T>(what: string, fn: () => T): T {
+    if (this.#closed) throw closedError(what)
+    try {
+      return fn()
+    } catch (err) {
+      const mapped = mapError(err, what)
+      if (mapped instanceof SpiffeEdgeError && mapped.code === 'ERR_DATASTORE_CORRUPT')
+        this.#corruption ??= mapped
+      throw mapped
+    }
+  }
+}
