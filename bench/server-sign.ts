@@ -12,8 +12,8 @@ import { sign as cryptoSign } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { joinTokenAgentAttestor } from '../src/attestors/join-token/agent.js'
-import { createCsr } from '../src/common/csr.js'
 import { MemoryKeyManager } from '../src/keymanager/memory.js'
+import { createCsr } from '../src/spiffe/csr.js'
 import { TrustDomain } from '../src/spiffe/id.js'
 import { NodeClient } from '../src/transport/grpc-client.js'
 import { startTestServer } from '../test/helpers/server.js'
@@ -65,7 +65,7 @@ async function main(): Promise<void> {
     // The floor any server verifying proof of possession pays per SVID: import the CSR's key,
     // verify the CSR signature, sign the certificate.
     const { verify, createPublicKey: importKey } = await import('node:crypto')
-    const { publicKeyFromCsr } = await import('../src/common/csr.js')
+    const { publicKeyFromCsr } = await import('../src/spiffe/csr.js')
     const csrKey = await publicKeyFromCsr(csr)
     const jwk = csrKey.export({ format: 'jwk' })
     const csrSig = new Uint8Array(await workload.sign(tbs))

@@ -7,9 +7,9 @@
  */
 import { closeSync, existsSync, mkdirSync, openSync, renameSync } from 'node:fs'
 import { dirname } from 'node:path'
+import { loadBetterSqlite3 } from '../common/sqlite.js'
 import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
-import { loadBetterSqlite3 } from '../server/datastore/sqlite.js'
 
 type Db = InstanceType<ReturnType<typeof loadBetterSqlite3>>
 

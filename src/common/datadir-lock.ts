@@ -6,10 +6,10 @@
  * SQLite tracks locks per inode, so a second acquire in the same process is refused too.
  */
 import { chmodSync, lstatSync, mkdirSync } from 'node:fs'
-import { createRequire } from 'node:module'
 import { join, resolve } from 'node:path'
 import type BetterSqlite3 from 'better-sqlite3'
 import { SpiffeEdgeError } from '../errors.js'
+import { loadBetterSqlite3 } from './sqlite.js'
 
 export interface DataDirLock {
   readonly path: string
@@ -60,7 +60,7 @@ function dataDirError(dir: string, why: string, cause?: unknown): SpiffeEdgeErro
 export function acquireDataDirLock(dir: string, who: string): DataDirLock {
   const abs = ensureDataDir(dir)
   const path = join(abs, '.lock')
-  const Db = createRequire(import.meta.url)('better-sqlite3') as typeof BetterSqlite3
+  const Db = loadBetterSqlite3()
   let db: BetterSqlite3.Database
   try {
     db = new Db(path, { timeout: 0 })

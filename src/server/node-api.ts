@@ -11,9 +11,9 @@
  */
 import { createPublicKey, type KeyObject } from 'node:crypto'
 import type { ServerNodeAttestor } from '../attestors/types.js'
-import { publicKeyFromCsr } from '../common/csr.js'
 import { isSpiffeEdgeError, SpiffeEdgeError } from '../errors.js'
 import type { Signer } from '../keymanager/types.js'
+import { publicKeyFromCsr } from '../spiffe/csr.js'
 import { SpiffeId, type TrustDomain } from '../spiffe/id.js'
 import { mintJwtSvid } from '../spiffe/jwt-svid.js'
 import { validateX509Svid } from '../spiffe/x509-svid.js'

@@ -4,9 +4,9 @@
  * in BEGIN IMMEDIATE transactions so other processes on the same file serialize on the write lock.
  */
 import { chmodSync, closeSync, existsSync, fchmodSync, mkdirSync, openSync } from 'node:fs'
-import { createRequire } from 'node:module'
 import { dirname, resolve } from 'node:path'
 import type BetterSqlite3 from 'better-sqlite3'
+import { loadBetterSqlite3 } from '../../common/sqlite.js'
 import { SpiffeEdgeError } from '../../errors.js'
 import { LATEST_SCHEMA_VERSION, migrations } from './migrations.js'
 import { checkIntegrity, mapError } from './sqlite-errors.js'
@@ -16,7 +16,6 @@ import type { Datastore } from './types.js'
 import { checkInt, checkNonEmpty, invalid } from './validate.js'
 
 type Db = BetterSqlite3.Database
-type DbConstructor = typeof BetterSqlite3
 
 export interface SqliteDatastoreOptions {
   /** How long a write waits for another process's lock before ERR_DATASTORE_BUSY (5000). */
@@ -24,35 +23,6 @@ export interface SqliteDatastoreOptions {
 }
 
 const DEFAULT_BUSY_TIMEOUT_MS = 5000
-
-let cachedConstructor: DbConstructor | undefined
-
-/**
- * Loads better-sqlite3 and its native addon, or throws ERR_DATASTORE_UNAVAILABLE (never a bare
- * MODULE_NOT_FOUND or dlopen error). Lazy, like the TPM addon: only the server needs it.
- */
-export function loadBetterSqlite3(): DbConstructor {
-  if (cachedConstructor) return cachedConstructor
-  const require = createRequire(import.meta.url)
-  try {
-    const ctor = require('better-sqlite3') as DbConstructor
-    // The addon is dlopen'ed on first construction: force it here so a missing or ABI-mismatched
-    // build is reported as unavailable, not as a confusing failure to open the database.
-    new ctor(':memory:').close()
-    cachedConstructor = ctor
-    return ctor
-  } catch (err) {
-    const why = err instanceof Error ? err.message : String(err)
-    throw new SpiffeEdgeError(
-      'ERR_DATASTORE_UNAVAILABLE',
-      `better-sqlite3 could not be loaded: ${why}`,
-      {
-        cause: err,
-        remedy: `run npm install (or scripts/install.sh) so better-sqlite3 is built for this Node (${process.version})`,
-      },
-    )
-  }
-}
 
 /**
  * Opens (creating if needed) an on-disk datastore and brings its schema up to date. The directory
@@ -191,3 +161,6 @@ function migrate(db: Db): void {
   // IMMEDIATE: two servers starting together must not both run the same migration.
   run.immediate()
 }
+
+// Re-exported for the datastore's callers; the loader itself is shared (src/common/sqlite.ts).
+export { loadBetterSqlite3 }

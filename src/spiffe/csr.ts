@@ -4,12 +4,11 @@
  * the key may be in a TPM or HSM.
  */
 import { createPublicKey, verify as cryptoVerify, type KeyObject } from 'node:crypto'
+import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
-import type { Signer } from '../keymanager/types.js'
-import { webCryptoAlgorithm } from '../keymanager/types.js'
-import { signerCrypto, signerCryptoKey } from '../keymanager/webcrypto.js'
-import * as der from '../spiffe/der.js'
-import { x509 } from './x509.js'
+import * as der from './der.js'
+import { type Signer, webCryptoAlgorithm } from './signer.js'
+import { signerCrypto, signerCryptoKey } from './webcrypto.js'
 
 export async function createCsr(signer: Signer): Promise<Uint8Array> {
   const crypto = signerCrypto(signer)
