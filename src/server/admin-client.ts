@@ -29,7 +29,7 @@ export function adminCall(
             json = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>
           } catch {
             return reject(
-              new SpiffeEdgeError('ERR_PROTOCOL', 'admin API answered with non-JSON', {
+              new SpiffeEdgeError('ERR_ADMIN_PROTOCOL', 'admin API answered with non-JSON', {
                 remedy: 'is --admin-socket a spiffe-edge server?',
               }),
             )
@@ -38,7 +38,7 @@ export function adminCall(
           if (err) {
             return reject(
               new SpiffeEdgeError(
-                (err.code ?? 'ERR_PROTOCOL') as ErrorCode,
+                (err.code ?? 'ERR_ADMIN_PROTOCOL') as ErrorCode,
                 err.message ?? 'admin call failed',
                 {
                   remedy: err.remedy ?? 'see the server log',

@@ -10,7 +10,7 @@
 import { type KeyObject, randomBytes } from 'node:crypto'
 import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
-import type { KeyManager, KeyType, Signer } from '../keymanager/types.js'
+import { type KeyManager, KeyManagerError, type KeyType, type Signer } from '../keymanager/types.js'
 import { TrustBundle } from '../spiffe/bundle.js'
 import type { SpiffeId, TrustDomain } from '../spiffe/id.js'
 import { issueX509Ca, issueX509Svid } from '../spiffe/x509-svid.js'
@@ -275,7 +275,10 @@ export class CaManager {
   }
 
   bundle(): TrustBundle {
-    if (!this.bundleCache) throw new Error('CaManager.rotate() has not run')
+    if (!this.bundleCache)
+      throw new SpiffeEdgeError('ERR_INTERNAL_STATE', 'CaManager.rotate() has not run', {
+        remedy: 'this is a bug in spiffe-edge; please report it with the log',
+      })
     return this.bundleCache
   }
 
@@ -286,7 +289,11 @@ export class CaManager {
   }> {
     const slot = this.journal.x509.current!
     const signer = await this.o.keyManager.getKey(slot.keyId)
-    if (!signer) throw new Error(`CA key ${slot.keyId} is missing from the key manager`)
+    if (!signer)
+      throw new KeyManagerError(
+        `CA key ${slot.keyId} is missing from the key manager`,
+        'restore the keys directory from backup, or start over with server run --reset',
+      )
     return { certificate: der(slot.certificate), signer, notAfter: slot.notAfter }
   }
 
@@ -294,7 +301,11 @@ export class CaManager {
   async activeJwt(): Promise<{ kid: string; signer: Signer }> {
     const slot = this.journal.jwt.current!
     const signer = await this.o.keyManager.getKey(slot.keyId)
-    if (!signer) throw new Error(`JWT key ${slot.keyId} is missing from the key manager`)
+    if (!signer)
+      throw new KeyManagerError(
+        `JWT key ${slot.keyId} is missing from the key manager`,
+        'restore the keys directory from backup, or start over with server run --reset',
+      )
     return { kid: slot.kid, signer }
   }
 

@@ -203,7 +203,13 @@ export class NodeApi {
     const publicKey = await this.csrKey(params.csr)
     let rounds = 0
     const challenge = async (c: Uint8Array): Promise<Uint8Array> => {
-      if (++rounds > MAX_CHALLENGE_ROUNDS) throw new Error('too many challenge rounds')
+      if (++rounds > MAX_CHALLENGE_ROUNDS)
+        throw new NodeApiError(
+          Status.INVALID_ARGUMENT,
+          'challenge_rounds',
+          `the attestor asked for more than ${MAX_CHALLENGE_ROUNDS} challenge rounds`,
+          'the node attestor plugin misbehaves; check the server and agent versions',
+        )
       await stream.send({ challenge: c })
       const reply = await stream.receive()
       if (!reply.challengeResponse) {

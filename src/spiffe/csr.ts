@@ -32,7 +32,9 @@ export async function createCsr(signer: Signer): Promise<Uint8Array> {
 
 export class CsrError extends SpiffeEdgeError {
   constructor(message: string) {
-    super('ERR_PROTOCOL', message, { remedy: 'send a DER PKCS#10 CSR signed by the key it names' })
+    super('ERR_CSR_INVALID', message, {
+      remedy: 'send a DER PKCS#10 CSR signed by the key it names',
+    })
   }
 }
 

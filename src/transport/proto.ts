@@ -100,7 +100,7 @@ function decode<T>(name: string, bytes: Uint8Array): T {
 /** A message that is not what the protocol says. */
 export class ProtocolError extends SpiffeEdgeError {
   constructor(message: string) {
-    super('ERR_PROTOCOL', message, {
+    super('ERR_NODE_PROTOCOL', message, {
       remedy: 'the peer speaks another version of the node API or sent a corrupt message',
     })
   }

@@ -94,9 +94,9 @@ describe('Workload API codec', () => {
     )
   })
 
-  test('malformed messages are ERR_PROTOCOL', () => {
+  test('malformed messages are ERR_WORKLOAD_PROTOCOL', () => {
     assert.throws(() => workloadCodec.jwtSvidRequest.decode(Uint8Array.of(0x0a, 0x05, 0x61)), {
-      code: 'ERR_PROTOCOL',
+      code: 'ERR_WORKLOAD_PROTOCOL',
     })
   })
 })

@@ -22,7 +22,7 @@ export function statusName(code: number): string {
 /** A message that does not decode as the Workload API message it should be. */
 export class WorkloadProtocolError extends SpiffeEdgeError {
   constructor(message: string) {
-    super('ERR_PROTOCOL', message, {
+    super('ERR_WORKLOAD_PROTOCOL', message, {
       remedy:
         'the peer speaks another version of the SPIFFE Workload API or sent a corrupt message',
     })

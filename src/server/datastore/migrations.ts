@@ -3,6 +3,7 @@
  * databases in the field already ran it. Version n is migrations[n - 1]; each runs inside the same
  * transaction as the schema_version row that records it, so a crash leaves either all or nothing.
  */
+import { SpiffeEdgeError } from '../../errors.js'
 
 export interface Migration {
   readonly version: number
@@ -143,6 +144,10 @@ export const LATEST_SCHEMA_VERSION: number = migrations.length
 // A gap or reordering would make databases diverge silently; fail at import instead.
 migrations.forEach((m, i) => {
   if (m.version !== i + 1) {
-    throw new Error(`datastore migrations out of order: index ${i} has version ${m.version}`)
+    throw new SpiffeEdgeError(
+      'ERR_INTERNAL_STATE',
+      `datastore migrations out of order: index ${i} has version ${m.version}`,
+      { remedy: 'this is a bug in spiffe-edge; please report it with the log' },
+    )
   }
 })

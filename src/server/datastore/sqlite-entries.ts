@@ -121,13 +121,13 @@ export function pruneEntryTombstones(c: SqliteContext, throughRevision: number):
 
 export function currentRevision(c: SqliteContext): number {
   const row = c.st.currentRevision.get()
-  if (!row) throw new Error('revision_counter row is missing')
+  if (!row) throw revisionCounterMissing()
   return row.value
 }
 
 export function nextRevision(c: SqliteContext): number {
   const row = c.st.nextRevision.get()
-  if (!row) throw new Error('revision_counter row is missing')
+  if (!row) throw revisionCounterMissing()
   return row.value
 }
 
@@ -160,4 +160,11 @@ export function mustGetEntry(c: SqliteContext, id: string): RegistrationEntry {
   const row = c.st.getEntry.get(id)
   if (!row) throw entryNotFound(id)
   return toEntry(row)
+}
+
+/** The one-row revision counter is created by migration 1: without it the file was tampered with. */
+function revisionCounterMissing(): SpiffeEdgeError {
+  return new SpiffeEdgeError('ERR_DATASTORE_CORRUPT', 'the revision_counter row is missing', {
+    remedy: 'restore the datastore from backup; the file was changed outside spiffe-edge',
+  })
 }
