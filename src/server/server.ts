@@ -7,9 +7,7 @@ import { createPrivateKey, randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import type { Socket } from 'node:net'
 import { join } from 'node:path'
-import { hashJoinToken, JOIN_TOKEN } from '../attestors/join-token/server.js'
-import { parseTpmServerConfig, tpmServerAttestor } from '../attestors/tpm/server.js'
-import type { ServerNodeAttestor } from '../attestors/types.js'
+import { hashJoinToken } from '../attestors/join-token/server.js'
 import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { jsonLogger, type Log } from '../common/log.js'
@@ -29,8 +27,9 @@ import { openSqliteDatastore } from './datastore/sqlite.js'
 import type { Datastore } from './datastore/types.js'
 import { badEntry, checkEntry, checkIssuableId } from './entry-check.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
-import { aliasingJoinTokenAttestor, scrubLiveTokenAliases } from './join-token-alias.js'
+import { scrubLiveTokenAliases } from './join-token-alias.js'
 import { NodeApi, type ServerIdentity } from './node-api.js'
+import { buildNodeAttestors } from './plugins.js'
 
 export interface RunningServer extends AsyncDisposable {
   readonly port: number
@@ -173,20 +172,11 @@ export async function startServer(
     }
     await issueIdentity()
 
-    const attestors = new Map<string, ServerNodeAttestor>()
-    for (const [name, data] of config.nodeAttestors) {
-      if (name === JOIN_TOKEN) {
-        if (Object.keys(data).length > 0)
-          throw new ConfigError('plugins.NodeAttestor.join_token', ['takes no settings'])
-        attestors.set(name, aliasingJoinTokenAttestor(datastore))
-      } else if (name === 'tpm') {
-        attestors.set(name, tpmServerAttestor(parseTpmServerConfig(data, config.configDir), log))
-      } else {
-        throw new ConfigError('plugins.NodeAttestor', [
-          `${name}: unknown node attestor (this server has: ${JOIN_TOKEN})`,
-        ])
-      }
-    }
+    const attestors = buildNodeAttestors(config.nodeAttestors, {
+      datastore,
+      configDir: config.configDir,
+      log,
+    })
 
     const api = new NodeApi({
       trustDomain,
