@@ -1,11 +1,9 @@
-import { dirname, resolve } from 'node:path'
-import { parse as parseToml } from 'smol-toml'
+import { resolve } from 'node:path'
 import {
-  ConfigReader,
   checkTrustDomain,
   type KeyManagerConfig,
   keyManagerConfig,
-  parseTomlConfig,
+  openConfig,
   readConfigFile,
   type Table,
 } from '../common/config.js'
@@ -68,11 +66,7 @@ export function parseAgentConfig(
   source: string,
   o: AgentOverrides = {},
 ): AgentConfig {
-  const doc = parseTomlConfig(text, source, parseToml)
-  const r = new ConfigReader(dirname(resolve(source)))
-  r.known(doc, ['agent', 'plugins'], '')
-  const a = r.table(doc, 'agent', 'agent', true)
-  r.known(a, AGENT_KEYS, 'agent')
+  const { doc, r, main: a } = openConfig(text, source, 'agent', AGENT_KEYS)
   const dataDir = o.dataDir ? resolve(o.dataDir) : r.path(a, 'data_dir', 'agent', './data/agent')!
   const socketPath = o.socketPath
     ? resolve(o.socketPath)

@@ -4,7 +4,8 @@
  * config file's folder so a config works as-is wherever it is copied with its data.
  */
 import { readFileSync } from 'node:fs'
-import { isAbsolute, resolve } from 'node:path'
+import { dirname, isAbsolute, resolve } from 'node:path'
+import { parse as parseToml } from 'smol-toml'
 import { SpiffeEdgeError } from '../errors.js'
 
 export type Table = Record<string, unknown>
@@ -162,6 +163,24 @@ export function parseTomlConfig(
   } catch (err) {
     throw new ConfigError(source, [`not valid TOML: ${(err as Error).message}`])
   }
+}
+
+/**
+ * Parses a config file and opens its main table (`[agent]` or `[server]`) beside `[plugins]`, the
+ * shape agent and server configs share; unknown top-level tables and main keys are problems.
+ */
+export function openConfig(
+  text: string,
+  source: string,
+  section: string,
+  keys: readonly string[],
+): { doc: Table; r: ConfigReader; main: Table | undefined } {
+  const doc = parseTomlConfig(text, source, parseToml)
+  const r = new ConfigReader(dirname(resolve(source)))
+  r.known(doc, [section, 'plugins'], '')
+  const main = r.table(doc, section, section, true)
+  r.known(main, keys, section)
+  return { doc, r, main }
 }
 
 /** Reads a config file, or one ConfigError naming it. */

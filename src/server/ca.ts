@@ -288,24 +288,26 @@ export class CaManager {
     notAfter: number
   }> {
     const slot = this.journal.x509.current!
-    const signer = await this.o.keyManager.getKey(slot.keyId)
-    if (!signer)
+    const signer = await this.slotKey('CA', slot.keyId)
+    return { certificate: der(slot.certificate), signer, notAfter: slot.notAfter }
+  }
+
+  /** A slot's key; one the journal names but the key manager lacks is never silently replaced. */
+  private async slotKey(kind: 'CA' | 'JWT', keyId: string): Promise<Signer> {
+    const signer = await this.o.keyManager.getKey(keyId)
+    if (!signer) {
       throw new KeyManagerError(
-        `CA key ${slot.keyId} is missing from the key manager`,
+        `${kind} key ${keyId} is missing from the key manager`,
         'restore the keys directory from backup, or start over with server run --reset',
       )
-    return { certificate: der(slot.certificate), signer, notAfter: slot.notAfter }
+    }
+    return signer
   }
 
   /** The current JWT signing key and its kid. */
   async activeJwt(): Promise<{ kid: string; signer: Signer }> {
     const slot = this.journal.jwt.current!
-    const signer = await this.o.keyManager.getKey(slot.keyId)
-    if (!signer)
-      throw new KeyManagerError(
-        `JWT key ${slot.keyId} is missing from the key manager`,
-        'restore the keys directory from backup, or start over with server run --reset',
-      )
+    const signer = await this.slotKey('JWT', slot.keyId)
     return { kid: slot.kid, signer }
   }
 

@@ -1,12 +1,10 @@
 import { isIP } from 'node:net'
 import { dirname, resolve } from 'node:path'
-import { parse as parseToml } from 'smol-toml'
 import {
-  ConfigReader,
   checkTrustDomain,
   type KeyManagerConfig,
   keyManagerConfig,
-  parseTomlConfig,
+  openConfig,
   readConfigFile,
   type Table,
 } from '../common/config.js'
@@ -74,11 +72,7 @@ export function parseServerConfig(
   source: string,
   overrides: ServerOverrides = {},
 ): ServerConfig {
-  const doc = parseTomlConfig(text, source, parseToml)
-  const r = new ConfigReader(dirname(resolve(source)))
-  r.known(doc, ['server', 'plugins'], '')
-  const s = r.table(doc, 'server', 'server', true)
-  r.known(s, [...SERVER_KEYS, 'upstream'], 'server')
+  const { doc, r, main: s } = openConfig(text, source, 'server', [...SERVER_KEYS, 'upstream'])
   const trustDomain = overrides.trustDomain ?? r.string(s, 'trust_domain', 'server') ?? ''
   const dataDir = overrides.dataDir
     ? resolve(overrides.dataDir)
