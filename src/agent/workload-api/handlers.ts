@@ -1,0 +1,258 @@
+/**
+ * The SPIFFE Workload API methods: what each call returns for an attested caller, composed from
+ * the WorkloadSource (the agent's cache) only, so a server outage never stalls a workload.
+ * Separate from the transport and the checks around each call: this file is the spec mapping
+ * (message shapes, hint de-duplication, bundle gating, JWT claim filtering) and nothing else.
+ */
+import type * as grpc from '@grpc/grpc-js'
+import type { Log } from '../../common/log.js'
+import { SpiffeEdgeError } from '../../errors.js'
+import { SpiffeId, type TrustDomain } from '../../spiffe/id.js'
+import { validateJwtSvid } from '../../spiffe/jwt-svid.js'
+import { GrpcStatus, WorkloadStatusError } from './errors.js'
+import type { Middleware } from './middleware.js'
+import { checkHeader } from './middleware.js'
+import {
+  type JwtSvidMsg,
+  workloadCodec,
+  type X509SvidMsg,
+  type X509SvidResponseMsg,
+} from './proto.js'
+import { StreamState, toBuffer } from './stream-state.js'
+import {
+  audienceProblem,
+  type BundlesUpdate,
+  type WorkloadSource,
+  type X509Update,
+} from './types.js'
+
+const PERMISSION_DENIED = () =>
+  new WorkloadStatusError(GrpcStatus.PERMISSION_DENIED, 'no identity issued')
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  return Buffer.concat(parts.map(toBuffer))
+}
+
+/** 'example.org' → 'spiffe://example.org' (tolerating keys that already carry the scheme). */
+function tdKey(td: string): string {
+  return td.startsWith('spiffe://') ? td : `spiffe://${td}`
+}
+
+function sortedRecord<V>(entries: Iterable<[string, V]>): Record<string, V> {
+  const out: Record<string, V> = {}
+  for (const [k, v] of [...entries].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) out[k] = v
+  return out
+}
+
+/** Keeps the first of each non-empty hint: the spec makes hints unique within a response. */
+function dedupeHints<T extends { readonly hint: string }>(items: readonly T[]): T[] {
+  const seen = new Set<string>()
+  return items.filter((i) => {
+    if (i.hint === '') return true
+    if (seen.has(i.hint)) return false
+    seen.add(i.hint)
+    return true
+  })
+}
+
+export interface HandlerOptions {
+  readonly source: WorkloadSource
+  readonly trustDomain: TrustDomain
+  readonly allowUnauthenticatedVerifiers?: boolean
+  readonly log: Log
+}
+
+export function workloadHandlers(
+  opts: HandlerOptions,
+  mw: Middleware,
+): grpc.UntypedServiceImplementation {
+  const { source, log } = opts
+  const ownTd = opts.trustDomain.name
+  const { attest, statusOf, unary, streaming } = mw
+
+  function composeX509(u: X509Update): X509SvidResponseMsg {
+    const svids: X509SvidMsg[] = []
+    for (const s of dedupeHints(u.svids)) {
+      let td: string
+      try {
+        td = SpiffeId.parse(s.spiffeId).trustDomain.name
+      } catch {
+        log('error', 'the cache holds an SVID with an invalid SPIFFE ID', { entry: s.entryId })
+        continue
+      }
+      svids.push({
+        spiffeId: s.spiffeId,
+        x509Svid: concat(s.chain),
+        x509SvidKey: s.privateKey,
+        bundle: concat(u.bundles.get(td) ?? []),
+        hint: s.hint,
+      })
+    }
+    const federated = [...u.bundles]
+      .filter(([td]) => td !== ownTd && tdKey(td) !== tdKey(ownTd))
+      .map(([td, certs]): [string, Uint8Array] => [tdKey(td), concat(certs)])
+    return { svids, crl: [], federatedBundles: sortedRecord(federated) }
+  }
+
+  /** Bundle streams: gated on the caller having an identity, identical messages skipped. */
+  function bundleStream(
+    requestName: string,
+    encode: (u: BundlesUpdate) => Uint8Array,
+  ): ReturnType<typeof streaming> {
+    return streaming(requestName, (s, selectors) => {
+      let entitled: boolean | undefined = opts.allowUnauthenticatedVerifiers ? true : undefined
+      let latest: BundlesUpdate | undefined
+      let last: Buffer | undefined
+      const push = () => {
+        if (entitled === undefined || latest === undefined) return
+        if (!entitled) return s.fail(PERMISSION_DENIED())
+        const msg = toBuffer(encode(latest))
+        if (last?.equals(msg)) return
+        last = msg
+        s.send(msg)
+      }
+      if (!opts.allowUnauthenticatedVerifiers) {
+        s.hold(
+          source.subscribeX509(selectors, (u) => {
+            entitled = u.svids.length > 0
+            push()
+          }),
+        )
+      }
+      if (s.closed) return
+      s.hold(
+        source.subscribeBundles((u) => {
+          latest = u
+          push()
+        }),
+      )
+    })
+  }
+
+  return {
+    FetchX509SVID: streaming('X509SVIDRequest', (s, selectors) => {
+      s.hold(
+        source.subscribeX509(selectors, (u) => {
+          if (s.closed) return
+          const msg = composeX509(u)
+          // No identity (or the last one was removed): the client must stop using its SVIDs.
+          if (msg.svids.length === 0) return s.fail(PERMISSION_DENIED())
+          s.send(workloadCodec.x509SvidResponse.encode(msg))
+        }),
+      )
+    }),
+    FetchX509Bundles: bundleStream('X509BundlesRequest', (u) =>
+      workloadCodec.x509BundlesResponse.encode({
+        crl: [],
+        bundles: sortedRecord(
+          [...u.x509].map(([td, certs]): [string, Uint8Array] => [tdKey(td), concat(certs)]),
+        ),
+      }),
+    ),
+    FetchJWTBundles: bundleStream('JWTBundlesRequest', (u) =>
+      workloadCodec.jwtBundlesResponse.encode({
+        bundles: sortedRecord(
+          [...u.jwt].map(([td, jwks]): [string, Uint8Array] => [
+            tdKey(td),
+            new TextEncoder().encode(jwks),
+          ]),
+        ),
+      }),
+    ),
+    FetchJWTSVID: unary(async (call, signal) => {
+      const req = workloadCodec.jwtSvidRequest.decode(call.request)
+      const bad = audienceProblem(req.audience)
+      if (bad !== undefined) throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, bad)
+      let wanted: string | undefined
+      if (req.spiffeId !== '') {
+        try {
+          wanted = SpiffeId.parse(req.spiffeId).toString()
+        } catch (err) {
+          throw new WorkloadStatusError(
+            GrpcStatus.INVALID_ARGUMENT,
+            `invalid requested SPIFFE ID: ${(err as Error).message}`,
+          )
+        }
+      }
+      const selectors = await attest(call, signal)
+      let results: Awaited<ReturnType<WorkloadSource['fetchJwtSvids']>>
+      try {
+        results = await source.fetchJwtSvids(selectors, req.audience, wanted)
+      } catch (err) {
+        if (err instanceof WorkloadStatusError) throw err
+        // The code tells the workload whose fault it is (the agent's server, most often).
+        const code = err instanceof SpiffeEdgeError ? ` [${err.code}]` : ''
+        throw new WorkloadStatusError(
+          GrpcStatus.UNAVAILABLE,
+          `could not fetch JWT-SVID${code}: ${(err as Error).message}`,
+        )
+      }
+      if (wanted !== undefined) results = results.filter((r) => r.spiffeId === wanted)
+      if (results.length === 0) throw PERMISSION_DENIED()
+      const svids: JwtSvidMsg[] = dedupeHints(results).map((r) => ({
+        spiffeId: r.spiffeId,
+        svid: r.token,
+        hint: r.hint,
+      }))
+      return workloadCodec.jwtSvidResponse.encode({ svids })
+    }),
+    ValidateJWTSVID: unary(async (call) => {
+      const req = workloadCodec.validateJwtSvidRequest.decode(call.request)
+      if (req.audience === '') {
+        throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, 'audience must be specified')
+      }
+      if (req.svid === '') {
+        throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, 'svid must be specified')
+      }
+      let v: Awaited<ReturnType<typeof validateJwtSvid>>
+      try {
+        v = await validateJwtSvid(req.svid, {
+          audience: req.audience,
+          bundles: (td) => source.jwtBundle(td),
+          now: new Date(),
+        })
+      } catch (err) {
+        throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, (err as Error).message)
+      }
+      let claims: Record<string, unknown> = { ...v.claims }
+      // aud is always an array, as SPIRE returns it.
+      if (typeof claims.aud === 'string') claims.aud = [claims.aud]
+      if (!v.spiffeId.trustDomain.equals(opts.trustDomain)) {
+        // Foreign tokens: only the claims the JWT-SVID spec defines (SPIRE's default filter).
+        claims = { sub: claims.sub, aud: claims.aud, exp: claims.exp }
+      }
+      return workloadCodec.validateJwtSvidResponse.encode({
+        spiffeId: v.spiffeId.toString(),
+        claims,
+      })
+    }),
+    FetchWITSVID: (call: grpc.ServerWritableStream<Uint8Array, Uint8Array>) => {
+      const s = new StreamState(call)
+      try {
+        checkHeader(call.metadata)
+        s.fail(
+          new WorkloadStatusError(
+            GrpcStatus.UNIMPLEMENTED,
+            'fetching WIT-SVIDs is not implemented',
+          ),
+        )
+      } catch (err) {
+        s.fail(statusOf(err))
+      }
+    },
+    FetchWITBundles: (call: grpc.ServerWritableStream<Uint8Array, Uint8Array>) => {
+      const s = new StreamState(call)
+      try {
+        checkHeader(call.metadata)
+        s.fail(
+          new WorkloadStatusError(
+            GrpcStatus.UNIMPLEMENTED,
+            'fetching WIT bundles is not implemented',
+          ),
+        )
+      } catch (err) {
+        s.fail(statusOf(err))
+      }
+    },
+  }
+}

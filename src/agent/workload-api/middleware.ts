@@ -1,0 +1,185 @@
+/**
+ * What runs around every Workload API handler: the security header check, caller attestation
+ * (all attestors on the connection's SO_PEERCRED pid) with the liveness re-check that the caller
+ * is still the process that connected, status mapping, and the unary/streaming call scaffolding.
+ * Separate from the handlers so that no handler can skip a check: handlers only receive
+ * selectors that came through here.
+ */
+import type * as grpc from '@grpc/grpc-js'
+import type { Log } from '../../common/log.js'
+import type { ConnTable } from './endpoint.js'
+import { GrpcStatus, WorkloadProtocolError, WorkloadStatusError } from './errors.js'
+import { type ProcStamp, procStamp, stampMismatch } from './proc.js'
+import { workloadCodec } from './proto.js'
+import { SECURITY_HEADER } from './service.js'
+import { StreamState, toBuffer } from './stream-state.js'
+import type { Selector, WorkloadAttestor } from './types.js'
+
+type AnyCall =
+  | grpc.ServerUnaryCall<Uint8Array, Uint8Array>
+  | grpc.ServerWritableStream<Uint8Array, Uint8Array>
+
+export function checkHeader(md: grpc.Metadata): void {
+  const v = md.get(SECURITY_HEADER)
+  if (v.length !== 1 || v[0] !== 'true') {
+    throw new WorkloadStatusError(
+      GrpcStatus.INVALID_ARGUMENT,
+      'security header missing from request',
+      `send the gRPC metadata ${SECURITY_HEADER}: true with every Workload API call`,
+    )
+  }
+}
+
+/** Rejects when `signal` aborts, whether or not the attestor honours it. */
+function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason)
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason)
+    signal.addEventListener('abort', onAbort, { once: true })
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort)
+        resolve(v)
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort)
+        reject(e)
+      },
+    )
+  })
+}
+
+export interface MiddlewareOptions {
+  readonly conns: ConnTable
+  readonly attestors: readonly WorkloadAttestor[]
+  readonly procRoot: string
+  readonly attestTimeoutMs: number
+  readonly log: Log
+}
+
+export interface Middleware {
+  /** Maps any error to the status a caller may see; unexpected ones are logged as INTERNAL. */
+  statusOf(err: unknown): WorkloadStatusError
+  /** Runs every attestor on the caller, then checks the caller is still the same process. */
+  attest(call: AnyCall, signal: AbortSignal): Promise<Selector[]>
+  /** Unary handler scaffolding: header, cancellation, status mapping. */
+  unary(
+    fn: (
+      call: grpc.ServerUnaryCall<Uint8Array, Uint8Array>,
+      signal: AbortSignal,
+    ) => Promise<Uint8Array>,
+    needsHeader?: boolean,
+  ): grpc.handleUnaryCall<Uint8Array, Uint8Array>
+  /** Server-streaming scaffolding: header, attestation, then `subscribe` on a StreamState. */
+  streaming(
+    requestName: string,
+    subscribe: (s: StreamState, selectors: readonly Selector[]) => void,
+  ): grpc.handleServerStreamingCall<Uint8Array, Uint8Array>
+}
+
+export function middleware(opts: MiddlewareOptions): Middleware {
+  const { conns, log } = opts
+
+  function statusOf(err: unknown): WorkloadStatusError {
+    if (err instanceof WorkloadStatusError) return err
+    if (err instanceof WorkloadProtocolError) {
+      return new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, err.message)
+    }
+    log('error', 'workload API handler failed', { error: (err as Error)?.message ?? String(err) })
+    return new WorkloadStatusError(GrpcStatus.INTERNAL, 'internal error')
+  }
+
+  async function attest(call: AnyCall, signal: AbortSignal): Promise<Selector[]> {
+    const conn = conns.get(call.getPeer())
+    if (!conn) {
+      throw new WorkloadStatusError(GrpcStatus.UNAUTHENTICATED, 'unknown caller connection')
+    }
+    const deadline = AbortSignal.any([signal, AbortSignal.timeout(opts.attestTimeoutMs)])
+    const results = await Promise.allSettled(
+      opts.attestors.map((a) => raceAbort(a.attest(conn.peer, deadline), deadline)),
+    )
+    if (signal.aborted) throw signal.reason
+    const selectors: Selector[] = []
+    let failures = 0
+    results.forEach((r, i) => {
+      const name = opts.attestors[i]!.name
+      if (r.status === 'fulfilled') {
+        // Typed with the plugin's name whatever the plugin said: one plugin cannot forge another's.
+        for (const s of r.value) selectors.push({ type: name, value: s.value })
+      } else {
+        failures++
+        log('warn', 'workload attestor failed', {
+          attestor: name,
+          pid: conn.peer.pid,
+          error: (r.reason as Error)?.message ?? String(r.reason),
+        })
+      }
+    })
+    if (opts.attestors.length > 0 && failures === opts.attestors.length) {
+      throw new WorkloadStatusError(GrpcStatus.UNAVAILABLE, 'workload attestation failed')
+    }
+    // Liveness: the pid must still be the process (start time, owner, executable) that connected.
+    let now: ProcStamp
+    try {
+      now = await procStamp(conn.peer.pid, opts.procRoot)
+    } catch (err) {
+      throw new WorkloadStatusError(
+        GrpcStatus.UNAUTHENTICATED,
+        `could not verify existence of the original caller: ${(err as Error).message}`,
+      )
+    }
+    const why = stampMismatch(conn.stamp, now)
+    if (why !== undefined) {
+      throw new WorkloadStatusError(
+        GrpcStatus.UNAUTHENTICATED,
+        `could not verify existence of the original caller: ${why}`,
+      )
+    }
+    log('debug', 'workload attested', { pid: conn.peer.pid, uid: conn.peer.uid, selectors })
+    return selectors
+  }
+
+  const unary: Middleware['unary'] =
+    (fn, needsHeader = true) =>
+    (call, callback) => {
+      const ac = new AbortController()
+      const peer = call.getPeer() // after a cancel, getPeer() no longer knows the socket
+      call.on('cancelled', () => {
+        conns.noteReset(peer)
+        ac.abort(new Error('call cancelled'))
+      })
+      Promise.resolve()
+        .then(() => {
+          if (needsHeader) checkHeader(call.metadata)
+          return fn(call, ac.signal)
+        })
+        .then(
+          (res) => {
+            if (!ac.signal.aborted) callback(null, toBuffer(res))
+          },
+          (err: unknown) => {
+            if (ac.signal.aborted) return // the caller left; nobody to answer
+            const s = statusOf(err)
+            callback({ code: s.status, details: s.message })
+          },
+        )
+    }
+
+  const streaming: Middleware['streaming'] = (requestName, subscribe) => (call) => {
+    const peer = call.getPeer() // after a cancel, getPeer() no longer knows the socket
+    const s = new StreamState(call, () => conns.noteReset(peer))
+    Promise.resolve()
+      .then(async () => {
+        checkHeader(call.metadata)
+        workloadCodec.empty.decode(requestName, call.request)
+        const selectors = await attest(call, s.abort.signal)
+        if (!s.closed) subscribe(s, selectors)
+      })
+      .catch((err: unknown) => {
+        if (s.closed) return
+        s.fail(statusOf(err))
+      })
+  }
+
+  return { statusOf, attest, unary, streaming }
+}
