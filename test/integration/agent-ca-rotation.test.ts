@@ -17,8 +17,9 @@ import { startCli } from '../helpers/cli-process.js'
 /**
  * Issue 9: an agent bootstrapped from a bundle file pinned those roots for TLS, so once the server
  * SVID came from the next CA, every new connection failed: it could not renew and its SVIDs ran out. Real server and agent
- * processes, a 90 s CA (the shortest the server's 60 s backdating of CA notBefore rotates sanely
- * with) and 10 s SVIDs: across two CA rotations and a restart after the bootstrap CA expired,
+ * processes, a 90 s CA and 10 s workload SVIDs (the agent's own lasts 45 s, so a restart on a loaded
+ * machine finds it unexpired, as a production agent_ttl would): across two CA rotations and a
+ * restart after the bootstrap CA expired,
  * every fetch from the Workload API returns SVIDs that verify against the fetched bundle, now.
  */
 test('a bundle-bootstrapped agent survives CA rotations and a restart after its bootstrap CA expired', {
@@ -26,7 +27,8 @@ test('a bundle-bootstrapped agent survives CA rotations and a restart after its 
 }, async (t) => {
   const dir = processDir('spiffe-edge-rotation-')
   t.after(() => rmSync(dir, { recursive: true, force: true }))
-  const serverToml = 'ca_ttl = "90s"\ndefault_x509_svid_ttl = "10s"\ndefault_jwt_svid_ttl = "10s"'
+  const serverToml =
+    'ca_ttl = "90s"\ndefault_x509_svid_ttl = "10s"\ndefault_jwt_svid_ttl = "10s"\nagent_ttl = "45s"'
   let server = await startServerProcess(dir, t, serverToml)
   const bootstrap = join(dir, 'bootstrap.pem')
   const pem = await server.admin('bundle', 'show')
