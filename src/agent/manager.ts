@@ -1,7 +1,8 @@
 /**
  * The agent's manager: it composes the agent identity (cache/identity.ts), the entry sync
- * (cache/entries.ts), the workload X509-SVIDs (cache/x509-svids.ts) and the JWT-SVID cache
- * (cache/jwt-svids.ts), owns the bundle and the sync loop, and decides what a refusal means. It is
+ * (cache/entries.ts), the workload X509-SVIDs (cache/x509-svids.ts), the JWT-SVID cache
+ * (cache/jwt-svids.ts), the bundle (cache/bundle.ts) and the sync timing (cache/schedule.ts); it
+ * runs one sync round and decides what a refusal means. It is
  * the WorkloadSource the Workload API serves from, so workloads are answered from memory and keep
  * being answered while the server is unreachable; the sync loop retries with capped exponential
  * backoff and reports it in health(). It talks to the server only through a NodeClient.
@@ -14,9 +15,11 @@ import type { JwtBundle } from '../spiffe/bundle.js'
 import { TrustBundle } from '../spiffe/bundle.js'
 import type { TrustDomain } from '../spiffe/id.js'
 import { NodeCallError, type NodeClient } from '../transport/node-client.js'
+import { BundleState } from './cache/bundle.js'
 import { EntrySync, sel } from './cache/entries.js'
 import { IdentityKeeper } from './cache/identity.js'
 import { JWT_CACHE_DEFAULT_BYTES, JwtSvidCache } from './cache/jwt-svids.js'
+import { SyncSchedule } from './cache/schedule.js'
 import { X509SvidCache } from './cache/x509-svids.js'
 import type { AgentStorage } from './storage.js'
 import { GrpcStatus, WorkloadStatusError } from './workload-api/errors.js'
@@ -66,9 +69,8 @@ export class AgentManager implements WorkloadSource {
   private readonly entries: EntrySync
   private readonly x509: X509SvidCache
   private readonly jwt: JwtSvidCache
-  private bundle: TrustBundle | undefined
-  private readonly bundleSubs = new Set<(u: BundlesUpdate) => void>()
-  private timer: NodeJS.Timeout | undefined
+  private readonly bundle: BundleState
+  private readonly schedule: SyncSchedule
   private stopped = false
   private syncing: Promise<void> | undefined
   private failures = 0
@@ -89,11 +91,12 @@ export class AgentManager implements WorkloadSource {
       attestor: o.attestor,
     })
     this.entries = new EntrySync(o.client, o.storage)
+    this.bundle = new BundleState(o.trustDomain)
     this.x509 = new X509SvidCache({
       ...common,
       auth,
       entries: this.entries,
-      bundle: () => this.bundle,
+      bundle: () => this.bundle.current,
       trustDomain: o.trustDomain,
       workloadKeyType: o.workloadKeyType,
       cacheMaxSize: o.cacheMaxSize,
@@ -103,6 +106,15 @@ export class AgentManager implements WorkloadSource {
       ...common,
       auth,
       maxBytes: o.jwtCacheMaxBytes ?? JWT_CACHE_DEFAULT_BYTES,
+    })
+    this.schedule = new SyncSchedule({
+      intervalMs: o.syncIntervalMs,
+      now,
+      random: this.random,
+      sync: () => this.syncNow(),
+      failures: () => this.failures,
+      agent: () => this.identity.current,
+      nextRotation: (t) => this.x509.nextRotation(t),
     })
   }
 
@@ -118,58 +130,23 @@ export class AgentManager implements WorkloadSource {
   async start(): Promise<void> {
     const state = this.o.storage.load()
     if (state.bundle) {
-      this.bundle = TrustBundle.fromSpiffeJson(this.o.trustDomain, state.bundle)
-      this.o.client.setBundle(this.bundle)
+      this.bundle.current = TrustBundle.fromSpiffeJson(this.o.trustDomain, state.bundle)
+      this.o.client.setBundle(this.bundle.current)
     }
     await this.identity.restore(state)
     if (state.entries && this.identity.current) this.entries.restore(state.entries, state.revision)
     if (!this.identity.current) await this.attest()
     await this.syncNow()
-    this.schedule(this.nextDelay(this.o.syncIntervalMs))
+    if (!this.stopped) this.schedule.start()
   }
 
   /** Node attestation; a different identity than before starts its entries afresh. */
   private async attest(): Promise<void> {
     const { r, old } = await this.identity.attest()
-    this.bundle = r.bundle
+    this.bundle.current = r.bundle
     if (old && old.spiffeId !== r.svid.spiffeId) this.entries.clear()
     this.o.log('info', 'node attested', { agent: r.svid.spiffeId, attestor: this.o.attestor.name })
-    this.notifyBundles()
-  }
-
-  private schedule(ms: number): void {
-    if (this.stopped) return
-    this.timer = setTimeout(() => {
-      void this.syncNow().then(
-        () => this.schedule(this.nextDelay(this.o.syncIntervalMs)),
-        () => {
-          // Capped exponential backoff with jitter: min(8 min, 48 × interval), as SPIRE caps it.
-          const cap = Math.min(8 * 60_000, 48 * this.o.syncIntervalMs)
-          const delay = Math.min(cap, this.o.syncIntervalMs * 2 ** Math.min(this.failures, 10))
-          this.schedule(this.nextDelay(delay / 2 + this.random() * (delay / 2)))
-        },
-      )
-    }, ms)
-    this.timer.unref?.()
-  }
-
-  /**
-   * When to sync next: `base` (the interval, or the backoff), but no later than the next SVID
-   * rotation, so a short-lived SVID (clamped to the end of its CA) is not left to expire between
-   * syncs. Once the agent SVID is due and renewal keeps failing, retry at a quarter of its
-   * remaining life (at most twice a second): backoff must not outlast it.
-   */
-  private nextDelay(base: number): number {
-    const now = this.now()
-    let d = base
-    const a = this.identity.current
-    if (a) {
-      if (a.rotateAt > now) d = Math.min(d, a.rotateAt - now)
-      else d = Math.min(d, Math.max(500, (a.notAfter - now) / 4))
-    }
-    const next = this.x509.nextRotation(now)
-    if (next !== undefined) d = Math.min(d, next - now)
-    return Math.max(50, d)
+    this.bundle.notify()
   }
 
   /** One sync (coalesced with a running one). Rejects when it failed; the state is kept. */
@@ -248,7 +225,7 @@ export class AgentManager implements WorkloadSource {
       },
     )
     this.stopped = true
-    if (this.timer) clearTimeout(this.timer)
+    this.schedule.stop()
     this.identity.current = undefined
     this.x509.clear()
     this.jwt.clear()
@@ -263,13 +240,14 @@ export class AgentManager implements WorkloadSource {
 
   private async syncBundle(): Promise<void> {
     const r = await this.o.client.call('GetBundle', {}, this.identity.auth())
-    if (this.bundle && r.sequence <= this.bundle.sequence) return
+    const cur = this.bundle.current
+    if (cur && r.sequence <= cur.sequence) return
     const b = TrustBundle.fromSpiffeJson(this.o.trustDomain, r.bundle)
-    this.bundle = b
+    this.bundle.current = b
     this.o.client.setBundle(b)
     this.o.storage.save({ bundle: r.bundle })
     this.o.log('info', 'trust bundle updated', { sequence: b.sequence })
-    this.notifyBundles()
+    this.bundle.notify()
     this.x509.notify()
   }
 
@@ -279,30 +257,8 @@ export class AgentManager implements WorkloadSource {
     return this.x509.subscribe(selectors, onUpdate)
   }
 
-  private bundlesUpdate(): BundlesUpdate {
-    const x509b = new Map<string, readonly Uint8Array[]>()
-    const jwt = new Map<string, string>()
-    if (this.bundle) {
-      x509b.set(this.o.trustDomain.name, this.bundle.x509Authorities)
-      const keys = (JSON.parse(this.bundle.toSpiffeJson()) as { keys: { use?: string }[] }).keys
-        .filter((k) => k.use === 'jwt-svid')
-        .map(({ use: _use, ...k }) => k)
-      jwt.set(this.o.trustDomain.name, JSON.stringify({ keys }))
-    }
-    return { x509: x509b, jwt }
-  }
-
-  private notifyBundles(): void {
-    const u = this.bundlesUpdate()
-    for (const cb of this.bundleSubs) cb(u)
-  }
-
   subscribeBundles(onUpdate: (u: BundlesUpdate) => void): () => void {
-    this.bundleSubs.add(onUpdate)
-    onUpdate(this.bundlesUpdate())
-    return () => {
-      this.bundleSubs.delete(onUpdate)
-    }
+    return this.bundle.subscribe(onUpdate)
   }
 
   async fetchJwtSvids(
@@ -329,7 +285,7 @@ export class AgentManager implements WorkloadSource {
   }
 
   jwtBundle(td: TrustDomain): JwtBundle | undefined {
-    return this.bundle && td.equals(this.o.trustDomain) ? this.bundle.jwtBundle() : undefined
+    return this.bundle.jwtBundle(td)
   }
 
   // ------------------------------------------------------------ health and lifecycle
@@ -363,7 +319,7 @@ export class AgentManager implements WorkloadSource {
 
   async stop(): Promise<void> {
     this.stopped = true
-    if (this.timer) clearTimeout(this.timer)
+    this.schedule.stop()
     await this.syncing?.catch(() => undefined)
   }
 }
