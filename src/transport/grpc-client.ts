@@ -6,14 +6,20 @@
 import type { PeerCertificate } from 'node:tls'
 import * as grpc from '@grpc/grpc-js'
 import type { AgentNodeAttestor } from '../attestors/types.js'
-import { createCsr } from '../common/csr.js'
 import type { Signer } from '../keymanager/types.js'
-import { TrustBundle } from '../spiffe/bundle.js'
+import type { TrustBundle } from '../spiffe/bundle.js'
 import type { TrustDomain } from '../spiffe/id.js'
 import { nodeServiceDefinition } from './grpc-service.js'
-import { openResponse, serverSpiffeId, signRequest, transportError } from './node-call.js'
+import {
+  attestParams,
+  attestStep,
+  openResponse,
+  serverSpiffeId,
+  signRequest,
+  transportError,
+} from './node-call.js'
 import { type AgentAuth, type AttestResult, NodeCallError, type NodeClient } from './node-client.js'
-import { type CallMethod, type CallMethods, codec, type Init, required } from './proto.js'
+import type { CallMethod, CallMethods, Init } from './proto.js'
 
 export type { AgentAuth, AttestResult, NodeClient } from './node-client.js'
 export { NodeCallError } from './node-client.js'
@@ -176,38 +182,25 @@ export class GrpcNodeClient implements NodeClient {
       }
       call.on('data', (b: Uint8Array) => {
         void (async () => {
-          const m = codec.attestResponse.decode(b)
-          if (m.challenge) {
-            const response = await attestor.respond(m.challenge)
-            call.write(Buffer.from(codec.attestRequest.encode({ challengeResponse: response })))
+          const step = await attestStep(b, attestor, this.o.trustDomain)
+          if (!step) return
+          if ('reply' in step) {
+            call.write(step.reply)
             return
           }
-          if (m.result) {
-            const bundle = TrustBundle.fromSpiffeJson(this.o.trustDomain, m.result.bundle)
-            this.setBundle(bundle)
-            settled = true
-            call.end()
-            resolve({
-              svid: required(m.result.svid, 'AttestAgentResponse.result.svid'),
-              bundle,
-              reattestable: m.result.reattestable,
-              selectors: m.result.selectors,
-            })
-          }
+          this.setBundle(step.result.bundle)
+          settled = true
+          call.end()
+          resolve(step.result)
         })().catch(fail)
       })
       call.on('error', (err: grpc.ServiceError) => fail(this.fromGrpcError(err)))
       call.on('end', () =>
         fail(new NodeCallError(14, 'closed', 'the server closed the attestation stream')),
       )
-      void (async () => {
-        const [payload, csr] = await Promise.all([attestor.payload(), createCsr(signer)])
-        call.write(
-          Buffer.from(
-            codec.attestRequest.encode({ params: { data: { type: attestor.name, payload }, csr } }),
-          ),
-        )
-      })().catch(fail)
+      void attestParams(attestor, signer)
+        .then((m) => call.write(m))
+        .catch(fail)
     })
   }
 

@@ -1,10 +1,14 @@
 /**
  * The agent's side of the signed envelope, for any transport: signing a request with the agent
  * SVID key, checking a response against the bundle the agent trusts now, and naming a transport
- * failure by its cause (unreachable, untrusted, refused). A transport only moves the bytes.
+ * failure by its cause (unreachable, untrusted, refused); and the AttestAgent exchange as
+ * messages. A transport only moves the bytes.
  */
 import { createPublicKey } from 'node:crypto'
-import type { TrustBundle } from '../spiffe/bundle.js'
+import type { AgentNodeAttestor } from '../attestors/types.js'
+import { createCsr } from '../common/csr.js'
+import type { Signer } from '../keymanager/types.js'
+import { TrustBundle } from '../spiffe/bundle.js'
 import type { TrustDomain } from '../spiffe/id.js'
 import { validateX509Svid } from '../spiffe/x509-svid.js'
 import {
@@ -14,12 +18,13 @@ import {
   responseSigningString,
   verifySignature,
 } from './envelope.js'
-import { type AgentAuth, NodeCallError } from './node-client.js'
+import { type AgentAuth, type AttestResult, NodeCallError } from './node-client.js'
 import {
   type CallMethod,
   type CallMethods,
   codec,
   type Init,
+  required,
   type SignedResponse,
 } from './proto.js'
 
@@ -160,4 +165,41 @@ export function transportError(
     )
   }
   return new NodeCallError(status, 'transport', details)
+}
+
+// ------------------------------------------------------------ AttestAgent, as a message exchange
+
+/** The first AttestAgent message: the attestor's evidence and a CSR for the new agent key. */
+export async function attestParams(attestor: AgentNodeAttestor, signer: Signer): Promise<Buffer> {
+  const [payload, csr] = await Promise.all([attestor.payload(), createCsr(signer)])
+  return Buffer.from(
+    codec.attestRequest.encode({ params: { data: { type: attestor.name, payload }, csr } }),
+  )
+}
+
+/**
+ * One server message of the exchange: a challenge gets the attestor's answer to send back; the
+ * result gives the SVID and the bundle it came with (which the client should trust from now on).
+ */
+export async function attestStep(
+  message: Uint8Array,
+  attestor: AgentNodeAttestor,
+  td: TrustDomain,
+): Promise<{ reply: Buffer } | { result: AttestResult } | undefined> {
+  const m = codec.attestResponse.decode(message)
+  if (m.challenge) {
+    const response = await attestor.respond(m.challenge)
+    return { reply: Buffer.from(codec.attestRequest.encode({ challengeResponse: response })) }
+  }
+  if (m.result) {
+    return {
+      result: {
+        svid: required(m.result.svid, 'AttestAgentResponse.result.svid'),
+        bundle: TrustBundle.fromSpiffeJson(td, m.result.bundle),
+        reattestable: m.result.reattestable,
+        selectors: m.result.selectors,
+      },
+    }
+  }
+  return undefined
 }
