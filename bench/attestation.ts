@@ -2,7 +2,7 @@
  * TPM node attestation, end to end against swtpm, against its own parts measured in the same run.
  *
  * 1. End-to-end latency, agent start to agent SVID: open a TpmContext, create the TPM-resident
- *    agent key (TpmKeyManager), NodeClient.attestAgent with tpmAgentAttestor against a real server
+ *    agent key (TpmKeyManager), GrpcNodeClient.attestAgent with tpmAgentAttestor against a real server
  *    started in this process ([plugins.NodeAttestor.tpm] trusting the swtpm's EK CA bundle), over
  *    loopback gRPC with TLS. Median of BENCH_N runs; a warm-up run first creates the AK, so the
  *    timed runs are agent restarts that reuse it (as real agents do), each with a new agent key.
@@ -75,7 +75,7 @@ import {
 } from '../src/tpm/structures/public.js'
 import { ecdsaToDer, parseSignature } from '../src/tpm/structures/signature.js'
 import { checkAkAttributes, verifyCertify, verifyQuote } from '../src/tpm/verify.js'
-import { NodeClient } from '../src/transport/grpc-client.js'
+import { GrpcNodeClient } from '../src/transport/grpc-client.js'
 
 const N = Number(process.env.BENCH_N ?? 5)
 // TPM commands alone are cheap on swtpm: more samples for a stable median.
@@ -213,7 +213,7 @@ async function main(): Promise<void> {
           'ec-p256',
         )
         const attestor = tpmAgentAttestor({ tpm, dataDir: agentDir, agentKey: () => key })
-        const client = new NodeClient({
+        const client = new GrpcNodeClient({
           address: `127.0.0.1:${server.port}`,
           trustDomain: td,
           bundle: 'insecure',

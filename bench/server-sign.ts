@@ -15,7 +15,7 @@ import { joinTokenAgentAttestor } from '../src/attestors/join-token/agent.js'
 import { MemoryKeyManager } from '../src/keymanager/memory.js'
 import { createCsr } from '../src/spiffe/csr.js'
 import { TrustDomain } from '../src/spiffe/id.js'
-import { NodeClient } from '../src/transport/grpc-client.js'
+import { GrpcNodeClient } from '../src/transport/grpc-client.js'
 import { startTestServer } from '../test/helpers/server.js'
 
 const BATCHES = Number(process.env.BENCH_BATCHES ?? 10)
@@ -26,7 +26,7 @@ async function main(): Promise<void> {
   const td = TrustDomain.parse('example.org')
   const keys = new MemoryKeyManager()
   const agentKey = await keys.generateKey('agent', 'ec-p256')
-  const client = new NodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
+  const client = new GrpcNodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
   try {
     const att = await client.attestAgent(joinTokenAgentAttestor(await s.token()), agentKey)
     const auth = { spiffeId: att.svid.spiffeId, chain: att.svid.certChain, signer: agentKey }

@@ -20,7 +20,7 @@ import type { KeyManager } from '../keymanager/types.js'
 import { parsePemCertificates, TrustBundle } from '../spiffe/bundle.js'
 import { TrustDomain } from '../spiffe/id.js'
 import { TpmContext } from '../tpm/context.js'
-import { NodeClient } from '../transport/grpc-client.js'
+import { GrpcNodeClient } from '../transport/grpc-client.js'
 import type { AgentConfig } from './config.js'
 import { AgentManager } from './manager.js'
 import { AgentStorage } from './storage.js'
@@ -276,7 +276,7 @@ async function startAgentLocked(config: AgentConfig, opts: { log?: Log }): Promi
     await identity.close()
     throw err
   }
-  const client = new NodeClient({ address: config.serverAddress, trustDomain: td, bundle })
+  const client = new GrpcNodeClient({ address: config.serverAddress, trustDomain: td, bundle })
   let onFatal: (err: SpiffeEdgeError) => void = () => undefined
   let fatalError: SpiffeEdgeError | undefined
   const terminated = new Promise<SpiffeEdgeError>((resolve) => {

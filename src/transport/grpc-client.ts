@@ -1,37 +1,28 @@
 /**
- * The agent's side of the node API over gRPC. TLS authenticates the server (its SVID must be
- * spiffe://<td>/spire/server and chain to the bundle); every call after attestation is a signed
- * envelope, and every response's signature is checked against the server SVID it carries, so the
- * same checks hold when a broker sits in between (MQTT).
+ * The node API over gRPC: one NodeClient implementation. TLS authenticates the server (its SVID
+ * must be spiffe://<td>/spire/server and chain to the bundle); signing requests, verifying
+ * responses and naming failures is node-call.ts, shared with the MQTT transport.
  */
-import { createPublicKey } from 'node:crypto'
 import type { PeerCertificate } from 'node:tls'
 import * as grpc from '@grpc/grpc-js'
 import type { AgentNodeAttestor } from '../attestors/types.js'
-import { SpiffeEdgeError } from '../errors.js'
 import type { Signer } from '../keymanager/types.js'
-import { TrustBundle } from '../spiffe/bundle.js'
-import { createCsr } from '../spiffe/csr.js'
+import type { TrustBundle } from '../spiffe/bundle.js'
 import type { TrustDomain } from '../spiffe/id.js'
-import { validateX509Svid } from '../spiffe/x509-svid.js'
-import {
-  checkTimestamp,
-  newNonce,
-  requestSigningString,
-  responseSigningString,
-  verifySignature,
-} from './envelope.js'
 import { nodeServiceDefinition } from './grpc-service.js'
 import {
-  type CallMethod,
-  type CallMethods,
-  codec,
-  type Init,
-  required,
-  type Selector,
-  type SignedResponse,
-  type X509SvidMessage,
-} from './proto.js'
+  attestParams,
+  attestStep,
+  openResponse,
+  serverSpiffeId,
+  signRequest,
+  transportError,
+} from './node-call.js'
+import { type AgentAuth, type AttestResult, NodeCallError, type NodeClient } from './node-client.js'
+import type { CallMethod, CallMethods, Init } from './proto.js'
+
+export type { AgentAuth, AttestResult, NodeClient } from './node-client.js'
+export { NodeCallError } from './node-client.js'
 
 export interface NodeClientOptions {
   /** host:port of the server. */
@@ -45,62 +36,6 @@ export interface NodeClientOptions {
   readonly timeoutMs?: number
 }
 
-export interface AgentAuth {
-  /** The agent's SPIFFE ID (from its SVID). */
-  readonly spiffeId: string
-  /** The current agent SVID chain, DER, leaf first. */
-  readonly chain: readonly Uint8Array[]
-  readonly signer: Signer
-}
-
-export interface AttestResult {
-  readonly svid: X509SvidMessage
-  readonly bundle: TrustBundle
-  readonly reattestable: boolean
-  readonly selectors: Selector[]
-}
-
-/**
- * A failed node API call. `status` is a gRPC code, `reason` a stable machine value. The code says
- * whose fault it is: ERR_SERVER_REFUSED only when the server answered with a refusal;
- * ERR_SERVER_UNREACHABLE when no connection could be made; ERR_SERVER_UNTRUSTED when the agent's
- * bundle does not verify what the server presented (a stale bundle, or the wrong server).
- */
-export class NodeCallError extends SpiffeEdgeError {
-  readonly status: number
-  readonly reason: string
-
-  constructor(
-    status: number,
-    reason: string,
-    message: string,
-    code:
-      | 'ERR_SERVER_REFUSED'
-      | 'ERR_SERVER_UNREACHABLE'
-      | 'ERR_SERVER_UNTRUSTED' = 'ERR_SERVER_REFUSED',
-    remedy?: string,
-  ) {
-    super(code, message, {
-      remedy:
-        remedy ??
-        (reason === 'banned'
-          ? 'the agent is banned: the server operator must evict it before it may attest again'
-          : reason === 'not_attested' || reason === 'stale_svid' || reason === 'bad_svid'
-            ? 'the server no longer knows this agent identity: attest again (a new join token)'
-            : 'the server refused the call; the server log has details'),
-    })
-    this.status = status
-    this.reason = reason
-  }
-}
-
-const UNREACHABLE_REMEDY =
-  'start the server, or check server_address/--server-address and the network (the agent retries)'
-const UNTRUSTED_REMEDY =
-  "the agent's bundle does not trust the server's certificate: if this is the first start, " +
-  'set trust_bundle_path to the current bundle (spiffe-edge server bundle show); if the agent ' +
-  'was off longer than the CA lifetime, remove its data dir and attest again'
-
 function uriSans(cert: PeerCertificate): string[] {
   return (cert.subjectaltname ?? '')
     .split(', ')
@@ -108,7 +43,7 @@ function uriSans(cert: PeerCertificate): string[] {
     .map((s) => s.slice(4))
 }
 
-const GrpcNodeClient = grpc.makeGenericClientConstructor(nodeServiceDefinition, 'Node')
+const RawNodeClient = grpc.makeGenericClientConstructor(nodeServiceDefinition, 'Node')
 type RawClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>
 
 /**
@@ -141,7 +76,7 @@ class RootsProvider implements grpc.experimental.CertificateProvider {
   removeIdentityCertificateListener(): void {}
 }
 
-export class NodeClient {
+export class GrpcNodeClient implements NodeClient {
   private readonly o: NodeClientOptions
   private bundle: TrustBundle | undefined
   /** Verifies the server against the current bundle; created once a bundle is known. */
@@ -152,9 +87,9 @@ export class NodeClient {
 
   constructor(o: NodeClientOptions) {
     this.o = o
-    this.serverId = `spiffe://${o.trustDomain.name}/spire/server`
+    this.serverId = serverSpiffeId(o.trustDomain)
     if (o.bundle === 'insecure') {
-      this.insecure = new GrpcNodeClient(
+      this.insecure = new RawNodeClient(
         o.address,
         grpc.credentials.createSsl(null, null, null, {
           rejectUnauthorized: false,
@@ -216,7 +151,7 @@ export class NodeClient {
     })
     this.strict = {
       roots,
-      client: new GrpcNodeClient(
+      client: new RawNodeClient(
         this.o.address,
         creds,
         this.channelOptions(),
@@ -247,38 +182,25 @@ export class NodeClient {
       }
       call.on('data', (b: Uint8Array) => {
         void (async () => {
-          const m = codec.attestResponse.decode(b)
-          if (m.challenge) {
-            const response = await attestor.respond(m.challenge)
-            call.write(Buffer.from(codec.attestRequest.encode({ challengeResponse: response })))
+          const step = await attestStep(b, attestor, this.o.trustDomain)
+          if (!step) return
+          if ('reply' in step) {
+            call.write(step.reply)
             return
           }
-          if (m.result) {
-            const bundle = TrustBundle.fromSpiffeJson(this.o.trustDomain, m.result.bundle)
-            this.setBundle(bundle)
-            settled = true
-            call.end()
-            resolve({
-              svid: required(m.result.svid, 'AttestAgentResponse.result.svid'),
-              bundle,
-              reattestable: m.result.reattestable,
-              selectors: m.result.selectors,
-            })
-          }
+          this.setBundle(step.result.bundle)
+          settled = true
+          call.end()
+          resolve(step.result)
         })().catch(fail)
       })
       call.on('error', (err: grpc.ServiceError) => fail(this.fromGrpcError(err)))
       call.on('end', () =>
         fail(new NodeCallError(14, 'closed', 'the server closed the attestation stream')),
       )
-      void (async () => {
-        const [payload, csr] = await Promise.all([attestor.payload(), createCsr(signer)])
-        call.write(
-          Buffer.from(
-            codec.attestRequest.encode({ params: { data: { type: attestor.name, payload }, csr } }),
-          ),
-        )
-      })().catch(fail)
+      void attestParams(attestor, signer)
+        .then((m) => call.write(m))
+        .catch(fail)
     })
   }
 
@@ -288,22 +210,7 @@ export class NodeClient {
     body: Init<CallMethods[M]['request']>,
     auth?: AgentAuth,
   ): Promise<CallMethods[M]['response']> {
-    const bodyBytes = codec.request(method).encode(body)
-    const nonce = newNonce()
-    const timestampMs = Date.now()
-    const signature = auth
-      ? await auth.signer.sign(
-          requestSigningString(method, auth.spiffeId, timestampMs, nonce, bodyBytes),
-        )
-      : new Uint8Array()
-    const request = codec.signedRequest.encode({
-      method,
-      body: bodyBytes,
-      agentChain: auth ? [...auth.chain] : [],
-      timestampMs,
-      nonce,
-      signature,
-    })
+    const signed = await signRequest(method, body, auth)
     const responseBytes = await new Promise<Uint8Array>((resolve, reject) => {
       ;(
         this.client().call as (
@@ -311,56 +218,11 @@ export class NodeClient {
           o: grpc.CallOptions,
           cb: (e: grpc.ServiceError | null, v?: Uint8Array) => void,
         ) => void
-      )(request, { deadline: this.deadline() }, (err, value) =>
+      )(signed.bytes, { deadline: this.deadline() }, (err, value) =>
         err ? reject(this.fromGrpcError(err)) : resolve(value!),
       )
     })
-    const res = codec.signedResponse.decode(responseBytes)
-    this.verifyResponse(method, nonce, res)
-    if (res.errorCode !== 0)
-      throw new NodeCallError(res.errorCode, res.errorReason, res.errorMessage)
-    return codec.response(method).decode(res.body)
-  }
-
-  /** The response must be signed by the server SVID, chained to our bundle, for our nonce. */
-  private verifyResponse(method: string, nonce: Uint8Array, res: SignedResponse): void {
-    const bundle = this.bundle
-    if (!bundle) throw new NodeCallError(16, 'no_bundle', 'no trust bundle yet: attest first')
-    let leafKey: ReturnType<typeof createPublicKey>
-    try {
-      const v = validateX509Svid(
-        res.serverChain,
-        (td) => (td.equals(this.o.trustDomain) ? bundle.x509Bundle() : undefined),
-        new Date(),
-      )
-      if (v.spiffeId.toString() !== this.serverId)
-        throw new Error(`signed by ${v.spiffeId}, not the server`)
-      leafKey = createPublicKey({
-        key: Buffer.from(v.leaf.publicKey.rawData),
-        format: 'der',
-        type: 'spki',
-      })
-    } catch (err) {
-      throw new NodeCallError(
-        16,
-        'bad_server_svid',
-        `response not from our server: ${(err as Error).message}`,
-        'ERR_SERVER_UNTRUSTED',
-        UNTRUSTED_REMEDY,
-      )
-    }
-    if (Buffer.compare(Buffer.from(res.requestNonce), Buffer.from(nonce)) !== 0) {
-      throw new NodeCallError(16, 'nonce', 'response answers another request')
-    }
-    checkTimestamp(res.timestampMs, Date.now())
-    const data = responseSigningString(method, res.timestampMs, res.requestNonce, res.body, {
-      code: res.errorCode,
-      message: res.errorMessage,
-      reason: res.errorReason,
-    })
-    if (!verifySignature(leafKey, data, res.signature)) {
-      throw new NodeCallError(16, 'signature', 'response signature does not verify')
-    }
+    return openResponse(method, signed, responseBytes, this.bundle, this.o.trustDomain)
   }
 
   close(): void {
@@ -368,36 +230,10 @@ export class NodeClient {
     this.insecure?.close()
   }
 
-  /**
-   * A gRPC failure as the agent should report it: a status the server sent carries its reason
-   * ("… (reason)"); a connection that never came up is unreachable, or untrusted when TLS failed.
-   */
+  /** A gRPC failure by its cause: no connection (unavailable, deadline) or what the server said. */
   private fromGrpcError(err: grpc.ServiceError): NodeCallError {
-    const details = err.details || err.message
-    const m = /\(([a-z_]+)\)$/.exec(details)
-    if (m) return new NodeCallError(err.code, m[1]!, details)
-    if (err.code === grpc.status.UNAVAILABLE || err.code === grpc.status.DEADLINE_EXCEEDED) {
-      if (TLS_FAILURE.test(details)) {
-        return new NodeCallError(
-          err.code,
-          'untrusted_server',
-          `cannot verify the server at ${this.o.address}: ${details}`,
-          'ERR_SERVER_UNTRUSTED',
-          UNTRUSTED_REMEDY,
-        )
-      }
-      return new NodeCallError(
-        err.code,
-        'unreachable',
-        `cannot reach the server at ${this.o.address}: ${details}`,
-        'ERR_SERVER_UNREACHABLE',
-        UNREACHABLE_REMEDY,
-      )
-    }
-    return new NodeCallError(err.code, 'transport', details)
+    const noConnection =
+      err.code === grpc.status.UNAVAILABLE || err.code === grpc.status.DEADLINE_EXCEEDED
+    return transportError(err.code, err.details || err.message, this.o.address, noConnection)
   }
 }
-
-/** What OpenSSL and our identity check say when the presented certificate is not trusted. */
-const TLS_FAILURE =
-  /certificate|self[- ]signed|issuer|verify|server presented|CERT_|DEPTH_ZERO|SELF_SIGNED/i

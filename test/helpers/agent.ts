@@ -5,7 +5,7 @@ import { joinTokenAgentAttestor } from '../../src/attestors/join-token/agent.js'
 import { silentLog } from '../../src/common/log.js'
 import { DiskKeyManager } from '../../src/keymanager/disk.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
-import { NodeClient } from '../../src/transport/grpc-client.js'
+import { GrpcNodeClient } from '../../src/transport/grpc-client.js'
 
 export const testTrustDomain = TrustDomain.parse('example.org')
 
@@ -23,7 +23,7 @@ export async function startTestAgent(
   token: string,
   opts: { syncIntervalMs?: number; cacheMaxSize?: number; jwtCacheMaxBytes?: number } = {},
 ): Promise<TestAgent> {
-  const client = new NodeClient({ address, trustDomain: testTrustDomain, bundle: 'insecure' })
+  const client = new GrpcNodeClient({ address, trustDomain: testTrustDomain, bundle: 'insecure' })
   const { storage } = AgentStorage.open(join(dir, 'agent.sqlite3'))
   const manager = new AgentManager({
     trustDomain: testTrustDomain,

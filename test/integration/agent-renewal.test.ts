@@ -8,7 +8,7 @@ import { AgentManager } from '../../src/agent/manager.js'
 import { AgentStorage } from '../../src/agent/storage.js'
 import { joinTokenAgentAttestor } from '../../src/attestors/join-token/agent.js'
 import { DiskKeyManager } from '../../src/keymanager/disk.js'
-import { NodeClient } from '../../src/transport/grpc-client.js'
+import { GrpcNodeClient } from '../../src/transport/grpc-client.js'
 import { testTrustDomain } from '../helpers/agent.js'
 import { startTestServer } from '../helpers/server.js'
 
@@ -28,7 +28,7 @@ test('an agent renews its SVID before it expires across a server outage', {
   t.after(() => server[Symbol.asyncDispose]())
   const port = server.server.port
   const lines: string[] = []
-  const client = new NodeClient({
+  const client = new GrpcNodeClient({
     address: server.address,
     trustDomain: testTrustDomain,
     bundle: 'insecure',

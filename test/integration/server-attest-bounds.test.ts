@@ -13,7 +13,7 @@ import { certificateToPem } from '../../src/spiffe/bundle.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
 import { marshalTpm2bPublic, publicFromKeyObject } from '../../src/tpm/structures/public.js'
 import { eccEkTemplate } from '../../src/tpm/templates.js'
-import { NodeCallError, NodeClient } from '../../src/transport/grpc-client.js'
+import { GrpcNodeClient, NodeCallError } from '../../src/transport/grpc-client.js'
 import { startTestServer } from '../helpers/server.js'
 
 // A real server with the TPM attestor: hostile, unauthenticated EK chains are refused fast and
@@ -88,8 +88,8 @@ test('hostile EK chains are refused fast while the node API keeps answering othe
   const key = await new MemoryKeyManager().generateKey('agent', 'ec-p256')
 
   // The other agent: GetBundle back to back, recording the longest wait for an answer.
-  const other = new NodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
-  const bad = new NodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
+  const other = new GrpcNodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
+  const bad = new GrpcNodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
   try {
     // A legitimate agent (join token) that then keeps calling, and so trusts the bundle.
     await other.attestAgent(joinTokenAgentAttestor(await s.token()), key)
@@ -138,7 +138,7 @@ test('hostile EK chains are refused fast while the node API keeps answering othe
 test('an AttestAgent message over the per-message cap is refused by the transport', async () => {
   await using s = await startTestServer()
   const key = await new MemoryKeyManager().generateKey('agent', 'ec-p256')
-  const client = new NodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
+  const client = new GrpcNodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
   try {
     const huge: AgentNodeAttestor = {
       ...attestorFor(new Uint8Array(200 << 10)),

@@ -5,7 +5,7 @@ import { joinTokenAgentAttestor } from '../../src/attestors/join-token/agent.js'
 import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import { createCsr } from '../../src/spiffe/csr.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
-import { type AgentAuth, NodeCallError, NodeClient } from '../../src/transport/grpc-client.js'
+import { type AgentAuth, GrpcNodeClient, NodeCallError } from '../../src/transport/grpc-client.js'
 import { startTestServer, type TestServer } from '../helpers/server.js'
 
 const td = TrustDomain.parse('example.org')
@@ -16,7 +16,7 @@ type After = { after: (fn: () => void) => void }
 async function attest(t: After, address: string, token: string) {
   const keys = new MemoryKeyManager()
   const key = await keys.generateKey('agent', 'ec-p256')
-  const client = new NodeClient({ address, trustDomain: td, bundle: 'insecure' })
+  const client = new GrpcNodeClient({ address, trustDomain: td, bundle: 'insecure' })
   t.after(() => client.close())
   const r = await client.attestAgent(joinTokenAgentAttestor(token), key)
   const auth: AgentAuth = { spiffeId: r.svid.spiffeId, chain: r.svid.certChain, signer: key }

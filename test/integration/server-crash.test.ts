@@ -11,7 +11,7 @@ import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import { adminCall } from '../../src/server/admin-client.js'
 import { loadBetterSqlite3 } from '../../src/server/datastore/sqlite.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
-import { NodeClient } from '../../src/transport/grpc-client.js'
+import { GrpcNodeClient } from '../../src/transport/grpc-client.js'
 import { cliPath, repoRoot, run } from '../helpers/exec.js'
 
 const TOTAL = 400
@@ -161,7 +161,7 @@ test('a restarted server signs with its own CA key after another used the config
   const token = String((await adminCall(again.socket, 'POST', '/v1/tokens', {})).token)
   const keys = new MemoryKeyManager()
   const key = await keys.generateKey('agent', 'ec-p256')
-  const client = new NodeClient({ address: again.address, trustDomain: td, bundle: 'insecure' })
+  const client = new GrpcNodeClient({ address: again.address, trustDomain: td, bundle: 'insecure' })
   t.after(() => client.close())
   const r = await client.attestAgent(joinTokenAgentAttestor(token), key)
   writeFileSync(join(root, 'bundle.pem'), bundleA)

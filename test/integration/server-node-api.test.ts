@@ -8,7 +8,7 @@ import { x509 } from '../../src/common/x509.js'
 import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import { createCsr } from '../../src/spiffe/csr.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
-import { type AgentAuth, NodeCallError, NodeClient } from '../../src/transport/grpc-client.js'
+import { type AgentAuth, GrpcNodeClient, NodeCallError } from '../../src/transport/grpc-client.js'
 import { run } from '../helpers/exec.js'
 import { startTestServer } from '../helpers/server.js'
 
@@ -18,7 +18,7 @@ const pem = (der: Uint8Array) => new x509.X509Certificate(der).toString('pem')
 async function attest(address: string, token: string, bundle: 'insecure' = 'insecure') {
   const keys = new MemoryKeyManager()
   const key = await keys.generateKey('agent', 'ec-p256')
-  const client = new NodeClient({ address, trustDomain: td, bundle })
+  const client = new GrpcNodeClient({ address, trustDomain: td, bundle })
   const r = await client.attestAgent(joinTokenAgentAttestor(token), key)
   const auth: AgentAuth = { spiffeId: r.svid.spiffeId, chain: r.svid.certChain, signer: key }
   return { client, r, auth, key, keys }
@@ -70,7 +70,7 @@ test('an unknown attestor type and a malformed token are refused with clear stat
   )
   const keys = new MemoryKeyManager()
   const key = await keys.generateKey('a', 'ec-p256')
-  const client = new NodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
+  const client = new GrpcNodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
   try {
     await assert.rejects(
       client.attestAgent(
@@ -266,7 +266,7 @@ test('an agent trusting another bundle refuses the server', async () => {
   await using b = await startTestServer()
   const { r, client } = await attest(a.address, await a.token())
   client.close()
-  const wrong = new NodeClient({ address: b.address, trustDomain: td, bundle: r.bundle })
+  const wrong = new GrpcNodeClient({ address: b.address, trustDomain: td, bundle: r.bundle })
   try {
     await assert.rejects(
       wrong.call('GetBundle', {}),

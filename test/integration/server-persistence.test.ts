@@ -12,7 +12,7 @@ import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import { loadBetterSqlite3 } from '../../src/server/datastore/sqlite.js'
 import { createCsr } from '../../src/spiffe/csr.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
-import { type AgentAuth, NodeCallError, NodeClient } from '../../src/transport/grpc-client.js'
+import { type AgentAuth, GrpcNodeClient, NodeCallError } from '../../src/transport/grpc-client.js'
 import { startTestServer } from '../helpers/server.js'
 
 const td = TrustDomain.parse('example.org')
@@ -26,7 +26,7 @@ function tempDir(t: { after(fn: () => void): void }): string {
 async function attest(address: string, token: string) {
   const keys = new MemoryKeyManager()
   const key = await keys.generateKey('agent', 'ec-p256')
-  const client = new NodeClient({ address, trustDomain: td, bundle: 'insecure' })
+  const client = new GrpcNodeClient({ address, trustDomain: td, bundle: 'insecure' })
   const r = await client.attestAgent(joinTokenAgentAttestor(token), key)
   const auth: AgentAuth = { spiffeId: r.svid.spiffeId, chain: r.svid.certChain, signer: key }
   return { client, r, auth, keys }
@@ -45,7 +45,7 @@ test('RenewAgent: the old SVID still works after a server restart, until the new
   s = await startTestServer({ dir, port })
   t.after(() => s[Symbol.asyncDispose]())
   // A new channel, as the restarted agent would have.
-  let c2 = new NodeClient({ address: s.address, trustDomain: td, bundle: r.bundle })
+  let c2 = new GrpcNodeClient({ address: s.address, trustDomain: td, bundle: r.bundle })
   t.after(() => c2.close())
   await c2.call('SyncEntries', { sinceRevision: 0 }, auth) // the replaced SVID: accepted
   const auth2: AgentAuth = { ...auth, chain: renewed.svid!.certChain, signer: next }
@@ -59,7 +59,7 @@ test('RenewAgent: the old SVID still works after a server restart, until the new
   await s[Symbol.asyncDispose]()
   s = await startTestServer({ dir, port: port2 })
   c2.close()
-  c2 = new NodeClient({ address: s.address, trustDomain: td, bundle: r.bundle })
+  c2 = new GrpcNodeClient({ address: s.address, trustDomain: td, bundle: r.bundle })
   await c2.call('SyncEntries', { sinceRevision: 0 }, auth2)
   await assert.rejects(
     c2.call('SyncEntries', { sinceRevision: 0 }, auth),

@@ -18,7 +18,7 @@ import { startServer } from '../../src/server/server.js'
 import { TrustBundle } from '../../src/spiffe/bundle.js'
 import { SpiffeId, TrustDomain } from '../../src/spiffe/id.js'
 import { issueX509Ca, issueX509Svid } from '../../src/spiffe/x509-svid.js'
-import { type AgentAuth, NodeClient } from '../../src/transport/grpc-client.js'
+import { type AgentAuth, GrpcNodeClient } from '../../src/transport/grpc-client.js'
 import { run } from '../helpers/exec.js'
 import { startTestServer } from '../helpers/server.js'
 
@@ -110,7 +110,7 @@ test('an upstream root signs the CA: the bundle is the root, SVID chains verify'
   const token = await s.token()
   const keys = new MemoryKeyManager()
   const key = await keys.generateKey('agent', 'ec-p256')
-  const insecure = new NodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
+  const insecure = new GrpcNodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
   t.after(() => insecure.close())
   const r = await insecure.attestAgent(joinTokenAgentAttestor(token), key)
   assert.deepEqual(r.bundle.x509Authorities, [root.der])
@@ -155,7 +155,7 @@ test('an upstream root signs the CA: the bundle is the root, SVID chains verify'
 
   // An agent that trusts only the upstream root accepts the server (TLS with the intermediate)
   // and the server accepts the agent's two-certificate SVID on signed calls.
-  const strict = new NodeClient({ address: s.address, trustDomain: td, bundle: r.bundle })
+  const strict = new GrpcNodeClient({ address: s.address, trustDomain: td, bundle: r.bundle })
   t.after(() => strict.close())
   const got = await strict.call('GetBundle', {})
   assert.deepEqual(TrustBundle.fromSpiffeJson(td, got.bundle).x509Authorities, [root.der])

@@ -14,7 +14,7 @@ import { parseServerConfig } from '../../src/server/config.js'
 import { startServer } from '../../src/server/server.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
 import { TpmContext } from '../../src/tpm/context.js'
-import { NodeClient } from '../../src/transport/grpc-client.js'
+import { GrpcNodeClient } from '../../src/transport/grpc-client.js'
 
 const td = TrustDomain.parse('example.org')
 
@@ -51,7 +51,7 @@ async function startTpmAgent(tpm: TpmContext, dataDir: string, address: string, 
     listKeys: () => keys.listKeys(),
     deleteKey: (id) => keys.deleteKey(id),
   }
-  const client = new NodeClient({ address, trustDomain: td, bundle: 'insecure' })
+  const client = new GrpcNodeClient({ address, trustDomain: td, bundle: 'insecure' })
   const { storage } = AgentStorage.open(join(dataDir, state))
   const manager = new AgentManager({
     trustDomain: td,

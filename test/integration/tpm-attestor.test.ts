@@ -41,7 +41,7 @@ import { readEndorsementKeys } from '../../src/tpm/ek.js'
 import { openEk, openSrk } from '../../src/tpm/keys.js'
 import { publicKeySpki, TPMA_OBJECT } from '../../src/tpm/structures/public.js'
 import { signingKeyTemplate } from '../../src/tpm/templates.js'
-import { NodeCallError, NodeClient } from '../../src/transport/grpc-client.js'
+import { GrpcNodeClient, NodeCallError } from '../../src/transport/grpc-client.js'
 import { run } from '../helpers/exec.js'
 
 const td = TrustDomain.parse('example.org')
@@ -85,7 +85,7 @@ async function tpmServer(t: TestContext, tpmToml: string) {
   )
   const server = await startServer(config, { log: silentLog })
   defer(t, () => server.close())
-  const client = new NodeClient({
+  const client = new GrpcNodeClient({
     address: `127.0.0.1:${server.port}`,
     trustDomain: td,
     bundle: 'insecure',

@@ -1,0 +1,167 @@
+/**
+ * The agent's own identity: its SVID and key, restored from storage, obtained by node attestation
+ * or renewed with RenewAgent, and when to rotate it. A key that did not become the identity is
+ * deleted at once, and the previous identity's key once the new one is saved.
+ */
+import type { AgentNodeAttestor } from '../../attestors/types.js'
+import type { Log } from '../../common/log.js'
+import { x509 } from '../../common/x509.js'
+import type { Key, KeyManager } from '../../keymanager/types.js'
+import { createCsr } from '../../spiffe/csr.js'
+import type { AgentAuth, AttestResult, NodeClient } from '../../transport/node-client.js'
+import { required } from '../../transport/proto.js'
+import type { AgentState, AgentStorage } from '../storage.js'
+
+export interface AgentIdentity {
+  spiffeId: string
+  chain: Uint8Array[]
+  key: Key
+  notBefore: number
+  notAfter: number
+  rotateAt: number
+  reattestable: boolean
+}
+
+export function validity(der: Uint8Array): { notBefore: number; notAfter: number } {
+  const c = new x509.X509Certificate(der)
+  return { notBefore: c.notBefore.getTime(), notAfter: c.notAfter.getTime() }
+}
+
+/**
+ * SPIRE's half-life rule: rotate when the remaining life falls under half, ±10% jitter. The life
+ * counts from when we got the certificate, not its notBefore: servers backdate notBefore (ours by
+ * 10 s), which would make a short-lived SVID look half spent on arrival and rotate in a loop.
+ */
+export function halfLife(now: number, notBefore: number, notAfter: number, random: () => number) {
+  const half = (notAfter - Math.max(notBefore, now)) / 2
+  const jittered = half + (random() * 2 - 1) * (half / 10)
+  return notAfter - jittered
+}
+
+export interface IdentityDeps {
+  readonly client: NodeClient
+  readonly storage: AgentStorage
+  readonly keyManager: KeyManager
+  readonly attestor: AgentNodeAttestor
+  readonly log: Log
+  readonly now: () => number
+  readonly random: () => number
+}
+
+export class IdentityKeeper {
+  current: AgentIdentity | undefined
+  private readonly d: IdentityDeps
+  private keyCounter = 0
+
+  constructor(d: IdentityDeps) {
+    this.d = d
+  }
+
+  /**
+   * The agent SVID renews at its half-life, and in any case a skew margin before it expires (a
+   * quarter of its life, at most 30 s), so an agent clock running behind the server's still renews
+   * in time. The sync loop wakes for it (nextDelay), whatever the sync interval.
+   */
+  private rotateAt(notBefore: number, notAfter: number): number {
+    const now = this.d.now()
+    const life = notAfter - Math.max(notBefore, now)
+    return Math.min(
+      halfLife(now, notBefore, notAfter, this.d.random),
+      notAfter - Math.min(30_000, life / 4),
+    )
+  }
+
+  auth(): AgentAuth {
+    const a = this.current
+    if (!a) throw new Error('the agent has not attested')
+    return { spiffeId: a.spiffeId, chain: a.chain, signer: a.key }
+  }
+
+  /** Takes the saved identity when its key exists and it has not expired. */
+  async restore(state: AgentState): Promise<void> {
+    if (!state.agentSvid || !state.agentSpiffeId || !state.agentKeyId) return
+    const key = await this.d.keyManager.getKey(state.agentKeyId)
+    const leaf = state.agentSvid[0]
+    if (!key || !leaf) return
+    const v = validity(leaf)
+    if (v.notAfter <= this.d.now()) return
+    this.current = {
+      spiffeId: state.agentSpiffeId,
+      chain: state.agentSvid,
+      key,
+      ...v,
+      rotateAt: this.rotateAt(v.notBefore, v.notAfter),
+      reattestable: state.reattestable ?? false,
+    }
+    this.d.log('info', 'restored agent identity', {
+      agent: state.agentSpiffeId,
+      expires: new Date(v.notAfter).toISOString(),
+    })
+  }
+
+  private async newKey(): Promise<Key> {
+    const id = `agent-svid-${Date.now()}-${++this.keyCounter}`
+    return this.d.keyManager.generateKey(id, 'ec-p256')
+  }
+
+  /** A failed attempt's fresh key is nobody's (the working identity's key has another id): remove it. */
+  private async dropKey(key: Key, err: unknown): Promise<never> {
+    await this.d.keyManager.deleteKey(key.id).catch(() => undefined)
+    throw err
+  }
+
+  /**
+   * Node attestation: a new key, evidence, and the agent SVID (saved with the bundle it came with).
+   * Returns the result and the identity it replaced.
+   */
+  async attest(): Promise<{ r: AttestResult; old: AgentIdentity | undefined }> {
+    const key = await this.newKey()
+    const r = await this.d.client
+      .attestAgent(this.d.attestor, key)
+      .catch((err) => this.dropKey(key, err))
+    const old = this.current
+    const v = validity(r.svid.certChain[0]!)
+    this.current = {
+      spiffeId: r.svid.spiffeId,
+      chain: r.svid.certChain,
+      key,
+      ...v,
+      rotateAt: this.rotateAt(v.notBefore, v.notAfter),
+      reattestable: r.reattestable,
+    }
+    this.d.storage.save({
+      agentSvid: r.svid.certChain,
+      agentSpiffeId: r.svid.spiffeId,
+      reattestable: r.reattestable,
+      bundle: r.bundle.toSpiffeJson(),
+      agentKeyId: key.id,
+    })
+    if (old && old.key.id !== key.id) await this.d.keyManager.deleteKey(old.key.id)
+    return { r, old }
+  }
+
+  /** RenewAgent: a new key and SVID for the same identity. */
+  async renew(): Promise<void> {
+    const a = this.current!
+    const key = await this.newKey()
+    const r = await createCsr(key)
+      .then((csr) => this.d.client.call('RenewAgent', { csr }, this.auth()))
+      .catch((err) => this.dropKey(key, err))
+    const svid = required(r.svid, 'RenewAgentResponse.svid')
+    const v = validity(svid.certChain[0]!)
+    const old = a.key
+    this.current = {
+      ...a,
+      chain: svid.certChain,
+      key,
+      ...v,
+      rotateAt: this.rotateAt(v.notBefore, v.notAfter),
+    }
+    this.d.storage.save({ agentSvid: svid.certChain, agentKeyId: key.id })
+    await this.d.keyManager.deleteKey(old.id)
+    this.d.log('info', 'agent SVID renewed', {
+      agent: a.spiffeId,
+      expires: new Date(v.notAfter).toISOString(),
+    })
+  }
+}

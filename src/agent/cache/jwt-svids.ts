@@ -1,0 +1,129 @@
+/**
+ * JWT-SVIDs: fetched per (SPIFFE ID, audience set), cached to half-life in a cache capped by count
+ * (as SPIRE) and by bytes (audiences can be long), and served from cache while unexpired when the
+ * server does not answer. One identity the server refuses does not cost a workload the others.
+ */
+import type { Log } from '../../common/log.js'
+import type { AgentAuth, NodeClient } from '../../transport/node-client.js'
+import type { EntryMessage } from '../../transport/proto.js'
+import type { JwtSvidResult } from '../workload-api/types.js'
+
+interface CachedJwt {
+  readonly token: string
+  readonly issuedAt: number
+  readonly expiresAt: number
+  readonly hint: string
+  readonly spiffeId: string
+  /** What this cache slot costs: key and strings in UTF-8, plus a fixed overhead. */
+  readonly bytes: number
+}
+
+const JWT_CACHE_MAX_ENTRIES = 1000
+export const JWT_CACHE_DEFAULT_BYTES = 8 << 20
+const JWT_CACHE_SLOT_OVERHEAD = 128
+
+export interface JwtDeps {
+  readonly client: NodeClient
+  readonly auth: () => AgentAuth
+  readonly log: Log
+  readonly now: () => number
+  readonly maxBytes: number
+}
+
+export class JwtSvidCache {
+  private readonly d: JwtDeps
+  private readonly cache = new Map<string, CachedJwt>()
+  private bytes = 0
+
+  constructor(d: JwtDeps) {
+    this.d = d
+  }
+
+  /** JWT-SVIDs for `entries` (one per SPIFFE ID, already chosen), `aud` sorted and unique. */
+  async fetch(entries: readonly EntryMessage[], aud: readonly string[]): Promise<JwtSvidResult[]> {
+    const results = await Promise.allSettled(entries.map((e) => this.jwtFor(e, aud)))
+    const out: JwtSvidResult[] = []
+    let firstError: unknown
+    results.forEach((r, i) => {
+      if (r.status === 'fulfilled') {
+        out.push(r.value)
+        return
+      }
+      firstError ??= r.reason
+      this.d.log('warn', 'could not get a JWT-SVID for one identity; serving the others', {
+        entry: entries[i]!.id,
+        spiffe_id: entries[i]!.spiffeId,
+        error: (r.reason as Error)?.message ?? String(r.reason),
+      })
+    })
+    if (out.length === 0 && firstError !== undefined) throw firstError
+    return out
+  }
+
+  private async jwtFor(e: EntryMessage, aud: readonly string[]): Promise<JwtSvidResult> {
+    const key = `${e.spiffeId}|${aud.join('\u0000')}`
+    const cached = this.cache.get(key)
+    const now = this.d.now()
+    if (cached && now < cached.issuedAt + (cached.expiresAt - cached.issuedAt) / 2) {
+      return { spiffeId: cached.spiffeId, token: cached.token, hint: cached.hint }
+    }
+    try {
+      const r = await this.d.client.call(
+        'NewJWTSVID',
+        { entryId: e.id, audience: [...aud] },
+        this.d.auth(),
+      )
+      this.put(key, {
+        token: r.token,
+        issuedAt: r.issuedAt * 1000,
+        expiresAt: r.expiresAt * 1000,
+        hint: r.hint,
+        spiffeId: r.spiffeId,
+      })
+      return { spiffeId: r.spiffeId, token: r.token, hint: r.hint }
+    } catch (err) {
+      // The server is unreachable: an unexpired cached token is still valid (SPIRE does this too).
+      if (cached && now < cached.expiresAt) {
+        this.d.log('warn', 'serving a cached JWT-SVID: the server did not answer', {
+          spiffe_id: e.spiffeId,
+        })
+        return { spiffeId: cached.spiffeId, token: cached.token, hint: cached.hint }
+      }
+      throw err
+    }
+  }
+
+  /** Inserts as the newest slot, then drops the oldest until both the count and bytes caps hold. */
+  private put(key: string, v: Omit<CachedJwt, 'bytes'>): void {
+    const max = this.d.maxBytes
+    const bytes =
+      JWT_CACHE_SLOT_OVERHEAD +
+      Buffer.byteLength(key) +
+      Buffer.byteLength(v.token) +
+      Buffer.byteLength(v.spiffeId) +
+      Buffer.byteLength(v.hint)
+    this.drop(key)
+    if (bytes > max) return // larger than the whole cache: served, not kept
+    this.cache.set(key, { ...v, bytes })
+    this.bytes += bytes
+    while (this.cache.size > JWT_CACHE_MAX_ENTRIES || this.bytes > max) {
+      this.drop(this.cache.keys().next().value!)
+    }
+  }
+
+  private drop(key: string): void {
+    const old = this.cache.get(key)
+    if (!old) return
+    this.cache.delete(key)
+    this.bytes -= old.bytes
+  }
+
+  clear(): void {
+    this.cache.clear()
+    this.bytes = 0
+  }
+
+  stats(): { entries: number; bytes: number; maxBytes: number } {
+    return { entries: this.cache.size, bytes: this.bytes, maxBytes: this.d.maxBytes }
+  }
+}

@@ -1,0 +1,250 @@
+/**
+ * Workload X509-SVIDs: keys generated here (never sent), issued in batches for the entries that
+ * need one, rotated at half-life ±10%, kept under a soft size limit that never evicts what someone
+ * subscribes to, and pushed to Workload API subscribers when what they would see changes.
+ */
+import type { KeyObject } from 'node:crypto'
+import type { Log } from '../../common/log.js'
+import { generateSoftwareKeyPair, softwareKey } from '../../keymanager/memory.js'
+import type { KeyType } from '../../keymanager/types.js'
+import type { TrustBundle } from '../../spiffe/bundle.js'
+import { createCsr } from '../../spiffe/csr.js'
+import type { TrustDomain } from '../../spiffe/id.js'
+import type { AgentAuth, NodeClient } from '../../transport/node-client.js'
+import type { EntryMessage } from '../../transport/proto.js'
+import type { Selector, WorkloadX509Svid, X509Update } from '../workload-api/types.js'
+import { type EntrySync, sel } from './entries.js'
+import { halfLife, validity } from './identity.js'
+
+interface CachedSvid extends WorkloadX509Svid {
+  readonly entryRevision: number
+  readonly notAfter: number
+  readonly rotateAt: number
+  lastAccess: number
+}
+
+interface X509Sub {
+  readonly selectors: ReadonlySet<string>
+  readonly cb: (u: X509Update) => void
+  last: string | undefined
+  /** Deferred first update: waiting for SVIDs of matching entries. */
+  waitingUntil: number | undefined
+}
+
+const MAX_BATCH = 500
+
+export interface X509Deps {
+  readonly client: NodeClient
+  readonly auth: () => AgentAuth
+  readonly entries: EntrySync
+  readonly bundle: () => TrustBundle | undefined
+  readonly trustDomain: TrustDomain
+  readonly workloadKeyType: KeyType
+  readonly cacheMaxSize: number
+  readonly log: Log
+  readonly now: () => number
+  readonly random: () => number
+  /** Starts a sync now (a subscriber waits for SVIDs not issued yet). */
+  readonly requestSync: () => void
+}
+
+export class X509SvidCache {
+  private readonly d: X509Deps
+  private readonly svids = new Map<string, CachedSvid>()
+  /** Entries the server refused to issue an X509-SVID for, by id → the entry revision refused. */
+  private readonly issueRefused = new Map<string, number>()
+  private readonly subs = new Set<X509Sub>()
+
+  constructor(d: X509Deps) {
+    this.d = d
+  }
+
+  get size(): number {
+    return this.svids.size
+  }
+
+  /** The soonest rotation still ahead, if any (the sync loop wakes for it). */
+  nextRotation(now: number): number | undefined {
+    let next: number | undefined
+    for (const s of this.svids.values()) {
+      if (s.rotateAt > now && (next === undefined || s.rotateAt < next)) next = s.rotateAt
+    }
+    return next
+  }
+
+  clear(): void {
+    this.svids.clear()
+  }
+
+  /** After an entry sync changed the entries: forget what belongs to deleted ones, tell watchers. */
+  entriesChanged(): void {
+    const entries = this.d.entries.entries
+    for (const id of [...this.svids.keys()]) if (!entries.has(id)) this.svids.delete(id)
+    for (const id of [...this.issueRefused.keys()]) {
+      if (!entries.has(id)) this.issueRefused.delete(id)
+    }
+    this.notify()
+  }
+
+  /** Which entries need a (new) SVID: missing, due for rotation, or their entry changed. */
+  private dueEntries(): EntryMessage[] {
+    const now = this.d.now()
+    const subscribed = this.subscribedEntryIds()
+    const due: EntryMessage[] = []
+    for (const e of this.d.entries.entries.values()) {
+      const have = this.svids.get(e.id)
+      if (!have) {
+        // Soft cache limit: past it, only entries someone is waiting for get SVIDs ahead of time.
+        if (this.svids.size >= this.d.cacheMaxSize && !subscribed.has(e.id)) continue
+        due.push(e)
+      } else if (now >= have.rotateAt || have.entryRevision !== e.revisionNumber) due.push(e)
+    }
+    return due
+  }
+
+  /** Issues what is due (BatchNewX509SVID, at most MAX_BATCH a call), then applies the size limit. */
+  async sync(): Promise<void> {
+    const due = this.dueEntries()
+    const type = this.d.workloadKeyType
+    for (let i = 0; i < due.length; i += MAX_BATCH) {
+      const batch = due.slice(i, i + MAX_BATCH)
+      const keys = await Promise.all(batch.map(() => generateSoftwareKeyPair(type)))
+      const csrs = await Promise.all(
+        keys.map((k, j) => createCsr(softwareKey(`w${j}`, type, k.privateKey, k.publicKey))),
+      )
+      const r = await this.d.client.call(
+        'BatchNewX509SVID',
+        { params: batch.map((e, j) => ({ entryId: e.id, csr: csrs[j]! })) },
+        this.d.auth(),
+      )
+      r.results.forEach((res, j) => {
+        const e = batch[j]!
+        if (res.status !== 0 || !res.svid) {
+          // Remembered so watchers of this entry's workloads are not kept waiting for it; the
+          // next sync asks again (the server may have been fixed meanwhile).
+          this.issueRefused.set(e.id, e.revisionNumber)
+          this.d.log('warn', 'the server did not issue an SVID', {
+            entry: e.id,
+            status: res.status,
+            error: res.message,
+          })
+          return
+        }
+        this.issueRefused.delete(e.id)
+        const v = validity(res.svid.certChain[0]!)
+        this.svids.set(e.id, {
+          entryId: e.id,
+          spiffeId: res.svid.spiffeId,
+          chain: res.svid.certChain,
+          privateKey: pkcs8(keys[j]!.privateKey),
+          hint: e.hint,
+          entryRevision: e.revisionNumber,
+          notAfter: v.notAfter,
+          rotateAt: halfLife(this.d.now(), v.notBefore, v.notAfter, this.d.random),
+          lastAccess: this.d.now(),
+        })
+      })
+    }
+    this.evict()
+    if (due.length > 0) this.notify()
+  }
+
+  /** Soft limit: drop least recently used SVIDs nobody subscribes to (SPIRE's LRU semantics). */
+  private evict(): void {
+    const over = this.svids.size - this.d.cacheMaxSize
+    if (over <= 0) return
+    const subscribed = this.subscribedEntryIds()
+    const victims = [...this.svids.values()]
+      .filter((s) => !subscribed.has(s.entryId))
+      .sort((a, b) => a.lastAccess - b.lastAccess)
+      .slice(0, over)
+    for (const v of victims) this.svids.delete(v.entryId)
+  }
+
+  private subscribedEntryIds(): Set<string> {
+    const out = new Set<string>()
+    for (const sub of this.subs)
+      for (const e of this.d.entries.matching(sub.selectors)) out.add(e.id)
+    return out
+  }
+
+  private update(selectors: ReadonlySet<string>): X509Update {
+    const now = this.d.now()
+    const svids: WorkloadX509Svid[] = []
+    for (const e of this.d.entries.matching(selectors)) {
+      const s = this.svids.get(e.id)
+      if (!s || s.notAfter <= now) continue
+      s.lastAccess = now
+      svids.push(s)
+    }
+    const bundles = new Map<string, readonly Uint8Array[]>()
+    const bundle = this.d.bundle()
+    if (bundle) bundles.set(this.d.trustDomain.name, bundle.x509Authorities)
+    return { svids, bundles }
+  }
+
+  private fingerprint(u: X509Update): string {
+    return `${this.d.bundle()?.sequence ?? 0}|${u.svids.map((s) => `${s.entryId}:${Buffer.from(s.chain[0]!).subarray(-16).toString('hex')}`).join(',')}`
+  }
+
+  private deliver(sub: X509Sub): void {
+    const u = this.update(sub.selectors)
+    const fp = this.fingerprint(u)
+    if (fp === sub.last) return
+    sub.last = fp
+    sub.cb(u)
+  }
+
+  /** Sends every subscriber (not still waiting) what changed for it. */
+  notify(): void {
+    for (const sub of this.subs) if (sub.waitingUntil === undefined) this.deliver(sub)
+  }
+
+  /**
+   * Whether an entry of these selectors still lacks an SVID that may yet come. One the server
+   * refused (at this revision) will not come soon: waiting for it would delay the others.
+   */
+  private awaitsSvids(selectors: ReadonlySet<string>): boolean {
+    return this.d.entries
+      .matching(selectors)
+      .some((e) => !this.svids.has(e.id) && this.issueRefused.get(e.id) !== e.revisionNumber)
+  }
+
+  /** Subscriptions waiting for SVIDs get their first update once they exist, or when time is up. */
+  flushWaiting(): void {
+    const now = this.d.now()
+    for (const sub of this.subs) {
+      if (sub.waitingUntil === undefined) continue
+      if (!this.awaitsSvids(sub.selectors) || now >= sub.waitingUntil) {
+        sub.waitingUntil = undefined
+        this.deliver(sub)
+      }
+    }
+  }
+
+  subscribe(selectors: readonly Selector[], onUpdate: (u: X509Update) => void): () => void {
+    const sub: X509Sub = {
+      selectors: new Set(selectors.map(sel)),
+      cb: onUpdate,
+      last: undefined,
+      waitingUntil: undefined,
+    }
+    this.subs.add(sub)
+    if (this.awaitsSvids(sub.selectors)) {
+      // Entries match but their SVIDs are not issued yet (cache limit, new entry): fetch now and
+      // answer when they arrive, rather than telling the workload it has no identity.
+      sub.waitingUntil = this.d.now() + 10_000
+      this.d.requestSync()
+      setTimeout(() => this.flushWaiting(), 10_050).unref?.()
+    } else {
+      this.deliver(sub)
+    }
+    return () => {
+      this.subs.delete(sub)
+    }
+  }
+}
+
+function pkcs8(key: KeyObject): Uint8Array {
+  return new Uint8Array(key.export({ type: 'pkcs8', format: 'der' }))
+}
