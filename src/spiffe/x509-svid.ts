@@ -6,18 +6,20 @@ import {
   X509Certificate as NodeX509,
 } from 'node:crypto'
 import { x509 } from '../common/x509.js'
-import type { X509Bundle } from './bundle.js'
 import * as der from './der.js'
 import { SvidError } from './errors.js'
 import { SpiffeId, type TrustDomain } from './id.js'
 import { type Signer, webCryptoAlgorithm } from './signer.js'
 import { signerCrypto, signerCryptoKey } from './webcrypto.js'
+import { isCa, KU, type PeculiarCert, parseCert, uriSans } from './x509-cert.js'
+
+// Validation lives in x509-svid-validate.ts; re-exported so callers keep one module.
+export { type ValidatedX509Svid, validateX509Svid } from './x509-svid-validate.js'
 
 /**
- * X509-SVID issuance and validation per the X509-SVID spec. Certificates are built with
- * @peculiar/x509 and signed through a Signer, so CA keys may live in a TPM or HSM. Validation is
- * our own small RFC 5280 path check (node:crypto verifies signatures): SPIFFE trust is per trust
- * domain, which generic TLS verifiers cannot express.
+ * X509-SVID issuance per the X509-SVID spec. CA certificates are built with @peculiar/x509 and
+ * leaves encoded directly (hot path), both signed through a Signer, so CA keys may live in a TPM or
+ * HSM.
  */
 
 export interface X509Issuer {
@@ -51,34 +53,9 @@ export interface IssueX509SvidParams {
   readonly serial?: bigint
 }
 
-export interface ValidatedX509Svid {
-  readonly spiffeId: SpiffeId
-  readonly leaf: InstanceType<typeof x509.X509Certificate>
-  /** The verified path, leaf first, ending with the bundle authority it chains to. */
-  readonly path: Uint8Array[]
-}
-
-type PeculiarCert = InstanceType<typeof x509.X509Certificate>
 type CreateParams = Parameters<typeof x509.X509CertificateGenerator.create>[0]
 type SigningKey = Extract<CreateParams, { signingKey: unknown }>['signingKey']
 type X509Crypto = Parameters<typeof x509.X509CertificateGenerator.create>[1]
-
-const KU = x509.KeyUsageFlags
-const OID_BASIC_CONSTRAINTS = '2.5.29.19'
-const OID_KEY_USAGE = '2.5.29.15'
-const OID_EXT_KEY_USAGE = '2.5.29.37'
-const OID_SAN = '2.5.29.17'
-const OID_SKI = '2.5.29.14'
-const OID_AKI = '2.5.29.35'
-/** Critical extensions we process; RFC 5280 says reject any other critical extension. */
-const UNDERSTOOD_CRITICAL = new Set([
-  OID_BASIC_CONSTRAINTS,
-  OID_KEY_USAGE,
-  OID_EXT_KEY_USAGE,
-  OID_SAN,
-  OID_SKI,
-  OID_AKI,
-])
 
 function spki(key: KeyObject): Uint8Array {
   return der.spkiOf(key)
@@ -121,38 +98,6 @@ function checkTimes(notBefore: Date, notAfter: Date): void {
   if (notAfter.getTime() <= notBefore.getTime()) {
     throw new SvidError('notAfter must be after notBefore (after clamping to the issuer)')
   }
-}
-
-function parseCert(der: Uint8Array, what: string): { p: PeculiarCert; n: NodeX509 } {
-  try {
-    return { p: new x509.X509Certificate(der), n: new NodeX509(der) }
-  } catch (err) {
-    throw new SvidError(`${what} is not a DER X.509 certificate`, err)
-  }
-}
-
-function basicConstraints(c: PeculiarCert): { ca: boolean; pathLength?: number } | undefined {
-  const bc = c.getExtension(x509.BasicConstraintsExtension)
-  if (bc === null) return undefined
-  return bc.pathLength === undefined ? { ca: bc.ca } : { ca: bc.ca, pathLength: bc.pathLength }
-}
-
-function keyUsage(c: PeculiarCert): number | undefined {
-  return c.getExtension(x509.KeyUsagesExtension)?.usages
-}
-
-function uriSans(c: PeculiarCert): string[] {
-  const san = c.getExtension(x509.SubjectAlternativeNameExtension)
-  if (san === null) return []
-  return san.names
-    .toJSON()
-    .filter((n) => n.type === 'url')
-    .map((n) => n.value)
-}
-
-function isCa(c: PeculiarCert): boolean {
-  const ku = keyUsage(c)
-  return basicConstraints(c)?.ca === true && (ku === undefined || (ku & KU.keyCertSign) !== 0)
 }
 
 /** The issuer's subject key identifier (hex), from its SKI extension or computed as RFC 5280. */
@@ -405,119 +350,3 @@ async function preparedLeafIssuer(issuer: X509Issuer, td: TrustDomain): Promise<
 }
 
 const checkedIssuerSigners = new WeakMap<Signer, string>()
-
-function checkCriticalExtensions(c: PeculiarCert, what: string): void {
-  for (const ext of c.extensions) {
-    if (ext.critical && !UNDERSTOOD_CRITICAL.has(ext.type)) {
-      throw new SvidError(`${what} has an unsupported critical extension ${ext.type}`)
-    }
-  }
-}
-
-function checkValidAt(c: PeculiarCert, now: Date, what: string): void {
-  if (now < c.notBefore) throw new SvidError(`${what} is not valid yet`)
-  if (now > c.notAfter) throw new SvidError(`${what} has expired`)
-}
-
-/** The leaf's SPIFFE ID, enforcing the X509-SVID leaf rules (spec §5.2 and go-spiffe). */
-function leafId(leaf: PeculiarCert): SpiffeId {
-  const uris = uriSans(leaf)
-  if (uris.length === 0) throw new SvidError('leaf certificate has no URI SAN')
-  if (uris.length > 1) throw new SvidError('leaf certificate has more than one URI SAN')
-  let id: SpiffeId
-  try {
-    id = SpiffeId.parse(uris[0]!)
-  } catch (err) {
-    throw new SvidError('leaf URI SAN is not a valid SPIFFE ID', err)
-  }
-  if (id.path === '') throw new SvidError('leaf SPIFFE ID must have a non-root path')
-  if (basicConstraints(leaf)?.ca === true) throw new SvidError('leaf certificate is a CA')
-  const ku = keyUsage(leaf)
-  if (ku === undefined) throw new SvidError('leaf certificate has no key usage extension')
-  if ((ku & KU.keyCertSign) !== 0) throw new SvidError('leaf certificate has keyCertSign')
-  if ((ku & KU.cRLSign) !== 0) throw new SvidError('leaf certificate has cRLSign')
-  if ((ku & KU.digitalSignature) === 0) {
-    throw new SvidError('leaf certificate lacks digitalSignature')
-  }
-  return id
-}
-
-interface Parsed {
-  der: Uint8Array
-  p: PeculiarCert
-  n: NodeX509
-}
-
-function issued(child: Parsed, parent: Parsed): boolean {
-  // checkIssued matches names (and key ids); verify proves the signature.
-  return child.n.checkIssued(parent.n) && child.n.verify(parent.n.publicKey)
-}
-
-/** CA rules for every certificate above the leaf; `below` counts the intermediates under it. */
-function checkCa(c: Parsed, below: number, now: Date, what: string): void {
-  if (!isCa(c.p)) throw new SvidError(`${what} is not a CA (cA=true with keyCertSign)`)
-  checkCriticalExtensions(c.p, what)
-  checkValidAt(c.p, now, what)
-  const len = basicConstraints(c.p)?.pathLength
-  if (len !== undefined && below > len) {
-    throw new SvidError(`${what} pathLenConstraint ${len} is exceeded`)
-  }
-}
-
-/**
- * Validates an X509-SVID chain (leaf first, then intermediates) against the X.509 bundle of the
- * leaf's own trust domain: leaf rules, then a path of verified signatures to a bundle authority,
- * every certificate valid at `now`.
- */
-export function validateX509Svid(
-  chain: readonly Uint8Array[],
-  bundles: (td: TrustDomain) => X509Bundle | undefined,
-  now: Date,
-): ValidatedX509Svid {
-  if (chain.length === 0) throw new SvidError('the certificate chain is empty')
-  const certs: Parsed[] = chain.map((der, i) => ({
-    der,
-    ...parseCert(der, i === 0 ? 'leaf certificate' : `chain certificate ${i}`),
-  }))
-  const leaf = certs[0]!
-  const id = leafId(leaf.p)
-  checkCriticalExtensions(leaf.p, 'leaf certificate')
-  checkValidAt(leaf.p, now, 'leaf certificate')
-  // go-spiffe's ParseRaw demands every certificate after the leaf be a CA.
-  for (let i = 1; i < certs.length; i++) {
-    if (!isCa(certs[i]!.p)) throw new SvidError(`chain certificate ${i} is not a CA`)
-  }
-  const bundle = bundles(id.trustDomain)
-  if (bundle === undefined || !bundle.trustDomain.equals(id.trustDomain)) {
-    throw new SvidError(`no X.509 bundle for trust domain ${id.trustDomain}`)
-  }
-  const anchors: Parsed[] = []
-  for (const der of bundle.authorities) {
-    try {
-      anchors.push({ der, ...parseCert(der, 'bundle authority') })
-    } catch {
-      // One unparseable authority must not make the whole bundle useless.
-    }
-  }
-  const pool = certs.slice(1)
-  const path: Parsed[] = [leaf]
-  let current = leaf
-  // Each step consumes an intermediate, so this terminates within chain.length steps.
-  for (;;) {
-    const below = path.length - 1
-    const anchor = anchors.find((a) => issued(current, a))
-    if (anchor !== undefined) {
-      checkCa(anchor, below, now, 'bundle authority')
-      path.push(anchor)
-      return { spiffeId: id, leaf: leaf.p, path: path.map((c) => c.der) }
-    }
-    const idx = pool.findIndex((c) => issued(current, c))
-    if (idx < 0) {
-      throw new SvidError(`no path from the leaf to an authority of trust domain ${id.trustDomain}`)
-    }
-    const next = pool.splice(idx, 1)[0]!
-    checkCa(next, below, now, `intermediate certificate ${chain.indexOf(next.der)}`)
-    path.push(next)
-    current = next
-  }
-}
