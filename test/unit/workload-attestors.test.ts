@@ -128,6 +128,20 @@ describe('workload attestors', () => {
     await assert.rejects(a.attest(peer(999)), { code: 'ERR_WORKLOAD_ATTESTATION' })
   })
 
+  test('unix: uid and gid come from the connect-time credentials, not from /proc now', async () => {
+    // The caller connected as 1001 and then exec'd a setuid-root binary: /proc says uid 0.
+    const procRoot = fakeProc(4243, {
+      status: STATUS.replace(/^Uid:.*$/m, 'Uid:\t1001\t0\t0\t0').replace(
+        /^Gid:.*$/m,
+        'Gid:\t2001\t0\t0\t0',
+      ),
+    })
+    const a = unixAttestor({ procRoot, passwdFile: '/nonexistent', groupFile: '/nonexistent' })
+    const v = values(await a.attest(peer(4243)))
+    assert.ok(v.includes('unix:uid:1001') && v.includes('unix:gid:2001'), v.join(' '))
+    assert.ok(!v.includes('unix:uid:0') && !v.includes('unix:gid:0'), v.join(' '))
+  })
+
   test('unix: discoverWorkloadPath adds path and sha256, honouring the size limit', async () => {
     const procRoot = fakeProc(7, { status: STATUS })
     const bin = join(procRoot, 'workload-bin')

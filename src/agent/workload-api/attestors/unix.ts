@@ -59,11 +59,14 @@ export function unixAttestor(opts: UnixAttestorOptions = {}): WorkloadAttestor {
       const [users, groups] = await Promise.all([names(passwdFile), names(groupFile)])
       const sel: Selector[] = []
       const add = (value: string) => sel.push({ type: 'unix', value })
-      add(`uid:${status.uid}`)
-      const user = users.get(status.uid)
+      // uid and gid are the kernel's record from connect() (SO_PEERCRED), not /proc's current
+      // ones: a caller that connects and then execs a setuid binary before we read /proc must not
+      // be attested as that binary's owner.
+      add(`uid:${peer.uid}`)
+      const user = users.get(peer.uid)
       if (user !== undefined) add(`user:${user}`)
-      add(`gid:${status.gid}`)
-      const group = groups.get(status.gid)
+      add(`gid:${peer.gid}`)
+      const group = groups.get(peer.gid)
       if (group !== undefined) add(`group:${group}`)
       for (const g of status.groups) {
         add(`supplementary_gid:${g}`)
