@@ -4,9 +4,10 @@
  * credentials (SO_PEERCRED, SO_PEERGROUPS): root, the server's own user, or a member of the group
  * (primary or supplementary). No credentials, no access: the server does not start without them.
  */
-import { chmodSync, chownSync, existsSync, rmSync } from 'node:fs'
+import { chmodSync, chownSync, lstatSync, rmSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
+import { secureSocketDir } from '../common/socket-dir.js'
 import { isSpiffeEdgeError, SpiffeEdgeError } from '../errors.js'
 import { socketPeerCred } from '../native/peercred.js'
 import type { PeerCredentials } from '../native/types.js'
@@ -246,8 +247,21 @@ export async function startAdminServer(
       })
     }
   })
-  // A stale socket from a crashed server would make listen() fail with EADDRINUSE.
-  if (existsSync(opts.socketPath)) rmSync(opts.socketPath)
+  // The directory must be ours: another user who owns it could swap the socket and answer
+  // `bundle show` with a CA of their own (the same rule as the Workload API socket's).
+  secureSocketDir(opts.socketPath, undefined, {
+    what: 'the admin socket',
+    code: 'ERR_ADMIN_SOCKET',
+  })
+  // A stale socket from a crashed server would make listen() fail with EADDRINUSE; anything else
+  // at that path is not ours to delete.
+  const existing = lstatOrMissing(opts.socketPath)
+  if (existing?.isSocket()) rmSync(opts.socketPath)
+  else if (existing) {
+    throw new SpiffeEdgeError('ERR_ADMIN_SOCKET', `${opts.socketPath} exists and is not a socket`, {
+      remedy: 'remove it, or set admin_socket / --admin-socket to another path',
+    })
+  }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(opts.socketPath, () => resolve())
@@ -261,4 +275,12 @@ export async function startAdminServer(
       server.closeAllConnections()
     })
   return closable
+}
+
+function lstatOrMissing(p: string): ReturnType<typeof lstatSync> | undefined {
+  try {
+    return lstatSync(p)
+  } catch {
+    return undefined
+  }
 }

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createConnection, createServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -186,4 +186,22 @@ test('a caller outside root, the server user and the group gets 403 even when it
     await adminAs(socketPath, ['--reuid=65534', '--regid=65534', '--clear-groups']),
     '403',
   )
+})
+
+test('the admin socket directory must be ours: another owner or a world-writable one is refused', async (t) => {
+  for (const [label, prepare] of [
+    ['owned by another uid', (d: string) => chownSync(d, 65534, 65534)],
+    ['writable by others', (d: string) => chmodSync(d, 0o777)],
+  ] as const) {
+    const sockDir = mkdtempSync(join(tmpdir(), 'spiffe-edge-admin-'))
+    t.after(() => rmSync(sockDir, { recursive: true, force: true }))
+    chmodSync(sockDir, 0o755)
+    prepare(sockDir)
+    await assert.rejects(
+      startTestServer({ extraToml: `admin_socket = "${join(sockDir, 'admin.sock')}"` }),
+      (e: Error & { code?: string }) =>
+        e.code === 'ERR_ADMIN_SOCKET' && e.message.includes(sockDir),
+      label,
+    )
+  }
 })

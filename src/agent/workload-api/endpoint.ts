@@ -11,9 +11,9 @@ import { constants as h2 } from 'node:http2'
 import { connect, createServer, type Socket } from 'node:net'
 import type * as grpc from '@grpc/grpc-js'
 import type { Log } from '../../common/log.js'
+import { secureSocketDir } from '../../common/socket-dir.js'
 import { WorkloadEndpointError } from './errors.js'
 import { type ProcStamp, procStampSync } from './proc.js'
-import { secureSocketDir } from './socket-dir.js'
 import type { PeerInfo } from './types.js'
 
 /**

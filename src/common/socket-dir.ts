@@ -11,7 +11,21 @@
  */
 import { chmodSync, lstatSync, mkdirSync, type Stats, statSync } from 'node:fs'
 import { dirname, isAbsolute, resolve, sep } from 'node:path'
-import { WorkloadEndpointError } from './errors.js'
+import { type ErrorCode, SpiffeEdgeError } from '../errors.js'
+
+/** Whose socket this is, for messages, and the error code callers branch on. */
+export interface SocketDirUse {
+  readonly what: string
+  readonly code: ErrorCode
+}
+
+const WORKLOAD: SocketDirUse = { what: 'the Workload API socket', code: 'ERR_WORKLOAD_ENDPOINT' }
+
+class SocketDirError extends SpiffeEdgeError {
+  constructor(use: SocketDirUse, message: string, remedy: string, cause?: unknown) {
+    super(use.code, message, { remedy, cause })
+  }
+}
 
 const S_ISVTX = 0o1000
 
@@ -19,21 +33,23 @@ function trustedOwner(uid: number, euid: number): boolean {
   return uid === 0 || uid === euid
 }
 
-function refuse(dir: string, why: string): never {
-  throw new WorkloadEndpointError(
+function refuse(use: SocketDirUse, dir: string, why: string): never {
+  throw new SocketDirError(
+    use,
     `refusing the socket directory ${dir}: ${why}`,
-    'another local user could replace the Workload API socket there: remove the directory ' +
+    `another local user could replace ${use.what} there: remove the directory ` +
       '(the agent creates it, mode 0755) or make it owned by root or the agent user and not ' +
       'writable by group or others (chown, chmod 0755), or choose another socket path',
   )
 }
 
-function lstatOrUndefined(p: string): Stats | undefined {
+function lstatOrUndefined(use: SocketDirUse, p: string): Stats | undefined {
   try {
     return lstatSync(p)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-    throw new WorkloadEndpointError(
+    throw new SocketDirError(
+      use,
       `cannot inspect ${p}: ${(err as Error).message}`,
       'check the permissions of the socket path',
       err,
@@ -41,34 +57,45 @@ function lstatOrUndefined(p: string): Stats | undefined {
   }
 }
 
-function checkDir(p: string, st: Stats, euid: number, isSocketDir: boolean): void {
-  if (!st.isDirectory()) refuse(p, 'it is not a directory')
+function checkDir(
+  use: SocketDirUse,
+  p: string,
+  st: Stats,
+  euid: number,
+  isSocketDir: boolean,
+): void {
+  if (!st.isDirectory()) refuse(use, p, 'it is not a directory')
   if (!trustedOwner(st.uid, euid)) {
-    refuse(p, `it is owned by uid ${st.uid}, not by root or the agent's uid ${euid}`)
+    refuse(use, p, `it is owned by uid ${st.uid}, not by root or our uid ${euid}`)
   }
   const writableByOthers = (st.mode & 0o022) !== 0
   if (writableByOthers && (isSocketDir || (st.mode & S_ISVTX) === 0)) {
-    refuse(p, `it is writable by group or others (mode ${(st.mode & 0o7777).toString(8)})`)
+    refuse(use, p, `it is writable by group or others (mode ${(st.mode & 0o7777).toString(8)})`)
   }
 }
 
 /** Creates the socket's directory (0755) or checks an existing one; throws ERR_WORKLOAD_ENDPOINT. */
-export function secureSocketDir(socketPath: string, euid = process.geteuid?.() ?? 0): void {
+export function secureSocketDir(
+  socketPath: string,
+  euid = process.geteuid?.() ?? 0,
+  use: SocketDirUse = WORKLOAD,
+): void {
   const dir = resolve(dirname(socketPath))
-  if (!isAbsolute(dir)) refuse(dir, 'the path is not absolute')
+  if (!isAbsolute(dir)) refuse(use, dir, 'the path is not absolute')
   const parts = dir.split(sep).filter((p) => p !== '')
   let cur: string = sep
-  checkDir(cur, statSync(cur), euid, parts.length === 0)
+  checkDir(use, cur, statSync(cur), euid, parts.length === 0)
   for (let i = 0; i < parts.length; i++) {
     cur = cur === sep ? `${sep}${parts[i]}` : `${cur}${sep}${parts[i]}`
     const isSocketDir = i === parts.length - 1
-    let st = lstatOrUndefined(cur)
+    let st = lstatOrUndefined(use, cur)
     if (st === undefined) {
       try {
         mkdirSync(cur, { mode: 0o755 }) // one level at a time: each new one is checked below
         chmodSync(cur, 0o755) // mkdir's mode is masked by the umask
       } catch (err) {
-        throw new WorkloadEndpointError(
+        throw new SocketDirError(
+          use,
           `cannot create the socket directory ${cur}: ${(err as Error).message}`,
           'create it (mode 0755, owned by the agent user) or choose another socket path',
           err,
@@ -77,10 +104,11 @@ export function secureSocketDir(socketPath: string, euid = process.geteuid?.() ?
       st = lstatSync(cur)
     }
     if (st.isSymbolicLink()) {
-      if (isSocketDir) refuse(cur, 'it is a symbolic link')
-      if (!trustedOwner(st.uid, euid)) refuse(cur, `it is a symbolic link owned by uid ${st.uid}`)
+      if (isSocketDir) refuse(use, cur, 'it is a symbolic link')
+      if (!trustedOwner(st.uid, euid))
+        refuse(use, cur, `it is a symbolic link owned by uid ${st.uid}`)
       st = statSync(cur) // the target directory, checked like any other component
     }
-    checkDir(cur, st, euid, isSocketDir)
+    checkDir(use, cur, st, euid, isSocketDir)
   }
 }
