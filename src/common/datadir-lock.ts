@@ -34,6 +34,11 @@ export function ensureDataDir(dir: string): string {
   if (st && !st.isDirectory()) {
     throw dataDirError(abs, 'exists but is not a directory')
   }
+  // Another user who owns the data dir can swap the datastore or the keys under us: refuse it.
+  const euid = process.geteuid?.()
+  if (st && euid !== undefined && st.uid !== euid) {
+    throw dataDirError(abs, `is owned by uid ${st.uid}, not by this process's uid ${euid}`)
+  }
   if (!st) {
     try {
       mkdirSync(abs, { recursive: true, mode: 0o700 })

@@ -6,8 +6,10 @@
 import assert from 'node:assert/strict'
 import {
   chmodSync,
+  chownSync,
   closeSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   openSync,
   readdirSync,
@@ -167,6 +169,11 @@ test('open key modes are fixed with a warning; a bad bind address or a file as d
   const file = join(root, 'a-file')
   writeFileSync(file, 'x')
   await refuses(serverArgs(file), 'ERR_DATA_DIR')
+  // A data dir another user owns: they could swap the datastore or keys under us.
+  const foreign = join(root, 'foreign')
+  mkdirSync(foreign, { mode: 0o700 })
+  chownSync(foreign, 65534, 65534)
+  assert.match(await refuses(serverArgs(foreign), 'ERR_DATA_DIR'), /owned by uid 65534/)
 })
 
 test('a second agent on a data dir refuses; after kill -9 of the first a new one starts', async (t) => {
