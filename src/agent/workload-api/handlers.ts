@@ -226,33 +226,20 @@ export function workloadHandlers(
         claims,
       })
     }),
-    FetchWITSVID: (call: grpc.ServerWritableStream<Uint8Array, Uint8Array>) => {
-      const s = new StreamState(call)
-      try {
-        checkHeader(call.metadata)
-        s.fail(
-          new WorkloadStatusError(
-            GrpcStatus.UNIMPLEMENTED,
-            'fetching WIT-SVIDs is not implemented',
-          ),
-        )
-      } catch (err) {
-        s.fail(statusOf(err))
-      }
-    },
-    FetchWITBundles: (call: grpc.ServerWritableStream<Uint8Array, Uint8Array>) => {
-      const s = new StreamState(call)
-      try {
-        checkHeader(call.metadata)
-        s.fail(
-          new WorkloadStatusError(
-            GrpcStatus.UNIMPLEMENTED,
-            'fetching WIT bundles is not implemented',
-          ),
-        )
-      } catch (err) {
-        s.fail(statusOf(err))
-      }
-    },
+    FetchWITSVID: unimplemented('fetching WIT-SVIDs', statusOf),
+    FetchWITBundles: unimplemented('fetching WIT bundles', statusOf),
+  }
+}
+
+/** A streaming method we do not serve yet: the header rule still applies, then UNIMPLEMENTED. */
+function unimplemented(what: string, statusOf: Middleware['statusOf']) {
+  return (call: grpc.ServerWritableStream<Uint8Array, Uint8Array>) => {
+    const s = new StreamState(call)
+    try {
+      checkHeader(call.metadata)
+      s.fail(new WorkloadStatusError(GrpcStatus.UNIMPLEMENTED, `${what} is not implemented`))
+    } catch (err) {
+      s.fail(statusOf(err))
+    }
   }
 }

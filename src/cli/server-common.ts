@@ -1,0 +1,70 @@
+/**
+ * What every `spiffe-edge server` admin command shares: the admin socket and output flags, the
+ * `leaf` wrapper that applies them, and small value parsers.
+ */
+import { UsageError } from '../errors.js'
+import type { Io, Leaf, OptionSpec, OptionValues } from './command.js'
+
+export const ADMIN_SOCKET: OptionSpec = {
+  type: 'string',
+  description: 'the server admin socket (env SPIFFE_EDGE_ADMIN_SOCKET)',
+  valueName: 'PATH',
+}
+export const JSON_FLAG: OptionSpec = { type: 'boolean', description: 'print JSON instead of text' }
+export const OUTPUT: OptionSpec = {
+  type: 'string',
+  description: 'pretty or json',
+  valueName: 'FORMAT',
+}
+
+export function socketOf(values: OptionValues, io: Io): string {
+  const v = values['admin-socket']
+  if (typeof v === 'string' && v !== '') return v
+  return io.env.SPIFFE_EDGE_ADMIN_SOCKET ?? './data/admin.sock'
+}
+
+export const list = (v: string | boolean | string[] | undefined): string[] =>
+  Array.isArray(v) ? v : typeof v === 'string' ? [v] : []
+
+/** SPIRE's selector form: type:value, where the value may itself contain colons. */
+export function parseSelector(s: string): { type: string; value: string } {
+  const i = s.indexOf(':')
+  if (i <= 0 || i === s.length - 1) {
+    throw new UsageError(`selector '${s}' is not type:value`, 'write selectors as unix:uid:1000')
+  }
+  return { type: s.slice(0, i), value: s.slice(i + 1) }
+}
+
+export function seconds(v: string | boolean | string[] | undefined, flag: string): number {
+  if (v === undefined) return 0
+  const n = Number(v)
+  if (typeof v !== 'string' || !Number.isInteger(n) || n < 0) {
+    throw new UsageError(`--${flag} must be a whole number of seconds`)
+  }
+  return n
+}
+
+export function leaf(
+  name: string,
+  summary: string,
+  options: Record<string, OptionSpec>,
+  run: (values: OptionValues, io: Io, socket: string) => Promise<number>,
+): Leaf {
+  return {
+    kind: 'command',
+    name,
+    summary,
+    options: { ...options, 'admin-socket': ADMIN_SOCKET, json: JSON_FLAG, output: OUTPUT },
+    run: (values, io) => {
+      // SPIRE spells it --output json; --json is the short form.
+      if (values.output !== undefined && values.output !== 'pretty' && values.output !== 'json') {
+        throw new UsageError(`--output must be pretty or json, got '${String(values.output)}'`)
+      }
+      return run(
+        { ...values, json: values.json === true || values.output === 'json' },
+        io,
+        socketOf(values, io),
+      )
+    },
+  }
+}
