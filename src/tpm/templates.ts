@@ -29,24 +29,12 @@ export const EK_POLICY_C: ReadonlyMap<number, Uint8Array> = new Map([
 
 const EK_ATTRS =
   A.fixedTPM | A.fixedParent | A.sensitiveDataOrigin | A.adminWithPolicy | A.restricted | A.decrypt
-const SRK_ATTRS =
-  A.fixedTPM |
-  A.fixedParent |
-  A.sensitiveDataOrigin |
-  A.userWithAuth |
-  A.noDA |
-  A.restricted |
-  A.decrypt
-const AK_ATTRS =
-  A.fixedTPM |
-  A.fixedParent |
-  A.sensitiveDataOrigin |
-  A.userWithAuth |
-  A.noDA |
-  A.restricted |
-  A.sign
-const SIGNING_ATTRS =
-  A.fixedTPM | A.fixedParent | A.sensitiveDataOrigin | A.userWithAuth | A.noDA | A.sign
+// Keys we create ourselves: bound to this TPM and parent, generated inside it, usable with a
+// (empty) password, exempt from dictionary-attack lockout. What each key may do is added per kind.
+const OWN_KEY_ATTRS = A.fixedTPM | A.fixedParent | A.sensitiveDataOrigin | A.userWithAuth | A.noDA
+const SRK_ATTRS = OWN_KEY_ATTRS | A.restricted | A.decrypt
+const AK_ATTRS = OWN_KEY_ATTRS | A.restricted | A.sign
+const SIGNING_ATTRS = OWN_KEY_ATTRS | A.sign
 
 const AES128_CFB = { algorithm: TPM_ALG.AES, keyBits: 128, mode: TPM_ALG.CFB }
 const NULL_SYM = { algorithm: TPM_ALG.NULL }
