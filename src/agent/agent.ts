@@ -6,29 +6,18 @@
 import { lstatSync, readFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { join } from 'node:path'
-import { joinTokenAgentAttestor } from '../attestors/join-token/agent.js'
-import { parseTpmAgentConfig, tpmAgentAttestor } from '../attestors/tpm/agent.js'
-import type { AgentNodeAttestor } from '../attestors/types.js'
-import { ConfigError, type Table } from '../common/config.js'
+import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { jsonLogger, type Log } from '../common/log.js'
 import { SpiffeEdgeError } from '../errors.js'
-import { DiskKeyManager } from '../keymanager/disk.js'
-import { MemoryKeyManager } from '../keymanager/memory.js'
-import { type TpmKey, TpmKeyManager } from '../keymanager/tpm.js'
-import type { KeyManager } from '../keymanager/types.js'
 import { parsePemCertificates, TrustBundle } from '../spiffe/bundle.js'
 import { TrustDomain } from '../spiffe/id.js'
-import { TpmContext } from '../tpm/context.js'
 import { GrpcNodeClient } from '../transport/grpc-client.js'
 import type { AgentConfig } from './config.js'
 import { AgentManager } from './manager.js'
+import { nodeIdentity, workloadAttestors } from './plugins.js'
 import { AgentStorage } from './storage.js'
-import { dockerAttestor } from './workload-api/attestors/docker.js'
-import { systemdAttestor } from './workload-api/attestors/systemd.js'
-import { unixAttestor } from './workload-api/attestors/unix.js'
 import { startWorkloadApi } from './workload-api/server.js'
-import type { WorkloadAttestor } from './workload-api/types.js'
 
 export interface RunningAgent extends AsyncDisposable {
   readonly manager: AgentManager
@@ -76,25 +65,6 @@ async function checkSocketFree(path: string): Promise<void> {
   }
 }
 
-/** Without a token the server would only say "malformed": say what is missing, before connecting. */
-function missingJoinToken(): AgentNodeAttestor {
-  const err = () =>
-    new SpiffeEdgeError('ERR_JOIN_TOKEN_MISSING', 'no join token to attest with', {
-      remedy:
-        'generate one on the server (spiffe-edge server token generate) and pass it with --join-token or agent.join_token',
-    })
-  return {
-    kind: 'NodeAttestor',
-    name: 'join_token',
-    payload: async () => {
-      throw err()
-    },
-    respond: async () => {
-      throw err()
-    },
-  }
-}
-
 function bootstrapBundle(config: AgentConfig, td: TrustDomain): TrustBundle | 'insecure' {
   if (config.insecureBootstrap) return 'insecure'
   let pem: string
@@ -112,116 +82,6 @@ function bootstrapBundle(config: AgentConfig, td: TrustDomain): TrustBundle | 'i
     ])
   }
   return new TrustBundle({ trustDomain: td, x509Authorities: certs })
-}
-
-interface NodeIdentity {
-  readonly attestor: AgentNodeAttestor
-  /** The key manager for the agent SVID key (the TPM's, for TPM attestation). */
-  readonly keyManager: KeyManager
-  /** False while the agent's TPM is unreachable (TPM attestation only). */
-  readonly tpmHealthy?: () => boolean
-  close(): Promise<void>
-}
-
-async function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {
-  const { name, data } = config.nodeAttestor
-  const softwareKeys = (): KeyManager =>
-    config.keyManager.kind === 'disk'
-      ? new DiskKeyManager(config.keyManager.directory)
-      : new MemoryKeyManager()
-  if (name === 'join_token') {
-    if (Object.keys(data).length > 0)
-      throw new ConfigError('plugins.NodeAttestor.join_token', ['takes no settings'])
-    // Without a token, attestation fails with a clear error; a restart with saved state needs none.
-    return {
-      attestor: config.joinToken ? joinTokenAgentAttestor(config.joinToken) : missingJoinToken(),
-      keyManager: softwareKeys(),
-      close: async () => undefined,
-    }
-  }
-  if (name === 'tpm') {
-    const cfg = parseTpmAgentConfig(data)
-    const tpm = await TpmContext.open(cfg.tcti)
-    // The agent SVID key lives in the TPM; the attestor certifies whichever key the manager made
-    // last, which is the one the CSR (and so the SVID) is for.
-    const keys = new TpmKeyManager(tpm, join(config.dataDir, 'tpm-keys'))
-    let current: TpmKey | undefined
-    const keyManager: KeyManager = {
-      async generateKey(id, type) {
-        current = (await keys.generateKey(id, type)) as TpmKey
-        return current
-      },
-      async getKey(id) {
-        const k = (await keys.getKey(id)) as TpmKey | undefined
-        if (k) current ??= k
-        return k
-      },
-      listKeys: () => keys.listKeys(),
-      deleteKey: (id) => keys.deleteKey(id),
-    }
-    const attestor = tpmAgentAttestor({
-      tpm,
-      dataDir: join(config.dataDir, 'tpm'),
-      ekAlgorithm: cfg.ekAlgorithm,
-      akAlgorithm: cfg.akAlgorithm,
-      persistEk: cfg.persistEk,
-      agentKey: () => {
-        if (!current) throw new Error('no agent key yet')
-        return current
-      },
-    })
-    return {
-      attestor,
-      keyManager,
-      tpmHealthy: () => keys.tpmHealth().healthy,
-      close: () => tpm.close(),
-    }
-  }
-  throw new ConfigError('plugins.NodeAttestor', [
-    `${name}: unknown node attestor (this agent has: join_token, tpm)`,
-  ])
-}
-
-function workloadAttestors(config: AgentConfig): WorkloadAttestor[] {
-  const out: WorkloadAttestor[] = []
-  const problems: string[] = []
-  for (const [name, data] of config.workloadAttestors) {
-    const d = data as Table
-    if (name === 'unix') {
-      const unknown = Object.keys(d).filter(
-        (k) => k !== 'discover_workload_path' && k !== 'workload_size_limit',
-      )
-      if (unknown.length)
-        problems.push(`plugins.WorkloadAttestor.unix: unknown keys ${unknown.join(', ')}`)
-      out.push(
-        unixAttestor({
-          discoverWorkloadPath: d.discover_workload_path === true,
-          ...(typeof d.workload_size_limit === 'number'
-            ? { workloadSizeLimit: d.workload_size_limit }
-            : {}),
-        }),
-      )
-    } else if (name === 'systemd') {
-      if (Object.keys(d).length)
-        problems.push('plugins.WorkloadAttestor.systemd: takes no settings')
-      out.push(systemdAttestor())
-    } else if (name === 'docker') {
-      const unknown = Object.keys(d).filter((k) => k !== 'docker_socket_path')
-      if (unknown.length)
-        problems.push(`plugins.WorkloadAttestor.docker: unknown keys ${unknown.join(', ')}`)
-      out.push(
-        dockerAttestor(
-          typeof d.docker_socket_path === 'string' ? { socketPath: d.docker_socket_path } : {},
-        ),
-      )
-    } else {
-      problems.push(
-        `plugins.WorkloadAttestor.${name}: unknown workload attestor (unix, systemd, docker)`,
-      )
-    }
-  }
-  if (problems.length) throw new ConfigError('plugins.WorkloadAttestor', problems)
-  return out
 }
 
 export async function startAgent(

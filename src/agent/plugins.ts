@@ -1,0 +1,192 @@
+/**
+ * The agent's plugin catalog: node attestors (with the key manager their SVID key lives in) and
+ * workload attestors, by config name, so a new kind is one entry and an unknown name is told what
+ * exists.
+ */
+import { join } from 'node:path'
+import { joinTokenAgentAttestor } from '../attestors/join-token/agent.js'
+import { parseTpmAgentConfig, tpmAgentAttestor } from '../attestors/tpm/agent.js'
+import type { AgentNodeAttestor } from '../attestors/types.js'
+import { ConfigError, type Table } from '../common/config.js'
+import { SpiffeEdgeError } from '../errors.js'
+import { DiskKeyManager } from '../keymanager/disk.js'
+import { MemoryKeyManager } from '../keymanager/memory.js'
+import { type TpmKey, TpmKeyManager } from '../keymanager/tpm.js'
+import type { KeyManager } from '../keymanager/types.js'
+import { TpmContext } from '../tpm/context.js'
+import type { AgentConfig } from './config.js'
+import { dockerAttestor } from './workload-api/attestors/docker.js'
+import { systemdAttestor } from './workload-api/attestors/systemd.js'
+import { unixAttestor } from './workload-api/attestors/unix.js'
+import type { WorkloadAttestor } from './workload-api/types.js'
+
+/** Without a token the server would only say "malformed": say what is missing, before connecting. */
+function missingJoinToken(): AgentNodeAttestor {
+  const err = () =>
+    new SpiffeEdgeError('ERR_JOIN_TOKEN_MISSING', 'no join token to attest with', {
+      remedy:
+        'generate one on the server (spiffe-edge server token generate) and pass it with --join-token or agent.join_token',
+    })
+  return {
+    kind: 'NodeAttestor',
+    name: 'join_token',
+    payload: async () => {
+      throw err()
+    },
+    respond: async () => {
+      throw err()
+    },
+  }
+}
+
+export interface NodeIdentity {
+  readonly attestor: AgentNodeAttestor
+  /** The key manager for the agent SVID key (the TPM's, for TPM attestation). */
+  readonly keyManager: KeyManager
+  /** False while the agent's TPM is unreachable (TPM attestation only). */
+  readonly tpmHealthy?: () => boolean
+  close(): Promise<void>
+}
+
+const softwareKeys = (config: AgentConfig): KeyManager =>
+  config.keyManager.kind === 'disk'
+    ? new DiskKeyManager(config.keyManager.directory)
+    : new MemoryKeyManager()
+
+type NodeAttestorFactory = (config: AgentConfig, data: Table) => Promise<NodeIdentity>
+
+/** The agent's node attestors by config name; each brings the key manager its SVID key needs. */
+export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
+  string,
+  NodeAttestorFactory
+>([
+  [
+    'join_token',
+    async (config, data) => {
+      if (Object.keys(data).length > 0)
+        throw new ConfigError('plugins.NodeAttestor.join_token', ['takes no settings'])
+      // Without a token, attestation fails with a clear error; a restart with saved state needs none.
+      return {
+        attestor: config.joinToken ? joinTokenAgentAttestor(config.joinToken) : missingJoinToken(),
+        keyManager: softwareKeys(config),
+        close: async () => undefined,
+      }
+    },
+  ],
+  [
+    'tpm',
+    async (config, data) => {
+      const cfg = parseTpmAgentConfig(data)
+      const tpm = await TpmContext.open(cfg.tcti)
+      // The agent SVID key lives in the TPM; the attestor certifies whichever key the manager made
+      // last, which is the one the CSR (and so the SVID) is for.
+      const keys = new TpmKeyManager(tpm, join(config.dataDir, 'tpm-keys'))
+      let current: TpmKey | undefined
+      const keyManager: KeyManager = {
+        async generateKey(id, type) {
+          current = (await keys.generateKey(id, type)) as TpmKey
+          return current
+        },
+        async getKey(id) {
+          const k = (await keys.getKey(id)) as TpmKey | undefined
+          if (k) current ??= k
+          return k
+        },
+        listKeys: () => keys.listKeys(),
+        deleteKey: (id) => keys.deleteKey(id),
+      }
+      const attestor = tpmAgentAttestor({
+        tpm,
+        dataDir: join(config.dataDir, 'tpm'),
+        ekAlgorithm: cfg.ekAlgorithm,
+        akAlgorithm: cfg.akAlgorithm,
+        persistEk: cfg.persistEk,
+        agentKey: () => {
+          if (!current) throw new Error('no agent key yet')
+          return current
+        },
+      })
+      return {
+        attestor,
+        keyManager,
+        tpmHealthy: () => keys.tpmHealth().healthy,
+        close: () => tpm.close(),
+      }
+    },
+  ],
+])
+
+/** The configured node attestor from the catalog; an unknown one is refused listing what exists. */
+export function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {
+  const { name, data } = config.nodeAttestor
+  const factory = NODE_ATTESTORS.get(name)
+  if (!factory) {
+    throw new ConfigError('plugins.NodeAttestor', [
+      `${name}: unknown node attestor (this agent has: ${[...NODE_ATTESTORS.keys()].join(', ')})`,
+    ])
+  }
+  return factory(config, data)
+}
+
+type WorkloadAttestorFactory = (d: Table, problems: string[]) => WorkloadAttestor
+
+const unknownKeys = (d: Table, allowed: readonly string[]) =>
+  Object.keys(d).filter((k) => !allowed.includes(k))
+
+/** The agent's workload attestors by config name (SPIRE's names and keys). */
+export const WORKLOAD_ATTESTORS: ReadonlyMap<string, WorkloadAttestorFactory> = new Map<
+  string,
+  WorkloadAttestorFactory
+>([
+  [
+    'unix',
+    (d, problems) => {
+      const unknown = unknownKeys(d, ['discover_workload_path', 'workload_size_limit'])
+      if (unknown.length)
+        problems.push(`plugins.WorkloadAttestor.unix: unknown keys ${unknown.join(', ')}`)
+      return unixAttestor({
+        discoverWorkloadPath: d.discover_workload_path === true,
+        ...(typeof d.workload_size_limit === 'number'
+          ? { workloadSizeLimit: d.workload_size_limit }
+          : {}),
+      })
+    },
+  ],
+  [
+    'systemd',
+    (d, problems) => {
+      if (Object.keys(d).length)
+        problems.push('plugins.WorkloadAttestor.systemd: takes no settings')
+      return systemdAttestor()
+    },
+  ],
+  [
+    'docker',
+    (d, problems) => {
+      const unknown = unknownKeys(d, ['docker_socket_path'])
+      if (unknown.length)
+        problems.push(`plugins.WorkloadAttestor.docker: unknown keys ${unknown.join(', ')}`)
+      return dockerAttestor(
+        typeof d.docker_socket_path === 'string' ? { socketPath: d.docker_socket_path } : {},
+      )
+    },
+  ],
+])
+
+/** Every configured workload attestor; all problems (unknown names, keys) in one ERR_CONFIG. */
+export function workloadAttestors(config: AgentConfig): WorkloadAttestor[] {
+  const out: WorkloadAttestor[] = []
+  const problems: string[] = []
+  for (const [name, data] of config.workloadAttestors) {
+    const factory = WORKLOAD_ATTESTORS.get(name)
+    if (!factory) {
+      problems.push(
+        `plugins.WorkloadAttestor.${name}: unknown workload attestor (this agent has: ${[...WORKLOAD_ATTESTORS.keys()].join(', ')})`,
+      )
+      continue
+    }
+    out.push(factory(data as Table, problems))
+  }
+  if (problems.length) throw new ConfigError('plugins.WorkloadAttestor', problems)
+  return out
+}
