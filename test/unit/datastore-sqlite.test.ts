@@ -4,35 +4,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import {
-  type EntryInput,
   LATEST_SCHEMA_VERSION,
   loadBetterSqlite3,
   migrations,
   openSqliteDatastore,
 } from '../../src/server/datastore/index.js'
 import { rejectsWith, runDatastoreConformance } from '../helpers/datastore-conformance.js'
-
-const AGENT = 'spiffe://example.org/spire/agent/join_token/abc'
-
-function entry(overrides: Partial<EntryInput> = {}): EntryInput {
-  return {
-    spiffeId: 'spiffe://example.org/workload',
-    parentId: AGENT,
-    selectors: [
-      { type: 'unix', value: 'uid:1000' },
-      { type: 'unix', value: 'gid:1000' },
-    ],
-    x509SvidTtl: 3600,
-    jwtSvidTtl: 300,
-    dnsNames: ['w.example.org', 'alt.example.org'],
-    hint: 'internal',
-    federatesWith: ['spiffe://other.org'],
-    admin: false,
-    downstream: false,
-    expiresAt: null,
-    ...overrides,
-  }
-}
+import { entry } from '../helpers/datastore-fixtures.js'
 
 function tempDir(t: { after(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-ds-'))
