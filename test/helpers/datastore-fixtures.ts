@@ -15,6 +15,29 @@ export interface DatastoreBackend {
 
 export const AGENT = 'spiffe://example.org/spire/agent/join_token/abc'
 
+/** An entry with nothing but its IDs and selectors set (what a bare `entry create` stores). */
+export function bareEntry(
+  spiffeId: string,
+  parentId: string,
+  selectors: EntryInput['selectors'],
+  overrides: Partial<EntryInput> = {},
+): EntryInput {
+  return {
+    spiffeId,
+    parentId,
+    selectors,
+    x509SvidTtl: 0,
+    jwtSvidTtl: 0,
+    dnsNames: [],
+    hint: '',
+    federatesWith: [],
+    admin: false,
+    downstream: false,
+    expiresAt: null,
+    ...overrides,
+  }
+}
+
 export function entry(overrides: Partial<EntryInput> = {}): EntryInput {
   return {
     spiffeId: 'spiffe://example.org/workload',

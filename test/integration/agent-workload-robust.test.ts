@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 import type { X509Update } from '../../src/agent/workload-api/types.js'
 import { startTestAgent } from '../helpers/agent.js'
+import { bareEntry } from '../helpers/datastore-fixtures.js'
 import { startTestServer } from '../helpers/server.js'
 
 const uid1000 = [{ type: 'unix', value: 'uid:1000' }]
@@ -21,19 +22,17 @@ test('an entry the server cannot issue neither stalls FetchX509SVID nor fails th
     selectors: [{ type: 'unix', value: 'uid:1000' }],
   })
   // Written straight to the datastore (the admin API may refuse it): an ID no SVID can carry.
-  await s.server.datastore.createEntry({
-    spiffeId: 'spiffe://other.org/bad',
-    parentId: 'spiffe://example.org/gw',
-    selectors: [{ type: 'unix', value: 'uid:1000' }],
-    x509SvidTtl: 3600,
-    jwtSvidTtl: 300,
-    dnsNames: [],
-    hint: '',
-    federatesWith: [],
-    admin: false,
-    downstream: false,
-    expiresAt: null,
-  })
+  await s.server.datastore.createEntry(
+    bareEntry(
+      'spiffe://other.org/bad',
+      'spiffe://example.org/gw',
+      [{ type: 'unix', value: 'uid:1000' }],
+      {
+        x509SvidTtl: 3600,
+        jwtSvidTtl: 300,
+      },
+    ),
+  )
   // Both entries reach the agent; the good one gets its SVID, the bad one is refused.
   await a.manager.syncNow()
   const t0 = performance.now()
@@ -50,19 +49,17 @@ test('an entry the server cannot issue neither stalls FetchX509SVID nor fails th
   assert.ok(ms < 2000, `the first X509 update took ${ms} ms (waited for the refused entry)`)
   // JWTs: an entry the agent still holds but the server no longer authorizes (deleted since the
   // last sync) is refused by the server; the workload's other identities are still served.
-  const gone = await s.server.datastore.createEntry({
-    spiffeId: 'spiffe://example.org/gone',
-    parentId: 'spiffe://example.org/gw',
-    selectors: [{ type: 'unix', value: 'uid:1000' }],
-    x509SvidTtl: 3600,
-    jwtSvidTtl: 300,
-    dnsNames: [],
-    hint: '',
-    federatesWith: [],
-    admin: false,
-    downstream: false,
-    expiresAt: null,
-  })
+  const gone = await s.server.datastore.createEntry(
+    bareEntry(
+      'spiffe://example.org/gone',
+      'spiffe://example.org/gw',
+      [{ type: 'unix', value: 'uid:1000' }],
+      {
+        x509SvidTtl: 3600,
+        jwtSvidTtl: 300,
+      },
+    ),
+  )
   await a.manager.syncNow()
   await s.server.datastore.deleteEntry(gone.id)
   const jwts = await a.manager.fetchJwtSvids(uid1000, ['aud'])

@@ -2,6 +2,7 @@
  * What the server keeps across a restart and what it keeps at rest: RenewAgent's replaced serial,
  * join tokens (never usable from a copy of the database), and the entries it refuses to store.
  */
+
 import assert from 'node:assert/strict'
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -13,6 +14,7 @@ import { loadBetterSqlite3 } from '../../src/server/datastore/sqlite.js'
 import { createCsr } from '../../src/spiffe/csr.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
 import { type AgentAuth, GrpcNodeClient, NodeCallError } from '../../src/transport/grpc-client.js'
+import { bareEntry } from '../helpers/datastore-fixtures.js'
 import { startTestServer } from '../helpers/server.js'
 
 const td = TrustDomain.parse('example.org')
@@ -128,19 +130,9 @@ test('alias entries an earlier version wrote with a live token are dropped at st
   const token = await s.token('spiffe://example.org/node/old')
   const agentId = `spiffe://example.org/spire/agent/join_token/${token}`
   // What `token generate --spiffeID` used to write.
-  await s.server.datastore.createEntry({
-    spiffeId: 'spiffe://example.org/node/old',
-    parentId: agentId,
-    selectors: [{ type: 'spiffe_id', value: agentId }],
-    x509SvidTtl: 0,
-    jwtSvidTtl: 0,
-    dnsNames: [],
-    hint: '',
-    federatesWith: [],
-    admin: false,
-    downstream: false,
-    expiresAt: null,
-  })
+  await s.server.datastore.createEntry(
+    bareEntry('spiffe://example.org/node/old', agentId, [{ type: 'spiffe_id', value: agentId }]),
+  )
   await s[Symbol.asyncDispose]()
   s = await startTestServer({ dir })
   t.after(() => s[Symbol.asyncDispose]())
