@@ -4,7 +4,6 @@
  */
 
 import { lstatSync, readFileSync } from 'node:fs'
-import { connect } from 'node:net'
 import { join } from 'node:path'
 import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
@@ -17,6 +16,7 @@ import type { AgentConfig } from './config.js'
 import { AgentManager } from './manager.js'
 import { nodeIdentity, workloadAttestors } from './plugins.js'
 import { AgentStorage } from './storage.js'
+import { socketIsLive } from './workload-api/endpoint.js'
 import { startWorkloadApi } from './workload-api/server.js'
 
 export interface RunningAgent extends AsyncDisposable {
@@ -38,18 +38,8 @@ async function checkSocketFree(path: string): Promise<void> {
   } catch {
     return // nothing there
   }
-  const live =
-    isSocket &&
-    (await new Promise<boolean>((resolve) => {
-      const s = connect(path)
-      const done = (v: boolean) => {
-        s.destroy()
-        resolve(v)
-      }
-      s.setTimeout(2000, () => done(false))
-      s.once('connect', () => done(true))
-      s.once('error', () => done(false))
-    }))
+  // The same liveness probe the endpoint uses before it replaces a stale socket.
+  const live = isSocket && (await socketIsLive(path))
   if (!isSocket || live) {
     throw new SpiffeEdgeError(
       'ERR_WORKLOAD_SOCKET_IN_USE',

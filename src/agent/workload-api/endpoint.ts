@@ -120,7 +120,7 @@ export class ConnTable {
 }
 
 /** Is something accepting connections on this socket path? */
-function socketIsLive(path: string): Promise<boolean> {
+export function socketIsLive(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect(path)
     const done = (live: boolean) => {
