@@ -5,6 +5,8 @@
  * coded error the handler maps to INVALID_ARGUMENT instead of a transport failure.
  */
 import { join } from 'node:path'
+import { fromBinary, fromJson, type JsonObject, toBinary, toJson } from '@bufbuild/protobuf'
+import { StructSchema } from '@bufbuild/protobuf/wkt'
 import protobuf from 'protobufjs'
 import { packageRoot } from '../../common/package-root.js'
 import { WorkloadProtocolError } from './errors.js'
@@ -14,7 +16,7 @@ export const WORKLOAD_PROTO = join(packageRoot(), 'proto', 'workload.proto')
 
 // Message shapes generated from workload.proto (scripts/gen-proto-types.mjs), under the names
 // the Workload API code uses. Claims are plain JSON on our side; the codec converts them to and
-// from google.protobuf.Struct.
+// from google.protobuf.Struct (with @bufbuild/protobuf's JSON mapping, below).
 export type X509SvidMsg = gen.X509SVID
 export type X509SvidResponseMsg = gen.X509SVIDResponse
 export type X509BundlesResponseMsg = gen.X509BundlesResponse
@@ -120,49 +122,31 @@ function decodeRequest<T>(t: protobuf.Type, bytes: Uint8Array, defaults = true):
 
 const wl = (name: string) => workloadProtoRoot().lookupType(name)
 
-type StructValue =
-  | { nullValue: number }
-  | { numberValue: number }
-  | { stringValue: string }
-  | { boolValue: boolean }
-  | { structValue: { fields: Record<string, StructValue> } }
-  | { listValue: { values: StructValue[] } }
+const structType = () => workloadProtoRoot().lookupType('google.protobuf.Struct')
 
-/** JSON → google.protobuf.Value (protobufjs has no JSON mapping for Struct). */
-function toValue(v: unknown): StructValue {
-  if (v === null || v === undefined) return { nullValue: 0 }
-  if (typeof v === 'number') return { numberValue: v }
-  if (typeof v === 'string') return { stringValue: v }
-  if (typeof v === 'boolean') return { boolValue: v }
-  if (Array.isArray(v)) return { listValue: { values: v.map(toValue) } }
-  if (typeof v === 'object') return { structValue: toStruct(v as Record<string, unknown>) }
-  return { stringValue: String(v) }
-}
-
-export function toStruct(o: Record<string, unknown>): { fields: Record<string, StructValue> } {
-  const fields: Record<string, StructValue> = {}
-  for (const [k, v] of Object.entries(o)) fields[k] = toValue(v)
-  return { fields }
-}
-
-function fromValue(v: Record<string, unknown> | undefined): unknown {
-  if (v === undefined) return null
-  if ('numberValue' in v) return v.numberValue
-  if ('stringValue' in v) return v.stringValue
-  if ('boolValue' in v) return v.boolValue
-  if ('structValue' in v) return fromStruct(v.structValue as Record<string, unknown>)
-  if ('listValue' in v) {
-    const values = (v.listValue as { values?: Record<string, unknown>[] }).values ?? []
-    return values.map(fromValue)
+/**
+ * Claims ↔ google.protobuf.Struct. protobufjs has no JSON mapping for Struct, so
+ * @bufbuild/protobuf's well-known-type mapping does it (it refuses what JSON cannot hold, such as
+ * NaN); the Struct crosses between the two runtimes as its wire bytes.
+ */
+function claimsToStruct(claims: Record<string, unknown>): protobuf.Message {
+  let bytes: Uint8Array
+  try {
+    bytes = toBinary(StructSchema, fromJson(StructSchema, claims as JsonObject))
+  } catch (err) {
+    throw new WorkloadProtocolError(`claims are not JSON: ${(err as Error).message}`)
   }
-  return null
+  return structType().decode(bytes)
 }
 
-export function fromStruct(s: Record<string, unknown> | undefined): Record<string, unknown> {
-  const out: Record<string, unknown> = {}
-  const fields = (s?.fields ?? {}) as Record<string, Record<string, unknown>>
-  for (const [k, v] of Object.entries(fields)) out[k] = fromValue(v)
-  return out
+function structToClaims(s: protobuf.Message | null | undefined): Record<string, unknown> {
+  if (!s) return {}
+  const bytes = structType().encode(s).finish()
+  try {
+    return toJson(StructSchema, fromBinary(StructSchema, bytes)) as Record<string, unknown>
+  } catch (err) {
+    throw new WorkloadProtocolError(`claims do not decode: ${(err as Error).message}`)
+  }
 }
 
 export const workloadCodec = {
@@ -195,15 +179,17 @@ export const workloadCodec = {
     encode: (m: ValidateJwtSvidResponseMsg) =>
       encodeWith(wl('ValidateJWTSVIDResponse'), {
         spiffeId: m.spiffeId,
-        claims: toStruct(m.claims),
+        claims: claimsToStruct(m.claims),
       }),
     decode: (b: Uint8Array): ValidateJwtSvidResponseMsg => {
-      const raw = decodeWith<{ spiffeId: string; claims?: Record<string, unknown> }>(
-        wl('ValidateJWTSVIDResponse'),
-        b,
-        false,
-      )
-      return { spiffeId: raw.spiffeId ?? '', claims: fromStruct(raw.claims) }
+      const t = wl('ValidateJWTSVIDResponse')
+      let raw: protobuf.Message & { spiffeId?: string; claims?: protobuf.Message | null }
+      try {
+        raw = t.decode(b)
+      } catch (err) {
+        throw new WorkloadProtocolError(`${t.name} does not decode: ${(err as Error).message}`)
+      }
+      return { spiffeId: raw.spiffeId ?? '', claims: structToClaims(raw.claims) }
     },
   },
   /** The empty requests (X509SVIDRequest, bundles): any bytes that parse as the message. */
