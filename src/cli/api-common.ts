@@ -7,7 +7,7 @@ import { DEFAULT_AGENT_SOCKET } from '../agent/config.js'
 import { SOCKET_ENV } from '../agent/workload-api/addr.js'
 import { type WorkloadClient, workloadClient } from '../agent/workload-api/client.js'
 import { UsageError } from '../errors.js'
-import type { Io, OptionSpec, OptionValues } from './command.js'
+import { durationOption, type Io, type OptionSpec, type OptionValues } from './command.js'
 
 export const COMMON: Readonly<Record<string, OptionSpec>> = {
   'socket-path': {
@@ -23,9 +23,9 @@ export const COMMON: Readonly<Record<string, OptionSpec>> = {
   },
   timeout: {
     type: 'string',
-    description: 'seconds to wait for the agent',
+    description: 'how long to wait for the agent (5s, 500ms; plain numbers are seconds)',
     default: '5',
-    valueName: 'S',
+    valueName: 'DURATION',
   },
 }
 
@@ -45,11 +45,7 @@ export function outputOf(values: OptionValues): 'pretty' | 'json' {
 }
 
 export function timeoutOf(values: OptionValues): number {
-  const v = values.timeout ?? '5'
-  const n = Number(v)
-  if (typeof v !== 'string' || !Number.isFinite(n) || n <= 0) {
-    throw new UsageError(`--timeout must be a positive number of seconds, got '${String(v)}'`)
-  }
+  const n = durationOption(values, 'timeout', { positive: true, fraction: true }) ?? 5
   return Math.round(n * 1000)
 }
 

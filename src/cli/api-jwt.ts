@@ -16,7 +16,7 @@ export const fetchJwt: Leaf = {
       description: 'audience the token is for (repeatable, or comma-separated)',
       valueName: 'AUD',
     },
-    'spiffe-id': { type: 'string', description: 'only this identity', valueName: 'ID' },
+    spiffeID: { type: 'string', description: 'only this identity', valueName: 'ID' },
   },
   run: (values, io) =>
     withClient(values, io, async (c) => {
@@ -27,7 +27,7 @@ export const fetchJwt: Leaf = {
         .map((a) => a.trim())
         .filter((a) => a !== '')
       if (audience.length === 0) throw new UsageError('audience must be specified (--audience)')
-      const id = values['spiffe-id']
+      const id = values.spiffeID
       const svids = await c.fetchJwt(audience, typeof id === 'string' && id !== '' ? id : undefined)
       const bundles = await c.fetchJwtBundles()
       if (out === 'json') {

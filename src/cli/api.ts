@@ -64,8 +64,9 @@ export const apiGroup: Group = {
     {
       kind: 'group',
       name: 'fetch',
-      summary: 'Fetch SVIDs and bundles',
+      summary: 'Fetch SVIDs and bundles (alone: fetch x509, as spire-agent does)',
       children: [fetchX509, fetchJwt, fetchBundles],
+      defaultChild: 'x509',
     },
     {
       kind: 'group',

@@ -4,6 +4,7 @@
  * return an exit code; nothing here knows about TPMs or simulators.
  */
 import { parseArgs } from 'node:util'
+import { parseDuration } from '../common/config.js'
 import { isSpiffeEdgeError, UsageError } from '../errors.js'
 
 export type OptionSpec = {
@@ -39,6 +40,74 @@ export interface Group {
   readonly name: string
   readonly summary: string
   readonly children: readonly (Leaf | Group)[]
+  /** The child run when no subcommand is named (SPIRE: `api fetch` is `api fetch x509`). */
+  readonly defaultChild?: string
+}
+
+/**
+ * Flag spellings: SPIRE writes `-socketPath`, `-spiffeID`; our flags were kebab-case
+ * (`--socket-path`). Any spelling with one or two dashes, camelCase or kebab-case, in any
+ * letter case, names the same option: names compare lowercased without '-' and '_'.
+ */
+function flagKey(name: string): string {
+  return name.toLowerCase().replace(/[-_]/g, '')
+}
+
+/** How --help shows a flag: SPIRE's camelCase with one dash (`-socketPath`, `-spiffeID`). */
+const ACRONYMS: Readonly<Record<string, string>> = {
+  id: 'ID',
+  ids: 'IDs',
+  ttl: 'TTL',
+  svid: 'SVID',
+  jwt: 'JWT',
+  dns: 'DNS',
+  ek: 'EK',
+  ca: 'CA',
+}
+export function spireSpelling(name: string): string {
+  const parts = name.split('-')
+  return parts
+    .map((w, i) => (i === 0 ? w : (ACRONYMS[w] ?? `${w.charAt(0).toUpperCase()}${w.slice(1)}`)))
+    .join('')
+}
+
+/**
+ * Rewrites every flag in `args` to `--<option name>` so parseArgs sees one spelling. A token
+ * that is the value of the string option before it is left alone, even if it starts with '-'.
+ */
+export function normalizeFlags(
+  args: readonly string[],
+  options: Readonly<Record<string, { type: 'string' | 'boolean' }>>,
+): string[] {
+  const byKey = new Map<string, string>()
+  for (const name of Object.keys(options)) {
+    const k = flagKey(name)
+    const prev = byKey.get(k)
+    if (prev !== undefined && prev !== name)
+      throw new Error(`options '${prev}' and '${name}' have the same spelling`)
+    byKey.set(k, name)
+  }
+  const out: string[] = []
+  let valueNext = false
+  for (const a of args) {
+    if (valueNext || a === '--' || !a.startsWith('-') || a === '-') {
+      valueNext = false
+      out.push(a)
+      continue
+    }
+    const body = a.startsWith('--') ? a.slice(2) : a.slice(1)
+    const eq = body.indexOf('=')
+    const name = eq < 0 ? body : body.slice(0, eq)
+    // Single-letter short options (-h) stay as they are.
+    const canonical = a.startsWith('--') || name.length > 1 ? byKey.get(flagKey(name)) : undefined
+    if (canonical === undefined) {
+      out.push(a)
+      continue
+    }
+    out.push(eq < 0 ? `--${canonical}` : `--${canonical}=${body.slice(eq + 1)}`)
+    valueNext = eq < 0 && options[canonical]?.type === 'string'
+  }
+  return out
 }
 
 function helpFor(node: Leaf | Group, path: string[]): string {
@@ -49,27 +118,47 @@ function helpFor(node: Leaf | Group, path: string[]): string {
     return `${node.summary}\n\nUsage: ${cmd} <command> [options]\n\nCommands:\n${rows.join('\n')}\n\nRun '${cmd} <command> --help' for a command's options.\n`
   }
   const opts = Object.entries(node.options).map(([name, o]) => {
-    const flag = `--${name}${o.type === 'string' ? ` ${o.valueName ?? name.toUpperCase()}` : ''}`
+    const flag = `-${spireSpelling(name)}${o.type === 'string' ? ` ${o.valueName ?? name.toUpperCase()}` : ''}`
     const def = o.default === undefined ? '' : ` (default: ${String(o.default)})`
     return `  ${flag.padEnd(24)} ${o.description}${def}`
   })
-  if (!('json' in node.options))
-    opts.push(`  ${'--json'.padEnd(24)} print errors as JSON on stderr`)
-  opts.push(`  ${'--help'.padEnd(24)} show this help`)
+  if (!('json' in node.options)) opts.push(`  ${'-json'.padEnd(24)} print errors as JSON on stderr`)
+  opts.push(`  ${'-help'.padEnd(24)} show this help`)
   const details = node.details ? `\n${node.details.trimEnd()}\n` : ''
-  return `${node.summary}\n\nUsage: ${cmd} [options]\n\nOptions:\n${opts.join('\n')}\n${details}`
+  return `${node.summary}\n\nUsage: ${cmd} [options]\n\nOptions:\n${opts.join('\n')}\n${details}\nFlags take one or two dashes, camelCase or kebab-case: -socketPath and --socket-path are one flag.\n`
 }
 
+const HELP = new Set(['--help', '-help', '-h', 'help'])
+const JSON_FLAGS = new Set(['--json', '-json'])
+const VERSION = new Set(['--version', '-version', 'version'])
+
 /** Runs argv against the tree; returns the process exit code. Never throws. */
-export async function runCli(root: Group, argv: readonly string[], io: Io): Promise<number> {
+export async function runCli(
+  root: Group,
+  argv: readonly string[],
+  io: Io,
+  version?: string,
+): Promise<number> {
   const path = [root.name]
   let node: Leaf | Group = root
   let rest = [...argv]
-  const wantsJson = argv.includes('--json')
+  const wantsJson = argv.some((a) => JSON_FLAGS.has(a))
   try {
+    if (version !== undefined && argv.length === 1 && VERSION.has(argv[0]!)) {
+      io.out(`${root.name} ${version}\n`)
+      return 0
+    }
     while (node.kind === 'group') {
       const next: string | undefined = rest[0]
-      if (next === undefined || next === '--help' || next === '-h' || next === 'help') {
+      const group: Group = node
+      if (
+        group.defaultChild !== undefined &&
+        (next === undefined || (next.startsWith('-') && !HELP.has(next)))
+      ) {
+        rest = [group.defaultChild, ...rest]
+        continue
+      }
+      if (next === undefined || HELP.has(next)) {
         io.out(helpFor(node, path))
         return next === undefined ? 2 : 0
       }
@@ -83,7 +172,7 @@ export async function runCli(root: Group, argv: readonly string[], io: Io): Prom
       path.push(next)
       rest = rest.slice(1)
     }
-    if (rest.includes('--help') || rest.includes('-h')) {
+    if (rest.some((a) => HELP.has(a) && a !== 'help')) {
       io.out(helpFor(node, path))
       return 0
     }
@@ -102,7 +191,11 @@ export async function runCli(root: Group, argv: readonly string[], io: Io): Prom
     let values: OptionValues
     try {
       // --json is accepted everywhere: it also makes errors machine-readable on stderr.
-      const args = 'json' in options ? rest : rest.filter((a) => a !== '--json')
+      const spelled = normalizeFlags(
+        rest,
+        'json' in options ? options : { ...options, json: { type: 'boolean' } },
+      )
+      const args = 'json' in options ? spelled : spelled.filter((a) => a !== '--json')
       values = parseArgs({ args, options, allowPositionals: false, strict: true })
         .values as OptionValues
     } catch (err) {
@@ -116,6 +209,31 @@ export async function runCli(root: Group, argv: readonly string[], io: Io): Prom
     reportError(err, io, wantsJson)
     return isSpiffeEdgeError(err) && err.code === 'ERR_USAGE' ? 2 : 1
   }
+}
+
+/**
+ * A duration flag as SPIRE takes them (`10m`, `1h30m`, `90s`), or plain seconds; `undefined`
+ * when absent. Fractions of a second only where `fraction` allows (timeouts).
+ */
+export function durationOption(
+  values: OptionValues,
+  name: string,
+  opts: { positive?: boolean; fraction?: boolean } = {},
+): number | undefined {
+  const v = values[name]
+  if (v === undefined) return undefined
+  const text = typeof v === 'string' ? v.trim() : ''
+  let n: number | undefined
+  if (/^\d+(\.\d+)?$/.test(text)) n = Number(text)
+  else if (/^(\d+(\.\d+)?)ms$/.test(text)) n = Number(text.slice(0, -2)) / 1000
+  else n = parseDuration(text)
+  if (n === undefined || (!opts.fraction && !Number.isInteger(n)) || (opts.positive && n <= 0)) {
+    throw new UsageError(
+      `-${spireSpelling(name)} '${String(v)}' is not a duration`,
+      `write it as seconds or with a unit: 90, 90s, 10m, 1h30m${opts.fraction ? ', 500ms' : ''}`,
+    )
+  }
+  return n
 }
 
 export function reportError(err: unknown, io: Io, json: boolean): void {

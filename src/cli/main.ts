@@ -1,3 +1,6 @@
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { packageRoot } from '../common/package-root.js'
 import { agentRunCommand } from './agent-run.js'
 import { agentHealthcheck, apiGroup } from './api.js'
 import { type Group, type Io, runCli } from './command.js'
@@ -39,13 +42,25 @@ function exitQuietlyOnEpipe(stream: NodeJS.WriteStream, code: number): void {
   })
 }
 
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as {
+    version?: string
+  }
+  return pkg.version ?? 'unknown'
+}
+
 export async function main(argv: readonly string[], io?: Partial<Io>): Promise<number> {
   if (!io?.out) exitQuietlyOnEpipe(process.stdout, 0)
   // Nothing can be reported once stderr's reader is gone; keep the exit code we would have had.
   if (!io?.err) exitQuietlyOnEpipe(process.stderr, 1)
-  return runCli(cliTree, argv, {
-    out: io?.out ?? ((t) => process.stdout.write(t)),
-    err: io?.err ?? ((t) => process.stderr.write(t)),
-    env: io?.env ?? process.env,
-  })
+  return runCli(
+    cliTree,
+    argv,
+    {
+      out: io?.out ?? ((t) => process.stdout.write(t)),
+      err: io?.err ?? ((t) => process.stderr.write(t)),
+      env: io?.env ?? process.env,
+    },
+    packageVersion(),
+  )
 }

@@ -3,7 +3,13 @@
  * `leaf` wrapper that applies them, and small value parsers.
  */
 import { UsageError } from '../errors.js'
-import type { Io, Leaf, OptionSpec, OptionValues } from './command.js'
+import {
+  durationOption,
+  type Io,
+  type Leaf,
+  type OptionSpec,
+  type OptionValues,
+} from './command.js'
 
 export const ADMIN_SOCKET: OptionSpec = {
   type: 'string',
@@ -35,13 +41,18 @@ export function parseSelector(s: string): { type: string; value: string } {
   return { type: s.slice(0, i), value: s.slice(i + 1) }
 }
 
-export function seconds(v: string | boolean | string[] | undefined, flag: string): number {
-  if (v === undefined) return 0
+/** A point in time as unix seconds (entry expiry). */
+export function unixSeconds(v: string | boolean | string[] | undefined, flag: string): number {
   const n = Number(v)
-  if (typeof v !== 'string' || !Number.isInteger(n) || n < 0) {
-    throw new UsageError(`--${flag} must be a whole number of seconds`)
+  if (typeof v !== 'string' || !/^\d+$/.test(v) || !Number.isSafeInteger(n)) {
+    throw new UsageError(`-${flag} must be unix seconds, got '${String(v)}'`)
   }
   return n
+}
+
+/** A TTL flag: seconds or a duration (`10m`, `1h`); 0 when absent (the server's default). */
+export function seconds(values: OptionValues, flag: string): number {
+  return durationOption(values, flag) ?? 0
 }
 
 export function leaf(

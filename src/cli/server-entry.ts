@@ -3,7 +3,7 @@ import { UsageError } from '../errors.js'
 import { adminCall } from '../server/admin-client.js'
 import type { Group, OptionSpec, OptionValues } from './command.js'
 import { requireString } from './command.js'
-import { leaf, list, parseSelector, seconds } from './server-common.js'
+import { leaf, list, parseSelector, seconds, unixSeconds } from './server-common.js'
 
 export const ENTRY_FLAGS: Readonly<Record<string, OptionSpec>> = {
   spiffeID: { type: 'string', description: 'the SPIFFE ID this entry issues', valueName: 'ID' },
@@ -24,13 +24,13 @@ export const ENTRY_FLAGS: Readonly<Record<string, OptionSpec>> = {
   },
   x509SVIDTTL: {
     type: 'string',
-    description: 'X509-SVID TTL in seconds (0: server default)',
-    valueName: 'S',
+    description: 'X509-SVID TTL (90s, 10m, 1h; plain numbers are seconds; 0: server default)',
+    valueName: 'DURATION',
   },
   jwtSVIDTTL: {
     type: 'string',
-    description: 'JWT-SVID TTL in seconds (0: server default)',
-    valueName: 'S',
+    description: 'JWT-SVID TTL (90s, 10m, 1h; plain numbers are seconds; 0: server default)',
+    valueName: 'DURATION',
   },
   dns: { type: 'string', multiple: true, description: 'DNS SAN, repeatable', valueName: 'NAME' },
   hint: {
@@ -66,15 +66,15 @@ export function entryBody(values: OptionValues): Record<string, unknown> {
     parent_id: node ? undefined : values.parentID,
     node,
     selectors,
-    x509_svid_ttl: seconds(values.x509SVIDTTL, 'x509SVIDTTL'),
-    jwt_svid_ttl: seconds(values.jwtSVIDTTL, 'jwtSVIDTTL'),
+    x509_svid_ttl: seconds(values, 'x509SVIDTTL'),
+    jwt_svid_ttl: seconds(values, 'jwtSVIDTTL'),
     dns_names: list(values.dns),
     hint: typeof values.hint === 'string' ? values.hint : '',
     federates_with: list(values.federatesWith),
     admin: values.admin === true,
     downstream: values.downstream === true,
     expires_at:
-      values.entryExpiry === undefined ? null : seconds(values.entryExpiry, 'entryExpiry'),
+      values.entryExpiry === undefined ? null : unixSeconds(values.entryExpiry, 'entryExpiry'),
   }
 }
 

@@ -91,13 +91,13 @@ const tokenGroup: Group = {
         },
         ttl: {
           type: 'string',
-          description: 'token lifetime in seconds',
+          description: 'token lifetime (600, 10m, 1h)',
           default: '600',
-          valueName: 'S',
+          valueName: 'DURATION',
         },
       },
       async (v, io, sock) => {
-        const body: Record<string, unknown> = { ttl: seconds(v.ttl, 'ttl') }
+        const body: Record<string, unknown> = { ttl: seconds(v, 'ttl') }
         if (typeof v.spiffeID === 'string') body.spiffe_id = v.spiffeID
         const r = await adminCall(sock, 'POST', '/v1/tokens', body)
         io.out(v.json ? `${JSON.stringify(r)}\n` : `Token: ${String(r.token)}\n`)
