@@ -15,6 +15,8 @@ export type OptionSpec = {
   readonly valueName?: string
   /** Repeatable (e.g. --selector unix:uid:0 --selector unix:gid:0): the value is a string[]. */
   readonly multiple?: boolean
+  /** Other names SPIRE uses for it (the admin socket is `-socketPath` on spire-server). */
+  readonly aliases?: readonly string[]
 }
 
 export type OptionValues = Record<string, string | boolean | string[] | undefined>
@@ -77,15 +79,17 @@ export function spireSpelling(name: string): string {
  */
 export function normalizeFlags(
   args: readonly string[],
-  options: Readonly<Record<string, { type: 'string' | 'boolean' }>>,
+  options: Readonly<Record<string, { type: 'string' | 'boolean'; aliases?: readonly string[] }>>,
 ): string[] {
   const byKey = new Map<string, string>()
-  for (const name of Object.keys(options)) {
-    const k = flagKey(name)
-    const prev = byKey.get(k)
-    if (prev !== undefined && prev !== name)
-      throw new Error(`options '${prev}' and '${name}' have the same spelling`)
-    byKey.set(k, name)
+  for (const [name, o] of Object.entries(options)) {
+    for (const spelling of [name, ...(o.aliases ?? [])]) {
+      const k = flagKey(spelling)
+      const prev = byKey.get(k)
+      if (prev !== undefined && prev !== name)
+        throw new Error(`options '${prev}' and '${name}' have the same spelling`)
+      byKey.set(k, name)
+    }
   }
   const out: string[] = []
   let valueNext = false
@@ -120,7 +124,8 @@ function helpFor(node: Leaf | Group, path: string[]): string {
   const opts = Object.entries(node.options).map(([name, o]) => {
     const flag = `-${spireSpelling(name)}${o.type === 'string' ? ` ${o.valueName ?? name.toUpperCase()}` : ''}`
     const def = o.default === undefined ? '' : ` (default: ${String(o.default)})`
-    return `  ${flag.padEnd(24)} ${o.description}${def}`
+    const aka = o.aliases?.length ? ` (also -${o.aliases.join(', -')})` : ''
+    return `  ${flag.padEnd(24)} ${o.description}${def}${aka}`
   })
   if (!('json' in node.options)) opts.push(`  ${'-json'.padEnd(24)} print errors as JSON on stderr`)
   opts.push(`  ${'-help'.padEnd(24)} show this help`)
@@ -193,7 +198,7 @@ export async function runCli(
       // --json is accepted everywhere: it also makes errors machine-readable on stderr.
       const spelled = normalizeFlags(
         rest,
-        'json' in options ? options : { ...options, json: { type: 'boolean' } },
+        'json' in node.options ? node.options : { ...node.options, json: { type: 'boolean' } },
       )
       const args = 'json' in options ? spelled : spelled.filter((a) => a !== '--json')
       values = parseArgs({ args, options, allowPositionals: false, strict: true })

@@ -15,6 +15,7 @@ export const ADMIN_SOCKET: OptionSpec = {
   type: 'string',
   description: 'the server admin socket (env SPIFFE_EDGE_ADMIN_SOCKET)',
   valueName: 'PATH',
+  aliases: ['socketPath'],
 }
 export const JSON_FLAG: OptionSpec = { type: 'boolean', description: 'print JSON instead of text' }
 export const OUTPUT: OptionSpec = {

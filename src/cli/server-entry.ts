@@ -1,7 +1,8 @@
 /** `spiffe-edge server entry …`: SPIRE's entry verbs and flags over the admin API. */
-import { UsageError } from '../errors.js'
+import { readFileSync } from 'node:fs'
+import { isSpiffeEdgeError, UsageError } from '../errors.js'
 import { adminCall } from '../server/admin-client.js'
-import type { Group, OptionSpec, OptionValues } from './command.js'
+import type { Group, Io, OptionSpec, OptionValues } from './command.js'
 import { requireString } from './command.js'
 import { leaf, list, parseSelector, seconds, unixSeconds } from './server-common.js'
 
@@ -51,6 +52,100 @@ export const ENTRY_FLAGS: Readonly<Record<string, OptionSpec>> = {
     description: 'unix seconds after which the entry is pruned',
     valueName: 'T',
   },
+}
+
+const SHOW_FLAGS: Record<string, OptionSpec> = {
+  entryID: { type: 'string', description: 'one entry by id', valueName: 'ID' },
+  spiffeID: { type: 'string', description: 'entries issuing this ID', valueName: 'ID' },
+  parentID: { type: 'string', description: 'entries under this parent', valueName: 'ID' },
+  selector: {
+    type: 'string',
+    multiple: true,
+    description: 'entries with this selector (repeat: all of them)',
+    valueName: 'SEL',
+  },
+  federatesWith: {
+    type: 'string',
+    multiple: true,
+    description: 'entries federating with this trust domain (repeat: all of them)',
+    valueName: 'TD',
+  },
+  downstream: { type: 'boolean', description: 'only downstream entries' },
+}
+
+/** `show`/`count`: the server filters by ID and parent; the rest is matched here, as SPIRE's superset match. */
+async function findEntries(v: OptionValues, sock: string): Promise<EntryView[]> {
+  let entries: EntryView[]
+  if (typeof v.entryID === 'string') {
+    entries = [
+      (await adminCall(
+        sock,
+        'GET',
+        `/v1/entries/${encodeURIComponent(v.entryID)}`,
+      )) as unknown as EntryView,
+    ]
+  } else {
+    const q = new URLSearchParams()
+    if (typeof v.spiffeID === 'string') q.set('spiffeId', v.spiffeID)
+    if (typeof v.parentID === 'string') q.set('parentId', v.parentID)
+    entries = (await adminCall(sock, 'GET', `/v1/entries?${q}`)).entries as EntryView[]
+  }
+  const selectors = list(v.selector).map(parseSelector)
+  const tds = list(v.federatesWith)
+  return entries.filter(
+    (e) =>
+      selectors.every((s) => e.selectors.some((x) => x.type === s.type && x.value === s.value)) &&
+      tds.every((td) => e.federatesWith.includes(td)) &&
+      (v.downstream !== true || e.downstream),
+  )
+}
+
+const MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+/** `entry create -data FILE` (or `-` for stdin): one admin call per entry, reported per entry as SPIRE does. */
+async function createBatch(v: OptionValues, io: Io, sock: string): Promise<number> {
+  const file = String(v.data)
+  let text: string
+  try {
+    text = file === '-' ? readFileSync(0, 'utf8') : readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new UsageError(`cannot read -data ${file}: ${(err as Error).message}`)
+  }
+  if (Buffer.byteLength(text) > MAX_BATCH_BYTES)
+    throw new UsageError(`-data ${file} is larger than 16 MiB`)
+  let doc: unknown
+  try {
+    doc = JSON.parse(text)
+  } catch (err) {
+    throw new UsageError(
+      `-data ${file} is not JSON: ${(err as Error).message}`,
+      'write {"entries": [ ... ]}',
+    )
+  }
+  const items = (doc as { entries?: unknown }).entries
+  if (!Array.isArray(items))
+    throw new UsageError(`-data ${file} has no "entries" list`, 'write {"entries": [ ... ]}')
+  const results: { status: string; entry?: EntryView; error?: unknown }[] = []
+  for (const item of items) {
+    try {
+      const e = (await adminCall(
+        sock,
+        'POST',
+        '/v1/entries',
+        item as Record<string, unknown>,
+      )) as unknown as EntryView
+      results.push({ status: 'OK', entry: e })
+    } catch (err) {
+      results.push({ status: 'ERROR', error: isSpiffeEdgeError(err) ? err.toJSON() : String(err) })
+    }
+  }
+  if (v.json) io.out(`${JSON.stringify({ results })}\n`)
+  else
+    for (const r of results) {
+      if (r.entry) io.out(formatEntry(r.entry))
+      else io.out(`FAILED to create entry: ${JSON.stringify(r.error)}\n\n`)
+    }
+  return results.every((r) => r.status === 'OK') ? 0 : 1
 }
 
 export function entryBody(values: OptionValues): Record<string, unknown> {
@@ -119,11 +214,29 @@ export const entryGroup: Group = {
   name: 'entry',
   summary: 'registration entries: which workloads get which SPIFFE IDs',
   children: [
-    leaf('create', 'create a registration entry', ENTRY_FLAGS, async (v, io, sock) => {
-      const e = (await adminCall(sock, 'POST', '/v1/entries', entryBody(v))) as unknown as EntryView
-      io.out(v.json ? `${JSON.stringify(e)}\n` : formatEntry(e))
-      return 0
-    }),
+    leaf(
+      'create',
+      "create a registration entry (or a batch: -data FILE in SPIRE's JSON)",
+      {
+        ...ENTRY_FLAGS,
+        data: {
+          type: 'string',
+          description: 'a JSON file of entries, {"entries": [...]} as spire-server takes it',
+          valueName: 'FILE',
+        },
+      },
+      async (v, io, sock) => {
+        if (typeof v.data === 'string') return createBatch(v, io, sock)
+        const e = (await adminCall(
+          sock,
+          'POST',
+          '/v1/entries',
+          entryBody(v),
+        )) as unknown as EntryView
+        io.out(v.json ? `${JSON.stringify(e)}\n` : formatEntry(e))
+        return 0
+      },
+    ),
     leaf(
       'update',
       'replace an entry (all fields, as create)',
@@ -156,28 +269,10 @@ export const entryGroup: Group = {
     ),
     leaf(
       'show',
-      'show entries, filtered by --entryID, --spiffeID or --parentID',
-      {
-        entryID: { type: 'string', description: 'one entry by id', valueName: 'ID' },
-        spiffeID: { type: 'string', description: 'entries issuing this ID', valueName: 'ID' },
-        parentID: { type: 'string', description: 'entries under this parent', valueName: 'ID' },
-      },
+      'show entries, filtered as SPIRE does (-entryID, -spiffeID, -parentID, -selector, ...)',
+      SHOW_FLAGS,
       async (v, io, sock) => {
-        let entries: EntryView[]
-        if (typeof v.entryID === 'string') {
-          entries = [
-            (await adminCall(
-              sock,
-              'GET',
-              `/v1/entries/${encodeURIComponent(v.entryID)}`,
-            )) as unknown as EntryView,
-          ]
-        } else {
-          const q = new URLSearchParams()
-          if (typeof v.spiffeID === 'string') q.set('spiffeId', v.spiffeID)
-          if (typeof v.parentID === 'string') q.set('parentId', v.parentID)
-          entries = (await adminCall(sock, 'GET', `/v1/entries?${q}`)).entries as EntryView[]
-        }
+        const entries = await findEntries(v, sock)
         io.out(
           v.json
             ? `${JSON.stringify({ entries })}\n`
@@ -186,6 +281,15 @@ export const entryGroup: Group = {
         return 0
       },
     ),
+    leaf('count', 'count entries (the same filters as show)', SHOW_FLAGS, async (v, io, sock) => {
+      const n = (await findEntries(v, sock)).length
+      io.out(
+        v.json
+          ? `${JSON.stringify({ count: n })}\n`
+          : `${n} registration entr${n === 1 ? 'y' : 'ies'}\n`,
+      )
+      return 0
+    }),
     leaf('list', 'list every entry', {}, async (v, io, sock) => {
       const entries = (await adminCall(sock, 'GET', '/v1/entries')).entries as EntryView[]
       io.out(

@@ -28,11 +28,13 @@ export const serverRunCommand: Leaf = {
       type: 'string',
       description: 'override server.bind_port (0: any free port)',
       valueName: 'N',
+      aliases: ['serverPort'],
     },
     'admin-socket': {
       type: 'string',
       description: 'override server.admin_socket',
       valueName: 'PATH',
+      aliases: ['socketPath'],
     },
     reset: {
       type: 'boolean',

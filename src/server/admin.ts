@@ -123,6 +123,9 @@ export async function startAdminServer(
       const id = parts[2]
       switch (route) {
         case 'GET /v1/health': {
+          // Shallow (SPIRE's -shallow): the server answers; no datastore check.
+          if (url.searchParams.get('shallow') === 'true')
+            return send(res, 200, { healthy: true, shallow: true, trust_domain: core.trustDomain })
           // A damaged datastore must not look healthy (quick_check, rate-limited in the store).
           const h = await ds.healthCheck()
           if (!h.ok) return send(res, 503, { healthy: false, error: h.error.toJSON() })
