@@ -127,7 +127,10 @@ function helpFor(node: Leaf | Group, path: string[]): string {
     const aka = o.aliases?.length ? ` (also -${o.aliases.join(', -')})` : ''
     return `  ${flag.padEnd(24)} ${o.description}${def}${aka}`
   })
-  if (!('json' in node.options)) opts.push(`  ${'-json'.padEnd(24)} print errors as JSON on stderr`)
+  if (!('json' in node.options))
+    opts.push(
+      `  ${'-json'.padEnd(24)} print JSON: ${'output' in node.options ? 'the result (as -output json) and ' : ''}errors on stderr`,
+    )
   opts.push(`  ${'-help'.padEnd(24)} show this help`)
   const details = node.details ? `\n${node.details.trimEnd()}\n` : ''
   return `${node.summary}\n\nUsage: ${cmd} [options]\n\nOptions:\n${opts.join('\n')}\n${details}\nFlags take one or two dashes, camelCase or kebab-case: -socketPath and --socket-path are one flag.\n`
@@ -194,6 +197,7 @@ export async function runCli(
       }
     }
     let values: OptionValues
+    let explicitOutput = false
     try {
       // --json is accepted everywhere: it also makes errors machine-readable on stderr.
       const spelled = normalizeFlags(
@@ -201,6 +205,7 @@ export async function runCli(
         'json' in node.options ? node.options : { ...node.options, json: { type: 'boolean' } },
       )
       const args = 'json' in options ? spelled : spelled.filter((a) => a !== '--json')
+      explicitOutput = spelled.some((a) => a === '--output' || a.startsWith('--output='))
       values = parseArgs({ args, options, allowPositionals: false, strict: true })
         .values as OptionValues
     } catch (err) {
@@ -209,6 +214,8 @@ export async function runCli(
         `run '${path.join(' ')} --help'`,
       )
     }
+    // --json means the same everywhere: JSON output (where a command has -output) and JSON errors.
+    if (wantsJson && 'output' in node.options && !explicitOutput) values.output = 'json'
     return await node.run(values, io)
   } catch (err) {
     reportError(err, io, wantsJson)

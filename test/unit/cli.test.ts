@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { durationOption, type Group, type Leaf, normalizeFlags } from '../../src/cli/command.js'
+import {
+  durationOption,
+  type Group,
+  type Leaf,
+  normalizeFlags,
+  runCli,
+} from '../../src/cli/command.js'
 import { cliTree, main } from '../../src/cli/main.js'
 import { SpiffeEdgeError } from '../../src/errors.js'
 
@@ -138,4 +144,34 @@ test('`api fetch` alone is `api fetch x509`, as spire-agent has it', async () =>
   assert.notEqual(code, 'ERR_USAGE')
   const group = await capture(['api', 'fetch', '--help'])
   assert.match(group.out, /x509/)
+})
+
+test('--json means the same everywhere: JSON errors, and JSON output where a command has -output', async () => {
+  const r = await capture(['api', 'fetch', 'x509', '--help'])
+  assert.match(r.out, /-json\s+print JSON: the result \(as -output json\) and errors/)
+  const srv = await capture(['server', 'entry', 'list', '--help'])
+  assert.match(srv.out, /-json\s+print JSON instead of text/)
+  const seen: unknown[] = []
+  const tree: Group = {
+    kind: 'group',
+    name: 't',
+    summary: 't',
+    children: [
+      {
+        kind: 'command',
+        name: 'c',
+        summary: 'c',
+        options: { output: { type: 'string', default: 'pretty', description: 'o' } },
+        run: async (v) => {
+          seen.push(v.output)
+          return 0
+        },
+      },
+    ],
+  }
+  const io = { out: () => {}, err: () => {}, env: {} }
+  await runCli(tree, ['c', '--json'], io)
+  await runCli(tree, ['c', '-json', '-output', 'pretty'], io)
+  await runCli(tree, ['c'], io)
+  assert.deepEqual(seen, ['json', 'pretty', 'pretty'])
 })
