@@ -118,6 +118,11 @@ async function startAgentLocked(config: AgentConfig, opts: { log?: Log }): Promi
     const saved = storage.load().bundle
     try {
       bundle = saved ? TrustBundle.fromSpiffeJson(td, saved) : bootstrapBundle(config, td)
+      if (bundle === 'insecure') {
+        log('warn', 'insecure_bootstrap: the first server to answer is trusted (trust on first use)', {
+          remedy: 'for production, set trust_bundle_path to the server bundle (server bundle show)',
+        })
+      }
     } catch (err) {
       storage.close()
       throw err

@@ -70,6 +70,8 @@ test('server + agent + Workload API end to end: X.509 and JWT SVIDs for this uid
   const agent = await startCli([...agentArgs, '--join-token', token, '--insecure-bootstrap'], t)
   const apiSock = String(agent.first.socket_path)
   assert.match(String(agent.first.agent_id), /^spiffe:\/\/example\.org\/spire\/agent\/join_token\//)
+  // Trust on first use is said at start, with the production alternative.
+  assert.match(agent.stderr(), /"level":"warn"[^\n]*insecure_bootstrap[^\n]*trust_bundle_path/)
 
   const out = join(dir, 'out')
   const fetched = await cli(['api', 'fetch', 'x509', '--socket-path', apiSock, '--write', out])
