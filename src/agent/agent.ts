@@ -7,7 +7,7 @@ import { lstatSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
-import { jsonLogger, type Log } from '../common/log.js'
+import { type Log, Logger } from '../common/log.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { parsePemCertificates, TrustBundle } from '../spiffe/bundle.js'
 import { TrustDomain } from '../spiffe/id.js'
@@ -27,6 +27,8 @@ export interface RunningAgent extends AsyncDisposable {
    * (banned, evicted): the Workload API is closed by then. The owner should exit non-zero.
    */
   readonly terminated: Promise<SpiffeEdgeError>
+  /** The agent's own logger (absent when the caller passed `log`): SIGHUP reopens its file. */
+  readonly logger?: Logger
   close(): Promise<void>
 }
 
@@ -80,24 +82,28 @@ export async function startAgent(
 ): Promise<RunningAgent> {
   // One agent per data dir: two would share the state database and the SVID keys.
   const lock = acquireDataDirLock(config.dataDir, 'agent')
+  let logger: Logger | undefined
   try {
-    const agent = await startAgentLocked(config, opts)
+    logger = opts.log ? undefined : new Logger(config.log, 'agent')
+    const agent = await startAgentLocked(config, { log: opts.log ?? logger!.log })
     const close = async () => {
       try {
         await agent.close()
       } finally {
+        logger?.close()
         lock.release()
       }
     }
-    return { ...agent, close, [Symbol.asyncDispose]: close }
+    return { ...agent, ...(logger ? { logger } : {}), close, [Symbol.asyncDispose]: close }
   } catch (err) {
+    logger?.close()
     lock.release()
     throw err
   }
 }
 
-async function startAgentLocked(config: AgentConfig, opts: { log?: Log }): Promise<RunningAgent> {
-  const log = opts.log ?? jsonLogger(config.logLevel, 'agent')
+async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promise<RunningAgent> {
+  const log = opts.log
   const td = TrustDomain.parse(config.trustDomain)
   const attestors = workloadAttestors(config)
   await checkSocketFree(config.socketPath)

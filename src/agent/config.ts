@@ -7,6 +7,7 @@ import {
   readConfigFile,
   type Table,
 } from '../common/config.js'
+import type { LogConfig } from '../common/log.js'
 import type { KeyType } from '../keymanager/types.js'
 
 /** Where SPIRE users expect it (SPIRE: /tmp/spire-agent/public/api.sock); `api` commands look here. */
@@ -28,6 +29,8 @@ export interface AgentConfig {
   readonly syncIntervalSeconds: number
   readonly x509SvidCacheMaxSize: number
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error'
+  /** log_level, log_format, log_file (logLevel above is log.level, kept for callers). */
+  readonly log: LogConfig
   readonly keyManager: KeyManagerConfig
   readonly nodeAttestor: { readonly name: string; readonly data: Table }
   readonly workloadAttestors: ReadonlyMap<string, Table>
@@ -58,6 +61,8 @@ const AGENT_KEYS = [
   'sync_interval',
   'x509_svid_cache_max_size',
   'log_level',
+  'log_format',
+  'log_file',
 ] as const
 
 /** Parses and validates an agent config (SPIRE's key names); every problem in one ERR_CONFIG. */
@@ -113,6 +118,7 @@ export function parseAgentConfig(
   if (workloadAttestors.size === 0)
     r.problems.push('plugins.WorkloadAttestor: configure at least one')
 
+  const log = r.log(a, 'agent')
   const config: AgentConfig = {
     trustDomain: o.trustDomain ?? r.string(a, 'trust_domain', 'agent') ?? '',
     serverAddress,
@@ -124,7 +130,8 @@ export function parseAgentConfig(
     workloadKeyType: r.oneOf(a, 'workload_x509_svid_key_type', 'agent', KEY_TYPES, 'ec-p256'),
     syncIntervalSeconds: r.duration(a, 'sync_interval', 'agent', 5),
     x509SvidCacheMaxSize: r.int(a, 'x509_svid_cache_max_size', 'agent', 1000, 1, 1_000_000),
-    logLevel: r.oneOf(a, 'log_level', 'agent', ['debug', 'info', 'warn', 'error'], 'info'),
+    logLevel: log.level,
+    log,
     keyManager,
     nodeAttestor: { name: naName, data: naData },
     workloadAttestors,

@@ -9,7 +9,8 @@ export const agentRunCommand: Leaf = {
   summary: 'run the agent',
   details:
     'Paths in the config are relative to the config file; flags override it. Prints one JSON line\n' +
-    'when the Workload API is up; logs are JSON lines on stderr.',
+    'when the Workload API is up; logs are JSON lines on stderr (log_format, log_file in the\n' +
+    'config); SIGHUP reopens log_file after logrotate.',
   options: {
     config: { type: 'string', description: 'config file (TOML)', valueName: 'FILE' },
     'data-dir': { type: 'string', description: 'override agent.data_dir', valueName: 'DIR' },
@@ -58,11 +59,15 @@ export const agentRunCommand: Leaf = {
       process.once('SIGTERM', () => resolve(undefined))
       process.once('SIGINT', () => resolve(undefined))
     })
+    // logrotate: SIGHUP reopens log_file (and never stops the agent).
+    const onHup = () => agent.logger?.reopen()
+    process.on('SIGHUP', onHup)
     io.out(
       `${JSON.stringify({ agent_id: agent.manager.agentId, socket_path: agent.socketPath })}\n`,
     )
     // A banned or evicted agent stops on its own; its error is printed like any other (exit 1).
     const fatal = await Promise.race([stopped, agent.terminated])
+    process.removeListener('SIGHUP', onHup)
     await agent.close()
     if (fatal) throw fatal
     return 0

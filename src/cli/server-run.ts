@@ -70,10 +70,14 @@ export const serverRunCommand: Leaf = {
       process.once('SIGTERM', () => resolve())
       process.once('SIGINT', () => resolve())
     })
+    // logrotate: SIGHUP reopens log_file (and never stops the server).
+    const onHup = () => server.logger?.reopen()
+    process.on('SIGHUP', onHup)
     io.out(
       `${JSON.stringify({ listening: `${config.bindAddress}:${server.port}`, admin_socket: server.adminSocket, trust_domain: config.trustDomain })}\n`,
     )
     await stopped
+    process.removeListener('SIGHUP', onHup)
     await server.close()
     return 0
   },

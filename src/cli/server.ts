@@ -1,6 +1,6 @@
 /** `spiffe-edge server …`: the run command and SPIRE's admin verbs (entry in server-entry.ts). */
 import { adminCall } from '../server/admin-client.js'
-import type { Group, Leaf } from './command.js'
+import { type Group, type Leaf, requireString } from './command.js'
 import { agentGroup } from './server-agent.js'
 import { leaf, seconds } from './server-common.js'
 import { entryGroup } from './server-entry.js'
@@ -75,11 +75,49 @@ const healthcheck = leaf(
   },
 )
 
+function formatLogger(r: Record<string, unknown>): string {
+  return `Logger Level : ${String(r.current_level)}\nLaunch Level : ${String(r.launch_level)}\n`
+}
+
+const loggerGroup: Group = {
+  kind: 'group',
+  name: 'logger',
+  summary: "the running server's log level (SPIRE's logger get|set|reset)",
+  children: [
+    leaf('get', 'print the current and launch log levels', {}, async (v, io, sock) => {
+      const r = await adminCall(sock, 'GET', '/v1/logger')
+      io.out(v.json ? `${JSON.stringify(r)}\n` : formatLogger(r))
+      return 0
+    }),
+    leaf(
+      'set',
+      'set the log level until reset or restart',
+      {
+        level: {
+          type: 'string',
+          description: 'debug, info, warn or error (any case)',
+          valueName: 'LEVEL',
+        },
+      },
+      async (v, io, sock) => {
+        const r = await adminCall(sock, 'PUT', '/v1/logger', { level: requireString(v, 'level') })
+        io.out(v.json ? `${JSON.stringify(r)}\n` : formatLogger(r))
+        return 0
+      },
+    ),
+    leaf('reset', 'back to the level the config set', {}, async (v, io, sock) => {
+      const r = await adminCall(sock, 'DELETE', '/v1/logger')
+      io.out(v.json ? `${JSON.stringify(r)}\n` : formatLogger(r))
+      return 0
+    }),
+  ],
+}
+
 export function serverGroup(run: Leaf): Group {
   return {
     kind: 'group',
     name: 'server',
     summary: 'the trust domain server and its admin commands',
-    children: [run, entryGroup, agentGroup, tokenGroup, bundleGroup, healthcheck],
+    children: [run, entryGroup, agentGroup, tokenGroup, bundleGroup, loggerGroup, healthcheck],
   }
 }

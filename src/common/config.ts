@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs'
 import { dirname, isAbsolute, resolve } from 'node:path'
 import { parse as parseToml } from 'smol-toml'
 import { SpiffeEdgeError } from '../errors.js'
+import { LOG_LEVELS, type LogConfig } from './log.js'
 
 export type Table = Record<string, unknown>
 
@@ -92,6 +93,28 @@ export class ConfigReader {
       return def
     }
     return n
+  }
+
+  /** log_level (any case, as SPIRE's "DEBUG"), log_format json|text, log_file. */
+  log(t: Table | undefined, path: string): LogConfig {
+    const pick = <T extends string>(key: string, values: readonly T[], def: T): T => {
+      const v = t?.[key]
+      if (v === undefined) return def
+      const lower = typeof v === 'string' ? v.toLowerCase() : undefined
+      if (lower === undefined || !values.includes(lower as T)) {
+        this.problems.push(`${path}.${key}: must be one of ${values.join(', ')} (any case)`)
+        return def
+      }
+      return lower as T
+    }
+    const file = this.optionalString(t, 'log_file', path)
+    return {
+      level: pick('log_level', LOG_LEVELS, 'info'),
+      format: pick('log_format', ['json', 'text'] as const, 'json'),
+      ...(file === undefined
+        ? {}
+        : { file: isAbsolute(file) ? file : resolve(this.baseDir, file) }),
+    }
   }
 
   bool(t: Table | undefined, key: string, path: string, def: boolean): boolean {

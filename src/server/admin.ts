@@ -7,6 +7,7 @@
 import { chmodSync, chownSync, lstatSync, rmSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
+import { LOG_LEVELS, type LogLevel } from '../common/log.js'
 import { secureSocketDir } from '../common/socket-dir.js'
 import { isSpiffeEdgeError, SpiffeEdgeError } from '../errors.js'
 import { socketPeerCred } from '../native/peercred.js'
@@ -23,6 +24,14 @@ export interface AdminCore {
   ): Promise<{ token: string; expiresAt: number }>
   /** Validates an entry (IDs, selectors) and fills defaults; throws coded errors. */
   checkEntry(input: unknown): EntryInput
+  /** The server's logger, for `logger get|set|reset` (SPIRE's LoggerAPI). */
+  readonly logger?: {
+    readonly level: LogLevel
+    setLevel(level: LogLevel): void
+    resetLevel(): void
+  }
+  /** The level the config set (what reset returns to). */
+  readonly launchLogLevel?: LogLevel
 }
 
 export interface AdminServerOptions {
@@ -205,6 +214,38 @@ export async function startAdminServer(
           else await ds.deleteAttestedNode(id)
           opts.log?.('info', `agent ${action === 'ban' ? 'banned' : 'evicted'}`, { agent: id })
           return send(res, 200, { [action === 'ban' ? 'banned' : 'evicted']: id })
+        }
+        case 'GET /v1/logger':
+        case 'PUT /v1/logger':
+        case 'DELETE /v1/logger': {
+          const lg = core.logger
+          if (!lg)
+            throw new HttpError(
+              400,
+              'ERR_USAGE',
+              'this server has no adjustable logger',
+              'run it with spiffe-edge server run',
+            )
+          if (req.method === 'PUT') {
+            const body = (await readJson(req)) as { level?: unknown }
+            const level = typeof body.level === 'string' ? body.level.toLowerCase() : ''
+            if (!(LOG_LEVELS as readonly string[]).includes(level))
+              throw new HttpError(
+                400,
+                'ERR_USAGE',
+                `unknown log level '${String(body.level)}'`,
+                `use one of ${LOG_LEVELS.join(', ')}`,
+              )
+            lg.setLevel(level as LogLevel)
+            opts.log?.('info', 'log level set', { level })
+          } else if (req.method === 'DELETE') {
+            lg.resetLevel()
+            opts.log?.('info', 'log level reset', { level: lg.level })
+          }
+          return send(res, 200, {
+            current_level: lg.level,
+            launch_level: core.launchLogLevel ?? lg.level,
+          })
         }
         case 'POST /v1/tokens': {
           const body = (await readJson(req)) as { spiffe_id?: unknown; ttl?: unknown }

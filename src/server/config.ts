@@ -8,6 +8,7 @@ import {
   readConfigFile,
   type Table,
 } from '../common/config.js'
+import type { LogConfig } from '../common/log.js'
 
 export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-4096'
 const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
@@ -21,6 +22,8 @@ export interface ServerConfig {
   /** A group whose members may use the admin socket besides root; undefined: root only. */
   readonly adminSocketGroup: string | undefined
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error'
+  /** log_level, log_format, log_file (logLevel above is log.level, kept for callers). */
+  readonly log: LogConfig
   readonly caTtlSeconds: number
   readonly caKeyType: KeyType
   readonly defaultX509SvidTtlSeconds: number
@@ -58,6 +61,8 @@ const SERVER_KEYS = [
   'admin_socket',
   'admin_socket_group',
   'log_level',
+  'log_format',
+  'log_file',
   'ca_ttl',
   'ca_key_type',
   'default_x509_svid_ttl',
@@ -109,6 +114,7 @@ export function parseServerConfig(
   }
   if (nodeAttestors.size === 0) r.problems.push('plugins.NodeAttestor: configure at least one')
 
+  const log = r.log(s, 'server')
   const config: ServerConfig = {
     trustDomain,
     bindAddress: overrides.bindAddress ?? r.string(s, 'bind_address', 'server', '127.0.0.1')!,
@@ -116,7 +122,8 @@ export function parseServerConfig(
     dataDir,
     adminSocket,
     adminSocketGroup: r.optionalString(s, 'admin_socket_group', 'server'),
-    logLevel: r.oneOf(s, 'log_level', 'server', ['debug', 'info', 'warn', 'error'], 'info'),
+    logLevel: log.level,
+    log,
     caTtlSeconds: r.duration(s, 'ca_ttl', 'server', 86400),
     caKeyType: r.oneOf(s, 'ca_key_type', 'server', KEY_TYPES, 'ec-p256'),
     defaultX509SvidTtlSeconds: x509Ttl,

@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { hashJoinToken } from '../attestors/join-token/server.js'
 import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
-import { jsonLogger, type Log } from '../common/log.js'
+import { type Log, Logger } from '../common/log.js'
 import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { DiskKeyManager } from '../keymanager/disk.js'
@@ -38,6 +38,8 @@ export interface RunningServer extends AsyncDisposable {
   readonly ca: CaManager
   readonly datastore: Datastore
   readonly api: NodeApi
+  /** The server's own logger (absent when the caller passed `log`): SIGHUP reopens its file. */
+  readonly logger?: Logger
   close(): Promise<void>
 }
 
@@ -100,7 +102,8 @@ export async function startServer(
   config: ServerConfig,
   opts: StartServerOptions = {},
 ): Promise<RunningServer> {
-  const log = opts.log ?? jsonLogger(config.logLevel, 'server')
+  const logger = opts.log ? undefined : new Logger(config.log, 'server')
+  const log = opts.log ?? logger!.log
   const clock = opts.clock ?? { now: () => new Date() }
   const trustDomain = TrustDomain.parse(config.trustDomain)
   const cleanups: (() => Promise<void> | void)[] = []
@@ -221,6 +224,7 @@ export async function startServer(
           return { spiffe: b.toSpiffeJson(), pem: b.toPem(), sequence: b.sequence }
         },
         checkEntry: (input) => checkEntry(input, trustDomain, serverIdString),
+        ...(logger ? { logger, launchLogLevel: config.log.level } : {}),
         async generateJoinToken(spiffeId, ttlSeconds) {
           // Hex, not base64url: a token starting with '-' would be read as a flag on a command line.
           const token = randomBytes(32).toString('hex')
@@ -284,6 +288,7 @@ export async function startServer(
     const close = async () => {
       await cleanup()
       log('info', 'server stopped')
+      logger?.close()
     }
     return {
       port: grpcServer.port,
@@ -292,11 +297,13 @@ export async function startServer(
       ca,
       datastore,
       api,
+      ...(logger ? { logger } : {}),
       close,
       [Symbol.asyncDispose]: close,
     }
   } catch (err) {
     await cleanup()
+    logger?.close()
     throw err
   }
 }
