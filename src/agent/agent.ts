@@ -125,9 +125,14 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
     try {
       bundle = saved ? TrustBundle.fromSpiffeJson(td, saved) : bootstrapBundle(config, td)
       if (bundle === 'insecure') {
-        log('warn', 'insecure_bootstrap: the first server to answer is trusted (trust on first use)', {
-          remedy: 'for production, set trust_bundle_path to the server bundle (server bundle show)',
-        })
+        log(
+          'warn',
+          'insecure_bootstrap: the first server to answer is trusted (trust on first use)',
+          {
+            remedy:
+              'for production, set trust_bundle_path to the server bundle (server bundle show)',
+          },
+        )
       }
     } catch (err) {
       storage.close()
