@@ -8,6 +8,7 @@ export type ErrorCode =
   | 'ERR_USAGE'
   | 'ERR_CONFIG'
   | 'ERR_LOG_FILE'
+  | 'ERR_HEALTH_LISTENER'
   | 'ERR_NATIVE_UNAVAILABLE'
   | 'ERR_TPM'
   | 'ERR_TPM_CLOSED'

@@ -7,6 +7,7 @@ import { lstatSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
+import { type HealthListener, startHealthListener } from '../common/health-http.js'
 import { type Log, Logger } from '../common/log.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { parsePemCertificates, TrustBundle } from '../spiffe/bundle.js'
@@ -180,6 +181,29 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
     // An expired agent SVID means nothing new can be issued: report it like SPIRE does.
     ready: () => manager.health().ready && (identity.tpmHealthy?.() ?? true),
   })
+  let health: HealthListener | undefined
+  if (config.healthChecks) {
+    try {
+      health = await startHealthListener(config.healthChecks, {
+        live: () => ({ ok: true }),
+        ready: () => {
+          const h = manager.health()
+          const tpm = identity.tpmHealthy?.() ?? true
+          return { ok: h.ready && tpm, details: { agent_id: h.agentId, failures: h.failures, tpm } }
+        },
+      })
+      log('info', 'health checks listening', {
+        address: `${config.healthChecks.bindAddress}:${health.port}`,
+      })
+    } catch (err) {
+      await api.close()
+      await manager.stop()
+      client.close()
+      storage.close()
+      await identity.close()
+      throw err
+    }
+  }
   log('info', 'agent started', {
     agent: manager.agentId,
     socket: config.socketPath,
@@ -188,6 +212,7 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
   let closing: Promise<void> | undefined
   const close = () => {
     closing ??= (async () => {
+      await health?.close()
       await api.close()
       await manager.stop()
       client.close()

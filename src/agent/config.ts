@@ -7,6 +7,7 @@ import {
   readConfigFile,
   type Table,
 } from '../common/config.js'
+import { type HealthChecksConfig, healthChecksConfig } from '../common/health-http.js'
 import type { LogConfig } from '../common/log.js'
 import type { KeyType } from '../keymanager/types.js'
 
@@ -31,6 +32,8 @@ export interface AgentConfig {
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error'
   /** log_level, log_format, log_file (logLevel above is log.level, kept for callers). */
   readonly log: LogConfig
+  /** SPIRE's [health_checks] HTTP listener; undefined unless listener_enabled. */
+  readonly healthChecks?: HealthChecksConfig | undefined
   readonly keyManager: KeyManagerConfig
   readonly nodeAttestor: { readonly name: string; readonly data: Table }
   readonly workloadAttestors: ReadonlyMap<string, Table>
@@ -132,6 +135,7 @@ export function parseAgentConfig(
     x509SvidCacheMaxSize: r.int(a, 'x509_svid_cache_max_size', 'agent', 1000, 1, 1_000_000),
     logLevel: log.level,
     log,
+    healthChecks: healthChecksConfig(r, doc),
     keyManager,
     nodeAttestor: { name: naName, data: naData },
     workloadAttestors,

@@ -8,6 +8,7 @@ import {
   readConfigFile,
   type Table,
 } from '../common/config.js'
+import { type HealthChecksConfig, healthChecksConfig } from '../common/health-http.js'
 import type { LogConfig } from '../common/log.js'
 
 export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-4096'
@@ -24,6 +25,8 @@ export interface ServerConfig {
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error'
   /** log_level, log_format, log_file (logLevel above is log.level, kept for callers). */
   readonly log: LogConfig
+  /** SPIRE's [health_checks] HTTP listener; undefined unless listener_enabled. */
+  readonly healthChecks?: HealthChecksConfig | undefined
   readonly caTtlSeconds: number
   readonly caKeyType: KeyType
   readonly defaultX509SvidTtlSeconds: number
@@ -124,6 +127,7 @@ export function parseServerConfig(
     adminSocketGroup: r.optionalString(s, 'admin_socket_group', 'server'),
     logLevel: log.level,
     log,
+    healthChecks: healthChecksConfig(r, doc),
     caTtlSeconds: r.duration(s, 'ca_ttl', 'server', 86400),
     caKeyType: r.oneOf(s, 'ca_key_type', 'server', KEY_TYPES, 'ec-p256'),
     defaultX509SvidTtlSeconds: x509Ttl,

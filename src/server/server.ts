@@ -10,6 +10,7 @@ import { join } from 'node:path'
 import { hashJoinToken } from '../attestors/join-token/server.js'
 import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
+import { startHealthListener } from '../common/health-http.js'
 import { type Log, Logger } from '../common/log.js'
 import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
@@ -279,6 +280,31 @@ export async function startServer(
     }, opts.tickMs ?? 5000)
     tick.unref()
     cleanups.push(() => clearInterval(tick))
+
+    // Readiness from the tick's datastore check (the listener answers from memory, never waits on I/O).
+    let datastoreOk = true
+    const healthTick = setInterval(() => {
+      void datastore.healthCheck().then(
+        (h) => {
+          datastoreOk = h.ok
+        },
+        () => {
+          datastoreOk = false
+        },
+      )
+    }, opts.tickMs ?? 5000)
+    healthTick.unref()
+    cleanups.push(() => clearInterval(healthTick))
+    if (config.healthChecks) {
+      const health = await startHealthListener(config.healthChecks, {
+        live: () => ({ ok: true }),
+        ready: () => ({ ok: datastoreOk, details: { datastore: datastoreOk ? 'ok' : 'failing' } }),
+      })
+      cleanups.push(() => health.close())
+      log('info', 'health checks listening', {
+        address: `${config.healthChecks.bindAddress}:${health.port}`,
+      })
+    }
 
     log('info', 'server started', {
       trust_domain: trustDomain.name,
