@@ -127,7 +127,10 @@ export class DynSecClient {
           reject(connectError(err, opts.url, opts.username))
         })
       })
-      const granted = await client.subscribeAsync(RESPONSE_TOPIC, { qos: 1 })
+      // A refused SUBACK rejects with the packet; a granted one must say QoS 0..2.
+      const granted = await client
+        .subscribeAsync(RESPONSE_TOPIC, { qos: 1 })
+        .catch((err: unknown) => ((err as { packet?: unknown }).packet ? [] : Promise.reject(err)))
       if (granted[0] === undefined || granted[0].qos > 2) {
         throw new BrokerAdminError(
           'ERR_BROKER_ADMIN_AUTH',
