@@ -132,6 +132,28 @@ test('wrong admin credentials, a missing broker and a broker without the plugin 
   }
 })
 
+test('an admin whose password was changed under it reports ERR_BROKER_ADMIN_AUTH, not a hang', async () => {
+  await using broker = await startMosquitto({ dynsec: true })
+  const d = broker.dynsec!
+  const opts = {
+    url: broker.url,
+    username: d.adminUsername,
+    password: readPasswordFile(d.adminPasswordFile),
+  }
+  const first = await DynSecClient.connect({ ...opts, reconnectPeriodMs: 100, timeoutMs: 2000 })
+  // A second admin user (the 'admin' role dynsec init made) re-keys the first one.
+  await first.createClient({ username: 'ops', password: 'ops-pw', roles: [{ rolename: 'admin' }] })
+  const ops = await DynSecClient.connect({ ...opts, username: 'ops', password: 'ops-pw' })
+  try {
+    await ops.setClientPassword(d.adminUsername, 'rotated-elsewhere')
+    for (let i = 0; i < 100 && first.connected; i++) await sleep(20)
+    await assert.rejects(first.listClients(), { code: 'ERR_BROKER_ADMIN_AUTH' })
+  } finally {
+    await first.close()
+    await ops.close()
+  }
+})
+
 test('responses are bounded, refused commands carry the broker error, forged replies are ignored', async () => {
   await using broker = await startMosquitto({ dynsec: true })
   const d = broker.dynsec!
@@ -237,6 +259,24 @@ test('cli: sim mqtt start --dynsec prints the admin, bootstrap and server client
     const stop = await cli(['sim', 'mqtt', 'stop', '--state', dir])
     assert.equal(stop.code, 0, stop.stderr)
     await assert.rejects(stopMosquittoDaemon(dir), { code: 'ERR_SIM_NOT_RUNNING' })
+    // A second start on the same state keeps the clients and their passwords (agents keep working).
+    const again = await cli(['sim', 'mqtt', 'start', '--state', dir, '--dynsec'])
+    assert.equal(again.code, 0, again.stderr)
+    const out2 = JSON.parse(again.stdout) as Record<string, string | number>
+    pid = out2.pid as number
+    assert.equal(out2.bootstrap_password, out.bootstrap_password)
+    const boot = {
+      username: String(out2.bootstrap_username),
+      password: String(out2.bootstrap_password),
+    }
+    const c = await mqtt.connectAsync(String(out2.url), {
+      protocolVersion: 5,
+      ...boot,
+      clientId: 'bs-0123456789abcdef0123456789abcdef',
+      reconnectPeriod: 0,
+    })
+    await c.endAsync()
+    assert.equal((await cli(['sim', 'mqtt', 'stop', '--state', dir])).code, 0)
   } finally {
     if (pid !== undefined && pidAlive(pid)) process.kill(pid, 'SIGKILL')
     rmSync(dir, { recursive: true, force: true })

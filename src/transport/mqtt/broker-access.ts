@@ -1,7 +1,8 @@
 /**
- * The seam between the MQTT server side and broker authorization. The server grants an attested
- * agent its own broker client and revokes it on eviction or ban; how that maps onto a broker's
- * tools (Mosquitto dynamic security, EMQX, AWS IoT) lives behind this interface.
+ * The seam between the server's MQTT listener and broker authorization, and the topic layout both
+ * sides (and the broker's ACLs) share. The listener only asks for credentials for an attested
+ * agent and revokes them; how a broker stores them (Mosquitto dynamic security, EMQX, AWS IoT) is
+ * the implementation's business (src/transport/mqtt/dynsec.ts for Mosquitto).
  */
 import { createHash } from 'node:crypto'
 
@@ -18,7 +19,11 @@ export interface BrokerAccess {
   close(): Promise<void>
 }
 
-/** K: the first 32 hex chars of sha256(agent SPIFFE ID), so topics never carry the ID's own characters. */
+/**
+ * The agent's topic key K: the first 32 hex chars of sha256(agent SPIFFE ID). SPIFFE IDs may hold
+ * characters MQTT topics and ACL patterns cannot (+ # /), and a hash keeps every topic the same
+ * length; 128 bits leave no practical collision.
+ */
 export function agentTopicKey(agentSpiffeId: string): string {
   return createHash('sha256').update(agentSpiffeId, 'utf8').digest('hex').slice(0, 32)
 }

@@ -82,6 +82,7 @@ export class DynSecClient {
   readonly #pending = new Map<string, Pending>()
   readonly #url: string
   #closed = false
+  #lastError: BrokerAdminError | undefined
 
   private constructor(client: MqttClient, opts: DynSecConnectOptions) {
     this.#mqtt = client
@@ -90,6 +91,14 @@ export class DynSecClient {
     this.#maxResponseBytes = opts.maxResponseBytes ?? 1024 * 1024
     client.on('message', (topic, payload) => {
       if (topic === RESPONSE_TOPIC) this.#onResponse(payload)
+    })
+    // Later errors (broker restarts) are retried by the reconnect loop; the last one is kept so
+    // a command that finds no connection can say why (refused admin vs. broker gone).
+    client.on('error', (err) => {
+      this.#lastError = connectError(err, opts.url, opts.username)
+    })
+    client.on('connect', () => {
+      this.#lastError = undefined
     })
   }
 
@@ -145,8 +154,6 @@ export class DynSecClient {
       if (err instanceof SpiffeEdgeError) throw err
       throw connectError(err, opts.url, opts.username)
     }
-    // Later errors (broker restarts) are retried by the reconnect loop; commands report them.
-    client.on('error', () => {})
     return new DynSecClient(client, opts)
   }
 
@@ -213,6 +220,7 @@ export class DynSecClient {
   async #waitConnected(deadline: number): Promise<void> {
     while (!this.#mqtt.connected) {
       if (this.#closed || Date.now() >= deadline) {
+        if (!this.#closed && this.#lastError !== undefined) throw this.#lastError
         throw new BrokerAdminError(
           'ERR_BROKER_ADMIN_UNREACHABLE',
           `not connected to ${this.#url}`,
