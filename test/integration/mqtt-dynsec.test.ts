@@ -250,3 +250,29 @@ test('ensureRoles repairs the bootstrap role and refuses a broker that allows by
   }
   await dynsec.ensureRoles()
 })
+
+test('two replicas granting one agent at once both succeed; exactly one password stands', async () => {
+  const d = broker.dynsec!
+  const replica = await MosquittoDynSec.connect({
+    url: broker.url,
+    username: d.adminUsername,
+    password: readPasswordFile(d.adminPasswordFile),
+    ca: caOf(broker),
+  })
+  try {
+    const carol = 'spiffe://example.org/spire/agent/tpm/carol'
+    const k = agentTopicKey(carol)
+    const [a, b] = await Promise.all([dynsec.grantAgent(carol), replica.grantAgent(carol)])
+    const reasons = [
+      await connectReason(broker, a, `agent-${k}`),
+      await connectReason(broker, b, `agent-${k}`),
+    ]
+    assert.deepEqual(reasons.sort(), [0, NOT_AUTHORIZED])
+    const role = await dynsec.admin.getRole(dynsec.agentRole(k))
+    assert.equal(role?.acls.length, roleAcls().agent(k).length)
+    await Promise.all([dynsec.revokeAgent(carol), replica.revokeAgent(carol)])
+    assert.equal(await dynsec.admin.getClient(`agent-${k}`), undefined)
+  } finally {
+    await replica.close()
+  }
+})

@@ -173,7 +173,7 @@ export class MosquittoDynSec implements BrokerAccess {
 
   /** Creates or repairs a role so that its ACLs are exactly `want`. */
   async #ensureRole(rolename: string, want: readonly DynSecAcl[]): Promise<void> {
-    const have = await this.admin.getRole(rolename)
+    let have = await this.admin.getRole(rolename)
     if (have === undefined) {
       try {
         await this.admin.createRole(rolename, want)
@@ -182,8 +182,9 @@ export class MosquittoDynSec implements BrokerAccess {
         // Another replica created it in between: fall through and repair it.
         if (!isAlreadyExists(err)) throw err
       }
+      have = await this.admin.getRole(rolename)
     }
-    const current = (await this.admin.getRole(rolename))?.acls ?? []
+    const current = have?.acls ?? []
     const wanted = new Map(want.map((a) => [aclKey(a), a]))
     for (const a of current) {
       const w = wanted.get(aclKey(a))
