@@ -123,7 +123,17 @@ export async function provisionDynSec(
   try {
     let bootstrap: BrokerCredentials
     let server: BrokerCredentials
-    if (existsSync(bootstrapPasswordFile) && existsSync(serverPasswordFile)) {
+    const have = [bootstrapPasswordFile, serverPasswordFile].filter((f) => existsSync(f))
+    if (have.length === 1) {
+      throw new SimError(
+        'ERR_SIM_STATE_DIR',
+        `${dir} holds only ${have[0]} of the two client passwords`,
+        {
+          remedy: 'use a fresh --state directory (or restore the missing file)',
+        },
+      )
+    }
+    if (have.length === 2) {
       await dynsec.ensureRoles()
       bootstrap = { username: DYNSEC_BOOTSTRAP, password: readPasswordFile(bootstrapPasswordFile) }
       server = { username: DYNSEC_SERVER, password: readPasswordFile(serverPasswordFile) }

@@ -282,3 +282,21 @@ test('cli: sim mqtt start --dynsec prints the admin, bootstrap and server client
     rmSync(dir, { recursive: true, force: true })
   }
 })
+
+test('a state dir with half of the dynsec files is refused, not silently re-keyed', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-dynsec-half-'))
+  try {
+    const first = await startMosquitto({ stateDir: dir, dynsec: true })
+    await first.stop()
+    rmSync(join(dir, 'dynsec-server.password'))
+    await assert.rejects(startMosquitto({ stateDir: dir, dynsec: true }), {
+      code: 'ERR_SIM_STATE_DIR',
+    })
+    rmSync(join(dir, 'dynsec-admin.password'))
+    await assert.rejects(startMosquitto({ stateDir: dir, dynsec: true }), {
+      code: 'ERR_SIM_STATE_DIR',
+    })
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+})
