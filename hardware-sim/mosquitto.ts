@@ -11,6 +11,13 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { x509 } from '../src/common/x509.js'
 import { SimError } from '../src/errors.js'
 import {
+  type DynSecFiles,
+  type DynSecInfo,
+  dynsecConfigLines,
+  prepareDynSec,
+  provisionDynSec,
+} from './mosquitto-dynsec.js'
+import {
   ensureStateDir,
   findBinary,
   findFreePorts,
@@ -31,16 +38,27 @@ export interface MosquittoOptions {
   readonly detached?: boolean
   /** The mosquitto executable: a name looked up on PATH or a path (default 'mosquitto'). */
   readonly binary?: string
+  /**
+   * Load the dynamic security plugin, refuse anonymous clients, and provision the admin, the
+   * roles, a bootstrap and a server client (see mosquitto-dynsec.ts). The state persists in the
+   * state dir, so a restart on the same dir keeps every client.
+   */
+  readonly dynsec?: boolean
 }
 
 export interface MosquittoBroker {
   readonly url: string
   readonly port: number
+  /** The current process (changes on restart()). */
   readonly pid: number
   /** The CA that signed the server certificate (TLS only): the one clients should trust. */
   readonly caFile?: string
   readonly stateDir: string
+  /** Present when started with `dynsec: true`. */
+  readonly dynsec?: DynSecInfo
   stop(): Promise<void>
+  /** Stops the broker and starts it again on the same port and state (link-drop tests). */
+  restart(): Promise<void>
   [Symbol.asyncDispose](): Promise<void>
 }
 
@@ -50,6 +68,7 @@ interface DaemonRecord {
   readonly pid: number
   readonly ca: string | null
   readonly state: string
+  readonly dynsec?: boolean
 }
 
 const RECORD = 'mqtt.json'
@@ -122,10 +141,15 @@ export async function generateTlsMaterial(dir: string): Promise<TlsFiles> {
   return files
 }
 
-function writeConfig(dir: string, port: number, tls: TlsFiles | undefined): string {
+function writeConfig(
+  dir: string,
+  port: number,
+  tls: TlsFiles | undefined,
+  dynsec: DynSecFiles | undefined,
+): string {
   const lines = [
     `listener ${port} 127.0.0.1`,
-    'allow_anonymous true',
+    `allow_anonymous ${dynsec ? 'false' : 'true'}`,
     'persistence false',
     'log_dest stderr',
     // Started as root, mosquitto drops to user 'mosquitto', which cannot read our state dir.
@@ -135,6 +159,7 @@ function writeConfig(dir: string, port: number, tls: TlsFiles | undefined): stri
     lines.push(`cafile ${tls.cafile}`, `certfile ${tls.certfile}`, `keyfile ${tls.keyfile}`)
     lines.push('tls_version tlsv1.2')
   }
+  if (dynsec) lines.push(...dynsecConfigLines(dynsec))
   const conf = join(dir, 'mosquitto.conf')
   writeFileSync(conf, `${lines.join('\n')}\n`, { mode: 0o600 })
   return conf
@@ -212,37 +237,28 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
   }
   try {
     const tls = opts.tls ? await generateTlsMaterial(dir) : undefined
-    const logFile = join(dir, 'mosquitto.log')
+    const dynsecFiles = opts.dynsec ? prepareDynSec(dir) : undefined
     for (let attempt = 1; ; attempt++) {
       const port = opts.port ?? (await findFreePorts(1))
-      const conf = writeConfig(dir, port, tls)
-      // One log per start, so the tail in an error message is about this attempt.
-      writeFileSync(logFile, '', { mode: 0o600 })
-      const proc = spawnService({ command: binary, args: ['-c', conf], logFile, detached })
-      let ok = false
-      try {
-        await waitForPort(port, proc, 'mosquitto', logFile)
-        ok = await waitUntilRunning(proc, logFile)
-      } catch (err) {
-        if (opts.port !== undefined || attempt >= START_ATTEMPTS) {
+      const conf = writeConfig(dir, port, tls, dynsecFiles)
+      const proc = await spawnBroker(binary, conf, dir, port, detached)
+      if (proc === 'lost-race') {
+        if (opts.port === undefined && attempt < START_ATTEMPTS) continue
+        throw new SimError('ERR_SIM_START_FAILED', `mosquitto lost 127.0.0.1:${port}`, {
+          remedy: 'pick another --port, or leave it out to use a free one',
+        })
+      }
+      let dynsec: DynSecInfo | undefined
+      if (dynsecFiles) {
+        const url = `${tls ? 'mqtts' : 'mqtt'}://127.0.0.1:${port}`
+        try {
+          dynsec = await provisionDynSec(dir, dynsecFiles, url, tls?.cafile)
+        } catch (err) {
           await proc.stop()
           throw err
         }
       }
-      if (!ok) {
-        await proc.stop()
-        // Only a port lost to another process is worth another try; anything else is fatal.
-        const lostRace = /address already in use/i.test(tail(logFile, 20))
-        if (opts.port === undefined && lostRace && attempt < START_ATTEMPTS) continue
-        throw new SimError(
-          'ERR_SIM_START_FAILED',
-          `mosquitto did not start on 127.0.0.1:${port}: ${tail(logFile)}`,
-          {
-            remedy: `see ${logFile}`,
-          },
-        )
-      }
-      return makeBroker(dir, created, port, proc, tls, detached)
+      return makeBroker({ dir, created, port, proc, tls, detached, binary, conf, dynsec })
     }
   } catch (err) {
     if (created !== undefined) await rm(created, { recursive: true, force: true })
@@ -250,30 +266,98 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
   }
 }
 
-function makeBroker(
+/**
+ * Spawns mosquitto on conf and waits for its "running" line; 'lost-race' when another process
+ * took the port first (worth a retry on another port), a SimError for anything else.
+ */
+async function spawnBroker(
+  binary: string,
+  conf: string,
   dir: string,
-  created: string | undefined,
   port: number,
-  proc: StartedProcess,
-  tls: TlsFiles | undefined,
   detached: boolean,
-): MosquittoBroker {
-  const url = `${tls ? 'mqtts' : 'mqtt'}://127.0.0.1:${port}`
-  if (detached) {
-    const record: DaemonRecord = { url, port, pid: proc.pid, ca: tls?.cafile ?? null, state: dir }
-    writeFileSync(join(dir, RECORD), `${JSON.stringify(record)}\n`, { mode: 0o600 })
+): Promise<StartedProcess | 'lost-race'> {
+  const logFile = join(dir, 'mosquitto.log')
+  // One log per start, so the tail in an error message is about this attempt.
+  writeFileSync(logFile, '', { mode: 0o600 })
+  const proc = spawnService({ command: binary, args: ['-c', conf], logFile, detached })
+  let ok = false
+  try {
+    await waitForPort(port, proc, 'mosquitto', logFile)
+    ok = await waitUntilRunning(proc, logFile)
+  } catch (err) {
+    await proc.stop()
+    if (/address already in use/i.test(tail(logFile, 20))) return 'lost-race'
+    throw err
   }
+  if (!ok) {
+    await proc.stop()
+    // Only a port lost to another process is worth another try; anything else is fatal.
+    if (/address already in use/i.test(tail(logFile, 20))) return 'lost-race'
+    throw new SimError(
+      'ERR_SIM_START_FAILED',
+      `mosquitto did not start on 127.0.0.1:${port}: ${tail(logFile)}`,
+      { remedy: `see ${logFile}` },
+    )
+  }
+  return proc
+}
+
+interface BrokerParts {
+  readonly dir: string
+  readonly created: string | undefined
+  readonly port: number
+  readonly proc: StartedProcess
+  readonly tls: TlsFiles | undefined
+  readonly detached: boolean
+  readonly binary: string
+  readonly conf: string
+  readonly dynsec: DynSecInfo | undefined
+}
+
+function makeBroker(parts: BrokerParts): MosquittoBroker {
+  const { dir, created, port, tls, detached, dynsec } = parts
+  let proc = parts.proc
+  const url = `${tls ? 'mqtts' : 'mqtt'}://127.0.0.1:${port}`
+  const record = (): void => {
+    if (!detached) return
+    const r: DaemonRecord = {
+      url,
+      port,
+      pid: proc.pid,
+      ca: tls?.cafile ?? null,
+      state: dir,
+      dynsec: dynsec !== undefined,
+    }
+    writeFileSync(join(dir, RECORD), `${JSON.stringify(r)}\n`, { mode: 0o600 })
+  }
+  record()
   const stop = async (): Promise<void> => {
     await proc.stop()
     if (detached) rmSync(join(dir, RECORD), { force: true })
   }
+  const restart = async (): Promise<void> => {
+    await proc.stop()
+    const next = await spawnBroker(parts.binary, parts.conf, dir, port, detached)
+    if (next === 'lost-race') {
+      throw new SimError('ERR_SIM_PORT_IN_USE', `127.0.0.1:${port} was taken while restarting`, {
+        remedy: 'start a new broker on another port',
+      })
+    }
+    proc = next
+    record()
+  }
   return {
     url,
     port,
-    pid: proc.pid,
+    get pid() {
+      return proc.pid
+    },
     ...(tls ? { caFile: tls.cafile } : {}),
     stateDir: dir,
+    ...(dynsec ? { dynsec } : {}),
     stop,
+    restart,
     async [Symbol.asyncDispose]() {
       await stop()
       if (created !== undefined) await rm(created, { recursive: true, force: true })

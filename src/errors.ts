@@ -64,6 +64,10 @@ export type ErrorCode =
   | 'ERR_WORKLOAD_API'
   | 'ERR_WORKLOAD_ENDPOINT'
   | 'ERR_WORKLOAD_ATTESTATION'
+  | 'ERR_BROKER_ADMIN'
+  | 'ERR_BROKER_ADMIN_AUTH'
+  | 'ERR_BROKER_ADMIN_UNREACHABLE'
+  | 'ERR_BROKER_ADMIN_UNSAFE'
 
 export interface ErrorDetails {
   readonly remedy?: string

@@ -52,11 +52,18 @@ const mqttStart: Leaf = {
   kind: 'command',
   name: 'start',
   summary: 'start a Mosquitto broker on 127.0.0.1 in the background',
-  details: "With --tls, clients must trust the printed 'ca' file.",
+  details:
+    "With --tls, clients must trust the printed 'ca' file.\n" +
+    'With --dynsec, the dynamic security plugin is loaded, anonymous clients are refused, and the\n' +
+    'admin (user name + password file), a bootstrap client and a server client are printed.',
   options: {
     state: stateOption,
     tls: { type: 'boolean', description: 'serve MQTT over TLS with a generated CA' },
     port: { type: 'string', description: 'listen port (default: a free one)', valueName: 'N' },
+    dynsec: {
+      type: 'boolean',
+      description: 'authorize clients with the dynamic security plugin (spiffe-edge roles)',
+    },
   },
   async run(values, io) {
     const state = resolve(requireString(values, 'state'))
@@ -64,6 +71,7 @@ const mqttStart: Leaf = {
     const broker = await startMosquitto({
       stateDir: state,
       tls: values.tls === true,
+      dynsec: values.dynsec === true,
       detached: true,
       ...(port === undefined ? {} : { port }),
     })
@@ -72,6 +80,19 @@ const mqttStart: Leaf = {
       pid: broker.pid,
       state: broker.stateDir,
       ca: broker.caFile ?? null,
+      ...(broker.dynsec === undefined
+        ? {}
+        : {
+            dynsec_state: broker.dynsec.stateFile,
+            admin_username: broker.dynsec.adminUsername,
+            admin_password_file: broker.dynsec.adminPasswordFile,
+            // The shared bootstrap secret goes into every agent's config, as a join token would.
+            bootstrap_username: broker.dynsec.bootstrap.username,
+            bootstrap_password: broker.dynsec.bootstrap.password,
+            bootstrap_password_file: broker.dynsec.bootstrapPasswordFile,
+            server_username: broker.dynsec.server.username,
+            server_password_file: broker.dynsec.serverPasswordFile,
+          }),
     }
     io.out(`${JSON.stringify(out)}\n`)
     return 0
