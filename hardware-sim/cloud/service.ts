@@ -87,7 +87,7 @@ function send(
 const wrap64 = (b64: string) => b64.replace(/(.{64})/g, '$1\n').trim()
 
 /** AWS serves the document pretty-printed; the signature covers exactly these bytes. */
-function awsDocument(id: Id, startedAt: Date): string {
+export function awsDocument(id: Id, startedAt: Date): string {
   const doc = {
     accountId: id.accountId,
     architecture: 'x86_64',
@@ -108,7 +108,7 @@ function awsDocument(id: Id, startedAt: Date): string {
   return JSON.stringify(doc, null, 2).replace(/": /g, '" : ')
 }
 
-function awsSignatures(keys: CloudKeys, document: string): Record<string, string> {
+export function awsSignatures(keys: CloudKeys, document: string): Record<string, string> {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-aws-sim-'))
   try {
     const docFile = join(dir, 'document')
