@@ -246,3 +246,54 @@ test('azure_msi config fails closed', () => {
     /bogus: unknown key/,
   )
 })
+
+test('gcp_iit: the claim set a real metadata server issued (a documented sample, re-signed here)', async (t) => {
+  // Google's keys rotate daily, so a published token cannot be verified later: this is the payload
+  // of one (as printed in CyberArk Conjur's GCP authenticator docs), signed with a test key, to
+  // prove the parser reads the real claim shapes (numeric project_number, string instance_id).
+  const sample = {
+    aud: 'conjur/myorg/myapp',
+    azp: '110987294251917851298',
+    email: '716149158341-compute@developer.gserviceaccount.com',
+    email_verified: true,
+    exp: 1595160638,
+    google: {
+      compute_engine: {
+        instance_creation_timestamp: 1595155766,
+        instance_id: '4340508760561261530',
+        instance_name: 'vm-for-gcp',
+        project_id: 'eng-serenity-231813',
+        project_number: 716149158341,
+        zone: 'us-central1-a',
+      },
+    },
+    iat: 1595157038,
+    iss: 'https://accounts.google.com',
+    sub: '110987294251917851298',
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-gcp-sample-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(join(dir, 'jwks.json'), trusted.jwks)
+  const token = await new SignJWT(sample)
+    .setProtectedHeader({ alg: 'RS256', kid: 'k1' })
+    .sign(trusted.priv)
+  const a = gcpServerAttestor(
+    parseGcpServerConfig(
+      {
+        projectid_allow_list: ['eng-serenity-231813'],
+        audience: sample.aud,
+        jwks_file: 'jwks.json',
+      },
+      dir,
+    ),
+    never,
+  )
+  const r = await a.attest(encodeGcpPayload(token), noChallenge, ctx(new Date(1595157100_000)))
+  assert.equal(r.agentPath, '/spire/agent/gcp_iit/eng-serenity-231813/4340508760561261530')
+  assert.ok(r.selectors.some((s) => s.value === 'instance-name:vm-for-gcp'))
+  // An hour later the same token has expired.
+  await assert.rejects(
+    a.attest(encodeGcpPayload(token), noChallenge, ctx(new Date(1595164000_000))),
+    reason('expired'),
+  )
+})
