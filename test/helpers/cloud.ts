@@ -42,6 +42,8 @@ export interface CloudRig {
   agentConfig(name: string, attestorToml: string): string
   /** An agent that must attest: resolves once it printed its ready line. */
   startAgent(name: string, attestorToml: string): Promise<CliProcess & { socket: string }>
+  /** Starts an agent again on the config and data an earlier startAgent(name) wrote. */
+  restartAgent(name: string): Promise<CliProcess>
   /** An agent run expected to fail: its exit code and output. */
   failAgent(name: string, attestorToml: string): Promise<ExecResult>
 }
@@ -80,6 +82,8 @@ export async function cloudRig(
       const p = await startCli(['agent', 'run', '--config', config], t)
       return { ...p, socket: join(root, name, 'data', 'public', 'api.sock') }
     },
+    restartAgent: (name) =>
+      startCli(['agent', 'run', '--config', join(root, name, 'agent.conf')], t),
     failAgent: (name, toml) => cli(['agent', 'run', '--config', agentConfig(name, toml)]),
   }
 }

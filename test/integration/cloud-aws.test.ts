@@ -50,9 +50,14 @@ test('aws_iid end to end on the simulated IMDSv2: SPIRE ID and selectors, a work
     'aws_iid',
     'replay',
   )
-  // … until the agent is evicted; then the instance attests again (the plain /signature form).
+  // A restart of the attested agent is not a second attestation: it resumes with its stored SVID.
   agent.child.kill('SIGTERM')
   assert.equal(await agent.exited, 0)
+  const restarted = await rig.restartAgent('a1')
+  assert.equal(restarted.first.agent_id, agentId)
+  restarted.child.kill('SIGTERM')
+  assert.equal(await restarted.exited, 0)
+  // … until the agent is evicted; then the instance attests again (the plain /signature form).
   await rig.server.admin('agent', 'evict', '--spiffeID', agentId)
   const again = await rig.startAgent('a2', `metadata_url = "${sim.url}"\nsignature = "signature"`)
   assert.equal(again.first.agent_id, agentId)
