@@ -30,7 +30,8 @@ export interface GcpServerConfig {
   readonly tofu: boolean
 }
 
-const PROJECT = /^[a-z][a-z0-9-]{4,28}[a-z0-9]$|^[a-z0-9.:-]{1,128}$/
+/** GCP project IDs; legacy domain-scoped ones (example.com:p) cannot be a SPIFFE ID segment. */
+const PROJECT = /^[a-z][a-z0-9-]{4,28}[a-z0-9]$/
 
 export function parseGcpServerConfig(raw: Table, baseDir: string): GcpServerConfig {
   const c = new PluginConfig(`plugins.NodeAttestor.${GCP_IIT}`, raw, [
