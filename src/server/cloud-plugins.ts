@@ -19,7 +19,8 @@ const attestedIn =
   (ctx: ServerPluginContext): AttestedLookup =>
   async (id) => {
     const node = await ctx.datastore.getAttestedNode(id)
-    return node !== undefined
+    // A banned node is left to the node API, which refuses it as banned, not as a replay.
+    return node !== undefined && !node.banned
   }
 
 const warnIfNoTofu = (ctx: ServerPluginContext, name: string, tofu: boolean) => {

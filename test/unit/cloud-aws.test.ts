@@ -12,6 +12,8 @@ import { encodeAwsPayload } from '../../src/attestors/cloud/aws/protocol.js'
 import { awsServerAttestor, parseAwsServerConfig } from '../../src/attestors/cloud/aws/server.js'
 import { CloudAttestationError } from '../../src/attestors/cloud/common.js'
 import type { AttestationContext } from '../../src/attestors/types.js'
+import { openMemoryDatastore } from '../../src/server/datastore/sqlite.js'
+import { buildNodeAttestors } from '../../src/server/plugins.js'
 import { AWS_PKCS7_SAMPLE, AWS_SAMPLE } from '../fixtures/aws-iid.js'
 import { run } from '../helpers/exec.js'
 
@@ -281,4 +283,46 @@ test('aws_iid server: the /rsa2048 and /signature forms with a configured region
     ),
     (e: unknown) => reason('signature')(e) && /SHA-1/.test((e as Error).message),
   )
+})
+
+test('aws_iid from the server catalog: first use is judged by the datastore (evicted: again; banned: left to the node API)', async () => {
+  const datastore = await openMemoryDatastore()
+  try {
+    const built = buildNodeAttestors(
+      new Map([['aws_iid', { account_ids: [AWS_SAMPLE.accountId] }]]),
+      {
+        datastore,
+        configDir: '/',
+        log: () => undefined,
+      },
+    )
+    const a = built.get('aws_iid')!
+    const document = Buffer.from(verifyPkcs7(sampleDer, [shipped('*')], true).content).toString(
+      'utf8',
+    )
+    const payload = encodeAwsPayload({ document, signatureKind: 'pkcs7', signature: sampleDer })
+    const when = ctx(new Date('2016-04-08T04:00:00Z'))
+    const r = await a.attest(payload, noChallenge, when)
+    const id = `spiffe://example.org${r.agentPath}`
+    const node = {
+      spiffeId: id,
+      attestorType: 'aws_iid',
+      selectors: [],
+      certSerial: '01',
+      previousCertSerial: '',
+      certNotAfter: 2_000_000_000,
+      canReattest: false,
+      banned: false,
+      createdAt: 1,
+      updatedAt: 1,
+    }
+    await datastore.createAttestedNode(node)
+    await assert.rejects(a.attest(payload, noChallenge, when), reason('replay'))
+    await datastore.updateAttestedNode(id, { banned: true })
+    assert.equal((await a.attest(payload, noChallenge, when)).agentPath, r.agentPath)
+    await datastore.deleteAttestedNode(id) // what `server agent evict` does
+    assert.equal((await a.attest(payload, noChallenge, when)).agentPath, r.agentPath)
+  } finally {
+    await datastore.close()
+  }
 })
