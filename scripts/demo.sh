@@ -4,12 +4,22 @@
 #  2. starts a server that trusts that manufacturer, and an agent that attests with the TPM (its
 #     agent key lives in the TPM); registers an entry for this shell's uid under a node alias on the
 #     TPM's EK; fetches an X.509-SVID and a JWT-SVID over the SPIFFE Workload API with the CLI.
-# DEMO_ATTESTOR=join_token runs the same with a join token instead of the TPM.
+# DEMO_ATTESTOR=join_token runs the same with a join token instead of the TPM;
+# DEMO_ATTESTOR=aws_iid|gcp_iit|azure_msi with that cloud node attestor against its simulated
+# instance-metadata service (spiffe-edge sim cloud aws|gcp|azure), which signs with a local
+# certificate or JWKS that the demo server is configured to trust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 
 attestor="${DEMO_ATTESTOR:-tpm}"
+case "$attestor" in
+  tpm | join_token) cloud="" ;;
+  aws_iid) cloud=aws ;;
+  gcp_iit) cloud=gcp ;;
+  azure_msi) cloud=azure ;;
+  *) echo "DEMO_ATTESTOR must be tpm, join_token, aws_iid, gcp_iit or azure_msi" >&2; exit 2 ;;
+esac
 state="$(mktemp -d /tmp/spiffe-edge-demo.XXXXXX)"
 server_pid=""
 agent_pid=""
@@ -17,25 +27,63 @@ cleanup() {
   [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
   ./bin/spiffe-edge sim tpm stop --state "$state/tpm" >/dev/null 2>&1 || true
+  [ -n "$cloud" ] && { ./bin/spiffe-edge sim cloud "$cloud" stop --state "$state/cloud" >/dev/null 2>&1 || true; }
   rm -rf "$state"
 }
 trap cleanup EXIT
 json() { node -e 'const v=JSON.parse(process.argv[1]); console.log(process.argv[2].split(".").reduce((o,k)=>o[k],v))' "$1" "$2"; }
 wait_line() { for _ in $(seq 1 150); do [ -s "$1" ] && return 0; sleep 0.1; done; cat "${1%.out}.log" >&2; return 1; }
 
-echo
-echo "== spiffe-edge sim tpm start --state $state/tpm"
-started="$(./bin/spiffe-edge sim tpm start --state "$state/tpm")"
-echo "$started"
-tcti="$(json "$started" tcti)"
-ek_ca="$(json "$started" ek_ca_bundle)"
+if [ -n "$cloud" ]; then
+  echo
+  echo "== spiffe-edge sim cloud $cloud start --state $state/cloud"
+  started="$(./bin/spiffe-edge sim cloud "$cloud" start --state "$state/cloud")"
+  echo "$started"
+  metadata_url="$(json "$started" url)"
+  trust="$(json "$started" trust)"
+  # The server trusts the simulated cloud's signing material as it would AWS's certificates,
+  # Google's JWKS or the tenant's keys; examples/cloud/ has the configs for the real clouds.
+  case "$cloud" in
+    aws)
+      server_plugin="account_ids = [\"123456789012\"]
+certificates = { \"*\" = \"$trust\" }"
+      agent_plugin="metadata_url = \"$metadata_url\""
+      node_selector="aws_iid:region:us-west-2" ;;
+    gcp)
+      server_plugin="projectid_allow_list = [\"edge-fleet-sim\"]
+jwks_file = \"$trust\""
+      agent_plugin="metadata_url = \"$metadata_url\""
+      node_selector="gcp_iit:project-id:edge-fleet-sim" ;;
+    azure)
+      server_plugin="tenants = { \"72f988bf-86f1-41af-91ab-2d7cd011db47\" = { resource_id = \"api://spiffe-edge-demo\", jwks_file = \"$trust\" } }"
+      agent_plugin="metadata_url = \"$metadata_url\"
+resource_id = \"api://spiffe-edge-demo\""
+      node_selector="azure_msi:vm-name:frontend:blog" ;;
+  esac
+  printf '[server]\ntrust_domain = "example.org"\nbind_address = "127.0.0.1"\ndata_dir = "./server"\nlog_level = "info"\n\n[plugins.KeyManager.disk]\n\n[plugins.NodeAttestor.%s]\n%s\n' \
+    "$attestor" "$server_plugin" >"$state/server.conf"
+  printf '[agent]\ntrust_domain = "example.org"\nserver_address = "127.0.0.1:8081"\ndata_dir = "./agent"\ninsecure_bootstrap = true\nlog_level = "info"\n\n[plugins.NodeAttestor.%s]\n%s\n\n[plugins.KeyManager.disk]\n\n[plugins.WorkloadAttestor.unix]\ndiscover_workload_path = true\n' \
+    "$attestor" "$agent_plugin" >"$state/agent.conf"
+  echo "== $state/server.conf"
+  cat "$state/server.conf"
+  server_args=(--config "$state/server.conf")
+else
+  echo
+  echo "== spiffe-edge sim tpm start --state $state/tpm"
+  started="$(./bin/spiffe-edge sim tpm start --state "$state/tpm")"
+  echo "$started"
+  tcti="$(json "$started" tcti)"
+  ek_ca="$(json "$started" ek_ca_bundle)"
 
-echo
-echo "== spiffe-edge tpm info --tcti $tcti"
-./bin/spiffe-edge tpm info --tcti "$tcti"
-ek_hash="$(json "$(./bin/spiffe-edge tpm info --tcti "$tcti" --json)" endorsement_keys.0.public_key_sha256)"
+  echo
+  echo "== spiffe-edge tpm info --tcti $tcti"
+  ./bin/spiffe-edge tpm info --tcti "$tcti"
+  ek_hash="$(json "$(./bin/spiffe-edge tpm info --tcti "$tcti" --json)" endorsement_keys.0.public_key_sha256)"
+fi
 
-if [ "$attestor" = tpm ]; then
+if [ -n "$cloud" ]; then
+  :
+elif [ "$attestor" = tpm ]; then
   server_args=(--config examples/local/server-tpm.conf --tpm-ek-ca "$ek_ca")
 else
   server_args=(--config examples/local/server.conf)
@@ -50,7 +98,13 @@ sock="$state/server/admin.sock"
 address="$(json "$(cat "$state/server.out")" listening)"
 api="$state/agent/public/api.sock"
 
-if [ "$attestor" = tpm ]; then
+if [ -n "$cloud" ]; then
+  echo
+  echo "== spiffe-edge server entry create --node --spiffeID spiffe://example.org/gateway/1 --selector $node_selector"
+  ./bin/spiffe-edge server entry create --admin-socket "$sock" --node \
+    --spiffeID spiffe://example.org/gateway/1 --selector "$node_selector"
+  agent_args=(--config "$state/agent.conf")
+elif [ "$attestor" = tpm ]; then
   echo
   echo "== spiffe-edge server entry create --node --spiffeID spiffe://example.org/gateway/1 --selector tpm:ek_hash:$ek_hash"
   ./bin/spiffe-edge server entry create --admin-socket "$sock" --node \
@@ -87,5 +141,10 @@ echo
 echo "== spiffe-edge api fetch jwt --audience demo --socket-path $api"
 ./bin/spiffe-edge api fetch jwt --audience demo --socket-path "$api"
 
-echo "== spiffe-edge sim tpm stop --state $state/tpm"
-./bin/spiffe-edge sim tpm stop --state "$state/tpm"
+if [ -n "$cloud" ]; then
+  echo "== spiffe-edge sim cloud $cloud stop --state $state/cloud"
+  ./bin/spiffe-edge sim cloud "$cloud" stop --state "$state/cloud"
+else
+  echo "== spiffe-edge sim tpm stop --state $state/tpm"
+  ./bin/spiffe-edge sim tpm stop --state "$state/tpm"
+fi

@@ -14,6 +14,7 @@ import { MemoryKeyManager } from '../keymanager/memory.js'
 import { type TpmKey, TpmKeyManager } from '../keymanager/tpm.js'
 import type { KeyManager } from '../keymanager/types.js'
 import { TpmContext } from '../tpm/context.js'
+import { cloudNodeAttestors } from './cloud-plugins.js'
 import type { AgentConfig } from './config.js'
 import { dockerAttestor } from './workload-api/attestors/docker.js'
 import { systemdAttestor } from './workload-api/attestors/systemd.js'
@@ -114,6 +115,7 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
       }
     },
   ],
+  ...cloudNodeAttestors(softwareKeys),
 ])
 
 /** The configured node attestor from the catalog; an unknown one is refused listing what exists. */

@@ -1,5 +1,6 @@
 import { runningSwtpm, startSwtpm, stopSwtpmDaemon, toJson } from '../../hardware-sim/swtpm.js'
 import { type Group, optionalPort, requireString } from './command.js'
+import { cloudGroup } from './sim-cloud.js'
 import { hsmGroup, mqttGroup } from './sim-hsm-mqtt.js'
 
 const tpmSim: Group = {
@@ -58,6 +59,7 @@ const tpmSim: Group = {
 export const simGroup: Group = {
   kind: 'group',
   name: 'sim',
-  summary: 'hardware-sim: simulated TPM, HSM and MQTT broker for tests, demos and fleet CI',
-  children: [tpmSim, hsmGroup, mqttGroup],
+  summary:
+    'hardware-sim: simulated TPM, HSM, MQTT broker and cloud metadata services for tests, demos and fleet CI',
+  children: [tpmSim, hsmGroup, mqttGroup, cloudGroup],
 }

@@ -7,6 +7,7 @@ import { parseTpmServerConfig, tpmServerAttestor } from '../attestors/tpm/server
 import type { ServerNodeAttestor } from '../attestors/types.js'
 import { ConfigError, type Table } from '../common/config.js'
 import type { Log } from '../common/log.js'
+import { CLOUD_NODE_ATTESTORS } from './cloud-plugins.js'
 import type { Datastore } from './datastore/types.js'
 import { aliasingJoinTokenAttestor } from './join-token-alias.js'
 
@@ -34,6 +35,7 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map(
     (data: Table, ctx: ServerPluginContext) =>
       tpmServerAttestor(parseTpmServerConfig(data, ctx.configDir), ctx.log),
   ],
+  ...CLOUD_NODE_ATTESTORS,
 ])
 
 /** Builds every configured node attestor; unknown names are refused together, listing the catalog. */

@@ -16,7 +16,10 @@ const config = (plugins: string) =>
   )
 
 test('agent plugins come from catalogs; unknown names are refused listing what exists', async () => {
-  assert.deepEqual([...NODE_ATTESTORS.keys()], ['join_token', 'tpm'])
+  assert.deepEqual(
+    [...NODE_ATTESTORS.keys()],
+    ['join_token', 'tpm', 'aws_iid', 'gcp_iit', 'azure_msi'],
+  )
   assert.deepEqual([...WORKLOAD_ATTESTORS.keys()], ['unix', 'systemd', 'docker'])
   const ok = config(
     '[plugins.NodeAttestor.join_token]\n[plugins.WorkloadAttestor.unix]\n[plugins.WorkloadAttestor.systemd]\n',
@@ -30,7 +33,7 @@ test('agent plugins come from catalogs; unknown names are refused listing what e
   await id.close()
 
   const bad = config(
-    '[plugins.NodeAttestor.aws_iid]\n[plugins.WorkloadAttestor.k8s]\n[plugins.WorkloadAttestor.unix]\nbogus = 1\n',
+    '[plugins.NodeAttestor.k8s_psat]\n[plugins.WorkloadAttestor.k8s]\n[plugins.WorkloadAttestor.unix]\nbogus = 1\n',
   )
   assert.throws(
     () => workloadAttestors(bad),
@@ -41,6 +44,6 @@ test('agent plugins come from catalogs; unknown names are refused listing what e
   )
   assert.throws(
     () => nodeIdentity(bad),
-    /aws_iid: unknown node attestor \(this agent has: join_token, tpm\)/,
+    /k8s_psat: unknown node attestor \(this agent has: join_token, tpm, aws_iid, gcp_iit, azure_msi\)/,
   )
 })

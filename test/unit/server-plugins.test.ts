@@ -9,19 +9,24 @@ test('node attestors come from the catalog; an unknown one is refused with the l
     const ctx = { datastore, configDir: '/', log: () => undefined }
     const built = buildNodeAttestors(new Map([['join_token', {}]]), ctx)
     assert.deepEqual([...built.keys()], ['join_token'])
-    assert.deepEqual([...NODE_ATTESTORS.keys()], ['join_token', 'tpm'])
+    assert.deepEqual(
+      [...NODE_ATTESTORS.keys()],
+      ['join_token', 'tpm', 'aws_iid', 'gcp_iit', 'azure_msi'],
+    )
     assert.throws(
       () =>
         buildNodeAttestors(
           new Map([
-            ['aws_iid', {}],
+            ['k8s_psat', {}],
             ['join_token', {}],
           ]),
           ctx,
         ),
       (e: Error & { code?: string }) =>
         e.code === 'ERR_CONFIG' &&
-        /aws_iid: unknown node attestor \(this server has: join_token, tpm\)/.test(e.message),
+        /k8s_psat: unknown node attestor \(this server has: join_token, tpm, aws_iid, gcp_iit, azure_msi\)/.test(
+          e.message,
+        ),
     )
     assert.throws(
       () => buildNodeAttestors(new Map([['join_token', { x: 1 }]]), ctx),

@@ -1,0 +1,37 @@
+/**
+ * The simulated metadata service as its own process (so tests and the demo talk to it over the
+ * network, as an agent talks to a real one): `node daemon.js <kind> <stateDir> <port> [identity
+ * JSON]`. Writes <stateDir>/cloud-<kind>.json once listening and removes it on SIGTERM.
+ */
+import { rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { type CloudKind, ensureCloudKeys } from './keys.js'
+import { type CloudIdentity, serveCloudMetadata } from './service.js'
+
+const [kind, stateDir, portText, identityText] = process.argv.slice(2) as [
+  CloudKind,
+  string,
+  string,
+  string?,
+]
+const identity = identityText ? (JSON.parse(identityText) as CloudIdentity) : {}
+const keys = await ensureCloudKeys(stateDir, kind)
+const { server, port } = await serveCloudMetadata(kind, keys, identity, Number(portText))
+const record = join(stateDir, `cloud-${kind}.json`)
+const info = {
+  kind,
+  url: `http://127.0.0.1:${port}`,
+  port,
+  pid: process.pid,
+  state: stateDir,
+  trust: keys.trustFile,
+}
+writeFileSync(record, `${JSON.stringify(info)}\n`, { mode: 0o600 })
+const stop = () => {
+  rmSync(record, { force: true })
+  server.close()
+  server.closeAllConnections()
+}
+process.once('SIGTERM', stop)
+process.once('SIGINT', stop)
+process.stdout.write(`${JSON.stringify(info)}\n`)

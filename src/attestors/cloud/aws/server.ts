@@ -1,0 +1,218 @@
+/**
+ * The aws_iid server half: verifies the instance identity document's signature against AWS's
+ * certificate for the document's region (shipped, or configured), the account allowlist, the
+ * document's age when configured, and SPIRE's trust-on-first-use rule (the document never
+ * changes, so whoever has a copy could attest: an instance attests once, again only after an
+ * eviction). ID: spiffe://<td>/spire/agent/aws_iid/<account>/<region>/<instance id>.
+ */
+import { verify, X509Certificate } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { resolve } from 'node:path'
+import type { Table } from '../../../common/config.js'
+import type { Selector, ServerNodeAttestor } from '../../types.js'
+import {
+  type AttestedLookup,
+  CloudAttestationError,
+  checkFirstUse,
+  PluginConfig,
+} from '../common.js'
+import { AWS_PKCS7_CERTIFICATES } from './certs.js'
+import { Pkcs7Error, verifyPkcs7 } from './pkcs7.js'
+import { AWS_IID, parseAwsPayload } from './protocol.js'
+
+export interface AwsServerConfig {
+  readonly accounts: ReadonlySet<string>
+  /** Region ('*' = any other) → the certificates that may sign its documents. */
+  readonly certificates: ReadonlyMap<string, readonly X509Certificate[]>
+  /** Seconds; 0 = no limit. */
+  readonly maxDocumentAge: number
+  readonly tofu: boolean
+}
+
+const SOURCE = `plugins.NodeAttestor.${AWS_IID}`
+const REGION = /^[a-z]{2}(-[a-z]+)+-\d{1,2}$/
+
+function pemCertificates(text: string): X509Certificate[] {
+  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []
+  return blocks.map((b) => new X509Certificate(b))
+}
+
+export function parseAwsServerConfig(raw: Table, baseDir: string): AwsServerConfig {
+  const c = new PluginConfig(SOURCE, raw, [
+    'account_ids',
+    'certificates',
+    'max_document_age',
+    'tofu',
+  ])
+  const accounts = new Set(c.strings('account_ids', /^\d{12}$/, true))
+  const certificates = new Map<string, X509Certificate[]>()
+  const table = c.table('certificates')
+  const source: Record<string, string> = {}
+  if (table) {
+    for (const [region, path] of Object.entries(table)) {
+      if (region !== '*' && !REGION.test(region))
+        c.problems.push(`certificates.${region}: not an AWS region or '*'`)
+      else if (typeof path !== 'string' || path === '')
+        c.problems.push(`certificates.${region}: must be a PEM file path`)
+      else {
+        try {
+          source[region] = readFileSync(resolve(baseDir, path), 'utf8')
+        } catch (err) {
+          c.problems.push(`certificates.${region}: ${(err as Error).message}`)
+        }
+      }
+    }
+  }
+  for (const [region, pem] of Object.entries(table ? source : AWS_PKCS7_CERTIFICATES)) {
+    try {
+      const certs = pemCertificates(pem)
+      if (certs.length === 0) c.problems.push(`certificates.${region}: no certificate in the file`)
+      else certificates.set(region, certs)
+    } catch (err) {
+      c.problems.push(`certificates.${region}: ${(err as Error).message}`)
+    }
+  }
+  const maxDocumentAge = c.int('max_document_age', 0, 10 * 365 * 86400)
+  const tofu = c.bool('tofu', true)
+  c.done()
+  return { accounts, certificates, maxDocumentAge, tofu }
+}
+
+interface Document {
+  accountId: string
+  region: string
+  instanceId: string
+  availabilityZone: string
+  imageId: string
+  pendingTime: Date
+}
+
+function parseDocument(text: string): Document {
+  const fail = (why: string): never => {
+    throw new CloudAttestationError(AWS_IID, 'claims', `instance identity document: ${why}`)
+  }
+  let d: Record<string, unknown> = {}
+  try {
+    d = JSON.parse(text) as Record<string, unknown>
+  } catch {
+    fail('not JSON')
+  }
+  if (typeof d !== 'object' || d === null) fail('not a JSON object')
+  const field = (k: string, re: RegExp): string => {
+    const v = d[k]
+    if (typeof v !== 'string' || !re.test(v))
+      fail(`${k} ${JSON.stringify(v)?.slice(0, 60)} is missing or malformed`)
+    return v as string
+  }
+  const pending = new Date(field('pendingTime', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/))
+  if (Number.isNaN(pending.getTime())) fail('pendingTime is not a time')
+  return {
+    accountId: field('accountId', /^\d{12}$/),
+    region: field('region', REGION),
+    instanceId: field('instanceId', /^i-[0-9a-f]{8,32}$/),
+    availabilityZone: field(
+      'availabilityZone',
+      /^[a-z]{2}(-[a-z]+)+-\d{1,2}[a-z]{1,2}$|^[a-z]{2}(-[a-z]+)+-\d{1,2}-[a-z0-9-]{1,40}$/,
+    ),
+    imageId: field('imageId', /^ami-[0-9a-f]{8,32}$/),
+    pendingTime: pending,
+  }
+}
+
+export function awsServerAttestor(
+  cfg: AwsServerConfig,
+  attested: AttestedLookup,
+): ServerNodeAttestor {
+  return {
+    kind: 'NodeAttestor',
+    name: AWS_IID,
+    async attest(payload, _challenge, ctx) {
+      const p = parseAwsPayload(payload)
+      // The region picks the certificate; it is only trusted once that certificate verified it.
+      const doc = parseDocument(p.document)
+      const certs = cfg.certificates.get(doc.region) ?? cfg.certificates.get('*') ?? []
+      const now = ctx.now.getTime()
+      const valid = certs.filter(
+        (c) => Date.parse(c.validFrom) <= now && now <= Date.parse(c.validTo),
+      )
+      if (valid.length === 0) {
+        throw new CloudAttestationError(
+          AWS_IID,
+          'signature',
+          `no valid certificate is configured for region ${doc.region}`,
+        )
+      }
+      let signedAt: Date | undefined
+      if (p.signatureKind === 'signature') {
+        const bytes = Buffer.from(p.document, 'utf8')
+        const ok = valid.some((c) => {
+          try {
+            return verify('sha256', bytes, c.publicKey, p.signature)
+          } catch {
+            return false
+          }
+        })
+        if (!ok)
+          throw new CloudAttestationError(
+            AWS_IID,
+            'signature',
+            `no certificate for ${doc.region} verifies the signature`,
+          )
+      } else {
+        try {
+          // SHA-1 only in AWS's own /pkcs7 (DSA) form, the one AWS publishes certificates for.
+          const r = verifyPkcs7(p.signature, valid, p.signatureKind === 'pkcs7')
+          if (!Buffer.from(r.content).equals(Buffer.from(p.document, 'utf8'))) {
+            throw new CloudAttestationError(
+              AWS_IID,
+              'signature',
+              'the document is not the one the signature covers',
+            )
+          }
+          signedAt = r.signingTime
+        } catch (err) {
+          if (err instanceof Pkcs7Error) {
+            throw new CloudAttestationError(
+              AWS_IID,
+              err.kind === 'malformed' ? 'payload' : 'signature',
+              err.message,
+              err,
+            )
+          }
+          throw err
+        }
+      }
+      if (!cfg.accounts.has(doc.accountId)) {
+        throw new CloudAttestationError(
+          AWS_IID,
+          'account',
+          `account ${doc.accountId} is not in account_ids`,
+        )
+      }
+      const issued = (signedAt ?? doc.pendingTime).getTime()
+      if (issued > now + 300_000) {
+        throw new CloudAttestationError(
+          AWS_IID,
+          'expired',
+          'the document was signed in the future: check the clocks',
+        )
+      }
+      if (cfg.maxDocumentAge > 0 && now - issued > cfg.maxDocumentAge * 1000) {
+        throw new CloudAttestationError(
+          AWS_IID,
+          'expired',
+          `the document was signed ${Math.round((now - issued) / 1000)} s ago, over max_document_age ${cfg.maxDocumentAge} s`,
+        )
+      }
+      const agentPath = `/spire/agent/${AWS_IID}/${doc.accountId}/${doc.region}/${doc.instanceId}`
+      await checkFirstUse(AWS_IID, attested, ctx.trustDomain, agentPath, cfg.tofu)
+      const selectors: Selector[] = [
+        { type: AWS_IID, value: `az:${doc.availabilityZone}` },
+        { type: AWS_IID, value: `image:id:${doc.imageId}` },
+        { type: AWS_IID, value: `instance:id:${doc.instanceId}` },
+        { type: AWS_IID, value: `region:${doc.region}` },
+      ]
+      return { agentPath, selectors, canReattest: false }
+    },
+  }
+}

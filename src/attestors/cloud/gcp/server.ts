@@ -1,0 +1,114 @@
+/**
+ * The gcp_iit server half: verifies the instance identity token (RS256 against Google's keys or a
+ * configured JWKS), its issuer, audience and times, the project allowlist, and that the instance
+ * has not attested before (SPIRE's rule: a token can be copied while it lives). Agent ID and
+ * selectors are SPIRE's: spiffe://<td>/spire/agent/gcp_iit/<project>/<instance id>.
+ */
+import { resolve } from 'node:path'
+import type { Table } from '../../../common/config.js'
+import type { Selector, ServerNodeAttestor } from '../../types.js'
+import {
+  type AttestedLookup,
+  CloudAttestationError,
+  checkFirstUse,
+  idSegment,
+  PluginConfig,
+} from '../common.js'
+import { type KeyResolver, keyResolver, verifyJwt } from '../jwt.js'
+import {
+  DEFAULT_AUDIENCE,
+  GCP_IIT,
+  GOOGLE_ISSUERS,
+  GOOGLE_JWKS_URL,
+  parseGcpPayload,
+} from './protocol.js'
+
+export interface GcpServerConfig {
+  readonly projects: ReadonlySet<string>
+  readonly audience: string
+  readonly keys: KeyResolver
+  readonly tofu: boolean
+}
+
+/** GCP project IDs; legacy domain-scoped ones (example.com:p) cannot be a SPIFFE ID segment. */
+const PROJECT = /^[a-z][a-z0-9-]{4,28}[a-z0-9]$/
+
+export function parseGcpServerConfig(raw: Table, baseDir: string): GcpServerConfig {
+  const c = new PluginConfig(`plugins.NodeAttestor.${GCP_IIT}`, raw, [
+    'projectid_allow_list',
+    'audience',
+    'jwks_file',
+    'jwks_url',
+    'tofu',
+  ])
+  const projects = new Set(c.strings('projectid_allow_list', PROJECT, true))
+  const audience = c.string('audience') ?? DEFAULT_AUDIENCE
+  const file = c.string('jwks_file')
+  const url = c.url('jwks_url')
+  if (file && url) c.problems.push('jwks_file and jwks_url: set one')
+  let keys: KeyResolver | undefined
+  try {
+    keys = keyResolver(file ? { file: resolve(baseDir, file) } : { url: url ?? GOOGLE_JWKS_URL })
+  } catch (err) {
+    c.problems.push(`jwks_file: ${(err as Error).message}`)
+  }
+  const tofu = c.bool('tofu', true)
+  c.done()
+  return { projects, audience, keys: keys!, tofu }
+}
+
+interface ComputeEngine {
+  project_id?: unknown
+  zone?: unknown
+  instance_id?: unknown
+  instance_name?: unknown
+}
+
+export function gcpServerAttestor(
+  cfg: GcpServerConfig,
+  attested: AttestedLookup,
+): ServerNodeAttestor {
+  return {
+    kind: 'NodeAttestor',
+    name: GCP_IIT,
+    async attest(payload, _challenge, ctx) {
+      const { token } = parseGcpPayload(payload)
+      const claims = await verifyJwt(GCP_IIT, token, cfg.keys, {
+        issuer: GOOGLE_ISSUERS,
+        audience: cfg.audience,
+        now: ctx.now,
+      })
+      const google = claims.google as { compute_engine?: ComputeEngine } | undefined
+      const ce = google?.compute_engine
+      if (typeof ce !== 'object' || ce === null) {
+        throw new CloudAttestationError(
+          GCP_IIT,
+          'claims',
+          'the token has no google.compute_engine claims: request it with format=full',
+        )
+      }
+      const project = idSegment(GCP_IIT, 'project_id', ce.project_id)
+      if (!cfg.projects.has(project)) {
+        throw new CloudAttestationError(
+          GCP_IIT,
+          'project',
+          `project ${project} is not in projectid_allow_list`,
+        )
+      }
+      const instanceId = idSegment(GCP_IIT, 'instance_id', ce.instance_id)
+      const zone = idSegment(GCP_IIT, 'zone', ce.zone)
+      const name = idSegment(GCP_IIT, 'instance_name', ce.instance_name)
+      const agentPath = `/spire/agent/${GCP_IIT}/${project}/${instanceId}`
+      await checkFirstUse(GCP_IIT, attested, ctx.trustDomain, agentPath, cfg.tofu)
+      const selectors: Selector[] = [
+        { type: GCP_IIT, value: `project-id:${project}` },
+        { type: GCP_IIT, value: `zone:${zone}` },
+        { type: GCP_IIT, value: `instance-name:${name}` },
+      ]
+      if (typeof claims.email === 'string' && claims.email.length <= 256) {
+        selectors.push({ type: GCP_IIT, value: `sa:${claims.email}` })
+      }
+      return { agentPath, selectors, canReattest: false }
+    },
+  }
+}
