@@ -62,6 +62,10 @@ export type ErrorCode =
   | 'ERR_WORKLOAD_API'
   | 'ERR_WORKLOAD_ENDPOINT'
   | 'ERR_WORKLOAD_ATTESTATION'
+  | 'ERR_SOURCE_CLOSED'
+  | 'ERR_SOURCE_TIMEOUT'
+  | 'ERR_SOURCE_NO_SVID'
+  | 'ERR_PEER_UNAUTHORIZED'
 
 export interface ErrorDetails {
   readonly remedy?: string

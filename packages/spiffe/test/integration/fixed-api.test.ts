@@ -1,0 +1,261 @@
+/**
+ * The library against a second Workload API implementation built in the test from the spec's
+ * proto (test/helpers/fixed-workload-api.ts), so nothing here leans on our agent's quirks.
+ */
+import assert from 'node:assert/strict'
+import { once } from 'node:events'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { test } from 'node:test'
+import * as tls from 'node:tls'
+import {
+  authorizeAny,
+  authorizeID,
+  authorizeMemberOf,
+  createJWTSource,
+  createX509Source,
+  peerSpiffeId,
+  tlsClientOptions,
+  tlsServerOptions as tlsServerOptionsFor,
+  type X509Source,
+} from '../../src/index.js'
+import { type FixedState, startFixedWorkloadApi } from '../helpers/fixed-workload-api.js'
+import { issue, type TestCa, testCa } from '../helpers/pki.js'
+
+const dir = mkdtempSync(join(tmpdir(), 'spiffe-lib-fixed-'))
+test.after(() => rmSync(dir, { recursive: true, force: true }))
+let n = 0
+const sock = () => join(dir, `api-${n++}.sock`)
+
+async function state(ca: TestCa, ...paths: string[]): Promise<FixedState> {
+  return {
+    svids: await Promise.all(
+      paths.map(async (p) => ({ svid: await issue(ca, p), ca, hint: p.slice(1) })),
+    ),
+    federated: [],
+  }
+}
+
+function until(cond: () => boolean, what: string, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms
+  return new Promise((resolve, reject) => {
+    const tick = () => {
+      if (cond()) return resolve()
+      if (Date.now() > end) return reject(new Error(`timed out waiting for ${what}`))
+      setTimeout(tick, 20)
+    }
+    tick()
+  })
+}
+
+/** A node:tls echo server with the library's options; resolves to its port. */
+async function echoServer(source: X509Source, authorize: ReturnType<typeof authorizeAny>) {
+  const opts = tlsServerOptionsFor(source, authorize)
+  const seen: string[] = []
+  const server = opts.attach(
+    tls.createServer(opts, (s) => {
+      seen.push(String(peerSpiffeId(s)))
+      s.on('data', (d) => s.write(d))
+      s.on('error', () => {})
+    }),
+  )
+  server.on('tlsClientError', () => {})
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  return { server, seen, port: (server.address() as { port: number }).port }
+}
+
+function connect(port: number, source: X509Source, authorize: ReturnType<typeof authorizeAny>) {
+  return new Promise<tls.TLSSocket>((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port, ...tlsClientOptions(source, authorize) }, () =>
+      resolve(s),
+    )
+    s.once('error', reject)
+  })
+}
+
+async function echo(s: tls.TLSSocket, text: string): Promise<string> {
+  s.write(text)
+  const [d] = (await once(s, 'data')) as [Buffer]
+  return d.toString()
+}
+
+/** The client sees a refusal either as a handshake error or as the server closing at once. */
+async function refused(p: Promise<tls.TLSSocket>): Promise<string> {
+  try {
+    const s = await p
+    s.write('x')
+    const r = await Promise.race([
+      once(s, 'data').then(() => 'data'),
+      once(s, 'close').then(() => 'closed'),
+      once(s, 'error').then(([e]) => String((e as Error).message)),
+    ])
+    s.destroy()
+    return r
+  } catch (err) {
+    return `error: ${(err as { code?: string }).code ?? (err as Error).message}`
+  }
+}
+
+test('X509Source: SVIDs, hint and picker, federated bundles, the security header on every call', async (t) => {
+  const a = await testCa('a.test')
+  const b = await testCa('b.test')
+  const st = await state(a, '/one', '/two')
+  st.federated.push(b)
+  const api = await startFixedWorkloadApi(sock(), st)
+  t.after(() => api.close())
+  const byDefault = createX509Source({ address: api.address })
+  const byHint = createX509Source({ address: api.address, hint: 'two' })
+  const byPicker = createX509Source({
+    address: api.address,
+    picker: (s) => s.find((x) => x.id.path === '/one'),
+  })
+  t.after(() => {
+    for (const s of [byDefault, byHint, byPicker]) s.close()
+  })
+  await Promise.all([byDefault.ready(), byHint.ready(), byPicker.ready()])
+  assert.equal(byDefault.getX509Svid().id.toString(), 'spiffe://a.test/one')
+  assert.equal(byHint.getX509Svid().id.toString(), 'spiffe://a.test/two')
+  assert.equal(byPicker.getX509Svid().id.toString(), 'spiffe://a.test/one')
+  assert.deepEqual([...byDefault.x509Bundles().keys()].sort(), ['a.test', 'b.test'])
+  assert.equal(byDefault.getX509BundleForTrustDomain(b.td)?.authorities.length, 1)
+  const none = createX509Source({ address: api.address, hint: 'nope' })
+  t.after(() => none.close())
+  await none.ready()
+  assert.throws(() => none.getX509Svid(), { code: 'ERR_SOURCE_NO_SVID' })
+  assert.ok(api.headers.length >= 4 && api.headers.every((h) => h === 'true'), api.headers.join())
+})
+
+test('mTLS over node:tls: both sides see each other, the authorizer and the trust domain decide', async (t) => {
+  const a = await testCa('a.test')
+  const other = await testCa('other.test')
+  const apiServer = await startFixedWorkloadApi(sock(), await state(a, '/server'))
+  const apiClient = await startFixedWorkloadApi(sock(), await state(a, '/client'))
+  // The stranger trusts a.test (federated), so only the server's own check can refuse it.
+  const strangerState = await state(other, '/client')
+  strangerState.federated.push(a)
+  const apiStranger = await startFixedWorkloadApi(sock(), strangerState)
+  t.after(() => Promise.all([apiServer.close(), apiClient.close(), apiStranger.close()]))
+  const server = createX509Source({ address: apiServer.address })
+  const client = createX509Source({ address: apiClient.address })
+  const stranger = createX509Source({ address: apiStranger.address })
+  t.after(() => {
+    for (const s of [server, client, stranger]) s.close()
+  })
+  await Promise.all([server.ready(), client.ready(), stranger.ready()])
+
+  const srv = await echoServer(server, authorizeID('spiffe://a.test/client'))
+  t.after(() => srv.server.close())
+  const s = await connect(srv.port, client, authorizeID('spiffe://a.test/server'))
+  assert.equal(await echo(s, 'hello'), 'hello')
+  assert.equal(String(peerSpiffeId(s)), 'spiffe://a.test/server')
+  assert.deepEqual(srv.seen, ['spiffe://a.test/client'])
+  s.destroy()
+
+  // The client refuses a server its authorizer does not accept: the handshake fails.
+  assert.match(
+    await refused(connect(srv.port, client, authorizeID('spiffe://a.test/someone-else'))),
+    /ERR_PEER_UNAUTHORIZED|not authorized/,
+  )
+  // The server refuses a client of its trust domain its authorizer does not accept: the server
+  // workload connecting as a client is destroyed before the listener sees it.
+  assert.equal(await refused(connect(srv.port, server, authorizeAny())), 'closed')
+  // A client of a trust domain the server does not trust fails the server's chain check.
+  assert.match(
+    await refused(connect(srv.port, stranger, authorizeAny())),
+    /closed|ECONNRESET|alert|unknown ca/i,
+  )
+  assert.deepEqual(srv.seen, ['spiffe://a.test/client'], 'no refused peer reached the listener')
+
+  const open = await echoServer(server, authorizeMemberOf('a.test'))
+  t.after(() => open.server.close())
+  const s2 = await connect(open.port, client, authorizeAny())
+  assert.equal(await echo(s2, 'member'), 'member')
+  s2.destroy()
+})
+
+test('rotation: a pushed SVID is used for new connections, the open one keeps working', async (t) => {
+  const a = await testCa('a.test')
+  const apiServer = await startFixedWorkloadApi(sock(), await state(a, '/server'))
+  const apiClient = await startFixedWorkloadApi(sock(), await state(a, '/client'))
+  t.after(() => Promise.all([apiServer.close(), apiClient.close()]))
+  const server = createX509Source({ address: apiServer.address })
+  const client = createX509Source({ address: apiClient.address })
+  t.after(() => {
+    for (const s of [server, client]) s.close()
+  })
+  await Promise.all([server.ready(), client.ready()])
+  const srv = await echoServer(server, authorizeAny())
+  t.after(() => srv.server.close())
+  const first = await connect(srv.port, client, authorizeAny())
+  const serial1 = first.getPeerCertificate().serialNumber
+  const updated = once(server, 'update')
+  apiServer.set(await state(a, '/server'))
+  await updated
+  const second = await connect(srv.port, client, authorizeAny())
+  const serial2 = second.getPeerCertificate().serialNumber
+  assert.notEqual(serial2, serial1, 'new connection, new certificate')
+  assert.equal(serial2.toLowerCase(), server.getX509Svid().serialNumber.toLowerCase())
+  assert.equal(await echo(first, 'still'), 'still', 'the old connection still works')
+  first.destroy()
+  second.destroy()
+})
+
+test('the Workload API going away mid-watch: the source keeps its SVID, reconnects, updates', async (t) => {
+  const a = await testCa('a.test')
+  const path = sock()
+  let api = await startFixedWorkloadApi(path, await state(a, '/w'))
+  t.after(() => api.close())
+  const source = createX509Source({ address: api.address, backoff: { initialMs: 50, maxMs: 200 } })
+  t.after(() => source.close())
+  await source.ready()
+  const before = source.getX509Svid().serialNumber
+  const errors: Error[] = []
+  source.on('error', (e) => errors.push(e))
+  await api.close()
+  await until(() => errors.length > 0, 'the watch noticing')
+  assert.equal(source.getX509Svid().serialNumber, before, 'the last SVID is still served')
+  api = await startFixedWorkloadApi(path, await state(a, '/w'))
+  await until(() => source.getX509Svid().serialNumber !== before, 'the new SVID after reconnect')
+})
+
+test('JWTSource: fetch for an audience, validate locally and through the Workload API', async (t) => {
+  const a = await testCa('a.test')
+  const api = await startFixedWorkloadApi(sock(), await state(a, '/jwt'))
+  t.after(() => api.close())
+  const source = createJWTSource({ address: api.address })
+  t.after(() => source.close())
+  await source.ready()
+  const svid = await source.fetchJwtSvid({ audience: 'db' })
+  assert.equal(svid.id.toString(), 'spiffe://a.test/jwt')
+  assert.deepEqual(svid.claims.aud, ['db'])
+  assert.ok(svid.expiresAt.getTime() > Date.now())
+  const local = await source.validateJwtSvid(svid.token, 'db')
+  assert.equal(local.id.toString(), 'spiffe://a.test/jwt')
+  assert.equal(local.claims.sub, 'spiffe://a.test/jwt')
+  const remote = await source.validateWithWorkloadApi(svid.token, 'db')
+  assert.equal(remote.id.toString(), 'spiffe://a.test/jwt')
+  assert.deepEqual(remote.claims.aud, ['db'])
+  await assert.rejects(source.validateJwtSvid(svid.token, 'other'), { code: 'ERR_SVID_INVALID' })
+  await assert.rejects(source.validateWithWorkloadApi(svid.token, 'other'), {
+    code: 'ERR_WORKLOAD_API',
+  })
+  const tampered = `${svid.token.slice(0, -4)}AAAA`
+  await assert.rejects(source.validateJwtSvid(tampered, 'db'), { code: 'ERR_SVID_INVALID' })
+})
+
+test('ready() times out with a code when nothing answers; a closed source says so', async () => {
+  const source = createX509Source({ address: `unix://${join(dir, 'nobody-here.sock')}` })
+  await assert.rejects(source.ready({ timeoutMs: 300 }), { code: 'ERR_SOURCE_TIMEOUT' })
+  source.close()
+  await assert.rejects(source.ready(), { code: 'ERR_SOURCE_CLOSED' })
+  assert.throws(() => source.getX509Svid(), { code: 'ERR_SOURCE_CLOSED' })
+  const saved = process.env.SPIFFE_ENDPOINT_SOCKET
+  delete process.env.SPIFFE_ENDPOINT_SOCKET
+  try {
+    assert.throws(() => createX509Source(), { code: 'ERR_WORKLOAD_ENDPOINT' })
+  } finally {
+    if (saved !== undefined) process.env.SPIFFE_ENDPOINT_SOCKET = saved
+  }
+})
