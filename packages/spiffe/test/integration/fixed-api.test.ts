@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import { mkdtempSync, rmSync } from 'node:fs'
+import * as http2 from 'node:http2'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
@@ -13,15 +14,17 @@ import {
   authorizeAny,
   authorizeID,
   authorizeMemberOf,
+  createBundleSource,
   createJWTSource,
   createX509Source,
   peerSpiffeId,
   tlsClientOptions,
   tlsServerOptions as tlsServerOptionsFor,
+  validateJwtSvid,
   type X509Source,
 } from '../../src/index.js'
 import { type FixedState, startFixedWorkloadApi } from '../helpers/fixed-workload-api.js'
-import { issue, type TestCa, testCa } from '../helpers/pki.js'
+import { issue, jwtFor, type TestCa, testCa } from '../helpers/pki.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'spiffe-lib-fixed-'))
 test.after(() => rmSync(dir, { recursive: true, force: true }))
@@ -258,4 +261,73 @@ test('ready() times out with a code when nothing answers; a closed source says s
   } finally {
     if (saved !== undefined) process.env.SPIFFE_ENDPOINT_SOCKET = saved
   }
+})
+
+test('node:http2: the same options serve and call over HTTP/2; the peer ID reaches the handler', async (t) => {
+  const a = await testCa('a.test')
+  const apiServer = await startFixedWorkloadApi(sock(), await state(a, '/h2server'))
+  const apiClient = await startFixedWorkloadApi(sock(), await state(a, '/h2client'))
+  t.after(() => Promise.all([apiServer.close(), apiClient.close()]))
+  const server = createX509Source({ address: apiServer.address })
+  const client = createX509Source({ address: apiClient.address })
+  t.after(() => {
+    for (const s of [server, client]) s.close()
+  })
+  await Promise.all([server.ready(), client.ready()])
+  const opts = tlsServerOptionsFor(server, authorizeID('spiffe://a.test/h2client'))
+  const h2 = opts.attach(
+    http2.createSecureServer(opts, (req, res) => {
+      res.end(`h2 peer ${peerSpiffeId(req.socket)}`)
+    }),
+  )
+  h2.listen(0, '127.0.0.1')
+  await once(h2, 'listening')
+  t.after(() => h2.close())
+  const port = (h2.address() as { port: number }).port
+  const session = http2.connect(
+    `https://127.0.0.1:${port}`,
+    tlsClientOptions(client, authorizeID('spiffe://a.test/h2server')),
+  )
+  t.after(() => session.close())
+  const req = session.request({ ':path': '/' })
+  let body = ''
+  req.on('data', (d: Buffer) => {
+    body += d.toString()
+  })
+  await once(req, 'end')
+  assert.equal(body, 'h2 peer spiffe://a.test/h2client')
+  assert.equal(String(peerSpiffeId(session.socket)), 'spiffe://a.test/h2server')
+  // The server workload calling itself is refused before any stream is served.
+  const self = http2.connect(`https://127.0.0.1:${port}`, tlsClientOptions(server, authorizeAny()))
+  self.on('error', () => {})
+  const [why] = await Promise.race([
+    once(self, 'close').then(() => ['closed']),
+    once(self.request({ ':path': '/' }), 'response').then(() => ['served']),
+  ]).catch((e: Error) => [e.message])
+  assert.notEqual(why, 'served')
+  self.destroy()
+})
+
+test('BundleSource: X.509 and JWT bundles of every trust domain; local JWT validation with it', async (t) => {
+  const a = await testCa('a.test')
+  const b = await testCa('b.test')
+  const st = await state(a, '/bundles')
+  st.federated.push(b)
+  const api = await startFixedWorkloadApi(sock(), st)
+  t.after(() => api.close())
+  const bundles = createBundleSource({ address: api.address })
+  t.after(() => bundles.close())
+  await bundles.ready()
+  assert.equal(bundles.getX509BundleForTrustDomain(b.td)?.authorities.length, 1)
+  assert.deepEqual(
+    [...(bundles.getJwtBundleForTrustDomain(a.td)?.authorities.keys() ?? [])],
+    [a.jwtKid],
+  )
+  const token = await jwtFor(b, '/federated-caller', ['api'])
+  const v = await validateJwtSvid(token, 'api', bundles)
+  assert.equal(v.id.toString(), 'spiffe://b.test/federated-caller')
+  const unknown = await testCa('c.test')
+  await assert.rejects(validateJwtSvid(await jwtFor(unknown, '/x', ['api']), 'api', bundles), {
+    code: 'ERR_SVID_INVALID',
+  })
 })
