@@ -17,6 +17,8 @@ export interface FixedState {
   svids: { svid: IssuedSvid; ca: TestCa; hint?: string }[]
   /** Federated trust domains, delivered with the SVIDs and in the bundle streams. */
   federated: TestCa[]
+  /** Answer every stream with this gRPC status instead (e.g. PERMISSION_DENIED). */
+  refuse?: grpc.status
 }
 
 export interface FixedWorkloadApi {
@@ -86,6 +88,10 @@ export async function startFixedWorkloadApi(
   const stream = (set: Set<Writable>, msg: () => unknown) => (call: Writable) => {
     if (!headerOk(call.metadata)) {
       call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: 'security header missing' })
+      return
+    }
+    if (state.refuse !== undefined) {
+      call.emit('error', { code: state.refuse, details: 'refused by the test' })
       return
     }
     set.add(call)

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import * as tls from 'node:tls'
+import * as grpc from '@grpc/grpc-js'
 import {
   authorizeAny,
   authorizeID,
@@ -330,4 +331,29 @@ test('BundleSource: X.509 and JWT bundles of every trust domain; local JWT valid
   await assert.rejects(validateJwtSvid(await jwtFor(unknown, '/x', ['api']), 'api', bundles), {
     code: 'ERR_SVID_INVALID',
   })
+})
+
+test('PermissionDenied is retried until an entry appears; InvalidArgument closes the source', async (t) => {
+  const a = await testCa('a.test')
+  const st = await state(a, '/late')
+  const api = await startFixedWorkloadApi(sock(), { ...st, refuse: grpc.status.PERMISSION_DENIED })
+  t.after(() => api.close())
+  const source = createX509Source({ address: api.address, backoff: { initialMs: 20, maxMs: 100 } })
+  t.after(() => source.close())
+  const errors: Error[] = []
+  source.on('error', (e) => errors.push(e))
+  await until(() => errors.length >= 2, 'two refused attempts')
+  assert.equal(source.closed, false)
+  api.set(st) // the entry "appears": the next attempt is served
+  await source.ready({ timeoutMs: 10_000 })
+  assert.equal(source.getX509Svid().id.toString(), 'spiffe://a.test/late')
+
+  const bad = await startFixedWorkloadApi(sock(), { ...st, refuse: grpc.status.INVALID_ARGUMENT })
+  t.after(() => bad.close())
+  const doomed = createX509Source({ address: bad.address })
+  await assert.rejects(doomed.ready(), {
+    code: 'ERR_WORKLOAD_API',
+    status: grpc.status.INVALID_ARGUMENT,
+  })
+  assert.equal(doomed.closed, true)
 })
