@@ -48,6 +48,7 @@ export {
   type X509Svid,
 } from './svid.js'
 export {
+  httpsAgent,
   peerSpiffeId,
   type SpiffeTlsClientOptions,
   type SpiffeTlsServerOptions,

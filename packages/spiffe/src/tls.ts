@@ -13,6 +13,7 @@
  *    on every update (new connections only; open ones keep theirs). Until attached the options
  *    carry no certificate, so a forgotten attach fails every handshake rather than serve unchecked.
  */
+import { Agent as HttpsAgent, type AgentOptions as HttpsAgentOptions } from 'node:https'
 import type { Server as NetServer, Socket } from 'node:net'
 import {
   type ConnectionOptions,
@@ -82,6 +83,31 @@ export function tlsClientOptions(
     get: () => currentSecureContext(source),
   })
   return opts as SpiffeTlsClientOptions
+}
+
+/**
+ * An https.Agent for `tlsClientOptions`: an Agent copies its options once, which would pin the
+ * SVID of that moment, so its `secureContext` is made a getter again. Pooled (keep-alive)
+ * connections keep their certificate; new ones take the current SVID. TLS session caching is off
+ * unless `maxCachedSessions` is given: a resumed session would carry the old SVID on.
+ */
+export function httpsAgent(
+  source: X509SvidSource,
+  authorize: Authorizer,
+  options: HttpsAgentOptions = {},
+): HttpsAgent {
+  const tlsOpts = tlsClientOptions(source, authorize)
+  const agent = new HttpsAgent({
+    maxCachedSessions: 0,
+    ...options,
+    rejectUnauthorized: true,
+    checkServerIdentity: tlsOpts.checkServerIdentity,
+  })
+  Object.defineProperty(agent.options, 'secureContext', {
+    enumerable: true,
+    get: () => currentSecureContext(source),
+  })
+  return agent
 }
 
 export interface SpiffeTlsServerOptions extends TlsOptions {

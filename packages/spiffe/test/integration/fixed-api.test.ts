@@ -6,6 +6,7 @@ import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import { mkdtempSync, rmSync } from 'node:fs'
 import * as http2 from 'node:http2'
+import * as https from 'node:https'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
@@ -18,6 +19,7 @@ import {
   createBundleSource,
   createJWTSource,
   createX509Source,
+  httpsAgent,
   peerSpiffeId,
   tlsClientOptions,
   tlsServerOptions as tlsServerOptionsFor,
@@ -356,4 +358,49 @@ test('PermissionDenied is retried until an entry appears; InvalidArgument closes
     status: grpc.status.INVALID_ARGUMENT,
   })
   assert.equal(doomed.closed, true)
+})
+
+test('httpsAgent: new requests present the client SVID current at connect time', async (t) => {
+  const a = await testCa('a.test')
+  const apiServer = await startFixedWorkloadApi(sock(), await state(a, '/web'))
+  const apiClient = await startFixedWorkloadApi(sock(), await state(a, '/caller'))
+  t.after(() => Promise.all([apiServer.close(), apiClient.close()]))
+  const server = createX509Source({ address: apiServer.address })
+  const client = createX509Source({ address: apiClient.address })
+  t.after(() => {
+    for (const s of [server, client]) s.close()
+  })
+  await Promise.all([server.ready(), client.ready()])
+  const opts = tlsServerOptionsFor(server, authorizeID('spiffe://a.test/caller'))
+  const web = opts.attach(
+    https.createServer(opts, (req, res) => {
+      res.end((req.socket as tls.TLSSocket).getPeerCertificate().serialNumber)
+    }),
+  )
+  web.listen(0, '127.0.0.1')
+  await once(web, 'listening')
+  t.after(() => web.close())
+  const url = `https://127.0.0.1:${(web.address() as { port: number }).port}/`
+  const agent = httpsAgent(client, authorizeID('spiffe://a.test/web'))
+  t.after(() => agent.destroy())
+  const get = () =>
+    new Promise<string>((resolve, reject) => {
+      https
+        .get(url, { agent }, (res) => {
+          let b = ''
+          res.on('data', (d: Buffer) => {
+            b += d.toString()
+          })
+          res.on('end', () => resolve(b))
+        })
+        .on('error', reject)
+    })
+  const first = await get()
+  assert.equal(first.toLowerCase(), client.getX509Svid().serialNumber.toLowerCase())
+  const updated = once(client, 'update')
+  apiClient.set(await state(a, '/caller'))
+  await updated
+  const second = await get()
+  assert.notEqual(second, first)
+  assert.equal(second.toLowerCase(), client.getX509Svid().serialNumber.toLowerCase())
 })
