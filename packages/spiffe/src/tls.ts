@@ -43,6 +43,8 @@ export function contextOptions(source: X509SvidSource): SecureContextOptions {
   return { key: svid.privateKeyPem, cert: svid.certificatesPem, ca }
 }
 
+let instances = 0
+
 const contexts = new WeakMap<X509SvidSource, { gen: number; ctx: SecureContext }>()
 
 /** The client context for the source's current SVID, built once per update. */
@@ -82,6 +84,16 @@ export function tlsClientOptions(
     enumerable: true,
     get: () => currentSecureContext(source),
   })
+  // Node skips checkServerIdentity on a resumed TLS session, and an https.Agent resumes the
+  // sessions it cached under the same pool name: never resume, and make the pool name (which
+  // includes sessionIdContext, unused by clients that pass a secureContext) differ per options
+  // object and SVID, so a socket or session verified for one authorizer never serves another.
+  const instance = ++instances
+  Object.defineProperty(opts, 'session', { enumerable: true, value: undefined })
+  Object.defineProperty(opts, 'sessionIdContext', {
+    enumerable: true,
+    get: () => `spiffe-${instance}-${source.generation}`,
+  })
   return opts as SpiffeTlsClientOptions
 }
 
@@ -103,10 +115,9 @@ export function httpsAgent(
     rejectUnauthorized: true,
     checkServerIdentity: tlsOpts.checkServerIdentity,
   })
-  Object.defineProperty(agent.options, 'secureContext', {
-    enumerable: true,
-    get: () => currentSecureContext(source),
-  })
+  for (const k of ['secureContext', 'sessionIdContext', 'session'] as const) {
+    Object.defineProperty(agent.options, k, Object.getOwnPropertyDescriptor(tlsOpts, k)!)
+  }
   return agent
 }
 

@@ -404,3 +404,39 @@ test('httpsAgent: new requests present the client SVID current at connect time',
   assert.notEqual(second, first)
   assert.equal(second.toLowerCase(), client.getX509Svid().serialNumber.toLowerCase())
 })
+
+test('a shared keep-alive agent never lets one authorizer reuse a socket or session another verified', async (t) => {
+  const a = await testCa('a.test')
+  const apiServer = await startFixedWorkloadApi(sock(), await state(a, '/shared'))
+  const apiClient = await startFixedWorkloadApi(sock(), await state(a, '/caller'))
+  t.after(() => Promise.all([apiServer.close(), apiClient.close()]))
+  const server = createX509Source({ address: apiServer.address })
+  const client = createX509Source({ address: apiClient.address })
+  t.after(() => {
+    for (const s of [server, client]) s.close()
+  })
+  await Promise.all([server.ready(), client.ready()])
+  const opts = tlsServerOptionsFor(server, authorizeAny())
+  const web = opts.attach(https.createServer(opts, (_req, res) => res.end('ok')))
+  web.listen(0, '127.0.0.1')
+  await once(web, 'listening')
+  t.after(() => web.close())
+  const url = `https://127.0.0.1:${(web.address() as { port: number }).port}/`
+  const shared = new https.Agent({ keepAlive: true })
+  t.after(() => shared.destroy())
+  const get = (authorize: ReturnType<typeof authorizeAny>) =>
+    new Promise<string>((resolve) => {
+      https
+        .get(url, { ...tlsClientOptions(client, authorize), agent: shared }, (res) => {
+          res.resume()
+          res.on('end', () => resolve(`status ${res.statusCode}`))
+        })
+        .on('error', (e) => resolve(`error ${(e as { code?: string }).code ?? e.message}`))
+    })
+  assert.equal(await get(authorizeID('spiffe://a.test/shared')), 'status 200')
+  assert.equal(await get(authorizeID('spiffe://a.test/shared')), 'status 200')
+  assert.match(
+    await get(authorizeID('spiffe://a.test/someone-else')),
+    /^error ERR_PEER_UNAUTHORIZED/,
+  )
+})
