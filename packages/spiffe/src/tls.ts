@@ -100,8 +100,8 @@ export function tlsClientOptions(
 /**
  * An https.Agent for `tlsClientOptions`: an Agent copies its options once, which would pin the
  * SVID of that moment, so its `secureContext` is made a getter again. Pooled (keep-alive)
- * connections keep their certificate; new ones take the current SVID. TLS session caching is off
- * unless `maxCachedSessions` is given: a resumed session would carry the old SVID on.
+ * connections keep their certificate; new ones take the current SVID. TLS sessions are never
+ * resumed (see tlsClientOptions), so the session cache is off by default too.
  */
 export function httpsAgent(
   source: X509SvidSource,
