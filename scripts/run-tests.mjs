@@ -2,7 +2,7 @@
 // reads one summary. Explicit file lists keep this identical on Node 20, 22 and 24 (whose --test
 // argument handling differs).
 import { spawnSync } from 'node:child_process'
-import { readdirSync, statSync } from 'node:fs'
+import { existsSync, readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 
 const levels = process.argv.slice(2)
@@ -15,7 +15,17 @@ const walk = (dir) => {
     else if (name.endsWith('.test.js')) files.push(p)
   }
 }
-for (const level of levels) walk(join('dist', 'test', level))
+// Workspace packages (packages/<name>/test/<level>) compile into the same dist tree.
+const packages = existsSync(join('dist', 'packages'))
+  ? readdirSync(join('dist', 'packages')).sort()
+  : []
+for (const level of levels) {
+  walk(join('dist', 'test', level))
+  for (const p of packages) {
+    const dir = join('dist', 'packages', p, 'test', level)
+    if (existsSync(dir)) walk(dir)
+  }
+}
 if (files.length === 0) {
   console.error(
     `run-tests: no compiled tests under dist/test/{${levels.join(',')}}; run npm run build`,

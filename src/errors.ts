@@ -69,6 +69,10 @@ export type ErrorCode =
   | 'ERR_BROKER_ADMIN_AUTH'
   | 'ERR_BROKER_ADMIN_UNREACHABLE'
   | 'ERR_BROKER_ADMIN_UNSAFE'
+  | 'ERR_SOURCE_CLOSED'
+  | 'ERR_SOURCE_TIMEOUT'
+  | 'ERR_SOURCE_NO_SVID'
+  | 'ERR_PEER_UNAUTHORIZED'
 
 export interface ErrorDetails {
   readonly remedy?: string

@@ -22,7 +22,12 @@ test('every error code the code uses is in the ErrorCode union, and each appears
   assert.ok(declared.length > 20, 'the union was found')
   assert.equal(new Set(declared).size, declared.length, 'a code is declared twice')
   const used = new Set<string>()
-  for (const f of [...sources(join(root, 'src')), ...sources(join(root, 'hardware-sim'))]) {
+  const packages = readdirSync(join(root, 'packages')).map((p) => join(root, 'packages', p, 'src'))
+  for (const f of [
+    ...sources(join(root, 'src')),
+    ...sources(join(root, 'hardware-sim')),
+    ...packages.flatMap(sources),
+  ]) {
     for (const m of readFileSync(f, 'utf8').matchAll(/'(ERR_[A-Z0-9_]+)'/g)) used.add(m[1]!)
   }
   const missing = [...used].filter((c) => !declared.includes(c))
