@@ -1,6 +1,7 @@
 import { startAgent } from '../agent/agent.js'
-import { loadAgentConfig } from '../agent/config.js'
+import { parseAgentConfig } from '../agent/config.js'
 import { type Leaf, requireString } from './command.js'
+import { EXPAND_ENV, readConfigText } from './config-source.js'
 
 /** `agent run`: attests (or restores its identity), serves the Workload API until SIGTERM/SIGINT. */
 export const agentRunCommand: Leaf = {
@@ -12,7 +13,12 @@ export const agentRunCommand: Leaf = {
     'when the Workload API is up; logs are JSON lines on stderr (log_format, log_file in the\n' +
     'config); SIGHUP reopens log_file after logrotate.',
   options: {
-    config: { type: 'string', description: 'config file (TOML)', valueName: 'FILE' },
+    config: {
+      type: 'string',
+      description: "config file (TOML, or SPIRE's agent.conf in HCL)",
+      valueName: 'FILE',
+    },
+    expandEnv: EXPAND_ENV,
     'data-dir': { type: 'string', description: 'override agent.data_dir', valueName: 'DIR' },
     'socket-path': { type: 'string', description: 'override agent.socket_path', valueName: 'PATH' },
     'server-address': {
@@ -42,7 +48,14 @@ export const agentRunCommand: Leaf = {
   },
   async run(values, io) {
     const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined)
-    const config = loadAgentConfig(requireString(values, 'config'), {
+    const file = requireString(values, 'config')
+    const src = await readConfigText(file, 'agent', {
+      expandEnv: values.expandEnv === true,
+      env: io.env,
+    })
+    for (const note of src.notes)
+      io.err(`${JSON.stringify({ level: 'warn', component: 'cli', msg: note })}\n`)
+    const config = parseAgentConfig(src.text, file, {
       ...(str('data-dir') ? { dataDir: str('data-dir')! } : {}),
       ...(str('socket-path') ? { socketPath: str('socket-path')! } : {}),
       ...(str('server-address') ? { serverAddress: str('server-address')! } : {}),

@@ -4,6 +4,7 @@ import { packageRoot } from '../common/package-root.js'
 import { agentRunCommand } from './agent-run.js'
 import { agentHealthcheck, apiGroup } from './api.js'
 import { type Group, type Io, runCli } from './command.js'
+import { configGroup, validateCommand } from './config-cmds.js'
 import { serverGroup } from './server.js'
 import { serverRunCommand } from './server-run.js'
 import { simGroup } from './sim.js'
@@ -16,16 +17,17 @@ export const cliTree: Group = {
     'spiffe-edge: a hardware-attested SPIFFE agent and server for edge fleets.\n' +
     'Server (node API, admin), agent (Workload API), TPM diagnostics and hardware-sim.',
   children: [
-    serverGroup(serverRunCommand),
+    serverGroup(serverRunCommand, validateCommand('server')),
     {
       kind: 'group',
       name: 'agent',
       summary: 'the node agent: attests, keeps SVIDs fresh, serves the Workload API',
-      children: [agentRunCommand, agentHealthcheck],
+      children: [agentRunCommand, agentHealthcheck, validateCommand('agent')],
     },
     apiGroup,
     tpmGroup,
     simGroup,
+    configGroup,
   ],
 }
 

@@ -1,7 +1,8 @@
 import { socketPeerCred } from '../native/peercred.js'
-import { loadServerConfig } from '../server/config.js'
+import { parseServerConfig } from '../server/config.js'
 import { startServer } from '../server/server.js'
 import { type Leaf, optionalPort, requireString } from './command.js'
+import { EXPAND_ENV, readConfigText } from './config-source.js'
 
 /** `server run`: runs until SIGTERM/SIGINT, then shuts down gracefully. */
 export const serverRunCommand: Leaf = {
@@ -12,7 +13,12 @@ export const serverRunCommand: Leaf = {
     'Paths in the config are relative to the config file. Flags override the file, so a server can\n' +
     'start in a temp dir with one command line. Logs are JSON lines on stderr.',
   options: {
-    config: { type: 'string', description: 'config file (TOML)', valueName: 'FILE' },
+    config: {
+      type: 'string',
+      description: "config file (TOML, or SPIRE's server.conf in HCL)",
+      valueName: 'FILE',
+    },
+    expandEnv: EXPAND_ENV,
     'data-dir': { type: 'string', description: 'override server.data_dir', valueName: 'DIR' },
     'trust-domain': {
       type: 'string',
@@ -59,7 +65,13 @@ export const serverRunCommand: Leaf = {
       ...(str('admin-socket') ? { adminSocket: str('admin-socket')! } : {}),
       ...(str('tpm-ek-ca') ? { tpmEkCa: str('tpm-ek-ca')! } : {}),
     }
-    const config = loadServerConfig(file, overrides)
+    const src = await readConfigText(file, 'server', {
+      expandEnv: values.expandEnv === true,
+      env: io.env,
+    })
+    for (const note of src.notes)
+      io.err(`${JSON.stringify({ level: 'warn', component: 'cli', msg: note })}\n`)
+    const config = parseServerConfig(src.text, file, overrides)
     // The admin socket checks callers' kernel credentials: without the peercred addon the server
     // refuses to start (ERR_PEERCRED_UNAVAILABLE) instead of admitting everyone who can connect.
     const peerCred = socketPeerCred()

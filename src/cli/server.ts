@@ -113,11 +113,20 @@ const loggerGroup: Group = {
   ],
 }
 
-export function serverGroup(run: Leaf): Group {
+export function serverGroup(run: Leaf, validate: Leaf): Group {
   return {
     kind: 'group',
     name: 'server',
     summary: 'the trust domain server and its admin commands',
-    children: [run, entryGroup, agentGroup, tokenGroup, bundleGroup, loggerGroup, healthcheck],
+    children: [
+      run,
+      validate,
+      entryGroup,
+      agentGroup,
+      tokenGroup,
+      bundleGroup,
+      loggerGroup,
+      healthcheck,
+    ],
   }
 }

@@ -17,8 +17,12 @@ export interface CliProcess {
 export async function startCli(
   args: string[],
   t: { after: (fn: () => Promise<void>) => void },
+  opts: { env?: NodeJS.ProcessEnv } = {},
 ): Promise<CliProcess> {
-  const child = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [cliPath, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(opts.env ? { env: opts.env } : {}),
+  })
   let stderr = ''
   child.stderr!.on('data', (d: Buffer) => {
     stderr += d.toString()
