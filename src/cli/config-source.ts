@@ -8,7 +8,8 @@ import { type ConfigKind, convertSpireConfig, expandEnv, looksLikeHcl } from './
 
 export const EXPAND_ENV: OptionSpec = {
   type: 'boolean',
-  description: 'expand $VAR and ${VAR} in the config from the environment (SPIRE: -expandEnv)',
+  description:
+    'expand environment variables ($VAR, or VAR in $ and braces) in the config (SPIRE: -expandEnv)',
 }
 
 export interface ConfigText {
