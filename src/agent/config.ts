@@ -1,4 +1,4 @@
-import { resolve } from 'node:path'
+import { dirname, resolve } from 'node:path'
 import {
   checkTrustDomain,
   type KeyManagerConfig,
@@ -102,7 +102,7 @@ export function parseAgentConfig(
     else naData = { ...naData, tcti: o.tcti }
   }
 
-  const keyManager = keyManagerConfig(r, plugins, dataDir)
+  const keyManager = keyManagerConfig(r, plugins, dataDir, dirname(resolve(source)))
 
   const wa = r.table(plugins ?? {}, 'WorkloadAttestor', 'plugins.WorkloadAttestor') ?? { unix: {} }
   const workloadAttestors = new Map<string, Table>()

@@ -95,7 +95,7 @@ export function parseServerConfig(
 
   const plugins = r.table(doc, 'plugins', 'plugins')
   r.known(plugins, ['NodeAttestor', 'KeyManager'], 'plugins')
-  const keyManager = keyManagerConfig(r, plugins, dataDir)
+  const keyManager = keyManagerConfig(r, plugins, dataDir, dirname(resolve(source)))
   const na = r.table(plugins ?? {}, 'NodeAttestor', 'plugins.NodeAttestor')
   const nodeAttestors = new Map<string, Table>()
   for (const [name, value] of Object.entries(na ?? { join_token: {} })) {
