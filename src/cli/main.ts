@@ -1,6 +1,7 @@
 import { agentRunCommand } from './agent-run.js'
 import { agentHealthcheck, apiGroup } from './api.js'
 import { type Group, type Io, runCli } from './command.js'
+import { keysGroup } from './keys.js'
 import { serverGroup } from './server.js'
 import { serverRunCommand } from './server-run.js'
 import { simGroup } from './sim.js'
@@ -21,6 +22,7 @@ export const cliTree: Group = {
       children: [agentRunCommand, agentHealthcheck],
     },
     apiGroup,
+    keysGroup,
     tpmGroup,
     simGroup,
   ],
