@@ -12,7 +12,7 @@ import type { KeyType } from '../keymanager/types.js'
 /** Where SPIRE users expect it (SPIRE: /tmp/spire-agent/public/api.sock); `api` commands look here. */
 export const DEFAULT_AGENT_SOCKET = '/tmp/spiffe-edge-agent/public/api.sock'
 
-const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
+const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096']
 
 export interface AgentConfig {
   readonly trustDomain: string

@@ -113,7 +113,7 @@ const testCommand: Leaf = {
     withKeys(values, async (p) => {
       const type = String(values.type ?? 'ec-p256')
       if (!isKeyType(type))
-        throw new UsageError(`--type ${type}: use ec-p256, ec-p384, rsa-2048 or rsa-4096`)
+        throw new UsageError(`--type ${type}: use ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096`)
       const existing = typeof values.key === 'string' ? values.key : undefined
       const id = existing ?? `keys-test-${randomBytes(4).toString('hex')}`
       let key: Key | undefined

@@ -38,7 +38,7 @@ export interface KeyManagerHarness {
   readonly maxLoopDelayMs?: number
 }
 
-const ALL: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
+const ALL: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096']
 
 /** Registers every conformance test for harness `h`, named `${name} key manager conformance`. */
 export function runKeyManagerConformance(name: string, h: KeyManagerHarness): void {
@@ -75,6 +75,7 @@ export function runKeyManagerConformance(name: string, h: KeyManagerHarness): vo
           if (type === 'ec-p256') assert.equal(sig.length, 64) // P1363 r||s, not DER
           if (type === 'ec-p384') assert.equal(sig.length, 96)
           if (type === 'rsa-2048') assert.equal(sig.length, 256)
+          if (type === 'rsa-3072') assert.equal(sig.length, 384)
           if (type === 'rsa-4096') assert.equal(sig.length, 512)
           const again = await km.getKey(key.id)
           assert.ok(again)

@@ -15,6 +15,7 @@ import pkcs11js from 'pkcs11js'
 import { initSoftHsm, type SoftHsmToken } from '../../hardware-sim/softhsm.js'
 import { Pkcs11KeyManager, type Pkcs11Options } from '../../src/keymanager/pkcs11/manager.js'
 import { loadedModuleCount, Pkcs11Module } from '../../src/keymanager/pkcs11/module.js'
+import { KEY_TYPES } from '../../src/keymanager/types.js'
 import { runKeyManagerConformance, verifies } from '../helpers/keymanager-conformance.js'
 
 const stateDir = mkdtempSync(join(tmpdir(), 'spiffe-edge-km-p11-'))
@@ -39,7 +40,7 @@ runKeyManagerConformance('pkcs11', {
   make: () => Pkcs11KeyManager.open(options(`t${++n}-${randomBytes(3).toString('hex')}`)),
   reopen: (km) => Pkcs11KeyManager.open(options((km as Pkcs11KeyManager).prefix)),
   close: (km) => (km as Pkcs11KeyManager).close(),
-  keyTypes: ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096'],
+  keyTypes: KEY_TYPES,
   neverOverwrites: true,
 })
 

@@ -15,6 +15,7 @@ import type { KeyObject } from 'node:crypto'
 import { randomBytes } from 'node:crypto'
 import pkcs11js from 'pkcs11js'
 import {
+  KEY_TYPES,
   type Key,
   type KeyManager,
   KeyManagerError,
@@ -46,7 +47,7 @@ export interface Pkcs11Options {
 }
 
 /** What PKCS#11 makes: the core's key types. */
-export const PKCS11_KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
+export const PKCS11_KEY_TYPES: readonly KeyType[] = KEY_TYPES
 
 export interface Pkcs11Key extends Key {
   readonly label: string

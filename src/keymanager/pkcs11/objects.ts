@@ -15,7 +15,11 @@ const CURVES = {
   'ec-p384': { params: Buffer.from('06052b81040022', 'hex'), crv: 'P-384', size: 48 },
 } as const
 
-const RSA_BITS: Partial<Record<KeyType, number>> = { 'rsa-2048': 2048, 'rsa-4096': 4096 }
+const RSA_BITS: Partial<Record<KeyType, number>> = {
+  'rsa-2048': 2048,
+  'rsa-3072': 3072,
+  'rsa-4096': 4096,
+}
 
 export interface KeyPairHandles {
   readonly privateKey: pkcs11js.Handle
