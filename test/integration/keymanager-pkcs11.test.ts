@@ -271,3 +271,82 @@ test('pkcs11: a second manager with another prefix does not see or touch our key
     b.close()
   }
 })
+
+// SoftHSM2 never reports these; real HSMs and USB tokens do. Injected into the real module's
+// C_SignAsync once: the manager must reinitialize the module (a new generation), log in again and
+// sign with the same key, with no error reaching the caller.
+for (const ckr of [
+  'CKR_DEVICE_REMOVED',
+  'CKR_SESSION_HANDLE_INVALID',
+  'CKR_TOKEN_NOT_PRESENT',
+] as const) {
+  test(`pkcs11: ${ckr} from the token reopens it and the signature is retried`, () =>
+    withManager(`inject-${ckr.slice(4, 14).toLowerCase()}`, async (km) => {
+      const key = await km.generateKey('k', 'ec-p256')
+      const mod = Pkcs11Module.acquire(token.modulePath)
+      const real = mod.p.C_SignAsync
+      let injected = 0
+      mod.p.C_SignAsync = (...args: Parameters<typeof real>) => {
+        if (injected++ === 0) {
+          const code = (pkcs11js as unknown as Record<string, number>)[ckr]!
+          return Promise.reject(new pkcs11js.Pkcs11Error(`${ckr}:${code}`, code, 'C_SignAsync'))
+        }
+        return real.apply(mod.p, args)
+      }
+      try {
+        const before = mod.generation
+        const msg = Buffer.from('after a reopen')
+        assert.ok(verifies(key, await key.sign(msg), msg))
+        assert.equal(injected, 2, 'failed once, then signed')
+        assert.equal(mod.generation, before + 1, 'the module was reinitialized once')
+      } finally {
+        mod.p.C_SignAsync = real
+        mod.release()
+      }
+    }))
+}
+
+test('pkcs11: a token that never comes back fails after bounded retries, with a code and remedy', () =>
+  withManager('dead', async (km) => {
+    const key = await km.generateKey('k', 'ec-p256')
+    const mod = Pkcs11Module.acquire(token.modulePath)
+    const real = mod.p.C_SignAsync
+    let calls = 0
+    mod.p.C_SignAsync = () => {
+      calls++
+      const code = pkcs11js.CKR_DEVICE_REMOVED
+      return Promise.reject(
+        new pkcs11js.Pkcs11Error(`CKR_DEVICE_REMOVED:${code}`, code, 'C_SignAsync'),
+      )
+    }
+    try {
+      await assert.rejects(
+        key.sign(Buffer.from('x')),
+        (err: { code?: string; remedy?: string }) => {
+          assert.equal(err.code, 'ERR_PKCS11_TOKEN_REMOVED')
+          assert.match(err.remedy ?? '', /HSM or token is connected/)
+          return true
+        },
+      )
+      assert.equal(calls, 3, 'one try and two retries, no more')
+    } finally {
+      mod.p.C_SignAsync = real
+      mod.release()
+    }
+    const msg = Buffer.from('works again')
+    assert.ok(verifies(key, await key.sign(msg), msg))
+  }))
+
+test('pkcs11: one session still serves 100 concurrent signatures, in order of arrival', async () => {
+  const km = await Pkcs11KeyManager.open(options('one-session', { maxSessions: 1 }))
+  try {
+    const key = await km.generateKey('k', 'ec-p256')
+    const msgs = Array.from({ length: 100 }, (_, i) => Buffer.from(`m${i}`))
+    const sigs = await Promise.all(msgs.map((m) => key.sign(m)))
+    sigs.forEach((s, i) => {
+      assert.ok(verifies(key, s, msgs[i]))
+    })
+  } finally {
+    km.close()
+  }
+})
