@@ -41,6 +41,12 @@ async function openFromConfig(file: string): Promise<KeyManagerPlugin & { role: 
   }
   if (/^\s*\[agent\]/m.test(text)) {
     const c = parseAgentConfig(text, file)
+    if (c.nodeAttestor.name === 'tpm') {
+      // The TPM attestor certifies the SVID key, so it lives in the TPM whatever KeyManager says.
+      throw new ConfigError(file, [
+        'plugins.NodeAttestor.tpm: the agent SVID key lives in the TPM, not in plugins.KeyManager; inspect the TPM with `spiffe-edge tpm info`',
+      ])
+    }
     return { ...(await buildKeyManager(AGENT_KEY_MANAGERS, c.keyManager, 'agent')), role: 'agent' }
   }
   throw new ConfigError(file, ['neither a [server] nor an [agent] config'])
