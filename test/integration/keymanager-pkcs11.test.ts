@@ -337,16 +337,37 @@ test('pkcs11: a token that never comes back fails after bounded retries, with a 
     assert.ok(verifies(key, await key.sign(msg), msg))
   }))
 
-test('pkcs11: one session still serves 100 concurrent signatures, in order of arrival', async () => {
-  const km = await Pkcs11KeyManager.open(options('one-session', { maxSessions: 1 }))
-  try {
-    const key = await km.generateKey('k', 'ec-p256')
-    const msgs = Array.from({ length: 100 }, (_, i) => Buffer.from(`m${i}`))
-    const sigs = await Promise.all(msgs.map((m) => key.sign(m)))
-    sigs.forEach((s, i) => {
-      assert.ok(verifies(key, s, msgs[i]))
-    })
-  } finally {
-    km.close()
-  }
-})
+for (const maxSessions of [1, 3]) {
+  test(`pkcs11: ${maxSessions} session(s) serve 100 concurrent signatures; no more are opened`, async () => {
+    const km = await Pkcs11KeyManager.open(options(`sessions-${maxSessions}`, { maxSessions }))
+    const mod = Pkcs11Module.acquire(token.modulePath)
+    const real = mod.p.C_SignAsync
+    const used = new Set<string>()
+    let inFlight = 0
+    let most = 0
+    // Which sessions sign, and how many signatures are inside the token at once.
+    mod.p.C_SignAsync = async (...args: Parameters<typeof real>) => {
+      used.add(args[0].toString('hex'))
+      most = Math.max(most, ++inFlight)
+      try {
+        return await real.apply(mod.p, args)
+      } finally {
+        inFlight--
+      }
+    }
+    try {
+      const key = await km.generateKey('k', 'ec-p256')
+      const msgs = Array.from({ length: 100 }, (_, i) => Buffer.from(`m${i}`))
+      const sigs = await Promise.all(msgs.map((m) => key.sign(m)))
+      sigs.forEach((s, i) => {
+        assert.ok(verifies(key, s, msgs[i]))
+      })
+      assert.equal(used.size, maxSessions, 'sessions opened up to the bound, and no more')
+      assert.equal(most, maxSessions, 'one signature per session at a time')
+    } finally {
+      mod.p.C_SignAsync = real
+      mod.release()
+      km.close()
+    }
+  })
+}
