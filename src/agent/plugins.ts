@@ -50,6 +50,8 @@ export interface NodeIdentity {
   readonly keyManager: KeyManager
   /** False while the agent's TPM is unreachable (TPM attestation only). */
   readonly tpmHealthy?: () => boolean
+  /** False while the key manager cannot reach its keys (an HSM token gone). */
+  readonly keysHealthy?: () => boolean
   close(): Promise<void>
 }
 
@@ -77,6 +79,7 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
       return {
         attestor: config.joinToken ? joinTokenAgentAttestor(config.joinToken) : missingJoinToken(),
         keyManager: keys.keyManager,
+        ...(keys.healthy ? { keysHealthy: keys.healthy } : {}),
         close: async () => keys.close(),
       }
     },

@@ -18,6 +18,8 @@ export interface KeyManagerPlugin {
   readonly directory?: string
   /** Whether keys survive a restart (memory: no). */
   readonly persistent: boolean
+  /** False while the keys cannot be reached (a token gone); absent: always reachable. */
+  readonly healthy?: () => boolean
   close(): Promise<void> | void
 }
 
@@ -55,7 +57,13 @@ export const memoryPlugin: KeyManagerFactory = async (cfg) => {
 
 export const pkcs11Plugin: KeyManagerFactory = async (cfg) => {
   const km = await Pkcs11KeyManager.open(parsePkcs11Config(cfg.data, cfg.configDir))
-  return { name: 'pkcs11', keyManager: km, persistent: true, close: () => km.close() }
+  return {
+    name: 'pkcs11',
+    keyManager: km,
+    persistent: true,
+    healthy: () => km.healthy(),
+    close: () => km.close(),
+  }
 }
 
 /** Builds the configured key manager from `catalog`; an unknown name is refused listing it. */

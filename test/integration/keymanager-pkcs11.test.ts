@@ -243,11 +243,13 @@ test('pkcs11: a token that vanishes mid-run fails with a code, and signing resum
         return true
       },
     )
+    assert.equal(km.healthy(), false, 'unhealthy while the token is gone')
     renameSync(saved, tokens)
     // The manager looks for a missing token again at most once a second.
     await new Promise((r) => setTimeout(r, 1100))
     const sig = await key.sign(Buffer.from('back'))
     assert.ok(verifies(key, sig, Buffer.from('back')))
+    assert.equal(km.healthy(), true, 'healthy again')
     const all = await Promise.all(
       Array.from({ length: 20 }, (_, i) => key.sign(Buffer.from(`${i}`))),
     )

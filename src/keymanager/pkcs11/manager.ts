@@ -76,6 +76,7 @@ export class Pkcs11KeyManager implements KeyManager {
   private readonly entries = new Map<string, Entry>()
   private pss: boolean | undefined
   private lastMissingReopen = 0
+  private tokenLost = false
   private closed = false
 
   private constructor(token: Pkcs11Token, prefix: string) {
@@ -113,25 +114,31 @@ export class Pkcs11KeyManager implements KeyManager {
     for (let attempt = 0; ; attempt++) {
       const generation = this.token.currentGeneration
       try {
-        return await this.token.withSession((p, s) => fn(p, s, generation))
+        const out = await this.token.withSession((p, s) => fn(p, s, generation))
+        this.tokenLost = false
+        return out
       } catch (err) {
-        if (attempt >= 2) throw fromPkcs11(what, err)
-        if (isHandleGone(err)) {
-          onHandleGone?.()
-          continue
+        if (attempt < 2) {
+          if (isHandleGone(err)) {
+            onHandleGone?.()
+            continue
+          }
+          if (isTokenGone(err)) {
+            await this.token.reopen(generation)
+            continue
+          }
+          const missing = (err as { code?: unknown }).code === 'ERR_PKCS11_TOKEN_MISSING'
+          if (missing && Date.now() - this.lastMissingReopen >= TOKEN_RETRY_MS) {
+            // Some modules (SoftHSM2, several USB tokens) only see a token again after reinit.
+            this.lastMissingReopen = Date.now()
+            await this.token.reopen(generation)
+            continue
+          }
         }
-        if (isTokenGone(err)) {
-          await this.token.reopen(generation)
-          continue
-        }
-        const missing = (err as { code?: unknown }).code === 'ERR_PKCS11_TOKEN_MISSING'
-        if (missing && Date.now() - this.lastMissingReopen >= TOKEN_RETRY_MS) {
-          // Some modules (SoftHSM2, several USB tokens) only see a token again after reinit.
-          this.lastMissingReopen = Date.now()
-          await this.token.reopen(generation)
-          continue
-        }
-        throw fromPkcs11(what, err)
+        const e = fromPkcs11(what, err)
+        if (e.code === 'ERR_PKCS11_TOKEN_REMOVED' || e.code === 'ERR_PKCS11_TOKEN_MISSING')
+          this.tokenLost = true
+        throw e
       }
     }
   }
@@ -312,6 +319,11 @@ export class Pkcs11KeyManager implements KeyManager {
         p.C_DestroyObject(s, h)
       }
     })
+  }
+
+  /** False while the token is gone (the last call failed for it): the agent's readiness. */
+  healthy(): boolean {
+    return !this.tokenLost && !this.closed
   }
 
   /** Whether the token offers RSA-PSS (then RSA keys have signPss). */
