@@ -34,13 +34,13 @@ export async function generatePair(
   label: string,
   ckaId: Buffer,
 ): Promise<KeyPairHandles> {
-  const common = [
+  const common: pkcs11js.Template = [
     { type: pkcs11js.CKA_TOKEN, value: true },
     { type: pkcs11js.CKA_LABEL, value: label },
     { type: pkcs11js.CKA_ID, value: ckaId },
   ]
-  const pub = [...common, { type: pkcs11js.CKA_VERIFY, value: true }]
-  const priv = [
+  const pub: pkcs11js.Template = [...common, { type: pkcs11js.CKA_VERIFY, value: true }]
+  const priv: pkcs11js.Template = [
     ...common,
     { type: pkcs11js.CKA_PRIVATE, value: true },
     { type: pkcs11js.CKA_SENSITIVE, value: true },
@@ -51,7 +51,7 @@ export async function generatePair(
   let mechanism: number
   if (type === 'ec-p256' || type === 'ec-p384') {
     mechanism = pkcs11js.CKM_EC_KEY_PAIR_GEN
-    pub.push({ type: pkcs11js.CKA_EC_PARAMS, value: CURVES[type].params as never })
+    pub.push({ type: pkcs11js.CKA_EC_PARAMS, value: CURVES[type].params })
   } else {
     const bits = RSA_BITS[type]
     if (bits === undefined) {
@@ -59,8 +59,8 @@ export async function generatePair(
     }
     mechanism = pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN
     pub.push(
-      { type: pkcs11js.CKA_MODULUS_BITS, value: bits as never },
-      { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) as never },
+      { type: pkcs11js.CKA_MODULUS_BITS, value: bits },
+      { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
     )
   }
   try {
