@@ -16,6 +16,7 @@ import { joinTokenAgentAttestor } from '../../src/attestors/join-token/agent.js'
 import { x509 } from '../../src/common/x509.js'
 import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import { Pkcs11KeyManager } from '../../src/keymanager/pkcs11/manager.js'
+import { Pkcs11Module } from '../../src/keymanager/pkcs11/module.js'
 import { createCsr } from '../../src/spiffe/csr.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
 import { GrpcNodeClient } from '../../src/transport/grpc-client.js'
@@ -172,4 +173,62 @@ test('server with RSA-3072 CA and JWT keys in SoftHSM2: SVIDs verify, restart ke
     code: 'ERR_KEY_MANAGER',
     message: /the key manager does not hold: x509-ca-/,
   })
+})
+
+test('a batch of CSRs is signed on several token sessions at once, results in request order', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-server-p11-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const token = await initSoftHsm({ stateDir: join(dir, 'hsm'), label: 'srv' })
+  process.env.SOFTHSM2_CONF = token.env.SOFTHSM2_CONF
+  const pinFile = join(dir, 'pin')
+  writeFileSync(pinFile, token.pin, { mode: 0o600 })
+  chmodSync(pinFile, 0o600)
+  await using s = await startTestServer({
+    extraToml: tokenToml(token, pinFile).replace('ca_key_type = "rsa-3072"\n', ''),
+  })
+  const keys = new MemoryKeyManager()
+  const agentKey = await keys.generateKey('agent', 'ec-p256')
+  const client = new GrpcNodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
+  // The server's module, shared in this process: every CA signature takes 30 ms, as on a slow HSM.
+  const mod = Pkcs11Module.acquire(token.modulePath)
+  const real = mod.p.C_SignAsync
+  let inFlight = 0
+  let most = 0
+  try {
+    const att = await client.attestAgent(joinTokenAgentAttestor(await s.token()), agentKey)
+    const auth = { spiffeId: att.svid.spiffeId, chain: att.svid.certChain, signer: agentKey }
+    const entries = await Promise.all(
+      ['a', 'b'].map((n) =>
+        s.admin('POST', '/v1/entries', {
+          spiffe_id: `spiffe://example.org/${n}`,
+          parent_id: att.svid.spiffeId,
+          selectors: [{ type: 'unix', value: `uid:${n === 'a' ? 1 : 2}` }],
+        }),
+      ),
+    )
+    const csr = await createCsr(await keys.generateKey('w', 'ec-p256'))
+    const params = Array.from({ length: 16 }, (_, i) => ({
+      entryId: String(entries[i % 2]!.id),
+      csr,
+    }))
+    mod.p.C_SignAsync = async (...args: Parameters<typeof real>) => {
+      most = Math.max(most, ++inFlight)
+      try {
+        await new Promise((r) => setTimeout(r, 30))
+        return await real.apply(mod.p, args)
+      } finally {
+        inFlight--
+      }
+    }
+    const batch = await client.call('BatchNewX509SVID', { params }, auth)
+    assert.deepEqual(
+      batch.results.map((r) => r.svid?.spiffeId),
+      params.map((_, i) => `spiffe://example.org/${i % 2 === 0 ? 'a' : 'b'}`),
+    )
+    assert.ok(most >= 2, `signatures overlapped in the token (at most ${most} at once)`)
+  } finally {
+    mod.p.C_SignAsync = real
+    mod.release()
+    client.close()
+  }
 })
