@@ -8,11 +8,16 @@
 # DEMO_ATTESTOR=aws_iid|gcp_iit|azure_msi with that cloud node attestor against its simulated
 # instance-metadata service (spiffe-edge sim cloud aws|gcp|azure), which signs with a local
 # certificate or JWKS that the demo server is configured to trust.
+# DEMO_KEYS=pkcs11 keeps the server's CA and JWT keys and the agent's SVID key in a SoftHSM2 token
+# (`sim hsm init`) instead of key files; the agent then attests with a join token (with the TPM
+# attestor its SVID key must live in the TPM) unless DEMO_ATTESTOR says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 
-attestor="${DEMO_ATTESTOR:-tpm}"
+keys="${DEMO_KEYS:-disk}"
+case "$keys" in disk | pkcs11) ;; *) echo "DEMO_KEYS must be disk or pkcs11" >&2; exit 2 ;; esac
+if [ "$keys" = pkcs11 ]; then attestor="${DEMO_ATTESTOR:-join_token}"; else attestor="${DEMO_ATTESTOR:-tpm}"; fi
 case "$attestor" in
   tpm | join_token) cloud="" ;;
   aws_iid) cloud=aws ;;
@@ -88,6 +93,28 @@ elif [ "$attestor" = tpm ]; then
 else
   server_args=(--config examples/local/server.conf)
 fi
+# Keys in a token: the same configs with [plugins.KeyManager.disk] replaced by the token's settings.
+# The PIN goes to a 0600 file (a config never holds it); SoftHSM2 finds its store via SOFTHSM2_CONF.
+with_pkcs11() { # <example config> <copy> <key_label_prefix>
+  awk -v block="[plugins.KeyManager.pkcs11]\nmodule_path = \"$hsm_module\"\ntoken_label = \"$hsm_label\"\npin_file = \"$state/hsm.pin\"\nkey_label_prefix = \"$3\"" \
+    '$0 == "[plugins.KeyManager.disk]" { print block; next } { print }' "$1" >"$2.tmp"
+  mv "$2.tmp" "$2" # $1 may be $2 (the cloud demo writes its own configs)
+}
+if [ "$keys" = pkcs11 ]; then
+  echo
+  echo "== spiffe-edge sim hsm init --state $state/hsm"
+  hsm="$(./bin/spiffe-edge sim hsm init --state "$state/hsm")"
+  echo "$hsm" | sed -E 's/"(so_)?pin":"[^"]*"/"\1pin":"<hidden>"/g'
+  export SOFTHSM2_CONF="$(json "$hsm" softhsm2_conf)"
+  hsm_module="$(json "$hsm" module)"
+  hsm_label="$(json "$hsm" token_label)"
+  (umask 077 && json "$hsm" pin >"$state/hsm.pin")
+  with_pkcs11 "${server_args[1]}" "$state/server.conf" server
+  server_args[1]="$state/server.conf"
+  echo
+  echo "== spiffe-edge keys test --config $state/server.conf   (the server's key manager: the SoftHSM2 token)"
+  ./bin/spiffe-edge keys test --config "$state/server.conf"
+fi
 echo "== spiffe-edge server run ${server_args[*]} --data-dir $state/server --port 0"
 ./bin/spiffe-edge server run "${server_args[@]}" --data-dir "$state/server" --port 0 \
   >"$state/server.out" 2>"$state/server.log" &
@@ -122,6 +149,10 @@ echo "== spiffe-edge server entry create --parentID spiffe://example.org/gateway
 ./bin/spiffe-edge server entry create --admin-socket "$sock" \
   --parentID spiffe://example.org/gateway/1 --spiffeID spiffe://example.org/demo --selector "unix:uid:$(id -u)"
 
+if [ "$keys" = pkcs11 ] && [ "$attestor" != tpm ]; then
+  with_pkcs11 "${agent_args[1]}" "$state/agent.conf" agent
+  agent_args[1]="$state/agent.conf"
+fi
 echo "== spiffe-edge agent run ${agent_args[*]} --socket-path $api"
 ./bin/spiffe-edge agent run "${agent_args[@]}" --data-dir "$state/agent" --socket-path "$api" \
   --server-address "$address" >"$state/agent.out" 2>"$state/agent.log" &
@@ -141,6 +172,17 @@ echo
 echo "== spiffe-edge api fetch jwt --audience demo --socket-path $api"
 ./bin/spiffe-edge api fetch jwt --audience demo --socket-path "$api"
 
+if [ "$keys" = pkcs11 ]; then
+  echo
+  echo "== spiffe-edge keys list --config $state/server.conf   (CA and JWT keys: objects in the SoftHSM2 token, no key files)"
+  ./bin/spiffe-edge keys list --config "$state/server.conf"
+  if [ "$attestor" != tpm ]; then
+    echo "== spiffe-edge keys list --config $state/agent.conf   (the agent SVID key: in the token too)"
+    ./bin/spiffe-edge keys list --config "$state/agent.conf"
+  fi
+  echo "key files on disk: $(find "$state/server" "$state/agent" -name '*.key.pem' | wc -l)"
+  echo "keys: the server's CA and JWT keys$([ "$attestor" != tpm ] && echo " and the agent's SVID key") live in SoftHSM2 token '$hsm_label' (DEMO_KEYS=pkcs11)"
+fi
 if [ -n "$cloud" ]; then
   echo "== spiffe-edge sim cloud $cloud stop --state $state/cloud"
   ./bin/spiffe-edge sim cloud "$cloud" stop --state "$state/cloud"

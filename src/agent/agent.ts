@@ -179,7 +179,10 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
     trustDomain: td,
     log,
     // An expired agent SVID means nothing new can be issued: report it like SPIRE does.
-    ready: () => manager.health().ready && (identity.tpmHealthy?.() ?? true),
+    ready: () =>
+      manager.health().ready &&
+      (identity.tpmHealthy?.() ?? true) &&
+      (identity.keysHealthy?.() ?? true),
   })
   let health: HealthListener | undefined
   if (config.healthChecks) {

@@ -1,4 +1,4 @@
-import { resolve } from 'node:path'
+import { dirname, resolve } from 'node:path'
 import {
   checkTrustDomain,
   type KeyManagerConfig,
@@ -14,7 +14,7 @@ import type { KeyType } from '../keymanager/types.js'
 /** Where SPIRE users expect it (SPIRE: /tmp/spire-agent/public/api.sock); `api` commands look here. */
 export const DEFAULT_AGENT_SOCKET = '/tmp/spiffe-edge-agent/public/api.sock'
 
-const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
+const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096']
 
 export interface AgentConfig {
   readonly trustDomain: string
@@ -110,7 +110,7 @@ export function parseAgentConfig(
     else naData = { ...naData, tcti: o.tcti }
   }
 
-  const keyManager = keyManagerConfig(r, plugins, dataDir)
+  const keyManager = keyManagerConfig(r, plugins, dataDir, dirname(resolve(source)))
 
   const wa = r.table(plugins ?? {}, 'WorkloadAttestor', 'plugins.WorkloadAttestor') ?? { unix: {} }
   const workloadAttestors = new Map<string, Table>()

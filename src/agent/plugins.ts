@@ -9,8 +9,13 @@ import { parseTpmAgentConfig, tpmAgentAttestor } from '../attestors/tpm/agent.js
 import type { AgentNodeAttestor } from '../attestors/types.js'
 import { ConfigError, type Table } from '../common/config.js'
 import { SpiffeEdgeError } from '../errors.js'
-import { DiskKeyManager } from '../keymanager/disk.js'
-import { MemoryKeyManager } from '../keymanager/memory.js'
+import {
+  buildKeyManager,
+  diskPlugin,
+  type KeyManagerFactory,
+  memoryPlugin,
+  pkcs11Plugin,
+} from '../keymanager/catalog.js'
 import { type TpmKey, TpmKeyManager } from '../keymanager/tpm.js'
 import type { KeyManager } from '../keymanager/types.js'
 import { TpmContext } from '../tpm/context.js'
@@ -46,13 +51,17 @@ export interface NodeIdentity {
   readonly keyManager: KeyManager
   /** False while the agent's TPM is unreachable (TPM attestation only). */
   readonly tpmHealthy?: () => boolean
+  /** False while the key manager cannot reach its keys (an HSM token gone). */
+  readonly keysHealthy?: () => boolean
   close(): Promise<void>
 }
 
-const softwareKeys = (config: AgentConfig): KeyManager =>
-  config.keyManager.kind === 'disk'
-    ? new DiskKeyManager(config.keyManager.directory)
-    : new MemoryKeyManager()
+/** Where the agent SVID key lives for attestors that do not bring their own (join token). */
+export const KEY_MANAGERS: ReadonlyMap<string, KeyManagerFactory> = new Map([
+  ['disk', diskPlugin],
+  ['memory', memoryPlugin],
+  ['pkcs11', pkcs11Plugin],
+])
 
 type NodeAttestorFactory = (config: AgentConfig, data: Table) => Promise<NodeIdentity>
 
@@ -66,11 +75,13 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
     async (config, data) => {
       if (Object.keys(data).length > 0)
         throw new ConfigError('plugins.NodeAttestor.join_token', ['takes no settings'])
+      const keys = await buildKeyManager(KEY_MANAGERS, config.keyManager, 'agent')
       // Without a token, attestation fails with a clear error; a restart with saved state needs none.
       return {
         attestor: config.joinToken ? joinTokenAgentAttestor(config.joinToken) : missingJoinToken(),
-        keyManager: softwareKeys(config),
-        close: async () => undefined,
+        keyManager: keys.keyManager,
+        ...(keys.healthy ? { keysHealthy: keys.healthy } : {}),
+        close: async () => keys.close(),
       }
     },
   ],
@@ -115,7 +126,7 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
       }
     },
   ],
-  ...cloudNodeAttestors(softwareKeys),
+  ...cloudNodeAttestors((config) => buildKeyManager(KEY_MANAGERS, config.keyManager, 'agent')),
 ])
 
 /** The configured node attestor from the catalog; an unknown one is refused listing what exists. */

@@ -5,6 +5,7 @@ import { agentRunCommand } from './agent-run.js'
 import { agentHealthcheck, apiGroup } from './api.js'
 import { type Group, type Io, runCli } from './command.js'
 import { configGroup, validateCommand } from './config-cmds.js'
+import { keysGroup } from './keys.js'
 import { serverGroup } from './server.js'
 import { serverRunCommand } from './server-run.js'
 import { simGroup } from './sim.js'
@@ -25,6 +26,7 @@ export const cliTree: Group = {
       children: [agentRunCommand, agentHealthcheck, validateCommand('agent')],
     },
     apiGroup,
+    keysGroup,
     tpmGroup,
     simGroup,
     configGroup,

@@ -215,28 +215,32 @@ export function readConfigFile(file: string): string {
   }
 }
 
-export type KeyManagerConfig =
-  | { readonly kind: 'disk'; readonly directory: string }
-  | { readonly kind: 'memory' }
+/**
+ * `[plugins.KeyManager.<name>]`: exactly one, by name, with its settings kept raw; the key manager
+ * catalog (src/keymanager/catalog.ts, listed per process in server/plugins.ts and
+ * agent/plugins.ts) validates them and refuses names it does not have. Default: disk.
+ */
+export interface KeyManagerConfig {
+  readonly name: string
+  readonly data: Table
+  /** Where a disk key directory defaults to (<data_dir>/keys). */
+  readonly dataDir: string
+  /** Relative paths in the settings resolve against the config file's folder. */
+  readonly configDir: string
+}
 
-/** `[plugins.KeyManager]`: exactly one of disk (directory defaults to <data_dir>/keys) or memory. */
 export function keyManagerConfig(
   r: ConfigReader,
   plugins: Table | undefined,
   dataDir: string,
+  configDir: string,
 ): KeyManagerConfig {
-  const km = r.table(plugins ?? {}, 'KeyManager', 'plugins.KeyManager')
-  r.known(km, ['disk', 'memory'], 'plugins.KeyManager')
-  if (km && Object.keys(km).length !== 1)
-    r.problems.push('plugins.KeyManager: configure exactly one')
-  if (km?.memory !== undefined) return { kind: 'memory' }
-  const disk = r.table(km ?? {}, 'disk', 'plugins.KeyManager.disk')
-  r.known(disk, ['directory'], 'plugins.KeyManager.disk')
-  const fallback = resolve(dataDir, 'keys')
-  return {
-    kind: 'disk',
-    directory: disk ? r.path(disk, 'directory', 'plugins.KeyManager.disk', fallback)! : fallback,
-  }
+  const km = r.table(plugins ?? {}, 'KeyManager', 'plugins.KeyManager') ?? { disk: {} }
+  const names = Object.keys(km)
+  if (names.length !== 1) r.problems.push('plugins.KeyManager: configure exactly one')
+  const name = names[0] ?? 'disk'
+  const data = r.table(km, name, `plugins.KeyManager.${name}`) ?? {}
+  return { name, data, dataDir, configDir }
 }
 
 /** Records a problem unless `name` is a valid trust domain name. */

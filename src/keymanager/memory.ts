@@ -18,7 +18,7 @@ export function generateSoftwareKeyPair(
     return Promise.reject(
       new KeyManagerError(
         `unsupported key type ${JSON.stringify(keyType)}`,
-        'use ec-p256, ec-p384, rsa-2048 or rsa-4096',
+        'use ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096',
       ),
     )
   }

@@ -45,6 +45,8 @@ export function generateOptions(
       return { type: 'ec', namedCurve: 'secp384r1' }
     case 'rsa-2048':
       return { type: 'rsa', modulusLength: 2048 }
+    case 'rsa-3072':
+      return { type: 'rsa', modulusLength: 3072 }
     case 'rsa-4096':
       return { type: 'rsa', modulusLength: 4096 }
   }
@@ -60,6 +62,7 @@ export function keyTypeOf(key: KeyObject): KeyType | undefined {
     // Only the common exponent: hardware keys use it, and odd exponents are a red flag.
     if (d?.publicExponent !== undefined && d.publicExponent !== 65537n) return undefined
     if (d?.modulusLength === 2048) return 'rsa-2048'
+    if (d?.modulusLength === 3072) return 'rsa-3072'
     if (d?.modulusLength === 4096) return 'rsa-4096'
   }
   return undefined

@@ -11,8 +11,8 @@ import {
 import { type HealthChecksConfig, healthChecksConfig } from '../common/health-http.js'
 import type { LogConfig } from '../common/log.js'
 
-export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-4096'
-const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
+export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-3072' | 'rsa-4096'
+const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096']
 
 export interface ServerConfig {
   readonly trustDomain: string
@@ -103,7 +103,7 @@ export function parseServerConfig(
 
   const plugins = r.table(doc, 'plugins', 'plugins')
   r.known(plugins, ['NodeAttestor', 'KeyManager'], 'plugins')
-  const keyManager = keyManagerConfig(r, plugins, dataDir)
+  const keyManager = keyManagerConfig(r, plugins, dataDir, dirname(resolve(source)))
   const na = r.table(plugins ?? {}, 'NodeAttestor', 'plugins.NodeAttestor')
   const nodeAttestors = new Map<string, Table>()
   for (const [name, value] of Object.entries(na ?? { join_token: {} })) {

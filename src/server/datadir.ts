@@ -6,6 +6,7 @@ import { chmodSync, existsSync, renameSync, statSync } from 'node:fs'
 import type { Log } from '../common/log.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { keyFileNames } from '../keymanager/disk.js'
+import type { KeyManager } from '../keymanager/types.js'
 import type { Datastore } from './datastore/types.js'
 
 /**
@@ -72,6 +73,30 @@ export async function refuseKeysWithoutDatastore(
     {
       remedy:
         'restore datastore.sqlite3 from a backup; or, to start a new CA on purpose, run `server run --reset`, which moves the datastore and keys aside (agents must then trust the new bundle)',
+    },
+  )
+}
+
+/**
+ * The same check for keys that live in a token: the datastore has no CA journal but the token
+ * holds keys under our label prefix. `--reset` cannot move keys in an HSM aside, so the way out
+ * is another prefix (or deleting them with the vendor's tool).
+ */
+export async function refuseTokenKeysWithoutDatastore(
+  datastore: Datastore,
+  keyManager: KeyManager,
+  where: string,
+  datastorePath: string,
+): Promise<void> {
+  if ((await datastore.getJournal('ca')) !== undefined) return
+  const ids = (await keyManager.listKeys()).map((k) => k.id)
+  if (ids.length === 0) return
+  throw new SpiffeEdgeError(
+    'ERR_DATASTORE_MISSING',
+    `${where} holds CA keys (${ids.slice(0, 3).join(', ')}${ids.length > 3 ? ', ...' : ''}) but the datastore ${datastorePath} does not know them (it is missing, empty or another one)`,
+    {
+      remedy:
+        'restore datastore.sqlite3 from a backup; or, to start a new CA on purpose, set another key_label_prefix (keys in a token are never deleted by --reset)',
     },
   )
 }

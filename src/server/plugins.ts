@@ -7,6 +7,12 @@ import { parseTpmServerConfig, tpmServerAttestor } from '../attestors/tpm/server
 import type { ServerNodeAttestor } from '../attestors/types.js'
 import { ConfigError, type Table } from '../common/config.js'
 import type { Log } from '../common/log.js'
+import {
+  diskPlugin,
+  type KeyManagerFactory,
+  memoryPlugin,
+  pkcs11Plugin,
+} from '../keymanager/catalog.js'
 import { CLOUD_NODE_ATTESTORS } from './cloud-plugins.js'
 import type { Datastore } from './datastore/types.js'
 import { aliasingJoinTokenAttestor } from './join-token-alias.js'
@@ -57,3 +63,10 @@ export function buildNodeAttestors(
   for (const [name, data] of configured) out.set(name, NODE_ATTESTORS.get(name)!(data, ctx))
   return out
 }
+
+/** Where the CA and JWT signing keys live: `[plugins.KeyManager.<name>]`. */
+export const KEY_MANAGERS: ReadonlyMap<string, KeyManagerFactory> = new Map([
+  ['disk', diskPlugin],
+  ['memory', memoryPlugin],
+  ['pkcs11', pkcs11Plugin],
+])

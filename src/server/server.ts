@@ -14,8 +14,9 @@ import { startHealthListener } from '../common/health-http.js'
 import { type Log, Logger } from '../common/log.js'
 import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
+import { buildKeyManager } from '../keymanager/catalog.js'
 import { DiskKeyManager } from '../keymanager/disk.js'
-import { generateSoftwareKeyPair, MemoryKeyManager, softwareKey } from '../keymanager/memory.js'
+import { generateSoftwareKeyPair, softwareKey } from '../keymanager/memory.js'
 import { type KeyManager, softwareSigner } from '../keymanager/types.js'
 import type { PeerCredentials } from '../native/types.js'
 import { parsePemCertificates } from '../spiffe/bundle.js'
@@ -23,14 +24,19 @@ import { SpiffeId, TrustDomain } from '../spiffe/id.js'
 import { startAdminServer } from './admin.js'
 import { CaManager, type Clock, type UpstreamAuthority } from './ca.js'
 import type { ServerConfig } from './config.js'
-import { moveAside, refuseKeysWithoutDatastore, tightenDataDir } from './datadir.js'
+import {
+  moveAside,
+  refuseKeysWithoutDatastore,
+  refuseTokenKeysWithoutDatastore,
+  tightenDataDir,
+} from './datadir.js'
 import { openSqliteDatastore } from './datastore/sqlite.js'
 import type { Datastore } from './datastore/types.js'
 import { badEntry, checkEntry, checkIssuableId } from './entry-check.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
 import { scrubLiveTokenAliases } from './join-token-alias.js'
 import { NodeApi, type ServerIdentity } from './node-api.js'
-import { buildNodeAttestors } from './plugins.js'
+import { buildNodeAttestors, KEY_MANAGERS } from './plugins.js'
 
 export interface RunningServer extends AsyncDisposable {
   readonly port: number
@@ -118,20 +124,26 @@ export async function startServer(
   try {
     tightenDataDir(config.dataDir, log)
     const datastorePath = join(config.dataDir, 'datastore.sqlite3')
-    const keyDir = config.keyManager.kind === 'disk' ? config.keyManager.directory : undefined
+    const keys = await buildKeyManager(KEY_MANAGERS, config.keyManager, 'server')
+    cleanups.push(() => keys.close())
+    const keyDir = keys.directory
     if (opts.reset) moveAside(datastorePath, keyDir, log)
     const datastore = await openSqliteDatastore(datastorePath)
     cleanups.push(() => datastore.close())
-    let keyManager: KeyManager
-    if (keyDir !== undefined) {
-      const disk = new DiskKeyManager(keyDir)
-      for (const fixed of await disk.tightenPermissions())
+    const keyManager: KeyManager = keys.keyManager
+    if (keyDir !== undefined && keyManager instanceof DiskKeyManager) {
+      for (const fixed of await keyManager.tightenPermissions())
         log('warn', 'key file permissions were too open; fixed', { path: fixed })
       await refuseKeysWithoutDatastore(datastore, keyDir, datastorePath)
-      keyManager = disk
-    } else {
-      keyManager = new MemoryKeyManager()
+    } else if (keys.persistent) {
+      await refuseTokenKeysWithoutDatastore(
+        datastore,
+        keyManager,
+        `key manager ${keys.name}`,
+        datastorePath,
+      )
     }
+    log('info', 'key manager ready', { keyManager: keys.name })
     await scrubLiveTokenAliases(datastore, trustDomain, log)
     const upstream = config.upstream ? readUpstream(config.upstream) : undefined
     const ca = await CaManager.open({

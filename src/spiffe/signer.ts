@@ -5,9 +5,15 @@
 import type { KeyObject } from 'node:crypto'
 
 /** The key types every key manager (software, TPM, PKCS#11) must support. */
-export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-4096'
+export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-3072' | 'rsa-4096'
 
-export const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
+export const KEY_TYPES: readonly KeyType[] = [
+  'ec-p256',
+  'ec-p384',
+  'rsa-2048',
+  'rsa-3072',
+  'rsa-4096',
+]
 
 /**
  * Something that signs with a private key it may never reveal. This is the hardware seam: a

@@ -309,6 +309,7 @@ const SIGNATURE_ALGORITHMS = {
   'ec-p256': der.seq(der.oid('1.2.840.10045.4.3.2')),
   'ec-p384': der.seq(der.oid('1.2.840.10045.4.3.3')),
   'rsa-2048': der.seq(der.oid('1.2.840.113549.1.1.11'), Uint8Array.of(0x05, 0x00)),
+  'rsa-3072': der.seq(der.oid('1.2.840.113549.1.1.11'), Uint8Array.of(0x05, 0x00)),
   'rsa-4096': der.seq(der.oid('1.2.840.113549.1.1.11'), Uint8Array.of(0x05, 0x00)),
 } as const
 

@@ -14,7 +14,12 @@ test('defaults follow SPIRE and paths resolve against the config file', () => {
   assert.equal(c.dataDir, '/etc/spiffe-edge/data')
   assert.equal(c.adminSocket, '/etc/spiffe-edge/data/admin.sock')
   assert.deepEqual([...c.nodeAttestors.keys()], ['join_token'])
-  assert.deepEqual(c.keyManager, { kind: 'disk', directory: '/etc/spiffe-edge/data/keys' })
+  assert.deepEqual(c.keyManager, {
+    name: 'disk',
+    data: {},
+    dataDir: '/etc/spiffe-edge/data',
+    configDir: '/etc/spiffe-edge',
+  })
 })
 
 test('flags override the file', () => {
