@@ -1,0 +1,108 @@
+/**
+ * UEFI structures inside event data: UEFI_VARIABLE_DATA (EFI variable events) and
+ * EFI_SIGNATURE_LIST (PK, KEK, db, dbx contents, the authority that verified an image). Bounded by
+ * the event data they are read from; a malformed one is an EventLogError 'event_data'.
+ */
+import { createHash } from 'node:crypto'
+import { EventLogError } from './errors.js'
+
+export const EFI_GLOBAL_VARIABLE = '8be4df61-93ca-11d2-aa0d-00e098032b8c'
+export const EFI_IMAGE_SECURITY_DATABASE = 'd719b2cb-3d3a-4596-a3bc-dad00e67656f'
+export const EFI_CERT_X509 = 'a5c059a1-94e4-4aa7-87b5-ab155c2bf072'
+export const EFI_CERT_SHA256 = 'c1c41626-504c-4092-aca9-41f936934328'
+
+// A signature database with more entries than this is not a real one (dbx has a few hundred).
+const MAX_SIGNATURES = 4096
+
+const u32 = (b: Uint8Array, o: number) =>
+  (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0
+
+/** The mixed-endian text form of an EFI_GUID. */
+export function guidString(b: Uint8Array): string {
+  const h = (from: number, to: number, le: boolean) => {
+    const part = [...b.subarray(from, to)]
+    return Buffer.from(le ? part.reverse() : part).toString('hex')
+  }
+  return `${h(0, 4, true)}-${h(4, 6, true)}-${h(6, 8, true)}-${h(8, 10, false)}-${h(10, 16, false)}`
+}
+
+export interface EfiVariable {
+  readonly guid: string
+  readonly name: string
+  readonly data: Uint8Array
+}
+
+/** UEFI_VARIABLE_DATA: VariableName GUID, name length (chars), data length, UTF-16 name, data. */
+export function parseVariableData(data: Uint8Array, eventIndex: number): EfiVariable {
+  const bad = (why: string): never => {
+    throw new EventLogError(
+      'event_data',
+      `event ${eventIndex}: UEFI_VARIABLE_DATA ${why}`,
+      eventIndex,
+    )
+  }
+  if (data.length < 32) bad('is shorter than its header')
+  // The 64-bit lengths: anything with a high word is far beyond the (already capped) event data.
+  if (u32(data, 20) !== 0 || u32(data, 28) !== 0) bad('has a length over 4 GiB')
+  const nameChars = u32(data, 16)
+  const dataLen = u32(data, 24)
+  if (nameChars > (data.length - 32) / 2) bad('name runs past the event data')
+  const nameEnd = 32 + nameChars * 2
+  if (dataLen > data.length - nameEnd) bad('data runs past the event data')
+  const name = Buffer.from(data.subarray(32, nameEnd)).toString('utf16le').replace(/\0+$/, '')
+  return {
+    guid: guidString(data.subarray(0, 16)),
+    name,
+    data: data.subarray(nameEnd, nameEnd + dataLen),
+  }
+}
+
+export interface EfiSignature {
+  /** EFI_CERT_X509 or EFI_CERT_SHA256 (others are kept by type GUID only). */
+  readonly type: string
+  readonly owner: string
+  /** X.509: sha256 of the DER certificate; SHA-256: the hash itself; other types: sha256 of the data. */
+  readonly sha256: string
+}
+
+/** An EFI_SIGNATURE_LIST array (the content of PK, KEK, db, dbx). */
+export function parseSignatureLists(data: Uint8Array, eventIndex: number): EfiSignature[] {
+  const bad = (why: string): never => {
+    throw new EventLogError(
+      'event_data',
+      `event ${eventIndex}: EFI_SIGNATURE_LIST ${why}`,
+      eventIndex,
+    )
+  }
+  const out: EfiSignature[] = []
+  let o = 0
+  while (o < data.length) {
+    if (data.length - o < 28) bad('header is truncated')
+    const type = guidString(data.subarray(o, o + 16))
+    const listSize = u32(data, o + 16)
+    const headerSize = u32(data, o + 20)
+    const sigSize = u32(data, o + 24)
+    if (listSize < 28 || listSize > data.length - o) bad(`size ${listSize} runs past the variable`)
+    if (headerSize > listSize - 28) bad('header size is larger than the list')
+    const body = listSize - 28 - headerSize
+    if (sigSize < 16 || body % sigSize !== 0)
+      bad(`signature size ${sigSize} does not divide the list`)
+    for (let s = o + 28 + headerSize; s < o + listSize; s += sigSize) {
+      if (out.length >= MAX_SIGNATURES) bad(`has more than ${MAX_SIGNATURES} signatures`)
+      out.push(signature(type, data.subarray(s, s + sigSize)))
+    }
+    o += listSize
+  }
+  return out
+}
+
+/** EFI_SIGNATURE_DATA: owner GUID then the certificate or hash. */
+export function signature(type: string, sig: Uint8Array): EfiSignature {
+  const owner = guidString(sig.subarray(0, 16))
+  const value = sig.subarray(16)
+  const sha256 =
+    type === EFI_CERT_SHA256 && value.length === 32
+      ? Buffer.from(value).toString('hex')
+      : createHash('sha256').update(value).digest('hex')
+  return { type, owner, sha256 }
+}
