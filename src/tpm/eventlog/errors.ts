@@ -13,6 +13,7 @@ export type EventLogReason =
   | 'unknown_event'
   | 'event_data'
   | 'pcrs_file'
+  | 'policy'
 
 const REMEDIES: Readonly<Record<EventLogReason, string>> = {
   too_large: 'the event log is over the size cap: check that the right file was sent',
@@ -27,6 +28,8 @@ const REMEDIES: Readonly<Record<EventLogReason, string>> = {
   unknown_event:
     'an event of a type this verifier does not know is in a PCR the policy reads: its data cannot be trusted',
   event_data: "an event's data does not hash to its digest, or does not parse",
+  policy:
+    'the node booted into a state the reference state does not allow: update the node or the reference_state file',
   pcrs_file: 'give PCR values as JSON {"sha256": {"0": "<hex>", ...}} (tpm2_pcrread -o json style)',
 }
 

@@ -57,7 +57,7 @@ export interface BootFacts {
   readonly bootApps: readonly DigestFact[]
   /** PCR 4 events that are neither a proven action/separator nor an application. */
   readonly unprovenPcr4: readonly DigestFact[]
-  /** PCR 0 firmware code measurements (digests of code, no data to prove). */
+  /** PCR 0 events whose digest is not the hash of their data: firmware code (or a relabelled event). */
   readonly firmware: readonly DigestFact[]
   /** The kernel command line GRUB measured into PCR 8, when its digest proves the text. */
   readonly kernelCmdline: { readonly event: number; readonly text: string } | undefined
@@ -128,7 +128,7 @@ export function deriveFacts(log: EventLog, hashAlg: number, pcrs: readonly numbe
   let cmdline: { event: number; text: string } | undefined
 
   for (const e of events) {
-    if (e.pcr === 7 && read.has(7)) {
+    if (e.pcr === 7) {
       if (!separator7) {
         if (e.type === EV.SEPARATOR) {
           if (!dataProven(e, hashAlg)) {
@@ -193,8 +193,10 @@ export function deriveFacts(log: EventLog, hashAlg: number, pcrs: readonly numbe
         unprovenPcr4.push({ event: e.index, digest: digest(e) })
       }
     }
-    if (e.pcr === 0 && FIRMWARE_CODE.has(e.type))
+    // Code measurements have no data to prove; a relabelled event is caught the same way.
+    if (e.pcr === 0 && (FIRMWARE_CODE.has(e.type) || !dataProven(e, hashAlg))) {
       firmware.push({ event: e.index, digest: digest(e) })
+    }
     if (e.pcr === 8 && e.type === EV.IPL && cmdline === undefined) {
       const text = kernelCmdline(e, hashAlg)
       if (text !== undefined) cmdline = { event: e.index, text }
