@@ -31,6 +31,8 @@ export interface Leaf {
   /** Extra lines shown under --help. */
   readonly details?: string
   readonly options: Readonly<Record<string, OptionSpec>>
+  /** Required positional arguments by name (e.g. ['FILE']); each arrives as values[name]. */
+  readonly args?: readonly string[]
   run(values: OptionValues, io: Io): Promise<number>
 }
 
@@ -57,7 +59,8 @@ function helpFor(node: Leaf | Group, path: string[]): string {
     opts.push(`  ${'--json'.padEnd(24)} print errors as JSON on stderr`)
   opts.push(`  ${'--help'.padEnd(24)} show this help`)
   const details = node.details ? `\n${node.details.trimEnd()}\n` : ''
-  return `${node.summary}\n\nUsage: ${cmd} [options]\n\nOptions:\n${opts.join('\n')}\n${details}`
+  const args = node.args?.length ? ` ${node.args.join(' ')}` : ''
+  return `${node.summary}\n\nUsage: ${cmd}${args} [options]\n\nOptions:\n${opts.join('\n')}\n${details}`
 }
 
 /** Runs argv against the tree; returns the process exit code. Never throws. */
@@ -103,8 +106,20 @@ export async function runCli(root: Group, argv: readonly string[], io: Io): Prom
     try {
       // --json is accepted everywhere: it also makes errors machine-readable on stderr.
       const args = 'json' in options ? rest : rest.filter((a) => a !== '--json')
-      values = parseArgs({ args, options, allowPositionals: false, strict: true })
-        .values as OptionValues
+      const parsed = parseArgs({
+        args,
+        options,
+        allowPositionals: (node.args?.length ?? 0) > 0,
+        strict: true,
+      })
+      values = parsed.values as OptionValues
+      const names = node.args ?? []
+      if (parsed.positionals.length !== names.length) {
+        throw new Error(`expected ${names.join(' ')}, got ${parsed.positionals.length} argument(s)`)
+      }
+      names.forEach((n, i) => {
+        values[n] = parsed.positionals[i]
+      })
     } catch (err) {
       throw new UsageError(
         `${path.join(' ')}: ${(err as Error).message}`,
