@@ -127,21 +127,20 @@ export function checkReferenceState(ref: ReferenceState, facts: BootFacts): void
       }
     }
   }
-  const apps = ref.bootloaderDigests || ref.kernelDigests
-  if (apps) {
-    const any = new Set([...(ref.bootloaderDigests ?? []), ...(ref.kernelDigests ?? [])])
+  // The last of two or more images is the kernel, the ones before it boot loaders (shim, GRUB,
+  // systemd-boot); a list that is not set leaves its role unchecked.
+  if (ref.bootloaderDigests || ref.kernelDigests) {
+    const n = facts.bootApps.length
     facts.bootApps.forEach((f, i) => {
-      const last = i === facts.bootApps.length - 1 && facts.bootApps.length > 1
-      const allowed = last
-        ? (ref.kernelDigests ?? any)
-        : i === 0
-          ? (ref.bootloaderDigests ?? any)
-          : any
-      if (!allowed.has(f.digest)) {
-        const what = last ? 'kernel_digests' : i === 0 ? 'bootloader_digests' : 'the boot digests'
+      const kernel = n > 1 && i === n - 1
+      const allowed = kernel ? ref.kernelDigests : ref.bootloaderDigests
+      if (allowed && !allowed.has(f.digest)) {
+        const what = kernel ? 'kernel_digests' : 'bootloader_digests'
         refuse(`${ev(f)} (PCR 4) loaded image ${f.digest}, which ${what} does not allow`, f.event)
       }
     })
+    // A PCR 4 digest whose data does not prove it may be an image under another label.
+    const any = new Set([...(ref.bootloaderDigests ?? []), ...(ref.kernelDigests ?? [])])
     for (const f of facts.unprovenPcr4) {
       if (!any.has(f.digest)) {
         refuse(
