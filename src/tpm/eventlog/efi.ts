@@ -17,13 +17,15 @@ const MAX_SIGNATURES = 4096
 const u32 = (b: Uint8Array, o: number) =>
   (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0
 
-/** The mixed-endian text form of an EFI_GUID. */
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'))
+
+/** The mixed-endian text form of an EFI_GUID (hot: once per db/dbx entry, so no Buffers). */
 export function guidString(b: Uint8Array): string {
-  const h = (from: number, to: number, le: boolean) => {
-    const part = [...b.subarray(from, to)]
-    return Buffer.from(le ? part.reverse() : part).toString('hex')
-  }
-  return `${h(0, 4, true)}-${h(4, 6, true)}-${h(6, 8, true)}-${h(8, 10, false)}-${h(10, 16, false)}`
+  const x = (i: number) => HEX[b[i] ?? 0]!
+  return (
+    `${x(3)}${x(2)}${x(1)}${x(0)}-${x(5)}${x(4)}-${x(7)}${x(6)}-${x(8)}${x(9)}-` +
+    `${x(10)}${x(11)}${x(12)}${x(13)}${x(14)}${x(15)}`
+  )
 }
 
 export interface EfiVariable {
