@@ -135,6 +135,16 @@ test('server config: event_log and reference_state extend the quoted PCRs and fa
     'sha256:0,1,2,3,4,5,6,7+sha384:0,1,2,3,4,5,6,7,8',
   )
   assert.equal(withRef.eventLog?.bank, 0x000c)
+  writeFileSync(join(dir, 'sha1.toml'), 'bank = "sha1"\n')
+  assert.throws(
+    () => parseTpmServerConfig({ ...base, reference_state: 'sha1.toml' }, dir),
+    (e: unknown) => /needs allow_sha1/.test(String(e)),
+  )
+  const sha1 = parseTpmServerConfig(
+    { ...base, reference_state: 'sha1.toml', allow_sha1: true },
+    dir,
+  )
+  assert.equal(formatPcrSpec(sha1.pcrSelection), 'sha256:0,1,2,3,4,5,6,7+sha1:0,1,2,3,4,5,6,7')
   writeFileSync(join(dir, 'bad.toml'), 'require_secure_boot = "yes"\n')
   assert.throws(
     () => parseTpmServerConfig({ ...base, reference_state: 'bad.toml' }, dir),

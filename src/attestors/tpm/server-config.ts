@@ -164,6 +164,10 @@ export function parseTpmServerConfig(raw: Table, baseDir: string): TpmServerConf
       }
     }
     const bank = reference?.bank ?? HASH_ALGS_SHA256
+    // A SHA-1 bank's replay is only as strong as SHA-1: the same opt-in as SHA-1 quotes.
+    if (bank === 0x0004 && !allowSha1) {
+      problems.push('reference_state: bank = "sha1" needs allow_sha1 = true (prefer sha256)')
+    }
     const entry = pcrSelection.find((s) => s.hashAlg === bank)
     const pcrs = [...new Set([...(entry?.pcrs ?? []), ...referencePcrs(reference)])].sort(
       (a, b) => a - b,
