@@ -132,7 +132,7 @@ test('server config: event_log and reference_state extend the quoted PCRs and fa
   const withRef = parseTpmServerConfig({ ...base, reference_state: 'ref.toml' }, dir)
   assert.equal(
     formatPcrSpec(withRef.pcrSelection),
-    'sha256:0,1,2,3,4,5,6,7+sha384:0,1,2,3,4,5,6,7,8',
+    'sha256:0,1,2,3,4,5,6,7+sha384:0,1,2,3,4,5,6,7,8,12',
   )
   assert.equal(withRef.eventLog?.bank, 0x000c)
   writeFileSync(join(dir, 'sha1.toml'), 'bank = "sha1"\n')

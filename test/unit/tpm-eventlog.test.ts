@@ -133,6 +133,26 @@ test('facts: secure boot, db certificates, the verifying authority, PCR 4 images
   assert.equal(deriveFacts(ubuntu, SHA256, PCRS_0_7).kernelCmdline, undefined)
   assert.ok(bootSelectors(u).includes('secureboot:disabled'))
 
+  // systemd-boot: the UTF-16LE command line in PCR 12, its own digest.
+  const cmd = new Uint8Array(Buffer.from('root=/dev/sda2 ro quiet\0', 'utf16le'))
+  const sdboot: LogEvent = {
+    index: 500,
+    pcr: 12,
+    type: EV.IPL,
+    data: cmd,
+    digests: new Map([[SHA256, new Uint8Array(createHash('sha256').update(cmd).digest())]]),
+  }
+  const agile = parseEventLog(readEventLogFixture('crypto_agile_eventlog'))
+  const withSd = { ...agile, events: [...agile.events, sdboot] }
+  assert.equal(
+    deriveFacts(withSd, SHA256, [...PCRS_0_7, 12]).kernelCmdline?.text,
+    'root=/dev/sda2 ro quiet',
+  )
+  // The same text under a digest it does not hash to proves nothing.
+  const forgedSd = { ...sdboot, digests: new Map([[SHA256, new Uint8Array(32)]]) }
+  const withForged = { ...agile, events: [...agile.events, forgedSd] }
+  assert.equal(deriveFacts(withForged, SHA256, [...PCRS_0_7, 12]).kernelCmdline, undefined)
+
   // The SHA-1 bank proves the same facts on a SHA-1-only log.
   const rom = deriveFacts(parseEventLog(readEventLogFixture('option_rom_eventlog')), SHA1, PCRS_0_7)
   assert.equal(rom.bank, 'sha1')

@@ -59,8 +59,10 @@ export interface BootFacts {
   readonly unprovenPcr4: readonly DigestFact[]
   /** PCR 0 events whose digest is not the hash of their data: firmware code (or a relabelled event). */
   readonly firmware: readonly DigestFact[]
-  /** The kernel command line GRUB measured into PCR 8, when its digest proves the text. */
-  readonly kernelCmdline: { readonly event: number; readonly text: string } | undefined
+  /** The kernel command line (GRUB: PCR 8; systemd-boot: PCR 12), when its digest proves the text. */
+  readonly kernelCmdline:
+    | { readonly event: number; readonly pcr: number; readonly text: string }
+    | undefined
   /** PCRs whose events were read (the replayed ones). */
   readonly pcrs: readonly number[]
 }
@@ -99,6 +101,20 @@ function kernelCmdline(e: LogEvent, hashAlg: number): string | undefined {
 }
 
 /**
+ * systemd-boot (and the systemd stub) measure the kernel command line into PCR 12 as EV_IPL whose
+ * data is the UTF-16LE string itself, NUL-terminated: proven when that data hashes to the digest.
+ */
+function systemdBootCmdline(e: LogEvent, hashAlg: number): string | undefined {
+  const d = e.data
+  if (d.length < 2 || d.length % 2 !== 0 || !dataProven(e, hashAlg)) return undefined
+  const text = Buffer.from(d).toString('utf16le').replace(/\0+$/, '')
+  // Only text: a command line has no control characters (a binary blob is something else).
+  if (text.length === 0 || [...text].some((c) => c.charCodeAt(0) < 0x20 && c !== '\t'))
+    return undefined
+  return text
+}
+
+/**
  * Derives the boot facts from `log` for the PCRs in `pcrs` of bank `hashAlg`, which the caller has
  * replayed against a quote (checkReplay). Refuses an unknown event type in those PCRs, a PCR 7
  * configuration event whose data does not hash to its digest, and a variable measured twice.
@@ -125,7 +141,7 @@ export function deriveFacts(log: EventLog, hashAlg: number, pcrs: readonly numbe
   const bootApps: DigestFact[] = []
   const unprovenPcr4: DigestFact[] = []
   const firmware: DigestFact[] = []
-  let cmdline: { event: number; text: string } | undefined
+  let cmdline: { event: number; pcr: number; text: string } | undefined
 
   for (const e of events) {
     if (e.pcr === 7) {
@@ -197,9 +213,9 @@ export function deriveFacts(log: EventLog, hashAlg: number, pcrs: readonly numbe
     if (e.pcr === 0 && (FIRMWARE_CODE.has(e.type) || !dataProven(e, hashAlg))) {
       firmware.push({ event: e.index, digest: digest(e) })
     }
-    if (e.pcr === 8 && e.type === EV.IPL && cmdline === undefined) {
-      const text = kernelCmdline(e, hashAlg)
-      if (text !== undefined) cmdline = { event: e.index, text }
+    if (e.type === EV.IPL && cmdline === undefined && (e.pcr === 8 || e.pcr === 12)) {
+      const text = e.pcr === 8 ? kernelCmdline(e, hashAlg) : systemdBootCmdline(e, hashAlg)
+      if (text !== undefined) cmdline = { event: e.index, pcr: e.pcr, text }
     }
   }
 

@@ -33,10 +33,11 @@ const KEYS = [
   'kernel_cmdlines',
 ] as const
 
-/** PCRs a reference state reads: 0-7 always, 8 when it checks the kernel command line. */
+/** PCRs a reference state reads: 0-7 always, 8 and 12 when it checks the kernel command line. */
 export function referencePcrs(ref: ReferenceState | undefined): number[] {
   const pcrs = [0, 1, 2, 3, 4, 5, 6, 7]
-  if (ref?.kernelCmdlines) pcrs.push(8)
+  // GRUB measures the command line into PCR 8, systemd-boot into PCR 12.
+  if (ref?.kernelCmdlines) pcrs.push(8, 12)
   return pcrs
 }
 
@@ -170,10 +171,10 @@ export function checkReferenceState(ref: ReferenceState, facts: BootFacts): void
   }
   if (ref.kernelCmdlines) {
     const c = facts.kernelCmdline
-    if (!c) refuse('kernel_cmdlines is set, but no kernel command line is proven in PCR 8')
+    if (!c) refuse('kernel_cmdlines is set, but no kernel command line is proven in PCR 8 or 12')
     if (!ref.kernelCmdlines.has(c.text)) {
       refuse(
-        `event ${c.event} (PCR 8): kernel command line ${JSON.stringify(c.text.slice(0, 200))} is not in kernel_cmdlines`,
+        `event ${c.event} (PCR ${c.pcr}): kernel command line ${JSON.stringify(c.text.slice(0, 200))} is not in kernel_cmdlines`,
         c.event,
       )
     }
