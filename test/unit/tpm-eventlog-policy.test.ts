@@ -4,7 +4,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { type TestContext, test } from 'node:test'
 import { gunzipSync, gzipSync } from 'node:zlib'
-import { readEventLog } from '../../src/attestors/tpm/agent.js'
+import {
+  DEFAULT_EVENT_LOG_PATH,
+  parseTpmAgentConfig,
+  readEventLog,
+} from '../../src/attestors/tpm/agent.js'
 import { referenceStateSource, verifyEventLog } from '../../src/attestors/tpm/eventlog.js'
 import {
   encodeChallenge,
@@ -309,4 +313,14 @@ test('CLI: eventlog show prints events, facts and selectors; replay compares wit
   const trunc = await cli(['tpm', 'eventlog', 'show', join(dir, 'short'), '--json'])
   assert.equal(trunc.code, 1)
   assert.equal(JSON.parse(trunc.err).error.reason, 'truncated')
+})
+
+test('agent config: event_log_path defaults to securityfs and must be a path', () => {
+  assert.equal(parseTpmAgentConfig({}).eventLogPath, DEFAULT_EVENT_LOG_PATH)
+  assert.equal(DEFAULT_EVENT_LOG_PATH, '/sys/kernel/security/tpm0/binary_bios_measurements')
+  assert.equal(
+    parseTpmAgentConfig({ event_log_path: '/var/log/boot.bin' }).eventLogPath,
+    '/var/log/boot.bin',
+  )
+  assert.throws(() => parseTpmAgentConfig({ event_log_path: 7 }), { code: 'ERR_CONFIG' })
 })
