@@ -141,7 +141,8 @@ export function deriveFacts(log: EventLog, hashAlg: number, pcrs: readonly numbe
   const bootApps: DigestFact[] = []
   const unprovenPcr4: DigestFact[] = []
   const firmware: DigestFact[] = []
-  let cmdline: { event: number; pcr: number; text: string } | undefined
+  // First proven command line per PCR: order within a PCR is proven, across PCRs it is not.
+  const cmdlines = new Map<number, { event: number; pcr: number; text: string }>()
 
   for (const e of events) {
     if (e.pcr === 7) {
@@ -213,9 +214,9 @@ export function deriveFacts(log: EventLog, hashAlg: number, pcrs: readonly numbe
     if (e.pcr === 0 && (FIRMWARE_CODE.has(e.type) || !dataProven(e, hashAlg))) {
       firmware.push({ event: e.index, digest: digest(e) })
     }
-    if (e.type === EV.IPL && cmdline === undefined && (e.pcr === 8 || e.pcr === 12)) {
+    if (e.type === EV.IPL && (e.pcr === 8 || e.pcr === 12) && !cmdlines.has(e.pcr)) {
       const text = e.pcr === 8 ? kernelCmdline(e, hashAlg) : systemdBootCmdline(e, hashAlg)
-      if (text !== undefined) cmdline = { event: e.index, pcr: e.pcr, text }
+      if (text !== undefined) cmdlines.set(e.pcr, { event: e.index, pcr: e.pcr, text })
     }
   }
 
@@ -241,7 +242,8 @@ export function deriveFacts(log: EventLog, hashAlg: number, pcrs: readonly numbe
     bootApps,
     unprovenPcr4,
     firmware,
-    kernelCmdline: cmdline,
+    // GRUB's wins: on a GRUB boot PCR 12 is empty, so anything there came later.
+    kernelCmdline: cmdlines.get(8) ?? cmdlines.get(12),
     pcrs: [...read].sort((a, b) => a - b),
   }
 }
