@@ -174,6 +174,13 @@ test('a reference state file is re-read when it changes; one that stops parsing 
   writeFileSync(file, 'require_secure_boot = true\n')
   utimesSync(file, new Date(), new Date(Date.now() + 5000))
   assert.equal(current()?.requireSecureBoot, true)
+  // A change that would need more PCRs quoted than startup arranged is refused, not half-applied.
+  writeFileSync(file, 'kernel_cmdlines = ["ro"]\n')
+  utimesSync(file, new Date(), new Date(Date.now() + 7000))
+  assert.throws(
+    current,
+    (e: unknown) => e instanceof TpmAttestationError && /PCRs 8,12/.test(e.message),
+  )
   writeFileSync(file, 'require_secure_boot = [\n')
   utimesSync(file, new Date(), new Date(Date.now() + 10000))
   assert.throws(current, (e: unknown) => e instanceof TpmAttestationError && e.reason === 'config')

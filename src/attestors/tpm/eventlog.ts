@@ -17,6 +17,7 @@ import {
   checkReferenceState,
   parseReferenceState,
   type ReferenceState,
+  referencePcrs,
 } from '../../tpm/eventlog/reference.js'
 import { checkReplay } from '../../tpm/eventlog/replay.js'
 import type { PcrValues } from '../../tpm/structures/pcr.js'
@@ -67,11 +68,8 @@ export function referenceStateSource(
   if (cfg.referencePath === undefined) return () => undefined
   const path = cfg.referencePath
   let current = cfg.reference
+  // Empty: the first attestation re-reads the file, so a change since startup is never missed.
   let stamp = ''
-  try {
-    const st = statSync(path)
-    stamp = `${st.mtimeMs}:${st.size}`
-  } catch {}
   return () => {
     let now: string
     try {
@@ -87,7 +85,16 @@ export function referenceStateSource(
     }
     if (now !== stamp) {
       try {
-        current = loadReferenceState(path, source)
+        const next = loadReferenceState(path, source)
+        // The quoted PCRs were fixed at startup from the bank and rules then in the file.
+        const missing = referencePcrs(next).filter((p) => !cfg.pcrs.includes(p))
+        if (next.bank !== cfg.bank || missing.length > 0) {
+          throw new TpmAttestationError(
+            'config',
+            `reference_state ${path} now needs ${next.bank !== cfg.bank ? 'another bank' : `PCRs ${missing.join(',')}`} in the quote: restart the server to apply it`,
+          )
+        }
+        current = next
         stamp = now
       } catch (err) {
         throw new TpmAttestationError('config', (err as Error).message, undefined, err)
