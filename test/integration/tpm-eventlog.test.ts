@@ -287,3 +287,45 @@ test('tampered, dropped, reordered and relabelled events, and a narrowed quote, 
   // sb_cert has no PCR 0 code events, so firmware_digests holds; the log still attests.
   await strict()
 })
+
+test('a GRUB boot (real Ubuntu log, 105 events): the kernel command line in PCR 8 is proven and checked', async (t) => {
+  const sim = await startSwtpm()
+  const dir = tempDir(t)
+  const tpm = await TpmContext.open(sim.tcti)
+  t.after(async () => {
+    await tpm.close()
+    await sim.stop()
+  })
+  const name = 'ubuntu_2104_shielded_vm_no_secure_boot_eventlog'
+  const log = parseEventLog(readEventLogFixture(name))
+  await extendFromLog(sim.tcti, log)
+  const logFile = join(dir, 'log')
+  writeFileSync(logFile, readEventLogFixture(name))
+  const keys = new TpmKeyManager(tpm, join(dir, 'keys'))
+  const key = await keys.generateKey('agent', 'ec-p256')
+  const attestor = tpmAgentAttestor({
+    tpm,
+    dataDir: join(dir, 'agent'),
+    agentKey: () => key,
+    eventLogPath: logFile,
+  })
+  const cmdline = deriveFacts(log, SHA256, [8]).kernelCmdline!.text
+  const n = { sim, dir, tpm, key, attestor, log, logFile, facts: deriveFacts(log, SHA256, [0]) }
+  writeFileSync(join(dir, 'ref.toml'), `kernel_cmdlines = [${toml(cmdline)}]\n`)
+  const r = await direct(n, { reference_state: join(dir, 'ref.toml') })()
+  const sel = r.selectors.map((s) => s.value)
+  assert.ok(sel.includes(`boot:kernel_cmdline:${cmdline}`), sel.join(' '))
+  assert.ok(sel.includes('secureboot:disabled'))
+  // Another command line allowed only: refused, naming GRUB's event.
+  writeFileSync(join(dir, 'ref2.toml'), 'kernel_cmdlines = ["ro quiet"]\n')
+  await assert.rejects(
+    direct(n, { reference_state: join(dir, 'ref2.toml') })(),
+    refused('boot_policy', /event 96 \(PCR 8\): kernel command line/),
+  )
+  // Secure boot required: this VM has it off, said with the SecureBoot event.
+  writeFileSync(join(dir, 'ref3.toml'), 'require_secure_boot = true\n')
+  await assert.rejects(
+    direct(n, { reference_state: join(dir, 'ref3.toml') })(),
+    refused('boot_policy', /event 3 \(SecureBoot\) says it is off/),
+  )
+})
