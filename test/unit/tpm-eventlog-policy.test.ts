@@ -9,7 +9,11 @@ import {
   parseTpmAgentConfig,
   readEventLog,
 } from '../../src/attestors/tpm/agent.js'
-import { referenceStateSource, verifyEventLog } from '../../src/attestors/tpm/eventlog.js'
+import {
+  loadReferenceState,
+  referenceStateSource,
+  verifyEventLog,
+} from '../../src/attestors/tpm/eventlog.js'
 import {
   encodeChallenge,
   encodeResponse,
@@ -20,6 +24,7 @@ import {
 } from '../../src/attestors/tpm/protocol.js'
 import { parseTpmServerConfig } from '../../src/attestors/tpm/server-config.js'
 import { main } from '../../src/cli/main.js'
+import { packageRoot } from '../../src/common/package-root.js'
 import { EventLogError } from '../../src/tpm/eventlog/errors.js'
 import { deriveFacts } from '../../src/tpm/eventlog/facts.js'
 import { parseEventLog } from '../../src/tpm/eventlog/parse.js'
@@ -330,4 +335,13 @@ test('agent config: event_log_path defaults to securityfs and must be a path', (
     '/var/log/boot.bin',
   )
   assert.throws(() => parseTpmAgentConfig({ event_log_path: 7 }), { code: 'ERR_CONFIG' })
+})
+
+test('the example reference state parses', () => {
+  const r = loadReferenceState(
+    join(packageRoot(import.meta.url), 'examples', 'local', 'boot-reference.toml'),
+    'example',
+  )
+  assert.equal(r.requireSecureBoot, true)
+  assert.equal(r.bank, SHA256)
 })
