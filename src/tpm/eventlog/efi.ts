@@ -98,13 +98,20 @@ export function parseSignatureLists(data: Uint8Array, eventIndex: number): EfiSi
   return out
 }
 
+/** Lowercase hex without a Buffer copy (dbx holds hundreds of hashes per log). */
+function hexOf(b: Uint8Array): string {
+  let out = ''
+  for (let i = 0; i < b.length; i++) out += HEX[b[i]!]!
+  return out
+}
+
 /** EFI_SIGNATURE_DATA: owner GUID then the certificate or hash. */
 export function signature(type: string, sig: Uint8Array): EfiSignature {
   const owner = guidString(sig.subarray(0, 16))
   const value = sig.subarray(16)
   const sha256 =
     type === EFI_CERT_SHA256 && value.length === 32
-      ? Buffer.from(value).toString('hex')
+      ? hexOf(value)
       : createHash('sha256').update(value).digest('hex')
   return { type, owner, sha256 }
 }
