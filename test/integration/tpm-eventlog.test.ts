@@ -354,3 +354,61 @@ test('replay agrees with tpm2-tools (tpm2_eventlog) on every real log it can rea
   }
   assert.ok(compared >= 10, `compared ${compared} banks`)
 })
+
+test('a TCG 1.2 (SHA-1) log, the largest real one, replays on the sha1 bank over gRPC with allow_sha1', async (t) => {
+  const sim = await startSwtpm()
+  const dir = tempDir(t)
+  const tpm = await TpmContext.open(sim.tcti)
+  t.after(async () => {
+    await tpm.close()
+    await sim.stop()
+  })
+  const name = 'option_rom_eventlog'
+  const log = parseEventLog(readEventLogFixture(name))
+  for (const e of log.events) {
+    if (e.type === EV.NO_ACTION) continue
+    const r = await run('tpm2_pcrextend', [
+      '-T',
+      sim.tcti,
+      `${e.pcr}:sha1=${hex(e.digests.get(0x0004)!)}`,
+    ])
+    assert.equal(r.code, 0, r.stderr)
+  }
+  const logFile = join(dir, 'log')
+  writeFileSync(logFile, readEventLogFixture(name))
+  writeFileSync(join(dir, 'ref.toml'), 'bank = "sha1"\nrequire_secure_boot = true\n')
+  const keys = new TpmKeyManager(tpm, join(dir, 'keys'))
+  const key = await keys.generateKey('agent', 'ec-p256')
+  const attestor = tpmAgentAttestor({
+    tpm,
+    dataDir: join(dir, 'agent'),
+    agentKey: () => key,
+    eventLogPath: logFile,
+  })
+  const config = parseServerConfig(
+    `[server]\ntrust_domain = "example.org"\nbind_port = 0\nca_ttl = "24h"\n` +
+      `attest_rate_per_second = 1000\n[plugins.NodeAttestor.tpm]\n` +
+      `ek_ca_bundle = ${toml(sim.ekCaBundle)}\nallow_sha1 = true\n` +
+      `reference_state = ${toml(join(dir, 'ref.toml'))}\n`,
+    join(dir, 'server.conf'),
+  )
+  const server = await startServer(config, { log: silentLog })
+  t.after(() => server.close())
+  const client = new GrpcNodeClient({
+    address: `127.0.0.1:${server.port}`,
+    trustDomain: td,
+    bundle: 'insecure',
+  })
+  t.after(() => client.close())
+  const r = await client.attestAgent(attestor, key)
+  const sel = r.selectors.filter((s) => s.type === 'tpm').map((s) => s.value)
+  assert.ok(sel.includes('secureboot:enabled'), sel.join(' '))
+  assert.ok(
+    sel.some((s) => /^boot:app:sha1:[0-9a-f]{40}$/.test(s)),
+    sel.join(' '),
+  )
+  assert.ok(
+    sel.some((s) => /^pcr:sha1:7:[0-9a-f]{40}$/.test(s)),
+    'the sha1 bank was quoted',
+  )
+})
