@@ -214,7 +214,8 @@ const replayCommand: Leaf = {
   summary: 'replay a TCG event log and compare with PCR values (tpm2_pcrread output or JSON)',
   details:
     'Exit 0 when every PCR of --read replays to the value in the PCR file; 1 with the first PCR\n' +
-    'that differs. Get the values with `tpm2_pcrread sha256:0,1,2,3,4,5,6,7 > pcrs.yaml`.',
+    'that differs. Get the values with `tpm2_pcrread sha256:0,1,2,3,4,5,6,7 > pcrs.yaml`, or use\n' +
+    'the pcrs.json that `spiffe-edge tpm quote --pcrs sha256:0,1,2,3,4,5,6,7 --out DIR` writes.',
   args: ['FILE'],
   options: {
     pcrs: { type: 'string', valueName: 'FILE', description: 'PCR values to compare with' },
