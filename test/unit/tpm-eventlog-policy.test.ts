@@ -137,6 +137,12 @@ test('server config: event_log and reference_state extend the quoted PCRs and fa
   const withLog = parseTpmServerConfig({ ...base, pcr_selection: 'sha256:7', event_log: true }, dir)
   assert.equal(formatPcrSpec(withLog.pcrSelection), 'sha256:0,1,2,3,4,5,6,7')
   assert.deepEqual(withLog.eventLog?.pcrs, PCRS)
+  // A pcr_policy PCR of the log's bank is quoted, so the log must replay on it too.
+  const withPolicy = parseTpmServerConfig(
+    { ...base, event_log: true, pcr_policy: { 'sha256:9': ['00'.repeat(32)] } },
+    dir,
+  )
+  assert.deepEqual(withPolicy.eventLog?.pcrs, [...PCRS, 9])
   writeFileSync(join(dir, 'ref.toml'), 'bank = "sha384"\nkernel_cmdlines = ["ro quiet"]\n')
   const withRef = parseTpmServerConfig({ ...base, reference_state: 'ref.toml' }, dir)
   assert.equal(

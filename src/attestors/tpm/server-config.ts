@@ -184,6 +184,11 @@ export function parseTpmServerConfig(raw: Table, baseDir: string): TpmServerConf
     if (entry) entry.pcrs = pcrs
     else pcrSelection.push({ hashAlg, pcrs })
   }
+  // The log replays on every quoted PCR of its bank (pcr_policy may have added some).
+  if (eventLog) {
+    const bank = eventLog.bank
+    eventLog = { ...eventLog, pcrs: [...pcrSelection.find((e) => e.hashAlg === bank)!.pcrs] }
+  }
 
   if (loaded.certs.length === 0 && ekHashes.size === 0 && problems.length === 0) {
     problems.push('nothing is trusted: set ek_ca_bundle, ek_ca_dir and/or ek_hashes')
