@@ -170,6 +170,19 @@ test('a node whose PCRs hold a real boot log attests; the facts are selectors a 
     ['spiffe://example.org/app'],
   )
 
+  // Over gRPC too, a tampered log is refused with its reason (one digest of PCR 4 changed).
+  const tampered = n.log.events.map((e) =>
+    e.index === 11
+      ? { ...e, digests: new Map([...e.digests].map(([a, d]) => [a, d.map((b) => b ^ 1)])) }
+      : e,
+  )
+  writeFileSync(n.logFile, encodeEventLog({ ...n.log, events: tampered }))
+  await assert.rejects(client.attestAgent(n.attestor, n.key), (e: unknown) => {
+    assert.match(String((e as Error).message), /\[event_log\]: PCR sha256:4: .*\[replay\]/)
+    return true
+  })
+  writeFileSync(n.logFile, readEventLogFixture('sb_cert_eventlog'))
+
   // Drift: the operator's reference state now allows another kernel only. Re-attestation re-reads
   // it and refuses, naming the event.
   writeFileSync(ref, `require_secure_boot = true\nkernel_digests = [${toml('ab'.repeat(32))}]\n`)
