@@ -113,6 +113,7 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
         ekAlgorithm: cfg.ekAlgorithm,
         akAlgorithm: cfg.akAlgorithm,
         persistEk: cfg.persistEk,
+        eventLogPath: cfg.eventLogPath,
         agentKey: () => {
           if (!current) throw new Error('no agent key yet')
           return current

@@ -34,6 +34,8 @@ export interface Leaf {
   /** Extra lines shown under --help. */
   readonly details?: string
   readonly options: Readonly<Record<string, OptionSpec>>
+  /** Required positional arguments by name (e.g. ['FILE']); each arrives as values[name]. */
+  readonly args?: readonly string[]
   run(values: OptionValues, io: Io): Promise<number>
 }
 
@@ -133,7 +135,8 @@ function helpFor(node: Leaf | Group, path: string[]): string {
     )
   opts.push(`  ${'-help'.padEnd(24)} show this help`)
   const details = node.details ? `\n${node.details.trimEnd()}\n` : ''
-  return `${node.summary}\n\nUsage: ${cmd} [options]\n\nOptions:\n${opts.join('\n')}\n${details}\nFlags take one or two dashes, camelCase or kebab-case: -socketPath and --socket-path are one flag.\n`
+  const args = node.args?.length ? ` ${node.args.join(' ')}` : ''
+  return `${node.summary}\n\nUsage: ${cmd}${args} [options]\n\nOptions:\n${opts.join('\n')}\n${details}\nFlags take one or two dashes, camelCase or kebab-case: -socketPath and --socket-path are one flag.\n`
 }
 
 const HELP = new Set(['--help', '-help', '-h', 'help'])
@@ -206,8 +209,20 @@ export async function runCli(
       )
       const args = 'json' in options ? spelled : spelled.filter((a) => a !== '--json')
       explicitOutput = spelled.some((a) => a === '--output' || a.startsWith('--output='))
-      values = parseArgs({ args, options, allowPositionals: false, strict: true })
-        .values as OptionValues
+      const parsed = parseArgs({
+        args,
+        options,
+        allowPositionals: (node.args?.length ?? 0) > 0,
+        strict: true,
+      })
+      values = parsed.values as OptionValues
+      const names = node.args ?? []
+      if (parsed.positionals.length !== names.length) {
+        throw new Error(`expected ${names.join(' ')}, got ${parsed.positionals.length} argument(s)`)
+      }
+      names.forEach((n, i) => {
+        values[n] = parsed.positionals[i]
+      })
     } catch (err) {
       throw new UsageError(
         `${path.join(' ')}: ${(err as Error).message}`,

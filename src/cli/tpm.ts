@@ -2,6 +2,7 @@ import { TpmContext } from '../tpm/context.js'
 import { formatTpmInfo, tpmInfo } from '../tpm/info.js'
 import type { Group } from './command.js'
 import { checkQuoteCommand } from './tpm-check-quote.js'
+import { eventlogGroup } from './tpm-eventlog.js'
 import { quoteCommand } from './tpm-quote.js'
 
 export const tpmGroup: Group = {
@@ -34,5 +35,6 @@ export const tpmGroup: Group = {
     },
     quoteCommand,
     checkQuoteCommand,
+    eventlogGroup,
   ],
 }

@@ -5,8 +5,9 @@
  * blob kept in dataDir, so restarts and re-attestations reuse it.
  */
 import { randomBytes } from 'node:crypto'
-import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { gzipSync } from 'node:zlib'
 import { ConfigError, type Table } from '../../common/config.js'
 import { withTpm } from '../../keymanager/tpm.js'
 import {
@@ -17,6 +18,7 @@ import {
 } from '../../tpm/context.js'
 import { EK_SLOTS, type EkSlot, extractDerCertificate } from '../../tpm/ek.js'
 import { TpmError } from '../../tpm/errors.js'
+import { DEFAULT_LIMITS } from '../../tpm/eventlog/parse.js'
 import { createAk, type EkAlgorithm, openEk, openSrk } from '../../tpm/keys.js'
 import {
   bankName,
@@ -31,6 +33,7 @@ import {
   encodePayload,
   encodeResponse,
   MAX_CHAIN,
+  MAX_EVENT_LOG_COMPRESSED,
   parseChallenge,
   TPM,
   TpmAttestationError,
@@ -38,6 +41,8 @@ import {
 } from './protocol.js'
 
 export const DEFAULT_TCTI = 'device:/dev/tpmrm0'
+/** Where Linux exposes the firmware's TCG event log (securityfs). */
+export const DEFAULT_EVENT_LOG_PATH = '/sys/kernel/security/tpm0/binary_bios_measurements'
 // NV indices an EK certificate chain may occupy (TCG EK profile 2.x).
 const CHAIN_FIRST = 0x01c00100
 const CHAIN_LAST = 0x01c001ff
@@ -60,6 +65,8 @@ export interface TpmAgentAttestorOptions {
   readonly persistEk?: boolean | undefined
   /** The TPM-resident key the SVID will be issued for (asked at every attestation). */
   readonly agentKey: () => AgentTpmKey | Promise<AgentTpmKey>
+  /** The TCG event log sent when the server asks (default DEFAULT_EVENT_LOG_PATH). */
+  readonly eventLogPath?: string | undefined
 }
 
 /** The [agent] TPM settings: tcti, ek_algorithm, ak_algorithm, persist_ek. */
@@ -68,6 +75,7 @@ export interface TpmAgentConfig {
   readonly ekAlgorithm: EkAlgorithm | undefined
   readonly akAlgorithm: KeyAlgorithm
   readonly persistEk: boolean
+  readonly eventLogPath: string
 }
 
 const EK_ALGS: readonly EkAlgorithm[] = ['rsa-2048', 'ecc-p256', 'ecc-p384']
@@ -76,7 +84,7 @@ const AK_ALGS: readonly KeyAlgorithm[] = ['ecc-p256', 'rsa-2048']
 /** Validates an agent-side [plugins.NodeAttestor.tpm] table. */
 export function parseTpmAgentConfig(raw: Table): TpmAgentConfig {
   const problems: string[] = []
-  const known = ['tcti', 'ek_algorithm', 'ak_algorithm', 'persist_ek']
+  const known = ['tcti', 'ek_algorithm', 'ak_algorithm', 'persist_ek', 'event_log_path']
   for (const k of Object.keys(raw)) if (!known.includes(k)) problems.push(`${k}: unknown key`)
   const str = (k: string, def: string | undefined, allowed?: readonly string[]) => {
     const v = raw[k]
@@ -95,8 +103,53 @@ export function parseTpmAgentConfig(raw: Table): TpmAgentConfig {
     if (typeof raw.persist_ek !== 'boolean') problems.push('persist_ek: must be true or false')
     else persistEk = raw.persist_ek
   }
+  const eventLogPath = str('event_log_path', DEFAULT_EVENT_LOG_PATH)!
   if (problems.length > 0) throw new ConfigError('plugins.NodeAttestor.tpm', problems)
-  return { tcti, ekAlgorithm, akAlgorithm, persistEk }
+  return { tcti, ekAlgorithm, akAlgorithm, persistEk, eventLogPath }
+}
+
+/**
+ * Reads the event log, at most the server's cap (securityfs reports size 0, so read until EOF),
+ * and gzips it for the wire. Too big or unreadable is the agent's error, said here where it is
+ * fixable, not as a refusal from the server.
+ */
+export async function readEventLog(path: string): Promise<Uint8Array> {
+  const max = DEFAULT_LIMITS.maxBytes
+  let fh: Awaited<ReturnType<typeof open>>
+  try {
+    fh = await open(path, 'r')
+  } catch (err) {
+    throw new TpmAttestationError(
+      'event_log',
+      `cannot read the event log ${path}: ${(err as Error).message}`,
+      undefined,
+      err,
+    )
+  }
+  const chunks: Buffer[] = []
+  let total = 0
+  try {
+    for (;;) {
+      const buf = Buffer.alloc(64 * 1024)
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null)
+      if (bytesRead === 0) break
+      total += bytesRead
+      if (total > max) {
+        throw new TpmAttestationError('event_log', `the event log ${path} is over ${max} bytes`)
+      }
+      chunks.push(buf.subarray(0, bytesRead))
+    }
+  } finally {
+    await fh.close()
+  }
+  const gz = new Uint8Array(gzipSync(Buffer.concat(chunks), { level: 9 }))
+  if (gz.length > MAX_EVENT_LOG_COMPRESSED) {
+    throw new TpmAttestationError(
+      'event_log',
+      `the event log ${path} compresses to ${gz.length} bytes, over the protocol's ${MAX_EVENT_LOG_COMPRESSED}`,
+    )
+  }
+  return gz
 }
 
 /** A TPMT_PUBLIC as the TPM2B_PUBLIC the wire carries. */
@@ -272,6 +325,11 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
       }
       const ekSlot = slot
       const ak0 = akBlob
+      // Read before the TPM work: the log is of this boot, so it cannot change under the quote
+      // (the kernel only appends to the runtime IMA log, which is another file).
+      const eventLog = c.eventLog
+        ? await readEventLog(o.eventLogPath ?? DEFAULT_EVENT_LOG_PATH)
+        : undefined
       const agentBlob = (await o.agentKey()).blob
       return withTpm(tpm, async () => {
         // Slot order for a 3-object TPM: SRK+AK+key, SRK flushed, then the EK beside them.
@@ -308,6 +366,7 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
             pcrValues: toWire(values),
             certifyMessage: certify.message,
             certifySignature: certify.signature,
+            ...(eventLog ? { eventLog } : {}),
           })
         } finally {
           await key?.dispose()

@@ -24,6 +24,8 @@ export type TpmAttestReason =
   | 'quote'
   | 'pcr_policy'
   | 'certify'
+  | 'event_log'
+  | 'boot_policy'
 
 const REMEDIES: Readonly<Record<TpmAttestReason, string>> = {
   config: 'configure ek_ca_bundle, ek_ca_dir or ek_hashes for the tpm node attestor',
@@ -39,6 +41,10 @@ const REMEDIES: Readonly<Record<TpmAttestReason, string>> = {
   quote: 'the quote does not verify: attest again with a fresh nonce',
   pcr_policy: 'the node booted into a state the PCR policy does not allow: update pcr_policy',
   certify: 'have the AK certify exactly the agent key the SVID is issued for',
+  event_log:
+    "the node's TPM event log does not parse or does not replay to the quoted PCRs: send the log of this boot, unaltered (event_log_path)",
+  boot_policy:
+    'the node booted into a state the reference state does not allow: update the node or reference_state',
 }
 
 /** A refused TPM attestation; `reason` says which check failed, `detail` the quote's own. */
@@ -80,6 +86,8 @@ export interface TpmChallenge {
   readonly nonce: Uint8Array
   /** PCRs to quote, tpm2-tools style: sha256:0,1,7. */
   readonly pcrs: string
+  /** The server replays the boot event log: send it with the quote. */
+  readonly eventLog?: boolean
 }
 
 /** PCR values by bank name (sha256), then decimal index, as lowercase hex. */
@@ -93,10 +101,18 @@ export interface TpmResponse {
   readonly pcrValues: WirePcrValues
   readonly certifyMessage: Uint8Array
   readonly certifySignature: Uint8Array
+  /** The TCG event log (binary_bios_measurements), gzip-compressed, when the challenge asks. */
+  readonly eventLog?: Uint8Array
 }
 
 // Bounds: nothing here is legitimately bigger (an EK cert is ~1-2 KiB, a chain a few certs).
 export const MAX_MESSAGE = 64 * 1024
+/**
+ * A response carrying an event log: under the node API's 128 KiB AttestAgent message cap with the
+ * other fields. Logs compress 3-6x (zero digests, repeated GUIDs), so 84 KiB holds real ones.
+ */
+export const MAX_RESPONSE_MESSAGE = 120 * 1024
+export const MAX_EVENT_LOG_COMPRESSED = 84 * 1024
 const MAX_FIELD = 16 * 1024
 /** One DER certificate (EK or intermediate): real ones are 1-2 KiB. */
 export const MAX_CERT = 8 * 1024
@@ -111,10 +127,16 @@ class Fields {
   private readonly kind: Kind
   private readonly what: string
 
-  constructor(bytes: Uint8Array, kind: Kind, what: string, known: readonly string[]) {
+  constructor(
+    bytes: Uint8Array,
+    kind: Kind,
+    what: string,
+    known: readonly string[],
+    maxMessage = MAX_MESSAGE,
+  ) {
     this.kind = kind
     this.what = what
-    if (bytes.length > MAX_MESSAGE) this.fail(`is ${bytes.length} bytes, over ${MAX_MESSAGE}`)
+    if (bytes.length > maxMessage) this.fail(`is ${bytes.length} bytes, over ${maxMessage}`)
     let v: unknown
     try {
       v = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
@@ -157,6 +179,12 @@ class Fields {
       this.fail(`field '${key}' must be an array of at most ${MAX_CHAIN} base64 strings`)
     }
     return v.map((x, i) => this.bytes(key, x, `${key}[${i}]`, max))
+  }
+
+  boolean(key: string): boolean {
+    const v = this.obj[key]
+    if (typeof v !== 'boolean') this.fail(`field '${key}' must be true or false`)
+    return v
   }
 
   string(key: string): string {
@@ -233,6 +261,7 @@ export function encodeChallenge(c: TpmChallenge): Uint8Array {
     encrypted_secret: b64(c.encryptedSecret),
     nonce: b64(c.nonce),
     pcrs: c.pcrs,
+    ...(c.eventLog ? { event_log: true } : {}),
   })
 }
 
@@ -244,6 +273,7 @@ export function parseChallenge(bytes: Uint8Array): TpmChallenge {
     'encrypted_secret',
     'nonce',
     'pcrs',
+    'event_log',
   ])
   const nonce = f.bytes('nonce')
   if (nonce.length > 32) f.fail('nonce is longer than 32 bytes')
@@ -253,6 +283,7 @@ export function parseChallenge(bytes: Uint8Array): TpmChallenge {
     encryptedSecret: f.bytes('encrypted_secret'),
     nonce,
     pcrs: f.string('pcrs'),
+    ...(f.has('event_log') && f.boolean('event_log') ? { eventLog: true } : {}),
   }
 }
 
@@ -265,19 +296,27 @@ export function encodeResponse(r: TpmResponse): Uint8Array {
     pcr_values: r.pcrValues,
     certify_message: b64(r.certifyMessage),
     certify_signature: b64(r.certifySignature),
+    ...(r.eventLog ? { event_log: b64(r.eventLog) } : {}),
   })
 }
 
 export function parseResponse(bytes: Uint8Array): TpmResponse {
-  const f = new Fields(bytes, 'response', 'the challenge response', [
-    'version',
-    'secret',
-    'quote_message',
-    'quote_signature',
-    'pcr_values',
-    'certify_message',
-    'certify_signature',
-  ])
+  const f = new Fields(
+    bytes,
+    'response',
+    'the challenge response',
+    [
+      'version',
+      'secret',
+      'quote_message',
+      'quote_signature',
+      'pcr_values',
+      'certify_message',
+      'certify_signature',
+      'event_log',
+    ],
+    MAX_RESPONSE_MESSAGE,
+  )
   return {
     version: PROTOCOL_VERSION,
     secret: f.bytes('secret'),
@@ -286,5 +325,8 @@ export function parseResponse(bytes: Uint8Array): TpmResponse {
     pcrValues: f.pcrValues('pcr_values'),
     certifyMessage: f.bytes('certify_message'),
     certifySignature: f.bytes('certify_signature'),
+    ...(f.has('event_log')
+      ? { eventLog: f.bytes('event_log', undefined, 'event_log', MAX_EVENT_LOG_COMPRESSED) }
+      : {}),
   }
 }

@@ -6,8 +6,10 @@
 import { resolve } from 'node:path'
 import { ConfigError, type Table } from '../../common/config.js'
 import { HASH_ALGS } from '../../tpm/constants.js'
+import { referencePcrs } from '../../tpm/eventlog/reference.js'
 import { type PcrSelection, parsePcrSpec } from '../../tpm/structures/pcr.js'
 import { type Cert, loadCaCertificates } from './ekcert.js'
+import { type EventLogConfig, loadReferenceState } from './eventlog.js'
 
 export const DEFAULT_PCR_SELECTION = 'sha256:0,1,2,3,4,5,6,7'
 
@@ -23,6 +25,8 @@ export interface TpmServerConfig {
   readonly requireEkCert: boolean
   /** Accept SHA-1 quote/certify signatures and Names (`allow_sha1`); default false. */
   readonly allowSha1?: boolean
+  /** Measured boot (`event_log`, `reference_state`): the log is asked for and must replay. */
+  readonly eventLog?: EventLogConfig | undefined
 }
 
 const CONFIG_KEYS = [
@@ -33,9 +37,12 @@ const CONFIG_KEYS = [
   'pcr_policy',
   'require_ek_cert',
   'allow_sha1',
+  'event_log',
+  'reference_state',
 ] as const
 
 export const SOURCE = 'plugins.NodeAttestor.tpm'
+const HASH_ALGS_SHA256 = 0x000b
 
 /**
  * Validates [plugins.NodeAttestor.tpm]. Paths are relative to baseDir. Fails closed at startup:
@@ -135,12 +142,52 @@ export function parseTpmServerConfig(raw: Table, baseDir: string): TpmServerConf
       }
     }
   }
+  // Measured boot: the reference state (if any) says which bank; the log must replay on every
+  // PCR the facts come from, so those PCRs are quoted too (CVE-2022-0317: never trust a PCR the
+  // quote left out).
+  let eventLog: EventLogConfig | undefined
+  const referencePath = path('reference_state')
+  let wantLog = referencePath !== undefined
+  if (raw.event_log !== undefined) {
+    if (typeof raw.event_log !== 'boolean') problems.push('event_log: must be a bool')
+    else if (!raw.event_log && referencePath !== undefined) {
+      problems.push('event_log = false contradicts reference_state (which needs the log)')
+    } else wantLog = raw.event_log
+  }
+  if (wantLog) {
+    let reference: EventLogConfig['reference']
+    if (referencePath !== undefined) {
+      try {
+        reference = loadReferenceState(referencePath, SOURCE)
+      } catch (err) {
+        problems.push(...((err as ConfigError).problems ?? [(err as Error).message]))
+      }
+    }
+    const bank = reference?.bank ?? HASH_ALGS_SHA256
+    // A SHA-1 bank's replay is only as strong as SHA-1: the same opt-in as SHA-1 quotes.
+    if (bank === 0x0004 && !allowSha1) {
+      problems.push('reference_state: bank = "sha1" needs allow_sha1 = true (prefer sha256)')
+    }
+    const entry = pcrSelection.find((s) => s.hashAlg === bank)
+    const pcrs = [...new Set([...(entry?.pcrs ?? []), ...referencePcrs(reference)])].sort(
+      (a, b) => a - b,
+    )
+    if (entry) entry.pcrs = pcrs
+    else pcrSelection.push({ hashAlg: bank, pcrs })
+    eventLog = { bank, pcrs, referencePath, reference }
+  }
+
   // A policy on a PCR the quote does not cover would be unenforceable: quote it too.
   for (const [hashAlg, bank] of pcrPolicy) {
     const entry = pcrSelection.find((s) => s.hashAlg === hashAlg)
     const pcrs = [...new Set([...(entry?.pcrs ?? []), ...bank.keys()])].sort((a, b) => a - b)
     if (entry) entry.pcrs = pcrs
     else pcrSelection.push({ hashAlg, pcrs })
+  }
+  // The log replays on every quoted PCR of its bank (pcr_policy may have added some).
+  if (eventLog) {
+    const bank = eventLog.bank
+    eventLog = { ...eventLog, pcrs: [...pcrSelection.find((e) => e.hashAlg === bank)!.pcrs] }
   }
 
   if (loaded.certs.length === 0 && ekHashes.size === 0 && problems.length === 0) {
@@ -157,5 +204,6 @@ export function parseTpmServerConfig(raw: Table, baseDir: string): TpmServerConf
     pcrPolicy,
     requireEkCert,
     allowSha1,
+    eventLog,
   }
 }

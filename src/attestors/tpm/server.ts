@@ -10,6 +10,7 @@ import type { Log } from '../../common/log.js'
 import { isSpiffeEdgeError } from '../../errors.js'
 import { HASH_ALGS } from '../../tpm/constants.js'
 import { makeCredential } from '../../tpm/credential.js'
+import type { ReferenceState } from '../../tpm/eventlog/reference.js'
 import type { ClockInfo } from '../../tpm/structures/attest.js'
 import { bankName, formatPcrSpec, type PcrValues } from '../../tpm/structures/pcr.js'
 import {
@@ -35,6 +36,7 @@ import type {
   ServerNodeAttestor,
 } from '../types.js'
 import { type Cert, certSpki, parseCert, tpmDeviceAttributes, verifyEkChain } from './ekcert.js'
+import { referenceStateSource, verifyEventLog } from './eventlog.js'
 import {
   encodeChallenge,
   parsePayload,
@@ -142,11 +144,12 @@ export function tpmServerAttestor(cfg: TpmServerConfig, log?: Log): ServerNodeAt
       { plugin: SOURCE, allow_sha1: true },
     )
   }
+  const reference = cfg.eventLog ? referenceStateSource(cfg.eventLog, SOURCE) : () => undefined
   return {
     kind: 'NodeAttestor',
     name: TPM,
     async attest(payloadBytes, challenge: Challenger, ctx: AttestationContext) {
-      return attest(cfg, payloadBytes, challenge, ctx)
+      return attest(cfg, payloadBytes, challenge, ctx, reference)
     },
   }
 }
@@ -156,6 +159,7 @@ async function attest(
   payloadBytes: Uint8Array,
   challenge: Challenger,
   ctx: AttestationContext,
+  reference: () => ReferenceState | undefined,
 ): Promise<NodeAttestationResult> {
   if (cfg.caCertificates.length === 0 && cfg.ekHashes.size === 0) {
     refuse('config', 'no EK CA and no EK hash is configured: refusing every TPM')
@@ -242,6 +246,7 @@ async function attest(
       encryptedSecret: cred.encryptedSecret,
       nonce,
       pcrs: formatPcrSpec(cfg.pcrSelection),
+      ...(cfg.eventLog ? { eventLog: true } : {}),
     }),
   )
   const res = parseResponse(responseBytes)
@@ -278,6 +283,12 @@ async function attest(
     }
   }
 
+  // 4b. Measured boot: the log must replay to the signed PCRs; its facts meet the reference state
+  // (re-read if the file changed, so re-attestation applies an updated one).
+  const boot = cfg.eventLog
+    ? verifyEventLog(cfg.eventLog, reference(), res.eventLog, quoted)
+    : undefined
+
   // 5. The agent key lives in the same TPM as the AK, bound to this exchange by the nonce.
   step('certify', 'certify', () =>
     verifyCertify({
@@ -303,5 +314,6 @@ async function attest(
       selectors.push({ type: TPM, value: `pcr:${bankName(hashAlg)}:${index}:${hex(v)}` })
     }
   }
+  for (const value of boot?.selectors ?? []) selectors.push({ type: TPM, value })
   return { agentPath, selectors, canReattest: true }
 }
