@@ -101,7 +101,7 @@ function pkcs8Pem(der: Uint8Array): string {
  * over `path`. Whatever was planted at `path` (a symlink to someone else's file, a hard link) is
  * replaced as a directory entry, never written through. Keys stay 0600; certificates are public.
  */
-function writeFile(path: string, text: string, mode: 0o600 | 0o644): void {
+export function writeFile(path: string, text: string, mode: 0o600 | 0o644): void {
   const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`
   const fd = openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600)
   try {

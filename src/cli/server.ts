@@ -4,6 +4,7 @@ import { type Group, type Leaf, requireString } from './command.js'
 import { agentGroup } from './server-agent.js'
 import { leaf, seconds } from './server-common.js'
 import { entryGroup } from './server-entry.js'
+import { jwtGroup, x509Group } from './server-mint.js'
 
 const tokenGroup: Group = {
   kind: 'group',
@@ -126,6 +127,8 @@ export function serverGroup(run: Leaf, validate: Leaf): Group {
       tokenGroup,
       bundleGroup,
       loggerGroup,
+      x509Group,
+      jwtGroup,
       healthcheck,
     ],
   }

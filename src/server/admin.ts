@@ -32,6 +32,19 @@ export interface AdminCore {
   }
   /** The level the config set (what reset returns to). */
   readonly launchLogLevel?: LogLevel
+  /** SPIRE's `x509 mint`: an X509-SVID for any ID in the trust domain, for the key in the CSR. */
+  mintX509(req: {
+    csr: Uint8Array
+    spiffeId: string
+    ttlSeconds: number
+    dnsNames: string[]
+  }): Promise<{ chain: Uint8Array[]; expiresAt: number; bundle: string }>
+  /** SPIRE's `jwt mint`. */
+  mintJwt(req: {
+    spiffeId: string
+    audience: string[]
+    ttlSeconds: number
+  }): Promise<{ token: string; expiresAt: number }>
 }
 
 export interface AdminServerOptions {
@@ -246,6 +259,63 @@ export async function startAdminServer(
             current_level: lg.level,
             launch_level: core.launchLogLevel ?? lg.level,
           })
+        }
+        case 'POST /v1/mint': {
+          // POST /v1/mint/x509 | /v1/mint/jwt (SPIRE: x509 mint, jwt mint). Admin callers only,
+          // like every route here; the private key never comes to the server (x509 sends a CSR).
+          const body = (await readJson(req)) as Record<string, unknown>
+          const spiffeId = body.spiffe_id
+          const ttl = body.ttl === undefined ? 0 : Number(body.ttl)
+          if (typeof spiffeId !== 'string')
+            throw new HttpError(400, 'ERR_USAGE', 'spiffe_id must be a string', 'pass -spiffeID')
+          if (!Number.isInteger(ttl) || ttl < 0 || ttl > 30 * 86400)
+            throw new HttpError(400, 'ERR_USAGE', 'ttl must be 0 to 2592000 seconds', 'pass -ttl')
+          if (id === 'x509') {
+            const csr = typeof body.csr === 'string' ? Buffer.from(body.csr, 'base64') : undefined
+            const dns = Array.isArray(body.dns_names) ? body.dns_names : []
+            if (!csr || csr.length === 0 || dns.some((d) => typeof d !== 'string'))
+              throw new HttpError(
+                400,
+                'ERR_USAGE',
+                'csr (base64 DER) and string dns_names required',
+                'use the CLI',
+              )
+            const r = await core.mintX509({
+              csr,
+              spiffeId,
+              ttlSeconds: ttl,
+              dnsNames: dns as string[],
+            })
+            opts.log?.('info', 'x509-svid minted', { spiffe_id: spiffeId })
+            return send(res, 201, {
+              chain: r.chain.map((c) => Buffer.from(c).toString('base64')),
+              expires_at: r.expiresAt,
+              bundle: r.bundle,
+            })
+          }
+          if (id === 'jwt') {
+            const aud = body.audience
+            if (
+              !Array.isArray(aud) ||
+              aud.length === 0 ||
+              aud.some((a) => typeof a !== 'string' || a === '')
+            )
+              throw new HttpError(
+                400,
+                'ERR_USAGE',
+                'at least one audience is required',
+                'pass -audience',
+              )
+            const r = await core.mintJwt({ spiffeId, audience: aud as string[], ttlSeconds: ttl })
+            opts.log?.('info', 'jwt-svid minted', { spiffe_id: spiffeId })
+            return send(res, 201, { token: r.token, expires_at: r.expiresAt })
+          }
+          throw new HttpError(
+            400,
+            'ERR_USAGE',
+            'use POST /v1/mint/x509 or /v1/mint/jwt',
+            'see --help',
+          )
         }
         case 'POST /v1/tokens': {
           const body = (await readJson(req)) as { spiffe_id?: unknown; ttl?: unknown }

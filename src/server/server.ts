@@ -3,11 +3,10 @@
  * gRPC, the admin API on its Unix socket, and the timers that rotate keys and prune. Everything is
  * passed in or built here; nothing is reached through module state.
  */
-import { createPrivateKey, randomBytes } from 'node:crypto'
+import { createPrivateKey } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import type { Socket } from 'node:net'
 import { join } from 'node:path'
-import { hashJoinToken } from '../attestors/join-token/server.js'
 import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { startHealthListener } from '../common/health-http.js'
@@ -22,6 +21,7 @@ import type { PeerCredentials } from '../native/types.js'
 import { parsePemCertificates } from '../spiffe/bundle.js'
 import { SpiffeId, TrustDomain } from '../spiffe/id.js'
 import { startAdminServer } from './admin.js'
+import { adminCore } from './admin-core.js'
 import { CaManager, type Clock, type UpstreamAuthority } from './ca.js'
 import type { ServerConfig } from './config.js'
 import {
@@ -32,7 +32,6 @@ import {
 } from './datadir.js'
 import { openSqliteDatastore } from './datastore/sqlite.js'
 import type { Datastore } from './datastore/types.js'
-import { badEntry, checkEntry, checkIssuableId } from './entry-check.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
 import { scrubLiveTokenAliases } from './join-token-alias.js'
 import { NodeApi, type ServerIdentity } from './node-api.js'
@@ -229,39 +228,16 @@ export async function startServer(
 
     const serverIdString = serverId.toString()
     const admin = await startAdminServer(
-      {
-        trustDomain: trustDomain.name,
+      adminCore({
+        trustDomain,
+        serverId: serverIdString,
         datastore,
-        async bundle() {
-          const b = ca.bundle()
-          return { spiffe: b.toSpiffeJson(), pem: b.toPem(), sequence: b.sequence }
-        },
-        checkEntry: (input) => checkEntry(input, trustDomain, serverIdString),
-        ...(logger ? { logger, launchLogLevel: config.log.level } : {}),
-        async generateJoinToken(spiffeId, ttlSeconds) {
-          // Hex, not base64url: a token starting with '-' would be read as a flag on a command line.
-          const token = randomBytes(32).toString('hex')
-          const expiresAt = Math.floor(clock.now().getTime() / 1000) + ttlSeconds
-          if (spiffeId !== undefined) {
-            const id = SpiffeId.parse(spiffeId)
-            if (!id.memberOf(trustDomain))
-              throw badEntry(`${spiffeId} is not in trust domain ${trustDomain.name}`)
-            checkIssuableId(id, trustDomain, serverIdString)
-          }
-          // The alias ID waits with the token's hash; its entry is created when the token is
-          // used (aliasingJoinTokenAttestor), so nothing at rest holds a usable token.
-          await datastore.createJoinToken({
-            tokenHash: hashJoinToken(token),
-            expiresAt,
-            ...(spiffeId ? { spiffeId } : {}),
-          })
-          log('info', 'join token generated', {
-            expires_at: expiresAt,
-            ...(spiffeId ? { spiffe_id: spiffeId } : {}),
-          })
-          return { token, expiresAt }
-        },
-      },
+        ca,
+        clock,
+        config,
+        log,
+        logger,
+      }),
       {
         socketPath: config.adminSocket,
         allowedGid:

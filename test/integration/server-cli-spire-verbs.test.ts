@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import {
@@ -9,7 +9,7 @@ import {
   writeAgentConfig,
 } from '../helpers/agent-process.js'
 import { startCli } from '../helpers/cli-process.js'
-import { cli } from '../helpers/exec.js'
+import { cli, run } from '../helpers/exec.js'
 
 /**
  * The verbs ops scripts use with spire-server, spelled as SPIRE spells them (one dash,
@@ -163,6 +163,75 @@ test("SPIRE's admin verbs: entry create -data, entry count/show filters, agent l
         left.map((x) => x.spiffeId),
         [liveId],
       )
+    },
+  )
+
+  await t.test(
+    'x509 mint and jwt mint, as spire-server: the key is made by the CLI, OpenSSL verifies the SVID',
+    async () => {
+      const out = join(root, 'minted')
+      await ok(
+        'x509',
+        'mint',
+        '-spiffeID',
+        'spiffe://example.org/tool',
+        '-ttl',
+        '10m',
+        '-dns',
+        'tool.local',
+        '-write',
+        out,
+      )
+      assert.equal(statSync(join(out, 'key.pem')).mode & 0o777, 0o600)
+      const v = await run('openssl', [
+        'verify',
+        '-CAfile',
+        join(out, 'bundle.pem'),
+        join(out, 'svid.pem'),
+      ])
+      assert.equal(v.code, 0, v.stdout + v.stderr)
+      const text = await run('openssl', [
+        'x509',
+        '-in',
+        join(out, 'svid.pem'),
+        '-noout',
+        '-ext',
+        'subjectAltName',
+      ])
+      assert.match(text.stdout, /URI:spiffe:\/\/example\.org\/tool/)
+      assert.match(text.stdout, /DNS:tool\.local/)
+      // The key in key.pem is the one certified.
+      const pub = (f: string, args: string[]) =>
+        run('openssl', [...args, '-in', join(out, f), '-pubout'])
+      assert.equal(
+        (await pub('key.pem', ['pkey'])).stdout,
+        (await run('openssl', ['x509', '-in', join(out, 'svid.pem'), '-noout', '-pubkey'])).stdout,
+      )
+      const jwt = (
+        await json(
+          'jwt',
+          'mint',
+          '-spiffeID',
+          'spiffe://example.org/tool',
+          '-audience',
+          'db',
+          '-ttl',
+          '5m',
+        )
+      ).token as string
+      const claims = JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()) as {
+        sub: string
+        aud: string[] | string
+        exp: number
+      }
+      assert.equal(claims.sub, 'spiffe://example.org/tool')
+      assert.deepEqual([claims.aud].flat(), ['db'])
+      assert.ok(claims.exp - Date.now() / 1000 <= 300 + 5)
+      // Not for the server's own ID, nor outside the trust domain.
+      for (const id of ['spiffe://example.org/spire/server', 'spiffe://elsewhere.org/x']) {
+        const r = await a('jwt', 'mint', '-spiffeID', id, '-audience', 'db')
+        assert.notEqual(r.code, 0, id)
+      }
     },
   )
 
