@@ -62,6 +62,8 @@ export type ErrorCode =
   | 'ERR_WORKLOAD_API'
   | 'ERR_WORKLOAD_ENDPOINT'
   | 'ERR_WORKLOAD_ATTESTATION'
+  | 'ERR_MQTT_ENCRYPTION'
+  | 'ERR_MQTT_BROKER'
 
 export interface ErrorDetails {
   readonly remedy?: string

@@ -23,6 +23,8 @@ export interface AdminCore {
   ): Promise<{ token: string; expiresAt: number }>
   /** Validates an entry (IDs, selectors) and fills defaults; throws coded errors. */
   checkEntry(input: unknown): EntryInput
+  /** After a ban or eviction: revoke what else the agent holds (its MQTT broker client). */
+  agentRemoved?(spiffeId: string): Promise<void>
 }
 
 export interface AdminServerOptions {
@@ -200,6 +202,7 @@ export async function startAdminServer(
           }
           if (action === 'ban') await ds.updateAttestedNode(id, { banned: true })
           else await ds.deleteAttestedNode(id)
+          await core.agentRemoved?.(id)
           opts.log?.('info', `agent ${action === 'ban' ? 'banned' : 'evicted'}`, { agent: id })
           return send(res, 200, { [action === 'ban' ? 'banned' : 'evicted']: id })
         }

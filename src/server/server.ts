@@ -19,6 +19,7 @@ import { type KeyManager, softwareSigner } from '../keymanager/types.js'
 import type { PeerCredentials } from '../native/types.js'
 import { parsePemCertificates } from '../spiffe/bundle.js'
 import { SpiffeId, TrustDomain } from '../spiffe/id.js'
+import type { BrokerAccess } from '../transport/mqtt/broker-access.js'
 import { startAdminServer } from './admin.js'
 import { CaManager, type Clock, type UpstreamAuthority } from './ca.js'
 import type { ServerConfig } from './config.js'
@@ -28,6 +29,7 @@ import type { Datastore } from './datastore/types.js'
 import { badEntry, checkEntry, checkIssuableId } from './entry-check.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
 import { scrubLiveTokenAliases } from './join-token-alias.js'
+import { startMqttListener } from './mqtt-start.js'
 import { NodeApi, type ServerIdentity } from './node-api.js'
 import { buildNodeAttestors } from './plugins.js'
 
@@ -53,6 +55,12 @@ export interface StartServerOptions {
    * `*.reset-<time>`), never deleted. Without it, keys without their datastore refuse to start.
    */
   readonly reset?: boolean
+  /**
+   * Broker authorization for the MQTT listener (Mosquitto dynamic security, ...): attested agents
+   * get their own broker client, evicted and banned ones lose it. Without it agents keep the
+   * bootstrap credentials. Closed with the server.
+   */
+  readonly brokerAccess?: BrokerAccess
 }
 
 function readUpstream(cfg: NonNullable<ServerConfig['upstream']>): UpstreamAuthority {
@@ -210,6 +218,17 @@ export async function startServer(
       )
     })
     cleanups.push(() => grpcServer.close())
+    if (opts.brokerAccess) cleanups.push(() => opts.brokerAccess!.close())
+    const mqttServer = config.mqtt
+      ? await startMqttListener(api, config.mqtt, {
+          dataDir: config.dataDir,
+          brokerAccess: opts.brokerAccess,
+          bundle: () => ca.bundle(),
+          identity: () => identity,
+          log,
+        })
+      : undefined
+    if (mqttServer) cleanups.push(() => mqttServer.close())
 
     const serverIdString = serverId.toString()
     const admin = await startAdminServer(
@@ -221,6 +240,9 @@ export async function startServer(
           return { spiffe: b.toSpiffeJson(), pem: b.toPem(), sequence: b.sequence }
         },
         checkEntry: (input) => checkEntry(input, trustDomain, serverIdString),
+        async agentRemoved(id) {
+          await opts.brokerAccess?.revokeAgent(id)
+        },
         async generateJoinToken(spiffeId, ttlSeconds) {
           // Hex, not base64url: a token starting with '-' would be read as a flag on a command line.
           const token = randomBytes(32).toString('hex')
@@ -279,6 +301,7 @@ export async function startServer(
     log('info', 'server started', {
       trust_domain: trustDomain.name,
       bind: `${config.bindAddress}:${grpcServer.port}`,
+      ...(config.mqtt ? { mqtt: config.mqtt.url } : {}),
       admin_socket: config.adminSocket,
     })
     const close = async () => {
