@@ -109,10 +109,18 @@ export class MqttRpc {
       }
       this.handlers.get(topic)?.(payload)
     })
-    // Subscribing before the first CONNACK is queued by mqtt.js; with a persistent session the
-    // broker keeps it, and mqtt.js subscribes again when a broker restart lost the session.
-    this.client.subscribe(resTopic, { qos: 1 })
+    // Requests wait for the SUBACK: mqtt.js may flush a queued publish before a queued subscribe,
+    // and a reply that comes before the subscription is lost. With a persistent session the
+    // broker keeps the subscription; mqtt.js subscribes again when a broker restart lost it.
+    this.ready = this.client.subscribeAsync(resTopic, { qos: 1 }).then((granted) => {
+      const code = granted[0]?.qos ?? 128
+      // 0x80 and up: the broker refused (its ACL): no reply could ever reach us.
+      if (code >= 128) throw brokerUnreachable(o.url, `the broker refused to subscribe ${resTopic}`)
+    })
+    this.ready.catch(() => undefined)
   }
+
+  private readonly ready: Promise<void>
 
   /** Calls `fn` for each message on `topic` (the bundle push). */
   listen(topic: string, fn: (payload: Buffer) => void): void {
@@ -153,27 +161,41 @@ export class MqttRpc {
         }
       }
       this.pending.set(key, { offer, reject, timer })
-      this.client.publish(
-        this.reqTopic,
-        Buffer.from(payload),
-        {
-          qos: 1,
-          properties: {
-            responseTopic: this.resTopic,
-            correlationData: corr,
-            // A request the server did not take within the timeout is worthless: the broker drops it.
-            messageExpiryInterval: Math.max(1, Math.ceil(timeoutMs / 1000)),
-          },
-        },
-        (err) => {
-          // mqtt.js queues while offline; an error here means the client gave up on it.
-          if (err && this.pending.delete(key)) {
-            clearTimeout(timer)
-            reject(brokerUnreachable(this.o.url, err.message))
-          }
-        },
-      )
+      const fail = (err: Error) => {
+        if (this.pending.delete(key)) {
+          clearTimeout(timer)
+          reject(err instanceof NodeCallError ? err : brokerUnreachable(this.o.url, err.message))
+        }
+      }
+      this.ready.then(() => this.publish(key, payload, corr, timeoutMs, fail), fail)
     })
+  }
+
+  private publish(
+    key: string,
+    payload: Uint8Array,
+    corr: Buffer,
+    timeoutMs: number,
+    fail: (e: Error) => void,
+  ): void {
+    if (!this.pending.has(key)) return
+    this.client.publish(
+      this.reqTopic,
+      Buffer.from(payload),
+      {
+        qos: 1,
+        properties: {
+          responseTopic: this.resTopic,
+          correlationData: corr,
+          // A request the server did not take within the timeout is worthless: the broker drops it.
+          messageExpiryInterval: Math.max(1, Math.ceil(timeoutMs / 1000)),
+        },
+      },
+      (err) => {
+        // mqtt.js queues while offline; an error here means the client gave up on it.
+        if (err) fail(err)
+      },
+    )
   }
 
   async close(): Promise<void> {
