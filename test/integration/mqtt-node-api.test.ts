@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createLocalJWKSet, jwtVerify } from 'jose'
@@ -9,6 +11,11 @@ import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import type { TrustBundle } from '../../src/spiffe/bundle.js'
 import { createCsr } from '../../src/spiffe/csr.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
+import {
+  agentTopicKey,
+  type BrokerAccess,
+  type BrokerCredentials,
+} from '../../src/transport/mqtt/broker-access.js'
 import { MqttNodeClient } from '../../src/transport/mqtt/client.js'
 import type { AgentAuth } from '../../src/transport/node-client.js'
 import { serverMqttToml, startSpy } from '../helpers/mqtt.js'
@@ -115,6 +122,55 @@ test('MQTT over TLS: join token attestation, sync, X.509 and JWT SVIDs; the brok
     assert.ok(bootstrap.length > 0)
     assert.equal(bootstrap.includes(token), false, 'the join token crossed the broker readable')
     assert.equal(bootstrap.includes(Buffer.from(token, 'hex')), false)
+  } finally {
+    client.close()
+  }
+})
+
+test('MQTT with broker access: credentials reach the agent encrypted, it reconnects with them on its own topics; eviction revokes them', async () => {
+  await using broker = await startMosquitto({ tls: true })
+  await using spy = await startSpy(broker)
+  const grants: string[] = []
+  const revoked: string[] = []
+  const password = `pw-${randomBytes(16).toString('hex')}`
+  const access: BrokerAccess = {
+    async grantAgent(id) {
+      grants.push(id)
+      return { username: `agent-${agentTopicKey(id)}`, password }
+    },
+    async revokeAgent(id) {
+      revoked.push(id)
+    },
+    async close() {},
+  }
+  await using s = await startTestServer({
+    extraToml: `attest_rate_per_second = 1000\n${serverMqttToml(broker)}`,
+    brokerAccess: access,
+  })
+  const kept: BrokerCredentials[] = []
+  const client = new MqttNodeClient({
+    url: broker.url,
+    trustDomain: td,
+    bundle: s.server.ca.bundle(),
+    topicPrefix: 'spiffe-edge',
+    ca: readFileSync(broker.caFile!),
+    username: 'bootstrap',
+    password: 'bootstrap-secret',
+    onGranted: (c) => kept.push(c),
+  })
+  try {
+    const { r, auth } = await attest(client, await s.token())
+    const k = agentTopicKey(r.svid.spiffeId)
+    assert.deepEqual(grants, [r.svid.spiffeId])
+    assert.deepEqual(kept, [{ username: `agent-${k}`, password }])
+    await client.call('SyncEntries', { sinceRevision: 0 }, auth)
+    // Mosquitto logs each CONNECT with its client id and username.
+    const log = readFileSync(join(broker.stateDir, 'mosquitto.log'), 'utf8')
+    assert.match(log, new RegExp(`as agent-${k} \\(.*u'agent-${k}'\\)`))
+    assert.match(log, /as bs-[0-9a-f]{32} \(.*u'bootstrap'\)/)
+    assert.equal(spy.bytes().includes(password), false, 'the broker password crossed in the clear')
+    await s.admin('POST', `/v1/agents/${encodeURIComponent(r.svid.spiffeId)}/evict`)
+    assert.deepEqual(revoked, [r.svid.spiffeId])
   } finally {
     client.close()
   }
