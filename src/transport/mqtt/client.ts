@@ -124,7 +124,8 @@ export class MqttNodeClient implements NodeClient {
         return await this.attestOnce(rpc, attestor, signer)
       }
     } finally {
-      await rpc.close()
+      // The session is spent; its connection closes in the background.
+      void rpc.close()
     }
   }
 
