@@ -5,11 +5,14 @@
 #     agent key lives in the TPM); registers an entry for this shell's uid under a node alias on the
 #     TPM's EK; fetches an X.509-SVID and a JWT-SVID over the SPIFFE Workload API with the CLI.
 # DEMO_ATTESTOR=join_token runs the same with a join token instead of the TPM.
+# DEMO_TRANSPORT=mqtt runs the node API through a local Mosquitto broker (MQTT v5 over TLS) instead
+# of gRPC: the server listens on the broker beside gRPC, the agent reaches only the broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 
 attestor="${DEMO_ATTESTOR:-tpm}"
+transport="${DEMO_TRANSPORT:-grpc}"
 state="$(mktemp -d /tmp/spiffe-edge-demo.XXXXXX)"
 server_pid=""
 agent_pid=""
@@ -17,6 +20,7 @@ cleanup() {
   [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
   ./bin/spiffe-edge sim tpm stop --state "$state/tpm" >/dev/null 2>&1 || true
+  ./bin/spiffe-edge sim mqtt stop --state "$state/mqtt" >/dev/null 2>&1 || true
   rm -rf "$state"
 }
 trap cleanup EXIT
@@ -39,6 +43,19 @@ if [ "$attestor" = tpm ]; then
   server_args=(--config examples/local/server-tpm.conf --tpm-ek-ca "$ek_ca")
 else
   server_args=(--config examples/local/server.conf)
+fi
+if [ "$transport" = mqtt ]; then
+  echo
+  echo "== spiffe-edge sim mqtt start --tls --state $state/mqtt"
+  broker="$(./bin/spiffe-edge sim mqtt start --tls --state "$state/mqtt")"
+  echo "$broker"
+  broker_url="$(json "$broker" url)"
+  broker_ca="$(json "$broker" ca)"
+  # The example config plus its [server.mqtt] table (relative paths are overridden by flags).
+  cp "${server_args[1]}" "$state/server.conf"
+  printf '\n[server.mqtt]\nurl = "%s"\nca_file = "%s"\n' "$broker_url" "$broker_ca" >>"$state/server.conf"
+  server_args[1]="$state/server.conf"
+  echo "   [server.mqtt] url = \"$broker_url\", ca_file = \"$broker_ca\""
 fi
 echo "== spiffe-edge server run ${server_args[*]} --data-dir $state/server --port 0"
 ./bin/spiffe-edge server run "${server_args[@]}" --data-dir "$state/server" --port 0 \
@@ -68,7 +85,14 @@ echo "== spiffe-edge server entry create --parentID spiffe://example.org/gateway
 ./bin/spiffe-edge server entry create --admin-socket "$sock" \
   --parentID spiffe://example.org/gateway/1 --spiffeID spiffe://example.org/demo --selector "unix:uid:$(id -u)"
 
-echo "== spiffe-edge agent run ${agent_args[*]} --socket-path $api"
+if [ "$transport" = mqtt ]; then
+  cp "${agent_args[1]}" "$state/agent.conf"
+  printf '\n[agent.mqtt]\nca_file = "%s"\n' "$broker_ca" >>"$state/agent.conf"
+  agent_args[1]="$state/agent.conf"
+  address="$broker_url"
+  echo "   [agent.mqtt] ca_file = \"$broker_ca\"; the agent reaches only the broker"
+fi
+echo "== spiffe-edge agent run ${agent_args[*]} --socket-path $api --server-address $address"
 ./bin/spiffe-edge agent run "${agent_args[@]}" --data-dir "$state/agent" --socket-path "$api" \
   --server-address "$address" >"$state/agent.out" 2>"$state/agent.log" &
 agent_pid=$!
@@ -89,3 +113,7 @@ echo "== spiffe-edge api fetch jwt --audience demo --socket-path $api"
 
 echo "== spiffe-edge sim tpm stop --state $state/tpm"
 ./bin/spiffe-edge sim tpm stop --state "$state/tpm"
+if [ "$transport" = mqtt ]; then
+  echo "== spiffe-edge sim mqtt stop --state $state/mqtt"
+  ./bin/spiffe-edge sim mqtt stop --state "$state/mqtt"
+fi
