@@ -4,7 +4,7 @@
  * failure by its cause (unreachable, untrusted, refused); and the AttestAgent exchange as
  * messages. A transport only moves the bytes.
  */
-import { createPublicKey } from 'node:crypto'
+import { createHash, createPublicKey, X509Certificate } from 'node:crypto'
 import type { AgentNodeAttestor } from '../attestors/types.js'
 import type { Signer } from '../keymanager/types.js'
 import { TrustBundle } from '../spiffe/bundle.js'
@@ -128,18 +128,7 @@ export function verifyResponse(
         type: 'spki',
       })
     } else {
-      const v = validateX509Svid(
-        res.serverChain,
-        (t) => (t.equals(td) ? bundle.x509Bundle() : undefined),
-        new Date(),
-      )
-      if (v.spiffeId.toString() !== serverId)
-        throw new Error(`signed by ${v.spiffeId}, not the server`)
-      leafKey = createPublicKey({
-        key: Buffer.from(v.leaf.publicKey.rawData),
-        format: 'der',
-        type: 'spki',
-      })
+      leafKey = verifiedServerKey(res.serverChain, bundle, td, serverId)
     }
   } catch (err) {
     throw untrusted('bad_server_svid', `response not from our server: ${(err as Error).message}`)
@@ -156,6 +145,55 @@ export function verifyResponse(
   if (!verifySignature(leafKey, data, res.signature)) {
     throw new NodeCallError(16, 'signature', 'response signature does not verify')
   }
+}
+
+/**
+ * Chains this bundle already verified, by their bytes: the server signs every response with the
+ * same SVID until it rotates, and a full path validation per response cost more than the rest of
+ * the check. An entry is used only while every certificate of the path is still valid, and only
+ * for the very bundle object that verified it (a new bundle starts empty).
+ */
+const verifiedChains = new WeakMap<
+  TrustBundle,
+  Map<string, { key: ReturnType<typeof createPublicKey>; notBefore: number; notAfter: number }>
+>()
+
+function verifiedServerKey(
+  chain: readonly Uint8Array[],
+  bundle: TrustBundle,
+  td: TrustDomain,
+  serverId: string,
+): ReturnType<typeof createPublicKey> {
+  const id = createHash('sha256')
+  for (const c of chain) id.update(createHash('sha256').update(c).digest())
+  const k = id.digest('hex')
+  const now = Date.now()
+  let seen = verifiedChains.get(bundle)
+  const hit = seen?.get(k)
+  if (hit && now >= hit.notBefore && now <= hit.notAfter) return hit.key
+  const v = validateX509Svid(
+    chain,
+    (t) => (t.equals(td) ? bundle.x509Bundle() : undefined),
+    new Date(now),
+  )
+  if (v.spiffeId.toString() !== serverId) throw new Error(`signed by ${v.spiffeId}, not the server`)
+  const key = createPublicKey({
+    key: Buffer.from(v.leaf.publicKey.rawData),
+    format: 'der',
+    type: 'spki',
+  })
+  if (!seen) {
+    seen = new Map()
+    verifiedChains.set(bundle, seen)
+  }
+  if (seen.size >= 8) seen.clear()
+  const path = v.path.map((c) => new X509Certificate(c))
+  seen.set(k, {
+    key,
+    notBefore: Math.max(...path.map((c) => Date.parse(c.validFrom))),
+    notAfter: Math.min(...path.map((c) => Date.parse(c.validTo))),
+  })
+  return key
 }
 
 function untrusted(reason: string, message: string, status = 16): NodeCallError {
