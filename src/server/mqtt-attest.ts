@@ -14,7 +14,7 @@
  * may deliver twice; a broker may replay), so no second SVID is issued and nothing is written twice;
  * a frame for a round already answered is dropped too.
  */
-import type { KeyObject } from 'node:crypto'
+import { createHash, type KeyObject } from 'node:crypto'
 import { ReplayCache } from '../transport/envelope.js'
 import type { BrokerAccess } from '../transport/mqtt/broker-access.js'
 import { decryptBound, encryptTo } from '../transport/mqtt/jwe.js'
@@ -29,6 +29,10 @@ import { type NodeApi, NodeApiError, Status, toNodeApiError } from './node-api.j
 
 const SESSION_TTL_MS = 60_000
 const MAX_SESSIONS = 1000
+const ANSWER_TTL_MS = 300_000
+const MAX_ANSWERS = 2000
+
+const frameDigest = (b: Uint8Array) => createHash('sha256').update(b).digest('base64')
 
 interface Session {
   readonly clientId: string
@@ -36,8 +40,9 @@ interface Session {
   expected: number
   deliver: ((m: AttestAgentRequest) => void) | undefined
   fail: ((e: Error) => void) | undefined
-  /** Answers the frame the exchange is at (its correlation data). */
+  /** Answers the frame the exchange is at (its correlation data), and that frame. */
   reply: Reply
+  frame: Uint8Array
   readonly timer: NodeJS.Timeout
 }
 
@@ -73,6 +78,7 @@ export class AttestSessions {
     step: AttestAgentResponse | undefined,
     extra: { serverKey?: string; brokerCredentials?: string } = {},
     err?: NodeApiError,
+    keep?: { key: string; frame: Uint8Array },
   ): Promise<void> {
     const body = err
       ? new Uint8Array()
@@ -81,7 +87,38 @@ export class AttestSessions {
           step: step ? codec.attestResponse.encode(step) : new Uint8Array(),
           ...extra,
         })
-    reply(await this.o.api.sign('AttestAgent', nonce, body, err))
+    const res = await this.o.api.sign('AttestAgent', nonce, body, err)
+    if (keep) this.keep(keep.key, round, keep.frame, res)
+    reply(res)
+  }
+
+  /**
+   * The last answer of each attempt, for a while: an agent whose reply was lost (a link or broker
+   * restart) sends the same frame again and gets the same signed answer, not a second SVID, so a
+   * spent join token does not lock it out. Bounded in count and age.
+   */
+  private readonly answered = new Map<
+    string,
+    { round: number; frame: string; res: SignedResponse; at: number }
+  >()
+
+  private keep(key: string, round: number, frame: Uint8Array, res: SignedResponse): void {
+    const now = Date.now()
+    for (const [k, v] of this.answered) {
+      if (now - v.at < ANSWER_TTL_MS && this.answered.size < MAX_ANSWERS) break
+      this.answered.delete(k)
+    }
+    this.answered.delete(key)
+    this.answered.set(key, { round, frame: frameDigest(frame), res, at: now })
+  }
+
+  /** Re-sends the kept answer when this frame is the one it answered. */
+  private resend(key: string, f: MqttAttestRequest, bytes: Uint8Array, reply: Reply): boolean {
+    const a = this.answered.get(key)
+    if (!a || a.round !== f.round || a.frame !== frameDigest(bytes)) return false
+    if (Date.now() - a.at >= ANSWER_TTL_MS) return false
+    reply(a.res)
+    return true
   }
 
   /** One frame from bootstrap client `clientId` (the topic it came on says who). */
@@ -99,6 +136,7 @@ export class AttestSessions {
         await this.send(reply, f.nonce, 0, undefined, { serverKey: this.o.encryptionKey.publicJwk })
         return
       }
+      if (this.resend(key, f, bytes, reply)) return
       if (f.round === 1) {
         try {
           this.seen.check(f.nonce, Date.now())
@@ -108,7 +146,7 @@ export class AttestSessions {
           })
           return
         }
-        await this.start(clientId, key, f, reply)
+        await this.start(clientId, key, f, reply, bytes)
         return
       }
       const s = this.sessions.get(key)
@@ -125,6 +163,7 @@ export class AttestSessions {
       const req = codec.attestRequest.decode(f.step)
       const d = s.deliver
       s.reply = reply
+      s.frame = bytes
       s.deliver = undefined
       s.fail = undefined
       d(req)
@@ -141,6 +180,7 @@ export class AttestSessions {
     key: string,
     f: MqttAttestRequest,
     reply: Reply,
+    frame: Uint8Array,
   ): Promise<void> {
     if (this.sessions.size >= MAX_SESSIONS) {
       throw new NodeApiError(
@@ -177,6 +217,7 @@ export class AttestSessions {
       deliver: undefined,
       fail: undefined,
       reply,
+      frame,
       timer: setTimeout(() => {
         s.fail?.(
           new NodeApiError(
@@ -230,7 +271,7 @@ export class AttestSessions {
               })
             }
           }
-          await this.send(s.reply, nonce, round, m, extra)
+          await this.send(s.reply, nonce, round, m, extra, undefined, { key, frame: s.frame })
         },
       })
       .catch(async (err: unknown) => {
@@ -239,7 +280,9 @@ export class AttestSessions {
           new NodeApiError(Status.INTERNAL, 'internal', 'internal error', 'see the server log')
         if (!toNodeApiError(err))
           this.o.log?.('warn', 'MQTT attestation failed', { error: (err as Error).message })
-        await this.send(s.reply, nonce, round, undefined, {}, e).catch(() => undefined)
+        await this.send(s.reply, nonce, round, undefined, {}, e, { key, frame: s.frame }).catch(
+          () => undefined,
+        )
       })
       .finally(() => {
         clearTimeout(s.timer)

@@ -18,6 +18,7 @@ import {
 } from '../../src/transport/mqtt/broker-access.js'
 import { MqttNodeClient } from '../../src/transport/mqtt/client.js'
 import type { AgentAuth } from '../../src/transport/node-client.js'
+import { codec } from '../../src/transport/proto.js'
 import { serverMqttToml, startSpy } from '../helpers/mqtt.js'
 import { startTestServer } from '../helpers/server.js'
 
@@ -173,5 +174,45 @@ test('MQTT with broker access: credentials reach the agent encrypted, it reconne
     assert.deepEqual(revoked, [r.svid.spiffeId])
   } finally {
     client.close()
+  }
+})
+
+test('MQTT: the broker killed and restarted mid-attestation; the agent sends its frame again and gets its SVID (the join token is not lost)', {
+  timeout: 90_000,
+}, async () => {
+  let broker = await startMosquitto()
+  const port = broker.port
+  try {
+    const spy = await startSpy(broker)
+    await using s = await startTestServer({
+      extraToml: `attest_rate_per_second = 1000\n${serverMqttToml(broker)}`,
+    })
+    const token = await s.token()
+    const client = await mqttClient(broker, s.server.ca.bundle(), 24_000)
+    try {
+      const keys = new MemoryKeyManager()
+      const attesting = client.attestAgent(
+        joinTokenAgentAttestor(token),
+        await keys.generateKey('agent', 'ec-p256'),
+      )
+      attesting.catch(() => undefined)
+      await spy.next(
+        (m) =>
+          m.topic.includes('/bootstrap/') &&
+          m.topic.endsWith('/req') &&
+          codec.mqttAttestRequest.decode(m.payload).round === 1,
+      )
+      await broker.stop()
+      await Promise.resolve(spy[Symbol.asyncDispose]()).catch(() => undefined)
+      await sleep(500)
+      broker = await startMosquitto({ port })
+      const r = await attesting
+      assert.equal(r.svid.spiffeId, `spiffe://example.org/spire/agent/join_token/${token}`)
+      assert.equal((await s.server.datastore.listAttestedNodes()).length, 1)
+    } finally {
+      client.close()
+    }
+  } finally {
+    await broker[Symbol.asyncDispose]()
   }
 })

@@ -61,7 +61,7 @@ export class MqttNodeClient implements NodeClient {
   private granted: BrokerCredentials | undefined
   /** The server's encryption key (JWK JSON), learnt from a verified hello or bundle push. */
   private serverKey: string | undefined
-  private agent: { rpc: MqttRpc; id: string; user: string | undefined } | undefined
+  private agent: { rpc: MqttRpc; id: string; cred: string } | undefined
   private readonly bundleListeners = new Set<(b: TrustBundle) => void>()
 
   constructor(o: MqttNodeClientOptions) {
@@ -137,7 +137,7 @@ export class MqttNodeClient implements NodeClient {
     const nonce = new Uint8Array(randomBytes(16))
     const exchange = async (round: number, step: Uint8Array) => {
       const bytes = codec.mqttAttestRequest.encode({ nonce, round, step })
-      const res = await rpc.request(bytes, this.timeout(), (b) => {
+      const res = await this.resending(rpc, bytes, (b) => {
         const r = codec.signedResponse.decode(b)
         verifyResponse('AttestAgent', nonce, r, this.trust(), this.o.trustDomain)
         // The round is in the signed body: a broker cannot replay an earlier round's answer.
@@ -175,6 +175,22 @@ export class MqttNodeClient implements NodeClient {
     throw new NodeCallError(3, 'challenge_rounds', 'too many attestation rounds')
   }
 
+  /**
+   * One attestation frame, sent again (same bytes) when no reply came: a reply lost with a link
+   * or a broker restart is sent again by the server from what it kept, so the attempt goes on
+   * (a spent join token is not lost with it).
+   */
+  private async resending<T>(rpc: MqttRpc, bytes: Uint8Array, verify: (b: Uint8Array) => T) {
+    const tries = 3
+    for (let i = 1; ; i++) {
+      try {
+        return await rpc.request(bytes, Math.ceil(this.timeout() / tries), verify)
+      } catch (err) {
+        if (i >= tries || !(err instanceof NodeCallError) || err.reason !== 'unreachable') throw err
+      }
+    }
+  }
+
   private setGranted(c: BrokerCredentials): void {
     this.granted = c
     this.o.onGranted?.(c)
@@ -185,7 +201,8 @@ export class MqttNodeClient implements NodeClient {
 
   private agentRpc(spiffeId: string): MqttRpc {
     const user = this.granted?.username ?? this.o.username
-    if (this.agent && this.agent.id === spiffeId && this.agent.user === user) return this.agent.rpc
+    const cred = `${user ?? ''}\n${this.granted?.password ?? this.o.password ?? ''}`
+    if (this.agent && this.agent.id === spiffeId && this.agent.cred === cred) return this.agent.rpc
     void this.agent?.rpc.close()
     const k = agentTopicKey(spiffeId)
     const rpc = new MqttRpc(
@@ -204,7 +221,7 @@ export class MqttNodeClient implements NodeClient {
       this.topics.agentRes(k),
     )
     rpc.listen(this.topics.bundle, (payload) => this.bundlePushed(payload))
-    this.agent = { rpc, id: spiffeId, user }
+    this.agent = { rpc, id: spiffeId, cred }
     return rpc
   }
 
