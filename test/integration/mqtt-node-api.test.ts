@@ -11,6 +11,7 @@ import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import type { TrustBundle } from '../../src/spiffe/bundle.js'
 import { createCsr } from '../../src/spiffe/csr.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
+import { GrpcNodeClient } from '../../src/transport/grpc-client.js'
 import {
   agentTopicKey,
   type BrokerAccess,
@@ -47,7 +48,7 @@ async function attest(client: MqttNodeClient, token: string) {
   return { r, auth, keys }
 }
 
-test('MQTT over TLS: join token attestation, sync, X.509 and JWT SVIDs; the broker sees no token or JWT', async () => {
+test('MQTT over TLS: join token attestation, sync, X.509 and JWT SVIDs; the broker sees no token or JWT; gRPC serves beside it', async () => {
   await using broker = await startMosquitto({ tls: true })
   await using spy = await startSpy(broker)
   await using s = await startTestServer({
@@ -123,6 +124,18 @@ test('MQTT over TLS: join token attestation, sync, X.509 and JWT SVIDs; the brok
     assert.ok(bootstrap.length > 0)
     assert.equal(bootstrap.includes(token), false, 'the join token crossed the broker readable')
     assert.equal(bootstrap.includes(Buffer.from(token, 'hex')), false)
+
+    // gRPC serves beside MQTT: another agent attests and syncs over gRPC at the same time.
+    const grpc = new GrpcNodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
+    try {
+      const g = await grpc.attestAgent(
+        joinTokenAgentAttestor(await s.token()),
+        await keys.generateKey('g', 'ec-p256'),
+      )
+      assert.match(g.svid.spiffeId, /\/spire\/agent\/join_token\//)
+    } finally {
+      grpc.close()
+    }
   } finally {
     client.close()
   }
