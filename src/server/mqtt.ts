@@ -14,6 +14,7 @@ import { SpiffeEdgeError } from '../errors.js'
 import type { TrustBundle } from '../spiffe/bundle.js'
 import { parseCert, uriSans } from '../spiffe/x509-cert.js'
 import { agentTopicKey, type BrokerAccess, mqttTopics } from '../transport/mqtt/broker-access.js'
+import { noDelay } from '../transport/mqtt/connection.js'
 import { type EcdhKeyPair, MAX_JWE, newEcdhKey } from '../transport/mqtt/jwe.js'
 import { codec, type SignedResponse } from '../transport/proto.js'
 import { MAX_RECEIVE_MESSAGE } from './grpc.js'
@@ -104,6 +105,7 @@ export async function startNodeMqttServer(
     ...(o.key ? { key: o.key } : {}),
     rejectUnauthorized: true,
   })
+  noDelay(client)
   let inFlight = 0
   const publishReply = (topic: string, corr: Buffer, res: SignedResponse) => {
     client.publish(topic, Buffer.from(codec.signedResponse.encode(res)), {

@@ -81,7 +81,8 @@ export class MqttNodeClient implements NodeClient {
   }
 
   setBundle(b: TrustBundle): void {
-    this.bundle = b
+    // The same content keeps the same object: verified server chains are cached per bundle object.
+    if (!this.bundle?.equals(b)) this.bundle = b
   }
 
   /** Bundles pushed by the server (retained on P/v1/bundle), after verification. */
@@ -165,7 +166,7 @@ export class MqttNodeClient implements NodeClient {
         m = await exchange(round, s.reply)
         continue
       }
-      this.bundle = s.result.bundle
+      this.setBundle(s.result.bundle)
       if (m.brokerCredentials) {
         const c = await decryptWith(replyKey.privateKey, m.brokerCredentials, 4096)
         this.setGranted(parseCredentials(c))
@@ -270,7 +271,7 @@ export class MqttNodeClient implements NodeClient {
       if (push.sequence <= cur.sequence) return
       const next = TrustBundle.fromSpiffeJson(this.o.trustDomain, push.bundle)
       if (next.sequence !== push.sequence) return
-      this.bundle = next
+      this.setBundle(next)
       for (const l of this.bundleListeners) l(next)
     } catch {
       // Not from our server, or malformed: a broker may send anything; nothing changes.

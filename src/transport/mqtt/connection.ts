@@ -42,6 +42,17 @@ export function brokerUnreachable(url: string, details: string): NodeCallError {
   )
 }
 
+/**
+ * Turns Nagle off on every (re)connected socket: a request is written as small packets (PUBACK,
+ * PUBLISH) and Nagle would hold the second behind the broker's delayed ACK (~40 ms a message).
+ */
+export function noDelay(client: MqttClient): void {
+  client.on('connect', () => {
+    const s = client.stream as { setNoDelay?: (on: boolean) => unknown } | undefined
+    s?.setNoDelay?.(true)
+  })
+}
+
 export function clientOptions(o: MqttConnectOptions): IClientOptions {
   return {
     protocolVersion: 5,
@@ -87,6 +98,7 @@ export class MqttRpc {
     this.reqTopic = reqTopic
     this.resTopic = resTopic
     this.client = mqtt.connect(o.url, clientOptions(o))
+    noDelay(this.client)
     this.client.on('error', (err) => {
       this.lastError = err.message
     })
