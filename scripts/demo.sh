@@ -11,6 +11,8 @@
 # DEMO_KEYS=pkcs11 keeps the server's CA and JWT keys and the agent's SVID key in a SoftHSM2 token
 # (`sim hsm init`) instead of key files; the agent then attests with a join token (with the TPM
 # attestor its SVID key must live in the TPM) unless DEMO_ATTESTOR says otherwise.
+# DEMO_TRANSPORT=mqtt runs the node API through a local Mosquitto broker (MQTT v5 over TLS) instead
+# of gRPC: the server listens on the broker beside gRPC, the agent reaches only the broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -25,6 +27,8 @@ case "$attestor" in
   azure_msi) cloud=azure ;;
   *) echo "DEMO_ATTESTOR must be tpm, join_token, aws_iid, gcp_iit or azure_msi" >&2; exit 2 ;;
 esac
+transport="${DEMO_TRANSPORT:-grpc}"
+case "$transport" in grpc | mqtt) ;; *) echo "DEMO_TRANSPORT must be grpc or mqtt" >&2; exit 2 ;; esac
 state="$(mktemp -d /tmp/spiffe-edge-demo.XXXXXX)"
 server_pid=""
 agent_pid=""
@@ -33,6 +37,7 @@ cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
   ./bin/spiffe-edge sim tpm stop --state "$state/tpm" >/dev/null 2>&1 || true
   [ -n "$cloud" ] && { ./bin/spiffe-edge sim cloud "$cloud" stop --state "$state/cloud" >/dev/null 2>&1 || true; }
+  ./bin/spiffe-edge sim mqtt stop --state "$state/mqtt" >/dev/null 2>&1 || true
   rm -rf "$state"
 }
 trap cleanup EXIT
@@ -115,6 +120,19 @@ if [ "$keys" = pkcs11 ]; then
   echo "== spiffe-edge keys test --config $state/server.conf   (the server's key manager: the SoftHSM2 token)"
   ./bin/spiffe-edge keys test --config "$state/server.conf"
 fi
+if [ "$transport" = mqtt ]; then
+  echo
+  echo "== spiffe-edge sim mqtt start --tls --state $state/mqtt"
+  broker="$(./bin/spiffe-edge sim mqtt start --tls --state "$state/mqtt")"
+  echo "$broker"
+  broker_url="$(json "$broker" url)"
+  broker_ca="$(json "$broker" ca)"
+  # The example config plus its [server.mqtt] table (relative paths are overridden by flags).
+  [ "${server_args[1]}" = "$state/server.conf" ] || cp "${server_args[1]}" "$state/server.conf"
+  printf '\n[server.mqtt]\nurl = "%s"\nca_file = "%s"\n' "$broker_url" "$broker_ca" >>"$state/server.conf"
+  server_args[1]="$state/server.conf"
+  echo "   [server.mqtt] url = \"$broker_url\", ca_file = \"$broker_ca\""
+fi
 echo "== spiffe-edge server run ${server_args[*]} --data-dir $state/server --port 0"
 ./bin/spiffe-edge server run "${server_args[@]}" --data-dir "$state/server" --port 0 \
   >"$state/server.out" 2>"$state/server.log" &
@@ -153,7 +171,14 @@ if [ "$keys" = pkcs11 ] && [ "$attestor" != tpm ]; then
   with_pkcs11 "${agent_args[1]}" "$state/agent.conf" agent
   agent_args[1]="$state/agent.conf"
 fi
-echo "== spiffe-edge agent run ${agent_args[*]} --socket-path $api"
+if [ "$transport" = mqtt ]; then
+  [ "${agent_args[1]}" = "$state/agent.conf" ] || cp "${agent_args[1]}" "$state/agent.conf"
+  printf '\n[agent.mqtt]\nca_file = "%s"\n' "$broker_ca" >>"$state/agent.conf"
+  agent_args[1]="$state/agent.conf"
+  address="$broker_url"
+  echo "   [agent.mqtt] ca_file = \"$broker_ca\"; the agent reaches only the broker"
+fi
+echo "== spiffe-edge agent run ${agent_args[*]} --socket-path $api --server-address $address"
 ./bin/spiffe-edge agent run "${agent_args[@]}" --data-dir "$state/agent" --socket-path "$api" \
   --server-address "$address" >"$state/agent.out" 2>"$state/agent.log" &
 agent_pid=$!
@@ -189,4 +214,8 @@ if [ -n "$cloud" ]; then
 else
   echo "== spiffe-edge sim tpm stop --state $state/tpm"
   ./bin/spiffe-edge sim tpm stop --state "$state/tpm"
+fi
+if [ "$transport" = mqtt ]; then
+  echo "== spiffe-edge sim mqtt stop --state $state/mqtt"
+  ./bin/spiffe-edge sim mqtt stop --state "$state/mqtt"
 fi

@@ -12,9 +12,9 @@ import { type Log, Logger } from '../common/log.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { parsePemCertificates, TrustBundle } from '../spiffe/bundle.js'
 import { TrustDomain } from '../spiffe/id.js'
-import { GrpcNodeClient } from '../transport/grpc-client.js'
 import type { AgentConfig } from './config.js'
 import { AgentManager } from './manager.js'
+import { nodeClient } from './node-client.js'
 import { nodeIdentity, workloadAttestors } from './plugins.js'
 import { AgentStorage } from './storage.js'
 import { socketIsLive } from './workload-api/endpoint.js'
@@ -143,7 +143,14 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
     await identity.close()
     throw err
   }
-  const client = new GrpcNodeClient({ address: config.serverAddress, trustDomain: td, bundle })
+  let client: ReturnType<typeof nodeClient>
+  try {
+    client = nodeClient(config, td, bundle)
+  } catch (err) {
+    storage.close()
+    await identity.close()
+    throw err
+  }
   let onFatal: (err: SpiffeEdgeError) => void = () => undefined
   let fatalError: SpiffeEdgeError | undefined
   const terminated = new Promise<SpiffeEdgeError>((resolve) => {

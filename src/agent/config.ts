@@ -9,6 +9,7 @@ import {
 } from '../common/config.js'
 import { type HealthChecksConfig, healthChecksConfig } from '../common/health-http.js'
 import type { LogConfig } from '../common/log.js'
+import { isMqttUrl, MQTT_KEYS, type MqttSettings, mqttSettings } from '../common/mqtt-config.js'
 import type { KeyType } from '../keymanager/types.js'
 
 /** Where SPIRE users expect it (SPIRE: /tmp/spire-agent/public/api.sock); `api` commands look here. */
@@ -18,8 +19,10 @@ const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-30
 
 export interface AgentConfig {
   readonly trustDomain: string
-  /** host:port of the server's node API. */
+  /** host:port of the server's node API (gRPC), or mqtts://broker:port (MQTT v5). */
   readonly serverAddress: string
+  /** `[agent.mqtt]`, set when server_address is an mqtt(s):// URL. */
+  readonly mqtt: MqttSettings | undefined
   readonly dataDir: string
   readonly socketPath: string
   /** PEM bundle to trust at first contact; undefined with insecureBootstrap. */
@@ -66,6 +69,7 @@ const AGENT_KEYS = [
   'log_level',
   'log_format',
   'log_file',
+  'mqtt',
 ] as const
 
 /** Parses and validates an agent config (SPIRE's key names); every problem in one ERR_CONFIG. */
@@ -82,7 +86,15 @@ export function parseAgentConfig(
       ? DEFAULT_AGENT_SOCKET
       : r.path(a, 'socket_path', 'agent')!
   let serverAddress = o.serverAddress ?? r.string(a, 'server_address', 'agent', '127.0.0.1')!
-  if (o.serverAddress === undefined && !serverAddress.includes(':')) {
+  const mq = r.table(a ?? {}, 'mqtt', 'agent.mqtt')
+  r.known(mq, MQTT_KEYS, 'agent.mqtt')
+  const overMqtt = /^mqtts?:/.test(serverAddress)
+  const mqtt = overMqtt ? mqttSettings(r, mq, 'agent.mqtt') : undefined
+  if (overMqtt && !isMqttUrl(serverAddress))
+    r.problems.push(`agent.server_address: '${serverAddress}' is not mqtts://host:port`)
+  if (mq && !overMqtt)
+    r.problems.push('agent.mqtt: only used when server_address is an mqtt(s):// URL')
+  if (o.serverAddress === undefined && !overMqtt && !serverAddress.includes(':')) {
     serverAddress = `${serverAddress}:${r.int(a, 'server_port', 'agent', 8081, 1, 65535)}`
   }
   const insecureBootstrap = o.insecureBootstrap ?? r.bool(a, 'insecure_bootstrap', 'agent', false)
@@ -125,6 +137,7 @@ export function parseAgentConfig(
   const config: AgentConfig = {
     trustDomain: o.trustDomain ?? r.string(a, 'trust_domain', 'agent') ?? '',
     serverAddress,
+    mqtt,
     dataDir,
     socketPath,
     trustBundlePath,

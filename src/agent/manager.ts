@@ -72,6 +72,7 @@ export class AgentManager implements WorkloadSource {
   private readonly bundle: BundleState
   private readonly schedule: SyncSchedule
   private stopped = false
+  private unsubscribePush: (() => void) | undefined
   private syncing: Promise<void> | undefined
   private failures = 0
   private lastSyncOk: number | undefined
@@ -134,6 +135,8 @@ export class AgentManager implements WorkloadSource {
       this.o.client.setBundle(this.bundle.current)
     }
     await this.identity.restore(state)
+    // A pushed bundle (MQTT) is taken at once, so a CA rotation needs no poll to arrive.
+    this.unsubscribePush ??= this.o.client.onBundle?.((b) => this.takeBundle(b))
     if (state.entries && this.identity.current) this.entries.restore(state.entries, state.revision)
     if (!this.identity.current) await this.attest()
     await this.syncNow()
@@ -240,12 +243,16 @@ export class AgentManager implements WorkloadSource {
 
   private async syncBundle(): Promise<void> {
     const r = await this.o.client.call('GetBundle', {}, this.identity.auth())
+    this.takeBundle(TrustBundle.fromSpiffeJson(this.o.trustDomain, r.bundle))
+  }
+
+  /** A verified bundle from the server: kept, trusted and served when newer than ours. */
+  private takeBundle(b: TrustBundle): void {
     const cur = this.bundle.current
-    if (cur && r.sequence <= cur.sequence) return
-    const b = TrustBundle.fromSpiffeJson(this.o.trustDomain, r.bundle)
+    if (this.stopped || (cur && b.sequence <= cur.sequence)) return
     this.bundle.current = b
     this.o.client.setBundle(b)
-    this.o.storage.save({ bundle: r.bundle })
+    this.o.storage.save({ bundle: b.toSpiffeJson() })
     this.o.log('info', 'trust bundle updated', { sequence: b.sequence })
     this.bundle.notify()
     this.x509.notify()
@@ -319,6 +326,7 @@ export class AgentManager implements WorkloadSource {
 
   async stop(): Promise<void> {
     this.stopped = true
+    this.unsubscribePush?.()
     this.schedule.stop()
     await this.syncing?.catch(() => undefined)
   }

@@ -8,6 +8,7 @@ import type { Log, Logger } from '../common/log.js'
 import { publicKeyFromCsr } from '../spiffe/csr.js'
 import { SpiffeId, type TrustDomain } from '../spiffe/id.js'
 import { mintJwtSvid } from '../spiffe/jwt-svid.js'
+import type { BrokerAccess } from '../transport/mqtt/broker-access.js'
 import type { AdminCore } from './admin.js'
 import type { CaManager, Clock } from './ca.js'
 import type { ServerConfig } from './config.js'
@@ -23,6 +24,8 @@ export interface AdminCoreDeps {
   readonly config: ServerConfig
   readonly log: Log
   readonly logger: Logger | undefined
+  /** The MQTT broker's authorization (dynsec): a removed agent loses its broker client too. */
+  readonly brokerAccess?: BrokerAccess | undefined
 }
 
 export function adminCore(d: AdminCoreDeps): AdminCore {
@@ -37,6 +40,9 @@ export function adminCore(d: AdminCoreDeps): AdminCore {
     return id
   }
   return {
+    async agentRemoved(id) {
+      await d.brokerAccess?.revokeAgent(id)
+    },
     trustDomain: trustDomain.name,
     datastore,
     async bundle() {

@@ -45,6 +45,8 @@ export interface AdminCore {
     audience: string[]
     ttlSeconds: number
   }): Promise<{ token: string; expiresAt: number }>
+  /** After a ban or eviction: revoke what else the agent holds (its MQTT broker client). */
+  agentRemoved?(spiffeId: string): Promise<void>
 }
 
 export interface AdminServerOptions {
@@ -225,6 +227,7 @@ export async function startAdminServer(
           }
           if (action === 'ban') await ds.updateAttestedNode(id, { banned: true })
           else await ds.deleteAttestedNode(id)
+          await core.agentRemoved?.(id)
           opts.log?.('info', `agent ${action === 'ban' ? 'banned' : 'evicted'}`, { agent: id })
           return send(res, 200, { [action === 'ban' ? 'banned' : 'evicted']: id })
         }

@@ -10,6 +10,7 @@ import {
 } from '../common/config.js'
 import { type HealthChecksConfig, healthChecksConfig } from '../common/health-http.js'
 import type { LogConfig } from '../common/log.js'
+import { isMqttUrl, MQTT_KEYS, type MqttSettings, mqttSettings } from '../common/mqtt-config.js'
 
 export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-3072' | 'rsa-4096'
 const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096']
@@ -43,6 +44,16 @@ export interface ServerConfig {
   readonly attestRatePerSecond: number
   /** The config file's folder: plugin settings resolve relative paths against it. */
   readonly configDir: string
+  /** The node API over MQTT v5 beside gRPC (`[server.mqtt]`); undefined: gRPC only. */
+  readonly mqtt: ServerMqttConfig | undefined
+}
+
+export interface ServerMqttConfig extends MqttSettings {
+  readonly url: string
+  /** The $share group every replica subscribes with. */
+  readonly sharedGroup: string
+  /** Unique per replica; default spiffe-edge-server-<random>. */
+  readonly clientId: string | undefined
 }
 
 /** Flags that override the file (so scripts can start a server in a temp dir in one line). */
@@ -80,7 +91,11 @@ export function parseServerConfig(
   source: string,
   overrides: ServerOverrides = {},
 ): ServerConfig {
-  const { doc, r, main: s } = openConfig(text, source, 'server', [...SERVER_KEYS, 'upstream'])
+  const {
+    doc,
+    r,
+    main: s,
+  } = openConfig(text, source, 'server', [...SERVER_KEYS, 'upstream', 'mqtt'])
   const trustDomain = overrides.trustDomain ?? r.string(s, 'trust_domain', 'server') ?? ''
   const dataDir = overrides.dataDir
     ? resolve(overrides.dataDir)
@@ -100,6 +115,23 @@ export function parseServerConfig(
         bundleFile: r.path(up, 'bundle_file', 'server.upstream') ?? '',
       }
     : undefined
+
+  const mq = r.table(s ?? {}, 'mqtt', 'server.mqtt')
+  r.known(mq, [...MQTT_KEYS, 'url', 'shared_group', 'client_id'], 'server.mqtt')
+  const mqtt: ServerMqttConfig | undefined = mq
+    ? {
+        ...mqttSettings(r, mq, 'server.mqtt'),
+        url: r.string(mq, 'url', 'server.mqtt') ?? '',
+        sharedGroup: r.string(mq, 'shared_group', 'server.mqtt', 'spiffe-edge-server')!,
+        clientId: r.optionalString(mq, 'client_id', 'server.mqtt'),
+      }
+    : undefined
+  if (mqtt && !isMqttUrl(mqtt.url))
+    r.problems.push(`server.mqtt.url: '${mqtt.url}' is not mqtts://host:port or mqtt://host:port`)
+  if (mqtt && !/^[A-Za-z0-9._-]{1,64}$/.test(mqtt.sharedGroup))
+    r.problems.push('server.mqtt.shared_group: letters, digits, . _ - only')
+  if (mqtt?.clientId !== undefined && !/^[A-Za-z0-9._-]{1,64}$/.test(mqtt.clientId))
+    r.problems.push('server.mqtt.client_id: letters, digits, . _ - only')
 
   const plugins = r.table(doc, 'plugins', 'plugins')
   r.known(plugins, ['NodeAttestor', 'KeyManager'], 'plugins')
@@ -138,6 +170,7 @@ export function parseServerConfig(
     nodeAttestors,
     attestRatePerSecond: r.int(s, 'attest_rate_per_second', 'server', 1, 1, 10_000),
     configDir: dirname(resolve(source)),
+    mqtt,
   }
   if (config.defaultX509SvidTtlSeconds >= config.caTtlSeconds) {
     r.problems.push('server.default_x509_svid_ttl: must be shorter than server.ca_ttl')

@@ -101,8 +101,22 @@ export class NodeApi {
     }
   }
 
-  private async respond(
+  private respond(
     req: SignedRequest,
+    body: Uint8Array,
+    err: NodeApiError | undefined,
+  ): Promise<SignedResponse> {
+    return this.sign(req.method, req.nonce, body, err)
+  }
+
+  /**
+   * A response signed by the server SVID for `nonce`: what every transport sends, so a relay
+   * (an MQTT broker) cannot forge an answer or a refusal. The MQTT listener signs AttestAgent
+   * frames and the bundle push with it too (methods "AttestAgent", "BundlePush").
+   */
+  async sign(
+    method: string,
+    nonce: Uint8Array,
     body: Uint8Array,
     err: NodeApiError | undefined,
   ): Promise<SignedResponse> {
@@ -110,13 +124,13 @@ export class NodeApi {
     const timestampMs = this.o.clock.now().getTime()
     const error = { code: err?.status ?? 0, message: err?.message ?? '', reason: err?.reason ?? '' }
     const signature = await id.signer.sign(
-      responseSigningString(req.method, timestampMs, req.nonce, body, error),
+      responseSigningString(method, timestampMs, nonce, body, error),
     )
     return {
       body,
       serverChain: [...id.chain],
       timestampMs,
-      requestNonce: req.nonce,
+      requestNonce: nonce,
       signature,
       errorCode: error.code,
       errorMessage: error.message,
@@ -162,7 +176,7 @@ export class NodeApi {
 }
 
 /** Known failures become coded refusals; anything else is undefined (an internal error, logged). */
-function toNodeApiError(err: unknown): NodeApiError | undefined {
+export function toNodeApiError(err: unknown): NodeApiError | undefined {
   if (err instanceof NodeApiError) return err
   if (err instanceof AuthError)
     return new NodeApiError(Status.UNAUTHENTICATED, err.reason, err.message, err.remedy ?? '')

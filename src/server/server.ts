@@ -20,6 +20,7 @@ import { type KeyManager, softwareSigner } from '../keymanager/types.js'
 import type { PeerCredentials } from '../native/types.js'
 import { parsePemCertificates } from '../spiffe/bundle.js'
 import { SpiffeId, TrustDomain } from '../spiffe/id.js'
+import type { BrokerAccess } from '../transport/mqtt/broker-access.js'
 import { startAdminServer } from './admin.js'
 import { adminCore } from './admin-core.js'
 import { CaManager, type Clock, type UpstreamAuthority } from './ca.js'
@@ -34,6 +35,7 @@ import { openSqliteDatastore } from './datastore/sqlite.js'
 import type { Datastore } from './datastore/types.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
 import { scrubLiveTokenAliases } from './join-token-alias.js'
+import { startMqttListener } from './mqtt-start.js'
 import { NodeApi, type ServerIdentity } from './node-api.js'
 import { buildNodeAttestors, KEY_MANAGERS } from './plugins.js'
 
@@ -61,6 +63,12 @@ export interface StartServerOptions {
    * `*.reset-<time>`), never deleted. Without it, keys without their datastore refuse to start.
    */
   readonly reset?: boolean
+  /**
+   * Broker authorization for the MQTT listener (Mosquitto dynamic security, ...): attested agents
+   * get their own broker client, evicted and banned ones lose it. Without it agents keep the
+   * bootstrap credentials. Closed with the server.
+   */
+  readonly brokerAccess?: BrokerAccess
 }
 
 function readUpstream(cfg: NonNullable<ServerConfig['upstream']>): UpstreamAuthority {
@@ -225,6 +233,17 @@ export async function startServer(
       )
     })
     cleanups.push(() => grpcServer.close())
+    if (opts.brokerAccess) cleanups.push(() => opts.brokerAccess!.close())
+    const mqttServer = config.mqtt
+      ? await startMqttListener(api, config.mqtt, {
+          dataDir: config.dataDir,
+          brokerAccess: opts.brokerAccess,
+          bundle: () => ca.bundle(),
+          identity: () => identity,
+          log,
+        })
+      : undefined
+    if (mqttServer) cleanups.push(() => mqttServer.close())
 
     const serverIdString = serverId.toString()
     const admin = await startAdminServer(
@@ -237,6 +256,7 @@ export async function startServer(
         config,
         log,
         logger,
+        brokerAccess: opts.brokerAccess,
       }),
       {
         socketPath: config.adminSocket,
@@ -297,6 +317,7 @@ export async function startServer(
     log('info', 'server started', {
       trust_domain: trustDomain.name,
       bind: `${config.bindAddress}:${grpcServer.port}`,
+      ...(config.mqtt ? { mqtt: config.mqtt.url } : {}),
       admin_socket: config.adminSocket,
     })
     const close = async () => {

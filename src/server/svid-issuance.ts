@@ -5,6 +5,7 @@
  */
 import { SpiffeId } from '../spiffe/id.js'
 import { mintJwtSvid } from '../spiffe/jwt-svid.js'
+import { encryptTo } from '../transport/mqtt/jwe.js'
 import type { CallMethods, X509SvidMessage } from '../transport/proto.js'
 import type { IssuedX509 } from './ca.js'
 import type { AttestedNode, RegistrationEntry } from './datastore/types.js'
@@ -113,6 +114,19 @@ export async function batchNewX509Svid(
   return { results }
 }
 
+async function encryptResponseToken(responseKey: string, token: string): Promise<string> {
+  try {
+    return await encryptTo(responseKey, Buffer.from(token, 'utf8'))
+  } catch (err) {
+    throw new NodeApiError(
+      Status.INVALID_ARGUMENT,
+      'bad_response_key',
+      (err as Error).message,
+      'send a public EC P-256 JWK as response_key',
+    )
+  }
+}
+
 export async function newJwtSvid(
   o: IssuanceOptions,
   authorizedEntries: () => Promise<RegistrationEntry[]>,
@@ -149,8 +163,12 @@ export async function newJwtSvid(
     issuedAt,
     expiresAt,
   })
+  // A response key asks for the token only as a JWE to it: the bytes may cross a broker, and a
+  // JWT-SVID is a bearer token. Without one (gRPC over TLS) the token travels as before.
+  const encrypted = req.responseKey ? await encryptResponseToken(req.responseKey, token) : ''
   return {
-    token,
+    token: encrypted ? '' : token,
+    encryptedToken: encrypted,
     spiffeId: entry.spiffeId,
     expiresAt: Math.floor(expiresAt.getTime() / 1000),
     issuedAt: Math.floor(issuedAt.getTime() / 1000),

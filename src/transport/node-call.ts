@@ -4,12 +4,13 @@
  * failure by its cause (unreachable, untrusted, refused); and the AttestAgent exchange as
  * messages. A transport only moves the bytes.
  */
-import { createPublicKey } from 'node:crypto'
+import { createHash, createPublicKey, X509Certificate } from 'node:crypto'
 import type { AgentNodeAttestor } from '../attestors/types.js'
 import type { Signer } from '../keymanager/types.js'
 import { TrustBundle } from '../spiffe/bundle.js'
 import { createCsr } from '../spiffe/csr.js'
 import type { TrustDomain } from '../spiffe/id.js'
+import { parseCert, uriSans } from '../spiffe/x509-cert.js'
 import { validateX509Svid } from '../spiffe/x509-svid.js'
 import {
   checkTimestamp,
@@ -83,40 +84,59 @@ export function openResponse<M extends CallMethod>(
 ): CallMethods[M]['response'] {
   const res = codec.signedResponse.decode(responseBytes)
   verifyResponse(method, call.nonce, res, bundle, td)
+  return openVerified(method, res)
+}
+
+/** The body of a response verifyResponse accepted; a refusal the server signed is thrown. */
+export function openVerified<M extends CallMethod>(
+  method: M,
+  res: SignedResponse,
+): CallMethods[M]['response'] {
   if (res.errorCode !== 0) throw new NodeCallError(res.errorCode, res.errorReason, res.errorMessage)
   return codec.response(method).decode(res.body)
 }
 
-function verifyResponse(
+/**
+ * Verifies a server-signed message: the signer's SVID chains to `bundle` and is the server's, the
+ * nonce is ours, the timestamp fresh (unless `checkTime` is false: a retained bundle push is as
+ * old as the last change, and its sequence is what makes it new), the signature good. 'insecure'
+ * is insecure_bootstrap before any bundle: the chain is not verified, but its leaf must still be
+ * the server's ID and must have made the signature (trust on first use, as over gRPC).
+ */
+export function verifyResponse(
   method: string,
   nonce: Uint8Array,
   res: SignedResponse,
-  bundle: TrustBundle | undefined,
+  bundle: TrustBundle | 'insecure' | undefined,
   td: TrustDomain,
+  checkTime = true,
 ): void {
   if (!bundle) throw new NodeCallError(16, 'no_bundle', 'no trust bundle yet: attest first')
   const serverId = serverSpiffeId(td)
   let leafKey: ReturnType<typeof createPublicKey>
   try {
-    const v = validateX509Svid(
-      res.serverChain,
-      (t) => (t.equals(td) ? bundle.x509Bundle() : undefined),
-      new Date(),
-    )
-    if (v.spiffeId.toString() !== serverId)
-      throw new Error(`signed by ${v.spiffeId}, not the server`)
-    leafKey = createPublicKey({
-      key: Buffer.from(v.leaf.publicKey.rawData),
-      format: 'der',
-      type: 'spki',
-    })
+    if (bundle === 'insecure') {
+      const leaf = res.serverChain[0]
+      if (!leaf) throw new Error('no server certificate')
+      const { p } = parseCert(leaf, 'server SVID')
+      const ids = uriSans(p)
+      if (ids.length !== 1 || ids[0] !== serverId)
+        throw new Error(`signed by ${ids.join(',') || 'no URI SAN'}, not the server`)
+      leafKey = createPublicKey({
+        key: Buffer.from(p.publicKey.rawData),
+        format: 'der',
+        type: 'spki',
+      })
+    } else {
+      leafKey = verifiedServerKey(res.serverChain, bundle, td, serverId)
+    }
   } catch (err) {
     throw untrusted('bad_server_svid', `response not from our server: ${(err as Error).message}`)
   }
   if (Buffer.compare(Buffer.from(res.requestNonce), Buffer.from(nonce)) !== 0) {
     throw new NodeCallError(16, 'nonce', 'response answers another request')
   }
-  checkTimestamp(res.timestampMs, Date.now())
+  if (checkTime) checkTimestamp(res.timestampMs, Date.now())
   const data = responseSigningString(method, res.timestampMs, res.requestNonce, res.body, {
     code: res.errorCode,
     message: res.errorMessage,
@@ -125,6 +145,55 @@ function verifyResponse(
   if (!verifySignature(leafKey, data, res.signature)) {
     throw new NodeCallError(16, 'signature', 'response signature does not verify')
   }
+}
+
+/**
+ * Chains this bundle already verified, by their bytes: the server signs every response with the
+ * same SVID until it rotates, and a full path validation per response cost more than the rest of
+ * the check. An entry is used only while every certificate of the path is still valid, and only
+ * for the very bundle object that verified it (a new bundle starts empty).
+ */
+const verifiedChains = new WeakMap<
+  TrustBundle,
+  Map<string, { key: ReturnType<typeof createPublicKey>; notBefore: number; notAfter: number }>
+>()
+
+function verifiedServerKey(
+  chain: readonly Uint8Array[],
+  bundle: TrustBundle,
+  td: TrustDomain,
+  serverId: string,
+): ReturnType<typeof createPublicKey> {
+  const id = createHash('sha256')
+  for (const c of chain) id.update(createHash('sha256').update(c).digest())
+  const k = id.digest('hex')
+  const now = Date.now()
+  let seen = verifiedChains.get(bundle)
+  const hit = seen?.get(k)
+  if (hit && now >= hit.notBefore && now <= hit.notAfter) return hit.key
+  const v = validateX509Svid(
+    chain,
+    (t) => (t.equals(td) ? bundle.x509Bundle() : undefined),
+    new Date(now),
+  )
+  if (v.spiffeId.toString() !== serverId) throw new Error(`signed by ${v.spiffeId}, not the server`)
+  const key = createPublicKey({
+    key: Buffer.from(v.leaf.publicKey.rawData),
+    format: 'der',
+    type: 'spki',
+  })
+  if (!seen) {
+    seen = new Map()
+    verifiedChains.set(bundle, seen)
+  }
+  if (seen.size >= 8) seen.clear()
+  const path = v.path.map((c) => new X509Certificate(c))
+  seen.set(k, {
+    key,
+    notBefore: Math.max(...path.map((c) => Date.parse(c.validFrom))),
+    notAfter: Math.min(...path.map((c) => Date.parse(c.validTo))),
+  })
+  return key
 }
 
 function untrusted(reason: string, message: string, status = 16): NodeCallError {

@@ -40,6 +40,11 @@ export interface NodeClient {
   setBundle(b: TrustBundle): void
   /** The bundle the client now trusts (updated from attestation and GetBundle). */
   currentBundle(): TrustBundle | undefined
+  /**
+   * Bundles the server pushes (MQTT: the retained signed bundle), already verified against the
+   * bundle the client trusted and newer than it. Transports without push leave it out.
+   */
+  onBundle?(listener: (b: TrustBundle) => void): () => void
   close(): void
 }
 

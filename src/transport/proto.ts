@@ -22,6 +22,9 @@ export type AttestAgentResponse = gen.AttestAgentResponse
 export type SignedRequest = gen.SignedRequest
 export type SignedResponse = gen.SignedResponse
 export type EntryMessage = gen.Entry
+export type MqttAttestRequest = gen.MqttAttestRequest
+export type MqttAttestResponse = gen.MqttAttestResponse
+export type BundlePush = gen.BundlePush
 
 /** Request and response bodies of the signed `Call` methods, by method name. */
 export interface CallMethods {
@@ -122,6 +125,18 @@ export const codec = {
   signedResponse: {
     encode: (m: Init<SignedResponse>) => encode('SignedResponse', m),
     decode: (b: Uint8Array) => decode<SignedResponse>('SignedResponse', b),
+  },
+  mqttAttestRequest: {
+    encode: (m: Init<MqttAttestRequest>) => encode('MqttAttestRequest', m),
+    decode: (b: Uint8Array) => decode<MqttAttestRequest>('MqttAttestRequest', b),
+  },
+  mqttAttestResponse: {
+    encode: (m: Init<MqttAttestResponse>) => encode('MqttAttestResponse', m),
+    decode: (b: Uint8Array) => decode<MqttAttestResponse>('MqttAttestResponse', b),
+  },
+  bundlePush: {
+    encode: (m: Init<BundlePush>) => encode('BundlePush', m),
+    decode: (b: Uint8Array) => decode<BundlePush>('BundlePush', b),
   },
   request<M extends CallMethod>(method: M) {
     const name = MESSAGE_NAMES[method][0]

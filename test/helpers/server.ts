@@ -6,6 +6,7 @@ import { adminCall } from '../../src/server/admin-client.js'
 import type { Clock } from '../../src/server/ca.js'
 import { parseServerConfig } from '../../src/server/config.js'
 import { type RunningServer, startServer } from '../../src/server/server.js'
+import type { BrokerAccess } from '../../src/transport/mqtt/broker-access.js'
 
 export interface TestServer extends AsyncDisposable {
   readonly server: RunningServer
@@ -28,6 +29,8 @@ export async function startTestServer(
     /** Reuse a data dir (a restart); the caller then owns and removes it. */
     dir?: string
     port?: number
+    /** Broker authorization for the MQTT listener (server option brokerAccess). */
+    brokerAccess?: BrokerAccess
   } = {},
 ): Promise<TestServer> {
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'spiffe-edge-server-'))
@@ -41,6 +44,7 @@ export async function startTestServer(
     log: silentLog,
     ...(opts.clock ? { clock: opts.clock } : {}),
     ...(opts.tickMs ? { tickMs: opts.tickMs } : {}),
+    ...(opts.brokerAccess ? { brokerAccess: opts.brokerAccess } : {}),
   })
   const admin = (method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown) =>
     adminCall(server.adminSocket, method, path, body)

@@ -124,6 +124,7 @@ export interface BatchNewX509SVIDResponse_Result {
 export interface NewJWTSVIDRequest {
   entryId: string
   audience: string[]
+  responseKey: string
 }
 
 export interface NewJWTSVIDResponse {
@@ -132,6 +133,7 @@ export interface NewJWTSVIDResponse {
   expiresAt: number
   issuedAt: number
   hint: string
+  encryptedToken: string
 }
 
 export type GetBundleRequest = Record<string, never>
@@ -139,4 +141,23 @@ export type GetBundleRequest = Record<string, never>
 export interface GetBundleResponse {
   bundle: string
   sequence: number
+}
+
+export interface MqttAttestRequest {
+  nonce: Uint8Array
+  round: number
+  step: Uint8Array
+}
+
+export interface MqttAttestResponse {
+  round: number
+  step: Uint8Array
+  serverKey: string
+  brokerCredentials: string
+}
+
+export interface BundlePush {
+  bundle: string
+  sequence: number
+  serverKey: string
 }

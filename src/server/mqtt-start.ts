@@ -1,0 +1,49 @@
+/**
+ * Starts the MQTT listener from `[server.mqtt]`: reads the broker files, loads (or creates once)
+ * the server's encryption key `<data_dir>/mqtt-encryption.key`, and connects.
+ */
+import { randomBytes } from 'node:crypto'
+import { join } from 'node:path'
+import { ConfigError } from '../common/config.js'
+import { readMqttFiles } from '../common/mqtt-config.js'
+import type { TrustBundle } from '../spiffe/bundle.js'
+import type { BrokerAccess } from '../transport/mqtt/broker-access.js'
+import type { ServerMqttConfig } from './config.js'
+import { loadOrCreateEncryptionKey, type NodeMqttServer, startNodeMqttServer } from './mqtt.js'
+import type { NodeApi, ServerIdentity } from './node-api.js'
+
+export async function startMqttListener(
+  api: NodeApi,
+  cfg: ServerMqttConfig,
+  o: {
+    dataDir: string
+    brokerAccess: BrokerAccess | undefined
+    bundle: () => TrustBundle
+    identity: () => ServerIdentity
+    log?: (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void
+  },
+): Promise<NodeMqttServer> {
+  let files: ReturnType<typeof readMqttFiles>
+  try {
+    files = readMqttFiles(cfg)
+  } catch (err) {
+    throw new ConfigError('server.mqtt', [(err as Error).message])
+  }
+  const encryptionKey = await loadOrCreateEncryptionKey(join(o.dataDir, 'mqtt-encryption.key'))
+  return startNodeMqttServer(api, {
+    url: cfg.url,
+    topicPrefix: cfg.topicPrefix,
+    sharedGroup: cfg.sharedGroup,
+    clientId: cfg.clientId ?? `spiffe-edge-server-${randomBytes(6).toString('hex')}`,
+    username: cfg.username,
+    password: files.password,
+    ca: files.ca,
+    cert: files.cert,
+    key: files.key,
+    encryptionKey,
+    brokerAccess: o.brokerAccess,
+    bundle: o.bundle,
+    identity: o.identity,
+    log: o.log,
+  })
+}
