@@ -54,6 +54,11 @@ export interface ServerMqttConfig extends MqttSettings {
   readonly sharedGroup: string
   /** Unique per replica; default spiffe-edge-server-<random>. */
   readonly clientId: string | undefined
+  /**
+   * Mosquitto's dynamic security admin (`dynsec_admin_username` + `dynsec_admin_password_file`):
+   * the server gives each attested agent its own broker client. Undefined: no broker authorization.
+   */
+  readonly dynsec: { readonly username: string; readonly passwordFile: string } | undefined
 }
 
 /** Flags that override the file (so scripts can start a server in a temp dir in one line). */
@@ -117,13 +122,31 @@ export function parseServerConfig(
     : undefined
 
   const mq = r.table(s ?? {}, 'mqtt', 'server.mqtt')
-  r.known(mq, [...MQTT_KEYS, 'url', 'shared_group', 'client_id'], 'server.mqtt')
+  r.known(
+    mq,
+    [
+      ...MQTT_KEYS,
+      'url',
+      'shared_group',
+      'client_id',
+      'dynsec_admin_username',
+      'dynsec_admin_password_file',
+    ],
+    'server.mqtt',
+  )
   const mqtt: ServerMqttConfig | undefined = mq
     ? {
         ...mqttSettings(r, mq, 'server.mqtt'),
         url: r.string(mq, 'url', 'server.mqtt') ?? '',
         sharedGroup: r.string(mq, 'shared_group', 'server.mqtt', 'spiffe-edge-server')!,
         clientId: r.optionalString(mq, 'client_id', 'server.mqtt'),
+        dynsec:
+          mq.dynsec_admin_username === undefined && mq.dynsec_admin_password_file === undefined
+            ? undefined
+            : {
+                username: r.string(mq, 'dynsec_admin_username', 'server.mqtt') ?? '',
+                passwordFile: r.path(mq, 'dynsec_admin_password_file', 'server.mqtt') ?? '',
+              },
       }
     : undefined
   if (mqtt && !isMqttUrl(mqtt.url))

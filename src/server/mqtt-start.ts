@@ -8,6 +8,8 @@ import { ConfigError } from '../common/config.js'
 import { readMqttFiles } from '../common/mqtt-config.js'
 import type { TrustBundle } from '../spiffe/bundle.js'
 import type { BrokerAccess } from '../transport/mqtt/broker-access.js'
+import { MosquittoDynSec } from '../transport/mqtt/dynsec.js'
+import { readPasswordFile } from '../transport/mqtt/dynsec-client.js'
 import type { ServerMqttConfig } from './config.js'
 import { loadOrCreateEncryptionKey, type NodeMqttServer, startNodeMqttServer } from './mqtt.js'
 import type { NodeApi, ServerIdentity } from './node-api.js'
@@ -46,4 +48,37 @@ export async function startMqttListener(
     identity: o.identity,
     log: o.log,
   })
+}
+
+/**
+ * `[server.mqtt] dynsec_admin_*`: the broker's own authorization (Mosquitto dynamic security),
+ * connected and its roles checked before the listener starts; undefined without those keys.
+ */
+export async function dynsecFromConfig(
+  cfg: ServerMqttConfig | undefined,
+): Promise<BrokerAccess | undefined> {
+  if (!cfg?.dynsec) return undefined
+  let password: string
+  let ca: Buffer | undefined
+  try {
+    password = readPasswordFile(cfg.dynsec.passwordFile)
+    ca = readMqttFiles(cfg).ca
+  } catch (err) {
+    throw new ConfigError('server.mqtt', [`dynsec_admin_password_file: ${(err as Error).message}`])
+  }
+  const access = await MosquittoDynSec.connect({
+    url: cfg.url,
+    username: cfg.dynsec.username,
+    password,
+    ...(ca ? { ca } : {}),
+    topicPrefix: cfg.topicPrefix,
+    sharedGroup: cfg.sharedGroup,
+  })
+  try {
+    await access.ensureRoles()
+  } catch (err) {
+    await access.close()
+    throw err
+  }
+  return access
 }

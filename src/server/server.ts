@@ -35,7 +35,7 @@ import { openSqliteDatastore } from './datastore/sqlite.js'
 import type { Datastore } from './datastore/types.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
 import { scrubLiveTokenAliases } from './join-token-alias.js'
-import { startMqttListener } from './mqtt-start.js'
+import { dynsecFromConfig, startMqttListener } from './mqtt-start.js'
 import { NodeApi, type ServerIdentity } from './node-api.js'
 import { buildNodeAttestors, KEY_MANAGERS } from './plugins.js'
 
@@ -233,11 +233,12 @@ export async function startServer(
       )
     })
     cleanups.push(() => grpcServer.close())
-    if (opts.brokerAccess) cleanups.push(() => opts.brokerAccess!.close())
+    const brokerAccess = opts.brokerAccess ?? (await dynsecFromConfig(config.mqtt))
+    if (brokerAccess) cleanups.push(() => brokerAccess.close())
     const mqttServer = config.mqtt
       ? await startMqttListener(api, config.mqtt, {
           dataDir: config.dataDir,
-          brokerAccess: opts.brokerAccess,
+          brokerAccess,
           bundle: () => ca.bundle(),
           identity: () => identity,
           log,
@@ -256,7 +257,7 @@ export async function startServer(
         config,
         log,
         logger,
-        brokerAccess: opts.brokerAccess,
+        brokerAccess,
       }),
       {
         socketPath: config.adminSocket,

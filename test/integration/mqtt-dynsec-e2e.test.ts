@@ -1,8 +1,3 @@
-// AFTER-MERGE TEST (does not compile on the dynsec branch alone: it needs the mqtt branch).
-// Passed on a scratch merge of dynsec + mqtt (mqtt at 8540816) on 2026-12-02.
-// To use: move to test/integration/mqtt-dynsec-e2e.test.ts and apply the 2-line change to
-// test/helpers/server.ts at the end of this file (startTestServer passes brokerAccess through).
-
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { test } from 'node:test'
@@ -19,7 +14,7 @@ import type { AgentAuth } from '../../src/transport/node-client.js'
 import { serverMqttToml } from '../helpers/mqtt.js'
 import { startTestServer } from '../helpers/server.js'
 
-test('MQTT + dynsec: the server grants broker credentials after attestation; calls use them; evict deletes the broker client', async () => {
+test('MQTT + dynsec from [server.mqtt]: the server grants broker credentials after attestation; calls use them; evict deletes the broker client', async () => {
   await using broker = await startMosquitto({ tls: true, dynsec: true })
   const d = broker.dynsec!
   const access = await MosquittoDynSec.connect({
@@ -28,10 +23,10 @@ test('MQTT + dynsec: the server grants broker credentials after attestation; cal
     password: readPasswordFile(d.adminPasswordFile),
     ca: readFileSync(broker.caFile!),
   })
-  await access.ensureRoles()
   await using s = await startTestServer({
-    extraToml: `attest_rate_per_second = 1000\n${serverMqttToml(broker, `username = "${d.server.username}"\npassword_file = "${d.serverPasswordFile}"\n`)}`,
-    brokerAccess: access,
+    // The server builds its own broker authorization from [server.mqtt] (as an operator configures
+    // it); `access` above is a second admin client this test watches the broker with.
+    extraToml: `attest_rate_per_second = 1000\n${serverMqttToml(broker, `username = "${d.server.username}"\npassword_file = "${d.serverPasswordFile}"\ndynsec_admin_username = "${d.adminUsername}"\ndynsec_admin_password_file = "${d.adminPasswordFile}"\n`)}`,
   })
   let granted: BrokerCredentials | undefined
   const client = new MqttNodeClient({
@@ -69,28 +64,6 @@ test('MQTT + dynsec: the server grants broker credentials after attestation; cal
     assert.equal(gone, true)
   } finally {
     client.close()
+    await access.close()
   }
 })
-
-/* test/helpers/server.ts change:
-diff --git a/test/helpers/server.ts b/test/helpers/server.ts
-index 4b976c8..5d397bf 100644
---- a/test/helpers/server.ts
-+++ b/test/helpers/server.ts
-@@ -28,6 +28,7 @@ export async function startTestServer(
-     /** Reuse a data dir (a restart); the caller then owns and removes it. */
-     dir?: string
-     port?: number
-+    brokerAccess?: import('../../src/transport/mqtt/broker-access.js').BrokerAccess
-   } = {},
- ): Promise<TestServer> {
-   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'spiffe-edge-server-'))
-@@ -39,6 +40,7 @@ export async function startTestServer(
-   )
-   const server = await startServer(config, {
-     log: silentLog,
-+    ...(opts.brokerAccess ? { brokerAccess: opts.brokerAccess } : {}),
-     ...(opts.clock ? { clock: opts.clock } : {}),
-     ...(opts.tickMs ? { tickMs: opts.tickMs } : {}),
-   })
-*/
