@@ -9,6 +9,7 @@ import {
 } from '../common/config.js'
 import { type HealthChecksConfig, healthChecksConfig } from '../common/health-http.js'
 import type { LogConfig } from '../common/log.js'
+import { type TelemetryConfig, telemetryConfig } from '../common/telemetry.js'
 import type { KeyType } from '../keymanager/types.js'
 
 /** Where SPIRE users expect it (SPIRE: /tmp/spire-agent/public/api.sock); `api` commands look here. */
@@ -34,6 +35,8 @@ export interface AgentConfig {
   readonly log: LogConfig
   /** SPIRE's [health_checks] HTTP listener; undefined unless listener_enabled. */
   readonly healthChecks?: HealthChecksConfig | undefined
+  /** SPIRE's [telemetry.Prometheus] /metrics listener; undefined unless configured. */
+  readonly telemetry?: TelemetryConfig | undefined
   readonly keyManager: KeyManagerConfig
   readonly nodeAttestor: { readonly name: string; readonly data: Table }
   readonly workloadAttestors: ReadonlyMap<string, Table>
@@ -136,6 +139,7 @@ export function parseAgentConfig(
     logLevel: log.level,
     log,
     healthChecks: healthChecksConfig(r, doc),
+    telemetry: telemetryConfig(r, doc),
     keyManager,
     nodeAttestor: { name: naName, data: naData },
     workloadAttestors,

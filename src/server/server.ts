@@ -12,6 +12,7 @@ import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { startHealthListener } from '../common/health-http.js'
 import { type Log, Logger } from '../common/log.js'
+import { packageVersion, startMetricsListener } from '../common/telemetry.js'
 import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { DiskKeyManager } from '../keymanager/disk.js'
@@ -29,6 +30,7 @@ import type { Datastore } from './datastore/types.js'
 import { badEntry, checkEntry, checkIssuableId } from './entry-check.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
 import { scrubLiveTokenAliases } from './join-token-alias.js'
+import { ServerMetrics } from './metrics.js'
 import { NodeApi, type ServerIdentity } from './node-api.js'
 import { buildNodeAttestors } from './plugins.js'
 
@@ -144,6 +146,10 @@ export async function startServer(
       upstream,
       log,
     })
+    const metrics = config.telemetry
+      ? new ServerMetrics({ trustDomain: trustDomain.name, version: packageVersion() })
+      : undefined
+    metrics?.instrumentCa(ca)
 
     // The server's own SVID: a software key held in memory only, re-issued at half-life. It serves
     // TLS (which needs the key in process) and signs node API responses.
@@ -195,6 +201,7 @@ export async function startServer(
       attestRatePerSecond: config.attestRatePerSecond,
       log,
     })
+    metrics?.instrumentNodeApi(api, new Set(attestors.keys()))
     const grpcServer = await startNodeGrpcServer(
       api,
       provider,
@@ -303,6 +310,14 @@ export async function startServer(
       cleanups.push(() => health.close())
       log('info', 'health checks listening', {
         address: `${config.healthChecks.bindAddress}:${health.port}`,
+      })
+    }
+    if (config.telemetry && metrics) {
+      metrics.watchDatastore(() => datastoreOk)
+      const listener = await startMetricsListener(config.telemetry, metrics.registry)
+      cleanups.push(() => listener.close())
+      log('info', 'metrics listening', {
+        address: `${config.telemetry.host}:${listener.port}`,
       })
     }
 
