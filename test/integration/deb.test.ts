@@ -100,7 +100,7 @@ test('the .deb installs, runs server and agent from the units as spiffe-edge, an
   skip,
   timeout: 240_000,
 }, async (t) => {
-  const st = spawnSync('dpkg-query', ['-W', `-f=${'${Status}'}`, 'spiffe-edge'], {
+  const st = spawnSync('dpkg-query', ['-W', '-f=$' + '{Status}', 'spiffe-edge'], {
     encoding: 'utf8',
   })
   assert.ok(
