@@ -11,6 +11,7 @@ import {
   writeAgentConfig,
 } from '../helpers/agent-process.js'
 import { startCli } from '../helpers/cli-process.js'
+import { cli } from '../helpers/exec.js'
 import { labelValues, sample } from '../helpers/prom-text.js'
 
 const TELEMETRY = '\n[telemetry.Prometheus]\nhost = "127.0.0.1"\nport = 0\n'
@@ -75,11 +76,36 @@ test('Prometheus metrics from a real server and agent move with attestation, syn
   const c = workloadClient(`unix://${socket}`, { ownConnection: true, timeoutMs: 5000 })
   try {
     await c.fetchJwt(['metrics-test'])
+    // An identity this caller is not entitled to: refused, and counted with its status.
+    await assert.rejects(c.fetchJwt(['metrics-test'], 'spiffe://example.org/not-mine'))
   } finally {
     c.close()
   }
 
+  // A spent join token: the attestation fails and is counted by result and attestor.
+  const d2 = join(root, 'agent2')
+  mkdirSync(d2)
+  const second = await cli(
+    agentArgs(
+      writeAgentConfig(d2, server.address),
+      '--trust-bundle',
+      bundle,
+      '--join-token',
+      token,
+    ),
+  )
+  assert.notEqual(second.code, 0)
+
   const s = await scrape(sp)
+  const refused = [...labelValues(s, 'spire_server_rpc_agent_v1_agent_attest_agent{', 'status')]
+  assert.ok(
+    refused.some((st) => st !== 'OK'),
+    `a failed attestation has a non-OK status: ${refused.join(',')}`,
+  )
+  assert.deepEqual(
+    [...labelValues(s, 'spire_server_rpc_agent_v1_agent_attest_agent{', 'attestor')],
+    ['join_token'],
+  )
   assert.equal(
     sample(s, 'spire_server_rpc_agent_v1_agent_attest_agent', {
       status: 'OK',
@@ -140,6 +166,11 @@ test('Prometheus metrics from a real server and agent move with attestation, syn
     'FetchJWTSVID',
     'FetchX509SVID',
   ])
+  const jwtStatuses = [
+    ...labelValues(a, 'spire_agent_rpc_workload_api{method="FetchJWTSVID"', 'status'),
+  ]
+  assert.equal(jwtStatuses.length, 2, jwtStatuses.join(','))
+  assert.ok(jwtStatuses.includes('OK'))
 
   // The server goes away: the agent's offline time grows and failures are counted.
   server.child.kill('SIGTERM')
