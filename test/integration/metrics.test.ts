@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
@@ -11,7 +12,7 @@ import {
   writeAgentConfig,
 } from '../helpers/agent-process.js'
 import { startCli } from '../helpers/cli-process.js'
-import { cli } from '../helpers/exec.js'
+import { cli, repoRoot } from '../helpers/exec.js'
 import { labelValues, sample } from '../helpers/prom-text.js'
 
 const TELEMETRY = '\n[telemetry.Prometheus]\nhost = "127.0.0.1"\nport = 0\n'
@@ -63,6 +64,9 @@ test('Prometheus metrics from a real server and agent move with attestation, syn
   const agent = await startCli(
     agentArgs(
       writeAgentConfig(d, server.address, `sync_interval = "1s"\n${TELEMETRY}`),
+      // Outside the 0700 data dir, so another local user (nobody, below) can connect.
+      '--socket-path',
+      join(d, 'public', 'api.sock'),
       '--trust-bundle',
       bundle,
       '--join-token',
@@ -81,6 +85,24 @@ test('Prometheus metrics from a real server and agent move with attestation, syn
   } finally {
     c.close()
   }
+  // A stream that fails: a caller (nobody) with no entry is refused FetchX509SVID.
+  const nobody =
+    process.getuid?.() === 0
+      ? await new Promise<Record<string, unknown>>((resolve, reject) => {
+          const child = join(repoRoot, 'dist', 'test', 'helpers', 'workload-child.js')
+          const p = spawn(process.execPath, [child, socket, 'x509'], {
+            uid: 65534,
+            gid: 65534,
+            stdio: ['ignore', 'pipe', 'inherit'],
+          })
+          let out = ''
+          p.stdout.on('data', (b: Buffer) => {
+            out += b.toString()
+          })
+          p.on('error', reject)
+          p.on('close', () => resolve(JSON.parse(out) as Record<string, unknown>))
+        })
+      : undefined
 
   // A spent join token: the attestation fails and is counted by result and attestor.
   const d2 = join(root, 'agent2')
@@ -171,6 +193,13 @@ test('Prometheus metrics from a real server and agent move with attestation, syn
   ]
   assert.equal(jwtStatuses.length, 2, jwtStatuses.join(','))
   assert.ok(jwtStatuses.includes('OK'))
+  if (nobody) {
+    assert.ok(nobody.error, JSON.stringify(nobody))
+    const x509Statuses = [
+      ...labelValues(a, 'spire_agent_rpc_workload_api{method="FetchX509SVID"', 'status'),
+    ]
+    assert.equal(x509Statuses.length, 2, `${x509Statuses.join(',')} ${JSON.stringify(nobody)}`)
+  }
 
   // The server goes away: the agent's offline time grows and failures are counted.
   server.child.kill('SIGTERM')
