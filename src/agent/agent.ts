@@ -218,6 +218,7 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
       throw err
     }
   }
+  metrics?.watchWorkloadApi(api)
   let metricsListener: MetricsListener | undefined
   if (config.telemetry) {
     try {

@@ -50,6 +50,7 @@ export class AgentMetrics {
   readonly workloadLatency: Histogram<'method' | 'status'>
   readonly tpmCommands: Histogram<'command' | 'result'>
   private source: AgentMetricsSource | undefined
+  private workloadApi: { readonly connections: number } | undefined
   private readonly startedAt = Date.now()
 
   constructor(info: { trustDomain: string; version: string }) {
@@ -122,6 +123,14 @@ export class AgentMetrics {
       },
     })
     new Gauge({
+      name: 'spire_agent_workload_api_connections',
+      help: 'Open Workload API connections',
+      registers: [registry],
+      collect() {
+        this.set(self.workloadApi?.connections ?? 0)
+      },
+    })
+    new Gauge({
       name: 'spire_agent_uptime_in_ms',
       help: 'Milliseconds since the agent started',
       registers: [registry],
@@ -140,6 +149,11 @@ export class AgentMetrics {
   /** The manager, once it exists: the cache and offline gauges read it at scrape time. */
   watch(source: AgentMetricsSource): void {
     this.source = source
+  }
+
+  /** The Workload API endpoint, once listening: its open connections are a gauge. */
+  watchWorkloadApi(api: { readonly connections: number }): void {
+    this.workloadApi = api
   }
 
   /** Times TPM commands from now on (process-wide: one agent per process). */

@@ -82,6 +82,9 @@ test('Prometheus metrics from a real server and agent move with attestation, syn
     await c.fetchJwt(['metrics-test'])
     // An identity this caller is not entitled to: refused, and counted with its status.
     await assert.rejects(c.fetchJwt(['metrics-test'], 'spiffe://example.org/not-mine'))
+    // This client's connection is open while it is in use.
+    const during = await scrape(ap)
+    assert.ok((sample(during, 'spire_agent_workload_api_connections') ?? 0) >= 1)
   } finally {
     c.close()
   }
@@ -178,6 +181,8 @@ test('Prometheus metrics from a real server and agent move with attestation, syn
   )
   const offline = sample(a, 'spire_agent_manager_sync_offline_seconds')
   assert.ok(offline !== undefined && offline < 30, String(offline))
+  // The test's clients have closed their connections by now.
+  assert.equal(sample(a, 'spire_agent_workload_api_connections'), 0)
   // Process metrics from prom-client, under the agent's prefix.
   assert.ok(sample(a, 'spire_agent_process_resident_memory_bytes') !== undefined)
   // Labels stay in closed sets: no SPIFFE ID or selector ever becomes a label value.
