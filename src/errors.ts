@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'ERR_CONFIG'
   | 'ERR_LOG_FILE'
   | 'ERR_HEALTH_LISTENER'
+  | 'ERR_METRICS_LISTENER'
   | 'ERR_NATIVE_UNAVAILABLE'
   | 'ERR_TPM'
   | 'ERR_TPM_CLOSED'

@@ -9,11 +9,13 @@ import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { type HealthListener, startHealthListener } from '../common/health-http.js'
 import { type Log, Logger } from '../common/log.js'
+import { type MetricsListener, packageVersion, startMetricsListener } from '../common/telemetry.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { parsePemCertificates, TrustBundle } from '../spiffe/bundle.js'
 import { TrustDomain } from '../spiffe/id.js'
 import type { AgentConfig } from './config.js'
 import { AgentManager } from './manager.js'
+import { AgentMetrics } from './metrics.js'
 import { nodeClient } from './node-client.js'
 import { nodeIdentity, workloadAttestors } from './plugins.js'
 import { AgentStorage } from './storage.js'
@@ -108,7 +110,15 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
   const td = TrustDomain.parse(config.trustDomain)
   const attestors = workloadAttestors(config)
   await checkSocketFree(config.socketPath)
-  const identity = await nodeIdentity(config)
+  const metrics = config.telemetry
+    ? new AgentMetrics({ trustDomain: td.name, version: packageVersion() })
+    : undefined
+  // Before the TPM is opened, so the attestation's own commands are timed too.
+  const stopTpmObserver = metrics?.observeTpm()
+  const identity = await nodeIdentity(config).catch((err: unknown) => {
+    stopTpmObserver?.()
+    throw err
+  })
   const { attestor, keyManager } = identity
   let storage: AgentStorage
   let bundle: TrustBundle | 'insecure'
@@ -145,7 +155,8 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
   }
   let client: ReturnType<typeof nodeClient>
   try {
-    client = nodeClient(config, td, bundle)
+    const raw = nodeClient(config, td, bundle)
+    client = metrics ? metrics.instrumentClient(raw) : raw
   } catch (err) {
     storage.close()
     await identity.close()
@@ -171,12 +182,14 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
     cacheMaxSize: config.x509SvidCacheMaxSize,
     log,
   })
+  metrics?.watch(manager)
   try {
     await manager.start()
   } catch (err) {
     client.close()
     storage.close()
     await identity.close()
+    stopTpmObserver?.()
     throw fatalError ?? err
   }
   const api = await startWorkloadApi({
@@ -190,6 +203,7 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
       manager.health().ready &&
       (identity.tpmHealthy?.() ?? true) &&
       (identity.keysHealthy?.() ?? true),
+    ...(metrics ? { wrapHandlers: (h) => metrics.instrumentWorkloadApi(h) } : {}),
   })
   let health: HealthListener | undefined
   if (config.healthChecks) {
@@ -214,6 +228,25 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
       throw err
     }
   }
+  metrics?.watchWorkloadApi(api)
+  let metricsListener: MetricsListener | undefined
+  if (config.telemetry) {
+    try {
+      metricsListener = await startMetricsListener(config.telemetry, metrics!.registry)
+      log('info', 'metrics listening', {
+        address: `${config.telemetry.host}:${metricsListener.port}`,
+      })
+    } catch (err) {
+      await health?.close()
+      await api.close()
+      await manager.stop()
+      client.close()
+      storage.close()
+      await identity.close()
+      stopTpmObserver?.()
+      throw err
+    }
+  }
   log('info', 'agent started', {
     agent: manager.agentId,
     socket: config.socketPath,
@@ -222,12 +255,14 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
   let closing: Promise<void> | undefined
   const close = () => {
     closing ??= (async () => {
+      await metricsListener?.close()
       await health?.close()
       await api.close()
       await manager.stop()
       client.close()
       storage.close()
       await identity.close()
+      stopTpmObserver?.()
       log('info', 'agent stopped')
     })()
     return closing

@@ -10,6 +10,7 @@ import {
 import { type HealthChecksConfig, healthChecksConfig } from '../common/health-http.js'
 import type { LogConfig } from '../common/log.js'
 import { isMqttUrl, MQTT_KEYS, type MqttSettings, mqttSettings } from '../common/mqtt-config.js'
+import { type TelemetryConfig, telemetryConfig } from '../common/telemetry.js'
 import type { KeyType } from '../keymanager/types.js'
 
 /** Where SPIRE users expect it (SPIRE: /tmp/spire-agent/public/api.sock); `api` commands look here. */
@@ -37,6 +38,8 @@ export interface AgentConfig {
   readonly log: LogConfig
   /** SPIRE's [health_checks] HTTP listener; undefined unless listener_enabled. */
   readonly healthChecks?: HealthChecksConfig | undefined
+  /** SPIRE's [telemetry.Prometheus] /metrics listener; undefined unless configured. */
+  readonly telemetry?: TelemetryConfig | undefined
   readonly keyManager: KeyManagerConfig
   readonly nodeAttestor: { readonly name: string; readonly data: Table }
   readonly workloadAttestors: ReadonlyMap<string, Table>
@@ -149,6 +152,7 @@ export function parseAgentConfig(
     logLevel: log.level,
     log,
     healthChecks: healthChecksConfig(r, doc),
+    telemetry: telemetryConfig(r, doc),
     keyManager,
     nodeAttestor: { name: naName, data: naData },
     workloadAttestors,

@@ -233,7 +233,17 @@ export async function convertSpireConfig(text: string, source: string): Promise<
   for (const [k, v] of Object.entries(doc)) {
     if (k === 'server' || k === 'agent' || k === 'plugins') continue
     if (k === 'health_checks') out.health_checks = one(v) ?? {}
-    else m.unmapped.push(`${k}: not supported by spiffe-edge`)
+    else if (k === 'telemetry') {
+      const tel = one(v) ?? {}
+      for (const [sink, body] of Object.entries(tel)) {
+        if (sink === 'Prometheus') {
+          const p = one(body) ?? {}
+          out.telemetry = {
+            Prometheus: { ...p, ...(p.port === undefined ? {} : { port: port(p.port) }) },
+          }
+        } else m.unmapped.push(`telemetry.${sink}: only the Prometheus sink exists here`)
+      }
+    } else m.unmapped.push(`${k}: not supported by spiffe-edge`)
   }
   if (out.health_checks) {
     const h = out.health_checks as Obj

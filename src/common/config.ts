@@ -200,7 +200,7 @@ export function openConfig(
 ): { doc: Table; r: ConfigReader; main: Table | undefined } {
   const doc = parseTomlConfig(text, source, parseToml)
   const r = new ConfigReader(dirname(resolve(source)))
-  r.known(doc, [section, 'plugins', 'health_checks'], '')
+  r.known(doc, [section, 'plugins', 'health_checks', 'telemetry'], '')
   const main = r.table(doc, section, section, true)
   r.known(main, keys, section)
   return { doc, r, main }

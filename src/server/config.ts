@@ -11,6 +11,7 @@ import {
 import { type HealthChecksConfig, healthChecksConfig } from '../common/health-http.js'
 import type { LogConfig } from '../common/log.js'
 import { isMqttUrl, MQTT_KEYS, type MqttSettings, mqttSettings } from '../common/mqtt-config.js'
+import { type TelemetryConfig, telemetryConfig } from '../common/telemetry.js'
 
 export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-3072' | 'rsa-4096'
 const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096']
@@ -28,6 +29,8 @@ export interface ServerConfig {
   readonly log: LogConfig
   /** SPIRE's [health_checks] HTTP listener; undefined unless listener_enabled. */
   readonly healthChecks?: HealthChecksConfig | undefined
+  /** SPIRE's [telemetry.Prometheus] /metrics listener; undefined unless configured. */
+  readonly telemetry?: TelemetryConfig | undefined
   readonly caTtlSeconds: number
   readonly caKeyType: KeyType
   readonly defaultX509SvidTtlSeconds: number
@@ -183,6 +186,7 @@ export function parseServerConfig(
     logLevel: log.level,
     log,
     healthChecks: healthChecksConfig(r, doc),
+    telemetry: telemetryConfig(r, doc),
     caTtlSeconds: r.duration(s, 'ca_ttl', 'server', 86400),
     caKeyType: r.oneOf(s, 'ca_key_type', 'server', KEY_TYPES, 'ec-p256'),
     defaultX509SvidTtlSeconds: x509Ttl,

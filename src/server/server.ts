@@ -11,6 +11,7 @@ import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { startHealthListener } from '../common/health-http.js'
 import { type Log, Logger } from '../common/log.js'
+import { packageVersion, startMetricsListener } from '../common/telemetry.js'
 import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { buildKeyManager } from '../keymanager/catalog.js'
@@ -35,6 +36,7 @@ import { openSqliteDatastore } from './datastore/sqlite.js'
 import type { Datastore } from './datastore/types.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
 import { scrubLiveTokenAliases } from './join-token-alias.js'
+import { ServerMetrics } from './metrics.js'
 import { dynsecFromConfig, startMqttListener } from './mqtt-start.js'
 import { NodeApi, type ServerIdentity } from './node-api.js'
 import { buildNodeAttestors, KEY_MANAGERS } from './plugins.js'
@@ -163,6 +165,10 @@ export async function startServer(
       upstream,
       log,
     })
+    const metrics = config.telemetry
+      ? new ServerMetrics({ trustDomain: trustDomain.name, version: packageVersion() })
+      : undefined
+    metrics?.instrumentCa(ca)
 
     // The server's own SVID: a software key held in memory only, re-issued at half-life. It serves
     // TLS (which needs the key in process) and signs node API responses.
@@ -214,6 +220,7 @@ export async function startServer(
       attestRatePerSecond: config.attestRatePerSecond,
       log,
     })
+    metrics?.instrumentNodeApi(api, new Set(attestors.keys()))
     const grpcServer = await startNodeGrpcServer(
       api,
       provider,
@@ -312,6 +319,14 @@ export async function startServer(
       cleanups.push(() => health.close())
       log('info', 'health checks listening', {
         address: `${config.healthChecks.bindAddress}:${health.port}`,
+      })
+    }
+    if (config.telemetry && metrics) {
+      metrics.watchDatastore(() => datastoreOk)
+      const listener = await startMetricsListener(config.telemetry, metrics.registry)
+      cleanups.push(() => listener.close())
+      log('info', 'metrics listening', {
+        address: `${config.telemetry.host}:${listener.port}`,
       })
     }
 

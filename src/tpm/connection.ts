@@ -6,6 +6,7 @@
 import type { SpiffeEdgeError } from '../errors.js'
 import { loadNative } from '../native/load.js'
 import type { NativeBinding, NativeEsysContext } from '../native/types.js'
+import { observed } from './command-observer.js'
 import { fromNative, TpmClosedError, TpmError } from './errors.js'
 import { KeyHandle } from './key-handle.js'
 import type { TpmPublic } from './structures/public.js'
@@ -167,7 +168,7 @@ export class TpmConnection {
       for (const h of uses) this.handleFor(h)
       for (let attempt = 0; ; attempt++) {
         try {
-          return await call(this.ctx)
+          return await call(observed(this.ctx))
         } catch (raw) {
           const err = fromNative(raw)
           if (err instanceof TpmError && err.retryable && attempt < this.retries) {

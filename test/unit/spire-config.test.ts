@@ -75,20 +75,16 @@ telemetry {
   Prometheus {
     port = 9988
   }
+  Statsd = []
 }
 `,
     'x.conf',
   )
   const joined = c.unmapped.join('\n')
-  for (const k of [
-    'jwt_issuer',
-    'ca_key_type',
-    'postgres|embedded SQLite',
-    'Notifier',
-    'telemetry',
-  ])
+  for (const k of ['ca_key_type', 'postgres|embedded SQLite', 'Notifier', 'telemetry.Statsd'])
     assert.match(joined, new RegExp(k), k)
-  // ratelimit.attestation = false lifts the per-address limit.
+  // SPIRE's Prometheus sink maps; ratelimit.attestation = false lifts the per-address limit.
+  assert.match(c.toml, /\[telemetry.Prometheus\]\nport = 9988/)
   assert.match(c.toml, /attest_rate_per_second = 10000/)
 })
 

@@ -45,6 +45,10 @@ export interface WorkloadApiServerOptions {
   readonly maxConcurrentStreams?: number
   /** Whether the agent itself is healthy (a valid agent SVID); default: always. */
   readonly ready?: () => boolean
+  /** Wraps the method handlers (the agent's metrics count and time each call there). */
+  readonly wrapHandlers?: (
+    h: grpc.UntypedServiceImplementation,
+  ) => grpc.UntypedServiceImplementation
 }
 
 export interface WorkloadApiServer extends AsyncDisposable {
@@ -74,7 +78,8 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
     'grpc.max_receive_message_length': 1 << 20,
     'grpc.max_concurrent_streams': opts.maxConcurrentStreams ?? 1000,
   })
-  grpcServer.addService(workloadServiceDefinition, workloadHandlers({ ...opts, log }, mw))
+  const handlers = workloadHandlers({ ...opts, log }, mw)
+  grpcServer.addService(workloadServiceDefinition, opts.wrapHandlers?.(handlers) ?? handlers)
   // The endpoint answers from the local cache only, so "up" is what SERVING can mean here.
   const side = addSideServices(grpcServer, () => serving && (opts.ready?.() ?? true))
   const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure())
