@@ -31,7 +31,13 @@ class Proc {
   readonly child: ChildProcess
   private readonly queue: ((m: Record<string, unknown>) => void)[] = []
   constructor(script: string, args: string[]) {
-    this.child = fork(join(here, script), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    // BENCH_CPU_PROF=<dir> profiles the agent process (node --cpu-prof), for finding its costs.
+    const prof = process.env.BENCH_CPU_PROF
+    const execArgv = prof && args[0] === 'agent' ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : []
+    this.child = fork(join(here, script), args, {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      execArgv,
+    })
     this.child.on('message', (m: Record<string, unknown>) => this.queue.shift()?.(m))
   }
   next(): Promise<Record<string, unknown>> {
@@ -132,7 +138,9 @@ async function main(): Promise<void> {
       `Workload API, clients in their own process; ${x509.length}-byte X509SVIDResponse, ${jwt.length}-byte JWTSVIDResponse; ${ROUNDS} alternating rounds`,
     )
     console.log('case                              target   p50 ms   p99 ms   calls/s')
-    for (const c of CASES) {
+    // BENCH_ONLY=<substring> runs only the matching cases (and skips the burst unless it matches).
+    const only = process.env.BENCH_ONLY
+    for (const c of CASES.filter((c) => !only || c.name.includes(only))) {
       const lat = { agent: [] as number[], bare: [] as number[] }
       const wall = { agent: 0, bare: 0 }
       for (let r = 0; r < ROUNDS; r++) {
@@ -183,7 +191,8 @@ async function main(): Promise<void> {
     const burst = { agent: [] as number[], bare: [] as number[] }
     const fan = { agent: [] as number[], bare: [] as number[] }
     const rss = { agent: [] as number[], bare: [] as number[] }
-    const burstRounds = Math.max(2, Math.ceil(ROUNDS / 2))
+    const burstRounds =
+      only && !'1,000 burst'.includes(only) ? 0 : Math.max(2, Math.ceil(ROUNDS / 2))
     for (let r = 0; r < burstRounds; r++) {
       const order: ('agent' | 'bare')[] = r % 2 === 0 ? ['bare', 'agent'] : ['agent', 'bare']
       for (const t of order) {
