@@ -6,7 +6,8 @@
  *   wl-server.js bare <dir>    a bare grpc-js server on <dir>/bare.sock answering with the bytes
  *                              the parent sends (the agent's own), nothing else
  *
- * Messages from the parent: {op:'bytes', x509, jwt} (bare), {op:'rotate'}, {op:'rss'}, {op:'quit'}.
+ * Messages from the parent: {op:'bytes', x509, jwt} (bare), {op:'rotate'}, {op:'rss'}, {op:'cpu'},
+ * {op:'quit'}.
  * 'rotate' answers {t0}: process.hrtime (CLOCK_MONOTONIC, the same clock in every process) when
  * the fan-out began: the bare server's first write, or the agent's first subscriber callback
  * after a re-issued SVID reached its cache.
@@ -24,10 +25,15 @@ import { startTestServer } from '../test/helpers/server.js'
 
 type Msg =
   | { op: 'bytes'; x509: string; x509b: string; jwt: string }
-  | { op: 'rotate' | 'rss' | 'quit' }
+  | { op: 'rotate' | 'rss' | 'cpu' | 'quit' }
 
 const send = (m: unknown) => process.send!(m)
 const now = () => Number(process.hrtime.bigint()) / 1e6
+/** This process's CPU time (user + system), µs: what a call costs the server, whatever the load. */
+const cpuUs = () => {
+  const u = process.cpuUsage()
+  return u.user + u.system
+}
 
 async function bare(dir: string): Promise<void> {
   const socket = join(dir, 'bare.sock')
@@ -69,6 +75,7 @@ async function bare(dir: string): Promise<void> {
       for (const c of open) c.write(x509b)
       send({ t0 })
     } else if (m.op === 'rss') send({ rss: process.memoryUsage().rss })
+    else if (m.op === 'cpu') send({ us: cpuUs() })
     else if (m.op === 'quit') {
       server.forceShutdown()
       process.exit(0)
@@ -121,6 +128,7 @@ async function agent(dir: string): Promise<void> {
       rotating = false
       send({ t0 })
     } else if (m.op === 'rss') send({ rss: process.memoryUsage().rss })
+    else if (m.op === 'cpu') send({ us: cpuUs() })
     else if (m.op === 'quit') {
       await api.close()
       await a[Symbol.asyncDispose]()

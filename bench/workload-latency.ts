@@ -137,15 +137,20 @@ async function main(): Promise<void> {
     console.log(
       `Workload API, clients in their own process; ${x509.length}-byte X509SVIDResponse, ${jwt.length}-byte JWTSVIDResponse; ${ROUNDS} alternating rounds`,
     )
-    console.log('case                              target   p50 ms   p99 ms   calls/s')
+    console.log(
+      'case                              target   p50 ms   p99 ms   calls/s   server CPU µs/call',
+    )
     // BENCH_ONLY=<substring> runs only the matching cases (and skips the burst unless it matches).
     const only = process.env.BENCH_ONLY
     for (const c of CASES.filter((c) => !only || (only !== 'burst' && c.name.includes(only)))) {
       const lat = { agent: [] as number[], bare: [] as number[] }
       const wall = { agent: 0, bare: 0 }
+      const cpu = { agent: 0, bare: 0 }
       for (let r = 0; r < ROUNDS; r++) {
         const order: ('agent' | 'bare')[] = r % 2 === 0 ? ['bare', 'agent'] : ['agent', 'bare']
         for (const t of order) {
+          const srv = t === 'agent' ? agent : bare
+          const c0 = (await srv.ask({ op: 'cpu' })).us as number
           const res = await client.ask({
             op: 'latency',
             socket: sockets[t],
@@ -155,12 +160,16 @@ async function main(): Promise<void> {
           })
           lat[t].push(...(res.lat as number[]))
           wall[t] += res.wallMs as number
+          // Includes connecting and the warm-up calls, alike for both targets.
+          cpu[t] += ((await srv.ask({ op: 'cpu' })).us as number) - c0
         }
       }
       const row = (t: 'agent' | 'bare') => {
         const rate = (lat[t].length / wall[t]) * 1000
+        // Calls made per round: measured ones plus two warm-up calls per workload.
+        const calls = ROUNDS * c.workloads * (c.calls + 2)
         console.log(
-          `${c.name.padEnd(34)}${t.padEnd(7)}${f2(pct(lat[t], 50))}  ${f2(pct(lat[t], 99))}   ${rate.toFixed(0).padStart(6)}`,
+          `${c.name.padEnd(34)}${t.padEnd(7)}${f2(pct(lat[t], 50))}  ${f2(pct(lat[t], 99))}   ${rate.toFixed(0).padStart(6)}   ${(cpu[t] / calls).toFixed(0).padStart(8)}`,
         )
         return rate
       }
@@ -169,13 +178,21 @@ async function main(): Promise<void> {
       const p50 = pct(lat.agent, 50) / pct(lat.bare, 50)
       const p99 = pct(lat.agent, 99) / pct(lat.bare, 99)
       console.log(
-        `RESULT ${c.name}: p50 ${p50.toFixed(2)}x, p99 ${p99.toFixed(2)}x, throughput ${(ra / rb).toFixed(2)} of bare`,
+        `RESULT ${c.name}: p50 ${p50.toFixed(2)}x, p99 ${p99.toFixed(2)}x, throughput ${(ra / rb).toFixed(2)} of bare, server CPU per call ${(cpu.agent / cpu.bare).toFixed(2)}x`,
       )
       const bench = 'workload-latency'
       if (c.p50Goal)
         summary({ bench, case: `${c.name} p50`, value: p50, op: '<=', bound: c.p50Goal, unit: 'x' })
       if (c.p99Goal)
         summary({ bench, case: `${c.name} p99`, value: p99, op: '<=', bound: c.p99Goal, unit: 'x' })
+      summary({
+        bench,
+        case: `${c.name}: server CPU per call, agent / bare`,
+        value: cpu.agent / cpu.bare,
+        op: '>=',
+        bound: 0,
+        unit: 'x',
+      })
       if (c.workloads === 100)
         summary({
           bench,

@@ -105,13 +105,16 @@ export function middleware(opts: MiddlewareOptions): Middleware {
 
   /**
    * Calls on one connection that arrive together share one attestation: a batch opens with the
-   * first call and closes (is removed from `batches`) right before its attestation starts, in the
-   * next turn of the event loop, so every call it serves arrived before any of the caller's state
-   * was read. That is the same freshness each call would get alone; a call arriving once the
-   * attestation has begun opens a new batch. (1,000 streams opened at once over 20 connections
-   * ran 1,000 attestations of the same 20 callers.)
+   * first call and closes (is removed from `batches`) right before its attestation starts, so
+   * every call it serves arrived before any of the caller's state was read. That is the same
+   * freshness each call would get alone; a call arriving once the attestation has begun opens a
+   * new batch. (1,000 streams opened at once over 20 connections ran 1,000 attestations of the
+   * same 20 callers.) A connection's first batch in a turn of the event loop starts at once (a
+   * lone call waits for nothing); further calls in that turn wait for the turn's end, together.
    */
   const batches = new Map<string, Batch>()
+  /** Connections that started an attestation in this turn of the event loop. */
+  const busy = new Set<string>()
 
   function attest(call: AnyCall, signal: AbortSignal): Promise<Selector[]> {
     const peer = call.getPeer()
@@ -126,8 +129,12 @@ export function middleware(opts: MiddlewareOptions): Middleware {
     if (!batch) {
       const b: Batch = { waiters: new Set(), ac: new AbortController() }
       batches.set(peer, b)
-      setImmediate(() => {
+      const start = () => {
         batches.delete(peer)
+        if (!busy.has(peer)) {
+          busy.add(peer)
+          setImmediate(() => busy.delete(peer))
+        }
         attestNow(conn, b.ac.signal).then(
           (sel) => {
             for (const w of b.waiters) w.settle(() => w.resolve([...sel]))
@@ -136,7 +143,10 @@ export function middleware(opts: MiddlewareOptions): Middleware {
             for (const w of b.waiters) w.settle(() => w.reject(err))
           },
         )
-      })
+      }
+      // A microtask still lets calls parsed in this same callback join.
+      if (busy.has(peer)) setImmediate(start)
+      else queueMicrotask(start)
       batch = b
     }
     const b = batch
