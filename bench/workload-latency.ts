@@ -208,7 +208,7 @@ async function main(): Promise<void> {
     const burst = { agent: [] as number[], bare: [] as number[] }
     const fan = { agent: [] as number[], bare: [] as number[] }
     const rss = { agent: [] as number[], bare: [] as number[] }
-    const burstRounds = only && only !== 'burst' ? 0 : Math.max(2, Math.ceil(ROUNDS / 2))
+    const burstRounds = only && only !== 'burst' ? 0 : Math.max(3, ROUNDS)
     for (let r = 0; r < burstRounds; r++) {
       const order: ('agent' | 'bare')[] = r % 2 === 0 ? ['bare', 'agent'] : ['agent', 'bare']
       for (const t of order) {
