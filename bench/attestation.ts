@@ -35,12 +35,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startSwtpm } from '../hardware-sim/swtpm.js'
 import { tpmAgentAttestor } from '../src/attestors/tpm/agent.js'
-import {
-  certSpki,
-  parseCert,
-  tpmDeviceAttributes,
-  verifyEkChain,
-} from '../src/attestors/tpm/ekcert.js'
+import { EkChainCache } from '../src/attestors/tpm/ek-chain-cache.js'
+import { parseCert, verifyEkChain } from '../src/attestors/tpm/ekcert.js'
 import {
   encodeChallenge,
   parseChallenge,
@@ -76,6 +72,7 @@ import {
 import { ecdsaToDer, parseSignature } from '../src/tpm/structures/signature.js'
 import { checkAkAttributes, verifyCertify, verifyQuote } from '../src/tpm/verify.js'
 import { GrpcNodeClient } from '../src/transport/grpc-client.js'
+import { summary } from './summary.js'
 
 const N = Number(process.env.BENCH_N ?? 5)
 // TPM commands alone are cheap on swtpm: more samples for a stable median.
@@ -105,18 +102,26 @@ async function timeAsync<T>(
   return median(xs)
 }
 
-/** Calls per second of a synchronous function over one window, after a quarter-window warm-up. */
+/**
+ * Calls per CPU-second of a synchronous function over one window (after a quarter-window
+ * warm-up). CPU time, not wall time: on a shared machine the wall clock counts the time other
+ * processes held the core; "on one core" is what this process's CPU time measures.
+ */
 function rate(fn: () => void, ms = WINDOW_MS): number {
+  const cpu = () => {
+    const u = process.cpuUsage()
+    return (u.user + u.system) / 1000
+  }
   const warm = performance.now() + ms / 4
   while (performance.now() < warm) fn()
-  const start = performance.now()
-  const end = start + ms
+  const start = cpu()
+  const end = performance.now() + ms
   let n = 0
   while (performance.now() < end) {
     fn()
     n++
   }
-  return (n / (performance.now() - start)) * 1000
+  return (n / (cpu() - start)) * 1000
 }
 
 function memoryState(): AttestorState {
@@ -141,22 +146,22 @@ interface Recorded {
 }
 
 /** One attestation's server-side work on recorded evidence (no challenge round trip, no store). */
-function verifyRecorded(cfg: TpmServerConfig, rec: Recorded, prev: ClockInfo | undefined): void {
+function verifyRecorded(
+  cfg: TpmServerConfig,
+  rec: Recorded,
+  prev: ClockInfo | undefined,
+  ekChains: EkChainCache,
+): void {
   const payload = parsePayload(rec.payload)
   const ek = parseTpm2bPublic(payload.ekPublic)
   const ak = parseTpm2bPublic(payload.akPublic)
   const agentKey = parseTpm2bPublic(payload.agentKeyPublic)
   const ekSpki = publicKeySpki(ek)
   createHash('sha256').update(ekSpki).digest('hex')
-  const leaf = parseCert(payload.ekCert!, 'the EK certificate')
-  if (!Buffer.from(certSpki(leaf)).equals(Buffer.from(ekSpki))) throw new Error('EK mismatch')
-  verifyEkChain(
-    leaf,
-    (payload.ekChain ?? []).map((d, i) => parseCert(d, `ek_chain[${i}]`)),
-    cfg.caCertificates,
-    rec.now,
-  )
-  tpmDeviceAttributes(leaf.info)
+  // What the server does: the EK chain cache (a hit after the first attestation of this TPM).
+  const ekc = ekChains.check(payload.ekCert!, payload.ekChain ?? [], cfg.caCertificates, rec.now)
+  if (ekc.kind !== 'verified') throw new Error('EK chain not verified')
+  if (!Buffer.from(ekc.leafSpki).equals(Buffer.from(ekSpki))) throw new Error('EK mismatch')
   checkAkAttributes(ak)
   checkAgentKeyAttributes(agentKey)
   const a = publicKeyObject(agentKey).export({ type: 'spki', format: 'der' })
@@ -337,8 +342,12 @@ async function main(): Promise<void> {
       signature: res.quoteSignature,
       nonce,
     }).attest.clockInfo
-    verifyRecorded(cfg, rec, prev) // throws if the replay is not a passing attestation
-    const full = rate(() => verifyRecorded(cfg, rec, prev))
+    verifyRecorded(cfg, rec, prev, new EkChainCache()) // throws unless a passing attestation
+    // Warm: the same TPM again (its EK chain cached), as re-attesting fleets are. Cold: a fresh
+    // cache each time, the first attestation of a TPM (the figure before the cache existed).
+    const warmCache = new EkChainCache()
+    const full = rate(() => verifyRecorded(cfg, rec, prev, warmCache))
+    const cold = rate(() => verifyRecorded(cfg, rec, prev, new EkChainCache()))
     const akKey = publicKeyObject(akPub)
     const sig = parseSignature(res.quoteSignature)
     if (sig.sigAlg !== TPM_ALG.ECDSA) throw new Error('expected an ECDSA AK')
@@ -389,6 +398,7 @@ async function main(): Promise<void> {
     console.log(`  (TpmContext open + close, not a TPM command: ${openMs.toFixed(2)} ms)`)
     console.log('server verification of recorded evidence, one core:')
     console.log(`  full attestation checks   ${Math.round(full).toString().padStart(7)}/s`)
+    console.log(`    first of a TPM (no cached EK chain) ${Math.round(cold)}/s`)
     console.log('    its main parts, each timed alone:')
     for (const [name, r] of Object.entries(parts)) {
       console.log(
@@ -403,8 +413,24 @@ async function main(): Promise<void> {
     )
     console.log(
       `RESULT server verification = ${Math.round(full)} attestations/s on one core; ` +
-        `ratio to bare ECDSA verify = ${(full / bare).toFixed(3)}`,
+        `ratio to bare ECDSA verify = ${(full / bare).toFixed(3)}; first of a TPM ${Math.round(cold)}/s`,
     )
+    summary({
+      bench: 'attestation',
+      case: 'server TPM attestation verification, one core (cached EK chain), /s',
+      value: full,
+      op: '>=',
+      bound: 1000,
+      unit: '/s',
+    })
+    summary({
+      bench: 'attestation',
+      case: 'end-to-end TPM attestation overhead beyond TPM commands, ms',
+      value: e2eMs - sum,
+      op: '<=',
+      bound: 15,
+      unit: 'ms',
+    })
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }

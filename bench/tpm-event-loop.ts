@@ -16,6 +16,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { startSwtpm } from '../hardware-sim/swtpm.js'
 import { TpmContext } from '../src/tpm/context.js'
+import { summary } from './summary.js'
 
 const WINDOW_MS = Number(process.env.BENCH_WINDOW_MS ?? 2000)
 
@@ -75,6 +76,14 @@ async function main(): Promise<void> {
   console.log(
     `RESULT addon/idle p99 ratio = ${ratio(addon.p99)} (blocking/idle = ${ratio(blocking.p99)})`,
   )
+  summary({
+    bench: 'tpm-event-loop',
+    case: 'event-loop delay p99 during TPM calls / idle',
+    value: addon.p99 / Math.max(idle.p99, 0.001),
+    op: '>=',
+    bound: 0,
+    unit: 'x',
+  })
 }
 
 await main()

@@ -25,6 +25,7 @@ import {
   type WorkloadSource,
   type X509Update,
 } from './types.js'
+import { X509EncodeCache } from './x509-encode-cache.js'
 
 const PERMISSION_DENIED = () =>
   new WorkloadStatusError(GrpcStatus.PERMISSION_DENIED, 'no identity issued')
@@ -94,6 +95,12 @@ export function workloadHandlers(
     return { svids, crl: [], federatedBundles: sortedRecord(federated) }
   }
 
+  const encoded = new X509EncodeCache()
+  const encodeX509 = (u: X509Update): Uint8Array | undefined => {
+    const msg = composeX509(u)
+    return msg.svids.length === 0 ? undefined : workloadCodec.x509SvidResponse.encode(msg)
+  }
+
   /** Bundle streams: gated on the caller having an identity, identical messages skipped. */
   function bundleStream(
     requestName: string,
@@ -134,10 +141,10 @@ export function workloadHandlers(
       s.hold(
         source.subscribeX509(selectors, (u) => {
           if (s.closed) return
-          const msg = composeX509(u)
+          const bytes = encoded.get(u, encodeX509)
           // No identity (or the last one was removed): the client must stop using its SVIDs.
-          if (msg.svids.length === 0) return s.fail(PERMISSION_DENIED())
-          s.send(workloadCodec.x509SvidResponse.encode(msg))
+          if (bytes === undefined) return s.fail(PERMISSION_DENIED())
+          s.send(bytes)
         }),
       )
     }),

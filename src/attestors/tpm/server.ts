@@ -35,7 +35,7 @@ import type {
   Selector,
   ServerNodeAttestor,
 } from '../types.js'
-import { type Cert, certSpki, parseCert, tpmDeviceAttributes, verifyEkChain } from './ekcert.js'
+import { EkChainCache } from './ek-chain-cache.js'
 import { referenceStateSource, verifyEventLog } from './eventlog.js'
 import {
   encodeChallenge,
@@ -145,17 +145,19 @@ export function tpmServerAttestor(cfg: TpmServerConfig, log?: Log): ServerNodeAt
     )
   }
   const reference = cfg.eventLog ? referenceStateSource(cfg.eventLog, SOURCE) : () => undefined
+  const ekChains = new EkChainCache()
   return {
     kind: 'NodeAttestor',
     name: TPM,
     async attest(payloadBytes, challenge: Challenger, ctx: AttestationContext) {
-      return attest(cfg, payloadBytes, challenge, ctx, reference)
+      return attest(cfg, ekChains, payloadBytes, challenge, ctx, reference)
     },
   }
 }
 
 async function attest(
   cfg: TpmServerConfig,
+  ekChains: EkChainCache,
   payloadBytes: Uint8Array,
   challenge: Challenger,
   ctx: AttestationContext,
@@ -177,41 +179,25 @@ async function attest(
   // 1. Is this a genuine TPM's EK? A certificate must name exactly this key.
   let chainError: TpmAttestationError | undefined
   let trusted = false
-  let leaf: Cert | undefined
   if (payload.ekCert) {
-    try {
-      leaf = parseCert(payload.ekCert, 'the EK certificate')
-    } catch (err) {
+    // Parse and chain verification, or the cached outcome of the same (ek-chain-cache.ts).
+    const ekc = ekChains.check(payload.ekCert, payload.ekChain ?? [], cfg.caCertificates, ctx.now)
+    if (ekc.kind === 'unparsable') {
       // Some TPMs ship certificates that are not valid DER: only an EK hash can admit those.
-      if (!(err instanceof TpmAttestationError)) throw err
-      chainError = err
-    }
-  }
-  if (leaf) {
-    const certKey = step('chain', 'EK certificate key', () => certSpki(leaf))
-    if (!Buffer.from(certKey).equals(Buffer.from(ekSpki))) {
-      refuse('ek_mismatch', 'the EK public area is not the key the EK certificate certifies')
-    }
-    if (cfg.caCertificates.length > 0) {
-      try {
-        const chain = verifyEkChain(
-          leaf,
-          (payload.ekChain ?? []).map((d, i) => parseCert(d, `ek_chain[${i}]`)),
-          cfg.caCertificates,
-          ctx.now,
-        )
+      chainError = ekc.error
+    } else {
+      if (!Buffer.from(ekc.leafSpki).equals(Buffer.from(ekSpki))) {
+        refuse('ek_mismatch', 'the EK public area is not the key the EK certificate certifies')
+      }
+      if (ekc.kind === 'verified') {
         trusted = true
-        selectors.push({ type: TPM, value: `ek_ca:${chain.issuer.sha256}` })
-        // Device attributes only from a certificate we verified.
-        const attrs = tpmDeviceAttributes(leaf.info)
+        selectors.push({ type: TPM, value: `ek_ca:${ekc.issuerSha256}` })
+        const attrs = ekc.attrs
         if (attrs.manufacturer)
           selectors.push({ type: TPM, value: `manufacturer:${attrs.manufacturer}` })
         if (attrs.model) selectors.push({ type: TPM, value: `model:${attrs.model}` })
         if (attrs.version) selectors.push({ type: TPM, value: `fw:${attrs.version}` })
-      } catch (err) {
-        if (!(err instanceof TpmAttestationError)) throw err
-        chainError = err
-      }
+      } else chainError = ekc.error
     }
   } else if (!payload.ekCert && cfg.requireEkCert) {
     refuse('ek_untrusted', 'the agent sent no EK certificate and require_ek_cert is on')

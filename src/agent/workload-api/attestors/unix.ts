@@ -2,14 +2,14 @@
  * The unix workload attestor: the caller's effective uid/gid, user and group names, supplementary
  * groups and, with discoverWorkloadPath, its binary's path and sha256 (SPIRE's `unix` plugin).
  */
-import { createHash } from 'node:crypto'
-import { createReadStream } from 'node:fs'
-import { readFile, readlink, stat } from 'node:fs/promises'
+import { readFileSync } from 'node:fs'
+import { readlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { WorkloadAttestationError } from '../errors.js'
 import { DEFAULT_PROC_ROOT } from '../proc.js'
 import type { PeerInfo, Selector, WorkloadAttestor } from '../types.js'
-import { parseIdNames, parseProcStatus } from './proc-parse.js'
+import { parseProcStatus } from './proc-parse.js'
+import { BinaryHashCache, IdNamesFile } from './unix-cache.js'
 
 export interface UnixAttestorOptions {
   /** Add path:<binary> and sha256:<hex> selectors (SPIRE's discover_workload_path). */
@@ -21,42 +21,36 @@ export interface UnixAttestorOptions {
   readonly groupFile?: string
 }
 
-async function names(file: string): Promise<Map<number, string>> {
-  try {
-    return parseIdNames(await readFile(file, 'utf8'))
-  } catch {
-    // No passwd/group (minimal containers): ids still attest, names are simply absent.
-    return new Map()
-  }
+export interface UnixAttestor extends WorkloadAttestor {
+  /** How many binaries were read and hashed so far (the rest came from the cache). */
+  readonly binariesHashed: number
 }
 
-function sha256File(path: string, signal?: AbortSignal): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const hash = createHash('sha256')
-    const s = createReadStream(path, signal ? { signal } : {})
-    s.on('data', (chunk) => hash.update(chunk))
-    s.on('error', reject)
-    s.on('end', () => resolve(hash.digest('hex')))
-  })
-}
-
-export function unixAttestor(opts: UnixAttestorOptions = {}): WorkloadAttestor {
+export function unixAttestor(opts: UnixAttestorOptions = {}): UnixAttestor {
   const procRoot = opts.procRoot ?? DEFAULT_PROC_ROOT
-  const passwdFile = opts.passwdFile ?? '/etc/passwd'
-  const groupFile = opts.groupFile ?? '/etc/group'
+  const passwd = new IdNamesFile(opts.passwdFile ?? '/etc/passwd')
+  const groupFile = new IdNamesFile(opts.groupFile ?? '/etc/group')
+  const hashes = new BinaryHashCache()
   const sizeLimit = opts.workloadSizeLimit ?? 0
   return {
     kind: 'WorkloadAttestor',
     name: 'unix',
-    async attest(peer: PeerInfo, signal?: AbortSignal): Promise<Selector[]> {
+    get binariesHashed() {
+      return hashes.hashed
+    },
+    async attest(peer: PeerInfo): Promise<Selector[]> {
       const dir = join(procRoot, String(peer.pid))
       let status: ReturnType<typeof parseProcStatus>
       try {
-        status = parseProcStatus(await readFile(join(dir, 'status'), 'utf8'))
+        // Read on every call (supplementary groups can change), synchronously: /proc is served
+        // from kernel memory in microseconds, and the libuv pool round trips (open, fstat,
+        // read, close) of readFile were the largest cost per call in the profile.
+        status = parseProcStatus(readFileSync(join(dir, 'status'), 'utf8'))
       } catch (err) {
         throw new WorkloadAttestationError(`unix: cannot read status of pid ${peer.pid}`, err)
       }
-      const [users, groups] = await Promise.all([names(passwdFile), names(groupFile)])
+      const users = passwd.get()
+      const groups = groupFile.get()
       const sel: Selector[] = []
       const add = (value: string) => sel.push({ type: 'unix', value })
       // uid and gid are the kernel's record from connect() (SO_PEERCRED), not /proc's current
@@ -88,14 +82,9 @@ export function unixAttestor(opts: UnixAttestorOptions = {}): WorkloadAttestor {
         if (sizeLimit >= 0) {
           // Hash through /proc/<pid>/exe: it is the binary the process runs, even in another
           // mount namespace or after the file on disk was replaced.
+          // Cached by the binary's (dev, inode, size, mtime, ctime): see unix-cache.ts.
           try {
-            const size = (await stat(exe)).size
-            if (sizeLimit > 0 && size > sizeLimit) {
-              throw new WorkloadAttestationError(
-                `unix: workload ${path} exceeds the size limit (${size} > ${sizeLimit} bytes)`,
-              )
-            }
-            add(`sha256:${await sha256File(exe, signal)}`)
+            add(`sha256:${await hashes.hash(exe, path, sizeLimit)}`)
           } catch (err) {
             if (err instanceof WorkloadAttestationError) throw err
             throw new WorkloadAttestationError(`unix: cannot hash ${path}`, err)

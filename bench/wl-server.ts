@@ -1,0 +1,145 @@
+/**
+ * The server side of bench/workload-latency.ts, one process each (forked with an IPC channel):
+ *
+ *   wl-server.js agent <dir>   a real server + agent (join token, SQLite, disk keys) and the real
+ *                              Workload API endpoint with the unix attestor on <dir>/agent.sock
+ *   wl-server.js bare <dir>    a bare grpc-js server on <dir>/bare.sock answering with the bytes
+ *                              the parent sends (the agent's own), nothing else
+ *
+ * Messages from the parent: {op:'bytes', x509, jwt} (bare), {op:'rotate'}, {op:'rss'}, {op:'cpu'},
+ * {op:'quit'}.
+ * 'rotate' answers {t0}: process.hrtime (CLOCK_MONOTONIC, the same clock in every process) when
+ * the fan-out began: the bare server's first write, or the agent's first subscriber callback
+ * after a re-issued SVID reached its cache.
+ */
+import { join } from 'node:path'
+import * as grpc from '@grpc/grpc-js'
+import { unixAttestor } from '../src/agent/workload-api/attestors/unix.js'
+import { startWorkloadApi } from '../src/agent/workload-api/server.js'
+import { workloadServiceDefinition } from '../src/agent/workload-api/service.js'
+import type { WorkloadSource } from '../src/agent/workload-api/types.js'
+import { silentLog } from '../src/common/log.js'
+import { TrustDomain } from '../src/spiffe/id.js'
+import { startTestAgent } from '../test/helpers/agent.js'
+import { startTestServer } from '../test/helpers/server.js'
+
+type Msg =
+  | { op: 'bytes'; x509: string; x509b: string; jwt: string }
+  | { op: 'rotate' | 'rss' | 'cpu' | 'quit' }
+
+const send = (m: unknown) => process.send!(m)
+const now = () => Number(process.hrtime.bigint()) / 1e6
+/** This process's CPU time (user + system), µs: what a call costs the server, whatever the load. */
+const cpuUs = () => {
+  const u = process.cpuUsage()
+  return u.user + u.system
+}
+
+async function bare(dir: string): Promise<void> {
+  const socket = join(dir, 'bare.sock')
+  let x509 = Buffer.alloc(0)
+  let x509b = Buffer.alloc(0)
+  let jwt = Buffer.alloc(0)
+  const open = new Set<grpc.ServerWritableStream<Buffer, Buffer>>()
+  const server = new grpc.Server({ 'grpc.max_concurrent_streams': 1000 })
+  const unimplemented = (_c: unknown, cb?: grpc.sendUnaryData<Buffer>) =>
+    cb?.({ code: grpc.status.UNIMPLEMENTED })
+  server.addService(workloadServiceDefinition, {
+    FetchX509SVID(call: grpc.ServerWritableStream<Buffer, Buffer>) {
+      open.add(call)
+      call.on('cancelled', () => open.delete(call))
+      call.write(x509)
+    },
+    FetchJWTSVID(_call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) {
+      cb(null, jwt)
+    },
+    FetchX509Bundles: unimplemented,
+    FetchJWTBundles: unimplemented,
+    ValidateJWTSVID: unimplemented,
+    FetchWITSVID: unimplemented,
+    FetchWITBundles: unimplemented,
+  })
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(`unix:${socket}`, grpc.ServerCredentials.createInsecure(), (e) =>
+      e ? reject(e) : resolve(),
+    ),
+  )
+  process.on('message', (m: Msg) => {
+    if (m.op === 'bytes') {
+      x509 = Buffer.from(m.x509, 'base64')
+      x509b = Buffer.from(m.x509b, 'base64')
+      jwt = Buffer.from(m.jwt, 'base64')
+      send({ ok: true })
+    } else if (m.op === 'rotate') {
+      const t0 = now()
+      for (const c of open) c.write(x509b)
+      send({ t0 })
+    } else if (m.op === 'rss') send({ rss: process.memoryUsage().rss })
+    else if (m.op === 'cpu') send({ us: cpuUs() })
+    else if (m.op === 'quit') {
+      server.forceShutdown()
+      process.exit(0)
+    }
+  })
+  send({ ready: socket })
+}
+
+async function agent(dir: string): Promise<void> {
+  const s = await startTestServer()
+  const token = await s.token('spiffe://example.org/host')
+  const entry = {
+    spiffe_id: 'spiffe://example.org/bench',
+    parent_id: 'spiffe://example.org/host',
+    selectors: [{ type: 'unix', value: `uid:${process.getuid!()}` }],
+  }
+  const created = await s.admin('POST', '/v1/entries', entry)
+  // Syncs only when asked (the rotation below), so periodic syncs do not land inside a round.
+  const a = await startTestAgent(s.address, dir, token, { syncIntervalMs: 3_600_000 })
+  const manager = a.manager
+  // Records when the fan-out of a rotation starts: the first subscriber callback after 'rotate'.
+  let rotating = false
+  let t0 = 0
+  const source: WorkloadSource = {
+    subscribeX509: (selectors, onUpdate) =>
+      manager.subscribeX509(selectors, (u) => {
+        if (rotating && t0 === 0) t0 = now()
+        onUpdate(u)
+      }),
+    subscribeBundles: (cb) => manager.subscribeBundles(cb),
+    fetchJwtSvids: (sel, aud, id) => manager.fetchJwtSvids(sel, aud, id),
+    jwtBundle: (td) => manager.jwtBundle(td),
+  }
+  const socket = join(dir, 'agent.sock')
+  const api = await startWorkloadApi({
+    socketPath: socket,
+    source,
+    attestors: [unixAttestor()],
+    trustDomain: TrustDomain.parse('example.org'),
+    log: silentLog,
+  })
+  let rev = 0
+  process.on('message', async (m: Msg) => {
+    if (m.op === 'rotate') {
+      rotating = true
+      t0 = 0
+      // A new entry revision makes the agent re-issue the SVID on its next sync.
+      await s.admin('PUT', `/v1/entries/${String(created.id)}`, { ...entry, hint: `r${++rev}` })
+      await manager.syncNow()
+      rotating = false
+      send({ t0 })
+    } else if (m.op === 'rss') send({ rss: process.memoryUsage().rss })
+    else if (m.op === 'cpu') send({ us: cpuUs() })
+    else if (m.op === 'quit') {
+      await api.close()
+      await a[Symbol.asyncDispose]()
+      await s[Symbol.asyncDispose]()
+      process.exit(0)
+    }
+  })
+  send({ ready: socket })
+}
+
+const [role, dir] = process.argv.slice(2)
+if (role === 'bare') await bare(dir!)
+else if (role === 'agent') await agent(dir!)
+else throw new Error(`usage: wl-server.js agent|bare <dir>`)
