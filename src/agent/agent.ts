@@ -12,6 +12,7 @@ import { SpiffeEdgeError } from '../errors.js'
 import { parsePemCertificates, TrustBundle } from '../spiffe/bundle.js'
 import { TrustDomain } from '../spiffe/id.js'
 import { GrpcNodeClient } from '../transport/grpc-client.js'
+import { SealedSvidStore } from './cache/sealed-svids.js'
 import type { AgentConfig } from './config.js'
 import { AgentManager } from './manager.js'
 import { nodeIdentity, workloadAttestors } from './plugins.js'
@@ -126,6 +127,19 @@ async function startAgentLocked(config: AgentConfig, opts: { log?: Log }): Promi
     await identity.close()
     throw err
   }
+  let sealed: SealedSvidStore
+  try {
+    sealed = await SealedSvidStore.open({
+      dataDir: config.dataDir,
+      sealer: identity.sealer,
+      trustDomain: td,
+      log,
+    })
+  } catch (err) {
+    storage.close()
+    await identity.close()
+    throw err
+  }
   const client = new GrpcNodeClient({ address: config.serverAddress, trustDomain: td, bundle })
   let onFatal: (err: SpiffeEdgeError) => void = () => undefined
   let fatalError: SpiffeEdgeError | undefined
@@ -145,6 +159,8 @@ async function startAgentLocked(config: AgentConfig, opts: { log?: Log }): Promi
     workloadKeyType: config.workloadKeyType,
     syncIntervalMs: config.syncIntervalSeconds * 1000,
     cacheMaxSize: config.x509SvidCacheMaxSize,
+    sealed,
+    availabilityTargetMs: config.availabilityTargetSeconds * 1000,
     log,
   })
   try {

@@ -20,6 +20,7 @@ import { EntrySync, sel } from './cache/entries.js'
 import { IdentityKeeper } from './cache/identity.js'
 import { JWT_CACHE_DEFAULT_BYTES, JwtSvidCache } from './cache/jwt-svids.js'
 import { SyncSchedule } from './cache/schedule.js'
+import type { SealedSvidStore } from './cache/sealed-svids.js'
 import { X509SvidCache } from './cache/x509-svids.js'
 import type { AgentStorage } from './storage.js'
 import { GrpcStatus, WorkloadStatusError } from './workload-api/errors.js'
@@ -56,6 +57,23 @@ export interface ManagerOptions {
    * way to re-attest): the manager has stopped and serves nothing; the agent should exit.
    */
   readonly onFatal?: (err: SpiffeEdgeError) => void
+  /** The sealed on-disk SVID cache; without it workload SVIDs live in memory only. */
+  readonly sealed?: SealedSvidStore
+  /** SPIRE's availability_target, ms (0 or absent: half-life rotation). */
+  readonly availabilityTargetMs?: number
+}
+
+/** The agent SVID ran out and this attestor cannot attest again by itself. */
+function svidExpiredError(id: string, cause?: unknown): SpiffeEdgeError {
+  return new SpiffeEdgeError(
+    'ERR_AGENT_SVID_EXPIRED',
+    `the agent SVID of ${id} expired while the server was unreachable, and a join-token agent cannot attest again by itself`,
+    {
+      cause,
+      remedy:
+        'generate a new join token (spiffe-edge server token generate) and restart the agent with --join-token; cached workload SVIDs are served until they expire',
+    },
+  )
 }
 
 /** Refusals that mean the server no longer accepts this agent identity. */
@@ -76,6 +94,11 @@ export class AgentManager implements WorkloadSource {
   private failures = 0
   private lastSyncOk: number | undefined
   private lastError: string | undefined
+  /** Since when the server has not answered (undefined while it does). */
+  private offlineSince: number | undefined
+  /** Set once the server refused the join token of an expired agent: do not ask again. */
+  private needsNewToken: SpiffeEdgeError | undefined
+  private lastSavedSyncOk = 0
 
   constructor(o: ManagerOptions) {
     this.o = o
@@ -84,8 +107,10 @@ export class AgentManager implements WorkloadSource {
     const now = () => this.now()
     const auth = () => this.identity.auth()
     const common = { client: o.client, log: o.log, now, random: this.random }
+    const availabilityTargetMs = o.availabilityTargetMs ?? 0
     this.identity = new IdentityKeeper({
       ...common,
+      availabilityTargetMs,
       storage: o.storage,
       keyManager: o.keyManager,
       attestor: o.attestor,
@@ -101,6 +126,8 @@ export class AgentManager implements WorkloadSource {
       workloadKeyType: o.workloadKeyType,
       cacheMaxSize: o.cacheMaxSize,
       requestSync: () => void this.syncNow().catch(() => undefined),
+      availabilityTargetMs,
+      onChange: () => this.persistSvids(),
     })
     this.jwt = new JwtSvidCache({
       ...common,
@@ -115,7 +142,14 @@ export class AgentManager implements WorkloadSource {
       failures: () => this.failures,
       agent: () => this.identity.current,
       nextRotation: (t) => this.x509.nextRotation(t),
+      overdueExpiry: (t) => this.x509.overdueExpiry(t),
     })
+  }
+
+  /** Rewrites the sealed cache with what we hold now (coalesced in the store). */
+  private persistSvids(): void {
+    const id = this.identity.current?.spiffeId
+    if (this.o.sealed && id) void this.o.sealed.save(id, this.x509.snapshot())
   }
 
   private now(): number {
@@ -126,18 +160,82 @@ export class AgentManager implements WorkloadSource {
     return this.identity.current?.spiffeId
   }
 
-  /** Restores saved state, or attests. Then runs one sync so workloads have SVIDs at once. */
+  /**
+   * Restores saved state and the sealed SVID cache. With cached SVIDs to serve, start returns at
+   * once and the first sync runs in the background (the server may be away: a reboot during an
+   * outage). Otherwise it attests if it must and runs one sync so workloads have SVIDs at once;
+   * a failure there fails the start only when the agent has no identity at all to keep trying
+   * with (first start), or when it needs a new join token.
+   */
   async start(): Promise<void> {
     const state = this.o.storage.load()
     if (state.bundle) {
       this.bundle.current = TrustBundle.fromSpiffeJson(this.o.trustDomain, state.bundle)
       this.o.client.setBundle(this.bundle.current)
     }
+    if (state.lastSyncOk !== undefined) {
+      // Offline since the last contact before the restart, until the server answers again.
+      this.lastSyncOk = state.lastSyncOk
+      this.offlineSince = state.lastSyncOk
+    }
     await this.identity.restore(state)
-    if (state.entries && this.identity.current) this.entries.restore(state.entries, state.revision)
-    if (!this.identity.current) await this.attest()
-    await this.syncNow()
+    const a = this.identity.current
+    if (state.entries && a) this.entries.restore(state.entries, state.revision)
+    if (this.o.sealed && a) {
+      const records = await this.o.sealed.load(a.spiffeId, this.bundle.current, this.now())
+      const n = this.x509.restore(records)
+      if (n > 0) {
+        this.o.log('info', 'serving workload SVIDs from the sealed cache', {
+          svids: n,
+          first_expires: new Date(this.x509.firstExpiry()!).toISOString(),
+        })
+      }
+    }
+    if (this.x509.size > 0) {
+      void this.syncNow().catch(() => undefined) // logged by sync()
+    } else {
+      try {
+        await this.syncNow()
+      } catch (err) {
+        const code = (err as { code?: unknown }).code
+        if (!this.identity.current || code === 'ERR_AGENT_SVID_EXPIRED') throw err
+        this.o.log('warn', 'started without the server: nothing cached to serve yet; retrying', {
+          error: (err as Error).message,
+        })
+      }
+    }
     if (!this.stopped) this.schedule.start()
+  }
+
+  /**
+   * No usable agent SVID (none yet, or it expired during an outage): attest. A re-attestable
+   * attestor (TPM) does it in place; a join-token agent tries its configured token once (it may
+   * be a new one) and, once the server refuses it, says plainly it needs a new token.
+   */
+  private async recoverIdentity(): Promise<void> {
+    const a = this.identity.current
+    if (!a) return this.attest()
+    if (this.needsNewToken) throw this.needsNewToken
+    if (!a.reattestable) {
+      try {
+        await this.attest()
+      } catch (err) {
+        if (err instanceof NodeCallError && err.code === 'ERR_SERVER_REFUSED') {
+          this.needsNewToken = svidExpiredError(a.spiffeId, err)
+          this.o.log('error', this.needsNewToken.message, {
+            code: this.needsNewToken.code,
+            remedy: this.needsNewToken.remedy,
+          })
+          throw this.needsNewToken
+        }
+        throw err
+      }
+      return
+    }
+    this.o.log('warn', 'the agent SVID expired while the server was unreachable; attesting again', {
+      agent: a.spiffeId,
+    })
+    await this.attest()
   }
 
   /** Node attestation; a different identity than before starts its entries afresh. */
@@ -160,7 +258,9 @@ export class AgentManager implements WorkloadSource {
   private async sync(): Promise<void> {
     try {
       const a = this.identity.current
-      if (a && this.now() >= a.rotateAt) {
+      // Never sign with an expired SVID: the server would take it for an evicted agent.
+      if (!a || this.identity.expired()) await this.recoverIdentity()
+      else if (this.now() >= a.rotateAt) {
         // Renew the agent SVID (RenewAgent), or attest again when the attestor allows it.
         if (a.reattestable) await this.attest()
         else await this.identity.renew()
@@ -168,20 +268,39 @@ export class AgentManager implements WorkloadSource {
       await this.syncBundle()
       if (await this.entries.sync(this.identity.auth())) this.x509.entriesChanged()
       await this.x509.sync()
+      const wasFailing = this.failures > 0
       this.failures = 0
       this.lastSyncOk = this.now()
       this.lastError = undefined
+      if (wasFailing && this.offlineSince !== undefined) {
+        this.o.log('info', 'the server answers again', {
+          offline_seconds: Math.round((this.now() - this.offlineSince) / 1000),
+        })
+      }
+      this.offlineSince = undefined
+      // Kept across restarts so health says how long we have been offline; at most once a minute.
+      if (this.lastSyncOk - this.lastSavedSyncOk >= 60_000) {
+        this.lastSavedSyncOk = this.lastSyncOk
+        this.o.storage.save({ lastSyncOk: this.lastSyncOk })
+      }
     } catch (err) {
       this.failures++
       this.lastError = (err as Error).message
+      this.offlineSince ??= this.now()
       // A TPM that stopped answering (the agent key signs every request) is not the server's fault.
-      const tpm = (err as { code?: unknown }).code === 'ERR_TPM'
+      const code = (err as { code?: unknown }).code
+      const tpm = code === 'ERR_TPM'
+      const first = this.x509.firstExpiry()
       this.o.log('warn', `sync failed (${tpm ? 'TPM' : 'server'}); serving cached identities`, {
         error: this.lastError,
+        ...(typeof code === 'string' ? { code } : {}),
         failures: this.failures,
-        remedy: tpm
-          ? (err as { remedy?: string }).remedy
-          : 'check that the server is reachable; the agent retries with backoff',
+        offline_seconds: Math.round((this.now() - this.offlineSince) / 1000),
+        ...(first !== undefined ? { first_svid_expires: new Date(first).toISOString() } : {}),
+        remedy:
+          tpm || code === 'ERR_AGENT_SVID_EXPIRED'
+            ? (err as { remedy?: string }).remedy
+            : 'check that the server is reachable; the agent retries with backoff',
       })
       if (
         err instanceof NodeCallError &&
@@ -290,18 +409,33 @@ export class AgentManager implements WorkloadSource {
 
   // ------------------------------------------------------------ health and lifecycle
 
+  /**
+   * The agent's status. `offline`: the server has not answered since `offlineSince` (the last
+   * successful sync, kept across restarts), `offlineSeconds` so far; `firstSvidExpiresAt`: when the
+   * first cached workload SVID runs out (the deadline an outage must end by); `errorCode`: a
+   * stable code when the agent needs an operator (ERR_AGENT_SVID_EXPIRED: a new join token).
+   */
   health(): {
     ready: boolean
     agentId?: string
     lastSyncOk?: string
     failures: number
     lastError?: string
+    errorCode?: string
     agentExpiresAt?: string
+    offline: boolean
+    offlineSince?: string
+    offlineSeconds?: number
+    cachedSvids: number
+    firstSvidExpiresAt?: string
   } {
     const a = this.identity.current
+    const now = this.now()
     const h: ReturnType<AgentManager['health']> = {
-      ready: a !== undefined && a.notAfter > this.now(),
+      ready: a !== undefined && a.notAfter > now,
       failures: this.failures,
+      offline: this.offlineSince !== undefined || (this.failures > 0 && !this.lastSyncOk),
+      cachedSvids: this.x509.size,
     }
     if (a) {
       h.agentId = a.spiffeId
@@ -309,6 +443,13 @@ export class AgentManager implements WorkloadSource {
     }
     if (this.lastSyncOk) h.lastSyncOk = new Date(this.lastSyncOk).toISOString()
     if (this.lastError) h.lastError = this.lastError
+    if (this.needsNewToken) h.errorCode = this.needsNewToken.code
+    if (this.offlineSince !== undefined) {
+      h.offlineSince = new Date(this.offlineSince).toISOString()
+      h.offlineSeconds = Math.max(0, Math.round((now - this.offlineSince) / 1000))
+    }
+    const first = this.x509.firstExpiry()
+    if (first !== undefined) h.firstSvidExpiresAt = new Date(first).toISOString()
     return h
   }
 
@@ -321,5 +462,6 @@ export class AgentManager implements WorkloadSource {
     this.stopped = true
     this.schedule.stop()
     await this.syncing?.catch(() => undefined)
+    await this.o.sealed?.flushed()
   }
 }

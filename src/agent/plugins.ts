@@ -10,8 +10,11 @@ import type { AgentNodeAttestor } from '../attestors/types.js'
 import { ConfigError, type Table } from '../common/config.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { DiskKeyManager } from '../keymanager/disk.js'
+import { FileSealer } from '../keymanager/file-sealer.js'
 import { MemoryKeyManager } from '../keymanager/memory.js'
+import type { CacheSealer } from '../keymanager/sealer.js'
 import { type TpmKey, TpmKeyManager } from '../keymanager/tpm.js'
+import { TpmSealer } from '../keymanager/tpm-sealer.js'
 import type { KeyManager } from '../keymanager/types.js'
 import { TpmContext } from '../tpm/context.js'
 import type { AgentConfig } from './config.js'
@@ -45,6 +48,8 @@ export interface NodeIdentity {
   readonly keyManager: KeyManager
   /** False while the agent's TPM is unreachable (TPM attestation only). */
   readonly tpmHealthy?: () => boolean
+  /** What wraps the sealed SVID cache's key: the TPM when there is one, else a 0600 key file. */
+  readonly sealer: CacheSealer
   close(): Promise<void>
 }
 
@@ -69,6 +74,7 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
       return {
         attestor: config.joinToken ? joinTokenAgentAttestor(config.joinToken) : missingJoinToken(),
         keyManager: softwareKeys(config),
+        sealer: new FileSealer(join(config.dataDir, 'cache.key')),
         close: async () => undefined,
       }
     },
@@ -110,6 +116,7 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
         attestor,
         keyManager,
         tpmHealthy: () => keys.tpmHealth().healthy,
+        sealer: new TpmSealer(tpm, join(config.dataDir, 'cache-seal')),
         close: () => tpm.close(),
       }
     },
