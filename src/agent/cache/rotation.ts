@@ -4,8 +4,9 @@
  * at least the target left, so an outage of that length, starting right after any successful
  * renewal, never leaves a workload (or the agent) without a valid SVID. Half-life already gives
  * that when the target is under half the life; above, renewal comes earlier. A target the
- * server's TTL cannot meet (over 90% of the life) is reported: the agent then rotates after a
- * tenth of the life, the most it can do without asking the server in a loop.
+ * server's TTL cannot meet (over 90% of the life) is reported and half-life is used: renewing
+ * sooner would not make such an SVID outlive the target, only load the server (and, for the agent
+ * SVID of a TPM agent, re-attest in a loop).
  */
 /**
  * SPIRE's half-life rule: rotate when the remaining life falls under half, ±10% jitter. The life
@@ -39,5 +40,5 @@ export function rotationTime(
     // Jitter only earlier, so the target always holds; spread over a tenth of the slack.
     return { at: notAfter - target - random() * ((life - target) / 10), short: false }
   }
-  return { at: notAfter - life * 0.9, short: true }
+  return { at: half, short: true }
 }

@@ -214,7 +214,11 @@ export class SealedSvidStore {
         const key = createPrivateKey({ key: unb64(plain.key, 'key'), format: 'der', type: 'pkcs8' })
         const spki = (k: ReturnType<typeof createPublicKey>) =>
           k.export({ type: 'spki', format: 'der' })
-        const leafKey = createPublicKey(Buffer.from(leaf.publicKey.rawData))
+        const leafKey = createPublicKey({
+          key: Buffer.from(leaf.publicKey.rawData),
+          format: 'der',
+          type: 'spki',
+        })
         if (!spki(createPublicKey(key)).equals(spki(leafKey))) {
           throw new Error(`record ${r.e}: the key does not match its certificate`)
         }

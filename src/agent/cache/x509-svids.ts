@@ -79,7 +79,7 @@ export class X509SvidCache {
       this.warnedShort.add(entryId)
       this.d.log(
         'warn',
-        'the X509-SVID lifetime is too short for availability_target; rotating after a tenth of it',
+        'the X509-SVID lifetime is too short for availability_target; rotating at half-life',
         {
           entry: entryId,
           spiffe_id: spiffeId,
