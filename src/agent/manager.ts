@@ -7,6 +7,7 @@
  * being answered while the server is unreachable; the sync loop retries with capped exponential
  * backoff and reports it in health(). It talks to the server only through a NodeClient.
  */
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { AgentNodeAttestor } from '../attestors/types.js'
 import type { Log } from '../common/log.js'
 import { SpiffeEdgeError } from '../errors.js'
@@ -19,6 +20,7 @@ import { BundleState } from './cache/bundle.js'
 import { EntrySync, sel } from './cache/entries.js'
 import { IdentityKeeper } from './cache/identity.js'
 import { JWT_CACHE_DEFAULT_BYTES, JwtSvidCache } from './cache/jwt-svids.js'
+import { OfflineClock, type OfflineStatus, svidExpiredError } from './cache/offline.js'
 import { SyncSchedule } from './cache/schedule.js'
 import type { SealedSvidStore } from './cache/sealed-svids.js'
 import { X509SvidCache } from './cache/x509-svids.js'
@@ -63,18 +65,9 @@ export interface ManagerOptions {
   readonly availabilityTargetMs?: number
 }
 
-/** The agent SVID ran out and this attestor cannot attest again by itself. */
-function svidExpiredError(id: string, cause?: unknown): SpiffeEdgeError {
-  return new SpiffeEdgeError(
-    'ERR_AGENT_SVID_EXPIRED',
-    `the agent SVID of ${id} expired while the server was unreachable, and a join-token agent cannot attest again by itself`,
-    {
-      cause,
-      remedy:
-        'generate a new join token (spiffe-edge server token generate) and restart the agent with --join-token; cached workload SVIDs are served until they expire',
-    },
-  )
-}
+/** A restored SVID with less than this left waits (at most START_WAIT_MS) for the first sync. */
+const NEAR_EXPIRY_MS = 30_000
+const START_WAIT_MS = 1000
 
 /** Refusals that mean the server no longer accepts this agent identity. */
 const IDENTITY_REFUSALS = ['banned', 'not_attested', 'stale_svid', 'bad_svid']
@@ -92,13 +85,10 @@ export class AgentManager implements WorkloadSource {
   private stopped = false
   private syncing: Promise<void> | undefined
   private failures = 0
-  private lastSyncOk: number | undefined
   private lastError: string | undefined
-  /** Since when the server has not answered (undefined while it does). */
-  private offlineSince: number | undefined
+  private readonly offline: OfflineClock
   /** Set once the server refused the join token of an expired agent: do not ask again. */
   private needsNewToken: SpiffeEdgeError | undefined
-  private lastSavedSyncOk = 0
 
   constructor(o: ManagerOptions) {
     this.o = o
@@ -107,6 +97,7 @@ export class AgentManager implements WorkloadSource {
     const now = () => this.now()
     const auth = () => this.identity.auth()
     const common = { client: o.client, log: o.log, now, random: this.random }
+    this.offline = new OfflineClock(o.storage, o.log, now)
     const availabilityTargetMs = o.availabilityTargetMs ?? 0
     this.identity = new IdentityKeeper({
       ...common,
@@ -173,11 +164,7 @@ export class AgentManager implements WorkloadSource {
       this.bundle.current = TrustBundle.fromSpiffeJson(this.o.trustDomain, state.bundle)
       this.o.client.setBundle(this.bundle.current)
     }
-    if (state.lastSyncOk !== undefined) {
-      // Offline since the last contact before the restart, until the server answers again.
-      this.lastSyncOk = state.lastSyncOk
-      this.offlineSince = state.lastSyncOk
-    }
+    this.offline.restore(state.lastSyncOk)
     await this.identity.restore(state)
     const a = this.identity.current
     if (state.entries && a) this.entries.restore(state.entries, state.revision)
@@ -192,7 +179,12 @@ export class AgentManager implements WorkloadSource {
       }
     }
     if (this.x509.size > 0) {
-      void this.syncNow().catch(() => undefined) // logged by sync()
+      const first = this.syncNow().catch(() => undefined) // logged by sync()
+      // A cached SVID about to run out is worth a short wait for a fresh one when the server
+      // is there; an offline start still serves within START_WAIT_MS.
+      if (this.x509.firstExpiry()! - this.now() < NEAR_EXPIRY_MS) {
+        await Promise.race([first, sleep(START_WAIT_MS, undefined, { ref: false })])
+      }
     } else {
       try {
         await this.syncNow()
@@ -270,23 +262,12 @@ export class AgentManager implements WorkloadSource {
       await this.x509.sync()
       const wasFailing = this.failures > 0
       this.failures = 0
-      this.lastSyncOk = this.now()
       this.lastError = undefined
-      if (wasFailing && this.offlineSince !== undefined) {
-        this.o.log('info', 'the server answers again', {
-          offline_seconds: Math.round((this.now() - this.offlineSince) / 1000),
-        })
-      }
-      this.offlineSince = undefined
-      // Kept across restarts so health says how long we have been offline; at most once a minute.
-      if (this.lastSyncOk - this.lastSavedSyncOk >= 60_000) {
-        this.lastSavedSyncOk = this.lastSyncOk
-        this.o.storage.save({ lastSyncOk: this.lastSyncOk })
-      }
+      this.offline.ok(wasFailing)
     } catch (err) {
       this.failures++
       this.lastError = (err as Error).message
-      this.offlineSince ??= this.now()
+      const offlineSeconds = this.offline.failed()
       // A TPM that stopped answering (the agent key signs every request) is not the server's fault.
       const code = (err as { code?: unknown }).code
       const tpm = code === 'ERR_TPM'
@@ -295,7 +276,7 @@ export class AgentManager implements WorkloadSource {
         error: this.lastError,
         ...(typeof code === 'string' ? { code } : {}),
         failures: this.failures,
-        offline_seconds: Math.round((this.now() - this.offlineSince) / 1000),
+        offline_seconds: offlineSeconds,
         ...(first !== undefined ? { first_svid_expires: new Date(first).toISOString() } : {}),
         remedy:
           tpm || code === 'ERR_AGENT_SVID_EXPIRED'
@@ -415,17 +396,13 @@ export class AgentManager implements WorkloadSource {
    * first cached workload SVID runs out (the deadline an outage must end by); `errorCode`: a
    * stable code when the agent needs an operator (ERR_AGENT_SVID_EXPIRED: a new join token).
    */
-  health(): {
+  health(): OfflineStatus & {
     ready: boolean
     agentId?: string
-    lastSyncOk?: string
     failures: number
     lastError?: string
     errorCode?: string
     agentExpiresAt?: string
-    offline: boolean
-    offlineSince?: string
-    offlineSeconds?: number
     cachedSvids: number
     firstSvidExpiresAt?: string
   } {
@@ -434,20 +411,15 @@ export class AgentManager implements WorkloadSource {
     const h: ReturnType<AgentManager['health']> = {
       ready: a !== undefined && a.notAfter > now,
       failures: this.failures,
-      offline: this.offlineSince !== undefined || (this.failures > 0 && !this.lastSyncOk),
+      ...this.offline.status(this.failures),
       cachedSvids: this.x509.size,
     }
     if (a) {
       h.agentId = a.spiffeId
       h.agentExpiresAt = new Date(a.notAfter).toISOString()
     }
-    if (this.lastSyncOk) h.lastSyncOk = new Date(this.lastSyncOk).toISOString()
     if (this.lastError) h.lastError = this.lastError
     if (this.needsNewToken) h.errorCode = this.needsNewToken.code
-    if (this.offlineSince !== undefined) {
-      h.offlineSince = new Date(this.offlineSince).toISOString()
-      h.offlineSeconds = Math.max(0, Math.round((now - this.offlineSince) / 1000))
-    }
     const first = this.x509.firstExpiry()
     if (first !== undefined) h.firstSvidExpiresAt = new Date(first).toISOString()
     return h

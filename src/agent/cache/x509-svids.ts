@@ -295,9 +295,12 @@ export class X509SvidCache {
    * refused (at this revision) will not come soon: waiting for it would delay the others.
    */
   private awaitsSvids(selectors: ReadonlySet<string>): boolean {
+    const now = this.d.now()
+    // An expired SVID (restored from the sealed cache, or outlived an outage) is as good as none.
+    const usable = (id: string) => (this.svids.get(id)?.notAfter ?? 0) > now
     return this.d.entries
       .matching(selectors)
-      .some((e) => !this.svids.has(e.id) && this.issueRefused.get(e.id) !== e.revisionNumber)
+      .some((e) => !usable(e.id) && this.issueRefused.get(e.id) !== e.revisionNumber)
   }
 
   /** Subscriptions waiting for SVIDs get their first update once they exist, or when time is up. */
