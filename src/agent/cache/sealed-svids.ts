@@ -93,8 +93,8 @@ export class SealedSvidStore {
 
   /**
    * Reads the cache and unwraps its DEK (one sealer call). A cache that does not open is
-   * discarded with a log line; a new DEK is then wrapped in the background (a TPM may need
-   * seconds to make its key the first time), so opening never waits on more than one unwrap.
+   * discarded with a log line and a new DEK is made (wrapped at the first save), so opening
+   * never waits on more than one unwrap.
    */
   static async open(o: SealedStoreOptions): Promise<SealedSvidStore> {
     const s = new SealedSvidStore(o)
@@ -114,12 +114,13 @@ export class SealedSvidStore {
     return s
   }
 
+  /**
+   * A new DEK; it is wrapped at the first save, not now: a TPM may need seconds to make its key
+   * the first time, and attestation must not queue behind that.
+   */
   private freshKey(): void {
-    const dek = new Uint8Array(randomBytes(DEK_BYTES))
-    this.dek = dek
-    this.wrapped = this.o.sealer.wrap(dek)
-    // A failed wrap is reported at the first save (and retried there); never unhandled.
-    this.wrapped.catch(() => undefined)
+    this.dek = new Uint8Array(randomBytes(DEK_BYTES))
+    this.wrapped = undefined
   }
 
   private async readFile(): Promise<CacheFile | undefined> {
@@ -259,15 +260,16 @@ export class SealedSvidStore {
     const job = this.next
     if (!job) return
     this.next = undefined
-    if (!this.wrapped || !this.dek) this.freshKey()
+    if (!this.dek) this.freshKey()
+    const dek = this.dek!
+    this.wrapped ??= this.o.sealer.wrap(dek)
     let wrapped: Uint8Array
     try {
-      wrapped = await this.wrapped!
+      wrapped = await this.wrapped
     } catch (err) {
-      this.freshKey() // the next save tries again
+      this.wrapped = undefined // the next save tries again
       throw err
     }
-    const dek = this.dek!
     const records: FileRecord[] = []
     for (const s of job.svids.slice(0, MAX_CACHE_RECORDS)) {
       const plain: Plain = {
