@@ -326,6 +326,8 @@ export class AgentManager implements WorkloadSource {
     )
     this.stopped = true
     this.schedule.stop()
+    // Nothing of this identity may be served again, not even after a restart: empty the cache.
+    void this.o.sealed?.save(id, [])
     this.identity.current = undefined
     this.x509.clear()
     this.jwt.clear()
