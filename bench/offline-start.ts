@@ -25,6 +25,7 @@ import { startSwtpm } from '../hardware-sim/swtpm.js'
 import { CACHE_FILE } from '../src/agent/cache/sealed-svids.js'
 import { cliPath } from '../test/helpers/exec.js'
 import {
+  cacheWritten,
   createEntry,
   fetchServed,
   startTpmServer,
@@ -81,7 +82,7 @@ try {
   const first = JSON.parse(await firstLine(warm)) as { agent_id: string }
   await createEntry(server.adminSocket, first.agent_id, 'spiffe://example.org/bench/app')
   await until('the first SVID', 30_000, () => fetchServed(sock))
-  await new Promise((r) => setTimeout(r, 500))
+  await cacheWritten(join(dir, 'agent'))
   warm.kill('SIGTERM')
   await new Promise((r) => warm.once('exit', r))
 

@@ -15,7 +15,7 @@ import { GrpcNodeClient } from '../transport/grpc-client.js'
 import { SealedSvidStore } from './cache/sealed-svids.js'
 import type { AgentConfig } from './config.js'
 import { AgentManager } from './manager.js'
-import { nodeIdentity, workloadAttestors } from './plugins.js'
+import { fileSealer, nodeIdentity, workloadAttestors } from './plugins.js'
 import { AgentStorage } from './storage.js'
 import { socketIsLive } from './workload-api/endpoint.js'
 import { startWorkloadApi } from './workload-api/server.js'
@@ -131,7 +131,7 @@ async function startAgentLocked(config: AgentConfig, opts: { log?: Log }): Promi
   try {
     sealed = await SealedSvidStore.open({
       dataDir: config.dataDir,
-      sealer: identity.sealer,
+      sealer: identity.sealer ?? fileSealer(config),
       trustDomain: td,
       log,
     })

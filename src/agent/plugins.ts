@@ -48,8 +48,11 @@ export interface NodeIdentity {
   readonly keyManager: KeyManager
   /** False while the agent's TPM is unreachable (TPM attestation only). */
   readonly tpmHealthy?: () => boolean
-  /** What wraps the sealed SVID cache's key: the TPM when there is one, else a 0600 key file. */
-  readonly sealer: CacheSealer
+  /**
+   * What wraps the sealed SVID cache's key: the TPM for the tpm attestor; absent, a 0600 key file
+   * in the data dir (fileSealer), with a warning at start.
+   */
+  readonly sealer?: CacheSealer
   close(): Promise<void>
 }
 
@@ -74,7 +77,6 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
       return {
         attestor: config.joinToken ? joinTokenAgentAttestor(config.joinToken) : missingJoinToken(),
         keyManager: softwareKeys(config),
-        sealer: new FileSealer(join(config.dataDir, 'cache.key')),
         close: async () => undefined,
       }
     },
@@ -122,6 +124,10 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
     },
   ],
 ])
+
+/** The software sealer: for attestors without hardware of their own to wrap the cache key. */
+export const fileSealer = (config: AgentConfig): CacheSealer =>
+  new FileSealer(join(config.dataDir, 'cache.key'))
 
 /** The configured node attestor from the catalog; an unknown one is refused listing what exists. */
 export function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {

@@ -1,7 +1,8 @@
 /** Processes for the offline tests: a TPM server and agent as operators run them, a workload fetch. */
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { CACHE_FILE } from '../../src/agent/cache/sealed-svids.js'
 import { workloadClient } from '../../src/agent/workload-api/client.js'
 import { TrustBundle } from '../../src/spiffe/bundle.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
@@ -115,6 +116,19 @@ export async function createEntry(adminSocket: string, parentId: string, spiffeI
     `unix:uid:${process.getuid!()}`,
   ])
   if (r.code !== 0) throw new Error(`entry create: ${r.stderr}`)
+}
+
+/**
+ * Waits until the agent's sealed cache holds `n` records: it is written after issuance, and the
+ * first write also creates the TPM key that wraps it (RSA generation, slow on a busy machine).
+ */
+export function cacheWritten(agentDataDir: string, n = 1): Promise<true> {
+  return until('the sealed SVID cache', 60_000, async () => {
+    const f = JSON.parse(readFileSync(join(agentDataDir, CACHE_FILE), 'utf8')) as {
+      records: unknown[]
+    }
+    return f.records.length >= n ? true : undefined
+  })
 }
 
 /** SIGKILL, as a power cut or the OOM killer would. */

@@ -58,7 +58,8 @@ test('health: offline since the last good sync, for how long, first cached SVID 
   )
   await sleep(2100)
   h = agent.manager.health()
-  assert.ok(Date.parse(h.offlineSince!) >= lastOk, h.offlineSince)
+  const since = h.offlineSince!
+  assert.ok(Date.parse(since) >= lastOk, since)
   assert.ok(h.offlineSeconds! >= 2, `offline ${h.offlineSeconds} s`)
   assert.equal(Date.parse(h.firstSvidExpiresAt!), first)
   assert.ok(h.failures > 0)

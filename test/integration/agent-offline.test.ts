@@ -13,6 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { startCli } from '../helpers/cli-process.js'
 import {
+  cacheWritten,
   createEntry,
   fetchServed,
   kill9,
@@ -41,8 +42,7 @@ test('reboot while the server is down: the same valid SVID within 1 s of the age
   await createEntry(server.adminSocket, String(agent.first.agent_id), APP)
   const before = await until('a first SVID', 30_000, () => fetchServed(sock))
   assert.equal(before.spiffeId, APP)
-  // Give the agent a moment to write its sealed cache (it does so right after issuance).
-  await sleep(500)
+  await cacheWritten(join(dir, 'agent'))
 
   // The outage, then a power cut: server gone, agent killed -9, the TPM restarted.
   await kill9(server)
@@ -91,7 +91,7 @@ test('an outage longer than the agent SVID, with a reboot in it: no workload gap
   const sock = String(agent.first.socket_path)
   await createEntry(server.adminSocket, String(agent.first.agent_id), APP)
   const before = await until('a first SVID', 30_000, () => fetchServed(sock))
-  await sleep(500)
+  await cacheWritten(join(dir, 'agent'))
 
   await kill9(server)
   const outage = Date.now()

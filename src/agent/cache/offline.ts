@@ -1,6 +1,7 @@
 /**
- * How long the agent has been without its server: since the last successful sync (saved, at most
- * once a minute, so a restart during an outage still knows), for health and the logs. And the
+ * How long the agent has been without its server: since the last successful sync (saved at most
+ * once a minute, and at the first failed sync, so a restart during an outage still knows), for
+ * health and the logs. And the
  * error a join-token agent gives once its SVID ran out offline: it needs a new token.
  */
 import type { Log } from '../../common/log.js'
@@ -67,9 +68,18 @@ export class OfflineClock {
     }
   }
 
-  /** A failed sync; returns the seconds offline so far. */
+  /**
+   * A failed sync; returns the seconds offline so far, counted from the last successful sync.
+   * The first failure saves that time, so a restart during the outage knows it exactly.
+   */
   failed(): number {
-    this.since ??= this.now()
+    if (this.since === undefined) {
+      this.since = this.lastOk ?? this.now()
+      if (this.lastOk !== undefined && this.lastOk > this.saved) {
+        this.saved = this.lastOk
+        this.storage.save({ lastSyncOk: this.lastOk })
+      }
+    }
     return Math.round((this.now() - this.since) / 1000)
   }
 
