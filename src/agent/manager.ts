@@ -212,7 +212,9 @@ export class AgentManager implements WorkloadSource {
       try {
         await this.attest()
       } catch (err) {
-        if (err instanceof NodeCallError && err.code === 'ERR_SERVER_REFUSED') {
+        // Refused (the token is spent), or no token configured at all: only a new one helps.
+        const noToken = (err as { code?: unknown }).code === 'ERR_JOIN_TOKEN_MISSING'
+        if (noToken || (err instanceof NodeCallError && err.code === 'ERR_SERVER_REFUSED')) {
           this.needsNewToken = svidExpiredError(a.spiffeId, err)
           this.o.log('error', this.needsNewToken.message, {
             code: this.needsNewToken.code,

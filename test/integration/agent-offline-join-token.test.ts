@@ -16,6 +16,7 @@ import {
   writeAgentConfig,
 } from '../helpers/agent-process.js'
 import { startCli } from '../helpers/cli-process.js'
+import { cli } from '../helpers/exec.js'
 import { createEntry, fetchServed, kill9, until } from '../helpers/offline.js'
 
 test('join-token agent expired while offline: ERR_AGENT_SVID_EXPIRED with the remedy, cached SVIDs still served', async (t) => {
@@ -54,6 +55,14 @@ test('join-token agent expired while offline: ERR_AGENT_SVID_EXPIRED with the re
   assert.equal((await fetchServed(sock)).leaf, before.leaf)
   agent.child.kill('SIGTERM')
   assert.equal(await agent.exited, 0)
+
+  // Restarted with no token and nothing cached to serve: it exits saying what it needs.
+  rmSync(join(dir, 'agent', CACHE_FILE))
+  writeAgentConfig(dir, server.address, 'insecure_bootstrap = true\nsync_interval = "1s"')
+  const r = await cli(agentArgs(config))
+  assert.equal(r.code, 1, r.stderr)
+  assert.match(r.stderr, /error\[ERR_AGENT_SVID_EXPIRED\]/)
+  assert.match(r.stderr, /new join token/)
 })
 
 test('a corrupted sealed cache is refused with a log line and replaced by what the server issues; the replacement opens offline', async (t) => {
