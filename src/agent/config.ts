@@ -32,6 +32,11 @@ export interface AgentConfig {
   readonly joinToken: string | undefined
   readonly workloadKeyType: KeyType
   readonly syncIntervalSeconds: number
+  /**
+   * SPIRE's availability_target: SVIDs are renewed while they still have this long to live, so
+   * workloads survive a server outage of this length; 0 means half-life rotation.
+   */
+  readonly availabilityTargetSeconds: number
   readonly x509SvidCacheMaxSize: number
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error'
   /** log_level, log_format, log_file (logLevel above is log.level, kept for callers). */
@@ -68,6 +73,7 @@ const AGENT_KEYS = [
   'join_token',
   'workload_x509_svid_key_type',
   'sync_interval',
+  'availability_target',
   'x509_svid_cache_max_size',
   'log_level',
   'log_format',
@@ -148,6 +154,7 @@ export function parseAgentConfig(
     joinToken: o.joinToken ?? r.optionalString(a, 'join_token', 'agent'),
     workloadKeyType: r.oneOf(a, 'workload_x509_svid_key_type', 'agent', KEY_TYPES, 'ec-p256'),
     syncIntervalSeconds: r.duration(a, 'sync_interval', 'agent', 5),
+    availabilityTargetSeconds: r.duration(a, 'availability_target', 'agent', 0),
     x509SvidCacheMaxSize: r.int(a, 'x509_svid_cache_max_size', 'agent', 1000, 1, 1_000_000),
     logLevel: log.level,
     log,

@@ -7,6 +7,7 @@
  * being answered while the server is unreachable; the sync loop retries with capped exponential
  * backoff and reports it in health(). It talks to the server only through a NodeClient.
  */
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { AgentNodeAttestor } from '../attestors/types.js'
 import type { Log } from '../common/log.js'
 import { SpiffeEdgeError } from '../errors.js'
@@ -19,7 +20,9 @@ import { BundleState } from './cache/bundle.js'
 import { EntrySync, sel } from './cache/entries.js'
 import { IdentityKeeper } from './cache/identity.js'
 import { JWT_CACHE_DEFAULT_BYTES, JwtSvidCache } from './cache/jwt-svids.js'
+import { OfflineClock, type OfflineStatus, svidExpiredError } from './cache/offline.js'
 import { SyncSchedule } from './cache/schedule.js'
+import type { SealedSvidStore } from './cache/sealed-svids.js'
 import { X509SvidCache } from './cache/x509-svids.js'
 import type { AgentStorage } from './storage.js'
 import { GrpcStatus, WorkloadStatusError } from './workload-api/errors.js'
@@ -56,7 +59,15 @@ export interface ManagerOptions {
    * way to re-attest): the manager has stopped and serves nothing; the agent should exit.
    */
   readonly onFatal?: (err: SpiffeEdgeError) => void
+  /** The sealed on-disk SVID cache; without it workload SVIDs live in memory only. */
+  readonly sealed?: SealedSvidStore
+  /** SPIRE's availability_target, ms (0 or absent: half-life rotation). */
+  readonly availabilityTargetMs?: number
 }
+
+/** A restored SVID with less than this left waits (at most START_WAIT_MS) for the first sync. */
+const NEAR_EXPIRY_MS = 30_000
+const START_WAIT_MS = 1000
 
 /** Refusals that mean the server no longer accepts this agent identity. */
 const IDENTITY_REFUSALS = ['banned', 'not_attested', 'stale_svid', 'bad_svid']
@@ -75,8 +86,10 @@ export class AgentManager implements WorkloadSource {
   private unsubscribePush: (() => void) | undefined
   private syncing: Promise<void> | undefined
   private failures = 0
-  private lastSyncOk: number | undefined
   private lastError: string | undefined
+  private readonly offline: OfflineClock
+  /** Set once the server refused the join token of an expired agent: do not ask again. */
+  private needsNewToken: SpiffeEdgeError | undefined
 
   constructor(o: ManagerOptions) {
     this.o = o
@@ -85,8 +98,11 @@ export class AgentManager implements WorkloadSource {
     const now = () => this.now()
     const auth = () => this.identity.auth()
     const common = { client: o.client, log: o.log, now, random: this.random }
+    this.offline = new OfflineClock(o.storage, o.log, now)
+    const availabilityTargetMs = o.availabilityTargetMs ?? 0
     this.identity = new IdentityKeeper({
       ...common,
+      availabilityTargetMs,
       storage: o.storage,
       keyManager: o.keyManager,
       attestor: o.attestor,
@@ -102,6 +118,8 @@ export class AgentManager implements WorkloadSource {
       workloadKeyType: o.workloadKeyType,
       cacheMaxSize: o.cacheMaxSize,
       requestSync: () => void this.syncNow().catch(() => undefined),
+      availabilityTargetMs,
+      onChange: () => this.persistSvids(),
     })
     this.jwt = new JwtSvidCache({
       ...common,
@@ -116,7 +134,14 @@ export class AgentManager implements WorkloadSource {
       failures: () => this.failures,
       agent: () => this.identity.current,
       nextRotation: (t) => this.x509.nextRotation(t),
+      overdueExpiry: (t) => this.x509.overdueExpiry(t),
     })
+  }
+
+  /** Rewrites the sealed cache with what we hold now (coalesced in the store). */
+  private persistSvids(): void {
+    const id = this.identity.current?.spiffeId
+    if (this.o.sealed && id) void this.o.sealed.save(id, this.x509.snapshot())
   }
 
   private now(): number {
@@ -127,20 +152,87 @@ export class AgentManager implements WorkloadSource {
     return this.identity.current?.spiffeId
   }
 
-  /** Restores saved state, or attests. Then runs one sync so workloads have SVIDs at once. */
+  /**
+   * Restores saved state and the sealed SVID cache. With cached SVIDs to serve, start returns at
+   * once and the first sync runs in the background (the server may be away: a reboot during an
+   * outage). Otherwise it attests if it must and runs one sync so workloads have SVIDs at once;
+   * a failure there fails the start only when the agent has no identity at all to keep trying
+   * with (first start), or when it needs a new join token.
+   */
   async start(): Promise<void> {
     const state = this.o.storage.load()
     if (state.bundle) {
       this.bundle.current = TrustBundle.fromSpiffeJson(this.o.trustDomain, state.bundle)
       this.o.client.setBundle(this.bundle.current)
     }
+    this.offline.restore(state.lastSyncOk)
     await this.identity.restore(state)
     // A pushed bundle (MQTT) is taken at once, so a CA rotation needs no poll to arrive.
     this.unsubscribePush ??= this.o.client.onBundle?.((b) => this.takeBundle(b))
-    if (state.entries && this.identity.current) this.entries.restore(state.entries, state.revision)
-    if (!this.identity.current) await this.attest()
-    await this.syncNow()
+    const a = this.identity.current
+    if (state.entries && a) this.entries.restore(state.entries, state.revision)
+    if (this.o.sealed && a) {
+      const records = await this.o.sealed.load(a.spiffeId, this.bundle.current, this.now())
+      const n = this.x509.restore(records)
+      if (n > 0) {
+        this.o.log('info', 'serving workload SVIDs from the sealed cache', {
+          svids: n,
+          first_expires: new Date(this.x509.firstExpiry()!).toISOString(),
+        })
+      }
+    }
+    if (this.x509.size > 0) {
+      const first = this.syncNow().catch(() => undefined) // logged by sync()
+      // A cached SVID about to run out is worth a short wait for a fresh one when the server
+      // is there; an offline start still serves within START_WAIT_MS.
+      if (this.x509.firstExpiry()! - this.now() < NEAR_EXPIRY_MS) {
+        await Promise.race([first, sleep(START_WAIT_MS, undefined, { ref: false })])
+      }
+    } else {
+      try {
+        await this.syncNow()
+      } catch (err) {
+        const code = (err as { code?: unknown }).code
+        if (!this.identity.current || code === 'ERR_AGENT_SVID_EXPIRED') throw err
+        this.o.log('warn', 'started without the server: nothing cached to serve yet; retrying', {
+          error: (err as Error).message,
+        })
+      }
+    }
     if (!this.stopped) this.schedule.start()
+  }
+
+  /**
+   * No usable agent SVID (none yet, or it expired during an outage): attest. A re-attestable
+   * attestor (TPM) does it in place; a join-token agent tries its configured token once (it may
+   * be a new one) and, once the server refuses it, says plainly it needs a new token.
+   */
+  private async recoverIdentity(): Promise<void> {
+    const a = this.identity.current
+    if (!a) return this.attest()
+    if (this.needsNewToken) throw this.needsNewToken
+    if (!a.reattestable) {
+      try {
+        await this.attest()
+      } catch (err) {
+        // Refused (the token is spent), or no token configured at all: only a new one helps.
+        const noToken = (err as { code?: unknown }).code === 'ERR_JOIN_TOKEN_MISSING'
+        if (noToken || (err instanceof NodeCallError && err.code === 'ERR_SERVER_REFUSED')) {
+          this.needsNewToken = svidExpiredError(a.spiffeId, err)
+          this.o.log('error', this.needsNewToken.message, {
+            code: this.needsNewToken.code,
+            remedy: this.needsNewToken.remedy,
+          })
+          throw this.needsNewToken
+        }
+        throw err
+      }
+      return
+    }
+    this.o.log('warn', 'the agent SVID expired while the server was unreachable; attesting again', {
+      agent: a.spiffeId,
+    })
+    await this.attest()
   }
 
   /** Node attestation; a different identity than before starts its entries afresh. */
@@ -163,7 +255,9 @@ export class AgentManager implements WorkloadSource {
   private async sync(): Promise<void> {
     try {
       const a = this.identity.current
-      if (a && this.now() >= a.rotateAt) {
+      // Never sign with an expired SVID: the server would take it for an evicted agent.
+      if (!a || this.identity.expired()) await this.recoverIdentity()
+      else if (this.now() >= a.rotateAt) {
         // Renew the agent SVID (RenewAgent), or attest again when the attestor allows it.
         if (a.reattestable) await this.attest()
         else await this.identity.renew()
@@ -171,20 +265,28 @@ export class AgentManager implements WorkloadSource {
       await this.syncBundle()
       if (await this.entries.sync(this.identity.auth())) this.x509.entriesChanged()
       await this.x509.sync()
+      const wasFailing = this.failures > 0
       this.failures = 0
-      this.lastSyncOk = this.now()
       this.lastError = undefined
+      this.offline.ok(wasFailing)
     } catch (err) {
       this.failures++
       this.lastError = (err as Error).message
+      const offlineSeconds = this.offline.failed()
       // A TPM that stopped answering (the agent key signs every request) is not the server's fault.
-      const tpm = (err as { code?: unknown }).code === 'ERR_TPM'
+      const code = (err as { code?: unknown }).code
+      const tpm = code === 'ERR_TPM'
+      const first = this.x509.firstExpiry()
       this.o.log('warn', `sync failed (${tpm ? 'TPM' : 'server'}); serving cached identities`, {
         error: this.lastError,
+        ...(typeof code === 'string' ? { code } : {}),
         failures: this.failures,
-        remedy: tpm
-          ? (err as { remedy?: string }).remedy
-          : 'check that the server is reachable; the agent retries with backoff',
+        offline_seconds: offlineSeconds,
+        ...(first !== undefined ? { first_svid_expires: new Date(first).toISOString() } : {}),
+        remedy:
+          tpm || code === 'ERR_AGENT_SVID_EXPIRED'
+            ? (err as { remedy?: string }).remedy
+            : 'check that the server is reachable; the agent retries with backoff',
       })
       if (
         err instanceof NodeCallError &&
@@ -229,6 +331,8 @@ export class AgentManager implements WorkloadSource {
     )
     this.stopped = true
     this.schedule.stop()
+    // Nothing of this identity may be served again, not even after a restart: empty the cache.
+    void this.o.sealed?.save(id, [])
     this.identity.current = undefined
     this.x509.clear()
     this.jwt.clear()
@@ -297,25 +401,38 @@ export class AgentManager implements WorkloadSource {
 
   // ------------------------------------------------------------ health and lifecycle
 
-  health(): {
+  /**
+   * The agent's status. `offline`: the server has not answered since `offlineSince` (the last
+   * successful sync, kept across restarts), `offlineSeconds` so far; `firstSvidExpiresAt`: when the
+   * first cached workload SVID runs out (the deadline an outage must end by); `errorCode`: a
+   * stable code when the agent needs an operator (ERR_AGENT_SVID_EXPIRED: a new join token).
+   */
+  health(): OfflineStatus & {
     ready: boolean
     agentId?: string
-    lastSyncOk?: string
     failures: number
     lastError?: string
+    errorCode?: string
     agentExpiresAt?: string
+    cachedSvids: number
+    firstSvidExpiresAt?: string
   } {
     const a = this.identity.current
+    const now = this.now()
     const h: ReturnType<AgentManager['health']> = {
-      ready: a !== undefined && a.notAfter > this.now(),
+      ready: a !== undefined && a.notAfter > now,
       failures: this.failures,
+      ...this.offline.status(this.failures),
+      cachedSvids: this.x509.size,
     }
     if (a) {
       h.agentId = a.spiffeId
       h.agentExpiresAt = new Date(a.notAfter).toISOString()
     }
-    if (this.lastSyncOk) h.lastSyncOk = new Date(this.lastSyncOk).toISOString()
     if (this.lastError) h.lastError = this.lastError
+    if (this.needsNewToken) h.errorCode = this.needsNewToken.code
+    const first = this.x509.firstExpiry()
+    if (first !== undefined) h.firstSvidExpiresAt = new Date(first).toISOString()
     return h
   }
 
@@ -329,5 +446,6 @@ export class AgentManager implements WorkloadSource {
     this.unsubscribePush?.()
     this.schedule.stop()
     await this.syncing?.catch(() => undefined)
+    await this.o.sealed?.flushed()
   }
 }

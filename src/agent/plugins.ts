@@ -16,7 +16,10 @@ import {
   memoryPlugin,
   pkcs11Plugin,
 } from '../keymanager/catalog.js'
+import { FileSealer } from '../keymanager/file-sealer.js'
+import type { CacheSealer } from '../keymanager/sealer.js'
 import { type TpmKey, TpmKeyManager } from '../keymanager/tpm.js'
+import { TpmSealer } from '../keymanager/tpm-sealer.js'
 import type { KeyManager } from '../keymanager/types.js'
 import { TpmContext } from '../tpm/context.js'
 import { cloudNodeAttestors } from './cloud-plugins.js'
@@ -53,6 +56,11 @@ export interface NodeIdentity {
   readonly tpmHealthy?: () => boolean
   /** False while the key manager cannot reach its keys (an HSM token gone). */
   readonly keysHealthy?: () => boolean
+  /**
+   * What wraps the sealed SVID cache's key: the TPM for the tpm attestor; absent, a 0600 key file
+   * in the data dir (fileSealer), with a warning at start.
+   */
+  readonly sealer?: CacheSealer
   close(): Promise<void>
 }
 
@@ -123,12 +131,17 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
         attestor,
         keyManager,
         tpmHealthy: () => keys.tpmHealth().healthy,
+        sealer: new TpmSealer(tpm, join(config.dataDir, 'cache-seal')),
         close: () => tpm.close(),
       }
     },
   ],
   ...cloudNodeAttestors((config) => buildKeyManager(KEY_MANAGERS, config.keyManager, 'agent')),
 ])
+
+/** The software sealer: for attestors without hardware of their own to wrap the cache key. */
+export const fileSealer = (config: AgentConfig): CacheSealer =>
+  new FileSealer(join(config.dataDir, 'cache.key'))
 
 /** The configured node attestor from the catalog; an unknown one is refused listing what exists. */
 export function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {

@@ -1,8 +1,8 @@
 /**
  * The agent's state in SQLite in its data dir (agent.sqlite3), so a restart neither re-attests nor
  * stops serving: the agent SVID chain, whether it can re-attest, the bundle, the entry revision and
- * entries. Workload SVIDs are not stored (their keys live in memory only, as SPIRE does); they are
- * reissued after a restart. A database that is not readable is moved aside with a clear log line
+ * entries, and when a sync last succeeded. Workload SVIDs and their keys are not here: they are in
+ * the sealed cache (cache/sealed-svids.ts), encrypted under a key the TPM (or a 0600 key file) wraps. A database that is not readable is moved aside with a clear log line
  * and the agent starts over (re-attesting, which is safe where the attestor allows it).
  */
 import { closeSync, existsSync, mkdirSync, openSync, renameSync } from 'node:fs'
@@ -25,6 +25,8 @@ export interface AgentState {
   entries?: string
   /** The agent SVID key's id in the key manager. */
   agentKeyId?: string
+  /** When a sync last succeeded (ms since the epoch): how long an outage has lasted, across restarts. */
+  lastSyncOk?: number
 }
 
 export class AgentStorage {
@@ -115,6 +117,7 @@ export class AgentStorage {
     if (s.revision !== undefined) values.push(['revision', String(s.revision)])
     if (s.entries !== undefined) values.push(['entries', s.entries])
     if (s.agentKeyId !== undefined) values.push(['agent_key_id', s.agentKeyId])
+    if (s.lastSyncOk !== undefined) values.push(['last_sync_ok', String(s.lastSyncOk)])
     this.db.transaction(() => {
       for (const [k, v] of values) put.run(k, Buffer.from(v, 'utf8'))
     })()
@@ -198,5 +201,11 @@ function readState(db: Db): AgentState {
   }
   const keyId = text('agent_key_id')
   if (keyId) out.agentKeyId = keyId
+  const lastOk = text('last_sync_ok')
+  if (lastOk) {
+    const n = Number(lastOk)
+    if (!Number.isSafeInteger(n) || n < 0) throw bad('last_sync_ok', 'not a time')
+    out.lastSyncOk = n
+  }
   return out
 }

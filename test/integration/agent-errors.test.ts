@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { test } from 'node:test'
@@ -199,6 +199,11 @@ test('agent errors name their real cause, with real server and agent processes',
     // Nothing is served any more.
     await assert.rejects(fetchValidSvids(String(a.first.socket_path)))
     await assert.rejects(fetchValidSvids(String(b.first.socket_path)))
+    // Nor kept for a restart: the sealed SVID cache of a refused agent is emptied.
+    for (const name of ['banned', 'evicted']) {
+      const cache = JSON.parse(readFileSync(join(root, name, 'agent', 'svid-cache.json'), 'utf8'))
+      assert.deepEqual(cache.records, [], name)
+    }
   })
 
   await t.test(

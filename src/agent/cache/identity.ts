@@ -11,6 +11,7 @@ import { createCsr } from '../../spiffe/csr.js'
 import type { AgentAuth, AttestResult, NodeClient } from '../../transport/node-client.js'
 import { required } from '../../transport/proto.js'
 import type { AgentState, AgentStorage } from '../storage.js'
+import { rotationTime } from './rotation.js'
 
 export interface AgentIdentity {
   spiffeId: string
@@ -27,16 +28,7 @@ export function validity(der: Uint8Array): { notBefore: number; notAfter: number
   return { notBefore: c.notBefore.getTime(), notAfter: c.notAfter.getTime() }
 }
 
-/**
- * SPIRE's half-life rule: rotate when the remaining life falls under half, ±10% jitter. The life
- * counts from when we got the certificate, not its notBefore: servers backdate notBefore (ours by
- * 10 s), which would make a short-lived SVID look half spent on arrival and rotate in a loop.
- */
-export function halfLife(now: number, notBefore: number, notAfter: number, random: () => number) {
-  const half = (notAfter - Math.max(notBefore, now)) / 2
-  const jittered = half + (random() * 2 - 1) * (half / 10)
-  return notAfter - jittered
-}
+export { halfLife } from './rotation.js'
 
 export interface IdentityDeps {
   readonly client: NodeClient
@@ -46,6 +38,8 @@ export interface IdentityDeps {
   readonly log: Log
   readonly now: () => number
   readonly random: () => number
+  /** SPIRE's availability_target in ms (0: half-life). */
+  readonly availabilityTargetMs: number
 }
 
 export class IdentityKeeper {
@@ -60,15 +54,28 @@ export class IdentityKeeper {
   /**
    * The agent SVID renews at its half-life, and in any case a skew margin before it expires (a
    * quarter of its life, at most 30 s), so an agent clock running behind the server's still renews
-   * in time. The sync loop wakes for it (nextDelay), whatever the sync interval.
+   * in time. With an availability target it renews while at least that much life is left
+   * (rotation.ts). The sync loop wakes for it (nextDelay), whatever the sync interval.
    */
   private rotateAt(notBefore: number, notAfter: number): number {
     const now = this.d.now()
     const life = notAfter - Math.max(notBefore, now)
-    return Math.min(
-      halfLife(now, notBefore, notAfter, this.d.random),
-      notAfter - Math.min(30_000, life / 4),
-    )
+    const r = rotationTime(now, notBefore, notAfter, this.d.random, this.d.availabilityTargetMs)
+    if (r.short) {
+      this.d.log('warn', 'the agent SVID lifetime is too short for availability_target', {
+        ttl_seconds: Math.round(life / 1000),
+        availability_target_seconds: Math.round(this.d.availabilityTargetMs / 1000),
+        remedy:
+          'raise the server agent_ttl to at least 2 x availability_target (or lower the target)',
+      })
+    }
+    return Math.min(r.at, notAfter - Math.min(30_000, life / 4))
+  }
+
+  /** Whether the agent SVID has run out (it cannot sign requests the server accepts). */
+  expired(): boolean {
+    const a = this.current
+    return a !== undefined && a.notAfter <= this.d.now()
   }
 
   auth(): AgentAuth {
@@ -77,14 +84,17 @@ export class IdentityKeeper {
     return { spiffeId: a.spiffeId, chain: a.chain, signer: a.key }
   }
 
-  /** Takes the saved identity when its key exists and it has not expired. */
+  /**
+   * Takes the saved identity when its key exists, expired or not: an expired one still names the
+   * agent whose sealed SVID cache to serve, and whether it may re-attest (the manager never
+   * signs a request with it).
+   */
   async restore(state: AgentState): Promise<void> {
     if (!state.agentSvid || !state.agentSpiffeId || !state.agentKeyId) return
     const key = await this.d.keyManager.getKey(state.agentKeyId)
     const leaf = state.agentSvid[0]
     if (!key || !leaf) return
     const v = validity(leaf)
-    if (v.notAfter <= this.d.now()) return
     this.current = {
       spiffeId: state.agentSpiffeId,
       chain: state.agentSvid,
@@ -93,9 +103,10 @@ export class IdentityKeeper {
       rotateAt: this.rotateAt(v.notBefore, v.notAfter),
       reattestable: state.reattestable ?? false,
     }
-    this.d.log('info', 'restored agent identity', {
+    this.d.log(v.notAfter <= this.d.now() ? 'warn' : 'info', 'restored agent identity', {
       agent: state.agentSpiffeId,
       expires: new Date(v.notAfter).toISOString(),
+      expired: v.notAfter <= this.d.now(),
     })
   }
 

@@ -14,7 +14,9 @@ import type { AgentAuth, NodeClient } from '../../transport/node-client.js'
 import type { EntryMessage } from '../../transport/proto.js'
 import type { Selector, WorkloadX509Svid, X509Update } from '../workload-api/types.js'
 import { type EntrySync, sel } from './entries.js'
-import { halfLife, validity } from './identity.js'
+import { validity } from './identity.js'
+import { rotationTime } from './rotation.js'
+import type { PersistedSvid } from './sealed-svids.js'
 
 interface CachedSvid extends WorkloadX509Svid {
   readonly entryRevision: number
@@ -46,6 +48,10 @@ export interface X509Deps {
   readonly random: () => number
   /** Starts a sync now (a subscriber waits for SVIDs not issued yet). */
   readonly requestSync: () => void
+  /** SPIRE's availability_target in ms (0: half-life rotation). */
+  readonly availabilityTargetMs: number
+  /** Called when the set of SVIDs changed (the sealed cache is rewritten). */
+  readonly onChange?: () => void
 }
 
 export class X509SvidCache {
@@ -54,9 +60,85 @@ export class X509SvidCache {
   /** Entries the server refused to issue an X509-SVID for, by id → the entry revision refused. */
   private readonly issueRefused = new Map<string, number>()
   private readonly subs = new Set<X509Sub>()
+  /** Entries already warned about a TTL too short for the availability target. */
+  private readonly warnedShort = new Set<string>()
 
   constructor(d: X509Deps) {
     this.d = d
+  }
+
+  private rotateAt(entryId: string, spiffeId: string, notBefore: number, notAfter: number): number {
+    const r = rotationTime(
+      this.d.now(),
+      notBefore,
+      notAfter,
+      this.d.random,
+      this.d.availabilityTargetMs,
+    )
+    if (r.short && !this.warnedShort.has(entryId) && this.warnedShort.size < 10_000) {
+      this.warnedShort.add(entryId)
+      this.d.log(
+        'warn',
+        'the X509-SVID lifetime is too short for availability_target; rotating at half-life',
+        {
+          entry: entryId,
+          spiffe_id: spiffeId,
+          ttl_seconds: Math.round((notAfter - Math.max(notBefore, this.d.now())) / 1000),
+          availability_target_seconds: Math.round(this.d.availabilityTargetMs / 1000),
+          remedy:
+            'give the entry an x509_svid_ttl of at least 2 x availability_target (or lower the target)',
+        },
+      )
+    }
+    return r.at
+  }
+
+  /** What the sealed cache keeps: every SVID held, with its key. */
+  snapshot(): PersistedSvid[] {
+    return [...this.svids.values()].map((s) => ({
+      entryId: s.entryId,
+      spiffeId: s.spiffeId,
+      chain: s.chain,
+      privateKey: s.privateKey,
+      hint: s.hint,
+      entryRevision: s.entryRevision,
+    }))
+  }
+
+  /** SVIDs from the sealed cache, for entries we still hold at the same revision. */
+  restore(records: readonly PersistedSvid[]): number {
+    let n = 0
+    for (const r of records) {
+      const e = this.d.entries.entries.get(r.entryId)
+      if (!e || e.revisionNumber !== r.entryRevision || e.spiffeId !== r.spiffeId) continue
+      const v = validity(r.chain[0]!)
+      this.svids.set(r.entryId, {
+        ...r,
+        hint: e.hint,
+        notAfter: v.notAfter,
+        rotateAt: this.rotateAt(r.entryId, r.spiffeId, v.notBefore, v.notAfter),
+        lastAccess: this.d.now(),
+      })
+      n++
+    }
+    return n
+  }
+
+  /** The soonest expiry among the SVIDs held (health: how long the cache lasts). */
+  firstExpiry(): number | undefined {
+    let first: number | undefined
+    for (const s of this.svids.values())
+      if (first === undefined || s.notAfter < first) first = s.notAfter
+    return first
+  }
+
+  /** The soonest expiry among SVIDs already due for rotation (the retry loop must beat it). */
+  overdueExpiry(now: number): number | undefined {
+    let first: number | undefined
+    for (const s of this.svids.values()) {
+      if (s.rotateAt <= now && (first === undefined || s.notAfter < first)) first = s.notAfter
+    }
+    return first
   }
 
   get size(): number {
@@ -74,12 +156,17 @@ export class X509SvidCache {
 
   clear(): void {
     this.svids.clear()
+    this.d.onChange?.()
   }
 
   /** After an entry sync changed the entries: forget what belongs to deleted ones, tell watchers. */
   entriesChanged(): void {
     const entries = this.d.entries.entries
-    for (const id of [...this.svids.keys()]) if (!entries.has(id)) this.svids.delete(id)
+    let dropped = false
+    for (const id of [...this.svids.keys()]) {
+      if (!entries.has(id)) dropped = this.svids.delete(id) || dropped
+    }
+    if (dropped) this.d.onChange?.()
     for (const id of [...this.issueRefused.keys()]) {
       if (!entries.has(id)) this.issueRefused.delete(id)
     }
@@ -140,13 +227,16 @@ export class X509SvidCache {
           hint: e.hint,
           entryRevision: e.revisionNumber,
           notAfter: v.notAfter,
-          rotateAt: halfLife(this.d.now(), v.notBefore, v.notAfter, this.d.random),
+          rotateAt: this.rotateAt(e.id, res.svid.spiffeId, v.notBefore, v.notAfter),
           lastAccess: this.d.now(),
         })
       })
     }
     this.evict()
-    if (due.length > 0) this.notify()
+    if (due.length > 0) {
+      this.notify()
+      this.d.onChange?.()
+    }
   }
 
   /** Soft limit: drop least recently used SVIDs nobody subscribes to (SPIRE's LRU semantics). */
@@ -205,9 +295,12 @@ export class X509SvidCache {
    * refused (at this revision) will not come soon: waiting for it would delay the others.
    */
   private awaitsSvids(selectors: ReadonlySet<string>): boolean {
+    const now = this.d.now()
+    // An expired SVID (restored from the sealed cache, or outlived an outage) is as good as none.
+    const usable = (id: string) => (this.svids.get(id)?.notAfter ?? 0) > now
     return this.d.entries
       .matching(selectors)
-      .some((e) => !this.svids.has(e.id) && this.issueRefused.get(e.id) !== e.revisionNumber)
+      .some((e) => !usable(e.id) && this.issueRefused.get(e.id) !== e.revisionNumber)
   }
 
   /** Subscriptions waiting for SVIDs get their first update once they exist, or when time is up. */
