@@ -20,6 +20,7 @@ type IssuanceOptions = Pick<
   | 'agentTtlSeconds'
   | 'defaultX509SvidTtlSeconds'
   | 'defaultJwtSvidTtlSeconds'
+  | 'jwtIssuer'
 >
 
 export function svidMessage(issued: IssuedX509, spiffeId: string, hint = ''): X509SvidMessage {
@@ -148,6 +149,7 @@ export async function newJwtSvid(
     kid,
     issuedAt,
     expiresAt,
+    ...(o.jwtIssuer === undefined ? {} : { extraClaims: { iss: o.jwtIssuer } }),
   })
   return {
     token,

@@ -80,16 +80,13 @@ telemetry {
     'x.conf',
   )
   const joined = c.unmapped.join('\n')
-  for (const k of [
-    'jwt_issuer',
-    'ca_key_type',
-    'postgres|embedded SQLite',
-    'Notifier',
-    'telemetry',
-  ])
+  for (const k of ['ca_key_type', 'postgres|embedded SQLite', 'Notifier', 'telemetry'])
     assert.match(joined, new RegExp(k), k)
   // ratelimit.attestation = false lifts the per-address limit.
   assert.match(c.toml, /attest_rate_per_second = 10000/)
+  // jwt_issuer has the same meaning here (the iss of JWT-SVIDs): copied, not listed.
+  assert.doesNotMatch(joined, /jwt_issuer/)
+  assert.match(c.toml, /jwt_issuer = "https:\/\/oidc\.example\.org"/)
 })
 
 test('run and validate refuse an HCL file with unmapped settings, naming each (ERR_CONFIG)', async () => {
