@@ -80,6 +80,8 @@ export type ErrorCode =
   | 'ERR_SOURCE_TIMEOUT'
   | 'ERR_SOURCE_NO_SVID'
   | 'ERR_PEER_UNAUTHORIZED'
+  | 'ERR_OIDC_SOURCE'
+  | 'ERR_OIDC_LISTEN'
 
 export interface ErrorDetails {
   readonly remedy?: string
