@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict'
-import { readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { X509Certificate } from 'node:crypto'
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { test } from 'node:test'
+import { connect } from 'node:tls'
 import { decodeJwt, decodeProtectedHeader } from 'jose'
 import { workloadClient } from '../../src/agent/workload-api/client.js'
 import {
@@ -56,6 +58,18 @@ async function webCert(dir: string): Promise<{ cert: string; key: string; pem: s
   ])
   assert.equal(r.code, 0, r.stderr)
   return { cert, key, pem: readFileSync(cert, 'utf8') }
+}
+
+/** The SHA-256 fingerprint of the certificate a TLS server presents (not verified: compared). */
+function presented(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const opts = { host: '127.0.0.1', port, servername: 'localhost', rejectUnauthorized: false }
+    const s = connect(opts, () => {
+      resolve(s.getPeerCertificate().fingerprint256)
+      s.end()
+    })
+    s.on('error', reject)
+  })
 }
 
 interface Domain {
@@ -223,6 +237,22 @@ test('an OIDC relying party accepts our JWT-SVIDs through the discovery provider
   assert.equal(second.doc.jwks_uri, `${issuer2}/keys`)
   assert.deepEqual(second.jwks.keys.map((k) => k.kid).sort(), jwks.keys.map((k) => k.kid).sort())
   await assert.rejects(oidcVerify(issuer2, token, 'vault', tls.pem), /iss/)
+
+  // A renewed certificate (as certbot writes it: new files renamed into place) is served within
+  // a poll interval, without a restart.
+  const before = await presented(port)
+  assert.equal(before, new X509Certificate(tls.pem).fingerprint256)
+  mkdirSync(join(d.dir, 'renewed'))
+  const renewed = await webCert(join(d.dir, 'renewed'))
+  renameSync(renewed.key, tls.key)
+  renameSync(renewed.cert, tls.cert)
+  let after = before
+  for (let i = 0; i < 40 && after === before; i++) {
+    await sleep(250)
+    after = await presented(port)
+  }
+  assert.equal(after, new X509Certificate(renewed.pem).fingerprint256, 'the renewed one is served')
+  assert.equal((await discover(issuer, renewed.pem)).doc.issuer, issuer)
 })
 
 test('after a JWT key rotation the new key is in the JWKS before any token it signed', async (t) => {

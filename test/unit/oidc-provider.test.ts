@@ -92,4 +92,8 @@ test('hostName: the Host header without port, lower case; IPv6 literals unbracke
   assert.equal(hostName('[::1]:8443'), '::1')
   assert.equal(hostName(undefined), undefined)
   assert.equal(hostName('[::1'), undefined)
+  // The Host is echoed into the discovery issuer: anything but name[:port] is refused.
+  assert.equal(hostName('localhost:x/evil'), undefined)
+  assert.equal(hostName('localhost/evil'), undefined)
+  assert.equal(hostName('localhost:8443 '), undefined)
 })

@@ -43,16 +43,15 @@ function body(value: unknown): Body {
   return { text, etag }
 }
 
-/** Host header → lower-case name without port; undefined when absent or malformed. */
+/**
+ * Host header → lower-case name without port; undefined when absent or malformed. The whole
+ * header must be a name (or bracketed IPv6) and an optional numeric port: the discovery document
+ * echoes it into `issuer`, so `localhost:x/evil` must not get that far.
+ */
 export function hostName(host: string | undefined): string | undefined {
   if (host === undefined || host.length > 300) return undefined
-  const h = host.toLowerCase()
-  if (h.startsWith('[')) {
-    const end = h.indexOf(']')
-    return end > 0 ? h.slice(1, end) : undefined
-  }
-  const colon = h.indexOf(':')
-  return colon === -1 ? h : h.slice(0, colon)
+  const m = /^(?:\[([0-9a-f:.]+)\]|([a-z0-9.-]+))(?::\d{1,5})?$/.exec(host.toLowerCase())
+  return m ? (m[1] ?? m[2]) : undefined
 }
 
 export async function startOidcProvider(
