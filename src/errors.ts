@@ -85,6 +85,8 @@ export type ErrorCode =
   | 'ERR_PEER_UNAUTHORIZED'
   | 'ERR_MQTT_ENCRYPTION'
   | 'ERR_MQTT_BROKER'
+  | 'ERR_OIDC_SOURCE'
+  | 'ERR_OIDC_LISTEN'
 
 export interface ErrorDetails {
   readonly remedy?: string

@@ -6,6 +6,7 @@ import { agentHealthcheck, apiGroup } from './api.js'
 import { type Group, type Io, runCli } from './command.js'
 import { configGroup, validateCommand } from './config-cmds.js'
 import { keysGroup } from './keys.js'
+import { oidcGroup } from './oidc.js'
 import { serverGroup } from './server.js'
 import { serverRunCommand } from './server-run.js'
 import { simGroup } from './sim.js'
@@ -26,6 +27,7 @@ export const cliTree: Group = {
       children: [agentRunCommand, agentHealthcheck, validateCommand('agent')],
     },
     apiGroup,
+    oidcGroup,
     keysGroup,
     tpmGroup,
     simGroup,

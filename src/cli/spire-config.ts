@@ -63,6 +63,7 @@ const SERVER_SAME = [
   'ca_ttl',
   'default_x509_svid_ttl',
   'default_jwt_svid_ttl',
+  'jwt_issuer',
   'agent_ttl',
 ] as const
 const AGENT_SAME = [

@@ -79,6 +79,7 @@ export function adminCore(d: AdminCoreDeps): AdminCore {
         kid,
         issuedAt,
         expiresAt,
+        ...(config.jwtIssuer === undefined ? {} : { extraClaims: { iss: config.jwtIssuer } }),
       })
       return { token, expiresAt: Math.floor(expiresAt.getTime() / 1000) }
     },

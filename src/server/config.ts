@@ -35,6 +35,11 @@ export interface ServerConfig {
   readonly caKeyType: KeyType
   readonly defaultX509SvidTtlSeconds: number
   readonly defaultJwtSvidTtlSeconds: number
+  /**
+   * SPIRE's jwt_issuer: the `iss` claim of every JWT-SVID, so an OIDC relying party can match the
+   * token to the discovery document. Undefined: no `iss` (as before, and as SPIRE without it).
+   */
+  readonly jwtIssuer?: string | undefined
   /** Agent SVID lifetime (SPIRE: agent_ttl, defaults to the X509-SVID TTL). */
   readonly agentTtlSeconds: number
   readonly upstream:
@@ -89,6 +94,7 @@ const SERVER_KEYS = [
   'ca_key_type',
   'default_x509_svid_ttl',
   'default_jwt_svid_ttl',
+  'jwt_issuer',
   'agent_ttl',
   'attest_rate_per_second',
 ] as const
@@ -191,6 +197,7 @@ export function parseServerConfig(
     caKeyType: r.oneOf(s, 'ca_key_type', 'server', KEY_TYPES, 'ec-p256'),
     defaultX509SvidTtlSeconds: x509Ttl,
     defaultJwtSvidTtlSeconds: r.duration(s, 'default_jwt_svid_ttl', 'server', 300),
+    jwtIssuer: r.optionalString(s, 'jwt_issuer', 'server'),
     agentTtlSeconds: r.duration(s, 'agent_ttl', 'server', x509Ttl),
     upstream,
     keyManager,
@@ -203,6 +210,10 @@ export function parseServerConfig(
     r.problems.push('server.default_x509_svid_ttl: must be shorter than server.ca_ttl')
   }
   checkTrustDomain(r, config.trustDomain, 'server.trust_domain')
+  if (config.jwtIssuer !== undefined) {
+    const problem = jwtIssuerProblem(config.jwtIssuer)
+    if (problem) r.problems.push(`server.jwt_issuer: ${problem}`)
+  }
   // grpc-js reports a bad host only as a generic bind failure; name the setting instead.
   if (isIP(config.bindAddress) === 0 && config.bindAddress !== 'localhost') {
     r.problems.push(
@@ -211,6 +222,29 @@ export function parseServerConfig(
   }
   r.done(source)
   return config
+}
+
+/**
+ * OIDC Discovery 1.0 §2/§4.3: the issuer is an https URL without query or fragment, and relying
+ * parties compare it byte for byte with the discovery document's, so a malformed value would only
+ * surface as every token being refused. http is accepted for loopback hosts only (local testing).
+ */
+export function jwtIssuerProblem(issuer: string): string | undefined {
+  let u: URL
+  try {
+    u = new URL(issuer)
+  } catch {
+    return `'${issuer}' is not a URL (use e.g. https://oidc.example.org)`
+  }
+  const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(u.hostname)
+  if (u.protocol !== 'https:' && !(u.protocol === 'http:' && loopback)) {
+    return `'${issuer}' must use https (http only for localhost/127.0.0.1/[::1])`
+  }
+  if (u.search !== '' || u.hash !== '' || issuer.includes('?') || issuer.includes('#')) {
+    return `'${issuer}' must not have a query or fragment`
+  }
+  if (u.username !== '' || u.password !== '') return `'${issuer}' must not carry credentials`
+  return undefined
 }
 
 export function loadServerConfig(file: string, overrides: ServerOverrides = {}): ServerConfig {

@@ -53,6 +53,8 @@ export interface NodeApiOptions {
   readonly agentTtlSeconds: number
   readonly defaultX509SvidTtlSeconds: number
   readonly defaultJwtSvidTtlSeconds: number
+  /** `iss` of minted JWT-SVIDs (server.jwt_issuer); undefined: none. */
+  readonly jwtIssuer?: string | undefined
   /** Attestations per second per source (token bucket, burst of the same size). */
   readonly attestRatePerSecond: number
   readonly log?:

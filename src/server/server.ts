@@ -217,6 +217,7 @@ export async function startServer(
       agentTtlSeconds: config.agentTtlSeconds,
       defaultX509SvidTtlSeconds: config.defaultX509SvidTtlSeconds,
       defaultJwtSvidTtlSeconds: config.defaultJwtSvidTtlSeconds,
+      jwtIssuer: config.jwtIssuer,
       attestRatePerSecond: config.attestRatePerSecond,
       log,
     })

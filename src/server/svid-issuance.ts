@@ -21,6 +21,7 @@ type IssuanceOptions = Pick<
   | 'agentTtlSeconds'
   | 'defaultX509SvidTtlSeconds'
   | 'defaultJwtSvidTtlSeconds'
+  | 'jwtIssuer'
 >
 
 export function svidMessage(issued: IssuedX509, spiffeId: string, hint = ''): X509SvidMessage {
@@ -162,6 +163,7 @@ export async function newJwtSvid(
     kid,
     issuedAt,
     expiresAt,
+    ...(o.jwtIssuer === undefined ? {} : { extraClaims: { iss: o.jwtIssuer } }),
   })
   // A response key asks for the token only as a JWE to it: the bytes may cross a broker, and a
   // JWT-SVID is a bearer token. Without one (gRPC over TLS) the token travels as before.

@@ -166,6 +166,8 @@ test('entries sync, SVIDs are issued only for authorized entries, JWT-SVIDs veri
       { audience: 'db' },
     )
     assert.equal(verified.payload.sub, 'spiffe://example.org/web')
+    // Without server.jwt_issuer a JWT-SVID carries no iss, as before it existed.
+    assert.equal(verified.payload.iss, undefined)
     await assert.rejects(
       client.call('NewJWTSVID', { entryId: String(other.id), audience: ['db'] }, auth),
       (e: unknown) => e instanceof NodeCallError && e.status === 5,

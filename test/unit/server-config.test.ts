@@ -71,3 +71,25 @@ test('admin socket groups resolve by name or number, and an unknown one is a con
   assert.equal(groupId('4242'), 4242)
   assert.throws(() => groupId('no-such-group-here'), { code: 'ERR_CONFIG' })
 })
+
+test('jwt_issuer: unset by default; an https URL is kept; anything an OIDC client would refuse is a config error', () => {
+  assert.equal(parseServerConfig(base, 's.conf').jwtIssuer, undefined)
+  const ok = parseServerConfig(`${base}jwt_issuer = "https://oidc.example.org/td"\n`, 's.conf')
+  assert.equal(ok.jwtIssuer, 'https://oidc.example.org/td')
+  const local = parseServerConfig(`${base}jwt_issuer = "http://127.0.0.1:8443"\n`, 's.conf')
+  assert.equal(local.jwtIssuer, 'http://127.0.0.1:8443')
+  for (const bad of [
+    'oidc.example.org',
+    'http://oidc.example.org',
+    'https://oidc.example.org/?x=1',
+    'https://oidc.example.org/#f',
+    'https://u:p@oidc.example.org',
+  ]) {
+    assert.throws(
+      () => parseServerConfig(`${base}jwt_issuer = "${bad}"\n`, 's.conf'),
+      (e: Error & { code?: string }) =>
+        e.code === 'ERR_CONFIG' && /server\.jwt_issuer/.test(e.message),
+      bad,
+    )
+  }
+})

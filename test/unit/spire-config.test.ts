@@ -86,6 +86,9 @@ telemetry {
   // SPIRE's Prometheus sink maps; ratelimit.attestation = false lifts the per-address limit.
   assert.match(c.toml, /\[telemetry.Prometheus\]\nport = 9988/)
   assert.match(c.toml, /attest_rate_per_second = 10000/)
+  // jwt_issuer has the same meaning here (the iss of JWT-SVIDs): copied, not listed.
+  assert.doesNotMatch(joined, /jwt_issuer/)
+  assert.match(c.toml, /jwt_issuer = "https:\/\/oidc\.example\.org"/)
 })
 
 test('run and validate refuse an HCL file with unmapped settings, naming each (ERR_CONFIG)', async () => {
