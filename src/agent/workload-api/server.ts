@@ -18,6 +18,7 @@ import { ConnTable, listenEndpoint, prepareSocketPath } from './endpoint.js'
 import { workloadHandlers } from './handlers.js'
 import { middleware } from './middleware.js'
 import { DEFAULT_PROC_ROOT } from './proc.js'
+import { type SdsNames, sdsHandlers, sdsServiceDefinition } from './sds.js'
 import { SECURITY_HEADER, workloadServiceDefinition } from './service.js'
 import { addSideServices } from './side-services.js'
 import type { PeerInfo, WorkloadAttestor, WorkloadSource } from './types.js'
@@ -43,6 +44,8 @@ export interface WorkloadApiServerOptions {
   readonly allowUnauthenticatedVerifiers?: boolean
   /** Most concurrent streams per connection; default 1000. */
   readonly maxConcurrentStreams?: number
+  /** Envoy SDS resource names ([agent.sds]); default SPIRE's: default, ROOTCA, ALL. */
+  readonly sds?: SdsNames
   /** Whether the agent itself is healthy (a valid agent SVID); default: always. */
   readonly ready?: () => boolean
 }
@@ -75,6 +78,7 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
     'grpc.max_concurrent_streams': opts.maxConcurrentStreams ?? 1000,
   })
   grpcServer.addService(workloadServiceDefinition, workloadHandlers({ ...opts, log }, mw))
+  grpcServer.addService(sdsServiceDefinition, sdsHandlers({ ...opts, names: opts.sds, log }, mw))
   // The endpoint answers from the local cache only, so "up" is what SERVING can mean here.
   const side = addSideServices(grpcServer, () => serving && (opts.ready?.() ?? true))
   const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure())
