@@ -76,6 +76,12 @@ export interface DiscoveryRequestMsg {
   readonly errorDetail?: { readonly code?: number; readonly message?: string }
 }
 
+/**
+ * A google.protobuf.Any as protobufjs encodes it. Opaque: protobufjs defines Any from its built-in
+ * JSON with the field `type_url`, not camel-cased like the loaded files, so only sdsCodec builds it.
+ */
+export type AnyMsg = { readonly __any: true } & Record<string, unknown>
+
 export interface SecretMsg {
   readonly name: string
   readonly tlsCertificate?: {
@@ -86,7 +92,7 @@ export interface SecretMsg {
     readonly trustedCa?: DataSourceMsg
     readonly customValidatorConfig?: {
       readonly name: string
-      readonly typedConfig: { readonly typeUrl: string; readonly value: Uint8Array }
+      readonly typedConfig: AnyMsg
     }
   }
 }
@@ -97,7 +103,7 @@ export interface SpiffeValidatorMsg {
 
 export interface DiscoveryResponseMsg {
   readonly versionInfo: string
-  readonly resources: { readonly typeUrl: string; readonly value: Uint8Array }[]
+  readonly resources: AnyMsg[]
   readonly typeUrl: string
   readonly nonce: string
 }
@@ -106,9 +112,9 @@ export interface SdsCodec {
   decodeRequest(b: Uint8Array): DiscoveryRequestMsg
   encodeResponse(m: DiscoveryResponseMsg): Uint8Array
   /** A Secret packed as the google.protobuf.Any a DiscoveryResponse carries. */
-  secretAny(s: SecretMsg): { typeUrl: string; value: Uint8Array }
+  secretAny(s: SecretMsg): AnyMsg
   /** A SPIFFECertValidatorConfig packed as the Any of a TypedExtensionConfig. */
-  spiffeValidatorAny(v: SpiffeValidatorMsg): { typeUrl: string; value: Uint8Array }
+  spiffeValidatorAny(v: SpiffeValidatorMsg): AnyMsg
 }
 
 export function sdsCodec(): SdsCodec {
@@ -119,6 +125,10 @@ export function sdsCodec(): SdsCodec {
   const spiffe = root.lookupType(
     'envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig',
   )
+  const anyFields = root.lookupType('google.protobuf.Any').fields
+  const urlField = 'typeUrl' in anyFields ? 'typeUrl' : 'type_url'
+  const any = (typeUrl: string, value: Uint8Array): AnyMsg =>
+    ({ [urlField]: typeUrl, value }) as unknown as AnyMsg
   return {
     decodeRequest(b) {
       let m: protobuf.Message
@@ -131,11 +141,8 @@ export function sdsCodec(): SdsCodec {
       return o as DiscoveryRequestMsg
     },
     encodeResponse: (m) => res.encode(m).finish(),
-    secretAny: (s) => ({ typeUrl: SECRET_TYPE_URL, value: secret.encode(s).finish() }),
-    spiffeValidatorAny: (v) => ({
-      typeUrl: SPIFFE_VALIDATOR_TYPE_URL,
-      value: spiffe.encode(v).finish(),
-    }),
+    secretAny: (s) => any(SECRET_TYPE_URL, secret.encode(s).finish()),
+    spiffeValidatorAny: (v) => any(SPIFFE_VALIDATOR_TYPE_URL, spiffe.encode(v).finish()),
   }
 }
 

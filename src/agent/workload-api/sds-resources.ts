@@ -117,8 +117,9 @@ export function buildSdsResponse(
 
   const validation = (name: string, ids: readonly string[]): SecretMsg => {
     if (!spiffe) {
-      if (ids.length !== 1) {
-        // trusted_ca cannot say which CA may sign for which trust domain; SPIRE refuses too.
+      if (name === names.defaultAllBundlesName) {
+        // trusted_ca cannot say which CA may sign for which trust domain; SPIRE refuses ALL
+        // without the validator even when there is one trust domain, and so do we.
         throw new WorkloadStatusError(
           GrpcStatus.INVALID_ARGUMENT,
           `${name} needs Envoy's SPIFFE validator (Envoy 1.18 or later, disable_spiffe_cert_validation off)`,
@@ -180,7 +181,9 @@ export function buildSdsResponse(
     if (all || wanted.has(id)) {
       secrets.push(tls(id))
       wanted.delete(id)
-    } else if (i === 0 && wanted.has(names.defaultSvidName)) {
+    }
+    // Also when the same SVID is asked for by its ID too (SPIRE then refuses "default").
+    if (!all && i === 0 && wanted.has(names.defaultSvidName)) {
       secrets.push(tls(names.defaultSvidName))
       wanted.delete(names.defaultSvidName)
     }
