@@ -66,6 +66,12 @@ export function decodeSecret(any: { type_url: string; value: Buffer }): Secret {
   return t.toObject(t.decode(any.value), { bytes: Buffer }) as Secret
 }
 
+/** A DiscoveryResponse from its wire bytes (for unit tests of the response builder). */
+export function decodeResponse(b: Uint8Array): Response {
+  const t = decoderRoot().lookupType('envoy.service.discovery.v3.DiscoveryResponse')
+  return t.toObject(t.decode(b), { bytes: Buffer, arrays: true, defaults: true }) as Response
+}
+
 export function decodeSpiffeValidator(any: { type_url: string; value: Buffer }): {
   trust_domains: { name: string; trust_bundle: { inline_bytes: Buffer } }[]
 } {
