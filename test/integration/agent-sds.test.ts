@@ -154,8 +154,17 @@ test('Envoy SDS v3 on a real agent: secrets, rotation, ACK/NACK, unattested call
     const s = client.stream()
     t.after(() => s.close())
     s.send({ node: ENVOY_NODE, resource_names: ['ALL', 'ROOTCA'] })
-    const m = secrets(await s.response(0))
-    for (const n of ['ALL', 'ROOTCA']) {
+    const r0 = await s.response(0)
+    // Envoy sends its node in the first request only: later ones keep the stream's format.
+    s.send({
+      resource_names: ['ALL', 'ROOTCA', TD],
+      response_nonce: r0.nonce,
+      version_info: r0.version_info,
+    })
+    const r1 = await s.response(1)
+    assert.deepEqual([...secrets(r1).keys()].sort(), ['ALL', 'ROOTCA', TD])
+    const m = secrets(r1)
+    for (const n of ['ALL', 'ROOTCA', TD]) {
       const v = m.get(n)?.validation_context?.custom_validator_config
       assert.equal(v?.name, 'envoy.tls.cert_validator.spiffe')
       const cfg = decodeSpiffeValidator(v!.typed_config)

@@ -61,6 +61,7 @@ export function sdsHandlers(opts: SdsOptions, mw: Middleware): grpc.UntypedServi
     let lastNonce = ''
     let lastReq: DiscoveryRequestMsg | undefined
     let upd: X509Update | undefined
+    let lastNode: DiscoveryRequestMsg['node']
 
     const respond = () => {
       if (s.closed || lastReq === undefined || upd === undefined) return
@@ -81,8 +82,12 @@ export function sdsHandlers(opts: SdsOptions, mw: Middleware): grpc.UntypedServi
     const onRequest = (b: Uint8Array) =>
       guarded(() => {
         if (s.closed) return
-        const req = codec.decodeRequest(b)
+        let req = codec.decodeRequest(b)
         checkSdsRequest(req)
+        // Envoy may send its node only in a stream's first request; the version it reports there
+        // picks the validation context format for the whole stream.
+        if (req.node) lastNode = req.node
+        else if (lastNode) req = { ...req, node: lastNode }
         if (req.errorDetail) {
           log('error', 'Envoy reported errors applying secrets', {
             resources: req.resourceNames.slice(0, 8),
