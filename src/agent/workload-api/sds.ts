@@ -33,6 +33,8 @@ export interface SdsOptions {
   readonly trustDomain: TrustDomain
   readonly names?: SdsNames | undefined
   readonly log: Log
+  /** Counts a client's stream cancel against its connection's reset budget (endpoint.ts). */
+  readonly noteReset?: (peer: string) => void
 }
 
 const nextNonce = (): string => randomBytes(8).toString('hex')
@@ -56,7 +58,11 @@ export function sdsHandlers(opts: SdsOptions, mw: Middleware): grpc.UntypedServi
 
   function streamSecrets(call: Duplex): void {
     // StreamState only writes and watches the call's end; a duplex call does both like a writable.
-    const s = new StreamState(call as unknown as grpc.ServerWritableStream<Uint8Array, Uint8Array>)
+    const peer = call.getPeer() // after a cancel, getPeer() no longer knows the socket
+    const s = new StreamState(
+      call as unknown as grpc.ServerWritableStream<Uint8Array, Uint8Array>,
+      () => opts.noteReset?.(peer),
+    )
     let version = 0
     let lastNonce = ''
     let lastReq: DiscoveryRequestMsg | undefined

@@ -78,7 +78,10 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
     'grpc.max_concurrent_streams': opts.maxConcurrentStreams ?? 1000,
   })
   grpcServer.addService(workloadServiceDefinition, workloadHandlers({ ...opts, log }, mw))
-  grpcServer.addService(sdsServiceDefinition, sdsHandlers({ ...opts, names: opts.sds, log }, mw))
+  grpcServer.addService(
+    sdsServiceDefinition,
+    sdsHandlers({ ...opts, names: opts.sds, log, noteReset: (p) => conns.noteReset(p) }, mw),
+  )
   // The endpoint answers from the local cache only, so "up" is what SERVING can mean here.
   const side = addSideServices(grpcServer, () => serving && (opts.ready?.() ?? true))
   const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure())
