@@ -185,6 +185,11 @@ export class SdsStream {
   close(): void {
     this.call.cancel()
   }
+
+  /** Ends the requests (as Envoy does when it stops the subscription gracefully). */
+  halfClose(): void {
+    this.call.end()
+  }
 }
 
 export class EnvoySdsClient {
