@@ -37,6 +37,9 @@ export interface SdsOptions {
   readonly noteReset?: (peer: string) => void
 }
 
+/** Client-chosen strings go into logs cut short: a request may be up to 1 MiB. */
+const clip = (v: string): string => (v.length > 128 ? `${v.slice(0, 128)}…` : v)
+
 const nextNonce = (): string => randomBytes(8).toString('hex')
 
 const NO_IDENTITY = () =>
@@ -96,7 +99,7 @@ export function sdsHandlers(opts: SdsOptions, mw: Middleware): grpc.UntypedServi
         else if (lastNode) req = { ...req, node: lastNode }
         if (req.errorDetail) {
           log('error', 'Envoy reported errors applying secrets', {
-            resources: req.resourceNames.slice(0, 8),
+            resources: req.resourceNames.slice(0, 8).map(clip),
             error: String(req.errorDetail.message ?? '').slice(0, 1000),
           })
         }
@@ -104,13 +107,13 @@ export function sdsHandlers(opts: SdsOptions, mw: Middleware): grpc.UntypedServi
           if (req.responseNonce !== lastNonce) {
             // A reply to a response that has since been replaced: the newer one answers it.
             log('warn', 'SDS request with an unexpected nonce ignored', {
-              nonce: req.responseNonce,
+              nonce: clip(req.responseNonce),
             })
             return
           }
           if (req.versionInfo !== String(version)) {
             log('error', 'SDS client rejected the last version and rolled back', {
-              version: req.versionInfo,
+              version: clip(req.versionInfo),
               expected: String(version),
             })
           }
