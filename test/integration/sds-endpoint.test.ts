@@ -27,7 +27,7 @@ const UID = process.getuid!()
  * in-memory source, for what a real server cannot show yet: federated bundles in ALL, an entry
  * removed mid-stream, subscriptions released when Envoy goes away, malformed requests.
  */
-async function fixture() {
+async function fixture(over: Partial<Parameters<typeof startWorkloadApi>[0]> = {}) {
   const source = await MemoryWorkloadSource.create('example.org', ['federated.test', 'unused.test'])
   const socketPath = join(root, `s${++n}`, 'api.sock')
   const server = await startWorkloadApi({
@@ -35,6 +35,7 @@ async function fixture() {
     source,
     attestors: [unixAttestor()],
     trustDomain: TrustDomain.parse('example.org'),
+    ...over,
   })
   const client = new EnvoySdsClient(socketPath)
   return {
@@ -150,4 +151,30 @@ test('a request that is not a DiscoveryRequest is INVALID_ARGUMENT', async () =>
   } finally {
     c.close()
   }
+})
+
+test('the endpoint serves the [agent.sds] names it is given', async () => {
+  await using f = await fixture({
+    sds: {
+      defaultSvidName: 'my-svid',
+      defaultBundleName: 'my-ca',
+      defaultAllBundlesName: 'my-all',
+      disableSpiffeCertValidation: false,
+    },
+  })
+  await f.source.addEntry({
+    id: 'e1',
+    spiffeId: 'spiffe://example.org/a',
+    selectors: [sel(`unix:uid:${UID}`)],
+  })
+  const r = await f.client.fetch({
+    node: ENVOY_NODE,
+    resource_names: ['my-svid', 'my-ca', 'my-all'],
+  })
+  assert.deepEqual(r.resources.map((a) => decodeSecret(a).name).sort(), [
+    'my-all',
+    'my-ca',
+    'my-svid',
+  ])
+  await assert.rejects(f.client.fetch({ resource_names: ['default'] }), /not authorized/)
 })

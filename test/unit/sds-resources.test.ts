@@ -150,3 +150,36 @@ test('requests are bounded and typed', () => {
   refused(req(['x'.repeat(SDS_LIMITS.maxNameBytes + 1)]), /bytes/)
   refused(req([], 'type.googleapis.com/envoy.config.cluster.v3.Cluster'), /unsupported type_url/)
 })
+
+test('configured names replace default/ROOTCA/ALL; disable_spiffe_cert_validation forces trusted_ca', () => {
+  const names = {
+    defaultSvidName: 'svid',
+    defaultBundleName: 'ca',
+    defaultAllBundlesName: 'every',
+    disableSpiffeCertValidation: true,
+  }
+  const req = (resourceNames: string[]) => ({
+    versionInfo: '',
+    resourceNames,
+    typeUrl: SECRET_TYPE,
+    responseNonce: '',
+    node: envoy130,
+  })
+  const res = decodeResponse(
+    codec.encodeResponse(
+      buildSdsResponse(codec, names, 'example.org', req(['svid', 'ca']), update, '1', 'n'),
+    ),
+  )
+  const m = new Map(res.resources.map((a) => [decodeSecret(a).name, decodeSecret(a)]))
+  assert.deepEqual([...m.keys()].sort(), ['ca', 'svid'])
+  assert.ok(m.get('ca')!.validation_context!.trusted_ca, 'trusted_ca even for Envoy 1.30')
+  assert.equal(m.get('ca')!.validation_context!.custom_validator_config, undefined)
+  assert.throws(
+    () => buildSdsResponse(codec, names, 'example.org', req(['default']), update, '1', 'n'),
+    /not authorized/,
+  )
+  assert.throws(
+    () => buildSdsResponse(codec, names, 'example.org', req(['every']), update, '1', 'n'),
+    /SPIFFE validator/,
+  )
+})
