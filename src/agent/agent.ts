@@ -207,6 +207,7 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
     source: manager,
     attestors,
     trustDomain: td,
+    sds: config.sds,
     log,
     // An expired agent SVID means nothing new can be issued: report it like SPIRE does.
     ready: () =>

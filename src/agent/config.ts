@@ -1,5 +1,6 @@
 import { dirname, resolve } from 'node:path'
 import {
+  type ConfigReader,
   checkTrustDomain,
   type KeyManagerConfig,
   keyManagerConfig,
@@ -12,6 +13,7 @@ import type { LogConfig } from '../common/log.js'
 import { isMqttUrl, MQTT_KEYS, type MqttSettings, mqttSettings } from '../common/mqtt-config.js'
 import { type TelemetryConfig, telemetryConfig } from '../common/telemetry.js'
 import type { KeyType } from '../keymanager/types.js'
+import { DEFAULT_SDS_NAMES, type SdsNames } from './workload-api/sds-resources.js'
 
 /** Where SPIRE users expect it (SPIRE: /tmp/spire-agent/public/api.sock); `api` commands look here. */
 export const DEFAULT_AGENT_SOCKET = '/tmp/spiffe-edge-agent/public/api.sock'
@@ -48,6 +50,8 @@ export interface AgentConfig {
   readonly keyManager: KeyManagerConfig
   readonly nodeAttestor: { readonly name: string; readonly data: Table }
   readonly workloadAttestors: ReadonlyMap<string, Table>
+  /** [agent.sds]: SPIRE's Envoy SDS resource names. */
+  readonly sds: SdsNames
 }
 
 export interface AgentOverrides {
@@ -79,7 +83,50 @@ const AGENT_KEYS = [
   'log_format',
   'log_file',
   'mqtt',
+  'sds',
 ] as const
+
+/** [agent.sds] with SPIRE's key names and defaults. */
+function sdsConfig(r: ConfigReader, a: Table | undefined): SdsNames {
+  const t = r.table(a ?? {}, 'sds', 'agent.sds')
+  const keys = [
+    'default_svid_name',
+    'default_bundle_name',
+    'default_all_bundles_name',
+    'disable_spiffe_cert_validation',
+  ]
+  r.known(t, keys, 'agent.sds')
+  const d = DEFAULT_SDS_NAMES
+  const names: SdsNames = {
+    defaultSvidName: r.string(t, 'default_svid_name', 'agent.sds', d.defaultSvidName)!,
+    defaultBundleName: r.string(t, 'default_bundle_name', 'agent.sds', d.defaultBundleName)!,
+    defaultAllBundlesName: r.string(
+      t,
+      'default_all_bundles_name',
+      'agent.sds',
+      d.defaultAllBundlesName,
+    )!,
+    disableSpiffeCertValidation: r.bool(
+      t,
+      'disable_spiffe_cert_validation',
+      'agent.sds',
+      d.disableSpiffeCertValidation,
+    ),
+  }
+  // One name for two kinds of secret would make one of them unreachable.
+  const given = [names.defaultSvidName, names.defaultBundleName, names.defaultAllBundlesName]
+  if (new Set(given).size !== given.length) {
+    r.problems.push(
+      'agent.sds: default_svid_name, default_bundle_name and default_all_bundles_name must differ',
+    )
+  }
+  if (given.some((n) => n.startsWith('spiffe://'))) {
+    r.problems.push(
+      'agent.sds: a default name may not start with spiffe:// (those name SVIDs and bundles)',
+    )
+  }
+  return names
+}
 
 /** Parses and validates an agent config (SPIRE's key names); every problem in one ERR_CONFIG. */
 export function parseAgentConfig(
@@ -163,6 +210,7 @@ export function parseAgentConfig(
     keyManager,
     nodeAttestor: { name: naName, data: naData },
     workloadAttestors,
+    sds: sdsConfig(r, a),
   }
   checkTrustDomain(r, config.trustDomain, 'agent.trust_domain')
   r.done(source)

@@ -77,6 +77,12 @@ const AGENT_SAME = [
   'x509_svid_cache_max_size',
   'availability_target',
 ] as const
+const SDS_KEYS = [
+  'default_svid_name',
+  'default_bundle_name',
+  'default_all_bundles_name',
+  'disable_spiffe_cert_validation',
+] as const
 const OUR_KEY_TYPES = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096']
 
 class Mapper {
@@ -145,6 +151,12 @@ class Mapper {
           if (x === 'sync_interval') out.sync_interval = xv
           else this.unmapped.push(`agent.experimental.${x}: not supported`)
         }
+      } else if (k === 'sds') {
+        // SPIRE's `sds { … }` block is our [agent.sds] with the same key names.
+        const sds = one(v) ?? {}
+        const mapped: Obj = {}
+        this.copy(sds, mapped, SDS_KEYS, 'agent.sds')
+        if (Object.keys(mapped).length > 0) out.sds = mapped
       } else if (k === 'trust_bundle_format' && v === 'pem') {
         // ours is PEM
       } else rest[k] = v

@@ -18,6 +18,7 @@ import { ConnTable, listenEndpoint, prepareSocketPath } from './endpoint.js'
 import { workloadHandlers } from './handlers.js'
 import { middleware } from './middleware.js'
 import { DEFAULT_PROC_ROOT } from './proc.js'
+import { type SdsNames, sdsHandlers, sdsServiceDefinition } from './sds.js'
 import { SECURITY_HEADER, workloadServiceDefinition } from './service.js'
 import { addSideServices } from './side-services.js'
 import type { PeerInfo, WorkloadAttestor, WorkloadSource } from './types.js'
@@ -43,6 +44,8 @@ export interface WorkloadApiServerOptions {
   readonly allowUnauthenticatedVerifiers?: boolean
   /** Most concurrent streams per connection; default 1000. */
   readonly maxConcurrentStreams?: number
+  /** Envoy SDS resource names ([agent.sds]); default SPIRE's: default, ROOTCA, ALL. */
+  readonly sds?: SdsNames
   /** Whether the agent itself is healthy (a valid agent SVID); default: always. */
   readonly ready?: () => boolean
   /** Wraps the method handlers (the agent's metrics count and time each call there). */
@@ -80,6 +83,10 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
   })
   const handlers = workloadHandlers({ ...opts, log }, mw)
   grpcServer.addService(workloadServiceDefinition, opts.wrapHandlers?.(handlers) ?? handlers)
+  grpcServer.addService(
+    sdsServiceDefinition,
+    sdsHandlers({ ...opts, names: opts.sds, log, noteReset: (p) => conns.noteReset(p) }, mw),
+  )
   // The endpoint answers from the local cache only, so "up" is what SERVING can mean here.
   const side = addSideServices(grpcServer, () => serving && (opts.ready?.() ?? true))
   const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure())
