@@ -10,6 +10,7 @@ import {
 } from '../common/config.js'
 import { type HealthChecksConfig, healthChecksConfig } from '../common/health-http.js'
 import type { LogConfig } from '../common/log.js'
+import { type FederationConfig, federationConfig } from './federation/config.js'
 
 export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-3072' | 'rsa-4096'
 const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096']
@@ -43,6 +44,8 @@ export interface ServerConfig {
   readonly attestRatePerSecond: number
   /** The config file's folder: plugin settings resolve relative paths against it. */
   readonly configDir: string
+  /** [server.federation]: our bundle endpoint and the trust domains we federate with. */
+  readonly federation?: FederationConfig
 }
 
 /** Flags that override the file (so scripts can start a server in a temp dir in one line). */
@@ -80,7 +83,11 @@ export function parseServerConfig(
   source: string,
   overrides: ServerOverrides = {},
 ): ServerConfig {
-  const { doc, r, main: s } = openConfig(text, source, 'server', [...SERVER_KEYS, 'upstream'])
+  const {
+    doc,
+    r,
+    main: s,
+  } = openConfig(text, source, 'server', [...SERVER_KEYS, 'upstream', 'federation'])
   const trustDomain = overrides.trustDomain ?? r.string(s, 'trust_domain', 'server') ?? ''
   const dataDir = overrides.dataDir
     ? resolve(overrides.dataDir)
@@ -138,6 +145,7 @@ export function parseServerConfig(
     nodeAttestors,
     attestRatePerSecond: r.int(s, 'attest_rate_per_second', 'server', 1, 1, 10_000),
     configDir: dirname(resolve(source)),
+    federation: federationConfig(r, s, trustDomain),
   }
   if (config.defaultX509SvidTtlSeconds >= config.caTtlSeconds) {
     r.problems.push('server.default_x509_svid_ttl: must be shorter than server.ca_ttl')

@@ -33,6 +33,7 @@ import {
 import { openSqliteDatastore } from './datastore/sqlite.js'
 import type { Datastore } from './datastore/types.js'
 import { badEntry, checkEntry, checkIssuableId } from './entry-check.js'
+import { startFederation } from './federation/index.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
 import { scrubLiveTokenAliases } from './join-token-alias.js'
 import { NodeApi, type ServerIdentity } from './node-api.js'
@@ -45,6 +46,8 @@ export interface RunningServer extends AsyncDisposable {
   readonly ca: CaManager
   readonly datastore: Datastore
   readonly api: NodeApi
+  /** The bundle endpoint's port, when [server.federation.bundle_endpoint] is set. */
+  readonly bundleEndpointPort?: number
   /** The server's own logger (absent when the caller passed `log`): SIGHUP reopens its file. */
   readonly logger?: Logger
   close(): Promise<void>
@@ -162,6 +165,8 @@ export async function startServer(
     const provider = new MemoryCertificateProvider()
     const serverId = SpiffeId.fromPath(trustDomain, '/spire/server')
     let identity: ServerIdentity & { notAfter: number; issuedAt: number }
+    let tlsIdentity = { certificatePem: '', privateKeyPem: '' }
+    let onIdentity = () => {}
     const issueIdentity = async () => {
       const { privateKey, publicKey } = await generateSoftwareKeyPair('ec-p256')
       const issued = await ca.signX509Svid({
@@ -176,15 +181,14 @@ export async function startServer(
         notAfter: issued.notAfter.getTime(),
         issuedAt: clock.now().getTime(),
       }
-      provider.update(
-        {
-          certificatePem: issued.chain
-            .map((c) => new x509.X509Certificate(c).toString('pem'))
-            .join('\n'),
-          privateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-        },
-        ca.bundle().toPem(),
-      )
+      tlsIdentity = {
+        certificatePem: issued.chain
+          .map((c) => new x509.X509Certificate(c).toString('pem'))
+          .join('\n'),
+        privateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+      }
+      provider.update(tlsIdentity, ca.bundle().toPem())
+      onIdentity()
     }
     await issueIdentity()
 
@@ -227,6 +231,17 @@ export async function startServer(
     })
     cleanups.push(() => grpcServer.close())
 
+    const federation = await startFederation({
+      config: config.federation,
+      datastore,
+      trustDomain,
+      ownBundle: () => ca.bundle(),
+      identity: () => tlsIdentity,
+      log,
+    })
+    cleanups.push(() => federation.close())
+    onIdentity = () => federation.identityChanged()
+
     const serverIdString = serverId.toString()
     const admin = await startAdminServer(
       {
@@ -237,6 +252,7 @@ export async function startServer(
           return { spiffe: b.toSpiffeJson(), pem: b.toPem(), sequence: b.sequence }
         },
         checkEntry: (input) => checkEntry(input, trustDomain, serverIdString),
+        federatedBundles: federation.admin,
         ...(logger ? { logger, launchLogLevel: config.log.level } : {}),
         async generateJoinToken(spiffeId, ttlSeconds) {
           // Hex, not base64url: a token starting with '-' would be read as a flag on a command line.
@@ -335,6 +351,7 @@ export async function startServer(
       ca,
       datastore,
       api,
+      ...(federation.port !== undefined ? { bundleEndpointPort: federation.port } : {}),
       ...(logger ? { logger } : {}),
       close,
       [Symbol.asyncDispose]: close,
