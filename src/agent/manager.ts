@@ -97,6 +97,7 @@ export class AgentManager implements WorkloadSource {
       auth,
       entries: this.entries,
       bundle: () => this.bundle.current,
+      federated: (td) => this.bundle.federated.get(td),
       trustDomain: o.trustDomain,
       workloadKeyType: o.workloadKeyType,
       cacheMaxSize: o.cacheMaxSize,
@@ -167,6 +168,7 @@ export class AgentManager implements WorkloadSource {
       }
       await this.syncBundle()
       if (await this.entries.sync(this.identity.auth())) this.x509.entriesChanged()
+      await this.syncFederatedBundles()
       await this.x509.sync()
       this.failures = 0
       this.lastSyncOk = this.now()
@@ -247,6 +249,30 @@ export class AgentManager implements WorkloadSource {
     this.o.client.setBundle(b)
     this.o.storage.save({ bundle: r.bundle })
     this.o.log('info', 'trust bundle updated', { sequence: b.sequence })
+    this.bundle.notify()
+    this.x509.notify()
+  }
+
+  /**
+   * The bundles of the trust domains our entries federate with. Asked only when an entry names
+   * one (or we hold some to drop), so agents without federation make no extra call.
+   */
+  private async syncFederatedBundles(): Promise<void> {
+    const wanted = [...this.entries.entries.values()].some((e) => e.federatesWith.length > 0)
+    if (!wanted && this.bundle.federated.size === 0) return
+    const r = wanted
+      ? await this.o.client.call('GetFederatedBundles', {}, this.identity.auth())
+      : { bundles: [] }
+    const changed = this.bundle.adoptFederated(r.bundles, (td, err) =>
+      this.o.log('warn', 'the server sent a federated bundle we cannot use; keeping the old one', {
+        trust_domain: td,
+        error: err.message,
+      }),
+    )
+    if (!changed) return
+    this.o.log('info', 'federated bundles updated', {
+      trust_domains: [...this.bundle.federated.keys()].join(','),
+    })
     this.bundle.notify()
     this.x509.notify()
   }

@@ -140,3 +140,15 @@ export interface GetBundleResponse {
   bundle: string
   sequence: number
 }
+
+export type GetFederatedBundlesRequest = Record<string, never>
+
+export interface FederatedBundle {
+  trustDomain: string
+  bundle: string
+  sequence: number
+}
+
+export interface GetFederatedBundlesResponse {
+  bundles: FederatedBundle[]
+}
