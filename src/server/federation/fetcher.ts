@@ -89,6 +89,17 @@ function get(url: URL, tls: { ca?: string; endpointId?: string }): Promise<Buffe
   })
 }
 
+function sameKeys(a: TrustBundle, b: TrustBundle): boolean {
+  const keys = (x: TrustBundle) =>
+    new TrustBundle({
+      trustDomain: x.trustDomain,
+      x509Authorities: x.x509Authorities,
+      jwtAuthorities: x.jwtAuthorities,
+      sequence: x.sequence,
+    })
+  return keys(a).equals(keys(b))
+}
+
 export interface FederationFetcherOptions {
   readonly relationships: readonly FederationRelationship[]
   readonly datastore: Datastore
@@ -101,6 +112,8 @@ export class FederationFetcher {
   private readonly o: FederationFetcherOptions
   private readonly timers = new Map<string, NodeJS.Timeout>()
   private readonly status = new Map<string, FederationStatus & { failures: number }>()
+  /** One fetch per domain at a time; `again` when fetchSoon came during one. */
+  private readonly inFlight = new Map<string, { again: boolean }>()
   private stopped = false
 
   constructor(o: FederationFetcherOptions) {
@@ -117,6 +130,15 @@ export class FederationFetcher {
     this.timers.clear()
   }
 
+  /** Fetch `trustDomain` now (an operator just set its bundle: no need to wait for the backoff). */
+  fetchSoon(trustDomain: string): void {
+    const rel = this.o.relationships.find((r) => r.trustDomain === trustDomain)
+    if (!rel || this.stopped) return
+    const running = this.inFlight.get(trustDomain)
+    if (running) running.again = true
+    else this.schedule(rel, 0)
+  }
+
   statuses(): FederationStatus[] {
     return this.o.relationships.map((r) => {
       const { failures: _f, ...s } = this.status.get(r.trustDomain) ?? {
@@ -129,6 +151,7 @@ export class FederationFetcher {
 
   private schedule(rel: FederationRelationship, seconds: number): void {
     if (this.stopped) return
+    clearTimeout(this.timers.get(rel.trustDomain))
     const t = setTimeout(() => void this.run(rel), seconds * 1000)
     t.unref()
     this.timers.set(rel.trustDomain, t)
@@ -140,6 +163,17 @@ export class FederationFetcher {
   }
 
   private async run(rel: FederationRelationship): Promise<void> {
+    const flight = { again: false }
+    this.inFlight.set(rel.trustDomain, flight)
+    try {
+      await this.runOnce(rel)
+    } finally {
+      this.inFlight.delete(rel.trustDomain)
+      if (flight.again) this.schedule(rel, 0)
+    }
+  }
+
+  private async runOnce(rel: FederationRelationship): Promise<void> {
     const prev = this.status.get(rel.trustDomain) ?? { trustDomain: rel.trustDomain, failures: 0 }
     try {
       const b = await this.fetchOnce(rel)
@@ -236,7 +270,9 @@ export class FederationFetcher {
         )
       }
       if (cur.equals(b)) return cur
-      if (b.sequence === cur.sequence && cur.sequence > 0) {
+      // The refresh hint may differ between copies of one bundle (the endpoint sets its own):
+      // only a change of keys needs a new sequence.
+      if (b.sequence === cur.sequence && cur.sequence > 0 && !sameKeys(cur, b)) {
         throw fail(
           `the bundle of ${td.name} changed without a new sequence (${b.sequence})`,
           'the foreign server must bump spiffe_sequence on every change',

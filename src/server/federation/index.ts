@@ -142,6 +142,7 @@ export async function startFederation(o: FederationOptions): Promise<RunningFede
         trust_domain: td.name,
         sequence: b.sequence,
       })
+      fetcher.fetchSoon(td.name)
       return view((await ds.getFederatedBundle(td.name))!, 'spiffe')
     },
     async delete(id) {
