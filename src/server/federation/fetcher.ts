@@ -42,6 +42,9 @@ function get(url: URL, tls: { ca?: string; endpointId?: string }): Promise<Buffe
       url,
       {
         method: 'GET',
+        // A fresh connection every time: a pooled keep-alive socket would skip the handshake,
+        // and with it the endpoint SPIFFE ID check of this relationship.
+        agent: false,
         timeout: FETCH_TIMEOUT_MS,
         minVersion: 'TLSv1.2',
         ...(isIP(host) === 0 ? { servername: host } : {}),
