@@ -37,14 +37,23 @@ export async function admin(d: Domain, ...args: string[]): Promise<string> {
   return r.stdout
 }
 
-export async function startDomainServer(d: Domain, federationToml: string, t: After) {
+export async function startDomainServer(
+  d: Domain,
+  federationToml: string,
+  t: After,
+  env?: NodeJS.ProcessEnv,
+) {
   const config = join(d.dir, 'server.conf')
   writeFileSync(
     config,
     `[server]\ntrust_domain = "${d.td}"\ndata_dir = "./server"\nlog_level = "debug"\n` +
       `${federationToml}\n[plugins.KeyManager.disk]\n[plugins.NodeAttestor.join_token]\n`,
   )
-  const p = await startCli(['server', 'run', '--config', config, '--port', '0'], t)
+  const p = await startCli(
+    ['server', 'run', '--config', config, '--port', '0'],
+    t,
+    env ? { env: { ...process.env, ...env } } : {},
+  )
   d.server = { ...p, adminSocket: String(p.first.admin_socket), address: String(p.first.listening) }
   return d.server
 }

@@ -5,13 +5,15 @@
  * checking the peer's SPIFFE ID, and a JWT-SVID of one domain validates in the other.
  */
 import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { connect, createServer, type TLSSocket } from 'node:tls'
 import { type ClientX509Svid, workloadClient } from '../../src/agent/workload-api/client.js'
-import { certificateToPem } from '../../src/spiffe/bundle.js'
+import { certificateToPem, TrustBundle } from '../../src/spiffe/bundle.js'
+import { TrustDomain } from '../../src/spiffe/id.js'
 import { processDir } from '../helpers/agent-process.js'
 import {
   admin,
@@ -251,4 +253,93 @@ test('two trust domains federate over https_spiffe bundle endpoints: bundles, mT
   // cannot check it any more and keeps nothing (no bundle to trust is not trust).
   await admin(one, 'bundle', 'delete', '-id', 'spiffe://two.test')
   assert.equal((await admin(one, 'bundle', 'count')).trim(), '0 bundles')
+})
+
+test('https_web: a server fetches a foreign bundle from an endpoint with a web certificate, no bootstrap', async (t) => {
+  const root = processDir('spiffe-edge-fedweb-')
+  t.after(() => rmSync(root, { recursive: true, force: true }))
+  const one: Domain = { td: 'one.test', dir: join(root, 'one'), endpointPort: await freePort() }
+  const two: Domain = { td: 'two.test', dir: join(root, 'two'), endpointPort: await freePort() }
+  for (const d of [one, two]) mkdirSync(d.dir, { mode: 0o755 })
+  // A private "web" CA stands in for a public one: the fetching server trusts it the way Node
+  // trusts any extra root (NODE_EXTRA_CA_CERTS), the endpoint's name is checked as usual.
+  const ssl = (...a: string[]) => execFileSync('openssl', a, { cwd: root, stdio: 'pipe' })
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes']
+  ssl(
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.pem',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=web CA',
+  )
+  ssl('req', ...ec, '-keyout', 'web.key', '-out', 'web.csr', '-subj', '/CN=localhost')
+  writeFileSync(
+    join(root, 'web.ext'),
+    'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n',
+  )
+  ssl(
+    'x509',
+    '-req',
+    '-in',
+    'web.csr',
+    '-CA',
+    'ca.pem',
+    '-CAkey',
+    'ca.key',
+    '-CAcreateserial',
+    '-out',
+    'web.pem',
+    '-days',
+    '1',
+    '-extfile',
+    'web.ext',
+  )
+  await startDomainServer(
+    two,
+    [
+      '[server.federation.bundle_endpoint]',
+      'address = "127.0.0.1"',
+      `port = ${two.endpointPort}`,
+      'profile = "https_web"',
+      `cert_file = "${join(root, 'web.pem')}"`,
+      `key_file = "${join(root, 'web.key')}"`,
+    ].join('\n'),
+    t,
+  )
+  await startDomainServer(
+    one,
+    [
+      '[server.federation.federates_with."two.test"]',
+      `bundle_endpoint_url = "https://localhost:${two.endpointPort}/"`,
+      'bundle_endpoint_profile = { type = "https_web" }',
+    ].join('\n'),
+    t,
+    { NODE_EXTRA_CA_CERTS: join(root, 'ca.pem') },
+  )
+  const got = await eventually('one.test holds two.test bundle', async () => {
+    const r = JSON.parse(
+      await admin(
+        one,
+        'bundle',
+        'show',
+        '-id',
+        'spiffe://two.test',
+        '--format',
+        'spiffe',
+        '--json',
+      ),
+    ) as { bundle: string; sequence: number }
+    return r
+  })
+  const theirs = await admin(two, 'bundle', 'show', '--format', 'pem')
+  assert.equal(
+    TrustBundle.fromSpiffeJson(TrustDomain.parse('two.test'), got.bundle).toPem(),
+    theirs,
+  )
 })
