@@ -136,6 +136,17 @@ export class AgentManager implements WorkloadSource {
     }
     await this.identity.restore(state)
     if (state.entries && this.identity.current) this.entries.restore(state.entries, state.revision)
+    if (state.federatedBundles && this.identity.current) {
+      // Served before the server answers, like our own bundle and the entries.
+      this.bundle.adoptFederated(
+        JSON.parse(state.federatedBundles) as { trustDomain: string; bundle: string }[],
+        (td, err) =>
+          this.o.log('warn', 'a saved federated bundle is unusable; dropped', {
+            trust_domain: td,
+            error: err.message,
+          }),
+      )
+    }
     if (!this.identity.current) await this.attest()
     await this.syncNow()
     if (!this.stopped) this.schedule.start()
@@ -270,6 +281,14 @@ export class AgentManager implements WorkloadSource {
       }),
     )
     if (!changed) return
+    this.o.storage.save({
+      federatedBundles: JSON.stringify(
+        [...this.bundle.federated].map(([td, b]) => ({
+          trustDomain: td,
+          bundle: b.toSpiffeJson(),
+        })),
+      ),
+    })
     this.o.log('info', 'federated bundles updated', {
       trust_domains: [...this.bundle.federated.keys()].join(','),
     })

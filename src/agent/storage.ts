@@ -25,6 +25,8 @@ export interface AgentState {
   entries?: string
   /** The agent SVID key's id in the key manager. */
   agentKeyId?: string
+  /** Federated bundles as last synced: JSON of [{trustDomain, bundle (SPIFFE JSON)}]. */
+  federatedBundles?: string
 }
 
 export class AgentStorage {
@@ -115,6 +117,7 @@ export class AgentStorage {
     if (s.revision !== undefined) values.push(['revision', String(s.revision)])
     if (s.entries !== undefined) values.push(['entries', s.entries])
     if (s.agentKeyId !== undefined) values.push(['agent_key_id', s.agentKeyId])
+    if (s.federatedBundles !== undefined) values.push(['federated_bundles', s.federatedBundles])
     this.db.transaction(() => {
       for (const [k, v] of values) put.run(k, Buffer.from(v, 'utf8'))
     })()
@@ -124,7 +127,7 @@ export class AgentStorage {
   clearIdentity(): void {
     this.db
       .prepare(
-        "DELETE FROM state WHERE name IN ('agent_svid','agent_spiffe_id','reattestable','revision','entries')",
+        "DELETE FROM state WHERE name IN ('agent_svid','agent_spiffe_id','reattestable','revision','entries','federated_bundles')",
       )
       .run()
   }
@@ -198,5 +201,20 @@ function readState(db: Db): AgentState {
   }
   const keyId = text('agent_key_id')
   if (keyId) out.agentKeyId = keyId
+  const fed = text('federated_bundles')
+  if (fed) {
+    const list = json('federated_bundles', fed)
+    const ok =
+      Array.isArray(list) &&
+      list.every(
+        (f: { trustDomain?: unknown; bundle?: unknown }) =>
+          typeof f === 'object' &&
+          f !== null &&
+          typeof f.trustDomain === 'string' &&
+          typeof f.bundle === 'string',
+      )
+    if (!ok) throw bad('federated_bundles', 'not a list of bundles')
+    out.federatedBundles = fed
+  }
   return out
 }
