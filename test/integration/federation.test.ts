@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { connect, createServer, type TLSSocket } from 'node:tls'
@@ -342,4 +342,71 @@ test('https_web: a server fetches a foreign bundle from an endpoint with a web c
     TrustBundle.fromSpiffeJson(TrustDomain.parse('two.test'), got.bundle).toPem(),
     theirs,
   )
+})
+
+test('a CA rotation in one domain reaches the other before the new CA signs', async (t) => {
+  const root = processDir('spiffe-edge-fedrot-')
+  t.after(() => rmSync(root, { recursive: true, force: true }))
+  const one: Domain = { td: 'one.test', dir: join(root, 'one'), endpointPort: await freePort() }
+  const two: Domain = { td: 'two.test', dir: join(root, 'two'), endpointPort: await freePort() }
+  for (const d of [one, two]) mkdirSync(d.dir, { mode: 0o755 })
+  // A 60 s CA: the next one is prepared (and published) at 30 s, signs from 50 s.
+  await startDomainServer(
+    one,
+    [
+      'ca_ttl = "60s"',
+      'default_x509_svid_ttl = "10s"',
+      'default_jwt_svid_ttl = "10s"',
+      'agent_ttl = "30s"',
+      '[server.federation.bundle_endpoint]',
+      'address = "127.0.0.1"',
+      `port = ${one.endpointPort}`,
+      'refresh_hint = "1s"',
+    ].join('\n'),
+    t,
+  )
+  await startDomainServer(
+    two,
+    [
+      '[server.federation.federates_with."one.test"]',
+      `bundle_endpoint_url = "https://127.0.0.1:${one.endpointPort}/"`,
+      'bundle_endpoint_profile = { type = "https_spiffe", endpoint_spiffe_id = "spiffe://one.test/spire/server" }',
+    ].join('\n'),
+    t,
+  )
+  const file = join(two.dir, 'one.json')
+  writeFileSync(file, await admin(one, 'bundle', 'show', '--format', 'spiffe'))
+  await admin(two, 'bundle', 'set', '-id', 'spiffe://one.test', '-path', file, '-format', 'spiffe')
+  const first = new X509Certificate(
+    TrustBundle.fromSpiffeJson(TrustDomain.parse('one.test'), readFileSync(file, 'utf8'))
+      .x509Authorities[0]!,
+  )
+  const activation =
+    Date.parse(first.validFrom) +
+    ((Date.parse(first.validTo) - Date.parse(first.validFrom)) * 5) / 6
+  const seen = await eventually(
+    'two.test holds the next CA of one.test',
+    async () => {
+      const r = JSON.parse(
+        await admin(
+          two,
+          'bundle',
+          'show',
+          '-id',
+          'spiffe://one.test',
+          '--format',
+          'spiffe',
+          '--json',
+        ),
+      ) as { bundle: string }
+      const cas = TrustBundle.fromSpiffeJson(
+        TrustDomain.parse('one.test'),
+        r.bundle,
+      ).x509Authorities
+      return cas.length >= 2 ? Date.now() : undefined
+    },
+    80_000,
+  )
+  // Certificates carry whole seconds: allow one for the rounding of validFrom.
+  assert.ok(seen < activation - 1000, `next CA arrived ${seen - activation} ms after it signs`)
 })
