@@ -5,7 +5,7 @@
  * checking the peer's SPIFFE ID, and a JWT-SVID of one domain validates in the other.
  */
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -99,6 +99,74 @@ async function mtls(
   } finally {
     srv.close()
   }
+}
+
+/**
+ * The same with OpenSSL as the connecting workload: s_client verifies the chain against its
+ * federated bundle, then the peer's URI SAN is read with `openssl x509` and compared.
+ */
+function opensslMtls(
+  dir: string,
+  server: ClientX509Svid,
+  serverTrusts: Uint8Array[],
+  client: ClientX509Svid,
+  clientTrusts: Uint8Array[],
+): Promise<{ serverSaw: string; clientSaw: string }> {
+  writeFileSync(join(dir, 'c.pem'), pem(client.chain))
+  writeFileSync(join(dir, 'c.key'), keyPem(client.privateKey), { mode: 0o600 })
+  writeFileSync(join(dir, 'ca.pem'), pem(clientTrusts))
+  let serverSaw = ''
+  const srv = createServer(
+    {
+      cert: pem(server.chain),
+      key: keyPem(server.privateKey),
+      ca: pem(serverTrusts),
+      requestCert: true,
+      rejectUnauthorized: true,
+    },
+    (s: TLSSocket) => {
+      serverSaw = uriSan(s.getPeerCertificate()) ?? ''
+      s.end('ok\n')
+    },
+  )
+  return new Promise((resolve, reject) => {
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port
+      const child = spawn(
+        'openssl',
+        [
+          's_client',
+          '-connect',
+          `127.0.0.1:${port}`,
+          '-cert',
+          'c.pem',
+          '-key',
+          'c.key',
+          '-CAfile',
+          'ca.pem',
+          '-verify_return_error',
+          '-ign_eof',
+        ],
+        { cwd: dir },
+      )
+      let out = ''
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString()
+      })
+      child.stdin.end()
+      child.on('error', reject)
+      child.on('exit', () => {
+        srv.close()
+        if (!/Verify return code: 0 \(ok\)/.test(out)) return reject(new Error(`openssl: ${out}`))
+        const leaf = out.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/)
+        if (!leaf) return reject(new Error('openssl printed no certificate'))
+        const san = execFileSync('openssl', ['x509', '-noout', '-ext', 'subjectAltName'], {
+          input: `${leaf[0]}\n`,
+        }).toString()
+        resolve({ serverSaw, clientSaw: san.match(/URI:(\S+)/)?.[1] ?? '' })
+      })
+    })
+  })
 }
 
 test('two trust domains federate over https_spiffe bundle endpoints: bundles, mTLS and JWT across', async (t) => {
@@ -229,6 +297,28 @@ test('two trust domains federate over https_spiffe bundle endpoints: bundles, mT
   )
   assert.equal(m.serverSaw, 'spiffe://two.test/workload')
   assert.equal(m.clientSaw, 'spiffe://one.test/workload')
+  const o = await opensslMtls(
+    two.dir,
+    x1.svids[0]!,
+    x1.federatedBundles.get('spiffe://two.test')!,
+    x2.svids[0]!,
+    x2.federatedBundles.get('spiffe://one.test')!,
+  )
+  assert.deepEqual(o, {
+    serverSaw: 'spiffe://two.test/workload',
+    clientSaw: 'spiffe://one.test/workload',
+  })
+  // OpenSSL with only its own domain's CA refuses the peer.
+  await assert.rejects(
+    opensslMtls(
+      two.dir,
+      x1.svids[0]!,
+      x1.federatedBundles.get('spiffe://two.test')!,
+      x2.svids[0]!,
+      x2.svids[0]!.bundle,
+    ),
+    /openssl:/,
+  )
   // Without the federated bundle (own domain's CA only) the handshake fails: the trust came from
   // federation, not from something shared by accident.
   await assert.rejects(
