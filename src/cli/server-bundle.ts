@@ -114,3 +114,51 @@ export const bundleGroup: Group = {
     }),
   ],
 }
+
+function printRelationship(r: Record<string, unknown>): string {
+  const rows = [
+    ['Trust domain', r.trust_domain],
+    ['Endpoint URL', r.bundle_endpoint_url],
+    ['Endpoint profile', r.bundle_endpoint_profile],
+    ...(r.endpoint_spiffe_id ? [['Endpoint SPIFFE ID', r.endpoint_spiffe_id]] : []),
+    ['Last fetch OK', r.lastSuccess ?? 'never'],
+    ...(r.lastError ? [['Last error', r.lastError]] : []),
+    ['Next fetch', r.nextFetch ?? '-'],
+  ]
+  return `${rows.map(([k, v]) => `${String(k).padEnd(19)}: ${String(v)}`).join('\n')}\n\n`
+}
+
+/** `server federation list|show`: the relationships of the config file, with fetch status. */
+export const federationGroup: Group = {
+  kind: 'group',
+  name: 'federation',
+  summary: 'federation relationships (from [server.federation.federates_with])',
+  children: [
+    leaf('list', 'list the federation relationships', {}, async (v, io, sock) => {
+      const r = await adminCall(sock, 'GET', '/v1/federation')
+      const rels = r.relationships as Record<string, unknown>[]
+      if (v.json) io.out(`${JSON.stringify(r)}\n`)
+      else {
+        io.out(`Found ${rels.length} federation relationship${rels.length === 1 ? '' : 's'}\n\n`)
+        for (const rel of rels) io.out(printRelationship(rel))
+      }
+      return 0
+    }),
+    leaf(
+      'show',
+      'show one federation relationship',
+      { trustDomain: { type: 'string', description: 'its trust domain', valueName: 'TD' } },
+      async (v, io, sock) => {
+        if (typeof v.trustDomain !== 'string' || v.trustDomain === '')
+          throw new UsageError('-trustDomain is required', 'pass -trustDomain example.org')
+        const r = await adminCall(
+          sock,
+          'GET',
+          `/v1/federation/${encodeURIComponent(v.trustDomain)}`,
+        )
+        io.out(v.json ? `${JSON.stringify(r)}\n` : printRelationship(r))
+        return 0
+      },
+    ),
+  ],
+}

@@ -2,7 +2,7 @@
 import { adminCall } from '../server/admin-client.js'
 import { type Group, type Leaf, requireString } from './command.js'
 import { agentGroup } from './server-agent.js'
-import { bundleGroup } from './server-bundle.js'
+import { bundleGroup, federationGroup } from './server-bundle.js'
 import { leaf, seconds } from './server-common.js'
 import { entryGroup } from './server-entry.js'
 
@@ -104,6 +104,7 @@ export function serverGroup(run: Leaf, validate: Leaf): Group {
       agentGroup,
       tokenGroup,
       bundleGroup,
+      federationGroup,
       loggerGroup,
       healthcheck,
     ],

@@ -203,6 +203,20 @@ export async function startAdminServer(
             bundle: format === 'pem' ? b.pem : b.spiffe,
           })
         }
+        case 'GET /v1/federation': {
+          const rels = core.federatedBundles?.relationships() ?? []
+          if (id === undefined) return send(res, 200, { relationships: rels })
+          const td = id.replace(/^spiffe:\/\//, '')
+          const rel = rels.find((r) => r.trust_domain === td)
+          if (!rel)
+            throw new HttpError(
+              404,
+              'ERR_USAGE',
+              `no federation relationship with ${td}`,
+              'see `server federation list`',
+            )
+          return send(res, 200, rel)
+        }
         case 'GET /v1/federated-bundles':
         case 'PUT /v1/federated-bundles':
         case 'DELETE /v1/federated-bundles': {

@@ -228,6 +228,13 @@ test('two trust domains federate over https_spiffe bundle endpoints: bundles, mT
     })
   }
   assert.match(await admin(one, 'bundle', 'list'), /\* two\.test[\s\S]*BEGIN CERTIFICATE/)
+  assert.match(await admin(one, 'federation', 'list'), /Found 1 federation relationship\n/)
+  const rel = JSON.parse(
+    await admin(one, 'federation', 'show', '-trustDomain', 'two.test', '--json'),
+  )
+  assert.equal(rel.endpoint_spiffe_id, 'spiffe://two.test/spire/server')
+  assert.equal(rel.bundle_endpoint_profile, 'https_spiffe')
+  assert.ok(rel.lastSuccess)
 
   // Entries in each domain federate with the other; one agent per domain.
   const uid = String(process.getuid!())

@@ -27,6 +27,8 @@ export interface ForeignBundleAdmin {
   delete(id: string): Promise<void>
   count(): Promise<number>
   status(): FederationStatus[]
+  /** The configured relationships, each with its fetch status. */
+  relationships(): Record<string, unknown>[]
 }
 
 export interface FederationOptions {
@@ -154,6 +156,21 @@ export async function startFederation(o: FederationOptions): Promise<RunningFede
       return (await ds.listFederatedBundles()).length
     },
     status: () => fetcher.statuses(),
+    relationships: () => {
+      const st = new Map(fetcher.statuses().map((x) => [x.trustDomain, x]))
+      return (o.config?.federatesWith ?? []).map((r) => {
+        const { trustDomain: _td, ...status } = st.get(r.trustDomain) ?? { trustDomain: '' }
+        return {
+          trust_domain: r.trustDomain,
+          bundle_endpoint_url: r.bundleEndpointUrl,
+          bundle_endpoint_profile: r.profile.type,
+          ...(r.profile.type === 'https_spiffe'
+            ? { endpoint_spiffe_id: r.profile.endpointSpiffeId }
+            : {}),
+          ...status,
+        }
+      })
+    },
   }
   return {
     port: endpoint?.port,
