@@ -204,18 +204,8 @@ export async function startAdminServer(
           })
         }
         case 'GET /v1/federation': {
-          const rels = core.federatedBundles?.relationships() ?? []
-          if (id === undefined) return send(res, 200, { relationships: rels })
-          const td = id.replace(/^spiffe:\/\//, '')
-          const rel = rels.find((r) => r.trust_domain === td)
-          if (!rel)
-            throw new HttpError(
-              404,
-              'ERR_USAGE',
-              `no federation relationship with ${td}`,
-              'see `server federation list`',
-            )
-          return send(res, 200, rel)
+          const rels = core.federatedBundles?.relationships(id) ?? []
+          return send(res, 200, id === undefined ? { relationships: rels } : rels[0])
         }
         case 'GET /v1/federated-bundles':
         case 'PUT /v1/federated-bundles':

@@ -27,8 +27,8 @@ export interface ForeignBundleAdmin {
   delete(id: string): Promise<void>
   count(): Promise<number>
   status(): FederationStatus[]
-  /** The configured relationships, each with its fetch status. */
-  relationships(): Record<string, unknown>[]
+  /** The configured relationships (or the one with trust domain `id`), with fetch status. */
+  relationships(id?: string): Record<string, unknown>[]
 }
 
 export interface FederationOptions {
@@ -156,9 +156,21 @@ export async function startFederation(o: FederationOptions): Promise<RunningFede
       return (await ds.listFederatedBundles()).length
     },
     status: () => fetcher.statuses(),
-    relationships: () => {
+    relationships: (id) => {
       const st = new Map(fetcher.statuses().map((x) => [x.trustDomain, x]))
-      return (o.config?.federatesWith ?? []).map((r) => {
+      const td = id?.replace(/^spiffe:\/\//, '')
+      const rels = (o.config?.federatesWith ?? []).filter(
+        (r) => td === undefined || r.trustDomain === td,
+      )
+      if (td !== undefined && rels.length === 0)
+        throw new SpiffeEdgeError(
+          'ERR_DATASTORE_NOT_FOUND',
+          `no federation relationship with ${td}`,
+          {
+            remedy: 'see `spiffe-edge server federation list`',
+          },
+        )
+      return rels.map((r) => {
         const { trustDomain: _td, ...status } = st.get(r.trustDomain) ?? { trustDomain: '' }
         return {
           trust_domain: r.trustDomain,
