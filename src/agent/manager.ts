@@ -114,6 +114,7 @@ export class AgentManager implements WorkloadSource {
       auth,
       entries: this.entries,
       bundle: () => this.bundle.current,
+      federated: (td) => this.bundle.federated.get(td),
       trustDomain: o.trustDomain,
       workloadKeyType: o.workloadKeyType,
       cacheMaxSize: o.cacheMaxSize,
@@ -171,6 +172,17 @@ export class AgentManager implements WorkloadSource {
     this.unsubscribePush ??= this.o.client.onBundle?.((b) => this.takeBundle(b))
     const a = this.identity.current
     if (state.entries && a) this.entries.restore(state.entries, state.revision)
+    if (state.federatedBundles && a) {
+      // Served before the server answers, like our own bundle and the entries.
+      this.bundle.adoptFederated(
+        JSON.parse(state.federatedBundles) as { trustDomain: string; bundle: string }[],
+        (td, err) =>
+          this.o.log('warn', 'a saved federated bundle is unusable; dropped', {
+            trust_domain: td,
+            error: err.message,
+          }),
+      )
+    }
     if (this.o.sealed && a) {
       const records = await this.o.sealed.load(a.spiffeId, this.bundle.current, this.now())
       const n = this.x509.restore(records)
@@ -264,6 +276,7 @@ export class AgentManager implements WorkloadSource {
       }
       await this.syncBundle()
       if (await this.entries.sync(this.identity.auth())) this.x509.entriesChanged()
+      await this.syncFederatedBundles()
       await this.x509.sync()
       const wasFailing = this.failures > 0
       this.failures = 0
@@ -358,6 +371,38 @@ export class AgentManager implements WorkloadSource {
     this.o.client.setBundle(b)
     this.o.storage.save({ bundle: b.toSpiffeJson() })
     this.o.log('info', 'trust bundle updated', { sequence: b.sequence })
+    this.bundle.notify()
+    this.x509.notify()
+  }
+
+  /**
+   * The bundles of the trust domains our entries federate with. Asked only when an entry names
+   * one (or we hold some to drop), so agents without federation make no extra call.
+   */
+  private async syncFederatedBundles(): Promise<void> {
+    const wanted = [...this.entries.entries.values()].some((e) => e.federatesWith.length > 0)
+    if (!wanted && this.bundle.federated.size === 0) return
+    const r = wanted
+      ? await this.o.client.call('GetFederatedBundles', {}, this.identity.auth())
+      : { bundles: [] }
+    const changed = this.bundle.adoptFederated(r.bundles, (td, err) =>
+      this.o.log('warn', 'the server sent a federated bundle we cannot use; keeping the old one', {
+        trust_domain: td,
+        error: err.message,
+      }),
+    )
+    if (!changed) return
+    this.o.storage.save({
+      federatedBundles: JSON.stringify(
+        [...this.bundle.federated].map(([td, b]) => ({
+          trustDomain: td,
+          bundle: b.toSpiffeJson(),
+        })),
+      ),
+    })
+    this.o.log('info', 'federated bundles updated', {
+      trust_domains: [...this.bundle.federated.keys()].join(','),
+    })
     this.bundle.notify()
     this.x509.notify()
   }

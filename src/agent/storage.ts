@@ -27,6 +27,8 @@ export interface AgentState {
   agentKeyId?: string
   /** When a sync last succeeded (ms since the epoch): how long an outage has lasted, across restarts. */
   lastSyncOk?: number
+  /** Federated bundles as last synced: JSON of [{trustDomain, bundle (SPIFFE JSON)}]. */
+  federatedBundles?: string
 }
 
 export class AgentStorage {
@@ -118,6 +120,7 @@ export class AgentStorage {
     if (s.entries !== undefined) values.push(['entries', s.entries])
     if (s.agentKeyId !== undefined) values.push(['agent_key_id', s.agentKeyId])
     if (s.lastSyncOk !== undefined) values.push(['last_sync_ok', String(s.lastSyncOk)])
+    if (s.federatedBundles !== undefined) values.push(['federated_bundles', s.federatedBundles])
     this.db.transaction(() => {
       for (const [k, v] of values) put.run(k, Buffer.from(v, 'utf8'))
     })()
@@ -127,7 +130,7 @@ export class AgentStorage {
   clearIdentity(): void {
     this.db
       .prepare(
-        "DELETE FROM state WHERE name IN ('agent_svid','agent_spiffe_id','reattestable','revision','entries')",
+        "DELETE FROM state WHERE name IN ('agent_svid','agent_spiffe_id','reattestable','revision','entries','federated_bundles')",
       )
       .run()
   }
@@ -206,6 +209,21 @@ function readState(db: Db): AgentState {
     const n = Number(lastOk)
     if (!Number.isSafeInteger(n) || n < 0) throw bad('last_sync_ok', 'not a time')
     out.lastSyncOk = n
+  }
+  const fed = text('federated_bundles')
+  if (fed) {
+    const list = json('federated_bundles', fed)
+    const ok =
+      Array.isArray(list) &&
+      list.every(
+        (f: { trustDomain?: unknown; bundle?: unknown }) =>
+          typeof f === 'object' &&
+          f !== null &&
+          typeof f.trustDomain === 'string' &&
+          typeof f.bundle === 'string',
+      )
+    if (!ok) throw bad('federated_bundles', 'not a list of bundles')
+    out.federatedBundles = fed
   }
   return out
 }

@@ -86,7 +86,7 @@ export const serverRunCommand: Leaf = {
     const onHup = () => server.logger?.reopen()
     process.on('SIGHUP', onHup)
     io.out(
-      `${JSON.stringify({ listening: `${config.bindAddress}:${server.port}`, admin_socket: server.adminSocket, trust_domain: config.trustDomain })}\n`,
+      `${JSON.stringify({ listening: `${config.bindAddress}:${server.port}`, admin_socket: server.adminSocket, trust_domain: config.trustDomain, ...(server.bundleEndpointPort !== undefined ? { bundle_endpoint: `${config.federation?.bundleEndpoint?.address}:${server.bundleEndpointPort}` } : {}) })}\n`,
     )
     await stopped
     process.removeListener('SIGHUP', onHup)

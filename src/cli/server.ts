@@ -2,6 +2,7 @@
 import { adminCall } from '../server/admin-client.js'
 import { type Group, type Leaf, requireString } from './command.js'
 import { agentGroup } from './server-agent.js'
+import { bundleGroup, federationGroup } from './server-bundle.js'
 import { leaf, seconds } from './server-common.js'
 import { entryGroup } from './server-entry.js'
 import { jwtGroup, x509Group } from './server-mint.js'
@@ -32,28 +33,6 @@ const tokenGroup: Group = {
         if (typeof v.spiffeID === 'string') body.spiffe_id = v.spiffeID
         const r = await adminCall(sock, 'POST', '/v1/tokens', body)
         io.out(v.json ? `${JSON.stringify(r)}\n` : `Token: ${String(r.token)}\n`)
-        return 0
-      },
-    ),
-  ],
-}
-
-const bundleGroup: Group = {
-  kind: 'group',
-  name: 'bundle',
-  summary: "the trust domain's bundle",
-  children: [
-    leaf(
-      'show',
-      'print the bundle (PEM CA certificates, or SPIFFE bundle JSON)',
-      { format: { type: 'string', description: 'pem or spiffe', default: 'pem' } },
-      async (v, io, sock) => {
-        const r = await adminCall(
-          sock,
-          'GET',
-          `/v1/bundle?format=${encodeURIComponent(String(v.format))}`,
-        )
-        io.out(v.json ? `${JSON.stringify(r)}\n` : String(r.bundle))
         return 0
       },
     ),
@@ -126,6 +105,7 @@ export function serverGroup(run: Leaf, validate: Leaf): Group {
       agentGroup,
       tokenGroup,
       bundleGroup,
+      federationGroup,
       loggerGroup,
       x509Group,
       jwtGroup,

@@ -14,6 +14,7 @@ import type { CaManager, Clock } from './ca.js'
 import type { ServerConfig } from './config.js'
 import type { Datastore } from './datastore/types.js'
 import { badEntry, checkEntry, checkIssuableId } from './entry-check.js'
+import type { ForeignBundleAdmin } from './federation/index.js'
 
 export interface AdminCoreDeps {
   readonly trustDomain: TrustDomain
@@ -26,6 +27,8 @@ export interface AdminCoreDeps {
   readonly logger: Logger | undefined
   /** The MQTT broker's authorization (dynsec): a removed agent loses its broker client too. */
   readonly brokerAccess?: BrokerAccess | undefined
+  /** Foreign bundles and federation relationships (`server bundle …`, `server federation …`). */
+  readonly federatedBundles?: ForeignBundleAdmin | undefined
 }
 
 export function adminCore(d: AdminCoreDeps): AdminCore {
@@ -40,6 +43,7 @@ export function adminCore(d: AdminCoreDeps): AdminCore {
     return id
   }
   return {
+    ...(d.federatedBundles ? { federatedBundles: d.federatedBundles } : {}),
     async agentRemoved(id) {
       await d.brokerAccess?.revokeAgent(id)
     },

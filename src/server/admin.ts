@@ -13,6 +13,7 @@ import { isSpiffeEdgeError, SpiffeEdgeError } from '../errors.js'
 import { socketPeerCred } from '../native/peercred.js'
 import type { PeerCredentials } from '../native/types.js'
 import type { AttestedNode, Datastore, EntryInput, RegistrationEntry } from './datastore/types.js'
+import type { ForeignBundleAdmin } from './federation/index.js'
 
 export interface AdminCore {
   readonly trustDomain: string
@@ -22,6 +23,8 @@ export interface AdminCore {
     spiffeId: string | undefined,
     ttlSeconds: number,
   ): Promise<{ token: string; expiresAt: number }>
+  /** Bundles of federated trust domains (`bundle list|set|delete|count`, `bundle show -id`). */
+  readonly federatedBundles?: ForeignBundleAdmin
   /** Validates an entry (IDs, selectors) and fills defaults; throws coded errors. */
   checkEntry(input: unknown): EntryInput
   /** The server's logger, for `logger get|set|reset` (SPIRE's LoggerAPI). */
@@ -102,6 +105,49 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(text)
 }
 
+function bundleFormat(v: unknown): 'pem' | 'spiffe' {
+  const f = v ?? 'pem'
+  if (f !== 'pem' && f !== 'spiffe')
+    throw new HttpError(
+      400,
+      'ERR_USAGE',
+      `unknown bundle format '${String(f)}'`,
+      'use pem or spiffe',
+    )
+  return f
+}
+
+/** /v1/federated-bundles[/<td>]: list (or ?count=true), show, set (PUT), delete. */
+async function federatedRoute(
+  fb: ForeignBundleAdmin,
+  req: IncomingMessage,
+  res: ServerResponse,
+  url: URL,
+  id: string | undefined,
+): Promise<void> {
+  if (req.method === 'GET' && id === undefined) {
+    if (url.searchParams.get('count') === 'true') return send(res, 200, { count: await fb.count() })
+    const format = bundleFormat(url.searchParams.get('format') ?? undefined)
+    return send(res, 200, { bundles: await fb.list(format), federation: fb.status() })
+  }
+  if (id === undefined)
+    throw new HttpError(400, 'ERR_USAGE', 'name the trust domain', 'pass -id spiffe://<td>')
+  if (req.method === 'GET')
+    return send(
+      res,
+      200,
+      await fb.show(id, bundleFormat(url.searchParams.get('format') ?? undefined)),
+    )
+  if (req.method === 'DELETE') {
+    await fb.delete(id)
+    return send(res, 200, { deleted: id })
+  }
+  const body = (await readJson(req)) as { bundle?: unknown; format?: unknown }
+  if (typeof body.bundle !== 'string')
+    throw new HttpError(400, 'ERR_USAGE', 'bundle must be a string', 'pass -path FILE')
+  return send(res, 200, await fb.set(id, body.bundle, bundleFormat(body.format)))
+}
+
 export function entryJson(e: RegistrationEntry): Record<string, unknown> {
   return { ...e }
 }
@@ -171,6 +217,22 @@ export async function startAdminServer(
             sequence: b.sequence,
             bundle: format === 'pem' ? b.pem : b.spiffe,
           })
+        }
+        case 'GET /v1/federation': {
+          const rels = core.federatedBundles?.relationships(id) ?? []
+          return send(res, 200, id === undefined ? { relationships: rels } : rels[0])
+        }
+        case 'GET /v1/federated-bundles':
+        case 'PUT /v1/federated-bundles':
+        case 'DELETE /v1/federated-bundles': {
+          if (!core.federatedBundles)
+            throw new HttpError(
+              404,
+              'ERR_USAGE',
+              'federation is not available',
+              'upgrade the server',
+            )
+          return await federatedRoute(core.federatedBundles, req, res, url, id)
         }
         case 'POST /v1/entries': {
           const entry = await ds.createEntry(core.checkEntry(await readJson(req)))

@@ -88,3 +88,27 @@ export async function syncEntries(
     deletedIds: [...known.keys()].filter((id) => !ids.has(id)),
   }
 }
+
+/** Most federated bundles one agent gets in one answer (each is at most 256 KiB). */
+const MAX_FEDERATED_PER_AGENT = 64
+
+/**
+ * The bundles of the trust domains the agent's entries federate with (SPIRE: GetFederatedBundle
+ * for each TD in any entry's federates_with). Domains without a bundle yet are left out.
+ */
+export async function federatedBundlesFor(
+  datastore: Datastore,
+  entries: readonly RegistrationEntry[],
+  ownTrustDomain: string,
+): Promise<CallMethods['GetFederatedBundles']['response']> {
+  const tds = new Set<string>()
+  for (const e of entries)
+    for (const f of e.federatesWith) tds.add(f.startsWith('spiffe://') ? f.slice(9) : f)
+  tds.delete(ownTrustDomain)
+  const bundles: CallMethods['GetFederatedBundles']['response']['bundles'] = []
+  for (const td of [...tds].sort().slice(0, MAX_FEDERATED_PER_AGENT)) {
+    const row = await datastore.getFederatedBundle(td)
+    if (row) bundles.push({ trustDomain: td, bundle: row.json, sequence: row.sequence })
+  }
+  return { bundles }
+}

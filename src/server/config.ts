@@ -12,6 +12,7 @@ import { type HealthChecksConfig, healthChecksConfig } from '../common/health-ht
 import type { LogConfig } from '../common/log.js'
 import { isMqttUrl, MQTT_KEYS, type MqttSettings, mqttSettings } from '../common/mqtt-config.js'
 import { type TelemetryConfig, telemetryConfig } from '../common/telemetry.js'
+import { type FederationConfig, federationConfig } from './federation/config.js'
 
 export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-3072' | 'rsa-4096'
 const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096']
@@ -54,6 +55,8 @@ export interface ServerConfig {
   readonly configDir: string
   /** The node API over MQTT v5 beside gRPC (`[server.mqtt]`); undefined: gRPC only. */
   readonly mqtt: ServerMqttConfig | undefined
+  /** [server.federation]: our bundle endpoint and the trust domains we federate with. */
+  readonly federation?: FederationConfig
 }
 
 export interface ServerMqttConfig extends MqttSettings {
@@ -109,7 +112,7 @@ export function parseServerConfig(
     doc,
     r,
     main: s,
-  } = openConfig(text, source, 'server', [...SERVER_KEYS, 'upstream', 'mqtt'])
+  } = openConfig(text, source, 'server', [...SERVER_KEYS, 'upstream', 'mqtt', 'federation'])
   const trustDomain = overrides.trustDomain ?? r.string(s, 'trust_domain', 'server') ?? ''
   const dataDir = overrides.dataDir
     ? resolve(overrides.dataDir)
@@ -205,6 +208,7 @@ export function parseServerConfig(
     attestRatePerSecond: r.int(s, 'attest_rate_per_second', 'server', 1, 1, 10_000),
     configDir: dirname(resolve(source)),
     mqtt,
+    federation: federationConfig(r, s, trustDomain),
   }
   if (config.defaultX509SvidTtlSeconds >= config.caTtlSeconds) {
     r.problems.push('server.default_x509_svid_ttl: must be shorter than server.ca_ttl')

@@ -21,7 +21,7 @@ import {
   type SignedRequest,
   type SignedResponse,
 } from '../transport/proto.js'
-import { authorizedEntries, syncEntries } from './authorized-entries.js'
+import { authorizedEntries, federatedBundlesFor, syncEntries } from './authorized-entries.js'
 import type { AttestedNode, RegistrationEntry } from './datastore/types.js'
 import { type AttestStream, NodeApiError, type NodeApiOptions, Status } from './node-api-common.js'
 import { NodeAttestation } from './node-attestation.js'
@@ -151,6 +151,12 @@ export class NodeApi {
           .response('GetBundle')
           .encode({ bundle: b.toSpiffeJson(), sequence: b.sequence })
       }
+      case 'GetFederatedBundles':
+        return codec
+          .response('GetFederatedBundles')
+          .encode(
+            await federatedBundlesFor(this.o.datastore, await entries(), this.o.trustDomain.name),
+          )
       case 'RenewAgent':
         return codec
           .response('RenewAgent')

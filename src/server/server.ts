@@ -34,6 +34,7 @@ import {
 } from './datadir.js'
 import { openSqliteDatastore } from './datastore/sqlite.js'
 import type { Datastore } from './datastore/types.js'
+import { startFederation } from './federation/index.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
 import { scrubLiveTokenAliases } from './join-token-alias.js'
 import { ServerMetrics } from './metrics.js'
@@ -48,6 +49,8 @@ export interface RunningServer extends AsyncDisposable {
   readonly ca: CaManager
   readonly datastore: Datastore
   readonly api: NodeApi
+  /** The bundle endpoint's port, when [server.federation.bundle_endpoint] is set. */
+  readonly bundleEndpointPort?: number
   /** The server's own logger (absent when the caller passed `log`): SIGHUP reopens its file. */
   readonly logger?: Logger
   close(): Promise<void>
@@ -175,6 +178,8 @@ export async function startServer(
     const provider = new MemoryCertificateProvider()
     const serverId = SpiffeId.fromPath(trustDomain, '/spire/server')
     let identity: ServerIdentity & { notAfter: number; issuedAt: number }
+    let tlsIdentity = { certificatePem: '', privateKeyPem: '' }
+    let onIdentity = () => {}
     const issueIdentity = async () => {
       const { privateKey, publicKey } = await generateSoftwareKeyPair('ec-p256')
       const issued = await ca.signX509Svid({
@@ -189,15 +194,14 @@ export async function startServer(
         notAfter: issued.notAfter.getTime(),
         issuedAt: clock.now().getTime(),
       }
-      provider.update(
-        {
-          certificatePem: issued.chain
-            .map((c) => new x509.X509Certificate(c).toString('pem'))
-            .join('\n'),
-          privateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-        },
-        ca.bundle().toPem(),
-      )
+      tlsIdentity = {
+        certificatePem: issued.chain
+          .map((c) => new x509.X509Certificate(c).toString('pem'))
+          .join('\n'),
+        privateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+      }
+      provider.update(tlsIdentity, ca.bundle().toPem())
+      onIdentity()
     }
     await issueIdentity()
 
@@ -254,6 +258,17 @@ export async function startServer(
       : undefined
     if (mqttServer) cleanups.push(() => mqttServer.close())
 
+    const federation = await startFederation({
+      config: config.federation,
+      datastore,
+      trustDomain,
+      ownBundle: () => ca.bundle(),
+      identity: () => tlsIdentity,
+      log,
+    })
+    cleanups.push(() => federation.close())
+    onIdentity = () => federation.identityChanged()
+
     const serverIdString = serverId.toString()
     const admin = await startAdminServer(
       adminCore({
@@ -266,6 +281,7 @@ export async function startServer(
         log,
         logger,
         brokerAccess,
+        federatedBundles: federation.admin,
       }),
       {
         socketPath: config.adminSocket,
@@ -349,6 +365,7 @@ export async function startServer(
       ca,
       datastore,
       api,
+      ...(federation.port !== undefined ? { bundleEndpointPort: federation.port } : {}),
       ...(logger ? { logger } : {}),
       close,
       [Symbol.asyncDispose]: close,

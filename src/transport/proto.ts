@@ -33,6 +33,10 @@ export interface CallMethods {
   BatchNewX509SVID: { request: gen.BatchNewX509SVIDRequest; response: gen.BatchNewX509SVIDResponse }
   NewJWTSVID: { request: gen.NewJWTSVIDRequest; response: gen.NewJWTSVIDResponse }
   GetBundle: { request: gen.GetBundleRequest; response: gen.GetBundleResponse }
+  GetFederatedBundles: {
+    request: gen.GetFederatedBundlesRequest
+    response: gen.GetFederatedBundlesResponse
+  }
 }
 
 export type CallMethod = keyof CallMethods
@@ -43,6 +47,7 @@ const MESSAGE_NAMES: Readonly<Record<CallMethod, readonly [string, string]>> = {
   BatchNewX509SVID: ['BatchNewX509SVIDRequest', 'BatchNewX509SVIDResponse'],
   NewJWTSVID: ['NewJWTSVIDRequest', 'NewJWTSVIDResponse'],
   GetBundle: ['GetBundleRequest', 'GetBundleResponse'],
+  GetFederatedBundles: ['GetFederatedBundlesRequest', 'GetFederatedBundlesResponse'],
 }
 
 export function isCallMethod(m: string): m is CallMethod {

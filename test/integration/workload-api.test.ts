@@ -312,6 +312,15 @@ describe('Workload API server', () => {
       spiffeId: 'spiffe://example.org/web',
       selectors: [sel(`unix:uid:${UID}`)],
     })
+    // Federated bundles only of the domains the caller's entries federate with (SPIRE).
+    assert.deepEqual([...(await f.client.fetchX509Bundles()).keys()], ['spiffe://example.org'])
+    assert.deepEqual([...(await f.client.fetchJwtBundles()).keys()], ['spiffe://example.org'])
+    await f.source.addEntry({
+      id: 'e2',
+      spiffeId: 'spiffe://example.org/web2',
+      selectors: [sel(`unix:uid:${UID}`)],
+      federatesWith: ['federated.test'],
+    })
     const x = await f.client.fetchX509Bundles()
     assert.deepEqual([...x.keys()].sort(), ['spiffe://example.org', 'spiffe://federated.test'])
     assert.deepEqual(

@@ -26,7 +26,23 @@ const cases: [string, string, string][] = [
   ['bundle', '[]', 'a bundle that is not an object'],
   ['revision', 'abc', 'a revision that is not a number'],
   ['reattestable', 'yes', 'neither true nor false'],
+  ['federated_bundles', '[{"trustDomain":1}]', 'a federated bundle without its fields'],
 ]
+
+test('federated bundles are saved and restored, and forgotten with the identity', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-agent-state-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const path = join(dir, 'agent.sqlite3')
+  const fed = JSON.stringify([{ trustDomain: 'two.test', bundle: '{"keys":[]}' }])
+  const a = AgentStorage.open(path)
+  a.storage.save({ agentSpiffeId: 'spiffe://one.test/spire/agent/x', federatedBundles: fed })
+  a.storage.close()
+  const b = AgentStorage.open(path)
+  assert.equal(b.storage.load().federatedBundles, fed)
+  b.storage.clearIdentity()
+  assert.equal(b.storage.load().federatedBundles, undefined)
+  b.storage.close()
+})
 
 for (const [field, value, what] of cases) {
   test(`corrupt agent state (${field}: ${what}) is moved aside, not thrown`, (t) => {

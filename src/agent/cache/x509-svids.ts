@@ -40,6 +40,8 @@ export interface X509Deps {
   readonly auth: () => AgentAuth
   readonly entries: EntrySync
   readonly bundle: () => TrustBundle | undefined
+  /** The bundle of a federated trust domain, by name (undefined: none yet). */
+  readonly federated: (td: string) => TrustBundle | undefined
   readonly trustDomain: TrustDomain
   readonly workloadKeyType: KeyType
   readonly cacheMaxSize: number
@@ -261,20 +263,30 @@ export class X509SvidCache {
   private update(selectors: ReadonlySet<string>): X509Update {
     const now = this.d.now()
     const svids: WorkloadX509Svid[] = []
+    const bundles = new Map<string, readonly Uint8Array[]>()
     for (const e of this.d.entries.matching(selectors)) {
+      // The federated bundles these identities may use: those their entries federate with.
+      for (const f of e.federatesWith) {
+        const name = f.startsWith('spiffe://') ? f.slice(9) : f
+        const fb = name === this.d.trustDomain.name ? undefined : this.d.federated(name)
+        if (fb) bundles.set(name, fb.x509Authorities)
+      }
       const s = this.svids.get(e.id)
       if (!s || s.notAfter <= now) continue
       s.lastAccess = now
       svids.push(s)
     }
-    const bundles = new Map<string, readonly Uint8Array[]>()
     const bundle = this.d.bundle()
     if (bundle) bundles.set(this.d.trustDomain.name, bundle.x509Authorities)
     return { svids, bundles }
   }
 
   private fingerprint(u: X509Update): string {
-    return `${this.d.bundle()?.sequence ?? 0}|${u.svids.map((s) => `${s.entryId}:${Buffer.from(s.chain[0]!).subarray(-16).toString('hex')}`).join(',')}`
+    const fed = [...u.bundles.keys()]
+      .filter((td) => td !== this.d.trustDomain.name)
+      .sort()
+      .map((td) => `${td}@${this.d.federated(td)?.sequence ?? 0}:${u.bundles.get(td)?.length ?? 0}`)
+    return `${this.d.bundle()?.sequence ?? 0}|${fed.join(',')}|${u.svids.map((s) => `${s.entryId}:${Buffer.from(s.chain[0]!).subarray(-16).toString('hex')}`).join(',')}`
   }
 
   private deliver(sub: X509Sub): void {

@@ -110,10 +110,15 @@ export function workloadHandlers(
       let entitled: boolean | undefined = opts.allowUnauthenticatedVerifiers ? true : undefined
       let latest: BundlesUpdate | undefined
       let last: Buffer | undefined
+      // Federated bundles only of the domains the caller's entries federate with (SPIRE); a
+      // caller without identity (allow_unauthenticated_verifiers) gets our own domain's only.
+      let domains: ReadonlySet<string> = new Set([ownTd])
       const push = () => {
         if (entitled === undefined || latest === undefined) return
         if (!entitled) return s.fail(PERMISSION_DENIED())
-        const msg = toBuffer(encode(latest))
+        const keep = <V>(m: ReadonlyMap<string, V>) =>
+          new Map([...m].filter(([td]) => domains.has(td)))
+        const msg = toBuffer(encode({ x509: keep(latest.x509), jwt: keep(latest.jwt) }))
         if (last?.equals(msg)) return
         last = msg
         s.send(msg)
@@ -122,6 +127,7 @@ export function workloadHandlers(
         s.hold(
           source.subscribeX509(selectors, (u) => {
             entitled = u.svids.length > 0
+            domains = new Set([ownTd, ...u.bundles.keys()])
             push()
           }),
         )

@@ -136,6 +136,20 @@ export const migrations: readonly Migration[] = [
       ALTER TABLE attested_nodes ADD COLUMN previous_cert_serial TEXT NOT NULL DEFAULT '';
     `,
   },
+  {
+    version: 3,
+    description: 'bundles of federated (foreign) trust domains',
+    sql: `
+      -- Apart from our own bundle (table bundles): an operator's "bundle set" for a foreign trust
+      -- domain can then never replace the bundle we sign with, whatever name it is given.
+      CREATE TABLE federated_bundles (
+        trust_domain TEXT PRIMARY KEY,
+        json TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+      ) STRICT;
+    `,
+  },
 ]
 
 /** The schema version this build writes; a database with a higher one is refused. */

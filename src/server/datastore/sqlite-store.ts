@@ -6,6 +6,7 @@ import type BetterSqlite3 from 'better-sqlite3'
 import { SpiffeEdgeError } from '../../errors.js'
 import * as entries from './sqlite-entries.js'
 import { checkIntegrity, closedError, mapError } from './sqlite-errors.js'
+import * as federated from './sqlite-federated.js'
 import * as nodes from './sqlite-nodes.js'
 import { prepareStatements, type SqliteContext } from './sqlite-statements.js'
 import * as tokens from './sqlite-tokens.js'
@@ -15,6 +16,7 @@ import type {
   EntryChanges,
   EntryFilter,
   EntryInput,
+  FederatedBundleRow,
   JoinTokenInput,
   RegistrationEntry,
 } from './types.js'
@@ -131,6 +133,24 @@ export class SqliteDatastore implements Datastore {
 
   async setBundle(trustDomain: string, json: string, sequence: number): Promise<void> {
     return this.#op('set bundle', () => tokens.setBundle(this.#c, trustDomain, json, sequence))
+  }
+
+  async getFederatedBundle(trustDomain: string): Promise<FederatedBundleRow | undefined> {
+    return this.#op('get federated bundle', () => federated.get(this.#c, trustDomain))
+  }
+
+  async setFederatedBundle(trustDomain: string, json: string, sequence: number): Promise<void> {
+    return this.#op('set federated bundle', () =>
+      federated.set(this.#c, trustDomain, json, sequence),
+    )
+  }
+
+  async listFederatedBundles(): Promise<FederatedBundleRow[]> {
+    return this.#op('list federated bundles', () => federated.list(this.#c))
+  }
+
+  async deleteFederatedBundle(trustDomain: string): Promise<void> {
+    return this.#op('delete federated bundle', () => federated.remove(this.#c, trustDomain))
   }
 
   async getJournal(name: string): Promise<string | undefined> {

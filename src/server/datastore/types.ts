@@ -82,6 +82,15 @@ export interface JoinTokenInput {
   expiresAt: number
 }
 
+export interface FederatedBundleRow {
+  readonly trustDomain: string
+  /** SPIFFE bundle JSON. */
+  readonly json: string
+  readonly sequence: number
+  /** unix s of the last write. */
+  readonly updatedAt: number
+}
+
 export interface Datastore extends AsyncDisposable {
   /** Rejects exact duplicates (same spiffeId + parentId + selector set): ERR_DATASTORE_CONFLICT. */
   createEntry(e: EntryInput): Promise<RegistrationEntry>
@@ -133,6 +142,15 @@ export interface Datastore extends AsyncDisposable {
 
   getBundle(trustDomain: string): Promise<{ json: string; sequence: number } | undefined>
   setBundle(trustDomain: string, json: string, sequence: number): Promise<void>
+
+  /** Bundles of foreign trust domains (federation), never our own (see getBundle). */
+  getFederatedBundle(trustDomain: string): Promise<FederatedBundleRow | undefined>
+  /** Inserts or replaces; the caller has validated the bundle and its sequence. */
+  setFederatedBundle(trustDomain: string, json: string, sequence: number): Promise<void>
+  /** Sorted by trust domain. */
+  listFederatedBundles(): Promise<FederatedBundleRow[]>
+  /** ERR_DATASTORE_NOT_FOUND when there is none. */
+  deleteFederatedBundle(trustDomain: string): Promise<void>
 
   /** CA journal blobs (JSON) by name. */
   getJournal(name: string): Promise<string | undefined>

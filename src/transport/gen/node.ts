@@ -161,3 +161,15 @@ export interface BundlePush {
   sequence: number
   serverKey: string
 }
+
+export type GetFederatedBundlesRequest = Record<string, never>
+
+export interface FederatedBundle {
+  trustDomain: string
+  bundle: string
+  sequence: number
+}
+
+export interface GetFederatedBundlesResponse {
+  bundles: FederatedBundle[]
+}

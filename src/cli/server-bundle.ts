@@ -1,0 +1,164 @@
+/**
+ * `spiffe-edge server bundle …`: our own bundle (`show`) and, as SPIRE's verbs, the bundles of
+ * federated trust domains (`show -id`, `list`, `set`, `delete`, `count`). `set` is how an
+ * https_spiffe relationship gets its first bundle (SPIRE's bootstrap).
+ */
+import { readFileSync } from 'node:fs'
+import { UsageError } from '../errors.js'
+import { adminCall } from '../server/admin-client.js'
+import type { Group, OptionSpec } from './command.js'
+import { leaf } from './server-common.js'
+
+const ID: OptionSpec = {
+  type: 'string',
+  description: 'the SPIFFE ID of the trust domain (spiffe://example.org)',
+  valueName: 'ID',
+}
+const FORMAT: OptionSpec = { type: 'string', description: 'pem or spiffe', default: 'pem' }
+
+function td(v: string | boolean | string[] | undefined): string {
+  if (typeof v !== 'string' || v === '')
+    throw new UsageError('-id is required', 'pass -id spiffe://<trust domain>')
+  return encodeURIComponent(v)
+}
+
+function printBundle(r: Record<string, unknown>): string {
+  return `****************************************\n* ${String(r.trust_domain)}\n****************************************\n${String(r.bundle)}\n`
+}
+
+export const bundleGroup: Group = {
+  kind: 'group',
+  name: 'bundle',
+  summary: "our trust domain's bundle and those of federated trust domains",
+  children: [
+    leaf(
+      'show',
+      'print our bundle, or with -id a federated one (PEM, or SPIFFE bundle JSON)',
+      { format: FORMAT, id: ID },
+      async (v, io, sock) => {
+        const format = encodeURIComponent(String(v.format))
+        if (typeof v.id === 'string') {
+          const r = await adminCall(
+            sock,
+            'GET',
+            `/v1/federated-bundles/${td(v.id)}?format=${format}`,
+          )
+          io.out(v.json ? `${JSON.stringify(r)}\n` : String(r.bundle))
+          return 0
+        }
+        const r = await adminCall(sock, 'GET', `/v1/bundle?format=${format}`)
+        io.out(v.json ? `${JSON.stringify(r)}\n` : String(r.bundle))
+        return 0
+      },
+    ),
+    leaf(
+      'list',
+      'print the bundles of federated trust domains (-id: one of them)',
+      { format: FORMAT, id: ID },
+      async (v, io, sock) => {
+        const format = encodeURIComponent(String(v.format))
+        if (typeof v.id === 'string') {
+          const r = await adminCall(
+            sock,
+            'GET',
+            `/v1/federated-bundles/${td(v.id)}?format=${format}`,
+          )
+          io.out(v.json ? `${JSON.stringify(r)}\n` : printBundle(r))
+          return 0
+        }
+        const r = await adminCall(sock, 'GET', `/v1/federated-bundles?format=${format}`)
+        if (v.json) io.out(`${JSON.stringify(r)}\n`)
+        else for (const b of r.bundles as Record<string, unknown>[]) io.out(printBundle(b))
+        return 0
+      },
+    ),
+    leaf(
+      'set',
+      'create or replace the bundle of a federated trust domain',
+      {
+        id: ID,
+        path: { type: 'string', description: 'the bundle file (- for stdin)', valueName: 'FILE' },
+        format: FORMAT,
+      },
+      async (v, io, sock) => {
+        const id = td(v.id)
+        const file = typeof v.path === 'string' ? v.path : '-'
+        let text: string
+        try {
+          text = file === '-' ? readFileSync(0, 'utf8') : readFileSync(file, 'utf8')
+        } catch (err) {
+          throw new UsageError(`cannot read ${file}: ${(err as Error).message}`, 'pass -path FILE')
+        }
+        const r = await adminCall(sock, 'PUT', `/v1/federated-bundles/${id}`, {
+          bundle: text,
+          format: String(v.format),
+        })
+        io.out(v.json ? `${JSON.stringify(r)}\n` : 'bundle set.\n')
+        return 0
+      },
+    ),
+    leaf(
+      'delete',
+      'delete the bundle of a federated trust domain',
+      { id: ID },
+      async (v, io, sock) => {
+        const r = await adminCall(sock, 'DELETE', `/v1/federated-bundles/${td(v.id)}`)
+        io.out(v.json ? `${JSON.stringify(r)}\n` : 'bundle deleted.\n')
+        return 0
+      },
+    ),
+    leaf('count', 'count the bundles of federated trust domains', {}, async (v, io, sock) => {
+      const r = await adminCall(sock, 'GET', '/v1/federated-bundles?count=true')
+      io.out(v.json ? `${JSON.stringify(r)}\n` : `${String(r.count)} bundles\n`)
+      return 0
+    }),
+  ],
+}
+
+function printRelationship(r: Record<string, unknown>): string {
+  const rows = [
+    ['Trust domain', r.trust_domain],
+    ['Endpoint URL', r.bundle_endpoint_url],
+    ['Endpoint profile', r.bundle_endpoint_profile],
+    ...(r.endpoint_spiffe_id ? [['Endpoint SPIFFE ID', r.endpoint_spiffe_id]] : []),
+    ['Last fetch OK', r.lastSuccess ?? 'never'],
+    ...(r.lastError ? [['Last error', r.lastError]] : []),
+    ['Next fetch', r.nextFetch ?? '-'],
+  ]
+  return `${rows.map(([k, v]) => `${String(k).padEnd(19)}: ${String(v)}`).join('\n')}\n\n`
+}
+
+/** `server federation list|show`: the relationships of the config file, with fetch status. */
+export const federationGroup: Group = {
+  kind: 'group',
+  name: 'federation',
+  summary: 'federation relationships (from [server.federation.federates_with])',
+  children: [
+    leaf('list', 'list the federation relationships', {}, async (v, io, sock) => {
+      const r = await adminCall(sock, 'GET', '/v1/federation')
+      const rels = r.relationships as Record<string, unknown>[]
+      if (v.json) io.out(`${JSON.stringify(r)}\n`)
+      else {
+        io.out(`Found ${rels.length} federation relationship${rels.length === 1 ? '' : 's'}\n\n`)
+        for (const rel of rels) io.out(printRelationship(rel))
+      }
+      return 0
+    }),
+    leaf(
+      'show',
+      'show one federation relationship',
+      { trustDomain: { type: 'string', description: 'its trust domain', valueName: 'TD' } },
+      async (v, io, sock) => {
+        if (typeof v.trustDomain !== 'string' || v.trustDomain === '')
+          throw new UsageError('-trustDomain is required', 'pass -trustDomain example.org')
+        const r = await adminCall(
+          sock,
+          'GET',
+          `/v1/federation/${encodeURIComponent(v.trustDomain)}`,
+        )
+        io.out(v.json ? `${JSON.stringify(r)}\n` : printRelationship(r))
+        return 0
+      },
+    ),
+  ],
+}
