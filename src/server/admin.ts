@@ -5,13 +5,21 @@
  * (primary or supplementary). No credentials, no access: the server does not start without them.
  */
 import { chmodSync, chownSync, lstatSync, rmSync } from 'node:fs'
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer, type Server } from 'node:http'
 import type { Socket } from 'node:net'
-import { LOG_LEVELS, type LogLevel } from '../common/log.js'
+import type { LogLevel } from '../common/log.js'
 import { secureSocketDir } from '../common/socket-dir.js'
 import { isSpiffeEdgeError, SpiffeEdgeError } from '../errors.js'
 import { socketPeerCred } from '../native/peercred.js'
 import type { PeerCredentials } from '../native/types.js'
+import {
+  federatedRoute,
+  HttpError,
+  loggerRoute,
+  mintRoute,
+  readJson,
+  send,
+} from './admin-routes.js'
 import type { AttestedNode, Datastore, EntryInput, RegistrationEntry } from './datastore/types.js'
 import type { ForeignBundleAdmin } from './federation/index.js'
 
@@ -61,14 +69,6 @@ export interface AdminServerOptions {
   readonly log?: (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void
 }
 
-class HttpError extends SpiffeEdgeError {
-  readonly status: number
-  constructor(status: number, code: 'ERR_USAGE' | 'ERR_AUTH', message: string, remedy: string) {
-    super(code, message, { remedy })
-    this.status = status
-  }
-}
-
 const STATUS_BY_CODE: Readonly<Record<string, number>> = {
   ERR_USAGE: 400,
   ERR_CONFIG: 400,
@@ -77,75 +77,6 @@ const STATUS_BY_CODE: Readonly<Record<string, number>> = {
   ERR_DATASTORE_NOT_FOUND: 404,
   ERR_DATASTORE_CONFLICT: 409,
   ERR_AUTH: 403,
-}
-
-async function readJson(req: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const c of req) {
-    size += (c as Buffer).length
-    if (size > 1 << 20)
-      throw new HttpError(400, 'ERR_USAGE', 'request body over 1 MiB', 'send less')
-    chunks.push(c as Buffer)
-  }
-  if (size === 0) return {}
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
-  } catch {
-    throw new HttpError(400, 'ERR_USAGE', 'request body is not JSON', 'send a JSON object')
-  }
-}
-
-function send(res: ServerResponse, status: number, body: unknown): void {
-  const text = `${JSON.stringify(body)}\n`
-  res.writeHead(status, {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(text),
-  })
-  res.end(text)
-}
-
-function bundleFormat(v: unknown): 'pem' | 'spiffe' {
-  const f = v ?? 'pem'
-  if (f !== 'pem' && f !== 'spiffe')
-    throw new HttpError(
-      400,
-      'ERR_USAGE',
-      `unknown bundle format '${String(f)}'`,
-      'use pem or spiffe',
-    )
-  return f
-}
-
-/** /v1/federated-bundles[/<td>]: list (or ?count=true), show, set (PUT), delete. */
-async function federatedRoute(
-  fb: ForeignBundleAdmin,
-  req: IncomingMessage,
-  res: ServerResponse,
-  url: URL,
-  id: string | undefined,
-): Promise<void> {
-  if (req.method === 'GET' && id === undefined) {
-    if (url.searchParams.get('count') === 'true') return send(res, 200, { count: await fb.count() })
-    const format = bundleFormat(url.searchParams.get('format') ?? undefined)
-    return send(res, 200, { bundles: await fb.list(format), federation: fb.status() })
-  }
-  if (id === undefined)
-    throw new HttpError(400, 'ERR_USAGE', 'name the trust domain', 'pass -id spiffe://<td>')
-  if (req.method === 'GET')
-    return send(
-      res,
-      200,
-      await fb.show(id, bundleFormat(url.searchParams.get('format') ?? undefined)),
-    )
-  if (req.method === 'DELETE') {
-    await fb.delete(id)
-    return send(res, 200, { deleted: id })
-  }
-  const body = (await readJson(req)) as { bundle?: unknown; format?: unknown }
-  if (typeof body.bundle !== 'string')
-    throw new HttpError(400, 'ERR_USAGE', 'bundle must be a string', 'pass -path FILE')
-  return send(res, 200, await fb.set(id, body.bundle, bundleFormat(body.format)))
 }
 
 export function entryJson(e: RegistrationEntry): Record<string, unknown> {
@@ -295,93 +226,10 @@ export async function startAdminServer(
         }
         case 'GET /v1/logger':
         case 'PUT /v1/logger':
-        case 'DELETE /v1/logger': {
-          const lg = core.logger
-          if (!lg)
-            throw new HttpError(
-              400,
-              'ERR_USAGE',
-              'this server has no adjustable logger',
-              'run it with spiffe-edge server run',
-            )
-          if (req.method === 'PUT') {
-            const body = (await readJson(req)) as { level?: unknown }
-            const level = typeof body.level === 'string' ? body.level.toLowerCase() : ''
-            if (!(LOG_LEVELS as readonly string[]).includes(level))
-              throw new HttpError(
-                400,
-                'ERR_USAGE',
-                `unknown log level '${String(body.level)}'`,
-                `use one of ${LOG_LEVELS.join(', ')}`,
-              )
-            lg.setLevel(level as LogLevel)
-            opts.log?.('info', 'log level set', { level })
-          } else if (req.method === 'DELETE') {
-            lg.resetLevel()
-            opts.log?.('info', 'log level reset', { level: lg.level })
-          }
-          return send(res, 200, {
-            current_level: lg.level,
-            launch_level: core.launchLogLevel ?? lg.level,
-          })
-        }
-        case 'POST /v1/mint': {
-          // POST /v1/mint/x509 | /v1/mint/jwt (SPIRE: x509 mint, jwt mint). Admin callers only,
-          // like every route here; the private key never comes to the server (x509 sends a CSR).
-          const body = (await readJson(req)) as Record<string, unknown>
-          const spiffeId = body.spiffe_id
-          const ttl = body.ttl === undefined ? 0 : Number(body.ttl)
-          if (typeof spiffeId !== 'string')
-            throw new HttpError(400, 'ERR_USAGE', 'spiffe_id must be a string', 'pass -spiffeID')
-          if (!Number.isInteger(ttl) || ttl < 0 || ttl > 30 * 86400)
-            throw new HttpError(400, 'ERR_USAGE', 'ttl must be 0 to 2592000 seconds', 'pass -ttl')
-          if (id === 'x509') {
-            const csr = typeof body.csr === 'string' ? Buffer.from(body.csr, 'base64') : undefined
-            const dns = Array.isArray(body.dns_names) ? body.dns_names : []
-            if (!csr || csr.length === 0 || dns.some((d) => typeof d !== 'string'))
-              throw new HttpError(
-                400,
-                'ERR_USAGE',
-                'csr (base64 DER) and string dns_names required',
-                'use the CLI',
-              )
-            const r = await core.mintX509({
-              csr,
-              spiffeId,
-              ttlSeconds: ttl,
-              dnsNames: dns as string[],
-            })
-            opts.log?.('info', 'x509-svid minted', { spiffe_id: spiffeId })
-            return send(res, 201, {
-              chain: r.chain.map((c) => Buffer.from(c).toString('base64')),
-              expires_at: r.expiresAt,
-              bundle: r.bundle,
-            })
-          }
-          if (id === 'jwt') {
-            const aud = body.audience
-            if (
-              !Array.isArray(aud) ||
-              aud.length === 0 ||
-              aud.some((a) => typeof a !== 'string' || a === '')
-            )
-              throw new HttpError(
-                400,
-                'ERR_USAGE',
-                'at least one audience is required',
-                'pass -audience',
-              )
-            const r = await core.mintJwt({ spiffeId, audience: aud as string[], ttlSeconds: ttl })
-            opts.log?.('info', 'jwt-svid minted', { spiffe_id: spiffeId })
-            return send(res, 201, { token: r.token, expires_at: r.expiresAt })
-          }
-          throw new HttpError(
-            400,
-            'ERR_USAGE',
-            'use POST /v1/mint/x509 or /v1/mint/jwt',
-            'see --help',
-          )
-        }
+        case 'DELETE /v1/logger':
+          return await loggerRoute(core, req, res, opts.log)
+        case 'POST /v1/mint':
+          return await mintRoute(core, req, res, id, opts.log)
         case 'POST /v1/tokens': {
           const body = (await readJson(req)) as { spiffe_id?: unknown; ttl?: unknown }
           const ttl = body.ttl === undefined ? 600 : Number(body.ttl)
