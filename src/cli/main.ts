@@ -1,6 +1,4 @@
-import { readFileSync } from 'node:fs'
-import { join } from 'node:path'
-import { packageRoot } from '../common/package-root.js'
+import { packageVersion } from '../common/package-root.js'
 import { agentRunCommand } from './agent-run.js'
 import { agentHealthcheck, apiGroup } from './api.js'
 import { type Group, type Io, runCli } from './command.js'
@@ -46,13 +44,6 @@ function exitQuietlyOnEpipe(stream: NodeJS.WriteStream, code: number): void {
     if (err.code === 'EPIPE') process.exit(code)
     throw err
   })
-}
-
-function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as {
-    version?: string
-  }
-  return pkg.version ?? 'unknown'
 }
 
 export async function main(argv: readonly string[], io?: Partial<Io>): Promise<number> {

@@ -4,9 +4,8 @@
  * short timeouts), answers from in-memory state, and says nothing secret.
  */
 import { createServer, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
-import { SpiffeEdgeError } from '../errors.js'
 import type { ConfigReader, Table } from './config.js'
+import { type HttpListener, listenHttp } from './http-listener.js'
 
 export interface HealthChecksConfig {
   readonly bindAddress: string
@@ -47,10 +46,7 @@ export function healthChecksConfig(r: ConfigReader, doc: Table): HealthChecksCon
   }
 }
 
-export interface HealthListener {
-  readonly port: number
-  close(): Promise<void>
-}
+export type HealthListener = HttpListener
 
 export async function startHealthListener(
   cfg: HealthChecksConfig,
@@ -89,30 +85,14 @@ export async function startHealthListener(
   server.keepAliveTimeout = 1000
   server.maxHeadersCount = 32
   server.maxConnections = 256
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(
-        new SpiffeEdgeError(
-          'ERR_HEALTH_LISTENER',
-          `health_checks cannot listen on ${cfg.bindAddress}:${cfg.bindPort}: ${err.message}`,
-          {
-            remedy:
-              err.code === 'EADDRINUSE'
-                ? 'another process holds that port: pick another health_checks.bind_port'
-                : 'check health_checks.bind_address and bind_port',
-            cause: err,
-          },
-        ),
-      ),
-    )
-    server.listen(cfg.bindPort, cfg.bindAddress, () => resolve())
-  })
-  return {
-    port: (server.address() as AddressInfo).port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve())
-        server.closeAllConnections()
-      }),
-  }
+  return listenHttp(
+    server,
+    { host: cfg.bindAddress, port: cfg.bindPort },
+    {
+      code: 'ERR_HEALTH_LISTENER',
+      table: 'health_checks',
+      portKey: 'health_checks.bind_port',
+      addressKey: 'health_checks.bind_address',
+    },
+  )
 }

@@ -4,14 +4,11 @@
  * headers must arrive within 5 s, and a scrape renders from memory (gauges are read from the
  * running process at collect time, never from disk or the network).
  */
-import { readFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
-import { join } from 'node:path'
 import { collectDefaultMetrics, Registry } from 'prom-client'
-import { SpiffeEdgeError } from '../errors.js'
 import type { ConfigReader, Table } from './config.js'
-import { packageRoot } from './package-root.js'
+import { listenHttp } from './http-listener.js'
+import { packageVersion } from './package-root.js'
 
 export interface TelemetryConfig {
   readonly host: string
@@ -87,42 +84,16 @@ export async function startMetricsListener(
   server.keepAliveTimeout = 5000
   server.maxHeadersCount = 32
   server.maxConnections = 64
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(
-        new SpiffeEdgeError(
-          'ERR_METRICS_LISTENER',
-          `telemetry.Prometheus cannot listen on ${cfg.host}:${cfg.port}: ${err.message}`,
-          {
-            remedy:
-              err.code === 'EADDRINUSE'
-                ? 'another process holds that port: pick another telemetry.Prometheus.port'
-                : 'check telemetry.Prometheus.host and port',
-            cause: err,
-          },
-        ),
-      ),
-    )
-    server.listen(cfg.port, cfg.host, () => resolve())
-  })
-  return {
-    port: (server.address() as AddressInfo).port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve())
-        server.closeAllConnections()
-      }),
-  }
+  return listenHttp(
+    server,
+    { host: cfg.host, port: cfg.port },
+    {
+      code: 'ERR_METRICS_LISTENER',
+      table: 'telemetry.Prometheus',
+      portKey: 'telemetry.Prometheus.port',
+      addressKey: 'telemetry.Prometheus.host',
+    },
+  )
 }
 
-/** The package version, for the `started` info gauge. */
-export function packageVersion(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as {
-      version?: unknown
-    }
-    return typeof pkg.version === 'string' ? pkg.version : 'unknown'
-  } catch {
-    return 'unknown'
-  }
-}
+export { packageVersion }

@@ -54,6 +54,27 @@ export async function startServerProcess(
   }
 }
 
+/**
+ * The usual arrangement: a join token that gives its agent the alias spiffe://example.org/host,
+ * and an entry under that alias issuing `workloadId` to this process's uid. Returns the token.
+ */
+export async function hostTokenFor(server: ServerProcess, workloadId: string): Promise<string> {
+  const token = JSON.parse(
+    await server.admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
+  ).token as string
+  await server.admin(
+    'entry',
+    'create',
+    '--parentID',
+    'spiffe://example.org/host',
+    '--spiffeID',
+    workloadId,
+    '--selector',
+    `unix:uid:${process.getuid!()}`,
+  )
+  return token
+}
+
 /** Writes an agent config into `dir` (paths inside it); returns its path. */
 export function writeAgentConfig(dir: string, address: string, agentToml = ''): string {
   const config = join(dir, 'agent.conf')

@@ -8,6 +8,7 @@ import { parsePemCertificates } from '../../src/spiffe/bundle.js'
 import {
   agentArgs,
   fetchValidSvids,
+  hostTokenFor,
   processDir,
   startServerProcess,
   writeAgentConfig,
@@ -37,19 +38,7 @@ test('a bundle-bootstrapped agent survives CA rotations and a restart after its 
   assert.equal(bootstrapCas.length, 1, 'a fresh server publishes one CA')
   const bootstrapExpires = new x509.X509Certificate(bootstrapCas[0]!).notAfter.getTime()
 
-  const token = JSON.parse(
-    await server.admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
-  ).token as string
-  await server.admin(
-    'entry',
-    'create',
-    '--parentID',
-    'spiffe://example.org/host',
-    '--spiffeID',
-    'spiffe://example.org/w',
-    '--selector',
-    `unix:uid:${process.getuid!()}`,
-  )
+  const token = await hostTokenFor(server, 'spiffe://example.org/w')
   const config = writeAgentConfig(dir, server.address, 'sync_interval = "1s"')
   // The flag names the bootstrap file on every start, as a systemd unit would.
   const args = agentArgs(config, '--trust-bundle', bootstrap)

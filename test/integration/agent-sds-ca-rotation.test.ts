@@ -4,6 +4,7 @@ import { rmSync } from 'node:fs'
 import { test } from 'node:test'
 import {
   agentArgs,
+  hostTokenFor,
   processDir,
   startServerProcess,
   writeAgentConfig,
@@ -32,19 +33,7 @@ test('a CA rotation pushes a new ROOTCA to an open SDS stream', { timeout: 120_0
     t,
     'ca_ttl = "30s"\ndefault_x509_svid_ttl = "20s"\nagent_ttl = "25s"\nattest_rate_per_second = 1000',
   )
-  const token = JSON.parse(
-    await server.admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
-  ).token as string
-  await server.admin(
-    'entry',
-    'create',
-    '--parentID',
-    'spiffe://example.org/host',
-    '--spiffeID',
-    'spiffe://example.org/envoy',
-    '--selector',
-    `unix:uid:${process.getuid!()}`,
-  )
+  const token = await hostTokenFor(server, 'spiffe://example.org/envoy')
   const config = writeAgentConfig(dir, server.address, 'sync_interval = "1s"')
   const agent = await startCli(
     [...agentArgs(config, '--insecure-bootstrap'), '--join-token', token],

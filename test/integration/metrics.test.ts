@@ -7,6 +7,7 @@ import { workloadClient } from '../../src/agent/workload-api/client.js'
 import {
   agentArgs,
   fetchValidSvids,
+  hostTokenFor,
   processDir,
   startServerProcess,
   writeAgentConfig,
@@ -46,19 +47,7 @@ test('Prometheus metrics from a real server and agent move with attestation, syn
 
   const bundle = join(root, 'bundle.pem')
   writeFileSync(bundle, await server.admin('bundle', 'show'))
-  const token = JSON.parse(
-    await server.admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
-  ).token as string
-  await server.admin(
-    'entry',
-    'create',
-    '--parentID',
-    'spiffe://example.org/host',
-    '--spiffeID',
-    'spiffe://example.org/w',
-    '--selector',
-    `unix:uid:${process.getuid!()}`,
-  )
+  const token = await hostTokenFor(server, 'spiffe://example.org/w')
   const d = join(root, 'agent')
   mkdirSync(d)
   const agent = await startCli(

@@ -7,6 +7,7 @@ import { startMosquitto } from '../../hardware-sim/mosquitto.js'
 import {
   agentArgs,
   fetchValidSvids,
+  hostTokenFor,
   processDir,
   startServerProcess,
   writeAgentConfig,
@@ -43,19 +44,7 @@ test('server and agent processes over MQTT (TLS): Workload API X.509 and JWT SVI
     `agent_ttl = "20s"\ndefault_x509_svid_ttl = "1h"\nattest_rate_per_second = 100\n${serverMqttToml(broker)}`,
   )
   writeFileSync(join(dir, 'bundle.pem'), await server.admin('bundle', 'show'))
-  const token = JSON.parse(
-    await server.admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
-  ).token as string
-  await server.admin(
-    'entry',
-    'create',
-    '--parentID',
-    'spiffe://example.org/host',
-    '--spiffeID',
-    'spiffe://example.org/me',
-    '--selector',
-    `unix:uid:${process.getuid!()}`,
-  )
+  const token = await hostTokenFor(server, 'spiffe://example.org/me')
   const config = writeAgentConfig(
     dir,
     broker.url,

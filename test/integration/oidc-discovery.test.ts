@@ -9,6 +9,7 @@ import { decodeJwt, decodeProtectedHeader } from 'jose'
 import { workloadClient } from '../../src/agent/workload-api/client.js'
 import {
   agentArgs,
+  hostTokenFor,
   processDir,
   type ServerProcess,
   startServerProcess,
@@ -83,19 +84,7 @@ async function trustDomain(t: T, serverToml: string): Promise<Domain> {
   const dir = processDir('spiffe-edge-oidc-')
   t.after(async () => rmSync(dir, { recursive: true, force: true }))
   const server = await startServerProcess(dir, t, serverToml)
-  const token = JSON.parse(
-    await server.admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
-  ).token as string
-  await server.admin(
-    'entry',
-    'create',
-    '--parentID',
-    'spiffe://example.org/host',
-    '--spiffeID',
-    'spiffe://example.org/workload',
-    '--selector',
-    `unix:uid:${process.getuid!()}`,
-  )
+  const token = await hostTokenFor(server, 'spiffe://example.org/workload')
   const config = writeAgentConfig(dir, server.address, 'sync_interval = "1s"')
   const agent = await startCli(
     [...agentArgs(config), '--join-token', token, '--insecure-bootstrap'],
