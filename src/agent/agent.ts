@@ -217,6 +217,18 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
     ...(metrics ? { wrapHandlers: (h) => metrics.instrumentWorkloadApi(h) } : {}),
   })
   let health: HealthListener | undefined
+  let metricsListener: MetricsListener | undefined
+  /** Stops everything started so far, newest first (a failed start and close() alike). */
+  const teardown = async () => {
+    await metricsListener?.close()
+    await health?.close()
+    await api.close()
+    await manager.stop()
+    client.close()
+    storage.close()
+    await identity.close()
+    stopTpmObserver?.()
+  }
   if (config.healthChecks) {
     try {
       health = await startHealthListener(config.healthChecks, {
@@ -231,16 +243,11 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
         address: `${config.healthChecks.bindAddress}:${health.port}`,
       })
     } catch (err) {
-      await api.close()
-      await manager.stop()
-      client.close()
-      storage.close()
-      await identity.close()
+      await teardown()
       throw err
     }
   }
   metrics?.watchWorkloadApi(api)
-  let metricsListener: MetricsListener | undefined
   if (config.telemetry) {
     try {
       metricsListener = await startMetricsListener(config.telemetry, metrics!.registry)
@@ -248,13 +255,7 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
         address: `${config.telemetry.host}:${metricsListener.port}`,
       })
     } catch (err) {
-      await health?.close()
-      await api.close()
-      await manager.stop()
-      client.close()
-      storage.close()
-      await identity.close()
-      stopTpmObserver?.()
+      await teardown()
       throw err
     }
   }
@@ -271,14 +272,7 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
   let closing: Promise<void> | undefined
   const close = () => {
     closing ??= (async () => {
-      await metricsListener?.close()
-      await health?.close()
-      await api.close()
-      await manager.stop()
-      client.close()
-      storage.close()
-      await identity.close()
-      stopTpmObserver?.()
+      await teardown()
       log('info', 'agent stopped')
     })()
     return closing

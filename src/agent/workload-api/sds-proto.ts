@@ -4,12 +4,14 @@
  * here. The service is a raw-bytes grpc-js definition like the Workload API's (service.ts): the
  * handlers decode requests themselves so a malformed one becomes a coded INVALID_ARGUMENT.
  */
+
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, isAbsolute, join } from 'node:path'
-import type { MethodDefinition, ServiceDefinition } from '@grpc/grpc-js'
+import type { ServiceDefinition } from '@grpc/grpc-js'
 import protobuf from 'protobufjs'
 import { WorkloadProtocolError } from './errors.js'
+import { rawMethod } from './service.js'
 
 export const SDS_SERVICE = 'envoy.service.secret.v3.SecretDiscoveryService'
 export const SECRET_TYPE_URL =
@@ -146,25 +148,8 @@ export function sdsCodec(): SdsCodec {
   }
 }
 
-const bytes = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength)
-const raw = (b: Buffer): Uint8Array => new Uint8Array(b.buffer, b.byteOffset, b.byteLength)
-
-function method(
-  name: string,
-  requestStream: boolean,
-  responseStream: boolean,
-): MethodDefinition<Uint8Array, Uint8Array> {
-  return {
-    path: `/${SDS_SERVICE}/${name}`,
-    requestStream,
-    responseStream,
-    requestSerialize: bytes,
-    requestDeserialize: raw,
-    responseSerialize: bytes,
-    responseDeserialize: raw,
-    originalName: name.charAt(0).toLowerCase() + name.slice(1),
-  }
-}
+const method = (name: string, requestStream: boolean, responseStream: boolean) =>
+  rawMethod(SDS_SERVICE, name, requestStream, responseStream)
 
 export const sdsServiceDefinition: ServiceDefinition = {
   StreamSecrets: method('StreamSecrets', true, true),

@@ -8,7 +8,8 @@ import type { MethodDefinition, ServiceDefinition } from '@grpc/grpc-js'
 const bytes = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength)
 const raw = (b: Buffer): Uint8Array => new Uint8Array(b.buffer, b.byteOffset, b.byteLength)
 
-function method(
+/** A raw-bytes method definition (also used by the SDS service, sds-proto.ts). */
+export function rawMethod(
   service: string,
   name: string,
   requestStream: boolean,
@@ -33,11 +34,11 @@ export const WORKLOAD_SERVICE = 'SpiffeWorkloadAPI'
 export const HEALTH_SERVICE = 'grpc.health.v1.Health'
 
 export const workloadServiceDefinition: ServiceDefinition = {
-  FetchX509SVID: method(WORKLOAD_SERVICE, 'FetchX509SVID', false, true),
-  FetchX509Bundles: method(WORKLOAD_SERVICE, 'FetchX509Bundles', false, true),
-  FetchJWTSVID: method(WORKLOAD_SERVICE, 'FetchJWTSVID', false, false),
-  FetchJWTBundles: method(WORKLOAD_SERVICE, 'FetchJWTBundles', false, true),
-  ValidateJWTSVID: method(WORKLOAD_SERVICE, 'ValidateJWTSVID', false, false),
-  FetchWITSVID: method(WORKLOAD_SERVICE, 'FetchWITSVID', false, true),
-  FetchWITBundles: method(WORKLOAD_SERVICE, 'FetchWITBundles', false, true),
+  FetchX509SVID: rawMethod(WORKLOAD_SERVICE, 'FetchX509SVID', false, true),
+  FetchX509Bundles: rawMethod(WORKLOAD_SERVICE, 'FetchX509Bundles', false, true),
+  FetchJWTSVID: rawMethod(WORKLOAD_SERVICE, 'FetchJWTSVID', false, false),
+  FetchJWTBundles: rawMethod(WORKLOAD_SERVICE, 'FetchJWTBundles', false, true),
+  ValidateJWTSVID: rawMethod(WORKLOAD_SERVICE, 'ValidateJWTSVID', false, false),
+  FetchWITSVID: rawMethod(WORKLOAD_SERVICE, 'FetchWITSVID', false, true),
+  FetchWITBundles: rawMethod(WORKLOAD_SERVICE, 'FetchWITBundles', false, true),
 }
