@@ -173,6 +173,8 @@ if [ "$keys" = pkcs11 ] && [ "$attestor" != tpm ]; then
 fi
 if [ "$transport" = mqtt ]; then
   [ "${agent_args[1]}" = "$state/agent.conf" ] || cp "${agent_args[1]}" "$state/agent.conf"
+  # The file names the broker too (the flag below overrides it), so `keys list` reads it as valid.
+  sed -i "s#^server_address = .*#server_address = \"$broker_url\"#" "$state/agent.conf"
   printf '\n[agent.mqtt]\nca_file = "%s"\n' "$broker_ca" >>"$state/agent.conf"
   agent_args[1]="$state/agent.conf"
   address="$broker_url"
