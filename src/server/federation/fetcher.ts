@@ -118,6 +118,8 @@ export class FederationFetcher {
   /** One fetch per domain at a time; `again` when fetchSoon came during one. */
   private readonly inFlight = new Map<string, { again: boolean }>()
   private stopped = false
+  /** Bumped when an operator deletes a domain's bundle: a fetch that began before it stores nothing. */
+  private readonly generation = new Map<string, number>()
 
   constructor(o: FederationFetcherOptions) {
     this.o = o
@@ -140,6 +142,11 @@ export class FederationFetcher {
     const running = this.inFlight.get(trustDomain)
     if (running) running.again = true
     else this.schedule(rel, 0)
+  }
+
+  /** An operator deleted `trustDomain`'s bundle: a fetch already in flight must not bring it back. */
+  forget(trustDomain: string): void {
+    this.generation.set(trustDomain, (this.generation.get(trustDomain) ?? 0) + 1)
   }
 
   statuses(): FederationStatus[] {
@@ -233,6 +240,7 @@ export class FederationFetcher {
   /** One fetch, validated and stored; returns the bundle now held. Throws ERR_FEDERATION_FETCH. */
   async fetchOnce(rel: FederationRelationship): Promise<TrustBundle> {
     const td = TrustDomain.parse(rel.trustDomain)
+    const gen = this.generation.get(td.name) ?? 0
     const tls =
       rel.profile.type === 'https_spiffe'
         ? {
@@ -282,7 +290,20 @@ export class FederationFetcher {
         )
       }
     }
+    if ((this.generation.get(td.name) ?? 0) !== gen)
+      throw fail(
+        `the bundle of ${td.name} was deleted during the fetch`,
+        'bootstrap it again to federate',
+      )
     await this.o.datastore.setFederatedBundle(td.name, b.toSpiffeJson(), b.sequence)
+    // A delete between the check and the write: undo the write (the delete wins).
+    if ((this.generation.get(td.name) ?? 0) !== gen) {
+      await this.o.datastore.deleteFederatedBundle(td.name)
+      throw fail(
+        `the bundle of ${td.name} was deleted during the fetch`,
+        'bootstrap it again to federate',
+      )
+    }
     this.o.log('info', 'federated bundle updated', {
       trust_domain: td.name,
       sequence: b.sequence,

@@ -149,6 +149,7 @@ export async function startFederation(o: FederationOptions): Promise<RunningFede
     },
     async delete(id) {
       const td = foreignDomain(id, o.trustDomain)
+      fetcher.forget(td.name) // before the delete: a fetch in flight then stores nothing
       await ds.deleteFederatedBundle(td.name)
       o.log('info', 'federated bundle deleted', { trust_domain: td.name })
     },
