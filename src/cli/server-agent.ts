@@ -11,7 +11,7 @@ import {
   type OptionValues,
   requireString,
 } from './command.js'
-import { leaf, list, parseSelector } from './server-common.js'
+import { hasAllSelectors, leaf, list, parseSelector } from './server-common.js'
 
 interface AgentView {
   spiffeId: string
@@ -91,7 +91,7 @@ async function findAgents(v: OptionValues, sock: string): Promise<AgentView[]> {
   const all = (await adminCall(sock, 'GET', '/v1/agents')).agents as AgentView[]
   return all.filter(
     (a) =>
-      selectors.every((s) => a.selectors.some((x) => x.type === s.type && x.value === s.value)) &&
+      hasAllSelectors(a.selectors, selectors) &&
       (type === undefined || a.attestorType === type) &&
       (banned === undefined || a.banned === banned) &&
       (canReattest === undefined || a.canReattest === canReattest) &&

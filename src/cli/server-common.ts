@@ -34,6 +34,14 @@ export const list = (v: string | boolean | string[] | undefined): string[] =>
   Array.isArray(v) ? v : typeof v === 'string' ? [v] : []
 
 /** SPIRE's selector form: type:value, where the value may itself contain colons. */
+/** SPIRE's superset match for `-selector` filters: every wanted selector is among `have`. */
+export function hasAllSelectors(
+  have: readonly { type: string; value: string }[],
+  want: readonly { type: string; value: string }[],
+): boolean {
+  return want.every((s) => have.some((x) => x.type === s.type && x.value === s.value))
+}
+
 export function parseSelector(s: string): { type: string; value: string } {
   const i = s.indexOf(':')
   if (i <= 0 || i === s.length - 1) {

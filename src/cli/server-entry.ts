@@ -4,7 +4,14 @@ import { isSpiffeEdgeError, UsageError } from '../errors.js'
 import { adminCall } from '../server/admin-client.js'
 import type { Group, Io, OptionSpec, OptionValues } from './command.js'
 import { requireString } from './command.js'
-import { leaf, list, parseSelector, seconds, unixSeconds } from './server-common.js'
+import {
+  hasAllSelectors,
+  leaf,
+  list,
+  parseSelector,
+  seconds,
+  unixSeconds,
+} from './server-common.js'
 
 export const ENTRY_FLAGS: Readonly<Record<string, OptionSpec>> = {
   spiffeID: { type: 'string', description: 'the SPIFFE ID this entry issues', valueName: 'ID' },
@@ -94,7 +101,7 @@ async function findEntries(v: OptionValues, sock: string): Promise<EntryView[]> 
   const tds = list(v.federatesWith)
   return entries.filter(
     (e) =>
-      selectors.every((s) => e.selectors.some((x) => x.type === s.type && x.value === s.value)) &&
+      hasAllSelectors(e.selectors, selectors) &&
       tds.every((td) => e.federatesWith.includes(td)) &&
       (v.downstream !== true || e.downstream),
   )
