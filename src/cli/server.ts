@@ -2,9 +2,10 @@
 import { adminCall } from '../server/admin-client.js'
 import { type Group, type Leaf, requireString } from './command.js'
 import { agentGroup } from './server-agent.js'
-import { bundleGroup, federationGroup } from './server-bundle.js'
+import { bundleGroup } from './server-bundle.js'
 import { leaf, seconds } from './server-common.js'
 import { entryGroup } from './server-entry.js'
+import { federationGroup } from './server-federation.js'
 import { jwtGroup, x509Group } from './server-mint.js'
 
 const tokenGroup: Group = {

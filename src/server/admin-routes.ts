@@ -7,6 +7,7 @@ import { LOG_LEVELS, type LogLevel } from '../common/log.js'
 import { SpiffeEdgeError } from '../errors.js'
 import type { AdminCore } from './admin.js'
 import type { ForeignBundleAdmin } from './federation/index.js'
+import type { RelationshipAdmin } from './federation/relationships.js'
 
 type AdminLog =
   | ((level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void)
@@ -87,6 +88,47 @@ export async function federatedRoute(
   if (typeof body.bundle !== 'string')
     throw new HttpError(400, 'ERR_USAGE', 'bundle must be a string', 'pass -path FILE')
   return send(res, 200, await fb.set(id, body.bundle, bundleFormat(body.format)))
+}
+
+/**
+ * /v1/federation: GET (list) | GET /<td> (show) | POST {relationships: […]} (batch create) |
+ * PUT {relationships: […]} (batch update) | DELETE /<td> | POST /<td>/refresh. Batch answers
+ * carry one result per item, as SPIRE's trust domain API (200 even when some failed).
+ */
+export async function federationRoute(
+  rels: RelationshipAdmin,
+  req: IncomingMessage,
+  res: ServerResponse,
+  parts: readonly string[],
+): Promise<void> {
+  const id = parts[2]
+  if (req.method === 'GET')
+    return send(res, 200, id === undefined ? { relationships: rels.list() } : rels.show(id))
+  if (req.method === 'DELETE') {
+    if (id === undefined)
+      throw new HttpError(400, 'ERR_USAGE', 'name the trust domain', 'pass -id spiffe://<td>')
+    await rels.delete(id)
+    return send(res, 200, { deleted: id })
+  }
+  if (req.method === 'POST' && id !== undefined && parts[3] === 'refresh') {
+    rels.refresh(id)
+    return send(res, 202, { refreshing: id })
+  }
+  if (id !== undefined)
+    throw new HttpError(
+      400,
+      'ERR_USAGE',
+      'create and update take no trust domain in the path',
+      'POST or PUT /v1/federation',
+    )
+  const body = (await readJson(req)) as { relationships?: unknown }
+  if (!Array.isArray(body.relationships))
+    throw new HttpError(400, 'ERR_USAGE', 'relationships must be a list', 'use the CLI')
+  const results =
+    req.method === 'POST'
+      ? await rels.create(body.relationships)
+      : await rels.update(body.relationships)
+  return send(res, 200, { results })
 }
 
 /** GET / PUT {level} / DELETE /v1/logger: SPIRE's logger get|set|reset. */

@@ -14,6 +14,7 @@ import { socketPeerCred } from '../native/peercred.js'
 import type { PeerCredentials } from '../native/types.js'
 import {
   federatedRoute,
+  federationRoute,
   HttpError,
   loggerRoute,
   mintRoute,
@@ -76,6 +77,7 @@ const STATUS_BY_CODE: Readonly<Record<string, number>> = {
   ERR_DATASTORE_INVALID: 400,
   ERR_DATASTORE_NOT_FOUND: 404,
   ERR_DATASTORE_CONFLICT: 409,
+  ERR_FEDERATION_STATIC: 409,
   ERR_AUTH: 403,
 }
 
@@ -149,10 +151,10 @@ export async function startAdminServer(
             bundle: format === 'pem' ? b.pem : b.spiffe,
           })
         }
-        case 'GET /v1/federation': {
-          const rels = core.federatedBundles?.relationships(id) ?? []
-          return send(res, 200, id === undefined ? { relationships: rels } : rels[0])
-        }
+        case 'GET /v1/federation':
+        case 'POST /v1/federation':
+        case 'PUT /v1/federation':
+        case 'DELETE /v1/federation':
         case 'GET /v1/federated-bundles':
         case 'PUT /v1/federated-bundles':
         case 'DELETE /v1/federated-bundles': {
@@ -163,6 +165,8 @@ export async function startAdminServer(
               'federation is not available',
               'upgrade the server',
             )
+          if (parts[1] === 'federation')
+            return await federationRoute(core.federatedBundles.relationships, req, res, parts)
           return await federatedRoute(core.federatedBundles, req, res, url, id)
         }
         case 'POST /v1/entries': {

@@ -44,3 +44,83 @@ test('federated bundles: own table, set/get/list/delete, survive a reopen, never
     rmSync(dir, { recursive: true, force: true })
   }
 })
+
+test('federation relationships: create/get/list/update/delete, conflict, limit, survive a reopen', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-dsrel-'))
+  try {
+    const path = join(dir, 'ds.sqlite3')
+    const ds = await openSqliteDatastore(path)
+    const web = {
+      trustDomain: 'two.test',
+      bundleEndpointUrl: 'https://two.test/',
+      profile: 'https_web' as const,
+      endpointSpiffeId: '',
+    }
+    const created = await ds.createFederationRelationship(web, 2)
+    assert.equal(created.profile, 'https_web')
+    assert.ok(created.createdAt > 1_700_000_000)
+    await assert.rejects(ds.createFederationRelationship(web, 2), {
+      code: 'ERR_DATASTORE_CONFLICT',
+    })
+    await ds.createFederationRelationship(
+      {
+        trustDomain: 'a.test',
+        bundleEndpointUrl: 'https://a.test:8443/',
+        profile: 'https_spiffe',
+        endpointSpiffeId: 'spiffe://a.test/spire/server',
+      },
+      2,
+    )
+    // The limit is counted in the write: a third is refused.
+    await assert.rejects(
+      ds.createFederationRelationship({ ...web, trustDomain: 'three.test' }, 2),
+      { code: 'ERR_DATASTORE_INVALID' },
+    )
+    // https_spiffe without an endpoint ID, or https_web with one, is refused.
+    await assert.rejects(
+      ds.createFederationRelationship(
+        { ...web, trustDomain: 'x.test', profile: 'https_spiffe' },
+        9,
+      ),
+      { code: 'ERR_DATASTORE_INVALID' },
+    )
+    await assert.rejects(
+      ds.createFederationRelationship(
+        { ...web, trustDomain: 'y.test', endpointSpiffeId: 'spiffe://y.test/s' },
+        9,
+      ),
+      { code: 'ERR_DATASTORE_INVALID' },
+    )
+    const upd = await ds.updateFederationRelationship({
+      ...web,
+      bundleEndpointUrl: 'https://two.test:9443/',
+      profile: 'https_spiffe',
+      endpointSpiffeId: 'spiffe://two.test/spire/server',
+    })
+    assert.equal(upd.bundleEndpointUrl, 'https://two.test:9443/')
+    await assert.rejects(ds.updateFederationRelationship({ ...web, trustDomain: 'none.test' }), {
+      code: 'ERR_DATASTORE_NOT_FOUND',
+    })
+    await ds.close()
+    const again = await openSqliteDatastore(path)
+    assert.deepEqual(
+      (await again.listFederationRelationships()).map((r) => [
+        r.trustDomain,
+        r.profile,
+        r.endpointSpiffeId,
+      ]),
+      [
+        ['a.test', 'https_spiffe', 'spiffe://a.test/spire/server'],
+        ['two.test', 'https_spiffe', 'spiffe://two.test/spire/server'],
+      ],
+    )
+    await again.deleteFederationRelationship('a.test')
+    assert.equal(await again.getFederationRelationship('a.test'), undefined)
+    await assert.rejects(again.deleteFederationRelationship('a.test'), {
+      code: 'ERR_DATASTORE_NOT_FOUND',
+    })
+    await again.close()
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+})

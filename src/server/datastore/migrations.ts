@@ -150,6 +150,23 @@ export const migrations: readonly Migration[] = [
       ) STRICT;
     `,
   },
+  {
+    version: 4,
+    description: 'federation relationships created through the admin API',
+    sql: `
+      -- SPIRE's dynamic relationships (trust domain API); the config file's stay in the config.
+      -- endpoint_spiffe_id is '' for https_web.
+      CREATE TABLE federation_relationships (
+        trust_domain TEXT PRIMARY KEY,
+        bundle_endpoint_url TEXT NOT NULL,
+        profile TEXT NOT NULL CHECK (profile IN ('https_web', 'https_spiffe')),
+        endpoint_spiffe_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        CHECK ((profile = 'https_spiffe') = (endpoint_spiffe_id != ''))
+      ) STRICT;
+    `,
+  },
 ]
 
 /** The schema version this build writes; a database with a higher one is refused. */

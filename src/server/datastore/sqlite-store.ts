@@ -17,6 +17,7 @@ import type {
   EntryFilter,
   EntryInput,
   FederatedBundleRow,
+  FederationRelationshipRow,
   JoinTokenInput,
   RegistrationEntry,
 } from './types.js'
@@ -151,6 +152,41 @@ export class SqliteDatastore implements Datastore {
 
   async deleteFederatedBundle(trustDomain: string): Promise<void> {
     return this.#op('delete federated bundle', () => federated.remove(this.#c, trustDomain))
+  }
+
+  async getFederationRelationship(
+    trustDomain: string,
+  ): Promise<FederationRelationshipRow | undefined> {
+    return this.#op('get federation relationship', () =>
+      federated.getRelationship(this.#c, trustDomain),
+    )
+  }
+
+  async listFederationRelationships(): Promise<FederationRelationshipRow[]> {
+    return this.#op('list federation relationships', () => federated.listRelationships(this.#c))
+  }
+
+  async createFederationRelationship(
+    r: federated.FederationRelationshipInput,
+    limit: number,
+  ): Promise<FederationRelationshipRow> {
+    return this.#op('create federation relationship', () =>
+      federated.createRelationship(this.#c, r, limit),
+    )
+  }
+
+  async updateFederationRelationship(
+    r: federated.FederationRelationshipInput,
+  ): Promise<FederationRelationshipRow> {
+    return this.#op('update federation relationship', () =>
+      federated.updateRelationship(this.#c, r),
+    )
+  }
+
+  async deleteFederationRelationship(trustDomain: string): Promise<void> {
+    return this.#op('delete federation relationship', () =>
+      federated.removeRelationship(this.#c, trustDomain),
+    )
   }
 
   async getJournal(name: string): Promise<string | undefined> {

@@ -91,6 +91,18 @@ export interface FederatedBundleRow {
   readonly updatedAt: number
 }
 
+/** A federation relationship created through the admin API (SPIRE's dynamic relationship). */
+export interface FederationRelationshipRow {
+  readonly trustDomain: string
+  readonly bundleEndpointUrl: string
+  readonly profile: 'https_web' | 'https_spiffe'
+  /** '' for https_web. */
+  readonly endpointSpiffeId: string
+  /** unix s. */
+  readonly createdAt: number
+  readonly updatedAt: number
+}
+
 export interface Datastore extends AsyncDisposable {
   /** Rejects exact duplicates (same spiffeId + parentId + selector set): ERR_DATASTORE_CONFLICT. */
   createEntry(e: EntryInput): Promise<RegistrationEntry>
@@ -151,6 +163,22 @@ export interface Datastore extends AsyncDisposable {
   listFederatedBundles(): Promise<FederatedBundleRow[]>
   /** ERR_DATASTORE_NOT_FOUND when there is none. */
   deleteFederatedBundle(trustDomain: string): Promise<void>
+
+  /** Federation relationships from the admin API (the config file's are not stored). */
+  getFederationRelationship(trustDomain: string): Promise<FederationRelationshipRow | undefined>
+  /** Sorted by trust domain. */
+  listFederationRelationships(): Promise<FederationRelationshipRow[]>
+  /** ERR_DATASTORE_CONFLICT if it exists; ERR_DATASTORE_INVALID with `limit` already stored. */
+  createFederationRelationship(
+    r: Omit<FederationRelationshipRow, 'createdAt' | 'updatedAt'>,
+    limit: number,
+  ): Promise<FederationRelationshipRow>
+  /** Replaces url/profile/endpoint ID; ERR_DATASTORE_NOT_FOUND if absent. */
+  updateFederationRelationship(
+    r: Omit<FederationRelationshipRow, 'createdAt' | 'updatedAt'>,
+  ): Promise<FederationRelationshipRow>
+  /** ERR_DATASTORE_NOT_FOUND if absent; the trust domain's bundle stays. */
+  deleteFederationRelationship(trustDomain: string): Promise<void>
 
   /** CA journal blobs (JSON) by name. */
   getJournal(name: string): Promise<string | undefined>

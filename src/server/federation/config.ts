@@ -5,7 +5,8 @@
  */
 import { isIP } from 'node:net'
 import { type ConfigReader, checkTrustDomain, type Table } from '../../common/config.js'
-import { SpiffeId } from '../../spiffe/id.js'
+import { SpiffeEdgeError } from '../../errors.js'
+import { SpiffeId, TrustDomain } from '../../spiffe/id.js'
 
 export type EndpointProfile =
   | { readonly type: 'https_spiffe' }
@@ -126,13 +127,76 @@ function relationships(
 
 /** Federation spec 5.2.1: scheme https, no userinfo. */
 function checkUrl(r: ConfigReader, url: string, path: string): void {
+  const p = urlProblem(url)
+  if (p) r.problems.push(`${path}: ${p}`)
+}
+
+/** At most this long: a URL is a host and a path, not a payload. */
+const MAX_URL_LENGTH = 2048
+
+export function urlProblem(url: string): string | undefined {
+  if (url.length > MAX_URL_LENGTH) return `longer than ${MAX_URL_LENGTH} characters`
   let u: URL
   try {
     u = new URL(url)
   } catch {
-    r.problems.push(`${path}: not a URL`)
-    return
+    return 'not a URL'
   }
-  if (u.protocol !== 'https:') r.problems.push(`${path}: must be an https URL`)
-  if (u.username !== '' || u.password !== '') r.problems.push(`${path}: must not carry userinfo`)
+  if (u.protocol !== 'https:') return 'must be an https URL'
+  if (u.username !== '' || u.password !== '') return 'must not carry userinfo'
+  return undefined
+}
+
+/**
+ * A relationship from the admin API (`federation create|update`), checked as the config file's
+ * are; every problem is named in one ERR_USAGE.
+ */
+export function checkRelationship(
+  input: {
+    readonly trustDomain: unknown
+    readonly bundleEndpointUrl: unknown
+    readonly profile: unknown
+    readonly endpointSpiffeId?: unknown
+  },
+  ownTrustDomain: string,
+): FederationRelationship {
+  const problems: string[] = []
+  const str = (v: unknown) => (typeof v === 'string' ? v : '')
+  let td = str(input.trustDomain).replace(/^spiffe:\/\//, '')
+  try {
+    td = TrustDomain.parse(td).name
+  } catch {
+    problems.push(`trust domain '${str(input.trustDomain)}' is not a trust domain name`)
+  }
+  if (td === ownTrustDomain) problems.push('cannot federate with our own trust domain')
+  const url = str(input.bundleEndpointUrl)
+  const up = url === '' ? 'is required' : urlProblem(url)
+  if (up) problems.push(`bundle endpoint URL ${up}`)
+  const id = str(input.endpointSpiffeId)
+  let profile: RelationshipProfile | undefined
+  if (input.profile === 'https_spiffe') {
+    try {
+      SpiffeId.parse(id)
+      profile = { type: 'https_spiffe', endpointSpiffeId: id }
+    } catch {
+      problems.push(
+        id === ''
+          ? "endpoint SPIFFE ID is required for profile 'https_spiffe'"
+          : `endpoint SPIFFE ID '${id}' is not a SPIFFE ID`,
+      )
+    }
+  } else if (input.profile === 'https_web') {
+    if (id !== '') problems.push("endpoint SPIFFE ID is only for profile 'https_spiffe'")
+    profile = { type: 'https_web' }
+  } else {
+    problems.push(
+      `unknown bundle endpoint profile '${str(input.profile)}' (https_web or https_spiffe)`,
+    )
+  }
+  if (problems.length > 0 || !profile)
+    throw new SpiffeEdgeError('ERR_USAGE', `federation relationship: ${problems.join('; ')}`, {
+      remedy:
+        'pass -trustDomain, -bundleEndpointURL https://…, -bundleEndpointProfile https_web|https_spiffe (and -endpointSpiffeID for https_spiffe)',
+    })
+  return { trustDomain: td, bundleEndpointUrl: url, profile }
 }

@@ -104,6 +104,7 @@ function sameKeys(a: TrustBundle, b: TrustBundle): boolean {
 }
 
 export interface FederationFetcherOptions {
+  /** The relationships at start; upsert/remove change them while running. */
   readonly relationships: readonly FederationRelationship[]
   readonly datastore: Datastore
   /** Our own bundle, for an https_spiffe endpoint whose SPIFFE ID is in our trust domain. */
@@ -113,6 +114,8 @@ export interface FederationFetcherOptions {
 
 export class FederationFetcher {
   private readonly o: FederationFetcherOptions
+  /** By trust domain; an admin API create/update/delete changes it while running. */
+  private readonly rels = new Map<string, FederationRelationship>()
   private readonly timers = new Map<string, NodeJS.Timeout>()
   private readonly status = new Map<string, FederationStatus & { failures: number }>()
   /** One fetch per domain at a time; `again` when fetchSoon came during one. */
@@ -123,10 +126,36 @@ export class FederationFetcher {
 
   constructor(o: FederationFetcherOptions) {
     this.o = o
+    for (const r of o.relationships) this.rels.set(r.trustDomain, r)
   }
 
   start(): void {
-    for (const rel of this.o.relationships) this.schedule(rel, 0)
+    for (const td of this.rels.keys()) this.schedule(td, 0)
+  }
+
+  /**
+   * A relationship created or changed: fetch it now. A fetch already in flight for the old one
+   * stores nothing (it is no longer current) and the new one runs after it.
+   */
+  upsert(rel: FederationRelationship): void {
+    this.rels.set(rel.trustDomain, rel)
+    this.status.set(rel.trustDomain, { trustDomain: rel.trustDomain, failures: 0 })
+    if (this.stopped) return
+    const running = this.inFlight.get(rel.trustDomain)
+    if (running) running.again = true
+    else this.schedule(rel.trustDomain, 0)
+  }
+
+  /** A relationship deleted: no more fetches; one in flight stores nothing. The bundle stays. */
+  remove(trustDomain: string): void {
+    this.rels.delete(trustDomain)
+    clearTimeout(this.timers.get(trustDomain))
+    this.timers.delete(trustDomain)
+    this.status.delete(trustDomain)
+  }
+
+  has(trustDomain: string): boolean {
+    return this.rels.has(trustDomain)
   }
 
   stop(): void {
@@ -137,11 +166,10 @@ export class FederationFetcher {
 
   /** Fetch `trustDomain` now (an operator just set its bundle: no need to wait for the backoff). */
   fetchSoon(trustDomain: string): void {
-    const rel = this.o.relationships.find((r) => r.trustDomain === trustDomain)
-    if (!rel || this.stopped) return
+    if (!this.rels.has(trustDomain) || this.stopped) return
     const running = this.inFlight.get(trustDomain)
     if (running) running.again = true
-    else this.schedule(rel, 0)
+    else this.schedule(trustDomain, 0)
   }
 
   /** An operator deleted `trustDomain`'s bundle: a fetch already in flight must not bring it back. */
@@ -150,7 +178,7 @@ export class FederationFetcher {
   }
 
   statuses(): FederationStatus[] {
-    return this.o.relationships.map((r) => {
+    return [...this.rels.values()].map((r) => {
       const { failures: _f, ...s } = this.status.get(r.trustDomain) ?? {
         trustDomain: r.trustDomain,
         failures: 0,
@@ -159,42 +187,47 @@ export class FederationFetcher {
     })
   }
 
-  private schedule(rel: FederationRelationship, seconds: number): void {
-    if (this.stopped) return
-    clearTimeout(this.timers.get(rel.trustDomain))
-    const t = setTimeout(() => void this.run(rel), seconds * 1000)
+  private schedule(trustDomain: string, seconds: number): void {
+    if (this.stopped || !this.rels.has(trustDomain)) return
+    clearTimeout(this.timers.get(trustDomain))
+    const t = setTimeout(() => void this.run(trustDomain), seconds * 1000)
     t.unref()
-    this.timers.set(rel.trustDomain, t)
-    const s = this.status.get(rel.trustDomain) ?? { trustDomain: rel.trustDomain, failures: 0 }
-    this.status.set(rel.trustDomain, {
+    this.timers.set(trustDomain, t)
+    const s = this.status.get(trustDomain) ?? { trustDomain, failures: 0 }
+    this.status.set(trustDomain, {
       ...s,
       nextFetch: new Date(Date.now() + seconds * 1000).toISOString(),
     })
   }
 
-  private async run(rel: FederationRelationship): Promise<void> {
+  private async run(trustDomain: string): Promise<void> {
+    const rel = this.rels.get(trustDomain)
+    if (!rel) return
     const flight = { again: false }
-    this.inFlight.set(rel.trustDomain, flight)
+    this.inFlight.set(trustDomain, flight)
     try {
       await this.runOnce(rel)
     } finally {
-      this.inFlight.delete(rel.trustDomain)
-      if (flight.again) this.schedule(rel, 0)
+      this.inFlight.delete(trustDomain)
+      if (flight.again) this.schedule(trustDomain, 0)
     }
   }
 
   private async runOnce(rel: FederationRelationship): Promise<void> {
+    const current = () => this.rels.get(rel.trustDomain) === rel
     const prev = this.status.get(rel.trustDomain) ?? { trustDomain: rel.trustDomain, failures: 0 }
     try {
-      const b = await this.fetchOnce(rel)
+      const b = await this.fetchOnce(rel, current)
+      if (!current()) return // changed or deleted meanwhile: upsert/remove decided what is next
       this.status.set(rel.trustDomain, {
         trustDomain: rel.trustDomain,
         lastSuccess: new Date().toISOString(),
         failures: 0,
       })
       const hint = b.refreshHintSeconds ?? DEFAULT_REFRESH_S
-      this.schedule(rel, Math.min(MAX_REFRESH_S, Math.max(MIN_REFRESH_S, hint)))
+      this.schedule(rel.trustDomain, Math.min(MAX_REFRESH_S, Math.max(MIN_REFRESH_S, hint)))
     } catch (err) {
+      if (!current()) return
       const failures = prev.failures + 1
       const kept = await this.o.datastore.getFederatedBundle(rel.trustDomain).catch(() => undefined)
       const e = err as SpiffeEdgeError
@@ -218,7 +251,10 @@ export class FederationFetcher {
         // a stored bundle we cannot read: the default hint
       }
       const backoff = FIRST_RETRY_S * 2 ** Math.min(failures - 1, 16)
-      this.schedule(rel, Math.max(MIN_REFRESH_S, Math.min(hint, backoff, MAX_REFRESH_S)))
+      this.schedule(
+        rel.trustDomain,
+        Math.max(MIN_REFRESH_S, Math.min(hint, backoff, MAX_REFRESH_S)),
+      )
     }
   }
 
@@ -238,7 +274,10 @@ export class FederationFetcher {
   }
 
   /** One fetch, validated and stored; returns the bundle now held. Throws ERR_FEDERATION_FETCH. */
-  async fetchOnce(rel: FederationRelationship): Promise<TrustBundle> {
+  async fetchOnce(
+    rel: FederationRelationship,
+    current: () => boolean = () => true,
+  ): Promise<TrustBundle> {
     const td = TrustDomain.parse(rel.trustDomain)
     const gen = this.generation.get(td.name) ?? 0
     const tls =
@@ -294,6 +333,11 @@ export class FederationFetcher {
       throw fail(
         `the bundle of ${td.name} was deleted during the fetch`,
         'bootstrap it again to federate',
+      )
+    if (!current())
+      throw fail(
+        `the relationship with ${td.name} changed or was deleted during the fetch`,
+        'nothing to do: the current relationship (if any) fetches next',
       )
     await this.o.datastore.setFederatedBundle(td.name, b.toSpiffeJson(), b.sequence)
     // A delete between the check and the write: undo the write (the delete wins).

@@ -11,6 +11,7 @@ import type { Datastore } from '../datastore/types.js'
 import type { FederationConfig } from './config.js'
 import { startBundleEndpoint, type TlsCredentials } from './endpoint.js'
 import { FederationFetcher, type FederationStatus, MAX_BUNDLE_BYTES } from './fetcher.js'
+import { type RelationshipAdmin, startRelationshipAdmin } from './relationships.js'
 
 export interface ForeignBundleView {
   readonly trust_domain: string
@@ -27,8 +28,8 @@ export interface ForeignBundleAdmin {
   delete(id: string): Promise<void>
   count(): Promise<number>
   status(): FederationStatus[]
-  /** The configured relationships (or the one with trust domain `id`), with fetch status. */
-  relationships(id?: string): Record<string, unknown>[]
+  /** Relationships: the config file's and the admin API's (`federation …`), with fetch status. */
+  readonly relationships: RelationshipAdmin
 }
 
 export interface FederationOptions {
@@ -49,6 +50,33 @@ export interface RunningFederation {
 
 function usage(message: string, remedy: string): SpiffeEdgeError {
   return new SpiffeEdgeError('ERR_USAGE', message, { remedy })
+}
+
+/** A foreign bundle from an operator (PEM CA certificates or SPIFFE JSON), checked, not stored. */
+export function parseForeignBundle(
+  td: TrustDomain,
+  text: string,
+  format: 'pem' | 'spiffe',
+): TrustBundle {
+  if (Buffer.byteLength(text) > MAX_BUNDLE_BYTES)
+    throw usage(`the bundle is over ${MAX_BUNDLE_BYTES} bytes`, 'pass a single bundle')
+  let b: TrustBundle
+  if (format === 'pem') {
+    const certs = parsePemCertificates(text)
+    if (certs.length === 0)
+      throw usage('no PEM CERTIFICATE in the bundle', 'pass -format spiffe for SPIFFE JSON')
+    // Sequence 0: the next fetch from the endpoint (any sequence) replaces it.
+    b = new TrustBundle({ trustDomain: td, x509Authorities: certs, sequence: 0 })
+  } else {
+    try {
+      b = TrustBundle.fromSpiffeJson(td, text)
+    } catch (err) {
+      throw usage(`not a SPIFFE bundle: ${(err as Error).message}`, 'pass -format pem for PEM')
+    }
+  }
+  if (b.x509Authorities.length === 0)
+    throw usage('the bundle has no X.509 authority', 'pass the CA certificates of that domain')
+  return b
 }
 
 /** `spiffe://td` or `td`, never our own trust domain. */
@@ -87,6 +115,15 @@ export async function startFederation(o: FederationOptions): Promise<RunningFede
     ownBundle: o.ownBundle,
     log: o.log,
   })
+  const relationships = await startRelationshipAdmin({
+    config: o.config?.federatesWith ?? [],
+    datastore: ds,
+    fetcher,
+    ownTrustDomain: o.trustDomain,
+    parseBundle: parseForeignBundle,
+    foreignDomain: (id) => foreignDomain(id, o.trustDomain),
+    log: o.log,
+  })
   const be = o.config?.bundleEndpoint
   const endpoint = be
     ? await startBundleEndpoint({
@@ -121,24 +158,7 @@ export async function startFederation(o: FederationOptions): Promise<RunningFede
     },
     async set(id, text, format) {
       const td = foreignDomain(id, o.trustDomain)
-      if (Buffer.byteLength(text) > MAX_BUNDLE_BYTES)
-        throw usage(`the bundle is over ${MAX_BUNDLE_BYTES} bytes`, 'pass a single bundle')
-      let b: TrustBundle
-      if (format === 'pem') {
-        const certs = parsePemCertificates(text)
-        if (certs.length === 0)
-          throw usage('no PEM CERTIFICATE in the bundle', 'pass -format spiffe for SPIFFE JSON')
-        // Sequence 0: the next fetch from the endpoint (any sequence) replaces it.
-        b = new TrustBundle({ trustDomain: td, x509Authorities: certs, sequence: 0 })
-      } else {
-        try {
-          b = TrustBundle.fromSpiffeJson(td, text)
-        } catch (err) {
-          throw usage(`not a SPIFFE bundle: ${(err as Error).message}`, 'pass -format pem for PEM')
-        }
-      }
-      if (b.x509Authorities.length === 0)
-        throw usage('the bundle has no X.509 authority', 'pass the CA certificates of that domain')
+      const b = parseForeignBundle(td, text, format)
       await ds.setFederatedBundle(td.name, b.toSpiffeJson(), b.sequence)
       o.log('info', 'federated bundle set by an operator', {
         trust_domain: td.name,
@@ -157,33 +177,7 @@ export async function startFederation(o: FederationOptions): Promise<RunningFede
       return (await ds.listFederatedBundles()).length
     },
     status: () => fetcher.statuses(),
-    relationships: (id) => {
-      const st = new Map(fetcher.statuses().map((x) => [x.trustDomain, x]))
-      const td = id?.replace(/^spiffe:\/\//, '')
-      const rels = (o.config?.federatesWith ?? []).filter(
-        (r) => td === undefined || r.trustDomain === td,
-      )
-      if (td !== undefined && rels.length === 0)
-        throw new SpiffeEdgeError(
-          'ERR_DATASTORE_NOT_FOUND',
-          `no federation relationship with ${td}`,
-          {
-            remedy: 'see `spiffe-edge server federation list`',
-          },
-        )
-      return rels.map((r) => {
-        const { trustDomain: _td, ...status } = st.get(r.trustDomain) ?? { trustDomain: '' }
-        return {
-          trust_domain: r.trustDomain,
-          bundle_endpoint_url: r.bundleEndpointUrl,
-          bundle_endpoint_profile: r.profile.type,
-          ...(r.profile.type === 'https_spiffe'
-            ? { endpoint_spiffe_id: r.profile.endpointSpiffeId }
-            : {}),
-          ...status,
-        }
-      })
-    },
+    relationships,
   }
   return {
     port: endpoint?.port,
