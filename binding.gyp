@@ -26,7 +26,8 @@
           "sources": [
             "native/src/addon.cc",
             "native/src/esys_context.cc",
-            "native/src/commands.cc"
+            "native/src/commands.cc",
+            "native/src/policy.cc"
           ],
           "cflags_cc": ["<!@(pkg-config --cflags tss2-esys tss2-tctildr tss2-mu tss2-rc)"],
           "libraries": ["<!@(pkg-config --libs tss2-esys tss2-tctildr tss2-mu tss2-rc)"]

@@ -4,48 +4,12 @@
 // context's transient set (flushed on close) and leaves it when flushed.
 #include <tss2/tss2_mu.h>
 
-#include <cstring>
-
 #include "esys_context.h"
+#include "marshal.h"
 
 namespace tpm_native {
 
 namespace {
-
-// Unmarshals argument i exactly (no trailing bytes): a structure that does not parse is
-// ERR_TPM_STRUCTURE, thrown synchronously before anything reaches the TPM.
-template <typename T>
-bool Unmarshal(const Napi::CallbackInfo& info, size_t i,
-               TSS2_RC (*fn)(const uint8_t*, size_t, size_t*, T*), T* out, const char* what) {
-  std::vector<uint8_t> bytes;
-  if (!ReadBytes(info, i, &bytes)) return false;
-  size_t offset = 0;
-  *out = {};
-  TSS2_RC rc = fn(bytes.data(), bytes.size(), &offset, out);
-  if (rc != TSS2_RC_SUCCESS || offset != bytes.size()) {
-    Napi::Error err = Napi::Error::New(info.Env(), std::string("malformed ") + what);
-    err.Set("code", Napi::String::New(info.Env(), "ERR_TPM_STRUCTURE"));
-    err.ThrowAsJavaScriptException();
-    return false;
-  }
-  return true;
-}
-
-// Raw bytes into a sized buffer (TPM2B_DATA, TPM2B_DIGEST): too long is a RangeError.
-template <typename T>
-bool ReadSized(const Napi::CallbackInfo& info, size_t i, T* out, const char* what) {
-  std::vector<uint8_t> bytes;
-  if (!ReadBytes(info, i, &bytes)) return false;
-  *out = {};
-  if (bytes.size() > sizeof(out->buffer)) {
-    Napi::RangeError::New(info.Env(), std::string(what) + " is too long")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
-  out->size = static_cast<UINT16>(bytes.size());
-  std::memcpy(out->buffer, bytes.data(), bytes.size());
-  return true;
-}
 
 std::vector<uint8_t> NameOf(ESYS_CONTEXT* esys, ESYS_TR tr, TSS2_RC* rc) {
   TPM2B_NAME* name = nullptr;
@@ -219,71 +183,6 @@ Napi::Value EsysContext::EvictControl(const Napi::CallbackInfo& info) {
   });
 }
 
-// startPolicySession(hashAlg) → {handle}: an unbound, unsalted policy session that stays open
-// after use (continueSession) until TypeScript flushes it. The hash must be the nameAlg of the
-// object whose policy it satisfies (SHA-384 for a high-range P-384 EK).
-Napi::Value EsysContext::StartPolicySession(const Napi::CallbackInfo& info) {
-  uint32_t hashAlg;
-  if (!ReadU32(info, 0, &hashAlg)) return info.Env().Undefined();
-  if (!Acquire(info)) return info.Env().Undefined();
-  return RunOnPool(info, this, [hashAlg](ESYS_CONTEXT* esys, CallResult& r) {
-    TPMT_SYM_DEF symmetric = {TPM2_ALG_NULL, {}, {}};
-    ESYS_TR session = ESYS_TR_NONE;
-    TSS2_RC rc = Esys_StartAuthSession(esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                       ESYS_TR_NONE, ESYS_TR_NONE, nullptr, TPM2_SE_POLICY,
-                                       &symmetric, static_cast<TPMI_ALG_HASH>(hashAlg), &session);
-    if (rc != TSS2_RC_SUCCESS) return rc;
-    rc = Esys_TRSess_SetAttributes(esys, session, TPMA_SESSION_CONTINUESESSION, 0xff);
-    if (rc != TSS2_RC_SUCCESS) {
-      Esys_FlushContext(esys, session);
-      return rc;
-    }
-    r.created.push_back(session);
-    r.numbers.emplace_back("handle", session);
-    return rc;
-  });
-}
-
-// policySecret(session, hierarchy): PolicySecret with the hierarchy's (empty) auth, which is
-// what the TCG EK policy asks for.
-Napi::Value EsysContext::PolicySecret(const Napi::CallbackInfo& info) {
-  uint32_t session, hierarchy;
-  if (!ReadU32(info, 0, &session) || !ReadU32(info, 1, &hierarchy)) return info.Env().Undefined();
-  ESYS_TR h = HierarchyTr(hierarchy);
-  if (h == ESYS_TR_NONE) {
-    Napi::RangeError::New(info.Env(), "policySecret takes a hierarchy handle")
-        .ThrowAsJavaScriptException();
-    return info.Env().Undefined();
-  }
-  if (!Acquire(info)) return info.Env().Undefined();
-  return RunOnPool(info, this, [session, h](ESYS_CONTEXT* esys, CallResult& r) {
-    TPM2B_TIMEOUT* timeout = nullptr;
-    TPMT_TK_AUTH* ticket = nullptr;
-    TSS2_RC rc = Esys_PolicySecret(esys, h, session, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                                   nullptr, nullptr, nullptr, 0, &timeout, &ticket);
-    Esys_Free(timeout);
-    Esys_Free(ticket);
-    r.numbers.emplace_back("ok", 1);
-    return rc;
-  });
-}
-
-// policyOr(session, digests: TPML_DIGEST): the high-range EK templates put PolicySecret in one
-// branch of a PolicyOR.
-Napi::Value EsysContext::PolicyOr(const Napi::CallbackInfo& info) {
-  uint32_t session;
-  TPML_DIGEST digests;
-  if (!ReadU32(info, 0, &session) ||
-      !Unmarshal(info, 1, Tss2_MU_TPML_DIGEST_Unmarshal, &digests, "TPML_DIGEST")) {
-    return info.Env().Undefined();
-  }
-  if (!Acquire(info)) return info.Env().Undefined();
-  return RunOnPool(info, this, [session, digests](ESYS_CONTEXT* esys, CallResult& r) {
-    r.numbers.emplace_back("ok", 1);
-    return Esys_PolicyOR(esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &digests);
-  });
-}
-
 // activateCredential(activate, key, keySession, credentialBlob: TPM2B_ID_OBJECT,
 //                    secret: TPM2B_ENCRYPTED_SECRET) → certInfo bytes
 Napi::Value EsysContext::ActivateCredential(const Napi::CallbackInfo& info) {
@@ -390,21 +289,28 @@ Napi::Value EsysContext::Certify(const Napi::CallbackInfo& info) {
   });
 }
 
-// sign(key, digest) → TPMT_SIGNATURE, with the key's own scheme. Only for unrestricted keys:
-// the NULL hashcheck ticket is refused by restricted ones, which is the point of restriction.
+// sign(key, digest, session?) → TPMT_SIGNATURE, with the key's own scheme. Only for unrestricted
+// keys: the NULL hashcheck ticket is refused by restricted ones, which is the point of restriction.
+// `session` (a policy session TypeScript satisfied, still owned and flushed by TypeScript)
+// authorizes a key with an authPolicy; without it, the empty password.
 Napi::Value EsysContext::Sign(const Napi::CallbackInfo& info) {
   uint32_t key;
+  uint32_t session = 0;
   TPM2B_DIGEST digest;
   if (!ReadU32(info, 0, &key) || !ReadSized(info, 1, &digest, "digest")) {
     return info.Env().Undefined();
   }
+  if (info.Length() > 2 && !info[2].IsUndefined() && !ReadU32(info, 2, &session)) {
+    return info.Env().Undefined();
+  }
+  const ESYS_TR auth = session == 0 ? ESYS_TR_PASSWORD : session;
   if (!Acquire(info)) return info.Env().Undefined();
-  return RunOnPool(info, this, [key, digest](ESYS_CONTEXT* esys, CallResult& r) {
+  return RunOnPool(info, this, [key, digest, auth](ESYS_CONTEXT* esys, CallResult& r) {
     TPMT_TK_HASHCHECK validation = {};
     validation.tag = TPM2_ST_HASHCHECK;
     validation.hierarchy = TPM2_RH_NULL;
     TPMT_SIGNATURE* sig = nullptr;
-    TSS2_RC rc = Esys_Sign(esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &digest,
+    TSS2_RC rc = Esys_Sign(esys, key, auth, ESYS_TR_NONE, ESYS_TR_NONE, &digest,
                            &kNullScheme, &validation, &sig);
     if (rc != TSS2_RC_SUCCESS) return rc;
     std::vector<uint8_t> out;

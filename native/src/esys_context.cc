@@ -200,6 +200,8 @@ Napi::Function EsysContext::Define(Napi::Env env) {
                          InstanceMethod("startPolicySession", &EsysContext::StartPolicySession),
                          InstanceMethod("policySecret", &EsysContext::PolicySecret),
                          InstanceMethod("policyOr", &EsysContext::PolicyOr),
+                         InstanceMethod("policyPcr", &EsysContext::PolicyPcr),
+                         InstanceMethod("policyGetDigest", &EsysContext::PolicyGetDigest),
                          InstanceMethod("activateCredential", &EsysContext::ActivateCredential),
                          InstanceMethod("quote", &EsysContext::Quote),
                          InstanceMethod("pcrRead", &EsysContext::PcrRead),

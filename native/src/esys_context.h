@@ -49,7 +49,7 @@ class EsysContext : public Napi::ObjectWrap<EsysContext> {
   Napi::Value ReadPublic(const Napi::CallbackInfo& info);
   Napi::Value NvReadPublic(const Napi::CallbackInfo& info);
   Napi::Value NvRead(const Napi::CallbackInfo& info);
-  // Key, session and attestation commands (commands.cc).
+  // Key and attestation commands (commands.cc), policy sessions (policy.cc).
   Napi::Value CreatePrimary(const Napi::CallbackInfo& info);
   Napi::Value Create(const Napi::CallbackInfo& info);
   Napi::Value Load(const Napi::CallbackInfo& info);
@@ -60,6 +60,8 @@ class EsysContext : public Napi::ObjectWrap<EsysContext> {
   Napi::Value StartPolicySession(const Napi::CallbackInfo& info);
   Napi::Value PolicySecret(const Napi::CallbackInfo& info);
   Napi::Value PolicyOr(const Napi::CallbackInfo& info);
+  Napi::Value PolicyPcr(const Napi::CallbackInfo& info);
+  Napi::Value PolicyGetDigest(const Napi::CallbackInfo& info);
   Napi::Value ActivateCredential(const Napi::CallbackInfo& info);
   Napi::Value Quote(const Napi::CallbackInfo& info);
   Napi::Value PcrRead(const Napi::CallbackInfo& info);

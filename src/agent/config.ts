@@ -52,6 +52,11 @@ export interface AgentConfig {
   readonly workloadAttestors: ReadonlyMap<string, Table>
   /** [agent.sds]: SPIRE's Envoy SDS resource names. */
   readonly sds: SdsNames
+  /**
+   * [agent.cache] seal_pcrs: sha256 PCRs the TPM-sealed SVID cache is bound to (empty: no PCR
+   * policy). Only with the tpm node attestor.
+   */
+  readonly cacheSealPcrs: readonly number[]
 }
 
 export interface AgentOverrides {
@@ -84,7 +89,28 @@ const AGENT_KEYS = [
   'log_file',
   'mqtt',
   'sds',
+  'cache',
 ] as const
+
+/** [agent.cache]: seal_pcrs = [0, 2, 4, 7] (sha256 bank; PCR indices 0-23, at most 24). */
+function cacheSealPcrs(r: ConfigReader, a: Table | undefined, attestor: string): number[] {
+  const t = r.table(a ?? {}, 'cache', 'agent.cache')
+  r.known(t, ['seal_pcrs'], 'agent.cache')
+  const v = t?.seal_pcrs
+  if (v === undefined) return []
+  if (
+    !Array.isArray(v) ||
+    v.length > 24 ||
+    !v.every((p) => Number.isInteger(p) && (p as number) >= 0 && (p as number) <= 23)
+  ) {
+    r.problems.push('agent.cache.seal_pcrs: a list of PCR indices 0-23, e.g. [0, 2, 4, 7]')
+    return []
+  }
+  if (v.length > 0 && attestor !== 'tpm') {
+    r.problems.push('agent.cache.seal_pcrs: needs the tpm node attestor (the TPM seals the cache)')
+  }
+  return [...new Set(v as number[])].sort((x, y) => x - y)
+}
 
 /** [agent.sds] with SPIRE's key names and defaults. */
 function sdsConfig(r: ConfigReader, a: Table | undefined): SdsNames {
@@ -211,6 +237,7 @@ export function parseAgentConfig(
     nodeAttestor: { name: naName, data: naData },
     workloadAttestors,
     sds: sdsConfig(r, a),
+    cacheSealPcrs: cacheSealPcrs(r, a, naName),
   }
   checkTrustDomain(r, config.trustDomain, 'agent.trust_domain')
   r.done(source)

@@ -19,6 +19,7 @@ import {
 import { FileSealer } from '../keymanager/file-sealer.js'
 import type { CacheSealer } from '../keymanager/sealer.js'
 import { type TpmKey, TpmKeyManager } from '../keymanager/tpm.js'
+import { TpmPcrSealer } from '../keymanager/tpm-pcr-sealer.js'
 import { TpmSealer } from '../keymanager/tpm-sealer.js'
 import type { KeyManager } from '../keymanager/types.js'
 import { TpmContext } from '../tpm/context.js'
@@ -131,7 +132,11 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
         attestor,
         keyManager,
         tpmHealthy: () => keys.tpmHealth().healthy,
-        sealer: new TpmSealer(tpm, join(config.dataDir, 'cache-seal')),
+        // With seal_pcrs, keys of their own (never the policy-free cache-kek, which stays as is).
+        sealer:
+          config.cacheSealPcrs.length > 0
+            ? new TpmPcrSealer(tpm, join(config.dataDir, 'cache-seal'), config.cacheSealPcrs)
+            : new TpmSealer(tpm, join(config.dataDir, 'cache-seal')),
         close: () => tpm.close(),
       }
     },

@@ -44,6 +44,13 @@ export interface NativeEsysContext {
   policySecret(session: number, hierarchy: number): Promise<{ readonly ok: number }>
   /** digests: marshaled TPML_DIGEST (2 to 8 branches). */
   policyOr(session: number, digests: Uint8Array): Promise<{ readonly ok: number }>
+  /**
+   * PolicyPCR. pcrDigest: empty (the TPM uses the current values) or the digest the values must
+   * have (TPM_RC_VALUE otherwise); selection: marshaled TPML_PCR_SELECTION.
+   */
+  policyPcr(session: number, pcrDigest: Uint8Array, selection: Uint8Array): Promise<{ readonly ok: number }>
+  /** The session's current policy digest. */
+  policyGetDigest(session: number): Promise<Uint8Array>
   /** credentialBlob: TPM2B_ID_OBJECT, secret: TPM2B_ENCRYPTED_SECRET; returns the decrypted secret. */
   activateCredential(
     activate: number,
@@ -56,8 +63,11 @@ export interface NativeEsysContext {
   quote(signer: number, qualifyingData: Uint8Array, selection: Uint8Array): Promise<NativeQuote>
   pcrRead(selection: Uint8Array): Promise<NativePcrRead>
   certify(object: number, signer: number, qualifyingData: Uint8Array): Promise<NativeCertify>
-  /** TPMT_SIGNATURE with the key's scheme, over a digest computed by the caller. */
-  sign(key: number, digest: Uint8Array): Promise<Uint8Array>
+  /**
+   * TPMT_SIGNATURE with the key's scheme, over a digest computed by the caller; `session`: a
+   * satisfied policy session for a key with an authPolicy (else the empty password).
+   */
+  sign(key: number, digest: Uint8Array, session?: number): Promise<Uint8Array>
   /** TPM2_Startup(CLEAR), for a TPM that restarted without one (TPM_RC_INITIALIZE). */
   startup(): Promise<{ readonly ok: number }>
   /** Transient objects and sessions this context has loaded and not flushed. */

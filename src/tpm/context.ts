@@ -258,6 +258,16 @@ export class TpmContext implements AsyncDisposable {
     return flows.sign(this.conn, key, digest)
   }
 
+  /** See flows.signWithPcrPolicy: Sign authorized by PolicyPCR(selection) with these values. */
+  signWithPcrPolicy(
+    key: KeyHandle,
+    digest: Uint8Array,
+    selection: PcrSelection,
+    pcrDigest: Uint8Array,
+  ): Promise<Uint8Array> {
+    return flows.signWithPcrPolicy(this.conn, key, digest, selection, pcrDigest)
+  }
+
   /**
    * PCR values for a selection. TPM2_PCR_Read returns at most 8 digests per call and says which
    * it returned, so this asks again for the rest; a PCR the TPM never returns (inactive bank) is an

@@ -109,6 +109,37 @@ export async function certify(
   return { message: r.certifyInfo, signature: r.signature }
 }
 
+/**
+ * Signs with a key whose authPolicy is PolicyPCR(selection) over `pcrDigest` (the hash of the PCR
+ * values it was made for, policy.ts): a policy session, PolicyPCR with that digest (the TPM
+ * refuses with TPM_RC_VALUE when the current PCRs differ), then Sign in the session. The session
+ * is owned here and flushed in `finally`, also after a reconnect (it died with the old context).
+ */
+export async function signWithPcrPolicy(
+  conn: TpmConnection,
+  key: KeyHandle,
+  digest: Uint8Array,
+  selection: PcrSelection,
+  pcrDigest: Uint8Array,
+): Promise<Uint8Array> {
+  const k = conn.handleFor(key)
+  const sel = marshalPcrSelection(selection)
+  const session = await conn.run((c) => c.startPolicySession(key.public.nameAlg), [key])
+  const gen = conn.generation
+  try {
+    await conn.run(async (c) => {
+      conn.checkGeneration(gen)
+      return c.policyPcr(session.handle, pcrDigest, sel)
+    })
+    return await conn.run(async (c) => {
+      conn.checkGeneration(gen)
+      return c.sign(k, digest, session.handle)
+    }, [key])
+  } finally {
+    await conn.flushSession(session.handle, gen)
+  }
+}
+
 /** Signs a digest with an unrestricted signing key; returns a marshaled TPMT_SIGNATURE. */
 export async function sign(
   conn: TpmConnection,

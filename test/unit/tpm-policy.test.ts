@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict'
+import { createHash } from 'node:crypto'
 import { test } from 'node:test'
 import { TPM_ALG } from '../../src/tpm/constants.js'
-import { marshalDigestList, policyOrDigest, policySecretDigest } from '../../src/tpm/policy.js'
+import {
+  marshalDigestList,
+  policyOrDigest,
+  policyPcrDigest,
+  policySecretDigest,
+} from '../../src/tpm/policy.js'
 import { parseTpm2bPublic } from '../../src/tpm/structures/public.js'
 import { EK_POLICY_C, EK_POLICY_SHA256 } from '../../src/tpm/templates.js'
 import { recordedPublics } from '../fixtures/tpm-publics.js'
@@ -31,4 +37,35 @@ test('a digest list marshals as a TPML_DIGEST', () => {
 
 test('an unknown policy hash is ERR_TPM_STRUCTURE', () => {
   assert.throws(() => policySecretDigest(0x99, endorsement), { code: 'ERR_TPM_STRUCTURE' })
+})
+
+// Digests printed by tpm2-tools 5 on a fresh swtpm (PCRs 0-7 all zero in the sha256 bank):
+//   tpm2_createpolicy --policy-pcr -l sha256:0,2,4,7 -L pol.bin
+// and again after `tpm2_pcrextend 4:sha256=00…01` (PCR 4 = SHA-256(32 zero bytes || 00…01)).
+const SEL = [{ hashAlg: TPM_ALG.SHA256, pcrs: [7, 0, 4, 2] }]
+const zeros = new Uint8Array(32)
+const values = (pcr4: Uint8Array) =>
+  new Map([[TPM_ALG.SHA256, new Map([[0, zeros], [2, zeros], [4, pcr4], [7, zeros]])]])
+
+test('PolicyPCR(sha256:0,2,4,7) matches tpm2_createpolicy, before and after an extend of PCR 4', () => {
+  assert.equal(
+    hex(policyPcrDigest(TPM_ALG.SHA256, SEL, values(zeros))),
+    '4f04c837291ac05d8c8fceb5d03ac530d3189c1dd24dc744f2145cf71eaa9cf6',
+  )
+  const one = new Uint8Array(32)
+  one[31] = 1
+  const extended = new Uint8Array(createHash('sha256').update(zeros).update(one).digest())
+  assert.equal(
+    hex(extended),
+    '90f4b39548df55ad6187a1d20d731ecee78c545b94afd16f42ef7592d99cd365',
+  )
+  assert.equal(
+    hex(policyPcrDigest(TPM_ALG.SHA256, SEL, values(extended))),
+    'cc7085129a2b248e56f9e4349d6d1bb0611e4834e1f6207876348d5822f503c1',
+  )
+})
+
+test('PolicyPCR refuses a selected PCR with no value', () => {
+  const partial = new Map([[TPM_ALG.SHA256, new Map([[0, zeros]])]])
+  assert.throws(() => policyPcrDigest(TPM_ALG.SHA256, SEL, partial), /no value for PCR 2/)
 })
