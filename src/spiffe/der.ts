@@ -72,13 +72,13 @@ export const boolTrue = Uint8Array.of(0x01, 0x01, 0xff)
 export const printable = (s: string) => tlv(0x13, utf8(s))
 export const utf8String = (s: string) => tlv(0x0c, utf8(s))
 
-/** UTCTime through 2049, GeneralizedTime after (RFC 5280 4.1.2.5). */
+/** UTCTime through 2049, GeneralizedTime after (RFC 5280 4.1.2.5). Built from the UTC fields
+ * (no ISO string and regex: this runs twice per SVID the server signs). */
 export function time(d: Date): Uint8Array {
-  const iso = d.toISOString() // YYYY-MM-DDTHH:MM:SS.sssZ
-  const digits = iso.slice(0, 19).replace(/[-T:]/g, '')
-  return d.getUTCFullYear() < 2050
-    ? tlv(0x17, utf8(`${digits.slice(2)}Z`))
-    : tlv(0x18, utf8(`${digits}Z`))
+  const y = d.getUTCFullYear()
+  const two = (n: number) => (n < 10 ? `0${n}` : `${n}`)
+  const rest = `${two(d.getUTCMonth() + 1)}${two(d.getUTCDate())}${two(d.getUTCHours())}${two(d.getUTCMinutes())}${two(d.getUTCSeconds())}Z`
+  return y < 2050 ? tlv(0x17, utf8(`${two(y % 100)}${rest}`)) : tlv(0x18, utf8(`${y}${rest}`))
 }
 
 /** ECDSA r||s (IEEE P1363) to the DER Ecdsa-Sig-Value X.509 signatures carry. */
