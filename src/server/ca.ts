@@ -75,6 +75,21 @@ const JOURNAL = 'ca'
 const PREPARE_AT = 1 / 2
 const ACTIVATE_AT = 5 / 6
 
+/**
+ * 16 fresh CSPRNG bytes for a serial, cut from a 4 KiB block (each byte handed out once): one
+ * randomBytes call per SVID cost more than the certificate's DER encoding.
+ */
+let serialPool = Buffer.alloc(0)
+let serialOffset = 0
+function randomSerialBytes(): Buffer {
+  if (serialOffset + 16 > serialPool.length) {
+    serialPool = randomBytes(4096)
+    serialOffset = 0
+  }
+  serialOffset += 16
+  return serialPool.subarray(serialOffset - 16, serialOffset)
+}
+
 const der = (b64: string) => new Uint8Array(Buffer.from(b64, 'base64'))
 
 function fraction(
@@ -95,6 +110,7 @@ export interface IssuedX509 {
 export class CaManager {
   private journal: Journal
   private bundleCache: TrustBundle | undefined
+  private activeDer: { b64: string; der: Uint8Array } | undefined
   private readonly o: CaOptions
 
   private constructor(o: CaOptions, journal: Journal) {
@@ -289,7 +305,11 @@ export class CaManager {
   }> {
     const slot = this.journal.x509.current!
     const signer = await this.slotKey('CA', slot.keyId)
-    return { certificate: der(slot.certificate), signer, notAfter: slot.notAfter }
+    // Decoded once per slot certificate (this runs for every SVID signed); a fresh copy per
+    // change of slot, and the string it came from is compared on every call.
+    if (this.activeDer?.b64 !== slot.certificate)
+      this.activeDer = { b64: slot.certificate, der: der(slot.certificate) }
+    return { certificate: this.activeDer.der, signer, notAfter: slot.notAfter }
   }
 
   /** A slot's key; one the journal names but the key manager lacks is never silently replaced. */
@@ -321,7 +341,7 @@ export class CaManager {
     const ca = await this.activeX509()
     const now = this.nowMs()
     const notAfter = Math.min(now + params.ttlSeconds * 1000, ca.notAfter)
-    const serial = BigInt(`0x${randomBytes(16).toString('hex')}`) >> 1n
+    const serial = BigInt(`0x${randomSerialBytes().toString('hex')}`) >> 1n
     const leaf = await issueX509Svid({
       subjectPublicKey: params.publicKey,
       spiffeId: params.spiffeId,

@@ -2,10 +2,9 @@
  * Authentication of signed node API requests: the envelope's timestamp, the agent SVID chain
  * (verified against our own bundle), the node record (attested, not banned), the SVID serial (the
  * one we last issued, or the one it replaces until the new one is first used), the signature, and
- * only then the replay cache. Holds the replay cache, so one instance per NodeApi.
+ * only then the replay cache. Chain validation results are cached by content (agent-chain-cache.ts);
+ * everything else is checked on every request. Holds the replay cache, so one instance per NodeApi.
  */
-import { createPublicKey } from 'node:crypto'
-import { validateX509Svid } from '../spiffe/x509-svid.js'
 import {
   AuthError,
   checkTimestamp,
@@ -14,6 +13,7 @@ import {
   verifySignature,
 } from '../transport/envelope.js'
 import type { SignedRequest } from '../transport/proto.js'
+import { AgentChainCache, type ValidatedAgentChain } from './agent-chain-cache.js'
 import type { AttestedNode } from './datastore/types.js'
 import { NodeApiError, type NodeApiOptions, Status } from './node-api-common.js'
 
@@ -27,6 +27,8 @@ function normalSerial(s: string): string {
 export class RequestAuthenticator {
   private readonly o: AuthOptions
   private readonly replay = new ReplayCache()
+  /** Validated agent chains by content hash (bundle included); see agent-chain-cache.ts. */
+  readonly chains = new AgentChainCache()
 
   constructor(o: AuthOptions) {
     this.o = o
@@ -43,13 +45,13 @@ export class RequestAuthenticator {
         'attest first, then sign requests with the agent SVID key',
       )
     }
-    let validated: ReturnType<typeof validateX509Svid>
+    let validated: ValidatedAgentChain
     try {
-      const bundle = this.o.ca.bundle().x509Bundle()
-      validated = validateX509Svid(
+      validated = this.chains.validate(
         req.agentChain,
-        (td) => (td.equals(this.o.trustDomain) ? bundle : undefined),
-        new Date(now),
+        this.o.trustDomain,
+        this.o.ca.bundle().x509Bundle(),
+        now,
       )
     } catch (err) {
       throw new AuthError(
@@ -76,7 +78,7 @@ export class RequestAuthenticator {
         'evict the agent to let it attest again',
       )
     }
-    const serial = normalSerial(validated.leaf.serialNumber)
+    const serial = normalSerial(validated.serial)
     const current = normalSerial(node.certSerial)
     const previous = node.previousCertSerial ? normalSerial(node.previousCertSerial) : undefined
     if (serial !== current && serial !== previous) {
@@ -87,11 +89,7 @@ export class RequestAuthenticator {
         'use the newest agent SVID, or re-attest',
       )
     }
-    const leafKey = createPublicKey({
-      key: Buffer.from(validated.leaf.publicKey.rawData),
-      format: 'der',
-      type: 'spki',
-    })
+    const leafKey = validated.leafKey
     const data = requestSigningString(req.method, agentId, req.timestampMs, req.nonce, req.body)
     if (!verifySignature(leafKey, data, req.signature)) {
       throw new AuthError(

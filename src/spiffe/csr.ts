@@ -65,17 +65,20 @@ export async function publicKeyFromCsr(csrDer: Uint8Array): Promise<KeyObject> {
     const [algOid] = der.children(alg.value, 'AlgorithmIdentifier')
     hash = algOid ? CSR_SIGNATURE_HASHES.get(Buffer.from(algOid.raw).toString('hex')) : undefined
     if (sig.value[0] !== 0) throw new Error('signature BIT STRING has unused bits')
-    const jwk = der.ecJwkFromSpki(spki.raw)
-    key = jwk
-      ? createPublicKey({ key: jwk, format: 'jwk' })
+    const ec = der.ecJwkFromSpki(spki.raw)
+    key = ec
+      ? createPublicKey({ key: { kty: 'EC', crv: ec.crv, x: ec.x, y: ec.y }, format: 'jwk' })
       : createPublicKey({ key: Buffer.from(spki.raw), format: 'der', type: 'spki' })
     // The CA embeds the key it signs for; it must never embed bytes the requester chose. Only the
     // canonical DER of the parsed key is accepted (junk inside or around the SPKI, long-form or
-    // non-minimal lengths, unused bits, extra parameters all differ from it).
-    const canonical = der.spkiOf(key)
+    // non-minimal lengths, unused bits, extra parameters all differ from it). For EC the
+    // canonical form is built from the very curve and point the key was imported from (the
+    // import refuses points off the curve), which saves exporting the key again per SVID.
+    const canonical = ec ? der.ecSpki(ec.crv, ec.point) : der.spkiOf(key)
     if (!Buffer.from(canonical).equals(Buffer.from(spki.raw))) {
       throw new Error('SubjectPublicKeyInfo is not the canonical DER encoding of its key')
     }
+    if (ec) der.rememberSpki(key, canonical)
     signed = info.raw
     signature = sig.value.subarray(1)
   } catch (err) {

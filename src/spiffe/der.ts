@@ -40,7 +40,19 @@ export function uint(bytes: Uint8Array): Uint8Array {
   return (trimmed[0] ?? 0) & 0x80 ? tlv(0x02, Uint8Array.of(0), trimmed) : tlv(0x02, trimmed)
 }
 
+/** Encoded OIDs by dotted string: callers pass constants, so this stays small (capped anyway). */
+const oidCache = new Map<string, Uint8Array>()
+
+/** The DER OID for `dotted`. The bytes are shared: callers must not modify them. */
 export function oid(dotted: string): Uint8Array {
+  const hit = oidCache.get(dotted)
+  if (hit) return hit
+  const enc = encodeOid(dotted)
+  if (oidCache.size < 256) oidCache.set(dotted, enc)
+  return enc
+}
+
+function encodeOid(dotted: string): Uint8Array {
   const parts = dotted.split('.').map(Number)
   const out: number[] = [40 * parts[0]! + parts[1]!]
   for (const p of parts.slice(2)) {
@@ -60,13 +72,13 @@ export const boolTrue = Uint8Array.of(0x01, 0x01, 0xff)
 export const printable = (s: string) => tlv(0x13, utf8(s))
 export const utf8String = (s: string) => tlv(0x0c, utf8(s))
 
-/** UTCTime through 2049, GeneralizedTime after (RFC 5280 4.1.2.5). */
+/** UTCTime through 2049, GeneralizedTime after (RFC 5280 4.1.2.5). Built from the UTC fields
+ * (no ISO string and regex: this runs twice per SVID the server signs). */
 export function time(d: Date): Uint8Array {
-  const iso = d.toISOString() // YYYY-MM-DDTHH:MM:SS.sssZ
-  const digits = iso.slice(0, 19).replace(/[-T:]/g, '')
-  return d.getUTCFullYear() < 2050
-    ? tlv(0x17, utf8(`${digits.slice(2)}Z`))
-    : tlv(0x18, utf8(`${digits}Z`))
+  const y = d.getUTCFullYear()
+  const two = (n: number) => (n < 10 ? `0${n}` : `${n}`)
+  const rest = `${two(d.getUTCMonth() + 1)}${two(d.getUTCDate())}${two(d.getUTCHours())}${two(d.getUTCMinutes())}${two(d.getUTCSeconds())}Z`
+  return y < 2050 ? tlv(0x17, utf8(`${two(y % 100)}${rest}`)) : tlv(0x18, utf8(`${y}${rest}`))
 }
 
 /** ECDSA r||s (IEEE P1363) to the DER Ecdsa-Sig-Value X.509 signatures carry. */
@@ -134,10 +146,7 @@ export function spkiOf(key: KeyObject): Uint8Array {
   const b = (s: string | undefined) => new Uint8Array(Buffer.from(s ?? '', 'base64url'))
   let out: Uint8Array
   if (jwk.kty === 'EC' && jwk.crv && EC_CURVES[jwk.crv]) {
-    out = seq(
-      seq(oid('1.2.840.10045.2.1'), oid(EC_CURVES[jwk.crv]!)),
-      bits(Uint8Array.from([0x04, ...b(jwk.x), ...b(jwk.y)])),
-    )
+    out = ecSpki(jwk.crv, Uint8Array.from([0x04, ...b(jwk.x), ...b(jwk.y)]))
   } else if (jwk.kty === 'RSA') {
     out = seq(
       seq(oid('1.2.840.113549.1.1.1'), Uint8Array.of(0x05, 0x00)),
@@ -148,6 +157,21 @@ export function spkiOf(key: KeyObject): Uint8Array {
   }
   spkiCache.set(key, out)
   return out
+}
+
+/** The DER SubjectPublicKeyInfo of an EC public key given as its uncompressed point. */
+export function ecSpki(crv: string, point: Uint8Array): Uint8Array {
+  const curveOid = EC_CURVES[crv]
+  if (!curveOid) throw new SvidError(`unsupported curve ${crv}`)
+  return seq(seq(oid('1.2.840.10045.2.1'), oid(curveOid)), bits(point))
+}
+
+/**
+ * Records the SPKI of a key whose canonical encoding the caller has just built from the same
+ * numbers the key was imported from (the CSR path), so spkiOf need not export it again.
+ */
+export function rememberSpki(key: KeyObject, spkiDer: Uint8Array): void {
+  spkiCache.set(key, spkiDer)
 }
 
 const CURVE_BY_OID: ReadonlyMap<string, { crv: string; size: number }> = new Map([
@@ -162,26 +186,23 @@ const CURVE_BY_OID: ReadonlyMap<string, { crv: string; size: number }> = new Map
  */
 export function ecJwkFromSpki(
   spkiDer: Uint8Array,
-): { kty: 'EC'; crv: string; x: string; y: string } | undefined {
+): { kty: 'EC'; crv: string; x: string; y: string; point: Uint8Array } | undefined {
   const outer = readTlv(spkiDer, 0, 'SubjectPublicKeyInfo')
   const [alg, key] = children(outer.value, 'SubjectPublicKeyInfo')
   if (alg?.tag !== 0x30 || key?.tag !== 0x03) return undefined
   const [algOid, params] = children(alg.value, 'AlgorithmIdentifier')
-  if (
-    !algOid ||
-    Buffer.from(algOid.raw).toString('hex') !==
-      Buffer.from(oid('1.2.840.10045.2.1')).toString('hex')
-  ) {
-    return undefined
-  }
+  if (!algOid || !Buffer.from(algOid.raw).equals(EC_PUBLIC_KEY_OID)) return undefined
   const curve = params ? CURVE_BY_OID.get(Buffer.from(params.raw).toString('hex')) : undefined
   const point = key.value.subarray(1)
   if (!curve || point[0] !== 0x04 || point.length !== 1 + 2 * curve.size) return undefined
-  const b64 = (x: Uint8Array) => Buffer.from(x).toString('base64url')
+  const b64 = (x: Uint8Array) => Buffer.from(x.buffer, x.byteOffset, x.length).toString('base64url')
   return {
     kty: 'EC',
     crv: curve.crv,
     x: b64(point.subarray(1, 1 + curve.size)),
     y: b64(point.subarray(1 + curve.size)),
+    point,
   }
 }
+
+const EC_PUBLIC_KEY_OID = Buffer.from(oid('1.2.840.10045.2.1'))

@@ -22,6 +22,9 @@ export interface ValidatedX509Svid {
   readonly leaf: PeculiarCert
   /** The verified path, leaf first, ending with the bundle authority it chains to. */
   readonly path: Uint8Array[]
+  /** When every certificate of the path is valid: the latest notBefore, the earliest notAfter. */
+  readonly validFrom: Date
+  readonly validUntil: Date
 }
 
 const OID_BASIC_CONSTRAINTS = '2.5.29.19'
@@ -143,7 +146,15 @@ export function validateX509Svid(
     if (anchor !== undefined) {
       checkCa(anchor, below, now, 'bundle authority')
       path.push(anchor)
-      return { spiffeId: id, leaf: leaf.p, path: path.map((c) => c.der) }
+      const from = Math.max(...path.map((c) => c.p.notBefore.getTime()))
+      const until = Math.min(...path.map((c) => c.p.notAfter.getTime()))
+      return {
+        spiffeId: id,
+        leaf: leaf.p,
+        path: path.map((c) => c.der),
+        validFrom: new Date(from),
+        validUntil: new Date(until),
+      }
     }
     const idx = pool.findIndex((c) => issued(current, c))
     if (idx < 0) {

@@ -1,7 +1,7 @@
 import {
-  createHash,
   verify as cryptoVerify,
   getRandomValues,
+  hash,
   type KeyObject,
   X509Certificate as NodeX509,
 } from 'node:crypto'
@@ -318,7 +318,7 @@ function subjectKeyId(spkiDer: Uint8Array): Uint8Array {
   const outer = der.readTlv(spkiDer, 0, 'SubjectPublicKeyInfo')
   const [, bitString] = der.children(outer.value, 'SubjectPublicKeyInfo')
   if (bitString?.tag !== 0x03) throw new SvidError('SubjectPublicKeyInfo has no key')
-  return new Uint8Array(createHash('sha1').update(bitString.value.subarray(1)).digest())
+  return new Uint8Array(hash('sha1', bitString.value.subarray(1), 'buffer'))
 }
 
 interface LeafIssuer {
@@ -333,7 +333,7 @@ const leafIssuers = new Map<string, LeafIssuer>()
 
 async function preparedLeafIssuer(issuer: X509Issuer, td: TrustDomain): Promise<LeafIssuer> {
   // Keyed by certificate and trust domain: prepareIssuer's checks depend on both.
-  const key = `${td.name}:${issuer.signer.keyType}:${createHash('sha256').update(issuer.certificate).digest('base64')}`
+  const key = `${td.name}:${issuer.signer.keyType}:${hash('sha256', issuer.certificate, 'base64')}`
   const cached = leafIssuers.get(key)
   // The cache is keyed by certificate; the signer must still be the one holding its key.
   if (cached && checkedIssuerSigners.get(issuer.signer) === key) return cached
