@@ -147,6 +147,16 @@ export class X509SvidCache {
     return this.svids.size
   }
 
+  /** The cached SVIDs and their own bytes (certificate chains and private keys). */
+  stats(): { entries: number; bytes: number } {
+    let bytes = 0
+    for (const s of this.svids.values()) {
+      bytes += s.privateKey.byteLength
+      for (const c of s.chain) bytes += c.byteLength
+    }
+    return { entries: this.svids.size, bytes }
+  }
+
   /** The soonest rotation still ahead, if any (the sync loop wakes for it). */
   nextRotation(now: number): number | undefined {
     let next: number | undefined
