@@ -1,0 +1,92 @@
+/**
+ * The Workload API middleware's attestation, driven directly (no socket) so races are
+ * deterministic: one controller per batch serves both the callers leaving and the deadline, and
+ * neither may change what a caller is told; the liveness check (PID reuse, exec) still runs on
+ * every attestation. The caller is this test process, read from the real /proc.
+ */
+import assert from 'node:assert/strict'
+import { describe, test } from 'node:test'
+import type * as grpc from '@grpc/grpc-js'
+import { unixAttestor } from '../../src/agent/workload-api/attestors/unix.js'
+import { ConnTable } from '../../src/agent/workload-api/endpoint.js'
+import { GrpcStatus, WorkloadStatusError } from '../../src/agent/workload-api/errors.js'
+import { middleware } from '../../src/agent/workload-api/middleware.js'
+import { type ProcStamp, procStampSync } from '../../src/agent/workload-api/proc.js'
+import type { WorkloadAttestor } from '../../src/agent/workload-api/types.js'
+import { silentLog } from '../../src/common/log.js'
+
+const me = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!() }
+
+function setup(attestors: readonly WorkloadAttestor[], stamp?: Partial<ProcStamp>, ms = 5000) {
+  const conns = new ConnTable(silentLog)
+  const id = conns.add(me, { ...procStampSync(me.pid), ...stamp })
+  const mw = middleware({
+    conns,
+    attestors,
+    procRoot: '/proc',
+    attestTimeoutMs: ms,
+    log: silentLog,
+  })
+  const call = { getPeer: () => id } as unknown as grpc.ServerUnaryCall<Uint8Array, Uint8Array>
+  return { attest: (signal: AbortSignal) => mw.attest(call, signal) }
+}
+
+const statusIs = (status: number, message: RegExp) => (err: unknown) =>
+  err instanceof WorkloadStatusError && err.status === status && message.test(err.message)
+
+describe('workload attestation in the middleware', () => {
+  test('a call arriving after every caller of a batch left is attested, not failed with their reason', async () => {
+    let runs = 0
+    const unix = unixAttestor()
+    const counted: WorkloadAttestor = {
+      kind: 'WorkloadAttestor',
+      name: 'unix',
+      attest: (p, s) => {
+        runs++
+        return unix.attest(p, s)
+      },
+    }
+    const { attest } = setup([counted])
+    const gone = new AbortController()
+    const first = attest(gone.signal)
+    gone.abort(new Error('the first caller left'))
+    // Same turn, same connection: the abandoned batch has not started yet.
+    const second = attest(new AbortController().signal)
+    await assert.rejects(first, /the first caller left/)
+    const sel = await second
+    assert.ok(
+      sel.some((s) => s.value === `uid:${me.uid}`),
+      JSON.stringify(sel),
+    )
+    assert.equal(runs, 1, 'the abandoned batch attested nobody')
+  })
+
+  test('an attestor past the deadline fails the call as UNAVAILABLE (fail closed)', async () => {
+    const stuck: WorkloadAttestor = {
+      kind: 'WorkloadAttestor',
+      name: 'stuck',
+      attest: () => new Promise(() => undefined),
+    }
+    const { attest } = setup([stuck], {}, 50)
+    await assert.rejects(
+      attest(new AbortController().signal),
+      statusIs(GrpcStatus.UNAVAILABLE, /workload attestation failed/),
+    )
+  })
+
+  test('a pid now run by another process (start time changed) is refused', async () => {
+    const { attest } = setup([unixAttestor()], { startTime: '1' })
+    await assert.rejects(
+      attest(new AbortController().signal),
+      statusIs(GrpcStatus.UNAUTHENTICATED, /pid reused/),
+    )
+  })
+
+  test('a process that exec()ed since it connected is refused', async () => {
+    const { attest } = setup([unixAttestor()], { exe: '0:0' })
+    await assert.rejects(
+      attest(new AbortController().signal),
+      statusIs(GrpcStatus.UNAUTHENTICATED, /executable changed/),
+    )
+  })
+})
