@@ -5,13 +5,22 @@
  * every attestation. The caller is this test process, read from the real /proc.
  */
 import assert from 'node:assert/strict'
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import type * as grpc from '@grpc/grpc-js'
 import { unixAttestor } from '../../src/agent/workload-api/attestors/unix.js'
 import { ConnTable } from '../../src/agent/workload-api/endpoint.js'
 import { GrpcStatus, WorkloadStatusError } from '../../src/agent/workload-api/errors.js'
 import { middleware } from '../../src/agent/workload-api/middleware.js'
-import { type ProcStamp, procStampSync } from '../../src/agent/workload-api/proc.js'
+import {
+  ProcFiles,
+  type ProcStamp,
+  parseStatStartTime,
+  procStampSync,
+} from '../../src/agent/workload-api/proc.js'
 import type { WorkloadAttestor } from '../../src/agent/workload-api/types.js'
 import { silentLog } from '../../src/common/log.js'
 
@@ -88,5 +97,65 @@ describe('workload attestation in the middleware', () => {
       attest(new AbortController().signal),
       statusIs(GrpcStatus.UNAUTHENTICATED, /executable changed/),
     )
+  })
+})
+
+const startOf = (pid: number) => parseStatStartTime(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+const exited = (c: ChildProcess) => new Promise((r) => c.once('exit', r))
+
+describe("ProcFiles: the caller's /proc files opened at connect", () => {
+  test('stay bound to the process that connected when its pid names another one', async () => {
+    // A fake proc root whose <pid> entry is re-pointed from process A to process B: what a
+    // reused pid looks like to a path-based read.
+    const root = mkdtempSync(join(tmpdir(), 'procfiles-'))
+    const a = spawn('sleep', ['30'])
+    const b = spawn('sleep', ['30'])
+    try {
+      await new Promise((r) => setTimeout(r, 50))
+      const link = join(root, '4242')
+      symlinkSync(`/proc/${a.pid}`, link)
+      const files = ProcFiles.open(4242, root)
+      assert.equal(parseStatStartTime(files.stat()), startOf(a.pid!))
+      assert.match(files.status(), new RegExp(`^Pid:\\s+${a.pid}$`, 'm'))
+      unlinkSync(link)
+      symlinkSync(`/proc/${b.pid}`, link)
+      // By path the pid is now B; through the files it is still A.
+      assert.equal(procStampSync(4242, root).startTime, startOf(b.pid!))
+      assert.equal(procStampSync(4242, root, files).startTime, startOf(a.pid!))
+      assert.match(files.status(), new RegExp(`^Pid:\\s+${a.pid}$`, 'm'))
+      // A gone: reads fail, whoever the pid names (fail closed, not B's state).
+      a.kill()
+      await exited(a)
+      assert.throws(() => files.stat(), /ESRCH/)
+      assert.throws(() => files.status(), /ESRCH/)
+      assert.throws(() => procStampSync(4242, root, files), /ESRCH/)
+      files.close()
+      assert.throws(() => files.stat(), /closed/)
+    } finally {
+      a.kill()
+      b.kill()
+      rmSync(root, { recursive: true, force: true })
+    }
+  })
+
+  test('read fresh state on every call', () => {
+    const files = ProcFiles.open(process.pid)
+    try {
+      const cpu = () =>
+        Number(
+          files
+            .stat()
+            .slice(files.stat().lastIndexOf(')') + 2)
+            .split(' ')[11],
+        )
+      const before = cpu()
+      const until = Date.now() + 100
+      while (Date.now() < until) {
+        // burn CPU: utime must move
+      }
+      assert.ok(cpu() > before, 'utime read through the held file advanced')
+    } finally {
+      files.close()
+    }
   })
 })

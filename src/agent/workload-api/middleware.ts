@@ -225,7 +225,9 @@ export function middleware(opts: MiddlewareOptions): Middleware {
     try {
       // Synchronous: three /proc look-ups from kernel memory; the async ones cost a libuv pool
       // round trip each, several times the work.
-      now = procStampSync(conn.peer.pid, opts.procRoot)
+      // The start time is read through the files opened at connect, which fail once the
+      // process that connected is gone (whoever has its pid now).
+      now = procStampSync(conn.peer.pid, opts.procRoot, conn.peer.proc)
     } catch (err) {
       throw new WorkloadStatusError(
         GrpcStatus.UNAUTHENTICATED,
