@@ -1,13 +1,20 @@
 /**
  * The server side of bench/workload-latency.ts, one process each (forked with an IPC channel):
  *
- *   wl-server.js agent <dir>   a real server + agent (join token, SQLite, disk keys) and the real
- *                              Workload API endpoint with the unix attestor on <dir>/agent.sock
+ *   wl-server.js server <dir>  a real server (join token, SQLite, disk keys); answers
+ *                              {ready: address, admin: admin socket}
+ *   wl-server.js agent <dir> <address> <admin socket>
+ *                              a real agent (join token, SQLite, disk keys) against that server and
+ *                              the real Workload API endpoint with the unix attestor on
+ *                              <dir>/agent.sock; nothing else in its process, so its CPU time and
+ *                              RSS are the agent's alone
  *   wl-server.js bare <dir>    a bare grpc-js server on <dir>/bare.sock answering with the bytes
  *                              the parent sends (the agent's own), nothing else
  *
  * Messages from the parent: {op:'bytes', x509, jwt} (bare), {op:'rotate'}, {op:'rss'}, {op:'cpu'},
- * {op:'quit'}.
+ * {op:'gc'} (full collections, when run with --expose-gc, before the parent reads VmRSS),
+ * {op:'entries', n} (agent: n more entries of other workloads, synced, so the agent caches n more
+ * SVIDs; answers the cache's {entries, bytes}), {op:'quit'}.
  * 'rotate' answers {t0}: process.hrtime (CLOCK_MONOTONIC, the same clock in every process) when
  * the fan-out began: the bare server's first write, or the agent's first subscriber callback
  * after a re-issued SVID reached its cache.
@@ -19,13 +26,22 @@ import { startWorkloadApi } from '../src/agent/workload-api/server.js'
 import { workloadServiceDefinition } from '../src/agent/workload-api/service.js'
 import type { WorkloadSource } from '../src/agent/workload-api/types.js'
 import { silentLog } from '../src/common/log.js'
+import { adminCall } from '../src/server/admin-client.js'
 import { TrustDomain } from '../src/spiffe/id.js'
 import { startTestAgent } from '../test/helpers/agent.js'
 import { startTestServer } from '../test/helpers/server.js'
 
 type Msg =
   | { op: 'bytes'; x509: string; x509b: string; jwt: string }
-  | { op: 'rotate' | 'rss' | 'cpu' | 'quit' }
+  | { op: 'entries'; n: number }
+  | { op: 'rotate' | 'rss' | 'cpu' | 'gc' | 'quit' }
+
+/** Full collections before RSS is read, so both processes report live memory, not garbage. */
+const gc = () => {
+  const g = (globalThis as { gc?: () => void }).gc
+  for (let i = 0; i < 3; i++) g?.()
+  send({ ok: true, mem: process.memoryUsage() })
+}
 
 const send = (m: unknown) => process.send!(m)
 const now = () => Number(process.hrtime.bigint()) / 1e6
@@ -76,6 +92,7 @@ async function bare(dir: string): Promise<void> {
       send({ t0 })
     } else if (m.op === 'rss') send({ rss: process.memoryUsage().rss })
     else if (m.op === 'cpu') send({ us: cpuUs() })
+    else if (m.op === 'gc') gc()
     else if (m.op === 'quit') {
       server.forceShutdown()
       process.exit(0)
@@ -84,17 +101,35 @@ async function bare(dir: string): Promise<void> {
   send({ ready: socket })
 }
 
-async function agent(dir: string): Promise<void> {
+async function server(): Promise<void> {
   const s = await startTestServer()
-  const token = await s.token('spiffe://example.org/host')
+  process.on('message', async (m: Msg) => {
+    if (m.op === 'quit') {
+      await s[Symbol.asyncDispose]()
+      process.exit(0)
+    }
+  })
+  send({ ready: s.address, admin: s.server.adminSocket })
+}
+
+async function agent(dir: string, address: string, adminSocket: string): Promise<void> {
+  const admin = (method: 'POST' | 'PUT', path: string, body: unknown) =>
+    adminCall(adminSocket, method, path, body)
+  const token = String(
+    (await admin('POST', '/v1/tokens', { spiffe_id: 'spiffe://example.org/host' })).token,
+  )
   const entry = {
     spiffe_id: 'spiffe://example.org/bench',
     parent_id: 'spiffe://example.org/host',
     selectors: [{ type: 'unix', value: `uid:${process.getuid!()}` }],
   }
-  const created = await s.admin('POST', '/v1/entries', entry)
+  const created = await admin('POST', '/v1/entries', entry)
   // Syncs only when asked (the rotation below), so periodic syncs do not land inside a round.
-  const a = await startTestAgent(s.address, dir, token, { syncIntervalMs: 3_600_000 })
+  // Room for the 'entries' op's 1,000 SVIDs besides the bench's own.
+  const a = await startTestAgent(address, dir, token, {
+    syncIntervalMs: 3_600_000,
+    cacheMaxSize: 4096,
+  })
   const manager = a.manager
   // Records when the fan-out of a rotation starts: the first subscriber callback after 'rotate'.
   let rotating = false
@@ -118,28 +153,45 @@ async function agent(dir: string): Promise<void> {
     log: silentLog,
   })
   let rev = 0
+  let nextCached = 0
   process.on('message', async (m: Msg) => {
     if (m.op === 'rotate') {
       rotating = true
       t0 = 0
       // A new entry revision makes the agent re-issue the SVID on its next sync.
-      await s.admin('PUT', `/v1/entries/${String(created.id)}`, { ...entry, hint: `r${++rev}` })
+      await admin('PUT', `/v1/entries/${String(created.id)}`, { ...entry, hint: `r${++rev}` })
       await manager.syncNow()
       rotating = false
       send({ t0 })
+    } else if (m.op === 'entries') {
+      // Entries of other workloads (uids nobody here runs as): cached ahead of time, served to no one.
+      const todo = Array.from({ length: m.n }, (_, i) => ({
+        spiffe_id: `spiffe://example.org/cached/${nextCached + i}`,
+        parent_id: 'spiffe://example.org/host',
+        selectors: [{ type: 'unix', value: `uid:${2_000_000 + nextCached + i}` }],
+      }))
+      nextCached += m.n
+      await Promise.all(
+        Array.from({ length: 16 }, async () => {
+          for (let e = todo.pop(); e; e = todo.pop()) await admin('POST', '/v1/entries', e)
+        }),
+      )
+      await manager.syncNow()
+      send(manager.x509CacheStats())
     } else if (m.op === 'rss') send({ rss: process.memoryUsage().rss })
     else if (m.op === 'cpu') send({ us: cpuUs() })
+    else if (m.op === 'gc') gc()
     else if (m.op === 'quit') {
       await api.close()
       await a[Symbol.asyncDispose]()
-      await s[Symbol.asyncDispose]()
       process.exit(0)
     }
   })
   send({ ready: socket })
 }
 
-const [role, dir] = process.argv.slice(2)
+const [role, dir, address, adminSocket] = process.argv.slice(2)
 if (role === 'bare') await bare(dir!)
-else if (role === 'agent') await agent(dir!)
-else throw new Error(`usage: wl-server.js agent|bare <dir>`)
+else if (role === 'server') await server()
+else if (role === 'agent') await agent(dir!, address!, adminSocket!)
+else throw new Error(`usage: wl-server.js server|bare <dir> | agent <dir> <address> <admin socket>`)

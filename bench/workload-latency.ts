@@ -15,7 +15,7 @@
  * Run: npm run build && node dist/bench/workload-latency.js   (BENCH_ROUNDS, default 4)
  */
 import { type ChildProcess, fork } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -31,9 +31,18 @@ class Proc {
   readonly child: ChildProcess
   private readonly queue: ((m: Record<string, unknown>) => void)[] = []
   constructor(script: string, args: string[]) {
-    // BENCH_CPU_PROF=<dir> profiles the agent process (node --cpu-prof), for finding its costs.
+    // BENCH_CPU_PROF=<dir> profiles the agent and the bare server (node --cpu-prof, <role>.cpuprofile),
+    // so the agent's costs can be read against the bare server's for the same calls.
     const prof = process.env.BENCH_CPU_PROF
-    const execArgv = prof && args[0] === 'agent' ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : []
+    const role = args[0]
+    const measured = role === 'agent' || role === 'bare'
+    const execArgv = [
+      // Both measured processes run full collections before their RSS is read (op 'gc').
+      ...(measured ? ['--expose-gc'] : []),
+      ...(prof && measured
+        ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, `--cpu-prof-name=${role}.cpuprofile`]
+        : []),
+    ]
     this.child = fork(join(here, script), args, {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       execArgv,
@@ -120,7 +129,15 @@ const f2 = (n: number) => n.toFixed(2).padStart(7)
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-bench-lat-'))
-  const agent = new Proc('wl-server.js', ['agent', dir])
+  // The SPIFFE server in a process of its own, so the agent's process holds the agent only.
+  const server = new Proc('wl-server.js', ['server', dir])
+  const srvReady = await server.next()
+  const agent = new Proc('wl-server.js', [
+    'agent',
+    dir,
+    String(srvReady.ready),
+    String(srvReady.admin),
+  ])
   const bare = new Proc('wl-server.js', ['bare', dir])
   const client = new Proc('wl-client.js', [])
   try {
@@ -140,9 +157,10 @@ async function main(): Promise<void> {
     console.log(
       'case                              target   p50 ms   p99 ms   calls/s   server CPU µs/call',
     )
-    // BENCH_ONLY=<substring> runs only the matching cases (and skips the burst unless it matches).
+    // BENCH_ONLY=<substring> runs only the matching cases; BENCH_ONLY=burst or =rss one part only.
     const only = process.env.BENCH_ONLY
-    for (const c of CASES.filter((c) => !only || (only !== 'burst' && c.name.includes(only)))) {
+    const part = only === 'burst' || only === 'rss'
+    for (const c of CASES.filter((c) => !only || (!part && c.name.includes(only)))) {
       const lat = { agent: [] as number[], bare: [] as number[] }
       const wall = { agent: 0, bare: 0 }
       const cpu = { agent: 0, bare: 0 }
@@ -268,12 +286,77 @@ async function main(): Promise<void> {
         unit: 'ms',
       })
     }
+
+    if (!only || only === 'rss') await rssPart(agent, bare, client, sockets)
   } finally {
     agent.quit()
     bare.quit()
     client.quit()
+    await new Promise((r) => setTimeout(r, 300))
+    server.quit()
     await new Promise((r) => setTimeout(r, 500))
     rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/** VmRSS of a child, from /proc/<pid>/status, after it ran full collections. */
+async function vmRss(p: Proc): Promise<number> {
+  const { mem } = await p.ask({ op: 'gc' })
+  if (process.env.BENCH_MEM) console.log(p.child.pid, JSON.stringify(mem))
+  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${p.child.pid}/status`, 'utf8'))
+  if (!m) throw new Error('no VmRSS in /proc/<pid>/status')
+  return Number(m[1]) * 1024
+}
+
+/**
+ * RSS of the agent and the bare server, each its own process: idle, with 1,000
+ * more cached SVIDs (agent), then with 100 and with 1,000 workloads connected (own connection
+ * each, a FetchX509SVID stream open). Goal: agent ≤ 1.1x the bare server plus the cached SVIDs' own bytes.
+ */
+async function rssPart(
+  agent: Proc,
+  bare: Proc,
+  client: Proc,
+  sockets: { agent: string; bare: string },
+): Promise<void> {
+  const mib = (n: number) => (n / 2 ** 20).toFixed(1).padStart(7)
+  const targets = { agent, bare }
+  const idle = { agent: await vmRss(agent), bare: await vmRss(bare) }
+  let cached = (await agent.ask({ op: 'entries', n: 0 })) as { entries: number; bytes: number }
+  console.log(
+    'RSS (VmRSS after full GCs)                    bare MiB  agent MiB  agent-cached / bare (goal ≤ 1.1x)  growth over idle, bare / agent MiB',
+  )
+  const report = (name: string, v: { agent: number; bare: number }) => {
+    const ratio = (v.agent - cached.bytes) / v.bare
+    console.log(
+      `${name.padEnd(46)}${mib(v.bare)}    ${mib(v.agent)}    ${ratio.toFixed(2)}x (cached SVIDs ${cached.entries}, ${(cached.bytes / 1024).toFixed(0)} KiB)        ${mib(v.bare - idle.bare)} / ${mib(v.agent - idle.agent)}`,
+    )
+    summary({
+      bench: 'workload-latency',
+      case: `RSS ${name}, agent − cached SVID bytes vs bare`,
+      value: ratio,
+      op: '<=',
+      bound: 1.1,
+      unit: 'x',
+    })
+  }
+  report('idle', idle)
+  // Cumulative, in this order: V8 keeps heap pages it grew into, so a step measured after a
+  // larger one would report the larger one's high-water mark.
+  cached = (await agent.ask({ op: 'entries', n: 1000 })) as { entries: number; bytes: number }
+  report(`${cached.entries.toLocaleString('en')} cached SVIDs`, {
+    agent: await vmRss(agent),
+    bare: await vmRss(bare),
+  })
+  for (const n of [100, 1000]) {
+    const v = { agent: 0, bare: 0 }
+    for (const t of ['bare', 'agent'] as const) {
+      await client.ask({ op: 'open', socket: sockets[t], connections: n, streams: n })
+      v[t] = await vmRss(targets[t])
+      await client.ask({ op: 'closeAll' })
+      await new Promise((res) => setTimeout(res, 300))
+    }
+    report(`+ ${n.toLocaleString('en')} workloads connected`, v)
   }
 }
 

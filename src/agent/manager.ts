@@ -444,6 +444,11 @@ export class AgentManager implements WorkloadSource {
     return this.jwt.stats()
   }
 
+  /** For benches and diagnostics: cached X.509-SVIDs and their own bytes (chains and keys). */
+  x509CacheStats(): { entries: number; bytes: number } {
+    return this.x509.stats()
+  }
+
   jwtBundle(td: TrustDomain): JwtBundle | undefined {
     return this.bundle.jwtBundle(td)
   }

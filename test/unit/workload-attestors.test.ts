@@ -63,6 +63,11 @@ describe('/proc parsing', () => {
     assert.deepEqual(parseProcStatus('Uid:\t5\nGid:\t6\n'), { uid: 5, gid: 6, groups: [] })
     assert.throws(() => parseProcStatus('Gid:\t1 1 1 1\n'), /no Uid/)
     assert.throws(() => parseProcStatus('Uid:\tx\nGid:\t1\n'), /malformed Uid/)
+    // Only a line's start names a field: text after it (a comm, escaped by the kernel) does not.
+    const tricky = 'Name:\tx Uid:\t0 Groups:\t0\nUid:\t7 8 8 8\nGid:\t9 9 9 9\nGroups:\t10\n'
+    assert.deepEqual(parseProcStatus(tricky), { uid: 8, gid: 9, groups: [10] })
+    assert.deepEqual(parseProcStatus('Uid:\t1\nGid:\t2'), { uid: 1, gid: 2, groups: [] })
+    assert.throws(() => parseProcStatus('Name:\tUid:\t0\nGid:\t1\n'), /no Uid/)
   })
 
   test('passwd/group names: first entry wins, comments skipped', () => {

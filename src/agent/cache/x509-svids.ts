@@ -147,6 +147,16 @@ export class X509SvidCache {
     return this.svids.size
   }
 
+  /** The cached SVIDs and their own bytes (certificate chains and private keys). */
+  stats(): { entries: number; bytes: number } {
+    let bytes = 0
+    for (const s of this.svids.values()) {
+      bytes += s.privateKey.byteLength
+      for (const c of s.chain) bytes += c.byteLength
+    }
+    return { entries: this.svids.size, bytes }
+  }
+
   /** The soonest rotation still ahead, if any (the sync loop wakes for it). */
   nextRotation(now: number): number | undefined {
     let next: number | undefined
@@ -260,11 +270,14 @@ export class X509SvidCache {
     return out
   }
 
-  private update(selectors: ReadonlySet<string>): X509Update {
+  private update(
+    selectors: ReadonlySet<string>,
+    matched: readonly EntryMessage[] = this.d.entries.matching(selectors),
+  ): X509Update {
     const now = this.d.now()
     const svids: WorkloadX509Svid[] = []
     const bundles = new Map<string, readonly Uint8Array[]>()
-    for (const e of this.d.entries.matching(selectors)) {
+    for (const e of matched) {
       // The federated bundles these identities may use: those their entries federate with.
       for (const f of e.federatesWith) {
         const name = f.startsWith('spiffe://') ? f.slice(9) : f
@@ -282,15 +295,24 @@ export class X509SvidCache {
   }
 
   private fingerprint(u: X509Update): string {
-    const fed = [...u.bundles.keys()]
-      .filter((td) => td !== this.d.trustDomain.name)
-      .sort()
-      .map((td) => `${td}@${this.d.federated(td)?.sequence ?? 0}:${u.bundles.get(td)?.length ?? 0}`)
-    return `${this.d.bundle()?.sequence ?? 0}|${fed.join(',')}|${u.svids.map((s) => `${s.entryId}:${Buffer.from(s.chain[0]!).subarray(-16).toString('hex')}`).join(',')}`
+    let fed = ''
+    // Federated bundles are rare: skip the sort and join when only our own is there.
+    if (u.bundles.size > (u.bundles.has(this.d.trustDomain.name) ? 1 : 0)) {
+      fed = [...u.bundles.keys()]
+        .filter((td) => td !== this.d.trustDomain.name)
+        .sort()
+        .map(
+          (td) => `${td}@${this.d.federated(td)?.sequence ?? 0}:${u.bundles.get(td)?.length ?? 0}`,
+        )
+        .join(',')
+    }
+    let ids = ''
+    for (const s of u.svids) ids += `${ids === '' ? '' : ','}${svidKey(s)}`
+    return `${this.d.bundle()?.sequence ?? 0}|${fed}|${ids}`
   }
 
-  private deliver(sub: X509Sub): void {
-    const u = this.update(sub.selectors)
+  private deliver(sub: X509Sub, matched?: readonly EntryMessage[]): void {
+    const u = this.update(sub.selectors, matched)
     const fp = this.fingerprint(u)
     if (fp === sub.last) return
     sub.last = fp
@@ -306,13 +328,14 @@ export class X509SvidCache {
    * Whether an entry of these selectors still lacks an SVID that may yet come. One the server
    * refused (at this revision) will not come soon: waiting for it would delay the others.
    */
-  private awaitsSvids(selectors: ReadonlySet<string>): boolean {
+  private awaitsSvids(
+    selectors: ReadonlySet<string>,
+    matched: readonly EntryMessage[] = this.d.entries.matching(selectors),
+  ): boolean {
     const now = this.d.now()
     // An expired SVID (restored from the sealed cache, or outlived an outage) is as good as none.
     const usable = (id: string) => (this.svids.get(id)?.notAfter ?? 0) > now
-    return this.d.entries
-      .matching(selectors)
-      .some((e) => !usable(e.id) && this.issueRefused.get(e.id) !== e.revisionNumber)
+    return matched.some((e) => !usable(e.id) && this.issueRefused.get(e.id) !== e.revisionNumber)
   }
 
   /** Subscriptions waiting for SVIDs get their first update once they exist, or when time is up. */
@@ -335,19 +358,36 @@ export class X509SvidCache {
       waitingUntil: undefined,
     }
     this.subs.add(sub)
-    if (this.awaitsSvids(sub.selectors)) {
+    // One match for both questions below (a new stream asks both at once).
+    const matched = this.d.entries.matching(sub.selectors)
+    if (this.awaitsSvids(sub.selectors, matched)) {
       // Entries match but their SVIDs are not issued yet (cache limit, new entry): fetch now and
       // answer when they arrive, rather than telling the workload it has no identity.
       sub.waitingUntil = this.d.now() + 10_000
       this.d.requestSync()
       setTimeout(() => this.flushWaiting(), 10_050).unref?.()
     } else {
-      this.deliver(sub)
+      this.deliver(sub, matched)
     }
     return () => {
       this.subs.delete(sub)
     }
   }
+}
+
+/**
+ * An SVID's part of a subscriber's fingerprint: its entry and the last bytes of its leaf (the
+ * signature). Kept per SVID object, which the cache never mutates: hex-encoding the leaf on
+ * every delivery was a measurable share of each FetchX509SVID in the profile.
+ */
+const svidKeys = new WeakMap<WorkloadX509Svid, string>()
+function svidKey(s: WorkloadX509Svid): string {
+  let k = svidKeys.get(s)
+  if (k === undefined) {
+    k = `${s.entryId}:${Buffer.from(s.chain[0]!).subarray(-16).toString('hex')}`
+    svidKeys.set(s, k)
+  }
+  return k
 }
 
 function pkcs8(key: KeyObject): Uint8Array {

@@ -13,7 +13,7 @@ import type * as grpc from '@grpc/grpc-js'
 import type { Log } from '../../common/log.js'
 import { secureSocketDir } from '../../common/socket-dir.js'
 import { WorkloadEndpointError } from './errors.js'
-import { type ProcStamp, procStampSync } from './proc.js'
+import { ProcFiles, type ProcStamp, procStampSync } from './proc.js'
 import type { PeerInfo } from './types.js'
 
 /**
@@ -195,11 +195,15 @@ export async function listenEndpoint(
     }
     let peer: PeerInfo
     let stamp: ProcStamp
+    let proc: ProcFiles | undefined
     try {
-      peer = opts.peerCred(fd)
-      if (!(peer.pid > 0)) throw new Error(`kernel reported pid ${peer.pid}`)
-      stamp = procStampSync(peer.pid, opts.procRoot)
+      const cred = opts.peerCred(fd)
+      if (!(cred.pid > 0)) throw new Error(`kernel reported pid ${cred.pid}`)
+      proc = ProcFiles.open(cred.pid, opts.procRoot)
+      peer = { pid: cred.pid, uid: cred.uid, gid: cred.gid, proc }
+      stamp = procStampSync(peer.pid, opts.procRoot, proc)
     } catch (err) {
+      proc?.close()
       // The caller is gone already, or we cannot identify it: nothing can be served.
       log('warn', 'dropping a workload connection we cannot identify', {
         error: (err as Error).message,
@@ -212,6 +216,7 @@ export async function listenEndpoint(
     socket.once('close', () => {
       conns.delete(id)
       sockets.delete(socket)
+      proc.close()
     })
     // grpc-js reports socket.remoteAddress as the call's peer: make it our connection key.
     Object.defineProperty(socket, 'remoteAddress', { value: id, configurable: true })

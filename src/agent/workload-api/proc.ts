@@ -4,7 +4,7 @@
  * process start time and /proc/<pid> owner at accept, and comparing after attestation, catches that
  * race (SPIRE's peertracker does the same on Linux).
  */
-import { readFileSync, statSync } from 'node:fs'
+import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs'
 import { readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 
@@ -41,7 +41,84 @@ export function parseStatStartTime(text: string): string {
 
 const exeId = (st: { dev: number; ino: number }) => `${st.dev}:${st.ino}`
 
-export function procStampSync(pid: number, procRoot = DEFAULT_PROC_ROOT): ProcStamp {
+/** Largest /proc text read through ProcFiles (status with NGROUPS_MAX groups is ~450 KiB). */
+export const PROC_FILE_MAX_BYTES = 1 << 20
+
+/** One buffer for every read: the reads are synchronous, so no two overlap. */
+let readBuf = Buffer.allocUnsafe(16 * 1024)
+
+function preadAll(fd: number): string {
+  let n = 0
+  for (;;) {
+    if (n === readBuf.length) {
+      if (readBuf.length >= PROC_FILE_MAX_BYTES) throw new Error('/proc file too large')
+      const bigger = Buffer.allocUnsafe(readBuf.length * 2)
+      readBuf.copy(bigger, 0, 0, n)
+      readBuf = bigger
+    }
+    // Explicit positions from 0: the kernel renders the file afresh for every read from 0.
+    const r = readSync(fd, readBuf, n, readBuf.length - n, n)
+    if (r === 0) return readBuf.toString('utf8', 0, n)
+    n += r
+  }
+}
+
+/**
+ * A caller's /proc/<pid>/stat (opened when it connects) and /proc/<pid>/status, read again for
+ * every attestation. An open /proc file stays bound to the process it was opened for: once that
+ * process is gone, reads fail (ESRCH) even if its pid now names another process, so a reused pid
+ * cannot be read as the caller. (Re-opening by path per call also cost most of each read in the
+ * profile.) Closed with the connection.
+ */
+export class ProcFiles {
+  private readonly dir: string
+  private readonly statFd: number
+  /**
+   * Opened at the first attestation, not at connect: it needs no binding of its own, because
+   * every attestation ends with the liveness check through `statFd`, which fails unless the
+   * process that connected is still alive (so its pid was not reused when this was opened).
+   */
+  private statusFd: number | undefined
+  private closed = false
+
+  private constructor(dir: string, statFd: number) {
+    this.dir = dir
+    this.statFd = statFd
+  }
+
+  static open(pid: number, procRoot = DEFAULT_PROC_ROOT): ProcFiles {
+    const dir = join(procRoot, String(pid))
+    return new ProcFiles(dir, openSync(join(dir, 'stat'), 'r'))
+  }
+
+  stat(): string {
+    if (this.closed) throw new Error('the connection is closed')
+    return preadAll(this.statFd)
+  }
+
+  status(): string {
+    if (this.closed) throw new Error('the connection is closed')
+    this.statusFd ??= openSync(join(this.dir, 'status'), 'r')
+    return preadAll(this.statusFd)
+  }
+
+  close(): void {
+    if (this.closed) return
+    this.closed = true
+    closeSync(this.statFd)
+    if (this.statusFd !== undefined) closeSync(this.statusFd)
+  }
+}
+
+/**
+ * `files`: the caller's ProcFiles; its stat is read through them (bound to the process), the
+ * owner and executable by path (stat() of an open /proc file does not follow exec or setuid).
+ */
+export function procStampSync(
+  pid: number,
+  procRoot = DEFAULT_PROC_ROOT,
+  files?: ProcFiles,
+): ProcStamp {
   const dir = join(procRoot, String(pid))
   const st = statSync(dir)
   let exe: string | undefined
@@ -51,7 +128,7 @@ export function procStampSync(pid: number, procRoot = DEFAULT_PROC_ROOT): ProcSt
     exe = undefined
   }
   return {
-    startTime: parseStatStartTime(readFileSync(join(dir, 'stat'), 'utf8')),
+    startTime: parseStatStartTime(files ? files.stat() : readFileSync(join(dir, 'stat'), 'utf8')),
     uid: st.uid,
     gid: st.gid,
     exe,

@@ -80,6 +80,8 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
     // Requests are tiny (the largest is a JWT to validate); bound what a caller can make us buffer.
     'grpc.max_receive_message_length': 1 << 20,
     'grpc.max_concurrent_streams': opts.maxConcurrentStreams ?? 1000,
+    // Nothing reads channelz here; its per-call and per-session trackers are work on every call.
+    'grpc.enable_channelz': 0,
   })
   const handlers = workloadHandlers({ ...opts, log }, mw)
   grpcServer.addService(workloadServiceDefinition, opts.wrapHandlers?.(handlers) ?? handlers)

@@ -7,6 +7,8 @@ import type { Selector } from '../../attestors/types.js'
 import type { JwtBundle } from '../../spiffe/bundle.js'
 import type { TrustDomain } from '../../spiffe/id.js'
 
+import type { ProcFiles } from './proc.js'
+
 export type { Selector }
 
 export interface WorkloadX509Svid {
@@ -96,6 +98,11 @@ export interface PeerInfo {
   readonly pid: number
   readonly uid: number
   readonly gid: number
+  /**
+   * The caller's /proc files, opened when it connected (the endpoint sets them): reads through
+   * them fail once that process is gone, whoever has its pid now.
+   */
+  readonly proc?: ProcFiles
 }
 
 /** A workload attestor plugin (unix, systemd, docker): selectors from a caller's pid. */

@@ -24,11 +24,25 @@ function ids(line: string | undefined, what: string): number[] {
   return values
 }
 
+/** The value of the first `name:` line, without splitting the whole file (~55 lines). */
+function statusLine(text: string, name: string): string | undefined {
+  const key = `${name}:`
+  let at = 0
+  if (!text.startsWith(key)) {
+    const nl = text.indexOf(`\n${key}`)
+    if (nl < 0) return undefined
+    at = nl + 1
+  }
+  const end = text.indexOf('\n', at)
+  return text.slice(at + key.length, end < 0 ? text.length : end)
+}
+
 export function parseProcStatus(text: string): ProcStatus {
+  // Only the three lines we use; the attestor reads this file on every call.
   const lines = new Map<string, string>()
-  for (const line of text.split('\n')) {
-    const colon = line.indexOf(':')
-    if (colon > 0) lines.set(line.slice(0, colon), line.slice(colon + 1))
+  for (const name of ['Uid', 'Gid', 'Groups']) {
+    const v = statusLine(text, name)
+    if (v !== undefined) lines.set(name, v)
   }
   const uids = ids(lines.get('Uid'), 'Uid')
   const gids = ids(lines.get('Gid'), 'Gid')

@@ -45,7 +45,10 @@ export function unixAttestor(opts: UnixAttestorOptions = {}): UnixAttestor {
         // Read on every call (supplementary groups can change), synchronously: /proc is served
         // from kernel memory in microseconds, and the libuv pool round trips (open, fstat,
         // read, close) of readFile were the largest cost per call in the profile.
-        status = parseProcStatus(readFileSync(join(dir, 'status'), 'utf8'))
+        // Through the file opened at connect when there is one: bound to that process.
+        status = parseProcStatus(
+          peer.proc ? peer.proc.status() : readFileSync(join(dir, 'status'), 'utf8'),
+        )
       } catch (err) {
         throw new WorkloadAttestationError(`unix: cannot read status of pid ${peer.pid}`, err)
       }
