@@ -7,6 +7,7 @@
 import { dirname, join } from 'node:path'
 import { stringify } from 'smol-toml'
 import { ConfigError } from '../common/config.js'
+import { mapFederation } from './spire-federation.js'
 
 export type ConfigKind = 'server' | 'agent'
 type Obj = Record<string, unknown>
@@ -121,6 +122,9 @@ class Mapper {
           this.notes.push(
             'server.ca_subject: ignored; the CA subject is CN=<trust domain> CA <n>, O=spiffe-edge (identity is in the URI SAN)',
           )
+          break
+        case 'federation':
+          out.federation = mapFederation(v, this.unmapped)
           break
         case 'ratelimit': {
           const rl = one(v) ?? {}

@@ -97,14 +97,14 @@ test('run and validate refuse an HCL file with unmapped settings, naming each (E
     const f = join(dir, 'server.conf')
     writeFileSync(
       f,
-      'server {\n  trust_domain = "example.org"\n  federation {\n    bundle_endpoint {\n      port = 8443\n    }\n  }\n}\nplugins {\n  NodeAttestor "join_token" {\n    plugin_data {}\n  }\n}\n',
+      'server {\n  trust_domain = "example.org"\n  audit_log_enabled = true\n}\nplugins {\n  NodeAttestor "join_token" {\n    plugin_data {}\n  }\n}\n',
     )
     await assert.rejects(
       readConfigText(f, 'server'),
       (e: unknown) =>
         e instanceof SpiffeEdgeError &&
         e.code === 'ERR_CONFIG' &&
-        /server\.federation/.test(e.message),
+        /server\.audit_log_enabled/.test(e.message),
     )
     await assert.rejects(
       readConfigText(f, 'agent'),
@@ -124,4 +124,81 @@ test('run and validate refuse an HCL file with unmapped settings, naming each (E
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }
+})
+
+test("SPIRE's federation block maps onto [server.federation], both profiles; ACME is listed", async () => {
+  const c = await convertSpireConfig(
+    `server {
+  trust_domain = "one.test"
+  data_dir = "/var/lib/spire/server"
+  federation {
+    bundle_endpoint {
+      address = "0.0.0.0"
+      port = 8443
+      refresh_hint = "10m"
+      profile "https_web" {
+        serving_cert_file {
+          cert_file_path = "/etc/spire/be.crt"
+          key_file_path = "/etc/spire/be.key"
+        }
+      }
+    }
+    federates_with "two.test" {
+      bundle_endpoint_url = "https://two.example:8443"
+      bundle_endpoint_profile "https_spiffe" {
+        endpoint_spiffe_id = "spiffe://two.test/spire/server"
+      }
+    }
+    federates_with "three.test" {
+      bundle_endpoint_url = "https://three.example"
+      bundle_endpoint_profile "https_web" {}
+    }
+  }
+}
+plugins {
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+}
+`,
+    '/etc/spire/server.conf',
+  )
+  assert.deepEqual(c.unmapped, [])
+  const cfg = parseServerConfig(c.toml, '/etc/spire/server.conf')
+  const f = cfg.federation
+  assert.ok(f)
+  assert.deepEqual(f.bundleEndpoint, {
+    address: '0.0.0.0',
+    port: 8443,
+    refreshHintSeconds: 600,
+    profile: { type: 'https_web', certFile: '/etc/spire/be.crt', keyFile: '/etc/spire/be.key' },
+  })
+  const byTd = Object.fromEntries(f.federatesWith.map((r) => [r.trustDomain, r]))
+  assert.deepEqual(byTd['two.test'], {
+    trustDomain: 'two.test',
+    bundleEndpointUrl: 'https://two.example:8443',
+    profile: { type: 'https_spiffe', endpointSpiffeId: 'spiffe://two.test/spire/server' },
+  })
+  assert.deepEqual(byTd['three.test']?.profile, { type: 'https_web' })
+
+  const acme = await convertSpireConfig(
+    `server {
+  trust_domain = "one.test"
+  federation {
+    bundle_endpoint {
+      port = 8443
+      acme {
+        domain_name = "one.example"
+        email = "ops@one.example"
+      }
+    }
+  }
+}
+`,
+    'x.conf',
+  )
+  assert.match(
+    acme.unmapped.join('\n'),
+    /server\.federation\.bundle_endpoint\.acme: ACME is not supported/,
+  )
 })
