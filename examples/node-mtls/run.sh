@@ -28,7 +28,8 @@ first_line() {
 }
 json() { node -e 'const o=JSON.parse(process.argv[1]);console.log(o[process.argv[2]])' "$1" "$2"; }
 
-bin/spiffe-edge server run --config examples/local/server.conf --data-dir "$tmp/server" --port 0 \
+bin/spiffe-edge server run --config examples/local/server.conf --data-dir "$tmp/server" \
+  --admin-socket "$tmp/server/admin.sock" --port 0 \
   >"$tmp/server.out" 2>"$tmp/server.log" &
 pids+=($!)
 ready=$(first_line "$tmp/server.out")

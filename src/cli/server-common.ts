@@ -2,6 +2,7 @@
  * What every `spiffe-edge server` admin command shares: the admin socket and output flags, the
  * `leaf` wrapper that applies them, and small value parsers.
  */
+import { DEFAULT_ADMIN_SOCKET } from '../common/socket-dir.js'
 import { UsageError } from '../errors.js'
 import {
   durationOption,
@@ -13,7 +14,8 @@ import {
 
 export const ADMIN_SOCKET: OptionSpec = {
   type: 'string',
-  description: 'the server admin socket (env SPIFFE_EDGE_ADMIN_SOCKET)',
+  // Not a parseArgs default: SPIFFE_EDGE_ADMIN_SOCKET sits between the flag and this path.
+  description: `the server admin socket (default: ${DEFAULT_ADMIN_SOCKET}; env SPIFFE_EDGE_ADMIN_SOCKET)`,
   valueName: 'PATH',
   aliases: ['socketPath'],
 }
@@ -27,7 +29,7 @@ export const OUTPUT: OptionSpec = {
 export function socketOf(values: OptionValues, io: Io): string {
   const v = values['admin-socket']
   if (typeof v === 'string' && v !== '') return v
-  return io.env.SPIFFE_EDGE_ADMIN_SOCKET ?? './data/admin.sock'
+  return io.env.SPIFFE_EDGE_ADMIN_SOCKET || DEFAULT_ADMIN_SOCKET
 }
 
 export const list = (v: string | boolean | string[] | undefined): string[] =>

@@ -1,3 +1,4 @@
+import { DEFAULT_ADMIN_SOCKET } from '../common/socket-dir.js'
 import { socketPeerCred } from '../native/peercred.js'
 import { parseServerConfig } from '../server/config.js'
 import { startServer } from '../server/server.js'
@@ -38,7 +39,7 @@ export const serverRunCommand: Leaf = {
     },
     'admin-socket': {
       type: 'string',
-      description: 'override server.admin_socket',
+      description: `override server.admin_socket (default: ${DEFAULT_ADMIN_SOCKET})`,
       valueName: 'PATH',
       aliases: ['socketPath'],
     },

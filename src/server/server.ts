@@ -22,7 +22,7 @@ import type { PeerCredentials } from '../native/types.js'
 import { parsePemCertificates } from '../spiffe/bundle.js'
 import { SpiffeId, TrustDomain } from '../spiffe/id.js'
 import type { BrokerAccess } from '../transport/mqtt/broker-access.js'
-import { startAdminServer } from './admin.js'
+import { prepareAdminSocket, startAdminServer } from './admin.js'
 import { adminCore } from './admin-core.js'
 import { CaManager, type Clock, type UpstreamAuthority } from './ca.js'
 import type { ServerConfig } from './config.js'
@@ -134,6 +134,12 @@ export async function startServer(
   const lock = acquireDataDirLock(config.dataDir, 'server')
   cleanups.push(() => lock.release())
   try {
+    // Two servers on other data dirs may still name one admin socket (the default): the second
+    // fails here, before it opens a datastore or binds a port.
+    await prepareAdminSocket(
+      config.adminSocket,
+      config.adminSocketGroup === undefined ? undefined : groupId(config.adminSocketGroup),
+    )
     tightenDataDir(config.dataDir, log)
     const datastorePath = join(config.dataDir, 'datastore.sqlite3')
     const keys = await buildKeyManager(KEY_MANAGERS, config.keyManager, 'server')

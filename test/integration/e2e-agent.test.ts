@@ -18,6 +18,8 @@ test('server + agent + Workload API end to end: X.509 and JWT SVIDs for this uid
       join(repoRoot, 'examples/local/server.conf'),
       '--data-dir',
       join(dir, 'server'),
+      '--admin-socket',
+      join(dir, 'server', 'admin.sock'),
       '--port',
       '0',
     ],

@@ -17,6 +17,8 @@ async function runServer(t: { after: (fn: () => Promise<void>) => void }) {
       join(repoRoot, 'examples/local/server.conf'),
       '--data-dir',
       dir,
+      '--admin-socket',
+      join(dir, 'admin.sock'),
       '--port',
       '0',
     ],
