@@ -159,7 +159,7 @@ elif [ "$attestor" = tpm ]; then
 else
   echo
   echo "== spiffe-edge server token generate --spiffeID spiffe://example.org/gateway/1"
-  token="$(json "$(./bin/spiffe-edge server token generate --admin-socket "$sock" --spiffeID spiffe://example.org/gateway/1 --json)" token)"
+  token="$(json "$(./bin/spiffe-edge server token generate --admin-socket "$sock" --spiffeID spiffe://example.org/gateway/1 -output json)" value)"
   echo "Token: $token"
   agent_args=(--config examples/local/agent.conf --join-token "$token" --insecure-bootstrap)
 fi

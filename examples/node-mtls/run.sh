@@ -38,7 +38,7 @@ admin=$(json "$ready" admin_socket)
 echo "server listening on $address"
 
 token=$(bin/spiffe-edge server token generate --admin-socket "$admin" \
-  --spiffeID spiffe://example.org/host --json | node -e 'process.stdin.on("data",d=>console.log(JSON.parse(d).token))')
+  --spiffeID spiffe://example.org/host --json | node -e 'process.stdin.on("data",d=>console.log(JSON.parse(d).value))')
 # Both workloads run as this user: each entry carries a hint, and each workload picks its own.
 for who in server client; do
   bin/spiffe-edge server entry create --admin-socket "$admin" --parentID spiffe://example.org/host \

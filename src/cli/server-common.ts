@@ -19,10 +19,13 @@ export const ADMIN_SOCKET: OptionSpec = {
   valueName: 'PATH',
   aliases: ['socketPath'],
 }
-export const JSON_FLAG: OptionSpec = { type: 'boolean', description: 'print JSON instead of text' }
+export const JSON_FLAG: OptionSpec = {
+  type: 'boolean',
+  description: 'the same as -output json',
+}
 export const OUTPUT: OptionSpec = {
   type: 'string',
-  description: 'pretty or json',
+  description: "pretty (default) or json: SPIRE's API message JSON, errors as JSON on stderr",
   valueName: 'FORMAT',
 }
 
@@ -78,7 +81,7 @@ export function leaf(
     summary,
     options: { ...options, 'admin-socket': ADMIN_SOCKET, json: JSON_FLAG, output: OUTPUT },
     run: (values, io) => {
-      // SPIRE spells it --output json; --json is the short form.
+      // SPIRE spells it -output json; --json is an alias (same shapes, see spire-json.ts).
       if (values.output !== undefined && values.output !== 'pretty' && values.output !== 'json') {
         throw new UsageError(`--output must be pretty or json, got '${String(values.output)}'`)
       }

@@ -12,6 +12,7 @@ import {
   seconds,
   unixSeconds,
 } from './server-common.js'
+import { countMsg, entryBatchMsg, entryDeleteMsg, entryListMsg, line } from './spire-json.js'
 
 export const ENTRY_FLAGS: Readonly<Record<string, OptionSpec>> = {
   spiffeID: { type: 'string', description: 'the SPIFFE ID this entry issues', valueName: 'ID' },
@@ -132,7 +133,7 @@ async function createBatch(v: OptionValues, io: Io, sock: string): Promise<numbe
   const items = (doc as { entries?: unknown }).entries
   if (!Array.isArray(items))
     throw new UsageError(`-data ${file} has no "entries" list`, 'write {"entries": [ ... ]}')
-  const results: { status: string; entry?: EntryView; error?: unknown }[] = []
+  const results: { status: string; entry?: EntryView; error?: { code?: string; message?: string } }[] = []
   for (const item of items) {
     try {
       const e = (await adminCall(
@@ -143,10 +144,13 @@ async function createBatch(v: OptionValues, io: Io, sock: string): Promise<numbe
       )) as unknown as EntryView
       results.push({ status: 'OK', entry: e })
     } catch (err) {
-      results.push({ status: 'ERROR', error: isSpiffeEdgeError(err) ? err.toJSON() : String(err) })
+      results.push({
+        status: 'ERROR',
+        error: isSpiffeEdgeError(err) ? err.toJSON() : { message: String(err) },
+      })
     }
   }
-  if (v.json) io.out(`${JSON.stringify({ results })}\n`)
+  if (v.json) io.out(line(entryBatchMsg(results as never)))
   else
     for (const r of results) {
       if (r.entry) io.out(formatEntry(r.entry))
@@ -240,7 +244,7 @@ export const entryGroup: Group = {
           '/v1/entries',
           entryBody(v),
         )) as unknown as EntryView
-        io.out(v.json ? `${JSON.stringify(e)}\n` : formatEntry(e))
+        io.out(v.json ? line(entryBatchMsg([{ entry: e as never }])) : formatEntry(e))
         return 0
       },
     ),
@@ -259,7 +263,7 @@ export const entryGroup: Group = {
           `/v1/entries/${id}`,
           entryBody(v),
         )) as unknown as EntryView
-        io.out(v.json ? `${JSON.stringify(e)}\n` : formatEntry(e))
+        io.out(v.json ? line(entryBatchMsg([{ entry: e as never }])) : formatEntry(e))
         return 0
       },
     ),
@@ -270,7 +274,7 @@ export const entryGroup: Group = {
       async (v, io, sock) => {
         const id = requireString(v, 'entryID')
         await adminCall(sock, 'DELETE', `/v1/entries/${encodeURIComponent(id)}`)
-        io.out(v.json ? `${JSON.stringify({ deleted: id })}\n` : `Deleted entry with ID: ${id}\n`)
+        io.out(v.json ? line(entryDeleteMsg(id)) : `Deleted entry with ID: ${id}\n`)
         return 0
       },
     ),
@@ -282,7 +286,7 @@ export const entryGroup: Group = {
         const entries = await findEntries(v, sock)
         io.out(
           v.json
-            ? `${JSON.stringify({ entries })}\n`
+            ? line(entryListMsg(entries as never))
             : `Found ${entries.length} entr${entries.length === 1 ? 'y' : 'ies'}\n${entries.map(formatEntry).join('')}`,
         )
         return 0
@@ -292,7 +296,7 @@ export const entryGroup: Group = {
       const n = (await findEntries(v, sock)).length
       io.out(
         v.json
-          ? `${JSON.stringify({ count: n })}\n`
+          ? line(countMsg(n))
           : `${n} registration entr${n === 1 ? 'y' : 'ies'}\n`,
       )
       return 0
@@ -301,7 +305,7 @@ export const entryGroup: Group = {
       const entries = (await adminCall(sock, 'GET', '/v1/entries')).entries as EntryView[]
       io.out(
         v.json
-          ? `${JSON.stringify({ entries })}\n`
+          ? line(entryListMsg(entries as never))
           : `Found ${entries.length} entr${entries.length === 1 ? 'y' : 'ies'}\n${entries.map(formatEntry).join('')}`,
       )
       return 0

@@ -144,6 +144,7 @@ export async function startAdminServer(
             )
           }
           return send(res, 200, {
+            trust_domain: core.trustDomain,
             format,
             sequence: b.sequence,
             bundle: format === 'pem' ? b.pem : b.spiffe,

@@ -134,13 +134,14 @@ export async function startServer(
   const lock = acquireDataDirLock(config.dataDir, 'server')
   cleanups.push(() => lock.release())
   try {
+    tightenDataDir(config.dataDir, log)
     // Two servers on other data dirs may still name one admin socket (the default): the second
-    // fails here, before it opens a datastore or binds a port.
+    // fails here, before it opens a datastore or binds a port (the socket may be in the data dir,
+    // so after tightenDataDir).
     await prepareAdminSocket(
       config.adminSocket,
       config.adminSocketGroup === undefined ? undefined : groupId(config.adminSocketGroup),
     )
-    tightenDataDir(config.dataDir, log)
     const datastorePath = join(config.dataDir, 'datastore.sqlite3')
     const keys = await buildKeyManager(KEY_MANAGERS, config.keyManager, 'server')
     cleanups.push(() => keys.close())

@@ -63,7 +63,7 @@ export async function startServerProcess(
 export async function hostTokenFor(server: ServerProcess, workloadId: string): Promise<string> {
   const token = JSON.parse(
     await server.admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
-  ).token as string
+  ).value as string
   await server.admin(
     'entry',
     'create',

@@ -157,7 +157,7 @@ test('the .deb installs, runs server and agent from the units as spiffe-edge, an
   writeFileSync('/etc/spiffe-edge/bundle.pem', await admin('bundle', 'show'))
   const token = JSON.parse(
     await admin('token', 'generate', '-spiffeID', 'spiffe://example.org/gw', '--json'),
-  ).token as string
+  ).value as string
   await admin(
     'entry',
     'create',

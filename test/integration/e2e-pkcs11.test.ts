@@ -49,7 +49,7 @@ test('server CA + JWT keys and the agent SVID key in SoftHSM2: SVIDs verify with
   }
   const joinToken = JSON.parse(
     await admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
-  ).token as string
+  ).value as string
   await admin(
     'entry',
     'create',
