@@ -31,6 +31,7 @@ export async function startServerProcess(
   t: After,
   serverToml = '',
   port = 0,
+  env?: NodeJS.ProcessEnv,
 ): Promise<ServerProcess> {
   const config = join(dir, 'server.conf')
   // Written on every start; a restart over the same dir keeps the data.
@@ -41,7 +42,11 @@ export async function startServerProcess(
     `[server]\ntrust_domain = "example.org"\ndata_dir = "./server"\nlog_level = "info"\n${/^admin_socket\s*=/m.test(serverToml) ? '' : 'admin_socket = "./server/admin.sock"\n'}${/attest_rate_per_second/.test(serverToml) ? '' : 'attest_rate_per_second = 100\n'}${serverToml}\n` +
       '[plugins.KeyManager.disk]\n[plugins.NodeAttestor.join_token]\n',
   )
-  const p = await startCli(['server', 'run', '--config', config, '--port', String(port)], t)
+  const p = await startCli(
+    ['server', 'run', '--config', config, '--port', String(port)],
+    t,
+    env ? { env } : {},
+  )
   const adminSocket = String(p.first.admin_socket)
   return {
     ...p,
