@@ -129,11 +129,7 @@ export const agentGroup: Group = {
       LIST_FLAGS,
       async (v, io, sock) => {
         const n = (await findAgents(v, sock)).length
-        io.out(
-          v.json
-            ? line(countMsg(n))
-            : `${n} attested agent${n === 1 ? '' : 's'}\n`,
-        )
+        io.out(v.json ? line(countMsg(n)) : `${n} attested agent${n === 1 ? '' : 's'}\n`)
         return 0
       },
     ),

@@ -50,7 +50,9 @@ export const bundleGroup: Group = {
           typeof v.id === 'string'
             ? await adminCall(sock, 'GET', `/v1/federated-bundles/${td(v.id)}?format=${format}`)
             : await adminCall(sock, 'GET', `/v1/bundle?format=${format}`)
-        io.out(v.json ? line(bundleMsg(String(r.trust_domain), String(r.bundle))) : String(r.bundle))
+        io.out(
+          v.json ? line(bundleMsg(String(r.trust_domain), String(r.bundle))) : String(r.bundle),
+        )
         return 0
       },
     ),
@@ -66,7 +68,9 @@ export const bundleGroup: Group = {
             'GET',
             `/v1/federated-bundles/${td(v.id)}?format=${format}`,
           )
-          io.out(v.json ? line(bundleMsg(String(r.trust_domain), String(r.bundle))) : printBundle(r))
+          io.out(
+            v.json ? line(bundleMsg(String(r.trust_domain), String(r.bundle))) : printBundle(r),
+          )
           return 0
         }
         const r = await adminCall(sock, 'GET', `/v1/federated-bundles?format=${format}`)

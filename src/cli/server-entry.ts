@@ -133,7 +133,11 @@ async function createBatch(v: OptionValues, io: Io, sock: string): Promise<numbe
   const items = (doc as { entries?: unknown }).entries
   if (!Array.isArray(items))
     throw new UsageError(`-data ${file} has no "entries" list`, 'write {"entries": [ ... ]}')
-  const results: { status: string; entry?: EntryView; error?: { code?: string; message?: string } }[] = []
+  const results: {
+    status: string
+    entry?: EntryView
+    error?: { code?: string; message?: string }
+  }[] = []
   for (const item of items) {
     try {
       const e = (await adminCall(
@@ -294,11 +298,7 @@ export const entryGroup: Group = {
     ),
     leaf('count', 'count entries (the same filters as show)', SHOW_FLAGS, async (v, io, sock) => {
       const n = (await findEntries(v, sock)).length
-      io.out(
-        v.json
-          ? line(countMsg(n))
-          : `${n} registration entr${n === 1 ? 'y' : 'ies'}\n`,
-      )
+      io.out(v.json ? line(countMsg(n)) : `${n} registration entr${n === 1 ? 'y' : 'ies'}\n`)
       return 0
     }),
     leaf('list', 'list every entry', {}, async (v, io, sock) => {

@@ -184,7 +184,11 @@ export const federationListMsg = (rels: readonly Json[]): Json => ({
 })
 
 /** spire-server x509 mint's JSON (a Go struct there, not a proto): DER as base64. */
-export const x509MintMsg = (chainDer: readonly Buffer[], keyDer: Buffer, roots: readonly Buffer[]) => ({
+export const x509MintMsg = (
+  chainDer: readonly Buffer[],
+  keyDer: Buffer,
+  roots: readonly Buffer[],
+) => ({
   x509_svid: chainDer.map((c) => c.toString('base64')),
   private_key: keyDer.toString('base64'),
   root_cas: roots.map((c) => c.toString('base64')),

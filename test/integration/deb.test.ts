@@ -12,8 +12,8 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { test } from 'node:test'
 import { fetchValidSvids } from '../helpers/agent-process.js'
-import { notifySocket } from '../helpers/notify-socket.js'
 import { repoRoot, run } from '../helpers/exec.js'
+import { notifySocket } from '../helpers/notify-socket.js'
 
 const has = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0
 const skip = !has('dpkg-deb')
@@ -164,14 +164,16 @@ test('the .deb installs, runs server and agent from the units as spiffe-edge, an
   }
   const notifyName = `@spiffe-edge-deb-${process.pid}`
   const sd = await notifySocket(notifyName, t)
-  const server = await startAsService(
-    execStart('spiffe-edge-server.service'),
-    t.after.bind(t),
-    { ...process.env, NOTIFY_SOCKET: notifyName },
-  )
+  const server = await startAsService(execStart('spiffe-edge-server.service'), t.after.bind(t), {
+    ...process.env,
+    NOTIFY_SOCKET: notifyName,
+  })
   const ready = await sd.next()
   assert.equal(ready.fields.READY, '1', JSON.stringify(ready))
-  assert.ok(Object.values(ready.accepts ?? {}).every((v) => v === true), JSON.stringify(ready))
+  assert.ok(
+    Object.values(ready.accepts ?? {}).every((v) => v === true),
+    JSON.stringify(ready),
+  )
   const address = String(server.first.listening)
   const admin = (...a: string[]) =>
     must('/usr/bin/spiffe-edge', ['server', ...a, '--admin-socket', ADMIN])

@@ -88,7 +88,15 @@ test('https_web: a server fetches a foreign bundle from an endpoint with a web c
   )
   const got = await eventually('one.test holds two.test bundle', async () => {
     // Pretty output with -format spiffe is the bundle document itself.
-    const bundle = await admin(one, 'bundle', 'show', '-id', 'spiffe://two.test', '--format', 'spiffe')
+    const bundle = await admin(
+      one,
+      'bundle',
+      'show',
+      '-id',
+      'spiffe://two.test',
+      '--format',
+      'spiffe',
+    )
     return { bundle }
   })
   const theirs = await admin(two, 'bundle', 'show', '--format', 'pem')
@@ -142,7 +150,15 @@ test('a CA rotation in one domain reaches the other before the new CA signs', as
     'two.test holds the next CA of one.test',
     async () => {
       const r = {
-        bundle: await admin(two, 'bundle', 'show', '-id', 'spiffe://one.test', '--format', 'spiffe'),
+        bundle: await admin(
+          two,
+          'bundle',
+          'show',
+          '-id',
+          'spiffe://one.test',
+          '--format',
+          'spiffe',
+        ),
       }
       const cas = TrustBundle.fromSpiffeJson(
         TrustDomain.parse('one.test'),

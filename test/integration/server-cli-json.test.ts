@@ -191,7 +191,13 @@ test("-output json prints SPIRE's API messages for every server verb", async (t)
     (await cli(['server', 'bundle', 'show', '-socketPath', server.adminSocket])).stdout,
   )
   const agent = await startCli(
-    agentArgs(writeAgentConfig(d, server.address), '-trustBundle', bundlePem, '-joinToken', token.value),
+    agentArgs(
+      writeAgentConfig(d, server.address),
+      '-trustBundle',
+      bundlePem,
+      '-joinToken',
+      token.value,
+    ),
     t,
   )
   const agentId = String(agent.first.agent_id)

@@ -84,7 +84,11 @@ test("SPIRE's admin verbs: entry create -data, entry count/show filters, agent l
     'entry show and count filter by selector, federatesWith, downstream, parentID',
     async () => {
       const ids = async (...f: string[]) =>
-        ((await json('entry', 'show', ...f)).entries as { spiffe_id: { trust_domain: string; path: string } }[])
+        (
+          (await json('entry', 'show', ...f)).entries as {
+            spiffe_id: { trust_domain: string; path: string }
+          }[]
+        )
           .map((e) => sid(e.spiffe_id))
           .sort()
       assert.deepEqual(await ids('-selector', 'unix:uid:1000'), [

@@ -60,7 +60,10 @@ test('the admin CLI manages entries, tokens, agents and the bundle; SIGTERM stop
   // -output json (here as --json): SPIRE's BatchCreateEntryResponse.
   const entry = (
     JSON.parse(created.stdout) as {
-      results: { status: { code: number }; entry: { id: string; selectors: unknown[]; x509_svid_ttl: number } }[]
+      results: {
+        status: { code: number }
+        entry: { id: string; selectors: unknown[]; x509_svid_ttl: number }
+      }[]
     }
   ).results[0]!.entry
   assert.equal(entry.selectors.length, 2)
@@ -115,9 +118,10 @@ test('the admin CLI manages entries, tokens, agents and the bundle; SIGTERM stop
 
   const pem = await a('server', 'bundle', 'show')
   assert.match(pem.stdout, /BEGIN CERTIFICATE/)
-  const jwks = JSON.parse(
-    (await a('server', 'bundle', 'show', '--format', 'spiffe')).stdout,
-  ) as { keys: { use: string }[]; spiffe_sequence: number }
+  const jwks = JSON.parse((await a('server', 'bundle', 'show', '--format', 'spiffe')).stdout) as {
+    keys: { use: string }[]
+    spiffe_sequence: number
+  }
   assert.ok(
     jwks.keys.some((k) => k.use === 'x509-svid') && jwks.keys.some((k) => k.use === 'jwt-svid'),
   )
