@@ -38,7 +38,8 @@ export function systemdNotifier(env: NodeJS.ProcessEnv, log: NotifyLog): Notifie
   }
   return {
     enabled: true,
-    ready: (status) => send(`READY=1\nMAINPID=${process.pid}${status ? `\nSTATUS=${status}` : ''}`),
+    // No MAINPID=: systemd forked us, and the kernel tells it who sent the datagram.
+    ready: (status) => send(`READY=1${status ? `\nSTATUS=${status}` : ''}`),
     reloading: () => {
       // MONOTONIC_USEC lets systemd (Type=notify-reload) tell this reload from an older one.
       const usec = process.hrtime.bigint() / 1000n

@@ -8,9 +8,11 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 
 const LISTENER = `
-import json, socket, sys
+import json, socket, struct, sys
 path, extra = sys.argv[1], sys.argv[2:]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+# As systemd does: the kernel stamps each datagram with its sender (NotifyAccess=main checks it).
+s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 s.bind('\\0' + path[1:] if path.startswith('@') else path)
 print(json.dumps({'listening': True}), flush=True)
 def accepts(target):
@@ -27,9 +29,13 @@ def accepts(target):
     except Exception as e:
         return str(e)
 while True:
-    data = s.recv(8192).decode()
+    raw, anc, _, _ = s.recvmsg(8192, socket.CMSG_SPACE(12))
+    data = raw.decode()
     fields = dict(l.split('=', 1) for l in data.split('\\n') if '=' in l)
     out = {'fields': fields}
+    for level, kind, cred in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            out['pid'] = struct.unpack('3i', cred[:12])[0]
     if fields.get('READY') == '1' and 'STATUS' in fields:
         targets = [fields['STATUS'].rsplit(' on ', 1)[1]] + extra
         out['accepts'] = {t: accepts(t) for t in targets}
@@ -38,6 +44,8 @@ while True:
 
 export interface Notice {
   fields: Record<string, string>
+  /** The sender's PID, from the kernel (SCM_CREDENTIALS). */
+  pid?: number
   accepts?: Record<string, true | string>
 }
 

@@ -31,7 +31,8 @@ test('server run: READY=1 once the node API and admin socket accept; RELOADING o
   })
   const ready = await sd.next()
   assert.equal(ready.fields.READY, '1')
-  assert.equal(ready.fields.MAINPID, String(server.child.pid), 'sent by the main PID')
+  assert.equal(ready.pid, server.child.pid, 'sent by the main PID (SCM_CREDENTIALS)')
+  assert.match(ready.fields.STATUS ?? '', /^serving example\.org on /)
   assert.deepEqual(ready.accepts, { [server.address]: true, [admin]: true })
 
   server.child.kill('SIGHUP')
@@ -62,7 +63,7 @@ test('agent run: READY=1 to an abstract NOTIFY_SOCKET once the Workload API acce
   )
   const ready = await sd.next()
   assert.equal(ready.fields.READY, '1')
-  assert.equal(ready.fields.MAINPID, String(agent.child.pid))
+  assert.equal(ready.pid, agent.child.pid, 'sent by the main PID')
   assert.deepEqual(ready.accepts, { [String(agent.first.socket_path)]: true })
   agent.child.kill('SIGTERM')
   assert.equal((await sd.next()).fields.STOPPING, '1')
