@@ -144,7 +144,7 @@ async function createBatch(v: OptionValues, io: Io, sock: string): Promise<numbe
         sock,
         'POST',
         '/v1/entries',
-        item as Record<string, unknown>,
+        fromSpireEntry(item),
       )) as unknown as EntryView
       results.push({ status: 'OK', entry: e })
     } catch (err) {
@@ -161,6 +161,27 @@ async function createBatch(v: OptionValues, io: Io, sock: string): Promise<numbe
       else io.out(`FAILED to create entry: ${JSON.stringify(r.error)}\n\n`)
     }
   return results.every((r) => r.status === 'OK') ? 0 : 1
+}
+
+/**
+ * SPIRE's -data files are protobuf JSON of types.Entry: IDs as {trust_domain, path} and int64 as
+ * strings. Those become the admin API's forms (URIs, numbers); the plain forms pass unchanged.
+ */
+export function fromSpireEntry(item: unknown): Record<string, unknown> {
+  if (typeof item !== 'object' || item === null) return item as Record<string, unknown>
+  const out: Record<string, unknown> = { ...(item as Record<string, unknown>) }
+  for (const k of ['spiffe_id', 'parent_id']) {
+    const v = out[k] as { trust_domain?: unknown; path?: unknown } | undefined
+    if (v && typeof v === 'object' && typeof v.trust_domain === 'string')
+      out[k] = `spiffe://${v.trust_domain}${typeof v.path === 'string' ? v.path : ''}`
+  }
+  for (const k of ['expires_at', 'x509_svid_ttl', 'jwt_svid_ttl']) {
+    if (typeof out[k] === 'string' && /^\d{1,15}$/.test(out[k] as string)) out[k] = Number(out[k])
+  }
+  // protojson writes expires_at 0 for "never"; the admin API says null.
+  if (out.expires_at === 0) out.expires_at = null
+  for (const k of ['id', 'revision_number', 'created_at', 'store_svid']) delete out[k]
+  return out
 }
 
 export function entryBody(values: OptionValues): Record<string, unknown> {

@@ -48,11 +48,14 @@ test("SPIRE's admin verbs: entry create -data, entry count/show filters, agent l
             ],
             x509_svid_ttl: 600,
           },
+          // As spire-server writes them (protobuf JSON: IDs as messages, int64 as strings).
           {
-            spiffe_id: 'spiffe://example.org/db',
-            parent_id: 'spiffe://example.org/gw1',
+            spiffe_id: { trust_domain: 'example.org', path: '/db' },
+            parent_id: { trust_domain: 'example.org', path: '/gw1' },
             selectors: [{ type: 'unix', value: 'uid:1000' }],
             federates_with: ['partner.org'],
+            expires_at: '0',
+            store_svid: false,
           },
           {
             spiffe_id: 'spiffe://example.org/edge',
