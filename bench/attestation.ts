@@ -204,7 +204,7 @@ async function main(): Promise<void> {
     let firstMs = 0
     {
       const config = parseServerConfig(
-        `[server]\ntrust_domain = "example.org"\nbind_port = 0\nca_ttl = "24h"\n` +
+        `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\nca_ttl = "24h"\n` +
           `attest_rate_per_second = 1000\n[plugins.NodeAttestor.tpm]\n` +
           `ek_ca_bundle = ${JSON.stringify(sim.ekCaBundle)}\n`,
         join(dir, 'server.conf'),

@@ -112,7 +112,7 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-bench-mqtt-'))
   try {
     const config = parseServerConfig(
-      `[server]\ntrust_domain = "example.org"\nbind_port = 0\nattest_rate_per_second = 10000\n` +
+      `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\nattest_rate_per_second = 10000\n` +
         `[server.mqtt]\nurl = "${broker.url}"\nca_file = "${broker.caFile}"\n[plugins.NodeAttestor.join_token]\n`,
       join(dir, 'server.conf'),
     )

@@ -78,7 +78,7 @@ for pair in "one two" "two one"; do
   d="$state/$me"
   # The agent trusts its server through the server's bundle file (no trust on first use).
   cli server bundle show --socketPath "${sock[$me]}" --format pem >"$d/trust-bundle.pem"
-  token="$(json "$(cli server token generate --socketPath "${sock[$me]}" --spiffeID "spiffe://$me.test/gateway" --json)" token)"
+  token="$(json "$(cli server token generate --socketPath "${sock[$me]}" --spiffeID "spiffe://$me.test/gateway" --json)" value)"
   echo
   echo "== [$me.test] entry for this shell's uid, federating with $other.test"
   cli server entry create --socketPath "${sock[$me]}" --parentID "spiffe://$me.test/gateway" \

@@ -137,8 +137,9 @@ if [ "$transport" = mqtt ]; then
   server_args[1]="$state/server.conf"
   echo "   [server.mqtt] url = \"$broker_url\", ca_file = \"$broker_ca\""
 fi
-echo "== spiffe-edge server run ${server_args[*]} --data-dir $state/server --port 0"
-./bin/spiffe-edge server run "${server_args[@]}" --data-dir "$state/server" --port 0 \
+# Its own admin socket: the default (/tmp/spiffe-edge-server/private/api.sock) may be another server's.
+echo "== spiffe-edge server run ${server_args[*]} --data-dir $state/server --admin-socket $state/server/admin.sock --port 0"
+./bin/spiffe-edge server run "${server_args[@]}" --data-dir "$state/server" --admin-socket "$state/server/admin.sock" --port 0 \
   >"$state/server.out" 2>"$state/server.log" &
 server_pid=$!
 wait_line "$state/server.out"
@@ -162,7 +163,7 @@ elif [ "$attestor" = tpm ]; then
 else
   echo
   echo "== spiffe-edge server token generate --spiffeID spiffe://example.org/gateway/1"
-  token="$(json "$(./bin/spiffe-edge server token generate --admin-socket "$sock" --spiffeID spiffe://example.org/gateway/1 --json)" token)"
+  token="$(json "$(./bin/spiffe-edge server token generate --admin-socket "$sock" --spiffeID spiffe://example.org/gateway/1 -output json)" value)"
   echo "Token: $token"
   agent_args=(--config examples/local/agent.conf --join-token "$token" --insecure-bootstrap)
 fi

@@ -28,7 +28,8 @@ first_line() {
 }
 json() { node -e 'const o=JSON.parse(process.argv[1]);console.log(o[process.argv[2]])' "$1" "$2"; }
 
-bin/spiffe-edge server run --config examples/local/server.conf --data-dir "$tmp/server" --port 0 \
+bin/spiffe-edge server run --config examples/local/server.conf --data-dir "$tmp/server" \
+  --admin-socket "$tmp/server/admin.sock" --port 0 \
   >"$tmp/server.out" 2>"$tmp/server.log" &
 pids+=($!)
 ready=$(first_line "$tmp/server.out")
@@ -37,7 +38,7 @@ admin=$(json "$ready" admin_socket)
 echo "server listening on $address"
 
 token=$(bin/spiffe-edge server token generate --admin-socket "$admin" \
-  --spiffeID spiffe://example.org/host --json | node -e 'process.stdin.on("data",d=>console.log(JSON.parse(d).token))')
+  --spiffeID spiffe://example.org/host --json | node -e 'process.stdin.on("data",d=>console.log(JSON.parse(d).value))')
 # Both workloads run as this user: each entry carries a hint, and each workload picks its own.
 for who in server client; do
   bin/spiffe-edge server entry create --admin-socket "$admin" --parentID spiffe://example.org/host \

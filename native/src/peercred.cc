@@ -6,8 +6,11 @@
 #include <errno.h>
 #include <napi.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <string>
 #include <vector>
@@ -68,9 +71,51 @@ Napi::Value PeerCred(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET. Node's dgram has no AF_UNIX,
+// so these bytes move here; what to send (READY=1, STOPPING=1...) is decided in TypeScript.
+// A path starting with '@' is an abstract socket. Returns 0 or the errno; it never throws for a
+// send failure (the caller logs it: readiness must not crash a running service).
+constexpr size_t kMaxNotifyBytes = 4096;
+
+Napi::Value SdNotify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
+    Napi::TypeError::New(env, "sdNotify(path, message) takes two strings").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  std::string msg = info[1].As<Napi::String>().Utf8Value();
+  struct sockaddr_un addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sun_family = AF_UNIX;
+  if (path.size() < 2 || path.size() >= sizeof addr.sun_path || msg.size() > kMaxNotifyBytes) {
+    return Napi::Number::New(env, EINVAL);
+  }
+  socklen_t len;
+  if (path[0] == '@') {
+    // Abstract namespace: a leading NUL, and the length says where the name ends.
+    memcpy(addr.sun_path + 1, path.data() + 1, path.size() - 1);
+    len = static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) + path.size());
+  } else if (path[0] == '/') {
+    memcpy(addr.sun_path, path.data(), path.size());
+    len = static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) + path.size() + 1);
+  } else {
+    return Napi::Number::New(env, EAFNOSUPPORT);  // vsock: and friends are not for us
+  }
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Napi::Number::New(env, errno);
+  ssize_t n = sendto(fd, msg.data(), msg.size(), MSG_NOSIGNAL,
+                     reinterpret_cast<struct sockaddr*>(&addr), len);
+  int e = n < 0 ? errno : (static_cast<size_t>(n) == msg.size() ? 0 : EMSGSIZE);
+  close(fd);
+  return Napi::Number::New(env, e);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  exports.Set("sdNotify", Napi::Function::New(env, SdNotify, "sdNotify"));
+  // 2: sdNotify added.
+  exports.Set("abiVersion", Napi::Number::New(env, 2));
   return exports;
 }
 

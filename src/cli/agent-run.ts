@@ -1,5 +1,6 @@
 import { startAgent } from '../agent/agent.js'
 import { parseAgentConfig } from '../agent/config.js'
+import { systemdNotifier } from '../native/sd-notify.js'
 import { type Leaf, requireString } from './command.js'
 import { EXPAND_ENV, readConfigText } from './config-source.js'
 
@@ -68,18 +69,32 @@ export const agentRunCommand: Leaf = {
     })
     const agent = await startAgent(config)
     // Listen for the signals before saying we are up: a script may signal as soon as it reads the line.
+    const notify = systemdNotifier(process.env, (msg, fields) =>
+      io.err(`${JSON.stringify({ level: 'warn', component: 'cli', msg, ...fields })}\n`),
+    )
     const stopped = new Promise<undefined>((resolve) => {
-      process.once('SIGTERM', () => resolve(undefined))
-      process.once('SIGINT', () => resolve(undefined))
+      const stop = () => {
+        notify.stopping()
+        resolve(undefined)
+      }
+      process.once('SIGTERM', stop)
+      process.once('SIGINT', stop)
     })
     // logrotate: SIGHUP reopens log_file (and never stops the agent).
-    const onHup = () => agent.logger?.reopen()
+    const onHup = () => {
+      notify.reloading()
+      agent.logger?.reopen()
+      notify.ready()
+    }
     process.on('SIGHUP', onHup)
     io.out(
       `${JSON.stringify({ agent_id: agent.manager.agentId, socket_path: agent.socketPath })}\n`,
     )
+    // Type=notify: attested, SVIDs cached, the Workload API socket accepts by now.
+    notify.ready(`serving ${agent.manager.agentId} on ${agent.socketPath}`)
     // A banned or evicted agent stops on its own; its error is printed like any other (exit 1).
     const fatal = await Promise.race([stopped, agent.terminated])
+    if (fatal) notify.stopping()
     process.removeListener('SIGHUP', onHup)
     await agent.close()
     if (fatal) throw fatal

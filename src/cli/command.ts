@@ -153,7 +153,13 @@ export async function runCli(
   const path = [root.name]
   let node: Leaf | Group = root
   let rest = [...argv]
-  const wantsJson = argv.some((a) => JSON_FLAGS.has(a))
+  // --json is -output json: JSON results (SPIRE's shapes) and JSON errors on stderr, either spelling.
+  const wantsJson = argv.some(
+    (a, i) =>
+      JSON_FLAGS.has(a) ||
+      /^--?output=json$/i.test(a) ||
+      (/^--?output$/i.test(a) && argv[i + 1] === 'json'),
+  )
   try {
     if (version !== undefined && argv.length === 1 && VERSION.has(argv[0]!)) {
       io.out(`${root.name} ${version}\n`)

@@ -12,6 +12,7 @@ import {
   requireString,
 } from './command.js'
 import { hasAllSelectors, leaf, list, parseSelector } from './server-common.js'
+import { agentListMsg, agentMsg, countMsg, emptyMsg, line } from './spire-json.js'
 
 interface AgentView {
   spiffeId: string
@@ -116,7 +117,7 @@ export const agentGroup: Group = {
         const agents = await findAgents(v, sock)
         io.out(
           v.json
-            ? `${JSON.stringify({ agents })}\n`
+            ? line(agentListMsg(agents as never))
             : `Found ${agents.length} attested agent${agents.length === 1 ? '' : 's'}:\n\n${agents.map(formatAgent).join('')}`,
         )
         return 0
@@ -128,11 +129,7 @@ export const agentGroup: Group = {
       LIST_FLAGS,
       async (v, io, sock) => {
         const n = (await findAgents(v, sock)).length
-        io.out(
-          v.json
-            ? `${JSON.stringify({ count: n })}\n`
-            : `${n} attested agent${n === 1 ? '' : 's'}\n`,
-        )
+        io.out(v.json ? line(countMsg(n)) : `${n} attested agent${n === 1 ? '' : 's'}\n`)
         return 0
       },
     ),
@@ -160,7 +157,16 @@ export const agentGroup: Group = {
             purged.push(a.spiffeId)
           }
         }
-        if (v.json) io.out(`${JSON.stringify({ expired: stale.map((a) => a.spiffeId), purged })}\n`)
+        // spire-server's own struct here (not a proto): {expired_agents: [{agent_id, deleted}]}.
+        if (v.json)
+          io.out(
+            line({
+              expired_agents: stale.map((a) => ({
+                agent_id: a.spiffeId,
+                deleted: purged.includes(a.spiffeId),
+              })),
+            }),
+          )
         else if (stale.length === 0) io.out('No agents to purge.\n')
         else
           io.out(
@@ -175,7 +181,7 @@ export const agentGroup: Group = {
         'GET',
         `/v1/agents/${encodeURIComponent(requireString(v, 'spiffeID'))}`,
       )) as unknown as AgentView
-      io.out(v.json ? `${JSON.stringify(a)}\n` : formatAgent(a))
+      io.out(v.json ? line(agentMsg(a as never)) : formatAgent(a))
       return 0
     }),
     leaf(
@@ -185,14 +191,14 @@ export const agentGroup: Group = {
       async (v, io, sock) => {
         const id = requireString(v, 'spiffeID')
         await adminCall(sock, 'POST', `/v1/agents/${encodeURIComponent(id)}/ban`)
-        io.out(v.json ? `${JSON.stringify({ banned: id })}\n` : 'Agent banned successfully\n')
+        io.out(v.json ? line(emptyMsg()) : 'Agent banned successfully\n')
         return 0
       },
     ),
     leaf('evict', 'forget an agent: it must attest again', SPIFFE_ID_FLAG, async (v, io, sock) => {
       const id = requireString(v, 'spiffeID')
       await adminCall(sock, 'POST', `/v1/agents/${encodeURIComponent(id)}/evict`)
-      io.out(v.json ? `${JSON.stringify({ evicted: id })}\n` : 'Agent evicted successfully\n')
+      io.out(v.json ? line(emptyMsg()) : 'Agent evicted successfully\n')
       return 0
     }),
   ],

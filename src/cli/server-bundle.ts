@@ -8,6 +8,7 @@ import { UsageError } from '../errors.js'
 import { adminCall } from '../server/admin-client.js'
 import type { Group, OptionSpec } from './command.js'
 import { leaf } from './server-common.js'
+import { bundleListMsg, bundleMsg, countMsg, line } from './spire-json.js'
 
 const ID: OptionSpec = {
   type: 'string',
@@ -36,18 +37,15 @@ export const bundleGroup: Group = {
       'print our bundle, or with -id a federated one (PEM, or SPIFFE bundle JSON)',
       { format: FORMAT, id: ID },
       async (v, io, sock) => {
-        const format = encodeURIComponent(String(v.format))
-        if (typeof v.id === 'string') {
-          const r = await adminCall(
-            sock,
-            'GET',
-            `/v1/federated-bundles/${td(v.id)}?format=${format}`,
-          )
-          io.out(v.json ? `${JSON.stringify(r)}\n` : String(r.bundle))
-          return 0
-        }
-        const r = await adminCall(sock, 'GET', `/v1/bundle?format=${format}`)
-        io.out(v.json ? `${JSON.stringify(r)}\n` : String(r.bundle))
+        // -output json is types.Bundle whatever -format says (as spire-server's).
+        const format = v.json ? 'spiffe' : encodeURIComponent(String(v.format))
+        const r =
+          typeof v.id === 'string'
+            ? await adminCall(sock, 'GET', `/v1/federated-bundles/${td(v.id)}?format=${format}`)
+            : await adminCall(sock, 'GET', `/v1/bundle?format=${format}`)
+        io.out(
+          v.json ? line(bundleMsg(String(r.trust_domain), String(r.bundle))) : String(r.bundle),
+        )
         return 0
       },
     ),
@@ -56,18 +54,20 @@ export const bundleGroup: Group = {
       'print the bundles of federated trust domains (-id: one of them)',
       { format: FORMAT, id: ID },
       async (v, io, sock) => {
-        const format = encodeURIComponent(String(v.format))
+        const format = v.json ? 'spiffe' : encodeURIComponent(String(v.format))
         if (typeof v.id === 'string') {
           const r = await adminCall(
             sock,
             'GET',
             `/v1/federated-bundles/${td(v.id)}?format=${format}`,
           )
-          io.out(v.json ? `${JSON.stringify(r)}\n` : printBundle(r))
+          io.out(
+            v.json ? line(bundleMsg(String(r.trust_domain), String(r.bundle))) : printBundle(r),
+          )
           return 0
         }
         const r = await adminCall(sock, 'GET', `/v1/federated-bundles?format=${format}`)
-        if (v.json) io.out(`${JSON.stringify(r)}\n`)
+        if (v.json) io.out(line(bundleListMsg(r.bundles as Record<string, unknown>[])))
         else for (const b of r.bundles as Record<string, unknown>[]) io.out(printBundle(b))
         return 0
       },
@@ -93,7 +93,19 @@ export const bundleGroup: Group = {
           bundle: text,
           format: String(v.format),
         })
-        io.out(v.json ? `${JSON.stringify(r)}\n` : 'bundle set.\n')
+        // BatchSetFederatedBundleResponse, as spire-server's bundle set prints it.
+        io.out(
+          v.json
+            ? line({
+                results: [
+                  {
+                    status: { code: 0, message: 'OK' },
+                    bundle: bundleMsg(String(r.trust_domain), String(r.bundle)),
+                  },
+                ],
+              })
+            : 'bundle set.\n',
+        )
         return 0
       },
     ),
@@ -103,13 +115,25 @@ export const bundleGroup: Group = {
       { id: ID },
       async (v, io, sock) => {
         const r = await adminCall(sock, 'DELETE', `/v1/federated-bundles/${td(v.id)}`)
-        io.out(v.json ? `${JSON.stringify(r)}\n` : 'bundle deleted.\n')
+        // BatchDeleteFederatedBundleResponse.
+        io.out(
+          v.json
+            ? line({
+                results: [
+                  {
+                    status: { code: 0, message: 'OK' },
+                    trust_domain: String(r.deleted).replace(/^spiffe:\/\//, ''),
+                  },
+                ],
+              })
+            : 'bundle deleted.\n',
+        )
         return 0
       },
     ),
     leaf('count', 'count the bundles of federated trust domains', {}, async (v, io, sock) => {
       const r = await adminCall(sock, 'GET', '/v1/federated-bundles?count=true')
-      io.out(v.json ? `${JSON.stringify(r)}\n` : `${String(r.count)} bundles\n`)
+      io.out(v.json ? line(countMsg(Number(r.count))) : `${String(r.count)} bundles\n`)
       return 0
     }),
   ],

@@ -2,6 +2,7 @@
  * What every `spiffe-edge server` admin command shares: the admin socket and output flags, the
  * `leaf` wrapper that applies them, and small value parsers.
  */
+import { DEFAULT_ADMIN_SOCKET } from '../common/socket-dir.js'
 import { UsageError } from '../errors.js'
 import {
   durationOption,
@@ -13,21 +14,25 @@ import {
 
 export const ADMIN_SOCKET: OptionSpec = {
   type: 'string',
-  description: 'the server admin socket (env SPIFFE_EDGE_ADMIN_SOCKET)',
+  // Not a parseArgs default: SPIFFE_EDGE_ADMIN_SOCKET sits between the flag and this path.
+  description: `the server admin socket (default: ${DEFAULT_ADMIN_SOCKET}; env SPIFFE_EDGE_ADMIN_SOCKET)`,
   valueName: 'PATH',
   aliases: ['socketPath'],
 }
-export const JSON_FLAG: OptionSpec = { type: 'boolean', description: 'print JSON instead of text' }
+export const JSON_FLAG: OptionSpec = {
+  type: 'boolean',
+  description: 'the same as -output json',
+}
 export const OUTPUT: OptionSpec = {
   type: 'string',
-  description: 'pretty or json',
+  description: "pretty (default) or json: SPIRE's API message JSON, errors as JSON on stderr",
   valueName: 'FORMAT',
 }
 
 export function socketOf(values: OptionValues, io: Io): string {
   const v = values['admin-socket']
   if (typeof v === 'string' && v !== '') return v
-  return io.env.SPIFFE_EDGE_ADMIN_SOCKET ?? './data/admin.sock'
+  return io.env.SPIFFE_EDGE_ADMIN_SOCKET || DEFAULT_ADMIN_SOCKET
 }
 
 export const list = (v: string | boolean | string[] | undefined): string[] =>
@@ -76,7 +81,7 @@ export function leaf(
     summary,
     options: { ...options, 'admin-socket': ADMIN_SOCKET, json: JSON_FLAG, output: OUTPUT },
     run: (values, io) => {
-      // SPIRE spells it --output json; --json is the short form.
+      // SPIRE spells it -output json; --json is an alias (same shapes, see spire-json.ts).
       if (values.output !== undefined && values.output !== 'pretty' && values.output !== 'json') {
         throw new UsageError(`--output must be pretty or json, got '${String(values.output)}'`)
       }

@@ -12,6 +12,7 @@ import {
   seconds,
   unixSeconds,
 } from './server-common.js'
+import { countMsg, entryBatchMsg, entryDeleteMsg, entryListMsg, line } from './spire-json.js'
 
 export const ENTRY_FLAGS: Readonly<Record<string, OptionSpec>> = {
   spiffeID: { type: 'string', description: 'the SPIFFE ID this entry issues', valueName: 'ID' },
@@ -132,27 +133,55 @@ async function createBatch(v: OptionValues, io: Io, sock: string): Promise<numbe
   const items = (doc as { entries?: unknown }).entries
   if (!Array.isArray(items))
     throw new UsageError(`-data ${file} has no "entries" list`, 'write {"entries": [ ... ]}')
-  const results: { status: string; entry?: EntryView; error?: unknown }[] = []
+  const results: {
+    status: string
+    entry?: EntryView
+    error?: { code?: string; message?: string }
+  }[] = []
   for (const item of items) {
     try {
       const e = (await adminCall(
         sock,
         'POST',
         '/v1/entries',
-        item as Record<string, unknown>,
+        fromSpireEntry(item),
       )) as unknown as EntryView
       results.push({ status: 'OK', entry: e })
     } catch (err) {
-      results.push({ status: 'ERROR', error: isSpiffeEdgeError(err) ? err.toJSON() : String(err) })
+      results.push({
+        status: 'ERROR',
+        error: isSpiffeEdgeError(err) ? err.toJSON() : { message: String(err) },
+      })
     }
   }
-  if (v.json) io.out(`${JSON.stringify({ results })}\n`)
+  if (v.json) io.out(line(entryBatchMsg(results as never)))
   else
     for (const r of results) {
       if (r.entry) io.out(formatEntry(r.entry))
       else io.out(`FAILED to create entry: ${JSON.stringify(r.error)}\n\n`)
     }
   return results.every((r) => r.status === 'OK') ? 0 : 1
+}
+
+/**
+ * SPIRE's -data files are protobuf JSON of types.Entry: IDs as {trust_domain, path} and int64 as
+ * strings. Those become the admin API's forms (URIs, numbers); the plain forms pass unchanged.
+ */
+export function fromSpireEntry(item: unknown): Record<string, unknown> {
+  if (typeof item !== 'object' || item === null) return item as Record<string, unknown>
+  const out: Record<string, unknown> = { ...(item as Record<string, unknown>) }
+  for (const k of ['spiffe_id', 'parent_id']) {
+    const v = out[k] as { trust_domain?: unknown; path?: unknown } | undefined
+    if (v && typeof v === 'object' && typeof v.trust_domain === 'string')
+      out[k] = `spiffe://${v.trust_domain}${typeof v.path === 'string' ? v.path : ''}`
+  }
+  for (const k of ['expires_at', 'x509_svid_ttl', 'jwt_svid_ttl']) {
+    if (typeof out[k] === 'string' && /^\d{1,15}$/.test(out[k] as string)) out[k] = Number(out[k])
+  }
+  // protojson writes expires_at 0 for "never"; the admin API says null.
+  if (out.expires_at === 0) out.expires_at = null
+  for (const k of ['id', 'revision_number', 'created_at', 'store_svid']) delete out[k]
+  return out
 }
 
 export function entryBody(values: OptionValues): Record<string, unknown> {
@@ -240,7 +269,7 @@ export const entryGroup: Group = {
           '/v1/entries',
           entryBody(v),
         )) as unknown as EntryView
-        io.out(v.json ? `${JSON.stringify(e)}\n` : formatEntry(e))
+        io.out(v.json ? line(entryBatchMsg([{ entry: e as never }])) : formatEntry(e))
         return 0
       },
     ),
@@ -259,7 +288,7 @@ export const entryGroup: Group = {
           `/v1/entries/${id}`,
           entryBody(v),
         )) as unknown as EntryView
-        io.out(v.json ? `${JSON.stringify(e)}\n` : formatEntry(e))
+        io.out(v.json ? line(entryBatchMsg([{ entry: e as never }])) : formatEntry(e))
         return 0
       },
     ),
@@ -270,7 +299,7 @@ export const entryGroup: Group = {
       async (v, io, sock) => {
         const id = requireString(v, 'entryID')
         await adminCall(sock, 'DELETE', `/v1/entries/${encodeURIComponent(id)}`)
-        io.out(v.json ? `${JSON.stringify({ deleted: id })}\n` : `Deleted entry with ID: ${id}\n`)
+        io.out(v.json ? line(entryDeleteMsg(id)) : `Deleted entry with ID: ${id}\n`)
         return 0
       },
     ),
@@ -282,7 +311,7 @@ export const entryGroup: Group = {
         const entries = await findEntries(v, sock)
         io.out(
           v.json
-            ? `${JSON.stringify({ entries })}\n`
+            ? line(entryListMsg(entries as never))
             : `Found ${entries.length} entr${entries.length === 1 ? 'y' : 'ies'}\n${entries.map(formatEntry).join('')}`,
         )
         return 0
@@ -290,18 +319,14 @@ export const entryGroup: Group = {
     ),
     leaf('count', 'count entries (the same filters as show)', SHOW_FLAGS, async (v, io, sock) => {
       const n = (await findEntries(v, sock)).length
-      io.out(
-        v.json
-          ? `${JSON.stringify({ count: n })}\n`
-          : `${n} registration entr${n === 1 ? 'y' : 'ies'}\n`,
-      )
+      io.out(v.json ? line(countMsg(n)) : `${n} registration entr${n === 1 ? 'y' : 'ies'}\n`)
       return 0
     }),
     leaf('list', 'list every entry', {}, async (v, io, sock) => {
       const entries = (await adminCall(sock, 'GET', '/v1/entries')).entries as EntryView[]
       io.out(
         v.json
-          ? `${JSON.stringify({ entries })}\n`
+          ? line(entryListMsg(entries as never))
           : `Found ${entries.length} entr${entries.length === 1 ? 'y' : 'ies'}\n${entries.map(formatEntry).join('')}`,
       )
       return 0

@@ -10,6 +10,13 @@ import { UsageError } from '../errors.js'
 import { adminCall } from '../server/admin-client.js'
 import type { Group, OptionSpec, OptionValues } from './command.js'
 import { leaf } from './server-common.js'
+import {
+  federationBatchMsg,
+  federationDeleteMsg,
+  federationListMsg,
+  federationMsg,
+  line,
+} from './spire-json.js'
 
 /** The admin API takes at most 1 MiB; a bundle is at most 256 KiB (as the fetcher's). */
 const MAX_DATA_BYTES = 1 << 20
@@ -167,7 +174,7 @@ function batchLeaf(name: 'create' | 'update', summary: string) {
     })
     const results = r.results as Result[]
     const failed = results.filter((x) => x.status.code !== 'OK')
-    if (v.json) io.out(`${JSON.stringify(r)}\n`)
+    if (v.json) io.out(line(federationBatchMsg(results)))
     else {
       for (const x of results) {
         if (x.status.code === 'OK')
@@ -202,15 +209,19 @@ export const federationGroup: Group = {
       'delete a relationship created with `create` (its bundle stays: `bundle delete` removes it)',
       { id: str('the trust domain of the relationship (spiffe://example.org)', 'ID') },
       async (v, io, sock) => {
-        const r = await adminCall(sock, 'DELETE', `/v1/federation/${td(v.id, 'id')}`)
-        io.out(v.json ? `${JSON.stringify(r)}\n` : 'federation relationship deleted.\n')
+        await adminCall(sock, 'DELETE', `/v1/federation/${td(v.id, 'id')}`)
+        io.out(
+          v.json
+            ? line(federationDeleteMsg(String(v.id).replace(/^spiffe:\/\//, '')))
+            : 'federation relationship deleted.\n',
+        )
         return 0
       },
     ),
     leaf('list', 'list the federation relationships', {}, async (v, io, sock) => {
       const r = await adminCall(sock, 'GET', '/v1/federation')
       const rels = r.relationships as Record<string, unknown>[]
-      if (v.json) io.out(`${JSON.stringify(r)}\n`)
+      if (v.json) io.out(line(federationListMsg(rels)))
       else {
         io.out(`Found ${rels.length} federation relationship${rels.length === 1 ? '' : 's'}\n\n`)
         for (const rel of rels) io.out(printRelationship(rel))
@@ -223,7 +234,7 @@ export const federationGroup: Group = {
       { trustDomain: str('its trust domain', 'TD') },
       async (v, io, sock) => {
         const r = await adminCall(sock, 'GET', `/v1/federation/${td(v.trustDomain, 'trustDomain')}`)
-        io.out(v.json ? `${JSON.stringify(r)}\n` : printRelationship(r))
+        io.out(v.json ? line(federationMsg(r)) : printRelationship(r))
         return 0
       },
     ),

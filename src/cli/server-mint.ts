@@ -8,11 +8,13 @@ import { join } from 'node:path'
 import { UsageError } from '../errors.js'
 import { generateSoftwareKeyPair, softwareKey } from '../keymanager/memory.js'
 import { adminCall } from '../server/admin-client.js'
+import { parsePemCertificates } from '../spiffe/bundle.js'
 import { createCsr } from '../spiffe/csr.js'
 import { isKeyType, type KeyType } from '../spiffe/signer.js'
 import { writeFile } from './api-x509.js'
 import { type Group, requireString } from './command.js'
 import { leaf, list, seconds } from './server-common.js'
+import { jwtMintMsg, line, x509MintMsg } from './spire-json.js'
 
 const pem = (label: string, der: Uint8Array) =>
   `-----BEGIN ${label}-----\n${Buffer.from(der)
@@ -66,7 +68,15 @@ const x509Mint = leaf(
       writeFile(join(v.write, 'bundle.pem'), bundle, 0o644)
     }
     if (v.json)
-      io.out(`${JSON.stringify({ svid: chain.join(''), key, bundle, expires_at: r.expires_at })}\n`)
+      io.out(
+        line(
+          x509MintMsg(
+            (r.chain as string[]).map((c) => Buffer.from(c, 'base64')),
+            privateKey.export({ format: 'der', type: 'pkcs8' }),
+            parsePemCertificates(bundle).map((c) => Buffer.from(c)),
+          ),
+        ),
+      )
     else if (typeof v.write === 'string') io.out(`X509-SVID written to ${v.write}\n`)
     else io.out(`X509-SVID:\n${chain.join('')}\nPrivate key:\n${key}\nRoot CAs:\n${bundle}`)
     return 0
@@ -94,7 +104,11 @@ const jwtMint = leaf(
       ttl: seconds(v, 'ttl'),
       audience,
     })
-    io.out(v.json ? `${JSON.stringify(r)}\n` : `${String(r.token)}\n`)
+    io.out(
+      v.json
+        ? line(jwtMintMsg(String(r.token), requireString(v, 'spiffeID'), r.expires_at))
+        : `${String(r.token)}\n`,
+    )
     return 0
   },
 )

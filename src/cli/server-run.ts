@@ -1,4 +1,6 @@
+import { DEFAULT_ADMIN_SOCKET } from '../common/socket-dir.js'
 import { socketPeerCred } from '../native/peercred.js'
+import { systemdNotifier } from '../native/sd-notify.js'
 import { parseServerConfig } from '../server/config.js'
 import { startServer } from '../server/server.js'
 import { type Leaf, optionalPort, requireString } from './command.js'
@@ -38,7 +40,7 @@ export const serverRunCommand: Leaf = {
     },
     'admin-socket': {
       type: 'string',
-      description: 'override server.admin_socket',
+      description: `override server.admin_socket (default: ${DEFAULT_ADMIN_SOCKET})`,
       valueName: 'PATH',
       aliases: ['socketPath'],
     },
@@ -78,16 +80,29 @@ export const serverRunCommand: Leaf = {
     const server = await startServer(config, { peerCred, reset: values.reset === true })
     // Scripts read this line to learn the port when --port 0 was asked.
     // Listen for the signals before saying we are up: a script may signal as soon as it reads the line.
+    const notify = systemdNotifier(process.env, (msg, fields) =>
+      io.err(`${JSON.stringify({ level: 'warn', component: 'cli', msg, ...fields })}\n`),
+    )
     const stopped = new Promise<void>((resolve) => {
-      process.once('SIGTERM', () => resolve())
-      process.once('SIGINT', () => resolve())
+      const stop = () => {
+        notify.stopping()
+        resolve()
+      }
+      process.once('SIGTERM', stop)
+      process.once('SIGINT', stop)
     })
     // logrotate: SIGHUP reopens log_file (and never stops the server).
-    const onHup = () => server.logger?.reopen()
+    const onHup = () => {
+      notify.reloading()
+      server.logger?.reopen()
+      notify.ready()
+    }
     process.on('SIGHUP', onHup)
     io.out(
       `${JSON.stringify({ listening: `${config.bindAddress}:${server.port}`, admin_socket: server.adminSocket, trust_domain: config.trustDomain, ...(server.bundleEndpointPort !== undefined ? { bundle_endpoint: `${config.federation?.bundleEndpoint?.address}:${server.bundleEndpointPort}` } : {}) })}\n`,
     )
+    // Type=notify: the node API port, the admin socket (and the bundle endpoint) accept by now.
+    notify.ready(`serving ${config.trustDomain} on ${config.bindAddress}:${server.port}`)
     await stopped
     process.removeListener('SIGHUP', onHup)
     await server.close()

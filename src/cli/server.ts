@@ -7,6 +7,7 @@ import { leaf, seconds } from './server-common.js'
 import { entryGroup } from './server-entry.js'
 import { federationGroup } from './server-federation.js'
 import { jwtGroup, x509Group } from './server-mint.js'
+import { joinTokenMsg, line, loggerMsg } from './spire-json.js'
 
 const tokenGroup: Group = {
   kind: 'group',
@@ -33,7 +34,7 @@ const tokenGroup: Group = {
         const body: Record<string, unknown> = { ttl: seconds(v, 'ttl') }
         if (typeof v.spiffeID === 'string') body.spiffe_id = v.spiffeID
         const r = await adminCall(sock, 'POST', '/v1/tokens', body)
-        io.out(v.json ? `${JSON.stringify(r)}\n` : `Token: ${String(r.token)}\n`)
+        io.out(v.json ? line(joinTokenMsg(r)) : `Token: ${String(r.token)}\n`)
         return 0
       },
     ),
@@ -67,7 +68,7 @@ const loggerGroup: Group = {
   children: [
     leaf('get', 'print the current and launch log levels', {}, async (v, io, sock) => {
       const r = await adminCall(sock, 'GET', '/v1/logger')
-      io.out(v.json ? `${JSON.stringify(r)}\n` : formatLogger(r))
+      io.out(v.json ? line(loggerMsg(r)) : formatLogger(r))
       return 0
     }),
     leaf(
@@ -82,13 +83,13 @@ const loggerGroup: Group = {
       },
       async (v, io, sock) => {
         const r = await adminCall(sock, 'PUT', '/v1/logger', { level: requireString(v, 'level') })
-        io.out(v.json ? `${JSON.stringify(r)}\n` : formatLogger(r))
+        io.out(v.json ? line(loggerMsg(r)) : formatLogger(r))
         return 0
       },
     ),
     leaf('reset', 'back to the level the config set', {}, async (v, io, sock) => {
       const r = await adminCall(sock, 'DELETE', '/v1/logger')
-      io.out(v.json ? `${JSON.stringify(r)}\n` : formatLogger(r))
+      io.out(v.json ? line(loggerMsg(r)) : formatLogger(r))
       return 0
     }),
   ],

@@ -9,14 +9,40 @@
  * an ancestor symlink (/var/run → /run) is accepted only when root or the agent's user owns it,
  * and its target is then checked like any other component.
  */
-import { chmodSync, lstatSync, mkdirSync, type Stats, statSync } from 'node:fs'
+import { chmodSync, chownSync, lstatSync, mkdirSync, type Stats, statSync } from 'node:fs'
+import { connect } from 'node:net'
 import { dirname, isAbsolute, resolve, sep } from 'node:path'
 import { type ErrorCode, SpiffeEdgeError } from '../errors.js'
+
+/**
+ * The admin socket both `server run` and every `server` CLI verb use when none is named, as
+ * spire-server's /tmp/spire-server/private/api.sock: an absolute path, so the CLI finds the
+ * server from any working directory. `private` is created 0700 (0750 with admin_socket_group).
+ */
+export const DEFAULT_ADMIN_SOCKET = '/tmp/spiffe-edge-server/private/api.sock'
 
 /** Whose socket this is, for messages, and the error code callers branch on. */
 export interface SocketDirUse {
   readonly what: string
   readonly code: ErrorCode
+  /** Mode for the socket's own directory when we create it (ancestors are 0755); default 0755. */
+  readonly dirMode?: number
+  /** Group for the socket's own directory when we create it (admin_socket_group members traverse it). */
+  readonly dirGid?: number
+}
+
+/** Is something accepting connections on this socket path? */
+export function socketIsLive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path)
+    const done = (live: boolean) => {
+      s.destroy()
+      resolve(live)
+    }
+    s.setTimeout(1000, () => done(true)) // a listener too busy to accept is still a listener
+    s.once('connect', () => done(true))
+    s.once('error', () => done(false))
+  })
 }
 
 const WORKLOAD: SocketDirUse = { what: 'the Workload API socket', code: 'ERR_WORKLOAD_ENDPOINT' }
@@ -74,7 +100,7 @@ function checkDir(
   }
 }
 
-/** Creates the socket's directory (0755) or checks an existing one; throws ERR_WORKLOAD_ENDPOINT. */
+/** Creates the socket's directory (use.dirMode, 0755 by default) or checks an existing one; throws use.code. */
 export function secureSocketDir(
   socketPath: string,
   euid = process.geteuid?.() ?? 0,
@@ -90,14 +116,16 @@ export function secureSocketDir(
     const isSocketDir = i === parts.length - 1
     let st = lstatOrUndefined(use, cur)
     if (st === undefined) {
+      const mode = isSocketDir ? (use.dirMode ?? 0o755) : 0o755
       try {
-        mkdirSync(cur, { mode: 0o755 }) // one level at a time: each new one is checked below
-        chmodSync(cur, 0o755) // mkdir's mode is masked by the umask
+        mkdirSync(cur, { mode }) // one level at a time: each new one is checked below
+        chmodSync(cur, mode) // mkdir's mode is masked by the umask
+        if (isSocketDir && use.dirGid !== undefined) chownSync(cur, euid, use.dirGid)
       } catch (err) {
         throw new SocketDirError(
           use,
           `cannot create the socket directory ${cur}: ${(err as Error).message}`,
-          'create it (mode 0755, owned by the agent user) or choose another socket path',
+          `create it (mode ${mode.toString(8).padStart(4, '0')}, owned by our user) or choose another socket path`,
           err,
         )
       }

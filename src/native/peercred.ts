@@ -12,12 +12,14 @@ import { packageRoot } from '../common/package-root.js'
 import { SpiffeEdgeError } from '../errors.js'
 import type { PeerCredentials } from './types.js'
 
-const EXPECTED_ABI = 1
+const EXPECTED_ABI = 2
 
 export interface PeerCredBinding {
   readonly abiVersion: number
   /** getsockopt(SO_PEERCRED) (+ SO_PEERGROUPS when the kernel has it) on a connected Unix socket. */
   peerCred(fd: number): PeerCredentials
+  /** One datagram to an AF_UNIX socket ('@name': abstract); 0 or the errno. For sd_notify. */
+  sdNotify(path: string, message: string): number
 }
 
 export interface LoadPeerCredOptions {
@@ -81,6 +83,7 @@ export function fromPeerCredNative(err: unknown): Error {
 function mapped(raw: PeerCredBinding): PeerCredBinding {
   return {
     abiVersion: raw.abiVersion,
+    sdNotify: (path, message) => raw.sdNotify(path, message),
     peerCred(fd: number): PeerCredentials {
       try {
         return raw.peerCred(fd)

@@ -8,7 +8,7 @@ import { chmodSync, chownSync, lstatSync, rmSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import type { Socket } from 'node:net'
 import type { LogLevel } from '../common/log.js'
-import { secureSocketDir } from '../common/socket-dir.js'
+import { secureSocketDir, socketIsLive } from '../common/socket-dir.js'
 import { isSpiffeEdgeError, SpiffeEdgeError } from '../errors.js'
 import { socketPeerCred } from '../native/peercred.js'
 import type { PeerCredentials } from '../native/types.js'
@@ -146,6 +146,7 @@ export async function startAdminServer(
             )
           }
           return send(res, 200, {
+            trust_domain: core.trustDomain,
             format,
             sequence: b.sequence,
             bundle: format === 'pem' ? b.pem : b.spiffe,
@@ -278,21 +279,7 @@ export async function startAdminServer(
       })
     }
   })
-  // The directory must be ours: another user who owns it could swap the socket and answer
-  // `bundle show` with a CA of their own (the same rule as the Workload API socket's).
-  secureSocketDir(opts.socketPath, undefined, {
-    what: 'the admin socket',
-    code: 'ERR_ADMIN_SOCKET',
-  })
-  // A stale socket from a crashed server would make listen() fail with EADDRINUSE; anything else
-  // at that path is not ours to delete.
-  const existing = lstatOrMissing(opts.socketPath)
-  if (existing?.isSocket()) rmSync(opts.socketPath)
-  else if (existing) {
-    throw new SpiffeEdgeError('ERR_ADMIN_SOCKET', `${opts.socketPath} exists and is not a socket`, {
-      remedy: 'remove it, or set admin_socket / --admin-socket to another path',
-    })
-  }
+  await prepareAdminSocket(opts.socketPath, opts.allowedGid)
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(opts.socketPath, () => resolve())
@@ -314,4 +301,40 @@ function lstatOrMissing(p: string): ReturnType<typeof lstatSync> | undefined {
   } catch {
     return undefined
   }
+}
+
+/**
+ * Checks the admin socket's directory (ours, `private` made 0700 or 0750 for the group) and that
+ * no live server answers on the socket. A stale socket from a crashed server is removed; a live
+ * one is another server's (two servers with the default admin socket), so this one refuses
+ * instead of taking the path over. Called before the server opens anything, and again just
+ * before listen.
+ */
+export async function prepareAdminSocket(socketPath: string, allowedGid?: number): Promise<void> {
+  // The directory must be ours: another user who owns it could swap the socket and answer
+  // `bundle show` with a CA of their own (the same rule as the Workload API socket's).
+  secureSocketDir(socketPath, undefined, {
+    what: 'the admin socket',
+    code: 'ERR_ADMIN_SOCKET',
+    dirMode: allowedGid === undefined ? 0o700 : 0o750,
+    ...(allowedGid === undefined ? {} : { dirGid: allowedGid }),
+  })
+  const existing = lstatOrMissing(socketPath)
+  if (existing === undefined) return
+  if (!existing.isSocket()) {
+    throw new SpiffeEdgeError('ERR_ADMIN_SOCKET', `${socketPath} exists and is not a socket`, {
+      remedy: 'remove it, or set admin_socket / --admin-socket to another path',
+    })
+  }
+  if (await socketIsLive(socketPath)) {
+    throw new SpiffeEdgeError(
+      'ERR_ADMIN_SOCKET_IN_USE',
+      `another server is listening on the admin socket ${socketPath}`,
+      {
+        remedy:
+          'stop the other server, or give this one its own admin_socket / --admin-socket (two servers cannot share the default)',
+      },
+    )
+  }
+  rmSync(socketPath) // stale: nothing answers on it
 }

@@ -11,6 +11,7 @@ import {
 import { type HealthChecksConfig, healthChecksConfig } from '../common/health-http.js'
 import type { LogConfig } from '../common/log.js'
 import { isMqttUrl, MQTT_KEYS, type MqttSettings, mqttSettings } from '../common/mqtt-config.js'
+import { DEFAULT_ADMIN_SOCKET } from '../common/socket-dir.js'
 import { type TelemetryConfig, telemetryConfig } from '../common/telemetry.js'
 import { type FederationConfig, federationConfig } from './federation/config.js'
 
@@ -22,6 +23,7 @@ export interface ServerConfig {
   readonly bindAddress: string
   readonly bindPort: number
   readonly dataDir: string
+  /** server.admin_socket; DEFAULT_ADMIN_SOCKET (absolute, shared with the CLI) when unset. */
   readonly adminSocket: string
   /** A group whose members may use the admin socket besides root; undefined: root only. */
   readonly adminSocketGroup: string | undefined
@@ -120,7 +122,7 @@ export function parseServerConfig(
   const adminSocket = overrides.adminSocket
     ? resolve(overrides.adminSocket)
     : s?.admin_socket === undefined
-      ? resolve(dataDir, 'admin.sock')
+      ? DEFAULT_ADMIN_SOCKET
       : r.path(s, 'admin_socket', 'server')!
   const x509Ttl = r.duration(s, 'default_x509_svid_ttl', 'server', 3600)
   const up = r.table(s ?? {}, 'upstream', 'server.upstream')

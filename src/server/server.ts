@@ -22,7 +22,7 @@ import type { PeerCredentials } from '../native/types.js'
 import { parsePemCertificates } from '../spiffe/bundle.js'
 import { SpiffeId, TrustDomain } from '../spiffe/id.js'
 import type { BrokerAccess } from '../transport/mqtt/broker-access.js'
-import { startAdminServer } from './admin.js'
+import { prepareAdminSocket, startAdminServer } from './admin.js'
 import { adminCore } from './admin-core.js'
 import { CaManager, type Clock, type UpstreamAuthority } from './ca.js'
 import type { ServerConfig } from './config.js'
@@ -135,6 +135,13 @@ export async function startServer(
   cleanups.push(() => lock.release())
   try {
     tightenDataDir(config.dataDir, log)
+    // Two servers on other data dirs may still name one admin socket (the default): the second
+    // fails here, before it opens a datastore or binds a port (the socket may be in the data dir,
+    // so after tightenDataDir).
+    await prepareAdminSocket(
+      config.adminSocket,
+      config.adminSocketGroup === undefined ? undefined : groupId(config.adminSocketGroup),
+    )
     const datastorePath = join(config.dataDir, 'datastore.sqlite3')
     const keys = await buildKeyManager(KEY_MANAGERS, config.keyManager, 'server')
     cleanups.push(() => keys.close())

@@ -31,6 +31,7 @@ export async function startServerProcess(
   t: After,
   serverToml = '',
   port = 0,
+  env?: NodeJS.ProcessEnv,
 ): Promise<ServerProcess> {
   const config = join(dir, 'server.conf')
   // Written on every start; a restart over the same dir keeps the data.
@@ -38,10 +39,14 @@ export async function startServerProcess(
     config,
     // Tests start several agents from 127.0.0.1 within a second; SPIRE's default of 1/s per
     // address is not what they test (server-attest-bounds and server-node-api test it directly).
-    `[server]\ntrust_domain = "example.org"\ndata_dir = "./server"\nlog_level = "info"\n${/attest_rate_per_second/.test(serverToml) ? '' : 'attest_rate_per_second = 100\n'}${serverToml}\n` +
+    `[server]\ntrust_domain = "example.org"\ndata_dir = "./server"\nlog_level = "info"\n${/^admin_socket\s*=/m.test(serverToml) ? '' : 'admin_socket = "./server/admin.sock"\n'}${/attest_rate_per_second/.test(serverToml) ? '' : 'attest_rate_per_second = 100\n'}${serverToml}\n` +
       '[plugins.KeyManager.disk]\n[plugins.NodeAttestor.join_token]\n',
   )
-  const p = await startCli(['server', 'run', '--config', config, '--port', String(port)], t)
+  const p = await startCli(
+    ['server', 'run', '--config', config, '--port', String(port)],
+    t,
+    env ? { env } : {},
+  )
   const adminSocket = String(p.first.admin_socket)
   return {
     ...p,
@@ -63,7 +68,7 @@ export async function startServerProcess(
 export async function hostTokenFor(server: ServerProcess, workloadId: string): Promise<string> {
   const token = JSON.parse(
     await server.admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
-  ).token as string
+  ).value as string
   await server.admin(
     'entry',
     'create',

@@ -46,7 +46,7 @@ export async function startDomainServer(
   const config = join(d.dir, 'server.conf')
   writeFileSync(
     config,
-    `[server]\ntrust_domain = "${d.td}"\ndata_dir = "./server"\nlog_level = "debug"\n` +
+    `[server]\ntrust_domain = "${d.td}"\ndata_dir = "./server"\nadmin_socket = "./server/admin.sock"\nlog_level = "debug"\n` +
       `${federationToml}\n[plugins.KeyManager.disk]\n[plugins.NodeAttestor.join_token]\n`,
   )
   const p = await startCli(

@@ -75,7 +75,7 @@ export async function startTpmServer(
   const config = join(dir, 'server.conf')
   writeFileSync(
     config,
-    `[server]\ntrust_domain = "example.org"\ndata_dir = "./server"\nlog_level = "info"\nattest_rate_per_second = 1000\n${toml}\n` +
+    `[server]\ntrust_domain = "example.org"\ndata_dir = "./server"\nadmin_socket = "./server/admin.sock"\nlog_level = "info"\nattest_rate_per_second = 1000\n${toml}\n` +
       `[plugins.KeyManager.disk]\n[plugins.NodeAttestor.tpm]\nek_ca_bundle = ${JSON.stringify(ekCa)}\n[plugins.NodeAttestor.join_token]\n`,
   )
   const p = await startCli(['server', 'run', '--config', config, '--port', String(port)], t)

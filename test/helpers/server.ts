@@ -36,7 +36,7 @@ export async function startTestServer(
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'spiffe-edge-server-'))
   const config = parseServerConfig(
     // Tests attest many agents from one address: lift the per-source limit unless a test sets it.
-    `[server]\ntrust_domain = "example.org"\nbind_port = 0\nca_ttl = "24h"\n${opts.extraToml ?? 'attest_rate_per_second = 1000'}\n[plugins.NodeAttestor.join_token]\n`,
+    `[server]\ntrust_domain = "example.org"\nbind_port = 0\nca_ttl = "24h"\n${/^admin_socket\s*=/m.test(opts.extraToml ?? '') ? '' : 'admin_socket = "./data/admin.sock"\n'}${opts.extraToml ?? 'attest_rate_per_second = 1000'}\n[plugins.NodeAttestor.join_token]\n`,
     join(dir, 'server.conf'),
     opts.port === undefined ? {} : { bindPort: opts.port },
   )

@@ -38,7 +38,7 @@ test('agent errors name their real cause, with real server and agent processes',
   const bundle = join(root, 'bundle.pem')
   writeFileSync(bundle, await server.admin('bundle', 'show'))
   const token = async () =>
-    JSON.parse(await server.admin('token', 'generate', '--json')).token as string
+    JSON.parse(await server.admin('token', 'generate', '--json')).value as string
   /** An agent dir of its own; `toml` goes into [agent]. */
   const agentDir = (name: string, address = server.address, toml = '') => {
     const d = join(root, name)

@@ -24,7 +24,7 @@ test('join-token agent expired while offline: ERR_AGENT_SVID_EXPIRED with the re
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   const serverToml = 'agent_ttl = "8s"\ndefault_x509_svid_ttl = "1h"'
   let server = await startServerProcess(dir, t, serverToml)
-  const token = JSON.parse(await server.admin('token', 'generate', '--json')).token as string
+  const token = JSON.parse(await server.admin('token', 'generate', '--json')).value as string
   const config = writeAgentConfig(
     dir,
     server.address,
@@ -69,7 +69,7 @@ test('a corrupted sealed cache is refused with a log line and replaced by what t
   const dir = processDir('spiffe-edge-offline-corrupt-')
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   const server = await startServerProcess(dir, t)
-  const token = JSON.parse(await server.admin('token', 'generate', '--json')).token as string
+  const token = JSON.parse(await server.admin('token', 'generate', '--json')).value as string
   const config = writeAgentConfig(
     dir,
     server.address,

@@ -70,7 +70,7 @@ test('Envoy SDS v3 on a real agent: secrets, rotation, ACK/NACK, unattested call
   )
   const token = JSON.parse(
     await server.admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
-  ).token as string
+  ).value as string
   await server.admin(
     'entry',
     'create',

@@ -13,6 +13,7 @@ import { createInterface } from 'node:readline'
 import { test } from 'node:test'
 import { fetchValidSvids } from '../helpers/agent-process.js'
 import { repoRoot, run } from '../helpers/exec.js'
+import { notifySocket } from '../helpers/notify-socket.js'
 
 const has = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0
 const skip = !has('dpkg-deb')
@@ -59,11 +60,15 @@ interface Started {
 }
 
 /** Runs argv as the unit would: User=spiffe-edge, its groups (tss included). */
-async function startAsService(argv: string[], after: (fn: () => Promise<void>) => void) {
+async function startAsService(
+  argv: string[],
+  after: (fn: () => Promise<void>) => void,
+  env: NodeJS.ProcessEnv = process.env,
+) {
   const child = spawn(
     'setpriv',
     ['--reuid=spiffe-edge', '--regid=spiffe-edge', '--init-groups', '--', ...argv],
-    { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/' },
+    { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/', env },
   )
   let stderr = ''
   child.stderr!.on('data', (d: Buffer) => {
@@ -150,14 +155,32 @@ test('the .deb installs, runs server and agent from the units as spiffe-edge, an
     [/^bind_address = .*$/m, 'bind_address = "127.0.0.1"'],
     [/^bind_port = .*$/m, 'bind_port = 0'],
   ])
-  const server = await startAsService(execStart('spiffe-edge-server.service'), t.after.bind(t))
+  // Type=notify, as systemd runs it: a NOTIFY_SOCKET (abstract: the service user needs no file
+  // permission on it) that must see READY=1 from the main process once the server serves.
+  for (const unit of ['spiffe-edge-server.service', 'spiffe-edge-agent.service']) {
+    const text = readFileSync(join(UNITS, unit), 'utf8')
+    assert.match(text, /^Type=notify$/m, unit)
+    assert.match(text, /^NotifyAccess=main$/m, unit)
+  }
+  const notifyName = `@spiffe-edge-deb-${process.pid}`
+  const sd = await notifySocket(notifyName, t)
+  const server = await startAsService(execStart('spiffe-edge-server.service'), t.after.bind(t), {
+    ...process.env,
+    NOTIFY_SOCKET: notifyName,
+  })
+  const ready = await sd.next()
+  assert.equal(ready.fields.READY, '1', JSON.stringify(ready))
+  assert.ok(
+    Object.values(ready.accepts ?? {}).every((v) => v === true),
+    JSON.stringify(ready),
+  )
   const address = String(server.first.listening)
   const admin = (...a: string[]) =>
     must('/usr/bin/spiffe-edge', ['server', ...a, '--admin-socket', ADMIN])
   writeFileSync('/etc/spiffe-edge/bundle.pem', await admin('bundle', 'show'))
   const token = JSON.parse(
     await admin('token', 'generate', '-spiffeID', 'spiffe://example.org/gw', '--json'),
-  ).token as string
+  ).value as string
   await admin(
     'entry',
     'create',

@@ -18,6 +18,8 @@ test('server + agent + Workload API end to end: X.509 and JWT SVIDs for this uid
       join(repoRoot, 'examples/local/server.conf'),
       '--data-dir',
       join(dir, 'server'),
+      '--admin-socket',
+      join(dir, 'server', 'admin.sock'),
       '--port',
       '0',
     ],
@@ -38,7 +40,7 @@ test('server + agent + Workload API end to end: X.509 and JWT SVIDs for this uid
         '--json',
       ])
     ).stdout,
-  ).token as string
+  ).value as string
   const uid = process.getuid!()
   const created = await cli([
     'server',

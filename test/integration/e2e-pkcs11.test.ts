@@ -29,7 +29,7 @@ test('server CA + JWT keys and the agent SVID key in SoftHSM2: SVIDs verify with
   const serverConf = join(dir, 'server.conf')
   writeFileSync(
     serverConf,
-    `[server]\ntrust_domain = "example.org"\ndata_dir = "./server"\n${p11('server')}[plugins.NodeAttestor.join_token]\n`,
+    `[server]\ntrust_domain = "example.org"\ndata_dir = "./server"\nadmin_socket = "./server/admin.sock"\n${p11('server')}[plugins.NodeAttestor.join_token]\n`,
   )
   const agentConf = join(dir, 'agent.conf')
   const startServer = () => startCli(['server', 'run', '--config', serverConf, '--port', '0'], t)
@@ -49,7 +49,7 @@ test('server CA + JWT keys and the agent SVID key in SoftHSM2: SVIDs verify with
   }
   const joinToken = JSON.parse(
     await admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
-  ).token as string
+  ).value as string
   await admin(
     'entry',
     'create',

@@ -24,6 +24,8 @@ test('TPM attestation end to end with the example configs: agent ID from the EK,
       join(repoRoot, 'examples/local/server-tpm.conf'),
       '--data-dir',
       join(dir, 'server'),
+      '--admin-socket',
+      join(dir, 'server', 'admin.sock'),
       '--port',
       '0',
       '--tpm-ek-ca',
@@ -54,18 +56,18 @@ test('TPM attestation end to end with the example configs: agent ID from the EK,
     (await cli(['server', 'agent', 'list', '--admin-socket', sock, '--output', 'json'])).stdout,
   ) as {
     agents: {
-      spiffeId: string
-      attestorType: string
+      id: { trust_domain: string; path: string }
+      attestation_type: string
       selectors: { type: string; value: string }[]
-      certNotAfter: number
+      x509svid_expires_at: string
     }[]
   }
-  const a = listed.agents.find((x) => x.spiffeId === agentId)!
-  assert.equal(a.attestorType, 'tpm')
+  const a = listed.agents.find((x) => `spiffe://${x.id.trust_domain}${x.id.path}` === agentId)!
+  assert.equal(a.attestation_type, 'tpm')
   const sels = a.selectors.map((s) => `${s.type}:${s.value}`)
   assert.ok(sels.includes(`tpm:ek_hash:${rsaEk.public_key_sha256}`), sels.join(' '))
   assert.ok(sels.some((s) => s.startsWith('tpm:pcr:sha256:7:')))
-  assert.ok(a.certNotAfter > Date.now() / 1000)
+  assert.ok(Number(a.x509svid_expires_at) > Date.now() / 1000)
 
   // A node alias on the TPM's selectors, and a workload under it.
   await cli([

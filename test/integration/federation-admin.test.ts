@@ -9,6 +9,7 @@ import assert from 'node:assert/strict'
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
+import { adminCall } from '../../src/server/admin-client.js'
 import { TrustBundle } from '../../src/spiffe/bundle.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
 import { processDir } from '../helpers/agent-process.js'
@@ -65,9 +66,10 @@ test('federation create|update|delete: relationships from the admin API fetch, p
     return r.stderr
   }
   const show = async (td: string) =>
-    JSON.parse(await admin(one, 'federation', 'show', '-trustDomain', td, '--json')) as Rel
+    // Fetch status is not in SPIRE's -output json message: read it from the admin API.
+    (await adminCall(sock(), 'GET', `/v1/federation/${td}`)) as unknown as Rel
   const list = async () =>
-    (JSON.parse(await admin(one, 'federation', 'list', '--json')) as { relationships: Rel[] })
+    ((await adminCall(sock(), 'GET', '/v1/federation')) as unknown as { relationships: Rel[] })
       .relationships
 
   // The first bundle as PEM (sequence 0): what the fetch brings is then visibly the endpoint's.
@@ -95,15 +97,19 @@ test('federation create|update|delete: relationships from the admin API fetch, p
   assert.match(created, /Endpoint SPIFFE ID\s+: spiffe:\/\/two\.test\/spire\/server/)
 
   // No restart: the fetcher picks it up and stores two.test's bundle as its endpoint serves it.
-  const theirs = JSON.parse(await admin(two, 'bundle', 'show', '--format', 'spiffe', '--json')) as {
-    bundle: string
-    sequence: number
+  // Pretty output with -format spiffe is the bundle document itself.
+  const theirsDoc = await admin(two, 'bundle', 'show', '--format', 'spiffe')
+  const theirs = {
+    bundle: theirsDoc,
+    sequence: (JSON.parse(theirsDoc) as { spiffe_sequence: number }).spiffe_sequence,
   }
   assert.ok(theirs.sequence > 0)
   const fetched = await eventually('one.test fetched two.test from its endpoint', async () => {
-    const r = JSON.parse(
-      await admin(one, 'bundle', 'show', '-id', 'spiffe://two.test', '-format', 'spiffe', '--json'),
-    ) as { bundle: string; sequence: number }
+    const doc = await admin(one, 'bundle', 'show', '-id', 'spiffe://two.test', '-format', 'spiffe')
+    const r = {
+      bundle: doc,
+      sequence: (JSON.parse(doc) as { spiffe_sequence: number }).spiffe_sequence,
+    }
     return r.sequence === theirs.sequence ? r : undefined
   })
   const td2 = TrustDomain.parse('two.test')

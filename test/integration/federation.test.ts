@@ -12,6 +12,7 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 import { connect, createServer, type TLSSocket } from 'node:tls'
 import { type ClientX509Svid, workloadClient } from '../../src/agent/workload-api/client.js'
+import { adminCall } from '../../src/server/admin-client.js'
 import { certificateToPem } from '../../src/spiffe/bundle.js'
 import { processDir } from '../helpers/agent-process.js'
 import {
@@ -219,7 +220,8 @@ test('two trust domains federate over https_spiffe bundle endpoints: bundles, mT
     [two, one],
   ] as const) {
     await eventually(`${d.td} fetched ${peer.td} from its endpoint`, async () => {
-      const r = JSON.parse(await admin(d, 'bundle', 'list', '--json')) as {
+      // Fetch status is ours, not in SPIRE's ListFederatedBundlesResponse: the admin API has it.
+      const r = (await adminCall(d.server!.adminSocket, 'GET', '/v1/federated-bundles')) as {
         bundles: { trust_domain: string }[]
         federation: { trustDomain: string; lastSuccess?: string }[]
       }
@@ -228,12 +230,17 @@ test('two trust domains federate over https_spiffe bundle endpoints: bundles, mT
   }
   assert.match(await admin(one, 'bundle', 'list'), /\* two\.test[\s\S]*BEGIN CERTIFICATE/)
   assert.match(await admin(one, 'federation', 'list'), /Found 1 federation relationship\n/)
+  // -output json: SPIRE's types.FederationRelationship (the profile a oneof).
   const rel = JSON.parse(
     await admin(one, 'federation', 'show', '-trustDomain', 'two.test', '--json'),
   )
-  assert.equal(rel.endpoint_spiffe_id, 'spiffe://two.test/spire/server')
-  assert.equal(rel.bundle_endpoint_profile, 'https_spiffe')
-  assert.ok(rel.lastSuccess)
+  assert.deepEqual(rel.https_spiffe, {
+    endpoint_spiffe_id: 'spiffe://two.test/spire/server',
+    bootstrap_bundle: null,
+  })
+  assert.equal(rel.trust_domain, 'two.test')
+  const status = await adminCall(one.server!.adminSocket, 'GET', '/v1/federation/two.test')
+  assert.ok(status.lastSuccess)
 
   // Entries in each domain federate with the other; one agent per domain.
   const uid = String(process.getuid!())
@@ -243,7 +250,7 @@ test('two trust domains federate over https_spiffe bundle endpoints: bundles, mT
   ] as const) {
     const token = JSON.parse(
       await admin(d, 'token', 'generate', '--spiffeID', `spiffe://${d.td}/host`, '--json'),
-    ).token as string
+    ).value as string
     await admin(
       d,
       'entry',

@@ -35,7 +35,7 @@ test("SPIRE's health_checks listener on a real server and agent: live, ready wit
 
   const bundle = join(root, 'bundle.pem')
   writeFileSync(bundle, await server.admin('bundle', 'show'))
-  const token = JSON.parse(await server.admin('token', 'generate', '--json')).token as string
+  const token = JSON.parse(await server.admin('token', 'generate', '--json')).value as string
   const d = join(root, 'agent')
   mkdirSync(d)
   const agent = await startCli(

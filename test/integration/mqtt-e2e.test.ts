@@ -114,7 +114,7 @@ test('MQTT: the broker killed and restarted mid-sync; the agent recovers alone a
   )
   const token = JSON.parse(
     await server.admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
-  ).token as string
+  ).value as string
   const uid = process.getuid!()
   await server.admin(
     'entry',

@@ -24,7 +24,7 @@ test('TPM attestation (swtpm) over MQTT with TLS: agent ID from the EK, SVIDs vi
   const serverConf = join(dir, 'server.conf')
   writeFileSync(
     serverConf,
-    '[server]\ntrust_domain = "example.org"\ndata_dir = "./server"\nlog_level = "info"\nagent_ttl = "16s"\n' +
+    '[server]\ntrust_domain = "example.org"\ndata_dir = "./server"\nadmin_socket = "./server/admin.sock"\nlog_level = "info"\nagent_ttl = "16s"\n' +
       `${serverMqttToml(broker)}\n[plugins.KeyManager.disk]\n` +
       `[plugins.NodeAttestor.tpm]\nek_ca_bundle = "${sim.ekCaBundle}"\npcr_selection = "sha256:0,1,2,3,4,5,6,7"\n`,
   )

@@ -80,7 +80,7 @@ test('a missing peercred addon is ERR_PEERCRED_UNAVAILABLE naming the path', () 
 })
 
 function serverConfig(dir: string) {
-  const text = `[server]\ntrust_domain = "example.org"\nbind_port = 0\n[plugins.NodeAttestor.join_token]\n`
+  const text = `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\n[plugins.NodeAttestor.join_token]\n`
   writeFileSync(join(dir, 'server.conf'), text)
   return parseServerConfig(text, join(dir, 'server.conf'))
 }

@@ -30,6 +30,8 @@ test("SPIRE's admin verbs: entry create -data, entry count/show filters, agent l
     return r.stdout
   }
   const json = async (...args: string[]) => JSON.parse(await ok(...args, '-output', 'json'))
+  /** A types.SPIFFEID message back to its URI. */
+  const sid = (m: { trust_domain: string; path: string }) => `spiffe://${m.trust_domain}${m.path}`
 
   await t.test('entry create -data: a batch in spire-server JSON, reported per entry', async () => {
     const data = join(root, 'entries.json')
@@ -46,11 +48,14 @@ test("SPIRE's admin verbs: entry create -data, entry count/show filters, agent l
             ],
             x509_svid_ttl: 600,
           },
+          // As spire-server writes them (protobuf JSON: IDs as messages, int64 as strings).
           {
-            spiffe_id: 'spiffe://example.org/db',
-            parent_id: 'spiffe://example.org/gw1',
+            spiffe_id: { trust_domain: 'example.org', path: '/db' },
+            parent_id: { trust_domain: 'example.org', path: '/gw1' },
             selectors: [{ type: 'unix', value: 'uid:1000' }],
             federates_with: ['partner.org'],
+            expires_at: '0',
+            store_svid: false,
           },
           {
             spiffe_id: 'spiffe://example.org/edge',
@@ -69,9 +74,10 @@ test("SPIRE's admin verbs: entry create -data, entry count/show filters, agent l
     )
     const r = await a('entry', 'create', '-data', data, '-output', 'json')
     assert.equal(r.code, 1, r.stderr)
-    const results = (JSON.parse(r.stdout) as { results: { status: string }[] }).results
+    // BatchCreateEntryResponse: a types.Status per entry (gRPC codes, 0 is OK).
+    const results = (JSON.parse(r.stdout) as { results: { status: { code: number } }[] }).results
     assert.deepEqual(
-      results.map((x) => x.status),
+      results.map((x) => (x.status.code === 0 ? 'OK' : 'ERROR')),
       ['OK', 'OK', 'OK', 'ERROR'],
     )
     assert.equal((await json('entry', 'count')).count, 3)
@@ -81,8 +87,12 @@ test("SPIRE's admin verbs: entry create -data, entry count/show filters, agent l
     'entry show and count filter by selector, federatesWith, downstream, parentID',
     async () => {
       const ids = async (...f: string[]) =>
-        ((await json('entry', 'show', ...f)).entries as { spiffeId: string }[])
-          .map((e) => e.spiffeId)
+        (
+          (await json('entry', 'show', ...f)).entries as {
+            spiffe_id: { trust_domain: string; path: string }
+          }[]
+        )
+          .map((e) => sid(e.spiffe_id))
           .sort()
       assert.deepEqual(await ids('-selector', 'unix:uid:1000'), [
         'spiffe://example.org/db',
@@ -109,7 +119,7 @@ test("SPIRE's admin verbs: entry create -data, entry count/show filters, agent l
   const startAgent = async (name: string) => {
     const d = join(root, name)
     mkdirSync(d)
-    const token = (await json('token', 'generate')).token as string
+    const token = (await json('token', 'generate')).value as string
     return startCli(
       agentArgs(writeAgentConfig(d, server.address), '-trustBundle', bundle, '-joinToken', token),
       t,
@@ -127,9 +137,11 @@ test("SPIRE's admin verbs: entry create -data, entry count/show filters, agent l
     assert.equal((await json('agent', 'count', '-attestationType', 'join_token')).count, 2)
     assert.equal((await json('agent', 'count', '-attestationType', 'tpm')).count, 0)
     await ok('agent', 'ban', '-spiffeID', goneId)
-    const banned = (await json('agent', 'list', '-banned', 'true')).agents as { spiffeId: string }[]
+    const banned = (await json('agent', 'list', '-banned', 'true')).agents as {
+      id: { trust_domain: string; path: string }
+    }[]
     assert.deepEqual(
-      banned.map((x) => x.spiffeId),
+      banned.map((x) => sid(x.id)),
       [goneId],
     )
     assert.equal((await json('agent', 'count', '-banned', 'false')).count, 1)
@@ -146,8 +158,12 @@ test("SPIRE's admin verbs: entry create -data, entry count/show filters, agent l
       // The stopped agent's 3 s SVID runs out; the live one keeps renewing.
       const deadline = Date.now() + 30_000
       for (;;) {
-        const expired = (await json('agent', 'purge', '-expiredFor', '1s', '-dryRun'))
-          .expired as string[]
+        const expired = (
+          (await json('agent', 'purge', '-expiredFor', '1s', '-dryRun')).expired_agents as {
+            agent_id: string
+            deleted: boolean
+          }[]
+        ).map((x) => x.agent_id)
         if (expired.includes(goneId)) {
           assert.deepEqual(expired, [goneId])
           break
@@ -157,10 +173,12 @@ test("SPIRE's admin verbs: entry create -data, entry count/show filters, agent l
       }
       assert.equal((await json('agent', 'count')).count, 2, 'dry run evicted nothing')
       const purged = await json('agent', 'purge', '-expiredFor', '1s')
-      assert.deepEqual(purged.purged, [goneId])
-      const left = (await json('agent', 'list')).agents as { spiffeId: string }[]
+      assert.deepEqual(purged.expired_agents, [{ agent_id: goneId, deleted: true }])
+      const left = (await json('agent', 'list')).agents as {
+        id: { trust_domain: string; path: string }
+      }[]
       assert.deepEqual(
-        left.map((x) => x.spiffeId),
+        left.map((x) => sid(x.id)),
         [liveId],
       )
     },
@@ -218,7 +236,7 @@ test("SPIRE's admin verbs: entry create -data, entry count/show filters, agent l
           '-ttl',
           '5m',
         )
-      ).token as string
+      ).svid.token as string
       const claims = JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()) as {
         sub: string
         aud: string[] | string

@@ -17,6 +17,8 @@ async function runServer(t: { after: (fn: () => Promise<void>) => void }) {
       join(repoRoot, 'examples/local/server.conf'),
       '--data-dir',
       dir,
+      '--admin-socket',
+      join(dir, 'admin.sock'),
       '--port',
       '0',
     ],
@@ -55,13 +57,17 @@ test('the admin CLI manages entries, tokens, agents and the bundle; SIGTERM stop
     '--json',
   )
   assert.equal(created.code, 0, created.stderr)
-  const entry = JSON.parse(created.stdout) as {
-    id: string
-    selectors: unknown[]
-    x509SvidTtl: number
-  }
+  // -output json (here as --json): SPIRE's BatchCreateEntryResponse.
+  const entry = (
+    JSON.parse(created.stdout) as {
+      results: {
+        status: { code: number }
+        entry: { id: string; selectors: unknown[]; x509_svid_ttl: number }
+      }[]
+    }
+  ).results[0]!.entry
   assert.equal(entry.selectors.length, 2)
-  assert.equal(entry.x509SvidTtl, 600)
+  assert.equal(entry.x509_svid_ttl, 600)
   const shown = await a('server', 'entry', 'show', '--entryID', entry.id)
   assert.match(shown.stdout, /SPIFFE ID\s+: spiffe:\/\/example.org\/app/)
   assert.match(shown.stdout, /Selector\s+: unix:uid:1000/)
@@ -76,7 +82,10 @@ test('the admin CLI manages entries, tokens, agents and the bundle; SIGTERM stop
     'tpm:manufacturer:IBM',
     '--json',
   )
-  assert.equal(JSON.parse(node.stdout).parentId, 'spiffe://example.org/spire/server')
+  assert.deepEqual(JSON.parse(node.stdout).results[0].entry.parent_id, {
+    trust_domain: 'example.org',
+    path: '/spire/server',
+  })
   const updated = await a(
     'server',
     'entry',
@@ -91,7 +100,9 @@ test('the admin CLI manages entries, tokens, agents and the bundle; SIGTERM stop
     'unix:uid:1001',
     '--json',
   )
-  assert.deepEqual(JSON.parse(updated.stdout).selectors, [{ type: 'unix', value: 'uid:1001' }])
+  assert.deepEqual(JSON.parse(updated.stdout).results[0].entry.selectors, [
+    { type: 'unix', value: 'uid:1001' },
+  ])
   const listed = JSON.parse((await a('server', 'entry', 'list', '--json')).stdout) as {
     entries: unknown[]
   }
@@ -102,15 +113,15 @@ test('the admin CLI manages entries, tokens, agents and the bundle; SIGTERM stop
   assert.equal(JSON.parse(gone.stderr).error.code, 'ERR_DATASTORE_NOT_FOUND')
 
   const token = await a('server', 'token', 'generate', '--ttl', '60', '--json')
-  assert.match(JSON.parse(token.stdout).token, /^[0-9a-f]{64}$/)
+  assert.match(JSON.parse(token.stdout).value, /^[0-9a-f]{64}$/)
   assert.equal(JSON.parse((await a('server', 'agent', 'list', '--json')).stdout).agents.length, 0)
 
   const pem = await a('server', 'bundle', 'show')
   assert.match(pem.stdout, /BEGIN CERTIFICATE/)
-  const spiffe = JSON.parse(
-    (await a('server', 'bundle', 'show', '--format', 'spiffe', '--json')).stdout,
-  ) as { bundle: string }
-  const jwks = JSON.parse(spiffe.bundle) as { keys: { use: string }[]; spiffe_sequence: number }
+  const jwks = JSON.parse((await a('server', 'bundle', 'show', '--format', 'spiffe')).stdout) as {
+    keys: { use: string }[]
+    spiffe_sequence: number
+  }
   assert.ok(
     jwks.keys.some((k) => k.use === 'x509-svid') && jwks.keys.some((k) => k.use === 'jwt-svid'),
   )

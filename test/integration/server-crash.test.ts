@@ -42,6 +42,8 @@ async function runServer(t: After, dir: string): Promise<ServerProcess> {
       join(repoRoot, 'examples/local/server.conf'),
       '--data-dir',
       dir,
+      '--admin-socket',
+      join(dir, 'admin.sock'),
       '--port',
       '0',
     ],

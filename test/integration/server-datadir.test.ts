@@ -42,6 +42,8 @@ const serverArgs = (dataDir: string, ...extra: string[]) => [
   join(repoRoot, 'examples/local/server.conf'),
   '--data-dir',
   dataDir,
+  '--admin-socket',
+  join(dataDir, 'admin.sock'),
   '--port',
   '0',
   ...extra,

@@ -20,7 +20,7 @@ test('server logs as an operator runs them: text to log_file, SIGHUP after logro
   const config = join(dir, 'server.conf')
   writeFileSync(
     config,
-    '[server]\ntrust_domain = "example.org"\ndata_dir = "./data"\n' +
+    '[server]\ntrust_domain = "example.org"\ndata_dir = "./data"\nadmin_socket = "./data/admin.sock"\n' +
       'log_level = "WARN"\nlog_format = "text"\nlog_file = "server.log"\n' +
       '[plugins.KeyManager.disk]\n[plugins.NodeAttestor.join_token]\n',
   )

@@ -83,7 +83,7 @@ function tempDir(t: { after: (fn: () => void) => void }): string {
 /** startServer straight from a config, for the cases where it must refuse to start. */
 async function startWithUpstream(dir: string, f: UpstreamFiles) {
   const config = parseServerConfig(
-    `[server]\ntrust_domain = "example.org"\nbind_port = 0\nca_ttl = "24h"\n${upstreamToml(f)}\n` +
+    `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\nca_ttl = "24h"\n${upstreamToml(f)}\n` +
       '[plugins.NodeAttestor.join_token]\n',
     join(dir, 'server.conf'),
   )

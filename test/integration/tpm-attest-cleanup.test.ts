@@ -26,7 +26,7 @@ async function server(t: TestContext, ekCaBundle?: string) {
     : '[plugins.NodeAttestor.join_token]\n'
   const s = await startServer(
     parseServerConfig(
-      `[server]\ntrust_domain = "example.org"\nbind_port = 0\nattest_rate_per_second = 1000\n${plugin}`,
+      `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\nattest_rate_per_second = 1000\n${plugin}`,
       join(dir, 'server.conf'),
     ),
     { log: silentLog },

@@ -79,7 +79,7 @@ function tempDir(t: TestContext): string {
 async function tpmServer(t: TestContext, tpmToml: string) {
   const dir = tempDir(t)
   const config = parseServerConfig(
-    `[server]\ntrust_domain = "example.org"\nbind_port = 0\nca_ttl = "24h"\n` +
+    `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\nca_ttl = "24h"\n` +
       `attest_rate_per_second = 1000\n[plugins.NodeAttestor.tpm]\n${tpmToml}\n`,
     join(dir, 'server.conf'),
   )

@@ -114,7 +114,7 @@ test('a node whose PCRs hold a real boot log attests; the facts are selectors a 
       `unverified_pcr7_digests = [${toml(n.facts.unprovenPcr7[0]!.digest)}]\n`,
   )
   const config = parseServerConfig(
-    `[server]\ntrust_domain = "example.org"\nbind_port = 0\nca_ttl = "24h"\n` +
+    `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\nca_ttl = "24h"\n` +
       `attest_rate_per_second = 1000\n[plugins.NodeAttestor.tpm]\n` +
       `ek_ca_bundle = ${toml(n.sim.ekCaBundle)}\nreference_state = ${toml(ref)}\n`,
     join(n.dir, 'server.conf'),
@@ -374,7 +374,7 @@ test('a TCG 1.2 (SHA-1) log, the largest real one, replays on the sha1 bank over
     eventLogPath: logFile,
   })
   const config = parseServerConfig(
-    `[server]\ntrust_domain = "example.org"\nbind_port = 0\nca_ttl = "24h"\n` +
+    `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\nca_ttl = "24h"\n` +
       `attest_rate_per_second = 1000\n[plugins.NodeAttestor.tpm]\n` +
       `ek_ca_bundle = ${toml(sim.ekCaBundle)}\nallow_sha1 = true\n` +
       `reference_state = ${toml(join(dir, 'ref.toml'))}\n`,

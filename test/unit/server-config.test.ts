@@ -12,7 +12,8 @@ test('defaults follow SPIRE and paths resolve against the config file', () => {
   assert.equal(c.defaultX509SvidTtlSeconds, 3600)
   assert.equal(c.defaultJwtSvidTtlSeconds, 300)
   assert.equal(c.dataDir, '/etc/spiffe-edge/data')
-  assert.equal(c.adminSocket, '/etc/spiffe-edge/data/admin.sock')
+  // Absolute and shared with the CLI, as spire-server's /tmp/spire-server/private/api.sock.
+  assert.equal(c.adminSocket, '/tmp/spiffe-edge-server/private/api.sock')
   assert.deepEqual([...c.nodeAttestors.keys()], ['join_token'])
   assert.deepEqual(c.keyManager, {
     name: 'disk',

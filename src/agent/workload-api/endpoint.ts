@@ -8,10 +8,10 @@
 import { chmodSync, lstatSync, statSync, unlinkSync } from 'node:fs'
 import type { Http2Server, Http2Session } from 'node:http2'
 import { constants as h2 } from 'node:http2'
-import { connect, createServer, type Socket } from 'node:net'
+import { createServer, type Socket } from 'node:net'
 import type * as grpc from '@grpc/grpc-js'
 import type { Log } from '../../common/log.js'
-import { secureSocketDir } from '../../common/socket-dir.js'
+import { secureSocketDir, socketIsLive } from '../../common/socket-dir.js'
 import { WorkloadEndpointError } from './errors.js'
 import { ProcFiles, type ProcStamp, procStampSync } from './proc.js'
 import type { PeerInfo } from './types.js'
@@ -119,19 +119,7 @@ export class ConnTable {
   }
 }
 
-/** Is something accepting connections on this socket path? */
-export function socketIsLive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path)
-    const done = (live: boolean) => {
-      s.destroy()
-      resolve(live)
-    }
-    s.setTimeout(1000, () => done(true)) // a listener too busy to accept is still a listener
-    s.once('connect', () => done(true))
-    s.once('error', () => done(false))
-  })
-}
+export { socketIsLive }
 
 export async function prepareSocketPath(path: string): Promise<void> {
   secureSocketDir(path)
