@@ -234,7 +234,11 @@ export class TpmPcrSealer implements CacheSealer {
     const now = (await this.currentValues()).get(TPM_ALG.SHA256)
     const was = k.values.get(TPM_ALG.SHA256)!
     const changed = [...was].filter(([p, v]) => hex(now?.get(p) ?? new Uint8Array()) !== hex(v))
-    if (changed.length > 0) throw mismatch(changed.map(([p]) => p), id)
+    if (changed.length > 0)
+      throw mismatch(
+        changed.map(([p]) => p),
+        id,
+      )
     return unwrapWith(b.subarray(2 + idLen), TpmPcrSealer.aad(k), this.derive(k))
   }
 }

@@ -48,7 +48,11 @@ export interface NativeEsysContext {
    * PolicyPCR. pcrDigest: empty (the TPM uses the current values) or the digest the values must
    * have (TPM_RC_VALUE otherwise); selection: marshaled TPML_PCR_SELECTION.
    */
-  policyPcr(session: number, pcrDigest: Uint8Array, selection: Uint8Array): Promise<{ readonly ok: number }>
+  policyPcr(
+    session: number,
+    pcrDigest: Uint8Array,
+    selection: Uint8Array,
+  ): Promise<{ readonly ok: number }>
   /** The session's current policy digest. */
   policyGetDigest(session: number): Promise<Uint8Array>
   /** credentialBlob: TPM2B_ID_OBJECT, secret: TPM2B_ENCRYPTED_SECRET; returns the decrypted secret. */

@@ -131,10 +131,13 @@ export async function signWithPcrPolicy(
       conn.checkGeneration(gen)
       return c.policyPcr(session.handle, pcrDigest, sel)
     })
-    return await conn.run(async (c) => {
-      conn.checkGeneration(gen)
-      return c.sign(k, digest, session.handle)
-    }, [key])
+    return await conn.run(
+      async (c) => {
+        conn.checkGeneration(gen)
+        return c.sign(k, digest, session.handle)
+      },
+      [key],
+    )
   } finally {
     await conn.flushSession(session.handle, gen)
   }

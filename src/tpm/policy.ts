@@ -78,7 +78,10 @@ export function policyPcrDigest(
   values: PcrValues,
 ): Uint8Array {
   const h = hashName(alg)
-  const sorted = selection.map((s) => ({ hashAlg: s.hashAlg, pcrs: [...s.pcrs].sort((a, b) => a - b) }))
+  const sorted = selection.map((s) => ({
+    hashAlg: s.hashAlg,
+    pcrs: [...s.pcrs].sort((a, b) => a - b),
+  }))
   return new Uint8Array(
     createHash(h.name)
       .update(new Uint8Array(h.size))

@@ -130,6 +130,9 @@ export function signingKeyTemplate(alg: KeyAlgorithm = 'ecc-p256'): PublicTempla
  * A signing key only a policy session may use (userWithAuth clear: the empty password no longer
  * authorizes it), e.g. with authPolicy = PolicyPCR(...) so a boot with other PCR values cannot.
  */
-export function policySigningKeyTemplate(alg: KeyAlgorithm, authPolicy: Uint8Array): PublicTemplate {
+export function policySigningKeyTemplate(
+  alg: KeyAlgorithm,
+  authPolicy: Uint8Array,
+): PublicTemplate {
   return { ...signingTemplate(alg, SIGNING_ATTRS & ~A.userWithAuth), authPolicy }
 }

@@ -44,7 +44,12 @@ test('seal_pcrs: the cache opens after a reboot with the same PCRs, and is refus
   const agentDir = join(dir, 'agent')
   const serverToml = 'default_x509_svid_ttl = "1h"\nagent_ttl = "1h"'
   let server = await startTpmServer(dir, sim.ekCaBundle, t, serverToml)
-  const args = tpmAgentArgs(dir, server.address, sim.tcti, '[agent.cache]\nseal_pcrs = [0, 2, 4, 7]')
+  const args = tpmAgentArgs(
+    dir,
+    server.address,
+    sim.tcti,
+    '[agent.cache]\nseal_pcrs = [0, 2, 4, 7]',
+  )
   let agent = await startCli(args, t)
   const sock = String(agent.first.socket_path)
   await createEntry(server.adminSocket, String(agent.first.agent_id), APP)
@@ -78,7 +83,10 @@ test('seal_pcrs: the cache opens after a reboot with the same PCRs, and is refus
   execFileSync('tpm2_pcrextend', ['-T', sim.tcti, `4:sha256=${'00'.repeat(31)}01`])
   agent = await startCli(args, t)
   const refused = await until('the refusal log line', 10_000, async () =>
-    agent.stderr().split('\n').find((l) => /could not be opened or verified; discarded/.test(l)),
+    agent
+      .stderr()
+      .split('\n')
+      .find((l) => /could not be opened or verified; discarded/.test(l)),
   )
   const line = JSON.parse(refused) as Record<string, unknown>
   assert.equal(line.code, 'ERR_CACHE_PCR_MISMATCH')

@@ -102,9 +102,14 @@ test('PCR-bound cache key: the TPM itself refuses it after a PCR extend (policy 
     const dek = new Uint8Array(32).fill(7)
     const wrapped = await sealer.wrap(dek)
     assert.deepEqual(await sealer.unwrap(wrapped), dek)
-    const [file] = readdirSync(join(dir, 'cache-seal')).filter((n) => n.startsWith('cache-kek-pcr-'))
+    const [file] = readdirSync(join(dir, 'cache-seal')).filter((n) =>
+      n.startsWith('cache-kek-pcr-'),
+    )
     const j = JSON.parse(readFileSync(join(dir, 'cache-seal', file!), 'utf8'))
-    const blob = { private: Buffer.from(j.private, 'base64'), public: Buffer.from(j.public, 'base64') }
+    const blob = {
+      private: Buffer.from(j.private, 'base64'),
+      public: Buffer.from(j.public, 'base64'),
+    }
     const digest = new Uint8Array(32)
     // userWithAuth is clear: the empty password does not authorize the key.
     await assert.rejects(
@@ -122,7 +127,12 @@ test('PCR-bound cache key: the TPM itself refuses it after a PCR extend (policy 
     await assert.rejects(
       withTpm(tpm, async () => {
         await using k = await loadUnderSrk(tpm, blob)
-        return await tpm.signWithPcrPolicy(k, digest, sel, pcrValuesDigest(TPM_ALG.SHA256, sel, values))
+        return await tpm.signWithPcrPolicy(
+          k,
+          digest,
+          sel,
+          pcrValuesDigest(TPM_ALG.SHA256, sel, values),
+        )
       }),
       /TPM/,
     )
@@ -130,17 +140,27 @@ test('PCR-bound cache key: the TPM itself refuses it after a PCR extend (policy 
     await assert.rejects(
       withTpm(tpm, async () => {
         await using k = await loadUnderSrk(tpm, blob)
-        return await tpm.signWithPcrPolicy(k, digest, sel, pcrValuesDigest(TPM_ALG.SHA256, sel, now))
+        return await tpm.signWithPcrPolicy(
+          k,
+          digest,
+          sel,
+          pcrValuesDigest(TPM_ALG.SHA256, sel, now),
+        )
       }),
       /TPM/,
     )
-    await assert.rejects(sealer.unwrap(wrapped), (e: { code?: string }) => e.code === 'ERR_CACHE_PCR_MISMATCH')
+    await assert.rejects(
+      sealer.unwrap(wrapped),
+      (e: { code?: string }) => e.code === 'ERR_CACHE_PCR_MISMATCH',
+    )
     assert.equal(await tpm.loadedTransientCount(), 0, 'a transient object was left loaded')
   } finally {
     await tpm.close()
   }
   assert.deepEqual(readFileSync(join(dir, 'cache-seal', 'cache-kek.tpmkey')), plainKey)
   // The policy-free cache is still there and still opens with the policy-free sealer.
-  const back = await withStore(sim.tcti, dir, collect().log, (s) => s.load(AGENT, bundle, Date.now()))
+  const back = await withStore(sim.tcti, dir, collect().log, (s) =>
+    s.load(AGENT, bundle, Date.now()),
+  )
   assert.equal(back.length, 1)
 })

@@ -45,7 +45,17 @@ test('an unknown policy hash is ERR_TPM_STRUCTURE', () => {
 const SEL = [{ hashAlg: TPM_ALG.SHA256, pcrs: [7, 0, 4, 2] }]
 const zeros = new Uint8Array(32)
 const values = (pcr4: Uint8Array) =>
-  new Map([[TPM_ALG.SHA256, new Map([[0, zeros], [2, zeros], [4, pcr4], [7, zeros]])]])
+  new Map([
+    [
+      TPM_ALG.SHA256,
+      new Map([
+        [0, zeros],
+        [2, zeros],
+        [4, pcr4],
+        [7, zeros],
+      ]),
+    ],
+  ])
 
 test('PolicyPCR(sha256:0,2,4,7) matches tpm2_createpolicy, before and after an extend of PCR 4', () => {
   assert.equal(
@@ -55,10 +65,7 @@ test('PolicyPCR(sha256:0,2,4,7) matches tpm2_createpolicy, before and after an e
   const one = new Uint8Array(32)
   one[31] = 1
   const extended = new Uint8Array(createHash('sha256').update(zeros).update(one).digest())
-  assert.equal(
-    hex(extended),
-    '90f4b39548df55ad6187a1d20d731ecee78c545b94afd16f42ef7592d99cd365',
-  )
+  assert.equal(hex(extended), '90f4b39548df55ad6187a1d20d731ecee78c545b94afd16f42ef7592d99cd365')
   assert.equal(
     hex(policyPcrDigest(TPM_ALG.SHA256, SEL, values(extended))),
     'cc7085129a2b248e56f9e4349d6d1bb0611e4834e1f6207876348d5822f503c1',
