@@ -62,12 +62,17 @@ export class IdentityKeeper {
     const life = notAfter - Math.max(notBefore, now)
     const r = rotationTime(now, notBefore, notAfter, this.d.random, this.d.availabilityTargetMs)
     if (r.short) {
-      this.d.log('warn', 'the agent SVID lifetime is too short for availability_target', {
-        ttl_seconds: Math.round(life / 1000),
-        availability_target_seconds: Math.round(this.d.availabilityTargetMs / 1000),
-        remedy:
-          'raise the server agent_ttl to at least 2 x availability_target (or lower the target)',
-      })
+      this.d.log(
+        'warn',
+        "the agent SVID lifetime isn't long enough to guarantee the availability_target",
+        {
+          code: 'ERR_AVAILABILITY_TARGET_UNMET',
+          ttl_seconds: Math.round(life / 1000),
+          availability_target_seconds: Math.round(this.d.availabilityTargetMs / 1000),
+          remedy:
+            'raise the server agent_ttl to at least 2 x availability_target (or lower the target)',
+        },
+      )
     }
     return Math.min(r.at, notAfter - Math.min(30_000, life / 4))
   }

@@ -81,8 +81,10 @@ export class X509SvidCache {
       this.warnedShort.add(entryId)
       this.d.log(
         'warn',
-        'the X509-SVID lifetime is too short for availability_target; rotating at half-life',
+        // SPIRE's warning at sync (the node API cannot ask for a TTL: the entry's TTL decides).
+        "X509 SVID lifetime isn't long enough to guarantee the availability_target; rotating at half-life",
         {
+          code: 'ERR_AVAILABILITY_TARGET_UNMET',
           entry: entryId,
           spiffe_id: spiffeId,
           ttl_seconds: Math.round((notAfter - Math.max(notBefore, this.d.now())) / 1000),
