@@ -48,7 +48,8 @@ function scan(file: string): Thrown & { plainErrors: number; codeSets: number } 
   }
 }
 
-const ccFiles = readdirSync(srcDir).filter((f) => f.endsWith('.cc'))
+// Headers too: shared argument readers (marshal.h) throw from inline functions.
+const ccFiles = readdirSync(srcDir).filter((f) => f.endsWith('.cc') || f.endsWith('.h'))
 const tpmFiles = ccFiles.filter((f) => f !== 'peercred.cc')
 
 function union(files: readonly string[]): Thrown {
