@@ -149,11 +149,12 @@ describe("ProcFiles: the caller's /proc files opened at connect", () => {
             .split(' ')[11],
         )
       const before = cpu()
-      const until = Date.now() + 100
-      while (Date.now() < until) {
-        // burn CPU: utime must move
-      }
-      assert.ok(cpu() > before, 'utime read through the held file advanced')
+      // Burn CPU until utime moves (clock ticks; a loaded machine may take a while): stale
+      // reads would never see it move.
+      const until = Date.now() + 5000
+      let now = before
+      while (now === before && Date.now() < until) now = cpu()
+      assert.ok(now > before, 'utime read through the held file advanced')
     } finally {
       files.close()
     }

@@ -208,9 +208,9 @@ export const workloadCodec = {
   empty: {
     // Zero bytes is what every client sends: nothing to walk or convert (the profile showed the
     // generic decode per FetchX509SVID). Anything else still goes through the strict decode.
-    decode: (name: string, b: Uint8Array) => {
-      const type = wl(name) // an unknown name still throws, empty bytes or not
-      return b.byteLength === 0 ? EMPTY : decodeRequest<object>(type, b)
+    decode: (name: string, b: Uint8Array): object => {
+      const t = wl(name) // an unknown name still fails, whatever the bytes
+      return b.byteLength === 0 ? EMPTY : decodeRequest<object>(t, b)
     },
   },
   healthRequest: {
