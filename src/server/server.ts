@@ -302,6 +302,7 @@ export async function startServer(
             await issueIdentity()
           const nowS = Math.floor(now / 1000)
           await datastore.pruneJoinTokens(nowS)
+          await datastore.pruneNonces(now)
           // Entries past their expiry go (SPIRE: pruning, not a security feature). Agents sync by
           // comparing what they hold, so tombstones are not needed once written.
           await datastore.pruneExpiredEntries(nowS)
