@@ -332,7 +332,17 @@ export async function startServer(
     if (config.healthChecks) {
       const health = await startHealthListener(config.healthChecks, {
         live: () => ({ ok: true }),
-        ready: () => ({ ok: datastoreOk, details: { datastore: datastoreOk ? 'ok' : 'failing' } }),
+        ready: () => {
+          // A configured MQTT listener whose broker is down: not ready (it keeps reconnecting).
+          const mqttOk = mqttServer ? mqttServer.connected() : true
+          return {
+            ok: datastoreOk && mqttOk,
+            details: {
+              datastore: datastoreOk ? 'ok' : 'failing',
+              ...(mqttServer ? { mqtt: mqttOk ? 'connected' : 'disconnected' } : {}),
+            },
+          }
+        },
       })
       cleanups.push(() => health.close())
       log('info', 'health checks listening', {
