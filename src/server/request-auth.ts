@@ -6,8 +6,8 @@
  * server process on it, so a request replayed to another replica is refused as well.
  */
 import { createPublicKey } from 'node:crypto'
-import { validateX509Svid } from '../spiffe/x509-svid.js'
 import { isSpiffeEdgeError } from '../errors.js'
+import { validateX509Svid } from '../spiffe/x509-svid.js'
 import {
   AuthError,
   checkTimestamp,

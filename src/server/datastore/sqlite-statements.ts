@@ -197,9 +197,7 @@ export function prepareStatements(db: Db): Statements {
        ON CONFLICT (key) DO UPDATE SET digest = excluded.digest, expires_at = excluded.expires_at,
          answer = NULL`,
     ),
-    setNonceAnswer: db.prepare<[Buffer, string]>(
-      'UPDATE seen_nonces SET answer = ? WHERE key = ?',
-    ),
+    setNonceAnswer: db.prepare<[Buffer, string]>('UPDATE seen_nonces SET answer = ? WHERE key = ?'),
     // A few at a time on the write path (the tick prunes the rest), so a claim stays cheap.
     pruneSomeNonces: db.prepare<[number]>(
       `DELETE FROM seen_nonces WHERE key IN
