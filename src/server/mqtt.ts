@@ -44,11 +44,15 @@ export interface NodeMqttServer extends AsyncDisposable {
   close(): Promise<void>
   /** Publishes the bundle now (the server calls it on a bundle change; a timer also checks). */
   publishBundle(): Promise<void>
+  /** Whether the broker connection is up now (health: not ready for MQTT while it is not). */
+  connected(): boolean
 }
 
 /** How long a reply waits in the broker for an agent whose link is down (and a request for us). */
 const REPLY_EXPIRY_SECONDS = 300
 const MAX_IN_FLIGHT = 64
+const RECONNECT_MIN_MS = 1000
+const RECONNECT_MAX_MS = 30_000
 const MAX_BOOTSTRAP_MESSAGE = MAX_JWE + (64 << 10)
 
 /** The server's long-lived encryption key for attestation params: created once, never replaced. */
@@ -95,7 +99,7 @@ export async function startNodeMqttServer(
       sessionExpiryInterval: REPLY_EXPIRY_SECONDS,
       maximumPacketSize: MAX_RECEIVE_MESSAGE + 4096,
     },
-    reconnectPeriod: 1000,
+    reconnectPeriod: RECONNECT_MIN_MS,
     connectTimeout: 10_000,
     resubscribe: true,
     ...(o.username !== undefined ? { username: o.username } : {}),
@@ -219,31 +223,40 @@ export async function startNodeMqttServer(
   )
   const timer = setInterval(maybePublish, 1000)
   timer.unref()
-  await new Promise<void>((resolve, reject) => {
-    const to = setTimeout(
-      () =>
-        reject(
-          new SpiffeEdgeError('ERR_MQTT_BROKER', `cannot connect to the broker ${o.url}`, {
-            remedy: 'check [server.mqtt] url, ca_file and credentials, and that the broker runs',
-          }),
-        ),
-      15_000,
-    )
-    client.once('connect', () => {
-      clearTimeout(to)
-      resolve()
-    })
-  }).catch(async (err: unknown) => {
-    clearInterval(timer)
-    await client.endAsync(true)
-    throw err
+  // The server starts whether or not the broker is up (health says not ready meanwhile) and keeps
+  // trying with a bounded backoff: 1 s doubling to 30 s, back to 1 s once connected.
+  let backoff = RECONNECT_MIN_MS
+  let everConnected = false
+  let warned = false
+  client.on('connect', () => {
+    if (!everConnected || warned) o.log?.('info', 'MQTT broker connected', { url: o.url })
+    everConnected = true
+    warned = false
+    backoff = RECONNECT_MIN_MS
+    client.options.reconnectPeriod = backoff
+  })
+  client.on('close', () => {
+    if (!warned) {
+      warned = true
+      o.log?.('warn', 'MQTT broker not reachable; retrying with backoff', {
+        url: o.url,
+        remedy: 'check [server.mqtt] url, ca_file and credentials, and that the broker runs',
+      })
+    }
+    client.options.reconnectPeriod = backoff
+    backoff = Math.min(backoff * 2, RECONNECT_MAX_MS)
   })
   const close = async () => {
     clearInterval(timer)
     sessions.close()
     await client.endAsync()
   }
-  return { close, publishBundle, [Symbol.asyncDispose]: close }
+  return {
+    close,
+    publishBundle,
+    connected: () => client.connected,
+    [Symbol.asyncDispose]: close,
+  }
 }
 
 function escapeRe(s: string): string {

@@ -3,12 +3,14 @@
  * (verified against our own bundle), the node record (attested, not banned), the SVID serial (the
  * one we last issued, or the one it replaces until the new one is first used), the signature, and
  * only then the replay cache. Chain validation results are cached by content (agent-chain-cache.ts);
- * everything else is checked on every request. Holds the replay cache, so one instance per NodeApi.
+ * everything else is checked on every request. The replay cache is in the datastore (seen_nonces),
+ * shared by every server process on it, so a request replayed to another replica is refused too.
  */
+import { isSpiffeEdgeError } from '../errors.js'
 import {
   AuthError,
   checkTimestamp,
-  ReplayCache,
+  MAX_CLOCK_SKEW_MS,
   requestSigningString,
   verifySignature,
 } from '../transport/envelope.js'
@@ -26,7 +28,6 @@ function normalSerial(s: string): string {
 
 export class RequestAuthenticator {
   private readonly o: AuthOptions
-  private readonly replay = new ReplayCache()
   /** Validated agent chains by content hash (bundle included); see agent-chain-cache.ts. */
   readonly chains = new AgentChainCache()
 
@@ -99,10 +100,35 @@ export class RequestAuthenticator {
       )
     }
     // Only after the signature checks out: otherwise anyone could burn an agent's nonces.
-    this.replay.check(req.nonce, now)
+    await this.checkReplay(req.nonce, now)
     // The new SVID is in use: the replaced one stops working (persisted, like the renewal).
     if (serial === current && previous !== undefined)
       return this.o.datastore.updateAttestedNode(agentId, { previousCertSerial: '' })
     return node
+  }
+
+  /** The nonce, once across every server on this datastore while its timestamp can pass. */
+  private async checkReplay(nonce: Uint8Array, now: number): Promise<void> {
+    if (nonce.length < 16 || nonce.length > 64)
+      throw new AuthError('nonce', 'request nonce must be 16 to 64 bytes', 'send 16 random bytes')
+    let prior: unknown
+    try {
+      prior = await this.o.datastore.claimNonce(
+        `req:${Buffer.from(nonce).toString('base64')}`,
+        '',
+        now + 2 * MAX_CLOCK_SKEW_MS,
+        now,
+      )
+    } catch (err) {
+      if (isSpiffeEdgeError(err) && err.code === 'ERR_DATASTORE_BUSY')
+        throw new AuthError('busy', 'too many requests in the replay window', 'retry later')
+      throw err
+    }
+    if (prior !== undefined)
+      throw new AuthError(
+        'replay',
+        'this request was already received',
+        'send a fresh nonce per request',
+      )
   }
 }

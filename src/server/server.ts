@@ -309,6 +309,7 @@ export async function startServer(
             await issueIdentity()
           const nowS = Math.floor(now / 1000)
           await datastore.pruneJoinTokens(nowS)
+          await datastore.pruneNonces(now)
           // Entries past their expiry go (SPIRE: pruning, not a security feature). Agents sync by
           // comparing what they hold, so tombstones are not needed once written.
           await datastore.pruneExpiredEntries(nowS)
@@ -338,7 +339,17 @@ export async function startServer(
     if (config.healthChecks) {
       const health = await startHealthListener(config.healthChecks, {
         live: () => ({ ok: true }),
-        ready: () => ({ ok: datastoreOk, details: { datastore: datastoreOk ? 'ok' : 'failing' } }),
+        ready: () => {
+          // A configured MQTT listener whose broker is down: not ready (it keeps reconnecting).
+          const mqttOk = mqttServer ? mqttServer.connected() : true
+          return {
+            ok: datastoreOk && mqttOk,
+            details: {
+              datastore: datastoreOk ? 'ok' : 'failing',
+              ...(mqttServer ? { mqtt: mqttOk ? 'connected' : 'disconnected' } : {}),
+            },
+          }
+        },
       })
       cleanups.push(() => health.close())
       log('info', 'health checks listening', {

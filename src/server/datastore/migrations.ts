@@ -167,6 +167,23 @@ export const migrations: readonly Migration[] = [
       ) STRICT;
     `,
   },
+  {
+    version: 5,
+    description: 'the replay cache every server on this datastore shares',
+    sql: `
+      -- Request nonces (and MQTT attestation frames) already taken, by any server process on this
+      -- datastore, until they expire: a replay that reaches another replica is refused too. The
+      -- digest tells a duplicate of the same frame from a different one under the same key; the
+      -- answer (a signed response) lets any replica resend it for a duplicate. Times in unix ms.
+      CREATE TABLE seen_nonces (
+        key TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        answer BLOB
+      ) STRICT;
+      CREATE INDEX seen_nonces_expires_at ON seen_nonces (expires_at);
+    `,
+  },
 ]
 
 /** The schema version this build writes; a database with a higher one is refused. */

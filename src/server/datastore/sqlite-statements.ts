@@ -58,6 +58,12 @@ export interface Statements {
   readonly entriesSince: Stmt<[number], EntryRow>
   readonly allEntriesByRevision: Stmt<[], EntryRow>
   readonly tombstonesSince: Stmt<[number], { id: string }>
+  readonly getNonce: Stmt<[string], { digest: string; expires_at: number; answer: Buffer | null }>
+  readonly putNonce: Stmt<[string, string, number]>
+  readonly setNonceAnswer: Stmt<[Buffer, string]>
+  readonly pruneSomeNonces: Stmt<[number]>
+  readonly pruneNonces: Stmt<[number]>
+  readonly countNonces: Stmt<[], { n: number }>
   readonly pruneTombstones: Stmt<[number]>
   readonly expiredEntries: Stmt<[number], { id: string }>
   readonly getNode: Stmt<[string], NodeRow>
@@ -182,6 +188,23 @@ export function prepareStatements(db: Db): Statements {
       `INSERT INTO ca_journal (name, value) VALUES (?, ?)
        ON CONFLICT (name) DO UPDATE SET value = excluded.value`,
     ),
+
+    getNonce: db.prepare<[string], { digest: string; expires_at: number; answer: Buffer | null }>(
+      'SELECT digest, expires_at, answer FROM seen_nonces WHERE key = ?',
+    ),
+    putNonce: db.prepare<[string, string, number]>(
+      `INSERT INTO seen_nonces (key, digest, expires_at, answer) VALUES (?, ?, ?, NULL)
+       ON CONFLICT (key) DO UPDATE SET digest = excluded.digest, expires_at = excluded.expires_at,
+         answer = NULL`,
+    ),
+    setNonceAnswer: db.prepare<[Buffer, string]>('UPDATE seen_nonces SET answer = ? WHERE key = ?'),
+    // A few at a time on the write path (the tick prunes the rest), so a claim stays cheap.
+    pruneSomeNonces: db.prepare<[number]>(
+      `DELETE FROM seen_nonces WHERE key IN
+         (SELECT key FROM seen_nonces WHERE expires_at <= ? ORDER BY expires_at LIMIT 16)`,
+    ),
+    pruneNonces: db.prepare<[number]>('DELETE FROM seen_nonces WHERE expires_at <= ?'),
+    countNonces: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM seen_nonces'),
   }
 }
 

@@ -8,6 +8,7 @@ import * as entries from './sqlite-entries.js'
 import { checkIntegrity, closedError, mapError } from './sqlite-errors.js'
 import * as federated from './sqlite-federated.js'
 import * as nodes from './sqlite-nodes.js'
+import * as nonces from './sqlite-nonces.js'
 import { prepareStatements, type SqliteContext } from './sqlite-statements.js'
 import * as tokens from './sqlite-tokens.js'
 import type {
@@ -195,6 +196,25 @@ export class SqliteDatastore implements Datastore {
 
   async setJournal(name: string, value: string): Promise<void> {
     return this.#op('set CA journal', () => tokens.setJournal(this.#c, name, value))
+  }
+
+  async claimNonce(
+    key: string,
+    digest: string,
+    expiresAtMs: number,
+    nowMs: number,
+  ): Promise<{ digest: string; answer?: Uint8Array } | undefined> {
+    return this.#op('claim nonce', () =>
+      nonces.claimNonce(this.#c, key, digest, expiresAtMs, nowMs),
+    )
+  }
+
+  async setNonceAnswer(key: string, answer: Uint8Array): Promise<void> {
+    return this.#op('set nonce answer', () => nonces.setNonceAnswer(this.#c, key, answer))
+  }
+
+  async pruneNonces(nowMs: number): Promise<number> {
+    return this.#op('prune nonces', () => nonces.pruneNonces(this.#c, nowMs))
   }
 
   async healthCheck(): Promise<{ ok: true } | { ok: false; error: SpiffeEdgeError }> {

@@ -195,6 +195,23 @@ export interface Datastore extends AsyncDisposable {
   pruneEntryTombstones(throughRevision: number): Promise<number>
 
   /**
+   * The replay cache every server on this datastore shares (bounded, expiring; times in unix ms).
+   * Atomic across processes: the first caller for `key` records `digest` until `expiresAtMs` and
+   * gets undefined; any later caller, until then, gets what the first recorded (its digest and the
+   * answer set for it, if any). Full of unexpired keys: ERR_DATASTORE_BUSY (fail closed).
+   */
+  claimNonce(
+    key: string,
+    digest: string,
+    expiresAtMs: number,
+    nowMs: number,
+  ): Promise<{ digest: string; answer?: Uint8Array } | undefined>
+  /** Records the answer to a claimed key (for duplicates); no-op when the key is gone. */
+  setNonceAnswer(key: string, answer: Uint8Array): Promise<void>
+  /** Forgets expired keys; returns how many. */
+  pruneNonces(nowMs: number): Promise<number>
+
+  /**
    * Whether the store is usable: a bounded consistency check (SQLite: quick_check, at most every
    * few seconds) plus any corruption met by earlier calls. Never throws for an unhealthy store.
    */

@@ -52,6 +52,8 @@ export interface MqttNodeClientOptions {
 export const MAX_CALL_PAYLOAD = 2 << 20
 const MAX_ATTEST_PAYLOAD = MAX_JWE + (64 << 10)
 const MAX_ATTEST_ROUNDS = 10
+/** Attempts per attestAgent for unknown_key / unknown_session refusals (see attestAgent). */
+const MAX_ATTEST_ATTEMPTS = 4
 
 export class MqttNodeClient implements NodeClient {
   private readonly o: MqttNodeClientOptions
@@ -116,13 +118,21 @@ export class MqttNodeClient implements NodeClient {
       this.topics.bootstrapRes(clientId),
     )
     try {
-      try {
-        return await this.attestOnce(rpc, attestor, signer)
-      } catch (err) {
-        // Our cached server key went away (a restarted server, another replica): ask again once.
-        if (!(err instanceof NodeCallError) || err.reason !== 'unknown_key') throw err
-        this.serverKey = undefined
-        return await this.attestOnce(rpc, attestor, signer)
+      // A bounded number of fresh attempts (new nonce, same session) for refusals that only mean
+      // "not here": our cached server key went away (unknown_key: a restarted server, another
+      // replica), or a later round reached a replica that does not hold this attempt's challenge
+      // state (unknown_session: the replica that issued the challenge restarted or another one
+      // took the frame through the shared subscription).
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await this.attestOnce(rpc, attestor, signer)
+        } catch (err) {
+          const retry =
+            err instanceof NodeCallError &&
+            (err.reason === 'unknown_key' || err.reason === 'unknown_session')
+          if (!retry || attempt >= MAX_ATTEST_ATTEMPTS) throw err
+          if (err.reason === 'unknown_key') this.serverKey = undefined
+        }
       }
     } finally {
       // The session is spent; its connection closes in the background.

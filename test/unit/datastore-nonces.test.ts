@@ -1,0 +1,25 @@
+import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { test } from 'node:test'
+import { openSqliteDatastore } from '../../src/server/datastore/sqlite.js'
+
+test('the replay cache is shared by two connections on one datastore file, expires, and keeps an answer', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-nonces-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'datastore.sqlite3')
+  await using a = await openSqliteDatastore(file)
+  await using b = await openSqliteDatastore(file)
+  const now = 1_000_000
+  assert.equal(await a.claimNonce('req:x', 'd1', now + 1000, now), undefined)
+  // The other "replica" sees the claim: a replay to it is refused.
+  assert.deepEqual(await b.claimNonce('req:x', 'd2', now + 1000, now + 1), { digest: 'd1' })
+  await a.setNonceAnswer('req:x', new Uint8Array([1, 2, 3]))
+  const again = await b.claimNonce('req:x', 'd1', now + 1000, now + 2)
+  assert.deepEqual(again && [...(again.answer ?? [])], [1, 2, 3])
+  // Expired: the key may be taken again, and pruning forgets it.
+  assert.equal(await b.claimNonce('req:x', 'd3', now + 5000, now + 1000), undefined)
+  assert.equal(await a.pruneNonces(now + 5000), 1)
+  assert.equal(await a.claimNonce('req:x', 'd4', now + 9000, now + 5000), undefined)
+})
