@@ -2,19 +2,22 @@
  * The TPM attestor with the agent SVID key in a SoftHSM2 token (real swtpm, real SoftHSM2, real
  * server and agent processes): a server without allow_hsm_agent_key refuses it; with it, the agent
  * attests (selector tpm:agent_key:pkcs11), serves a workload, and after both restart finds the
- * same key in the token and the same identity.
+ * same key in the token and the same identity; killed -9 with the server down it serves from the
+ * token-sealed cache within 1 s; with the token cache key deleted the cache is refused and refetched.
  */
 import assert from 'node:assert/strict'
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
+import pkcs11js from 'pkcs11js'
 import { initSoftHsm } from '../../hardware-sim/softhsm.js'
 import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { Pkcs11KeyManager } from '../../src/keymanager/pkcs11/manager.js'
+import { PKCS11_KEK_ID } from '../../src/keymanager/pkcs11-sealer.js'
 import { startCli } from '../helpers/cli-process.js'
 import { cli } from '../helpers/exec.js'
-import { createEntry, fetchServed, until } from '../helpers/offline.js'
+import { cacheWritten, createEntry, fetchServed, kill9, until } from '../helpers/offline.js'
 
 test('TPM attestation with the agent key in a PKCS#11 token: opt-in, attests, serves, restart finds the key', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-tpm-p11-'))
@@ -108,6 +111,48 @@ test('TPM attestation with the agent key in a PKCS#11 token: opt-in, attests, se
     keys.map((k) => k.id),
   )
   look2.close()
+
+  // Offline: the server gone, the agent killed -9; restarted, it serves the same SVID at once from
+  // the cache the token seals (no file-sealer warning).
+  await cacheWritten(join(dir, 'agent'))
+  const cached = await fetchServed(apiSock)
+  await kill9(server)
+  await kill9(agent)
+  agent = await startCli(['agent', 'run', '--config', agentConf], t)
+  const up = Date.now()
+  const offline = await fetchServed(apiSock)
+  assert.ok(Date.now() - up <= 1000, `served ${Date.now() - up} ms after the agent was up`)
+  assert.equal(offline.leaf, cached.leaf)
+  assert.match(agent.stderr(), /serving workload SVIDs from the sealed cache/)
+  assert.doesNotMatch(agent.stderr(), /protected only by the key file/)
+  assert.equal(existsSync(join(dir, 'agent', 'cache.key')), false, 'a software cache key was made')
+
+  // The token's cache key deleted behind our back: the cache is refused and, with the server
+  // back, the agent fetches its SVIDs again.
+  await kill9(agent)
+  const del = await Pkcs11KeyManager.open({
+    modulePath: token.modulePath,
+    token: { label: 'tpmp11' },
+    pin: token.pin,
+    keyLabelPrefix: 'agent',
+  })
+  await del.inSession('test', (p, s) => {
+    p.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_LABEL, value: del.labelOf(PKCS11_KEK_ID) }])
+    const hs = p.C_FindObjects(s, 4)
+    p.C_FindObjectsFinal(s)
+    assert.equal(hs.length, 1)
+    for (const h of hs) p.C_DestroyObject(s, h)
+  })
+  del.close()
+  server = await startCli(['server', 'run', '--config', serverConf, '--port', '0'], t)
+  writeAgent(String(server.first.listening))
+  agent = await startCli(['agent', 'run', '--config', agentConf], t)
+  const fresh = await until('a workload SVID after the key was deleted', 30_000, () =>
+    fetchServed(apiSock),
+  )
+  assert.equal(fresh.spiffeId, APP)
+  assert.notEqual(fresh.leaf, cached.leaf)
+  assert.match(agent.stderr(), /discarded/)
   agent.child.kill('SIGTERM')
   server.child.kill('SIGTERM')
   assert.equal(await agent.exited, 0)
