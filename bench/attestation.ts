@@ -155,7 +155,7 @@ function verifyRecorded(
   const payload = parsePayload(rec.payload)
   const ek = parseTpm2bPublic(payload.ekPublic)
   const ak = parseTpm2bPublic(payload.akPublic)
-  const agentKey = parseTpm2bPublic(payload.agentKeyPublic)
+  const agentKey = parseTpm2bPublic(payload.agentKeyPublic!)
   const ekSpki = publicKeySpki(ek)
   createHash('sha256').update(ekSpki).digest('hex')
   // What the server does: the EK chain cache (a hit after the first attestation of this TPM).
@@ -186,8 +186,8 @@ function verifyRecorded(
   })
   verifyCertify({
     akPublic: ak,
-    message: res.certifyMessage,
-    signature: res.certifySignature,
+    message: res.certifyMessage!,
+    signature: res.certifySignature!,
     nonce,
     certifiedPublic: agentKey,
   })
@@ -374,10 +374,10 @@ async function main(): Promise<void> {
       verifyCertify: rate(() =>
         verifyCertify({
           akPublic: parseTpm2bPublic(pl.akPublic),
-          message: res.certifyMessage,
-          signature: res.certifySignature,
+          message: res.certifyMessage!,
+          signature: res.certifySignature!,
           nonce,
-          certifiedPublic: parseTpm2bPublic(pl.agentKeyPublic),
+          certifiedPublic: parseTpm2bPublic(pl.agentKeyPublic!),
         }),
       ),
     }

@@ -12,6 +12,7 @@ import { GCP_IIT } from '../attestors/cloud/gcp/protocol.js'
 import type { AgentNodeAttestor } from '../attestors/types.js'
 import type { Table } from '../common/config.js'
 import type { KeyManagerPlugin } from '../keymanager/catalog.js'
+import type { CacheSealer } from '../keymanager/sealer.js'
 import type { KeyManager } from '../keymanager/types.js'
 import type { AgentConfig } from './config.js'
 
@@ -19,6 +20,7 @@ type Identity = {
   attestor: AgentNodeAttestor
   keyManager: KeyManager
   keysHealthy?: () => boolean
+  sealer?: CacheSealer
   close(): Promise<void>
 }
 
@@ -37,6 +39,7 @@ export function cloudNodeAttestors(
         attestor: a,
         keyManager: keys.keyManager,
         ...(keys.healthy ? { keysHealthy: keys.healthy } : {}),
+        ...(keys.cacheSealer ? { sealer: keys.cacheSealer } : {}),
         close: async () => keys.close(),
       }
     }

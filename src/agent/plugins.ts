@@ -25,6 +25,7 @@ import type { KeyManager } from '../keymanager/types.js'
 import { TpmContext } from '../tpm/context.js'
 import { cloudNodeAttestors } from './cloud-plugins.js'
 import type { AgentConfig } from './config.js'
+import { tpmOptions, tpmWithHsmKey, trackCurrent } from './tpm-hsm.js'
 import { dockerAttestor } from './workload-api/attestors/docker.js'
 import { systemdAttestor } from './workload-api/attestors/systemd.js'
 import { unixAttestor } from './workload-api/attestors/unix.js'
@@ -58,8 +59,9 @@ export interface NodeIdentity {
   /** False while the key manager cannot reach its keys (an HSM token gone). */
   readonly keysHealthy?: () => boolean
   /**
-   * What wraps the sealed SVID cache's key: the TPM for the tpm attestor; absent, a 0600 key file
-   * in the data dir (fileSealer), with a warning at start.
+   * What wraps the sealed SVID cache's key: the PKCS#11 token when that is the key manager (any
+   * attestor), else the TPM for the tpm attestor; absent, a 0600 key file in the data dir
+   * (fileSealer), with a warning at start.
    */
   readonly sealer?: CacheSealer
   close(): Promise<void>
@@ -90,6 +92,7 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
         attestor: config.joinToken ? joinTokenAgentAttestor(config.joinToken) : missingJoinToken(),
         keyManager: keys.keyManager,
         ...(keys.healthy ? { keysHealthy: keys.healthy } : {}),
+        ...(keys.cacheSealer ? { sealer: keys.cacheSealer } : {}),
         close: async () => keys.close(),
       }
     },
@@ -98,39 +101,21 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
     'tpm',
     async (config, data) => {
       const cfg = parseTpmAgentConfig(data)
+      // [plugins.KeyManager.pkcs11] on a TPM agent: the SVID key lives in the token, bound to the
+      // quote (tpm-hsm.ts); any other (or no) key manager: the key lives in the TPM, AK-certified.
+      if (config.keyManager.name === 'pkcs11') return tpmWithHsmKey(config, cfg)
       const tpm = await TpmContext.open(cfg.tcti)
       // The agent SVID key lives in the TPM; the attestor certifies whichever key the manager made
       // last, which is the one the CSR (and so the SVID) is for.
       const keys = new TpmKeyManager(tpm, join(config.dataDir, 'tpm-keys'))
-      let current: TpmKey | undefined
-      const keyManager: KeyManager = {
-        async generateKey(id, type) {
-          current = (await keys.generateKey(id, type)) as TpmKey
-          return current
-        },
-        async getKey(id) {
-          const k = (await keys.getKey(id)) as TpmKey | undefined
-          if (k) current ??= k
-          return k
-        },
-        listKeys: () => keys.listKeys(),
-        deleteKey: (id) => keys.deleteKey(id),
-      }
+      const tracked = trackCurrent<TpmKey>(keys)
       const attestor = tpmAgentAttestor({
-        tpm,
-        dataDir: join(config.dataDir, 'tpm'),
-        ekAlgorithm: cfg.ekAlgorithm,
-        akAlgorithm: cfg.akAlgorithm,
-        persistEk: cfg.persistEk,
-        eventLogPath: cfg.eventLogPath,
-        agentKey: () => {
-          if (!current) throw new Error('no agent key yet')
-          return current
-        },
+        ...tpmOptions(config, cfg, tpm),
+        agentKey: tracked.current,
       })
       return {
         attestor,
-        keyManager,
+        keyManager: tracked.keyManager,
         tpmHealthy: () => keys.tpmHealth().healthy,
         // With seal_pcrs, keys of their own (never the policy-free cache-kek, which stays as is).
         sealer:

@@ -9,6 +9,8 @@ import { DiskKeyManager } from './disk.js'
 import { MemoryKeyManager } from './memory.js'
 import { parsePkcs11Config } from './pkcs11/config.js'
 import { Pkcs11KeyManager } from './pkcs11/manager.js'
+import { Pkcs11Sealer } from './pkcs11-sealer.js'
+import type { CacheSealer } from './sealer.js'
 import type { KeyManager } from './types.js'
 
 export interface KeyManagerPlugin {
@@ -20,6 +22,8 @@ export interface KeyManagerPlugin {
   readonly persistent: boolean
   /** False while the keys cannot be reached (a token gone); absent: always reachable. */
   readonly healthy?: () => boolean
+  /** What seals the agent's SVID cache with this key manager's hardware (PKCS#11: its token). */
+  readonly cacheSealer?: CacheSealer
   close(): Promise<void> | void
 }
 
@@ -62,6 +66,7 @@ export const pkcs11Plugin: KeyManagerFactory = async (cfg) => {
     keyManager: km,
     persistent: true,
     healthy: () => km.healthy(),
+    cacheSealer: new Pkcs11Sealer(km),
     close: () => km.close(),
   }
 }

@@ -4,7 +4,7 @@
  * the PCRs the server names and a certify of the agent key by the AK. The AK is made once and its
  * blob kept in dataDir, so restarts and re-attestations reuse it.
  */
-import { randomBytes } from 'node:crypto'
+import { type KeyObject, randomBytes } from 'node:crypto'
 import { chmod, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { gzipSync } from 'node:zlib'
@@ -32,6 +32,7 @@ import type { AgentNodeAttestor } from '../types.js'
 import {
   encodePayload,
   encodeResponse,
+  hsmKeyQualifyingData,
   MAX_CHAIN,
   MAX_EVENT_LOG_COMPRESSED,
   parseChallenge,
@@ -63,8 +64,15 @@ export interface TpmAgentAttestorOptions {
   readonly akAlgorithm?: KeyAlgorithm | undefined
   /** Persist a recreated EK at its standard handle (RSA CreatePrimary takes seconds on chips). */
   readonly persistEk?: boolean | undefined
-  /** The TPM-resident key the SVID will be issued for (asked at every attestation). */
-  readonly agentKey: () => AgentTpmKey | Promise<AgentTpmKey>
+  /**
+   * The key the SVID will be issued for (asked at every attestation), exactly one of: `agentKey`,
+   * TPM-resident, certified by the AK; `hsmAgentKey`, held outside the TPM (a PKCS#11 token), whose
+   * SPKI the quote's qualifying data commits to (the server needs allow_hsm_agent_key).
+   */
+  readonly agentKey?: () => AgentTpmKey | Promise<AgentTpmKey>
+  readonly hsmAgentKey?: () =>
+    | { readonly publicKey: KeyObject }
+    | Promise<{ readonly publicKey: KeyObject }>
   /** The TCG event log sent when the server asks (default DEFAULT_EVENT_LOG_PATH). */
   readonly eventLogPath?: string | undefined
 }
@@ -211,11 +219,16 @@ function toWire(values: PcrValues): WirePcrValues {
 /** The TPM node attestor, agent half. */
 export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor {
   const { tpm } = o
+  if ((o.agentKey === undefined) === (o.hsmAgentKey === undefined)) {
+    throw new Error('tpmAgentAttestor: give exactly one of agentKey and hsmAgentKey')
+  }
   const akAlg = o.akAlgorithm ?? 'ecc-p256'
   const akPriv = join(o.dataDir, 'ak.priv')
   const akPub = join(o.dataDir, 'ak.pub')
   let slot: EkSlot | undefined
   let akBlob: KeyBlob | undefined
+  // The HSM key's SPKI this attempt's payload named: the quote must commit to the very same key.
+  let sentSpki: Uint8Array | undefined
 
   // An AK this process made for an attempt that has not got through the TPM's part yet. It goes to
   // disk only then (persistAk): a failed attempt leaves no AK files, and the stored AK (the one
@@ -279,7 +292,14 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
     kind: 'NodeAttestor',
     name: TPM,
     async payload() {
-      const agentKeyPublic = (await o.agentKey()).blob.public
+      const agentKeyField = o.hsmAgentKey
+        ? {
+            agentKeySpki: new Uint8Array(
+              (await o.hsmAgentKey()).publicKey.export({ type: 'spki', format: 'der' }),
+            ),
+          }
+        : { agentKeyPublic: (await o.agentKey!()).blob.public }
+      sentSpki = agentKeyField.agentKeySpki
       return withTpm(tpm, async () => {
         akBlob = await ensureAk()
         const nv = new Set(await tpm.listHandles(0x01000000))
@@ -307,7 +327,7 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
           ...(ekChain.length ? { ekChain } : {}),
           ekPublic: tpm2b(ek.public.raw),
           akPublic: akBlob.public,
-          agentKeyPublic,
+          ...agentKeyField,
         })
       })
     },
@@ -330,7 +350,13 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
       const eventLog = c.eventLog
         ? await readEventLog(o.eventLogPath ?? DEFAULT_EVENT_LOG_PATH)
         : undefined
-      const agentBlob = (await o.agentKey()).blob
+      const spki = sentSpki
+      if (o.hsmAgentKey && !spki) {
+        throw new TpmAttestationError('challenge', 'a challenge came before the payload was made')
+      }
+      // A TPM key is certified with the plain nonce; an HSM key is bound into the quote instead.
+      const agentBlob = spki ? undefined : (await o.agentKey!()).blob
+      const qualifying = spki ? hsmKeyQualifyingData(c.nonce, spki) : c.nonce
       return withTpm(tpm, async () => {
         // Slot order for a 3-object TPM: SRK+AK+key, SRK flushed, then the EK beside them.
         let ak: KeyHandle | undefined
@@ -339,7 +365,7 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
           {
             await using srk = await openSrk(tpm)
             ak = await tpm.loadKey(srk, ak0)
-            key = await tpm.loadKey(srk, agentBlob)
+            if (agentBlob) key = await tpm.loadKey(srk, agentBlob)
           }
           let secret: Uint8Array
           {
@@ -348,15 +374,15 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
           }
           // PCRs can move between the read and the quote: read around it until they hold still.
           let values = await tpm.pcrRead(selection)
-          let quote = await tpm.quote(ak, c.nonce, selection)
+          let quote = await tpm.quote(ak, qualifying, selection)
           for (let i = 0; i < 3; i++) {
             const after = await tpm.pcrRead(selection)
             const still = sameValues(values, after)
             values = after
             if (still) break
-            quote = await tpm.quote(ak, c.nonce, selection)
+            quote = await tpm.quote(ak, qualifying, selection)
           }
-          const certify = await tpm.certify(key, ak, c.nonce)
+          const certify = key ? await tpm.certify(key, ak, c.nonce) : undefined
           await persistAk(ak0)
           return encodeResponse({
             version: 1,
@@ -364,8 +390,9 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
             quoteMessage: quote.message,
             quoteSignature: quote.signature,
             pcrValues: toWire(values),
-            certifyMessage: certify.message,
-            certifySignature: certify.signature,
+            ...(certify
+              ? { certifyMessage: certify.message, certifySignature: certify.signature }
+              : {}),
             ...(eventLog ? { eventLog } : {}),
           })
         } finally {

@@ -3,6 +3,7 @@
  * versioned JSON with base64 byte fields; parsing is strict (unknown keys, wrong types, bad base64
  * are refused) because the server reads these from an unauthenticated peer.
  */
+import { createHash } from 'node:crypto'
 import { SpiffeEdgeError } from '../../errors.js'
 import type { VerifyReason } from '../../tpm/verify.js'
 
@@ -24,6 +25,7 @@ export type TpmAttestReason =
   | 'quote'
   | 'pcr_policy'
   | 'certify'
+  | 'hsm_key'
   | 'event_log'
   | 'boot_policy'
 
@@ -41,6 +43,8 @@ const REMEDIES: Readonly<Record<TpmAttestReason, string>> = {
   quote: 'the quote does not verify: attest again with a fresh nonce',
   pcr_policy: 'the node booted into a state the PCR policy does not allow: update pcr_policy',
   certify: 'have the AK certify exactly the agent key the SVID is issued for',
+  hsm_key:
+    'an agent key outside the TPM (PKCS#11) is admitted only with allow_hsm_agent_key = true on the server, bound by the quote to the CSR key',
   event_log:
     "the node's TPM event log does not parse or does not replay to the quoted PCRs: send the log of this boot, unaltered (event_log_path)",
   boot_policy:
@@ -70,10 +74,38 @@ export interface TpmPayload {
   readonly ekCert?: Uint8Array
   /** DER intermediates (NV 0x01c00100..0x01c001ff), issuer order not required. */
   readonly ekChain?: readonly Uint8Array[]
-  /** TPM2B_PUBLIC of the EK, the AK and the agent's own (SVID) key. */
+  /** TPM2B_PUBLIC of the EK and the AK. */
   readonly ekPublic: Uint8Array
   readonly akPublic: Uint8Array
-  readonly agentKeyPublic: Uint8Array
+  /**
+   * The agent's own (SVID) key: exactly one of these. `agentKeyPublic` is the TPM2B_PUBLIC of a
+   * TPM-resident key the AK certifies; `agentKeySpki` the DER SubjectPublicKeyInfo of a key held
+   * elsewhere (a PKCS#11 token), bound by the quote's qualifying data (hsmKeyQualifyingData).
+   */
+  readonly agentKeyPublic?: Uint8Array
+  readonly agentKeySpki?: Uint8Array
+}
+
+/** Where the agent SVID key lives, as the payload says and the `tpm:agent_key:` selector names. */
+export type AgentKeyBinding = 'tpm' | 'pkcs11'
+
+export function agentKeyBinding(p: TpmPayload): AgentKeyBinding {
+  return p.agentKeySpki ? 'pkcs11' : 'tpm'
+}
+
+const HSM_BINDING_DOMAIN = Buffer.from('spiffe-edge tpm hsm agent key v1\0', 'utf8')
+
+/**
+ * The quote's qualifying data when the agent key is outside the TPM: SHA-256(domain || server
+ * nonce || SHA-256(SPKI DER)). The AK signs it, so the quote answers this challenge (the nonce)
+ * for this key (the SPKI) only: a quote bound to another key, or replayed from another exchange,
+ * does not verify. The CSR signature proves the agent holds the private key.
+ */
+export function hsmKeyQualifyingData(nonce: Uint8Array, spki: Uint8Array): Uint8Array {
+  const keyHash = createHash('sha256').update(spki).digest()
+  return new Uint8Array(
+    createHash('sha256').update(HSM_BINDING_DOMAIN).update(nonce).update(keyHash).digest(),
+  )
 }
 
 /** The server's single challenge. */
@@ -99,8 +131,9 @@ export interface TpmResponse {
   readonly quoteMessage: Uint8Array
   readonly quoteSignature: Uint8Array
   readonly pcrValues: WirePcrValues
-  readonly certifyMessage: Uint8Array
-  readonly certifySignature: Uint8Array
+  /** The AK's certify of a TPM agent key; absent when the agent key is outside the TPM. */
+  readonly certifyMessage?: Uint8Array
+  readonly certifySignature?: Uint8Array
   /** The TCG event log (binary_bios_measurements), gzip-compressed, when the challenge asks. */
   readonly eventLog?: Uint8Array
 }
@@ -231,7 +264,8 @@ export function encodePayload(p: TpmPayload): Uint8Array {
     ...(p.ekChain && p.ekChain.length > 0 ? { ek_chain: p.ekChain.map(b64) } : {}),
     ek_public: b64(p.ekPublic),
     ak_public: b64(p.akPublic),
-    agent_key_public: b64(p.agentKeyPublic),
+    ...(p.agentKeyPublic ? { agent_key_public: b64(p.agentKeyPublic) } : {}),
+    ...(p.agentKeySpki ? { agent_key_spki: b64(p.agentKeySpki) } : {}),
   })
 }
 
@@ -243,14 +277,19 @@ export function parsePayload(bytes: Uint8Array): TpmPayload {
     'ek_public',
     'ak_public',
     'agent_key_public',
+    'agent_key_spki',
   ])
+  if (f.has('agent_key_public') === f.has('agent_key_spki')) {
+    f.fail('must carry exactly one of agent_key_public (TPM key) and agent_key_spki (HSM key)')
+  }
   return {
     version: PROTOCOL_VERSION,
     ...(f.has('ek_cert') ? { ekCert: f.bytes('ek_cert', undefined, 'ek_cert', MAX_CERT) } : {}),
     ...(f.has('ek_chain') ? { ekChain: f.bytesList('ek_chain', MAX_CERT) } : {}),
     ekPublic: f.bytes('ek_public'),
     akPublic: f.bytes('ak_public'),
-    agentKeyPublic: f.bytes('agent_key_public'),
+    ...(f.has('agent_key_public') ? { agentKeyPublic: f.bytes('agent_key_public') } : {}),
+    ...(f.has('agent_key_spki') ? { agentKeySpki: f.bytes('agent_key_spki') } : {}),
   }
 }
 
@@ -294,8 +333,8 @@ export function encodeResponse(r: TpmResponse): Uint8Array {
     quote_message: b64(r.quoteMessage),
     quote_signature: b64(r.quoteSignature),
     pcr_values: r.pcrValues,
-    certify_message: b64(r.certifyMessage),
-    certify_signature: b64(r.certifySignature),
+    ...(r.certifyMessage ? { certify_message: b64(r.certifyMessage) } : {}),
+    ...(r.certifySignature ? { certify_signature: b64(r.certifySignature) } : {}),
     ...(r.eventLog ? { event_log: b64(r.eventLog) } : {}),
   })
 }
@@ -323,8 +362,8 @@ export function parseResponse(bytes: Uint8Array): TpmResponse {
     quoteMessage: f.bytes('quote_message'),
     quoteSignature: f.bytes('quote_signature'),
     pcrValues: f.pcrValues('pcr_values'),
-    certifyMessage: f.bytes('certify_message'),
-    certifySignature: f.bytes('certify_signature'),
+    ...(f.has('certify_message') ? { certifyMessage: f.bytes('certify_message') } : {}),
+    ...(f.has('certify_signature') ? { certifySignature: f.bytes('certify_signature') } : {}),
     ...(f.has('event_log')
       ? { eventLog: f.bytes('event_log', undefined, 'event_log', MAX_EVENT_LOG_COMPRESSED) }
       : {}),

@@ -27,6 +27,11 @@ export interface TpmServerConfig {
   readonly allowSha1?: boolean
   /** Measured boot (`event_log`, `reference_state`): the log is asked for and must replay. */
   readonly eventLog?: EventLogConfig | undefined
+  /**
+   * Admit agents whose SVID key is in a PKCS#11 token rather than the TPM (`allow_hsm_agent_key`),
+   * bound to the quote by its qualifying data; default false: only AK-certified TPM keys.
+   */
+  readonly allowHsmAgentKey?: boolean
 }
 
 const CONFIG_KEYS = [
@@ -37,6 +42,7 @@ const CONFIG_KEYS = [
   'pcr_policy',
   'require_ek_cert',
   'allow_sha1',
+  'allow_hsm_agent_key',
   'event_log',
   'reference_state',
 ] as const
@@ -94,6 +100,13 @@ export function parseTpmServerConfig(raw: Table, baseDir: string): TpmServerConf
   if (raw.allow_sha1 !== undefined) {
     if (typeof raw.allow_sha1 !== 'boolean') problems.push('allow_sha1: must be a bool')
     else allowSha1 = raw.allow_sha1
+  }
+
+  let allowHsmAgentKey = false
+  if (raw.allow_hsm_agent_key !== undefined) {
+    if (typeof raw.allow_hsm_agent_key !== 'boolean')
+      problems.push('allow_hsm_agent_key: must be a bool')
+    else allowHsmAgentKey = raw.allow_hsm_agent_key
   }
 
   let pcrSelection: PcrSelection = parsePcrSpec(DEFAULT_PCR_SELECTION)
@@ -204,6 +217,7 @@ export function parseTpmServerConfig(raw: Table, baseDir: string): TpmServerConf
     pcrPolicy,
     requireEkCert,
     allowSha1,
+    allowHsmAgentKey,
     eventLog,
   }
 }

@@ -5,9 +5,16 @@
  * going backwards), and that the agent SVID key lives in the same TPM (certify by the AK) and is
  * the key of the CSR. Everything fails closed; see README.md in this folder for the protocol.
  */
-import { createHash, type KeyObject, randomBytes, timingSafeEqual } from 'node:crypto'
+import {
+  createHash,
+  createPublicKey,
+  type KeyObject,
+  randomBytes,
+  timingSafeEqual,
+} from 'node:crypto'
 import type { Log } from '../../common/log.js'
 import { isSpiffeEdgeError } from '../../errors.js'
+import { keyTypeOf } from '../../keymanager/types.js'
 import { HASH_ALGS } from '../../tpm/constants.js'
 import { makeCredential } from '../../tpm/credential.js'
 import type { ReferenceState } from '../../tpm/eventlog/reference.js'
@@ -38,7 +45,9 @@ import type {
 import { EkChainCache } from './ek-chain-cache.js'
 import { referenceStateSource, verifyEventLog } from './eventlog.js'
 import {
+  agentKeyBinding,
   encodeChallenge,
+  hsmKeyQualifyingData,
   parsePayload,
   parseResponse,
   TPM,
@@ -88,6 +97,30 @@ export function checkAgentKeyAttributes(pub: TpmPublic): void {
   }
   if (a & TPMA_OBJECT.decrypt) refuse('agent_key', 'the agent key has the decrypt attribute')
   if (a & TPMA_OBJECT.restricted) refuse('agent_key', 'the agent key is restricted (an AK?)')
+}
+
+/**
+ * An agent key outside the TPM (a PKCS#11 token): admitted only when the operator allows it. The
+ * SPKI must be exactly the CSR key's (canonical DER), since the quote's qualifying data commits to
+ * these bytes; returns them. Nothing proves the key is non-extractable: that is what the opt-in
+ * and the `tpm:agent_key:pkcs11` selector say.
+ */
+export function checkHsmAgentKey(cfg: TpmServerConfig, spki: Uint8Array, csrKey: KeyObject) {
+  if (!cfg.allowHsmAgentKey) {
+    refuse(
+      'hsm_key',
+      'the agent key is outside the TPM (agent_key_spki) and allow_hsm_agent_key is off',
+    )
+  }
+  const key = step('hsm_key', 'agent_key_spki', () =>
+    createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' }),
+  )
+  if (keyTypeOf(key) === undefined) refuse('hsm_key', 'agent_key_spki is not a supported key type')
+  const csr = csrKey.export({ type: 'spki', format: 'der' })
+  if (csr.length !== spki.length || !timingSafeEqual(csr, spki)) {
+    refuse('hsm_key', 'the CSR key is not the agent key the quote is bound to (agent_key_spki)')
+  }
+  return new Uint8Array(csr)
 }
 
 function sameKey(a: KeyObject, b: KeyObject): boolean {
@@ -169,9 +202,10 @@ async function attest(
   const payload = parsePayload(payloadBytes)
   const ek = step('payload', 'ek_public', () => parseTpm2bPublic(payload.ekPublic))
   const ak = step('payload', 'ak_public', () => parseTpm2bPublic(payload.akPublic))
-  const agentKey = step('payload', 'agent_key_public', () =>
-    parseTpm2bPublic(payload.agentKeyPublic),
-  )
+  const binding = agentKeyBinding(payload)
+  const agentKey = payload.agentKeyPublic
+    ? step('payload', 'agent_key_public', () => parseTpm2bPublic(payload.agentKeyPublic!))
+    : undefined
   const ekSpki = step('payload', 'ek_public', () => publicKeySpki(ek))
   const ekHash = sha256Hex(ekSpki)
   const selectors: Selector[] = [{ type: TPM, value: `ek_hash:${ekHash}` }]
@@ -214,11 +248,16 @@ async function attest(
   step('ak_attributes', 'AK', () => checkAkAttributes(ak))
   // Before any work is done for this AK: its size, curve, scheme and hashes.
   step('ak_attributes', 'AK', () => checkAkAlgorithms(ak, policy))
-  checkAgentKeyAttributes(agentKey)
-  const agentKeyObject = step('agent_key', 'agent_key_public', () => publicKeyObject(agentKey))
-  if (!sameKey(agentKeyObject, ctx.agentPublicKey)) {
-    refuse('agent_key', 'the CSR key is not the TPM agent key the AK certifies')
-  }
+  let agentSpki: Uint8Array | undefined
+  if (agentKey) {
+    checkAgentKeyAttributes(agentKey)
+    const agentKeyObject = step('agent_key', 'agent_key_public', () => publicKeyObject(agentKey))
+    if (!sameKey(agentKeyObject, ctx.agentPublicKey)) {
+      refuse('agent_key', 'the CSR key is not the TPM agent key the AK certifies')
+    }
+  } else agentSpki = checkHsmAgentKey(cfg, payload.agentKeySpki!, ctx.agentPublicKey)
+  // Entries can require (or exclude) agents whose SVID key is outside the TPM.
+  selectors.push({ type: TPM, value: `agent_key:${binding}` })
 
   // 3. One challenge: a credential only this EK's TPM can open for this AK, and a nonce.
   const secret = new Uint8Array(randomBytes(32))
@@ -239,6 +278,11 @@ async function attest(
   if (res.secret.length !== secret.length || !timingSafeEqual(res.secret, secret)) {
     refuse('activation', 'the credential secret is wrong: the AK is not in the TPM of this EK')
   }
+  const hasCertify = res.certifyMessage !== undefined && res.certifySignature !== undefined
+  if (agentKey && !hasCertify) refuse('response', 'the response has no certify of the agent key')
+  if (!agentKey && (res.certifyMessage || res.certifySignature)) {
+    refuse('response', 'the response certifies a TPM key, but the agent key is agent_key_spki')
+  }
 
   // 4. The quote: our nonce, our PCRs, a clock that only moves forward.
   const agentPath = `/spire/agent/${TPM}/${ekHash}`
@@ -248,7 +292,8 @@ async function attest(
       akPublic: ak,
       message: res.quoteMessage,
       signature: res.quoteSignature,
-      nonce,
+      // With the agent key outside the TPM the quote also commits to that key.
+      nonce: agentSpki ? hsmKeyQualifyingData(nonce, agentSpki) : nonce,
       pcrValues: wireToPcrValues(res.pcrValues),
       requiredPcrs: cfg.pcrSelection,
       previousClock: prev,
@@ -275,17 +320,20 @@ async function attest(
     ? verifyEventLog(cfg.eventLog, reference(), res.eventLog, quoted)
     : undefined
 
-  // 5. The agent key lives in the same TPM as the AK, bound to this exchange by the nonce.
-  step('certify', 'certify', () =>
-    verifyCertify({
-      akPublic: ak,
-      message: res.certifyMessage,
-      signature: res.certifySignature,
-      nonce,
-      certifiedPublic: agentKey,
-      policy,
-    }),
-  )
+  // 5. The agent key lives in the same TPM as the AK, bound to this exchange by the nonce (a key
+  // outside the TPM was bound by the quote itself, above).
+  if (agentKey) {
+    step('certify', 'certify', () =>
+      verifyCertify({
+        akPublic: ak,
+        message: res.certifyMessage!,
+        signature: res.certifySignature!,
+        nonce,
+        certifiedPublic: agentKey,
+        policy,
+      }),
+    )
+  }
 
   const c = quote.attest.clockInfo
   const stored: StoredClock = {

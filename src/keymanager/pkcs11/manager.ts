@@ -321,6 +321,24 @@ export class Pkcs11KeyManager implements KeyManager {
     })
   }
 
+  /**
+   * Runs `fn` in a logged-in session with this manager's token recovery: for objects other than
+   * key pairs (the cache sealer's secret key, pkcs11/secret.ts). Labels are `labelOf(id)`.
+   */
+  inSession<T>(
+    what: string,
+    fn: (p: pkcs11js.PKCS11, s: pkcs11js.Handle) => Promise<T> | T,
+  ): Promise<T> {
+    if (this.closed) return Promise.reject(closedError())
+    return this.withRecovery(what, (p, s) => fn(p, s))
+  }
+
+  /** The label of object `id` in this manager's namespace (`<key_label_prefix>/<id>`). */
+  labelOf(id: string): string {
+    validateKeyId(id)
+    return this.label(id)
+  }
+
   /** False while the token is gone (the last call failed for it): the agent's readiness. */
   healthy(): boolean {
     return !this.tokenLost && !this.closed
