@@ -35,7 +35,10 @@ const MAX_BODY = 64 * 1024
 const MAX_SKEW_MS = 15 * 60_000
 
 const xmlEscape = (s: string) =>
-  s.replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!)
+  s.replace(
+    /[<>&'"]/g,
+    (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!,
+  )
 
 const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex')
 const hmac = (k: Buffer | string, s: string) => createHmac('sha256', k).update(s).digest()
@@ -108,11 +111,23 @@ function verifySigV4(
 ): void {
   const badToken = () =>
     service === 'ec2'
-      ? new ApiFault(401, 'AuthFailure', 'AWS was not able to validate the provided access credentials')
-      : new ApiFault(403, 'InvalidClientTokenId', 'The security token included in the request is invalid.')
+      ? new ApiFault(
+          401,
+          'AuthFailure',
+          'AWS was not able to validate the provided access credentials',
+        )
+      : new ApiFault(
+          403,
+          'InvalidClientTokenId',
+          'The security token included in the request is invalid.',
+        )
   const badSig = () =>
     service === 'ec2'
-      ? new ApiFault(401, 'AuthFailure', 'AWS was not able to validate the provided access credentials')
+      ? new ApiFault(
+          401,
+          'AuthFailure',
+          'AWS was not able to validate the provided access credentials',
+        )
       : new ApiFault(
           403,
           'SignatureDoesNotMatch',
@@ -123,17 +138,26 @@ function verifySigV4(
     /^AWS4-HMAC-SHA256 Credential=([^/]+)\/(\d{8})\/([a-z0-9-]+)\/([a-z0-9]+)\/aws4_request, ?SignedHeaders=([a-z0-9;-]+), ?Signature=([0-9a-f]{64})$/.exec(
       auth,
     )
-  if (!m) throw new ApiFault(400, 'MissingAuthenticationToken', 'Request is missing Authentication Token')
+  if (!m)
+    throw new ApiFault(400, 'MissingAuthenticationToken', 'Request is missing Authentication Token')
   const [, keyId, day, region, scopeService, signedHeaders, signature] = m as unknown as string[]
   if (scopeService !== service) {
-    throw new ApiFault(403, 'SignatureDoesNotMatch', `Credential should be scoped to correct service: '${service}'.`)
+    throw new ApiFault(
+      403,
+      'SignatureDoesNotMatch',
+      `Credential should be scoped to correct service: '${service}'.`,
+    )
   }
   const amzDate = String(req.headers['x-amz-date'] ?? '')
   const when = /^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/.exec(amzDate)
   if (!when || amzDate.slice(0, 8) !== day) throw badSig()
   const t = Date.UTC(+when[1]!, +when[2]! - 1, +when[3]!, +when[4]!, +when[5]!, +when[6]!)
   if (Math.abs(Date.now() - t) > MAX_SKEW_MS) {
-    throw new ApiFault(400, service === 'ec2' ? 'RequestExpired' : 'SignatureDoesNotMatch', 'Signature expired')
+    throw new ApiFault(
+      400,
+      service === 'ec2' ? 'RequestExpired' : 'SignatureDoesNotMatch',
+      'Signature expired',
+    )
   }
   const cred = keys.get(keyId!)
   if (!cred || (cred.expires !== undefined && cred.expires < Date.now())) throw badToken()
@@ -153,10 +177,20 @@ function verifySigV4(
     .sort((a, b) => (a[0] === b[0] ? (a[1] < b[1] ? -1 : 1) : a[0] < b[0] ? -1 : 1))
     .map(([k, v]) => `${k}=${v}`)
     .join('&')
-  const canonical = [req.method, url.pathname, query, canonicalHeaders, signedHeaders, sha256(body)].join('\n')
+  const canonical = [
+    req.method,
+    url.pathname,
+    query,
+    canonicalHeaders,
+    signedHeaders,
+    sha256(body),
+  ].join('\n')
   const scope = `${day}/${region}/${service}/aws4_request`
   const toSign = ['AWS4-HMAC-SHA256', amzDate, scope, sha256(canonical)].join('\n')
-  const kSigning = hmac(hmac(hmac(hmac(`AWS4${cred.secret}`, day!), region!), service), 'aws4_request')
+  const kSigning = hmac(
+    hmac(hmac(hmac(`AWS4${cred.secret}`, day!), region!), service),
+    'aws4_request',
+  )
   const expected = hmac(kSigning, toSign)
   if (!timingSafeEqual(expected, Buffer.from(signature!, 'hex'))) throw badSig()
 }
@@ -172,7 +206,8 @@ async function readBody(req: IncomingMessage): Promise<Buffer> {
   return Buffer.concat(chunks)
 }
 
-const items = (xs: readonly string[]) => (xs.length === 0 ? '' : `<item>${xs.join('</item><item>')}</item>`)
+const items = (xs: readonly string[]) =>
+  xs.length === 0 ? '' : `<item>${xs.join('</item><item>')}</item>`
 
 export function awsApiHandler(id: AwsApiIdentity, startedAt: Date) {
   const keys = new Map<string, Credential>([
@@ -184,13 +219,22 @@ export function awsApiHandler(id: AwsApiIdentity, startedAt: Date) {
   const describeInstances = (form: URLSearchParams): string => {
     const wanted = [...form].filter(([k]) => /^InstanceId\.\d+$/.test(k)).map(([, v]) => v)
     for (const w of wanted) {
-      if (w !== id.instanceId) throw new ApiFault(400, 'InvalidInstanceID.NotFound', `The instance ID '${w}' does not exist`)
+      if (w !== id.instanceId)
+        throw new ApiFault(
+          400,
+          'InvalidInstanceID.NotFound',
+          `The instance ID '${w}' does not exist`,
+        )
     }
     const tags = items(
-      Object.entries(id.tags).map(([k, v]) => `<key>${xmlEscape(k)}</key><value>${xmlEscape(v)}</value>`),
+      Object.entries(id.tags).map(
+        ([k, v]) => `<key>${xmlEscape(k)}</key><value>${xmlEscape(v)}</value>`,
+      ),
     )
     const groups = items(
-      id.securityGroups.map((g) => `<groupId>${xmlEscape(g.id)}</groupId><groupName>${xmlEscape(g.name)}</groupName>`),
+      id.securityGroups.map(
+        (g) => `<groupId>${xmlEscape(g.id)}</groupId><groupName>${xmlEscape(g.name)}</groupName>`,
+      ),
     )
     const profile = id.instanceProfile
       ? `<iamInstanceProfile><arn>${xmlEscape(id.instanceProfile.arn)}</arn><id>AIPA${randomBytes(8).toString('hex').toUpperCase()}</id></iamInstanceProfile>`
@@ -244,12 +288,17 @@ export function awsApiHandler(id: AwsApiIdentity, startedAt: Date) {
         `User: arn:aws:iam::${id.accountId}:user/spiffe-edge-server is not authorized to perform: sts:AssumeRole on resource: ${arn}`,
       )
     }
-    const duration = Math.min(Math.max(Number(form.get('DurationSeconds') ?? 3600) || 3600, 900), 43200)
+    const duration = Math.min(
+      Math.max(Number(form.get('DurationSeconds') ?? 3600) || 3600, 900),
+      43200,
+    )
     const keyId = `ASIA${randomBytes(8).toString('hex').toUpperCase()}`
     const secret = randomBytes(30).toString('base64')
     const token = randomBytes(48).toString('base64')
     const expires = Date.now() + duration * 1000
-    if (keys.size > 10_000) for (const [k, c] of keys) if (c.expires !== undefined && c.expires < Date.now()) keys.delete(k)
+    if (keys.size > 10_000)
+      for (const [k, c] of keys)
+        if (c.expires !== undefined && c.expires < Date.now()) keys.delete(k)
     keys.set(keyId, { secret, sessionToken: token, expires })
     return (
       `<AssumeRoleResponse xmlns="${NS.sts}"><AssumeRoleResult><AssumedRoleUser>` +
@@ -268,7 +317,12 @@ export function awsApiHandler(id: AwsApiIdentity, startedAt: Date) {
       const form = new URLSearchParams(body.toString('utf8'))
       const action = form.get('Action') ?? ''
       const s = ACTIONS[action]
-      if (!s) throw new ApiFault(400, 'InvalidAction', `The action ${action} is not valid for this web service.`)
+      if (!s)
+        throw new ApiFault(
+          400,
+          'InvalidAction',
+          `The action ${action} is not valid for this web service.`,
+        )
       service = s
       verifySigV4(req, url, body, keys, service)
       const keyId = /Credential=([^/]+)\//.exec(String(req.headers.authorization))![1]!

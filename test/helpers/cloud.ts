@@ -126,7 +126,9 @@ export async function workloadSvids(socket: string): Promise<string[]> {
 
 /** The agent's selectors as the server recorded them, `type:value`. */
 export async function agentSelectors(server: ServerProcess, agentId: string): Promise<string[]> {
-  const shown = JSON.parse(await server.admin('agent', 'show', '--spiffeID', agentId, '--json')) as {
+  const shown = JSON.parse(
+    await server.admin('agent', 'show', '--spiffeID', agentId, '--json'),
+  ) as {
     selectors: { type: string; value: string }[]
   }
   return shown.selectors.map((s) => `${s.type}:${s.value}`)

@@ -40,7 +40,10 @@ test('aws_iid end to end on the simulated IMDSv2: SPIRE ID and selectors, a work
   }
   // No credentials configured: the API-derived selectors are absent, and the server said so.
   assert.ok(!sels.some((s) => /^aws_iid:(tag|sg|iamrole):/.test(s)), sels.join(' '))
-  await serverSaid(rig.server, /aws_iid: no cloud API credentials configured: tag:, sg:id:, sg:name:, iamrole: selectors are off/)
+  await serverSaid(
+    rig.server,
+    /aws_iid: no cloud API credentials configured: tag:, sg:id:, sg:name:, iamrole: selectors are off/,
+  )
   const app = await registerWorkload(rig.server, 'aws_iid:region:us-west-2', 'aws')
   assert.ok((await workloadSvids(agent.socket)).includes(app))
 

@@ -81,7 +81,7 @@ function metadataError(what: string, message: string, cause?: unknown): SpiffeEd
 
 /**
  * A response body as UTF-8, at most max bytes (declared or counted); fail(message) makes the
- * caller's error. Shared by the metadata client here and the cloud API client (api.ts).
+ * caller's error. Written to be shared with the cloud API clients the GCP/Azure lookups will need.
  */
 export async function readCapped(
   res: Response,

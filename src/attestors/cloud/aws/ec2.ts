@@ -6,9 +6,18 @@
  * a connect timeout, and a cap on every answer's size (the SDK reads bodies unbounded), and the
  * fail-closed rule: with lookups configured, no answer means no attestation.
  */
-import { Transform, type Readable } from 'node:stream'
-import { DescribeInstancesCommand, EC2Client, type Instance } from '@aws-sdk/client-ec2'
-import { GetInstanceProfileCommand, IAMClient } from '@aws-sdk/client-iam'
+import { type Readable, Transform } from 'node:stream'
+import {
+  DescribeInstancesCommand,
+  type DescribeInstancesCommandOutput,
+  EC2Client,
+  type Instance,
+} from '@aws-sdk/client-ec2'
+import {
+  GetInstanceProfileCommand,
+  type GetInstanceProfileCommandOutput,
+  IAMClient,
+} from '@aws-sdk/client-iam'
 import { AssumeRoleCommand, STSClient } from '@aws-sdk/client-sts'
 import { NodeHttpHandler } from '@smithy/node-http-handler'
 import type { Selector } from '../../types.js'
@@ -36,6 +45,7 @@ export interface AwsApiConfig {
   readonly disableInstanceProfileSelectors: boolean
 }
 
+export const DEFAULT_API_TIMEOUT_MS = 10_000
 /** A DescribeInstances answer for one instance is a few KiB; 1 MiB is far beyond any real one. */
 export const MAX_AWS_ANSWER = 1024 * 1024
 /** SPIRE's limit between the primary network interface's and the root volume's attach times. */
@@ -49,7 +59,11 @@ class CappedHandler extends NodeHttpHandler {
   private readonly max: number
 
   constructor(timeoutMs: number, max: number) {
-    super({ connectionTimeout: Math.min(timeoutMs, 5000), requestTimeout: timeoutMs, throwOnRequestTimeout: true })
+    super({
+      connectionTimeout: Math.min(timeoutMs, 5000),
+      requestTimeout: timeoutMs,
+      throwOnRequestTimeout: true,
+    })
     this.max = max
   }
 
@@ -140,11 +154,16 @@ export class AwsApi {
     return async () => {
       try {
         const out = await sts.send(
-          new AssumeRoleCommand({ RoleArn: arn, RoleSessionName: `spiffe-edge-${region}`, DurationSeconds: 900 }),
+          new AssumeRoleCommand({
+            RoleArn: arn,
+            RoleSessionName: `spiffe-edge-${region}`,
+            DurationSeconds: 900,
+          }),
           { abortSignal: this.signal() },
         )
         const c = out.Credentials
-        if (!c?.AccessKeyId || !c.SecretAccessKey) throw new Error('AssumeRole returned no credentials')
+        if (!c?.AccessKeyId || !c.SecretAccessKey)
+          throw new Error('AssumeRole returned no credentials')
         return {
           accessKeyId: c.AccessKeyId,
           secretAccessKey: c.SecretAccessKey,
@@ -172,7 +191,7 @@ export class AwsApi {
   }
 
   async describeInstance(region: string, account: string, instanceId: string): Promise<Instance> {
-    let out
+    let out: DescribeInstancesCommandOutput
     try {
       out = await this.ec2For(region, account).send(
         new DescribeInstancesCommand({ InstanceIds: [instanceId] }),
@@ -181,7 +200,9 @@ export class AwsApi {
     } catch (err) {
       refuse(`EC2 DescribeInstances ${instanceId} in ${region}`, err)
     }
-    const found = (out.Reservations ?? []).flatMap((r) => r.Instances ?? []).filter((i) => i.InstanceId === instanceId)
+    const found = (out.Reservations ?? [])
+      .flatMap((r) => r.Instances ?? [])
+      .filter((i) => i.InstanceId === instanceId)
     if (found.length !== 1) {
       throw new CloudAttestationError(
         AWS_IID,
@@ -192,17 +213,25 @@ export class AwsApi {
     return found[0]!
   }
 
-  async instanceProfileRoles(profileArn: string, region: string, account: string): Promise<string[]> {
+  async instanceProfileRoles(
+    profileArn: string,
+    region: string,
+    account: string,
+  ): Promise<string[]> {
     // arn:aws:iam::<account>:instance-profile[/path]/<name>: the name is the last segment.
     const name = /:instance-profile\/(?:.*\/)?([\w+=,.@-]{1,128})$/.exec(profileArn)?.[1]
     if (!name) {
-      throw new CloudAttestationError(AWS_IID, 'api', `EC2 answered an instance profile ARN ${JSON.stringify(profileArn.slice(0, 200))} that is not one`)
+      throw new CloudAttestationError(
+        AWS_IID,
+        'api',
+        `EC2 answered an instance profile ARN ${JSON.stringify(profileArn.slice(0, 200))} that is not one`,
+      )
     }
     this.iam ??= new IAMClient({
       ...this.common(GLOBAL_REGION[this.cfg.partition] ?? 'us-east-1', this.cfg.iamEndpoint),
       credentials: this.credentialsFor(region, account),
     })
-    let out
+    let out: GetInstanceProfileCommandOutput
     try {
       out = await this.iam.send(new GetInstanceProfileCommand({ InstanceProfileName: name }), {
         abortSignal: this.signal(),
@@ -210,8 +239,15 @@ export class AwsApi {
     } catch (err) {
       refuse(`IAM GetInstanceProfile ${name}`, err)
     }
-    const roles = (out.InstanceProfile?.Roles ?? []).map((r) => r.Arn).filter((a): a is string => !!a)
-    if (roles.length > MAX_ROLES) throw new CloudAttestationError(AWS_IID, 'api', `IAM answered ${roles.length} roles, over ${MAX_ROLES}`)
+    const roles = (out.InstanceProfile?.Roles ?? [])
+      .map((r) => r.Arn)
+      .filter((a): a is string => !!a)
+    if (roles.length > MAX_ROLES)
+      throw new CloudAttestationError(
+        AWS_IID,
+        'api',
+        `IAM answered ${roles.length} roles, over ${MAX_ROLES}`,
+      )
     return roles
   }
 
@@ -219,17 +255,25 @@ export class AwsApi {
   checkBlockDevice(i: Instance): void {
     if (this.cfg.skipBlockDevice) return
     const fail = (why: string): never => {
-      throw new CloudAttestationError(AWS_IID, 'instance', `${i.InstanceId}: ${why} (skip_block_device = true turns this check off)`)
+      throw new CloudAttestationError(
+        AWS_IID,
+        'instance',
+        `${i.InstanceId}: ${why} (skip_block_device = true turns this check off)`,
+      )
     }
     const eni = (i.NetworkInterfaces ?? [])[0]?.Attachment
-    if (eni?.DeviceIndex !== 0 || !eni.AttachTime) return fail('network interface 0 has no attachment at device index 0')
+    if (eni?.DeviceIndex !== 0 || !eni.AttachTime)
+      fail('network interface 0 has no attachment at device index 0')
     if (i.RootDeviceType === 'instance-store') return
     const root = (i.BlockDeviceMappings ?? []).find((b) => b.DeviceName === i.RootDeviceName)
     const attached = root?.Ebs?.AttachTime
-    if (!attached) return fail(`root device ${i.RootDeviceName ?? '?'} is not in the block device mappings`)
-    const delta = (attached.getTime() - eni.AttachTime.getTime()) / 1000
+    if (!attached)
+      fail(`root device ${i.RootDeviceName ?? '?'} is not in the block device mappings`)
+    const delta = (attached!.getTime() - eni!.AttachTime!.getTime()) / 1000
     if (delta > MAX_ATTACH_DELTA_SECONDS) {
-      fail(`the root volume was attached ${Math.round(delta)} s after the instance's network interface, over ${MAX_ATTACH_DELTA_SECONDS} s`)
+      fail(
+        `the root volume was attached ${Math.round(delta)} s after the instance's network interface, over ${MAX_ATTACH_DELTA_SECONDS} s`,
+      )
     }
   }
 
@@ -240,10 +284,15 @@ export class AwsApi {
     const tags = i.Tags ?? []
     const groups = i.SecurityGroups ?? []
     if (tags.length > MAX_TAGS || groups.length > MAX_GROUPS) {
-      throw new CloudAttestationError(AWS_IID, 'api', `EC2 answered ${tags.length} tags and ${groups.length} security groups, over ${MAX_TAGS}/${MAX_GROUPS}`)
+      throw new CloudAttestationError(
+        AWS_IID,
+        'api',
+        `EC2 answered ${tags.length} tags and ${groups.length} security groups, over ${MAX_TAGS}/${MAX_GROUPS}`,
+      )
     }
     const out: Selector[] = []
-    for (const t of tags) if (t.Key !== undefined) out.push({ type: AWS_IID, value: `tag:${t.Key}:${t.Value ?? ''}` })
+    for (const t of tags)
+      if (t.Key !== undefined) out.push({ type: AWS_IID, value: `tag:${t.Key}:${t.Value ?? ''}` })
     for (const g of groups) {
       if (g.GroupId) out.push({ type: AWS_IID, value: `sg:id:${g.GroupId}` })
       if (g.GroupName) out.push({ type: AWS_IID, value: `sg:name:${g.GroupName}` })

@@ -16,9 +16,8 @@ import {
   checkFirstUse,
   PluginConfig,
 } from '../common.js'
-import { DEFAULT_API_TIMEOUT_MS } from '../api.js'
 import { AWS_PKCS7_CERTIFICATES } from './certs.js'
-import { type AwsApiConfig, AwsApi } from './ec2.js'
+import { AwsApi, type AwsApiConfig, DEFAULT_API_TIMEOUT_MS } from './ec2.js'
 import { Pkcs7Error, verifyPkcs7 } from './pkcs7.js'
 import { AWS_IID, parseAwsPayload } from './protocol.js'
 
@@ -105,9 +104,12 @@ function parseApi(c: PluginConfig, env: NodeJS.ProcessEnv): AwsApiConfig | undef
     c.problems.push('access_key_id and secret_access_key: set both or neither')
   const assumeRole = c.string('assume_role')
   if (assumeRole !== undefined && !/^[\w+=,.@-]{1,64}$/.test(assumeRole))
-    c.problems.push('assume_role: a role name (not an ARN): it is assumed in the instance\'s account')
+    c.problems.push(
+      "assume_role: a role name (not an ARN): it is assumed in the instance's account",
+    )
   const partition = c.string('partition') ?? 'aws'
-  if (!/^aws(-[a-z]+)*$/.test(partition)) c.problems.push(`partition: ${partition} is not an AWS partition`)
+  if (!/^aws(-[a-z]+)*$/.test(partition))
+    c.problems.push(`partition: ${partition} is not an AWS partition`)
   const endpoints = {
     ec2Endpoint: c.url('ec2_endpoint'),
     iamEndpoint: c.url('iam_endpoint'),
@@ -118,7 +120,8 @@ function parseApi(c: PluginConfig, env: NodeJS.ProcessEnv): AwsApiConfig | undef
   const disableInstanceProfileSelectors = c.bool('disable_instance_profile_selectors', false)
   let credentials: AwsApiConfig['credentials'] | undefined
   let source: AwsApiConfig['source'] = 'config'
-  if (keyId !== undefined && secret !== undefined) credentials = { accessKeyId: keyId, secretAccessKey: secret }
+  if (keyId !== undefined && secret !== undefined)
+    credentials = { accessKeyId: keyId, secretAccessKey: secret }
   else if (env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY) {
     source = 'environment'
     credentials = {
@@ -128,7 +131,8 @@ function parseApi(c: PluginConfig, env: NodeJS.ProcessEnv): AwsApiConfig | undef
     }
   }
   if (!credentials) {
-    if (assumeRole !== undefined) c.problems.push('assume_role: needs credentials to assume it with')
+    if (assumeRole !== undefined)
+      c.problems.push('assume_role: needs credentials to assume it with')
     return undefined
   }
   return {
