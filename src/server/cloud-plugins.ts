@@ -4,9 +4,12 @@
  * SPIRE's trust-on-first-use rule; an evicted agent is gone from it, so it may attest again.
  */
 
-import { describeAwsApi } from '../attestors/cloud/aws/ec2.js'
 import { AWS_IID } from '../attestors/cloud/aws/protocol.js'
-import { awsServerAttestor, parseAwsServerConfig } from '../attestors/cloud/aws/server.js'
+import {
+  awsServerAttestor,
+  describeAwsApi,
+  parseAwsServerConfig,
+} from '../attestors/cloud/aws/server.js'
 import { AZURE_MSI } from '../attestors/cloud/azure/protocol.js'
 import { azureServerAttestor, parseAzureServerConfig } from '../attestors/cloud/azure/server.js'
 import type { AttestedLookup } from '../attestors/cloud/common.js'

@@ -45,7 +45,6 @@ export interface AwsApiConfig {
   readonly disableInstanceProfileSelectors: boolean
 }
 
-export const DEFAULT_API_TIMEOUT_MS = 10_000
 /** A DescribeInstances answer for one instance is a few KiB; 1 MiB is far beyond any real one. */
 export const MAX_AWS_ANSWER = 1024 * 1024
 /** SPIRE's limit between the primary network interface's and the root volume's attach times. */
@@ -305,11 +304,4 @@ export class AwsApi {
     }
     return out
   }
-}
-
-export function describeAwsApi(cfg: AwsApiConfig): string {
-  const parts = [`credentials from ${cfg.source}`]
-  if (cfg.assumeRole) parts.push(`assuming role ${cfg.assumeRole} in each instance's account`)
-  if (cfg.ec2Endpoint) parts.push(`EC2 at ${cfg.ec2Endpoint}`)
-  return parts.join(', ')
 }

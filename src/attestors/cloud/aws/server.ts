@@ -17,7 +17,7 @@ import {
   PluginConfig,
 } from '../common.js'
 import { AWS_PKCS7_CERTIFICATES } from './certs.js'
-import { AwsApi, type AwsApiConfig, DEFAULT_API_TIMEOUT_MS } from './ec2.js'
+import type { AwsApi, AwsApiConfig } from './ec2.js'
 import { Pkcs7Error, verifyPkcs7 } from './pkcs7.js'
 import { AWS_IID, parseAwsPayload } from './protocol.js'
 
@@ -33,6 +33,30 @@ export interface AwsServerConfig {
 }
 
 const SOURCE = `plugins.NodeAttestor.${AWS_IID}`
+const DEFAULT_API_TIMEOUT_MS = 10_000
+
+export function describeAwsApi(cfg: AwsApiConfig): string {
+  const parts = [`credentials from ${cfg.source}`]
+  if (cfg.assumeRole) parts.push(`assuming role ${cfg.assumeRole} in each instance's account`)
+  if (cfg.ec2Endpoint) parts.push(`EC2 at ${cfg.ec2Endpoint}`)
+  return parts.join(', ')
+}
+
+/**
+ * The AWS SDK takes ~2 s to load on a busy 2-core machine: it is loaded only by servers that
+ * configured lookups, in the background from start, and awaited by the first attestation.
+ */
+function loadApi(cfg: AwsApiConfig): () => Promise<AwsApi> {
+  const p = import('./ec2.js').then((m) => new m.AwsApi(cfg))
+  p.catch(() => undefined)
+  return async () => {
+    try {
+      return await p
+    } catch (err) {
+      throw new CloudAttestationError(AWS_IID, 'api', 'the AWS SDK did not load', err)
+    }
+  }
+}
 const REGION = /^[a-z]{2}(-[a-z]+)+-\d{1,2}$/
 
 function pemCertificates(text: string): X509Certificate[] {
@@ -192,7 +216,7 @@ export function awsServerAttestor(
   cfg: AwsServerConfig,
   attested: AttestedLookup,
 ): ServerNodeAttestor {
-  const api = cfg.api ? new AwsApi(cfg.api) : undefined
+  const api = cfg.api ? loadApi(cfg.api) : undefined
   return {
     kind: 'NodeAttestor',
     name: AWS_IID,
@@ -283,7 +307,10 @@ export function awsServerAttestor(
         { type: AWS_IID, value: `region:${doc.region}` },
       ]
       // After the local checks and first use, so a refused document costs no API call.
-      if (api) selectors.push(...(await api.selectors(doc.region, doc.accountId, doc.instanceId)))
+      if (api)
+        selectors.push(
+          ...(await (await api()).selectors(doc.region, doc.accountId, doc.instanceId)),
+        )
       return { agentPath, selectors, canReattest: false }
     },
   }
