@@ -19,6 +19,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { SignJWT } from 'jose'
 import { findBinary } from '../process.js'
+import { awsApiHandler } from './aws-api.js'
 import type { CloudKeys, CloudKind } from './keys.js'
 
 /** What the simulated instance is; every field has a default. */
@@ -30,6 +31,18 @@ export interface CloudIdentity {
   readonly instanceId?: string
   readonly imageId?: string
   readonly pendingTime?: string
+  /** EC2 API (POST / on the same port): the instance's tags, security groups, instance profile. */
+  readonly tags?: Readonly<Record<string, string>>
+  readonly securityGroups?: readonly { readonly id: string; readonly name: string }[]
+  /** null: no instance profile attached. */
+  readonly instanceProfile?: { readonly arn: string; readonly roles: readonly string[] } | null
+  /** The access key the EC2/IAM/STS API accepts, and the role ARNs it may assume. */
+  readonly awsApi?: {
+    readonly accessKeyId: string
+    readonly secretAccessKey: string
+    readonly assumableRoles: readonly string[]
+  }
+  readonly rootVolumeAttachDelay?: number
   // GCP
   readonly gcpInstanceId?: string
   readonly projectId?: string
@@ -53,6 +66,21 @@ export const DEFAULT_IDENTITY = {
   availabilityZone: 'us-west-2b',
   instanceId: 'i-0b22a22eec53b9321',
   imageId: 'ami-5fb8c835',
+  tags: { Name: 'gateway-1', fleet: 'edge' } as Readonly<Record<string, string>>,
+  securityGroups: [{ id: 'sg-0a1b2c3d4e5f60718', name: 'edge-gateways' }] as readonly {
+    readonly id: string
+    readonly name: string
+  }[],
+  instanceProfile: {
+    arn: 'arn:aws:iam::123456789012:instance-profile/edge-gateway',
+    roles: ['arn:aws:iam::123456789012:role/edge-gateway'],
+  } as { readonly arn: string; readonly roles: readonly string[] } | null,
+  awsApi: {
+    accessKeyId: 'AKIASIMULATEDEDGE001',
+    secretAccessKey: 'c2ltdWxhdGVkLXNlY3JldC1mb3ItdGhlLWVjMi1hcGk',
+    assumableRoles: ['arn:aws:iam::123456789012:role/spiffe-edge-attestor'] as readonly string[],
+  },
+  rootVolumeAttachDelay: 2,
   gcpInstanceId: '4710471047104710471',
   projectId: 'edge-fleet-sim',
   projectNumber: '471104711047',
@@ -142,11 +170,16 @@ export function awsSignatures(keys: CloudKeys, document: string): Record<string,
 }
 
 function awsHandler(id: Id, keys: CloudKeys) {
-  const document = awsDocument(id, new Date())
+  const startedAt = new Date()
+  const document = awsDocument(id, startedAt)
   const sigs = awsSignatures(keys, document)
   const tokens = new Map<string, number>()
+  const { instanceProfile, ...rest } = id
+  const api = awsApiHandler({ ...rest, ...(instanceProfile ? { instanceProfile } : {}) }, startedAt)
   return (req: IncomingMessage, res: ServerResponse, url: URL) => {
     const now = Date.now()
+    // The EC2/IAM/STS Query API (SigV4-signed POSTs to /); IMDS never answers a POST there.
+    if (req.method === 'POST' && url.pathname === '/') return api(req, res, url)
     if (url.pathname === '/latest/api/token') {
       if (req.method !== 'PUT') return send(res, 405, '')
       if (req.headers['x-forwarded-for'] !== undefined) return send(res, 403, '')

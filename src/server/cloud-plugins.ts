@@ -5,7 +5,11 @@
  */
 
 import { AWS_IID } from '../attestors/cloud/aws/protocol.js'
-import { awsServerAttestor, parseAwsServerConfig } from '../attestors/cloud/aws/server.js'
+import {
+  awsServerAttestor,
+  describeAwsApi,
+  parseAwsServerConfig,
+} from '../attestors/cloud/aws/server.js'
 import { AZURE_MSI } from '../attestors/cloud/azure/protocol.js'
 import { azureServerAttestor, parseAzureServerConfig } from '../attestors/cloud/azure/server.js'
 import type { AttestedLookup } from '../attestors/cloud/common.js'
@@ -31,6 +35,32 @@ const warnIfNoTofu = (ctx: ServerPluginContext, name: string, tofu: boolean) => 
   }
 }
 
+/** Says at start whether the API-derived selectors are on, so their absence is never a surprise. */
+const logApi = (
+  ctx: ServerPluginContext,
+  name: string,
+  selectors: string,
+  on: string | undefined,
+) => {
+  if (on === undefined) {
+    ctx.log(
+      'info',
+      `${name}: no cloud API credentials configured: ${selectors} selectors are off`,
+      {
+        attestor: name,
+      },
+    )
+  } else {
+    ctx.log(
+      'info',
+      `${name}: ${selectors} selectors from the cloud API (${on}); attestation is refused when it cannot answer`,
+      {
+        attestor: name,
+      },
+    )
+  }
+}
+
 export const CLOUD_NODE_ATTESTORS: readonly [
   string,
   (data: Table, ctx: ServerPluginContext) => ServerNodeAttestor,
@@ -40,6 +70,12 @@ export const CLOUD_NODE_ATTESTORS: readonly [
     (data, ctx) => {
       const cfg = parseAwsServerConfig(data, ctx.configDir)
       warnIfNoTofu(ctx, AWS_IID, cfg.tofu)
+      logApi(
+        ctx,
+        AWS_IID,
+        'tag:, sg:id:, sg:name:, iamrole:',
+        cfg.api ? describeAwsApi(cfg.api) : undefined,
+      )
       return awsServerAttestor(cfg, attestedIn(ctx))
     },
   ],

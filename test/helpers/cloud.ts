@@ -124,6 +124,22 @@ export async function workloadSvids(socket: string): Promise<string[]> {
   throw last
 }
 
+/** The agent's selectors as the server recorded them, `type:value`. */
+export async function agentSelectors(server: ServerProcess, agentId: string): Promise<string[]> {
+  const shown = JSON.parse(
+    await server.admin('agent', 'show', '--spiffeID', agentId, '--json'),
+  ) as {
+    selectors: { type: string; value: string }[]
+  }
+  return shown.selectors.map((s) => `${s.type}:${s.value}`)
+}
+
+/** Waits (≤ 5 s) for the server's log to match: start-up lines may still be in the pipe. */
+export async function serverSaid(server: ServerProcess, re: RegExp): Promise<void> {
+  for (let i = 0; i < 50 && !re.test(server.stderr()); i++) await sleep(100)
+  assert.match(server.stderr(), re)
+}
+
 /** The agent refused by the server for `reason` (the attestor's stable tag). */
 export function assertRefused(r: ExecResult, attestor: string, reason: string): void {
   assert.equal(r.code, 1, r.stderr)

@@ -4,9 +4,11 @@ import { test } from 'node:test'
 import { startCloudSim } from '../../hardware-sim/cloud/index.js'
 import { processDir } from '../helpers/agent-process.js'
 import {
+  agentSelectors,
   assertRefused,
   cloudRig,
   registerWorkload,
+  serverSaid,
   siblingSim,
   workloadSvids,
 } from '../helpers/cloud.js'
@@ -27,12 +29,7 @@ test('aws_iid end to end on the simulated IMDSv2: SPIRE ID and selectors, a work
   // The /rsa2048 PKCS#7 form (openssl-signed by the sim, verified by our CMS code).
   const agent = await rig.startAgent('a1', `metadata_url = "${sim.url}"\nsignature = "rsa2048"`)
   assert.equal(agent.first.agent_id, agentId)
-  const listed = JSON.parse(
-    await rig.server.admin('agent', 'show', '--spiffeID', agentId, '--json'),
-  ) as {
-    selectors: { type: string; value: string }[]
-  }
-  const sels = listed.selectors.map((s) => `${s.type}:${s.value}`)
+  const sels = await agentSelectors(rig.server, agentId)
   for (const s of [
     'aws_iid:az:us-west-2b',
     'aws_iid:image:id:ami-5fb8c835',
@@ -41,6 +38,12 @@ test('aws_iid end to end on the simulated IMDSv2: SPIRE ID and selectors, a work
   ]) {
     assert.ok(sels.includes(s), `${s} in ${sels.join(' ')}`)
   }
+  // No credentials configured: the API-derived selectors are absent, and the server said so.
+  assert.ok(!sels.some((s) => /^aws_iid:(tag|sg|iamrole):/.test(s)), sels.join(' '))
+  await serverSaid(
+    rig.server,
+    /aws_iid: no cloud API credentials configured: tag:, sg:id:, sg:name:, iamrole: selectors are off/,
+  )
   const app = await registerWorkload(rig.server, 'aws_iid:region:us-west-2', 'aws')
   assert.ok((await workloadSvids(agent.socket)).includes(app))
 

@@ -4,6 +4,7 @@ import { test } from 'node:test'
 import { DEFAULT_IDENTITY, startCloudSim } from '../../hardware-sim/cloud/index.js'
 import { processDir } from '../helpers/agent-process.js'
 import {
+  agentSelectors,
   assertRefused,
   cloudRig,
   registerWorkload,
@@ -28,12 +29,7 @@ test('azure_msi end to end on the simulated IMDS: SPIRE ID and selectors, a work
 
   const agent = await rig.startAgent('a1', toml(sim.url))
   assert.equal(agent.first.agent_id, agentId)
-  const listed = JSON.parse(
-    await rig.server.admin('agent', 'show', '--spiffeID', agentId, '--json'),
-  ) as {
-    selectors: { type: string; value: string }[]
-  }
-  const sels = listed.selectors.map((s) => `${s.type}:${s.value}`)
+  const sels = await agentSelectors(rig.server, agentId)
   for (const s of [
     `azure_msi:subscription-id:${DEFAULT_IDENTITY.subscriptionId}`,
     'azure_msi:vm-name:frontend:blog',

@@ -4,6 +4,7 @@ import { test } from 'node:test'
 import { startCloudSim } from '../../hardware-sim/cloud/index.js'
 import { processDir } from '../helpers/agent-process.js'
 import {
+  agentSelectors,
   assertRefused,
   cloudRig,
   registerWorkload,
@@ -25,12 +26,7 @@ test('gcp_iit end to end on the simulated metadata server: SPIRE ID and selector
 
   const agent = await rig.startAgent('a1', `metadata_url = "${sim.url}"`)
   assert.equal(agent.first.agent_id, agentId)
-  const listed = JSON.parse(
-    await rig.server.admin('agent', 'show', '--spiffeID', agentId, '--json'),
-  ) as {
-    selectors: { type: string; value: string }[]
-  }
-  const sels = listed.selectors.map((s) => `${s.type}:${s.value}`)
+  const sels = await agentSelectors(rig.server, agentId)
   for (const s of [
     'gcp_iit:project-id:edge-fleet-sim',
     'gcp_iit:zone:europe-west1-b',

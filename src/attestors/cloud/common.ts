@@ -18,6 +18,8 @@ export type CloudAttestReason =
   | 'tenant'
   | 'replay'
   | 'claims'
+  | 'api'
+  | 'instance'
 
 const REMEDIES: Readonly<Record<CloudAttestReason, string>> = {
   payload: 'the agent sent malformed evidence: upgrade or fix the agent',
@@ -32,13 +34,18 @@ const REMEDIES: Readonly<Record<CloudAttestReason, string>> = {
   replay:
     'this instance already attested: evict the agent (server agent evict) to let it attest again',
   claims: 'the evidence lacks claims the attestor needs: check the instance and the request',
+  api: "the cloud API did not answer or refused the server's credentials: check the credentials, their permissions (docs/attestors/cloud.md) and the API endpoint",
+  instance:
+    'the cloud API does not confirm the instance the evidence names: check that it still exists and was not tampered with',
 }
 
 export class CloudAttestationError extends SpiffeEdgeError {
   readonly reason: CloudAttestReason
 
   constructor(attestor: string, reason: CloudAttestReason, message: string, cause?: unknown) {
-    super('ERR_ATTESTATION_FAILED', `${attestor} attestation refused [${reason}]: ${message}`, {
+    // An API failure is the server's problem, not the node's: its own code, still a refusal.
+    const code = reason === 'api' ? 'ERR_CLOUD_API' : 'ERR_ATTESTATION_FAILED'
+    super(code, `${attestor} attestation refused [${reason}]: ${message}`, {
       remedy: REMEDIES[reason],
       cause,
     })
@@ -73,6 +80,43 @@ function metadataError(what: string, message: string, cause?: unknown): SpiffeEd
 }
 
 /**
+ * A response body as UTF-8, at most max bytes (declared or counted); fail(message) makes the
+ * caller's error. Written to be shared with the cloud API clients the GCP/Azure lookups will need.
+ */
+export async function readCapped(
+  res: Response,
+  max: number,
+  fail: (message: string, cause?: unknown) => Error,
+): Promise<string> {
+  const declared = Number(res.headers.get('content-length') ?? '0')
+  if (declared > max) {
+    await res.body?.cancel().catch(() => undefined)
+    throw fail(`answer of ${declared} bytes is over ${max}`)
+  }
+  const chunks: Uint8Array[] = []
+  let size = 0
+  let over = false
+  try {
+    for await (const chunk of res.body ?? []) {
+      size += chunk.length
+      if (size > max) {
+        over = true
+        break
+      }
+      chunks.push(chunk)
+    }
+  } catch (err) {
+    await res.body?.cancel().catch(() => undefined)
+    throw fail(`reading the answer failed (${(err as Error).message})`, err)
+  }
+  if (over) {
+    await res.body?.cancel().catch(() => undefined)
+    throw fail(`answer is over ${max} bytes`)
+  }
+  return Buffer.concat(chunks).toString('utf8')
+}
+
+/**
  * One metadata-service call: a deadline over the whole exchange (connect, headers and body), at
  * most maxBytes read, redirects refused (a metadata service never redirects; following one could
  * send the session token elsewhere). Non-2xx answers are errors naming the status.
@@ -91,25 +135,9 @@ export async function metadataCall(what: string, r: MetadataRequest): Promise<Me
   } catch (err) {
     throw metadataError(what, `${r.url} did not answer (${(err as Error).message})`, err)
   }
-  const declared = Number(res.headers.get('content-length') ?? '0')
-  if (declared > max) {
-    await res.body?.cancel()
-    throw metadataError(what, `answer of ${declared} bytes is over ${max}`)
-  }
-  const chunks: Uint8Array[] = []
-  let size = 0
-  try {
-    for await (const chunk of res.body ?? []) {
-      size += chunk.length
-      if (size > max) throw metadataError(what, `answer is over ${max} bytes`)
-      chunks.push(chunk)
-    }
-  } catch (err) {
-    await res.body?.cancel().catch(() => undefined)
-    if (err instanceof SpiffeEdgeError) throw err
-    throw metadataError(what, `reading ${r.url} failed (${(err as Error).message})`, err)
-  }
-  const body = Buffer.concat(chunks).toString('utf8')
+  const body = await readCapped(res, max, (m, cause) =>
+    metadataError(what, `reading ${r.url}: ${m}`, cause),
+  )
   if (res.status < 200 || res.status > 299) {
     throw metadataError(what, `${r.url} answered ${res.status}: ${body.slice(0, 200)}`)
   }

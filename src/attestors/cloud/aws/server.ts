@@ -17,6 +17,7 @@ import {
   PluginConfig,
 } from '../common.js'
 import { AWS_PKCS7_CERTIFICATES } from './certs.js'
+import type { AwsApi, AwsApiConfig } from './ec2.js'
 import { Pkcs7Error, verifyPkcs7 } from './pkcs7.js'
 import { AWS_IID, parseAwsPayload } from './protocol.js'
 
@@ -27,9 +28,35 @@ export interface AwsServerConfig {
   /** Seconds; 0 = no limit. */
   readonly maxDocumentAge: number
   readonly tofu: boolean
+  /** EC2/IAM lookups for the tag:, sg: and iamrole: selectors; absent without credentials. */
+  readonly api?: AwsApiConfig
 }
 
 const SOURCE = `plugins.NodeAttestor.${AWS_IID}`
+const DEFAULT_API_TIMEOUT_MS = 10_000
+
+export function describeAwsApi(cfg: AwsApiConfig): string {
+  const parts = [`credentials from ${cfg.source}`]
+  if (cfg.assumeRole) parts.push(`assuming role ${cfg.assumeRole} in each instance's account`)
+  if (cfg.ec2Endpoint) parts.push(`EC2 at ${cfg.ec2Endpoint}`)
+  return parts.join(', ')
+}
+
+/**
+ * The AWS SDK takes ~2 s to load on a busy 2-core machine: it is loaded only by servers that
+ * configured lookups, in the background from start, and awaited by the first attestation.
+ */
+function loadApi(cfg: AwsApiConfig): () => Promise<AwsApi> {
+  const p = import('./ec2.js').then((m) => new m.AwsApi(cfg))
+  p.catch(() => undefined)
+  return async () => {
+    try {
+      return await p
+    } catch (err) {
+      throw new CloudAttestationError(AWS_IID, 'api', 'the AWS SDK did not load', err)
+    }
+  }
+}
 const REGION = /^[a-z]{2}(-[a-z]+)+-\d{1,2}$/
 
 function pemCertificates(text: string): X509Certificate[] {
@@ -37,12 +64,26 @@ function pemCertificates(text: string): X509Certificate[] {
   return blocks.map((b) => new X509Certificate(b))
 }
 
-export function parseAwsServerConfig(raw: Table, baseDir: string): AwsServerConfig {
+export function parseAwsServerConfig(
+  raw: Table,
+  baseDir: string,
+  env: NodeJS.ProcessEnv = process.env,
+): AwsServerConfig {
   const c = new PluginConfig(SOURCE, raw, [
     'account_ids',
     'certificates',
     'max_document_age',
     'tofu',
+    'access_key_id',
+    'secret_access_key',
+    'assume_role',
+    'partition',
+    'skip_block_device',
+    'disable_instance_profile_selectors',
+    'ec2_endpoint',
+    'iam_endpoint',
+    'sts_endpoint',
+    'api_timeout_ms',
   ])
   const accounts = new Set(c.strings('account_ids', /^\d{12}$/, true))
   const certificates = new Map<string, X509Certificate[]>()
@@ -74,8 +115,60 @@ export function parseAwsServerConfig(raw: Table, baseDir: string): AwsServerConf
   }
   const maxDocumentAge = c.int('max_document_age', 0, 10 * 365 * 86400)
   const tofu = c.bool('tofu', true)
+  const api = parseApi(c, env)
   c.done()
-  return { accounts, certificates, maxDocumentAge, tofu }
+  return { accounts, certificates, maxDocumentAge, tofu, ...(api ? { api } : {}) }
+}
+
+/** SPIRE's rule: the keys in the config, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. */
+function parseApi(c: PluginConfig, env: NodeJS.ProcessEnv): AwsApiConfig | undefined {
+  const keyId = c.string('access_key_id')
+  const secret = c.string('secret_access_key')
+  if ((keyId === undefined) !== (secret === undefined))
+    c.problems.push('access_key_id and secret_access_key: set both or neither')
+  const assumeRole = c.string('assume_role')
+  if (assumeRole !== undefined && !/^[\w+=,.@-]{1,64}$/.test(assumeRole))
+    c.problems.push(
+      "assume_role: a role name (not an ARN): it is assumed in the instance's account",
+    )
+  const partition = c.string('partition') ?? 'aws'
+  if (!/^aws(-[a-z]+)*$/.test(partition))
+    c.problems.push(`partition: ${partition} is not an AWS partition`)
+  const endpoints = {
+    ec2Endpoint: c.url('ec2_endpoint'),
+    iamEndpoint: c.url('iam_endpoint'),
+    stsEndpoint: c.url('sts_endpoint'),
+  }
+  const timeoutMs = c.int('api_timeout_ms', DEFAULT_API_TIMEOUT_MS, 120_000)
+  const skipBlockDevice = c.bool('skip_block_device', false)
+  const disableInstanceProfileSelectors = c.bool('disable_instance_profile_selectors', false)
+  let credentials: AwsApiConfig['credentials'] | undefined
+  let source: AwsApiConfig['source'] = 'config'
+  if (keyId !== undefined && secret !== undefined)
+    credentials = { accessKeyId: keyId, secretAccessKey: secret }
+  else if (env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY) {
+    source = 'environment'
+    credentials = {
+      accessKeyId: env.AWS_ACCESS_KEY_ID,
+      secretAccessKey: env.AWS_SECRET_ACCESS_KEY,
+      ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}),
+    }
+  }
+  if (!credentials) {
+    if (assumeRole !== undefined)
+      c.problems.push('assume_role: needs credentials to assume it with')
+    return undefined
+  }
+  return {
+    credentials,
+    source,
+    ...(assumeRole === undefined ? {} : { assumeRole }),
+    partition,
+    ...Object.fromEntries(Object.entries(endpoints).filter(([, v]) => v !== undefined)),
+    timeoutMs: timeoutMs === 0 ? DEFAULT_API_TIMEOUT_MS : timeoutMs,
+    skipBlockDevice,
+    disableInstanceProfileSelectors,
+  }
 }
 
 interface Document {
@@ -123,6 +216,7 @@ export function awsServerAttestor(
   cfg: AwsServerConfig,
   attested: AttestedLookup,
 ): ServerNodeAttestor {
+  const api = cfg.api ? loadApi(cfg.api) : undefined
   return {
     kind: 'NodeAttestor',
     name: AWS_IID,
@@ -212,6 +306,11 @@ export function awsServerAttestor(
         { type: AWS_IID, value: `instance:id:${doc.instanceId}` },
         { type: AWS_IID, value: `region:${doc.region}` },
       ]
+      // After the local checks and first use, so a refused document costs no API call.
+      if (api)
+        selectors.push(
+          ...(await (await api()).selectors(doc.region, doc.accountId, doc.instanceId)),
+        )
       return { agentPath, selectors, canReattest: false }
     },
   }
