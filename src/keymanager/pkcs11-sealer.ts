@@ -54,7 +54,8 @@ export class Pkcs11Sealer implements CacheSealer {
         mac = await this.keys.inSession('MAC with the cache key', (p, s) => {
           const k = findSecretKey(p, s, this.label)
           // The key changed between lookup and use (deleted and re-made): not the one wrapped for.
-          if (k === undefined || !k.ckaId.equals(ckaId)) throw sealError('the token cache key changed')
+          if (k === undefined || !k.ckaId.equals(ckaId))
+            throw sealError('the token cache key changed')
           return hmacSha256(p, s, k.handle, msg)
         })
       } catch (err) {

@@ -66,9 +66,15 @@ test('TPM attestation with the agent key in a PKCS#11 token: opt-in, attests, se
   const sock = String(server.first.admin_socket)
   const listed = JSON.parse(
     (await cli(['server', 'agent', 'list', '--admin-socket', sock, '--output', 'json'])).stdout,
-  ) as { agents: { spiffeId: string; selectors: { type: string; value: string }[] }[] }
+  ) as {
+    agents: {
+      id: { trust_domain: string; path: string }
+      selectors: { type: string; value: string }[]
+    }[]
+  }
+  // SPIRE's agent.v1 shapes: the ID is {trust_domain, path}.
   const sels = listed.agents
-    .find((a) => a.spiffeId === agentId)!
+    .find((a) => `spiffe://${a.id.trust_domain}${a.id.path}` === agentId)!
     .selectors.map((s) => `${s.type}:${s.value}`)
   assert.ok(sels.includes('tpm:agent_key:pkcs11'), sels.join(' '))
 
