@@ -97,7 +97,7 @@ test('run and validate refuse an HCL file with unmapped settings, naming each (E
     const f = join(dir, 'server.conf')
     writeFileSync(
       f,
-      'server {\n  trust_domain = "example.org"\n  federation {\n    bundle_endpoint {\n      port = 8443\n    }\n  }\n}\nplugins {\n  NodeAttestor "join_token" {\n    plugin_data {}\n  }\n}\n',
+      'server {\n  trust_domain = "example.org"\n  federation {\n    bundle_endpoint {\n      port = 8443\n      profile "https_web" {\n        acme {\n          domain_name = "example.org"\n        }\n      }\n    }\n  }\n}\nplugins {\n  NodeAttestor "join_token" {\n    plugin_data {}\n  }\n}\n',
     )
     await assert.rejects(
       readConfigText(f, 'server'),
@@ -124,4 +124,113 @@ test('run and validate refuse an HCL file with unmapped settings, naming each (E
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }
+})
+
+test("SPIRE's federation block maps onto [server.federation]; ACME and old forms are listed", async () => {
+  const c = await convertSpireConfig(
+    `server {
+  trust_domain = "example.org"
+  federation {
+    bundle_endpoint {
+      address = "127.0.0.1"
+      port = 8443
+      refresh_hint = "10m"
+      profile "https_web" {
+        serving_cert_file {
+          cert_file_path = "/etc/spire/web.pem"
+          key_file_path = "/etc/spire/web.key"
+          file_sync_interval = "30m"
+        }
+      }
+    }
+    federates_with "domain1.test" {
+      bundle_endpoint_url = "https://1.2.3.4:8443"
+      bundle_endpoint_profile "https_web" {}
+    }
+    federates_with "domain2.test" {
+      bundle_endpoint_url = "https://5.6.7.8:8443"
+      bundle_endpoint_profile "https_spiffe" {
+        endpoint_spiffe_id = "spiffe://domain2.test/beserver"
+      }
+    }
+  }
+}
+plugins {
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+}
+`,
+    '/etc/spire/server.conf',
+  )
+  assert.deepEqual(c.unmapped, [])
+  const cfg = parseServerConfig(c.toml, '/etc/spire/server.conf')
+  assert.deepEqual(cfg.federation?.bundleEndpoint, {
+    address: '127.0.0.1',
+    port: 8443,
+    refreshHintSeconds: 600,
+    profile: {
+      type: 'https_web',
+      certFile: '/etc/spire/web.pem',
+      keyFile: '/etc/spire/web.key',
+      fileSyncIntervalSeconds: 1800,
+    },
+  })
+  assert.deepEqual(cfg.federation?.federatesWith, [
+    {
+      trustDomain: 'domain1.test',
+      bundleEndpointUrl: 'https://1.2.3.4:8443',
+      profile: { type: 'https_web' },
+    },
+    {
+      trustDomain: 'domain2.test',
+      bundleEndpointUrl: 'https://5.6.7.8:8443',
+      profile: { type: 'https_spiffe', endpointSpiffeId: 'spiffe://domain2.test/beserver' },
+    },
+  ])
+  const spiffe = await convertSpireConfig(
+    `server {
+  trust_domain = "example.org"
+  federation {
+    bundle_endpoint {
+      port = 8443
+      profile "https_spiffe" {}
+    }
+  }
+}
+`,
+    's.conf',
+  )
+  assert.deepEqual(spiffe.unmapped, [])
+  assert.equal(
+    parseServerConfig(spiffe.toml, 's.conf').federation?.bundleEndpoint?.profile.type,
+    'https_spiffe',
+  )
+  const rest = await convertSpireConfig(
+    `server {
+  trust_domain = "example.org"
+  federation {
+    bundle_endpoint {
+      port = 8443
+      profile "https_web" {
+        acme {
+          domain_name = "example.org"
+          email = "mail@example.org"
+        }
+      }
+    }
+    federates_with "old.test" {
+      bundle_endpoint {
+        address = "1.2.3.4"
+        port = 8443
+      }
+    }
+  }
+}
+`,
+    'r.conf',
+  )
+  const joined = rest.unmapped.join('\n')
+  assert.match(joined, /profile "https_web"\.acme: ACME is not supported/)
+  assert.match(joined, /federates_with "old\.test"\.bundle_endpoint: SPIRE's old form/)
 })
