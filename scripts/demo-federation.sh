@@ -4,9 +4,8 @@
 # Each server is told about the other with `server federation create` (SPIRE's flags; the first
 # bundle handed over once, as SPIRE's bootstrap), fetches the other's bundle from its endpoint,
 # and a workload of each domain gets the other's bundle from its own agent. Then:
-#   - mTLS with OpenSSL: one.test's workload serves (s_server), two.test's connects (s_client),
-#     each verifying the other's X.509-SVID against the federated bundle only, and each peer's
-#     SPIFFE ID (URI SAN) is printed and checked;
+#   - mTLS with Node's tls: one.test's workload serves, two.test's connects, each verifying the
+#     other's X.509-SVID against the federated bundle only and checking the peer's SPIFFE ID;
 #   - a JWT-SVID of two.test validates at one.test's agent, and one of one.test at two.test's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -119,33 +118,40 @@ for td in one.test two.test; do
   $se api fetch x509 --socket-path "$(api "$td")" --write "$state/$td/svid"
 done
 
-say "mTLS with OpenSSL: spiffe://one.test/workload serves, spiffe://two.test/workload connects"
-echo "   each side trusts only the other domain's bundle, as its own agent delivered it"
-one="$state/one.test/svid"
-two="$state/two.test/svid"
-port="$(free_port)"
-openssl s_server -quiet -accept "127.0.0.1:$port" -cert "$one/svid.0.pem" -key "$one/svid.0.key" \
-  -CAfile "$one/federated_bundle.0.0.pem" -Verify 2 -verify_return_error \
-  >"$state/s_server.out" 2>"$state/s_server.log" &
-pids+=($!)
-for _ in $(seq 1 50); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-(echo "hello from spiffe://two.test/workload"; sleep 1) |
-  timeout 20 openssl s_client -connect "127.0.0.1:$port" -cert "$two/svid.0.pem" -key "$two/svid.0.key" \
-    -CAfile "$two/federated_bundle.0.0.pem" -verify_return_error >"$state/s_client.out" 2>&1 || true
-grep -q 'Verify return code: 0 (ok)' "$state/s_client.out" || { cat "$state/s_client.out" >&2; exit 1; }
-server_id="$(sed -n '/-----BEGIN CERTIFICATE-----/,/-----END CERTIFICATE-----/p' "$state/s_client.out" | head -n 200 |
-  openssl x509 -noout -ext subjectAltName | grep -o 'URI:[^, ]*' | cut -c5-)"
-sleep 0.3
-grep -q 'hello from spiffe://two.test/workload' "$state/s_server.out" || { cat "$state/s_server.log" >&2; exit 1; }
-client_id="$(openssl x509 -in "$two/svid.0.pem" -noout -ext subjectAltName | grep -o 'URI:[^, ]*' | cut -c5-)"
-echo "   s_client verified the server's X.509-SVID against two.test's federated bundle of one.test: $server_id (Verify return code: 0 (ok))"
-echo "   s_server (-Verify, -verify_return_error) required and verified the client's X.509-SVID against one.test's federated bundle of two.test: $client_id; it received: $(cat "$state/s_server.out")"
-[ "$server_id" = spiffe://one.test/workload ] && [ "$client_id" = spiffe://two.test/workload ]
-echo "   peer SPIFFE IDs checked: server is spiffe://one.test/workload, client is spiffe://two.test/workload"
-echo "   and with only its own domain's CA, s_client refuses the peer:"
-if echo | timeout 20 openssl s_client -connect "127.0.0.1:$port" -CAfile "$two/bundle.0.pem" -verify_return_error \
-  >"$state/s_client_bad.out" 2>&1; then echo "unexpected: accepted" >&2; exit 1; fi
-grep -o 'Verify return code: [^)]*)' "$state/s_client_bad.out" | head -1 | sed 's/^/   /' || echo "   handshake refused"
+say "mTLS (Node's tls): spiffe://one.test/workload serves, spiffe://two.test/workload connects"
+echo "   each side trusts only the other domain's bundle, as its own agent delivered it, and checks the peer's SPIFFE ID"
+timeout 30 node - "$state/one.test/svid" "$state/two.test/svid" <<'JS'
+const tls = require('node:tls'), fs = require('node:fs'), path = require('node:path')
+const [one, two] = process.argv.slice(2)
+const f = (d, n) => fs.readFileSync(path.join(d, n))
+const uri = (c) => ((c && c.subjectaltname) || '').split(', ').find((s) => s.startsWith('URI:'))?.slice(4)
+const srv = tls.createServer({ cert: f(one, 'svid.0.pem'), key: f(one, 'svid.0.key'),
+  ca: f(one, 'federated_bundle.0.0.pem'), requestCert: true, rejectUnauthorized: true }, (s) => {
+  const peer = uri(s.getPeerCertificate())
+  console.log(`   server spiffe://one.test/workload: client certificate verified with two.test's bundle; peer is ${peer}`)
+  s.end(peer === 'spiffe://two.test/workload' ? 'ok' : 'wrong peer')
+})
+srv.listen(0, '127.0.0.1', () => {
+  const port = srv.address().port
+  const connect = (ca, done) => {
+    const c = tls.connect({ host: '127.0.0.1', port, cert: f(two, 'svid.0.pem'), key: f(two, 'svid.0.key'), ca,
+      checkServerIdentity: (_h, cert) => uri(cert) === 'spiffe://one.test/workload' ? undefined : new Error(`peer is ${uri(cert)}`) })
+    let data = ''
+    c.on('secureConnect', () => console.log(`   client spiffe://two.test/workload: server certificate verified with one.test's bundle; peer is ${uri(c.getPeerCertificate())}`))
+    c.on('data', (d) => { data += d })
+    c.on('end', () => done(null, data))
+    c.on('error', (e) => done(e))
+  }
+  connect(f(two, 'federated_bundle.0.0.pem'), (err, data) => {
+    if (err || data !== 'ok') { console.error('mTLS failed', err || data); process.exit(1) }
+    console.log('   mTLS OK: each side verified the other\'s X.509-SVID and SPIFFE ID')
+    connect(f(two, 'bundle.0.pem'), (err2) => {
+      console.log(`   with only its own domain's CA instead, the client refuses: ${err2 ? err2.code || err2.message : 'ACCEPTED (bad)'}`)
+      srv.close(); process.exit(err2 ? 0 : 1)
+    })
+  })
+})
+JS
 
 for pair in "two.test one.test" "one.test two.test"; do
   set -- $pair
@@ -155,4 +161,4 @@ for pair in "two.test one.test" "one.test two.test"; do
   $se api validate jwt --audience "spiffe://$2/workload" --svid "$tok" --socket-path "$(api "$2")"
 done
 
-say "federation demo done: two trust domains federated through their bundle endpoints; each workload verified the other's X.509-SVID (OpenSSL mTLS) and JWT-SVID"
+say "federation demo done: two trust domains federated through their bundle endpoints; each workload verified the other's X.509-SVID (mTLS) and JWT-SVID"
