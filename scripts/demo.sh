@@ -13,13 +13,16 @@
 # attestor its SVID key must live in the TPM) unless DEMO_ATTESTOR says otherwise.
 # DEMO_TRANSPORT=mqtt runs the node API through a local Mosquitto broker (MQTT v5 over TLS) instead
 # of gRPC: the server listens on the broker beside gRPC, the agent reaches only the broker.
-# DEMO=federation runs scripts/demo-federation.sh instead: two trust domains, federated.
+# DEMO=federation runs scripts/demo-federation.sh instead: two trust domains (two servers, two
+# agents) federated through their bundle endpoints, each workload verifying the other's SVIDs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-# DEMO=federation: two trust domains federated through their bundle endpoints (its own script).
-if [ "${DEMO:-}" = federation ]; then exec bash scripts/demo-federation.sh; fi
-[ -z "${DEMO:-}" ] || { echo "DEMO must be federation or unset" >&2; exit 2; }
+case "${DEMO:-}" in
+  "") ;;
+  federation) exec bash scripts/demo-federation.sh ;;
+  *) echo "DEMO must be federation (or unset)" >&2; exit 2 ;;
+esac
 
 keys="${DEMO_KEYS:-disk}"
 case "$keys" in disk | pkcs11) ;; *) echo "DEMO_KEYS must be disk or pkcs11" >&2; exit 2 ;; esac

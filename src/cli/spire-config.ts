@@ -7,7 +7,6 @@
 import { dirname, join } from 'node:path'
 import { stringify } from 'smol-toml'
 import { ConfigError } from '../common/config.js'
-import { mapFederation } from './spire-federation.js'
 
 export type ConfigKind = 'server' | 'agent'
 type Obj = Record<string, unknown>
@@ -123,9 +122,11 @@ class Mapper {
             'server.ca_subject: ignored; the CA subject is CN=<trust domain> CA <n>, O=spiffe-edge (identity is in the URI SAN)',
           )
           break
-        case 'federation':
-          out.federation = mapFederation(v, this.unmapped)
+        case 'federation': {
+          const f = this.federation(one(v) ?? {})
+          if (Object.keys(f).length > 0) out.federation = f
           break
+        }
         case 'ratelimit': {
           const rl = one(v) ?? {}
           if (rl.attestation === false) out.attest_rate_per_second = 10_000
@@ -139,6 +140,103 @@ class Mapper {
     }
     this.copy(rest, out, SERVER_SAME, 'server')
     return out
+  }
+
+  /**
+   * SPIRE's `federation { bundle_endpoint { … profile "…" { … } } federates_with "td" { … } }`
+   * as our [server.federation]: the same keys, the profile labels becoming values.
+   */
+  federation(f: Obj): Obj {
+    const out: Obj = {}
+    for (const [k, v] of Object.entries(f)) {
+      if (k === 'bundle_endpoint') out.bundle_endpoint = this.bundleEndpoint(one(v) ?? {})
+      else if (k === 'federates_with') {
+        const fw: Obj = {}
+        for (const [td, body] of Object.entries((v ?? {}) as Obj)) {
+          const rel = this.relationship(td, one(body) ?? {})
+          if (rel) fw[td] = rel
+        }
+        if (Object.keys(fw).length > 0) out.federates_with = fw
+      } else this.unmapped.push(`server.federation.${k}: not supported by spiffe-edge`)
+    }
+    return out
+  }
+
+  /** The one labelled block of `v` (`profile "https_web" { … }`): its label and body. */
+  private labelled(v: unknown, path: string): [string, Obj] | undefined {
+    const labels = Object.entries((v ?? {}) as Obj)
+    if (labels.length !== 1) {
+      this.unmapped.push(`${path}: expected exactly one profile block, found ${labels.length}`)
+      return undefined
+    }
+    const [label, body] = labels[0]!
+    return [label, one(body) ?? {}]
+  }
+
+  private bundleEndpoint(be: Obj): Obj {
+    const path = 'server.federation.bundle_endpoint'
+    const out: Obj = {}
+    for (const [k, v] of Object.entries(be)) {
+      if (k === 'address' || k === 'refresh_hint') out[k] = v
+      else if (k === 'port') out.port = port(v)
+      else if (k === 'profile') {
+        const p = this.labelled(v, `${path}.profile`)
+        if (!p) continue
+        const [type, body] = p
+        const pp = `${path}.profile "${type}"`
+        if (type === 'https_spiffe') {
+          out.profile = type
+          for (const x of Object.keys(body)) this.unmapped.push(`${pp}.${x}: not supported`)
+        } else if (type === 'https_web') {
+          out.profile = type
+          for (const [x, xv] of Object.entries(body)) {
+            if (x === 'serving_cert_file') {
+              const sc = one(xv) ?? {}
+              for (const [y, yv] of Object.entries(sc)) {
+                if (y === 'cert_file_path') out.cert_file = yv
+                else if (y === 'key_file_path') out.key_file = yv
+                else if (y === 'file_sync_interval') out.file_sync_interval = yv
+                else this.unmapped.push(`${pp}.serving_cert_file.${y}: not supported`)
+              }
+            } else if (x === 'acme')
+              this.unmapped.push(
+                `${pp}.acme: ACME is not supported; get the certificate with an ACME client and use serving_cert_file`,
+              )
+            else this.unmapped.push(`${pp}.${x}: not supported`)
+          }
+        } else this.unmapped.push(`${pp}: unknown profile (https_spiffe or https_web)`)
+      } else if (k === 'acme')
+        this.unmapped.push(
+          `${path}.acme: ACME is not supported (and SPIRE moved it under profile "https_web")`,
+        )
+      else this.unmapped.push(`${path}.${k}: not supported by spiffe-edge`)
+    }
+    return out
+  }
+
+  private relationship(td: string, body: Obj): Obj | undefined {
+    const path = `server.federation.federates_with "${td}"`
+    const out: Obj = {}
+    for (const [k, v] of Object.entries(body)) {
+      if (k === 'bundle_endpoint_url') out.bundle_endpoint_url = v
+      else if (k === 'bundle_endpoint_profile') {
+        const p = this.labelled(v, `${path}.bundle_endpoint_profile`)
+        if (!p) continue
+        const [type, pb] = p
+        const prof: Obj = { type }
+        for (const [x, xv] of Object.entries(pb)) {
+          if (type === 'https_spiffe' && x === 'endpoint_spiffe_id') prof.endpoint_spiffe_id = xv
+          else this.unmapped.push(`${path}.bundle_endpoint_profile "${type}".${x}: not supported`)
+        }
+        out.bundle_endpoint_profile = prof
+      } else if (k === 'bundle_endpoint')
+        // SPIRE before 1.4: { address port spiffe_id use_web_pki }, with no URL to map to.
+        this.unmapped.push(
+          `${path}.bundle_endpoint: SPIRE's old form; write bundle_endpoint_url and bundle_endpoint_profile`,
+        )
+      else this.unmapped.push(`${path}.${k}: not supported by spiffe-edge`)
+    }
+    return Object.keys(out).length > 0 ? out : undefined
   }
 
   agent(main: Obj): Obj {

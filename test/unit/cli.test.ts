@@ -150,7 +150,7 @@ test('--json means the same everywhere: JSON errors, and JSON output where a com
   const r = await capture(['api', 'fetch', 'x509', '--help'])
   assert.match(r.out, /-json\s+print JSON: the result \(as -output json\) and errors/)
   const srv = await capture(['server', 'entry', 'list', '--help'])
-  assert.match(srv.out, /-json\s+print JSON instead of text/)
+  assert.match(srv.out, /-json\s+the same as -output json/)
   const seen: unknown[] = []
   const tree: Group = {
     kind: 'group',

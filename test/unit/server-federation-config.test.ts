@@ -53,6 +53,7 @@ bundle_endpoint_profile = { type = "https_web" }
     type: 'https_web',
     certFile: '/etc/x/c.pem',
     keyFile: '/etc/x/k.pem',
+    fileSyncIntervalSeconds: 3600, // SPIRE's default
   })
   assert.equal(parseServerConfig(base, '/etc/x/server.conf').federation?.bundleEndpoint, undefined)
 })

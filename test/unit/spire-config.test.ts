@@ -97,14 +97,14 @@ test('run and validate refuse an HCL file with unmapped settings, naming each (E
     const f = join(dir, 'server.conf')
     writeFileSync(
       f,
-      'server {\n  trust_domain = "example.org"\n  audit_log_enabled = true\n}\nplugins {\n  NodeAttestor "join_token" {\n    plugin_data {}\n  }\n}\n',
+      'server {\n  trust_domain = "example.org"\n  federation {\n    bundle_endpoint {\n      port = 8443\n      profile "https_web" {\n        acme {\n          domain_name = "example.org"\n        }\n      }\n    }\n  }\n}\nplugins {\n  NodeAttestor "join_token" {\n    plugin_data {}\n  }\n}\n',
     )
     await assert.rejects(
       readConfigText(f, 'server'),
       (e: unknown) =>
         e instanceof SpiffeEdgeError &&
         e.code === 'ERR_CONFIG' &&
-        /server\.audit_log_enabled/.test(e.message),
+        /server\.federation/.test(e.message),
     )
     await assert.rejects(
       readConfigText(f, 'agent'),
@@ -126,32 +126,32 @@ test('run and validate refuse an HCL file with unmapped settings, naming each (E
   }
 })
 
-test("SPIRE's federation block maps onto [server.federation], both profiles; ACME is listed", async () => {
+test("SPIRE's federation block maps onto [server.federation]; ACME and old forms are listed", async () => {
   const c = await convertSpireConfig(
     `server {
-  trust_domain = "one.test"
-  data_dir = "/var/lib/spire/server"
+  trust_domain = "example.org"
   federation {
     bundle_endpoint {
-      address = "0.0.0.0"
+      address = "127.0.0.1"
       port = 8443
       refresh_hint = "10m"
       profile "https_web" {
         serving_cert_file {
-          cert_file_path = "/etc/spire/be.crt"
-          key_file_path = "/etc/spire/be.key"
+          cert_file_path = "/etc/spire/web.pem"
+          key_file_path = "/etc/spire/web.key"
+          file_sync_interval = "30m"
         }
       }
     }
-    federates_with "two.test" {
-      bundle_endpoint_url = "https://two.example:8443"
-      bundle_endpoint_profile "https_spiffe" {
-        endpoint_spiffe_id = "spiffe://two.test/spire/server"
-      }
-    }
-    federates_with "three.test" {
-      bundle_endpoint_url = "https://three.example"
+    federates_with "domain1.test" {
+      bundle_endpoint_url = "https://1.2.3.4:8443"
       bundle_endpoint_profile "https_web" {}
+    }
+    federates_with "domain2.test" {
+      bundle_endpoint_url = "https://5.6.7.8:8443"
+      bundle_endpoint_profile "https_spiffe" {
+        endpoint_spiffe_id = "spiffe://domain2.test/beserver"
+      }
     }
   }
 }
@@ -165,40 +165,72 @@ plugins {
   )
   assert.deepEqual(c.unmapped, [])
   const cfg = parseServerConfig(c.toml, '/etc/spire/server.conf')
-  const f = cfg.federation
-  assert.ok(f)
-  assert.deepEqual(f.bundleEndpoint, {
-    address: '0.0.0.0',
+  assert.deepEqual(cfg.federation?.bundleEndpoint, {
+    address: '127.0.0.1',
     port: 8443,
     refreshHintSeconds: 600,
-    profile: { type: 'https_web', certFile: '/etc/spire/be.crt', keyFile: '/etc/spire/be.key' },
+    profile: {
+      type: 'https_web',
+      certFile: '/etc/spire/web.pem',
+      keyFile: '/etc/spire/web.key',
+      fileSyncIntervalSeconds: 1800,
+    },
   })
-  const byTd = Object.fromEntries(f.federatesWith.map((r) => [r.trustDomain, r]))
-  assert.deepEqual(byTd['two.test'], {
-    trustDomain: 'two.test',
-    bundleEndpointUrl: 'https://two.example:8443',
-    profile: { type: 'https_spiffe', endpointSpiffeId: 'spiffe://two.test/spire/server' },
-  })
-  assert.deepEqual(byTd['three.test']?.profile, { type: 'https_web' })
-
-  const acme = await convertSpireConfig(
+  assert.deepEqual(cfg.federation?.federatesWith, [
+    {
+      trustDomain: 'domain1.test',
+      bundleEndpointUrl: 'https://1.2.3.4:8443',
+      profile: { type: 'https_web' },
+    },
+    {
+      trustDomain: 'domain2.test',
+      bundleEndpointUrl: 'https://5.6.7.8:8443',
+      profile: { type: 'https_spiffe', endpointSpiffeId: 'spiffe://domain2.test/beserver' },
+    },
+  ])
+  const spiffe = await convertSpireConfig(
     `server {
-  trust_domain = "one.test"
+  trust_domain = "example.org"
   federation {
     bundle_endpoint {
       port = 8443
-      acme {
-        domain_name = "one.example"
-        email = "ops@one.example"
+      profile "https_spiffe" {}
+    }
+  }
+}
+`,
+    's.conf',
+  )
+  assert.deepEqual(spiffe.unmapped, [])
+  assert.equal(
+    parseServerConfig(spiffe.toml, 's.conf').federation?.bundleEndpoint?.profile.type,
+    'https_spiffe',
+  )
+  const rest = await convertSpireConfig(
+    `server {
+  trust_domain = "example.org"
+  federation {
+    bundle_endpoint {
+      port = 8443
+      profile "https_web" {
+        acme {
+          domain_name = "example.org"
+          email = "mail@example.org"
+        }
+      }
+    }
+    federates_with "old.test" {
+      bundle_endpoint {
+        address = "1.2.3.4"
+        port = 8443
       }
     }
   }
 }
 `,
-    'x.conf',
+    'r.conf',
   )
-  assert.match(
-    acme.unmapped.join('\n'),
-    /server\.federation\.bundle_endpoint\.acme: ACME is not supported/,
-  )
+  const joined = rest.unmapped.join('\n')
+  assert.match(joined, /profile "https_web"\.acme: ACME is not supported/)
+  assert.match(joined, /federates_with "old\.test"\.bundle_endpoint: SPIRE's old form/)
 })

@@ -10,7 +10,13 @@ import { SpiffeId, TrustDomain } from '../../spiffe/id.js'
 
 export type EndpointProfile =
   | { readonly type: 'https_spiffe' }
-  | { readonly type: 'https_web'; readonly certFile: string; readonly keyFile: string }
+  | {
+      readonly type: 'https_web'
+      readonly certFile: string
+      readonly keyFile: string
+      /** Re-read cert_file/key_file this often (SPIRE's file_sync_interval, default 1h). */
+      readonly fileSyncIntervalSeconds: number
+    }
 
 export interface BundleEndpointConfig {
   readonly address: string
@@ -55,7 +61,11 @@ function bundleEndpoint(r: ConfigReader, f: Table | undefined): BundleEndpointCo
   const path = 'server.federation.bundle_endpoint'
   const be = r.table(f ?? {}, 'bundle_endpoint', path)
   if (!be) return undefined
-  r.known(be, ['address', 'port', 'refresh_hint', 'profile', 'cert_file', 'key_file'], path)
+  r.known(
+    be,
+    ['address', 'port', 'refresh_hint', 'profile', 'cert_file', 'key_file', 'file_sync_interval'],
+    path,
+  )
   const address = r.string(be, 'address', path, '0.0.0.0')!
   if (isIP(address) === 0 && address !== 'localhost')
     r.problems.push(`${path}.address: '${address}' is not an IP address`)
@@ -66,11 +76,20 @@ function bundleEndpoint(r: ConfigReader, f: Table | undefined): BundleEndpointCo
       type: 'https_web',
       certFile: r.path(be, 'cert_file', path) ?? '',
       keyFile: r.path(be, 'key_file', path) ?? '',
+      fileSyncIntervalSeconds: r.duration(be, 'file_sync_interval', path, 3600),
     }
+    if (profile.fileSyncIntervalSeconds < 1)
+      r.problems.push(`${path}.file_sync_interval: at least 1s`)
   } else if (type !== 'https_spiffe') {
     r.problems.push(`${path}.profile: must be https_spiffe or https_web`)
-  } else if (be.cert_file !== undefined || be.key_file !== undefined) {
-    r.problems.push(`${path}: cert_file/key_file apply to profile https_web only`)
+  } else if (
+    be.cert_file !== undefined ||
+    be.key_file !== undefined ||
+    be.file_sync_interval !== undefined
+  ) {
+    r.problems.push(
+      `${path}: cert_file/key_file/file_sync_interval apply to profile https_web only`,
+    )
   }
   return {
     address,

@@ -2,7 +2,8 @@
  * The bundle endpoint (SPIFFE Federation 5): HTTPS, GET only, answering with our bundle as a
  * SPIFFE bundle with spiffe_sequence and spiffe_refresh_hint. No client authentication (the spec
  * forbids requiring it). Profile https_spiffe serves the server's own X509-SVID (swapped in on
- * every renewal); https_web serves a configured certificate (web PKI or an operator CA).
+ * every renewal); https_web serves a configured certificate (web PKI or an operator CA), re-read
+ * every file_sync_interval.
  */
 import { readFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:https'
@@ -100,6 +101,37 @@ export async function startBundleEndpoint(
     server.listen(o.config.port, o.config.address, () => resolve())
   })
   const port = (server.address() as AddressInfo).port
+  // https_web: the certificate is renewed outside (ACME client, cert-manager); re-read it on
+  // SPIRE's file_sync_interval. A file that cannot be read or used keeps the certificate served.
+  let served = c
+  const p = o.config.profile
+  const sync =
+    p.type === 'https_web'
+      ? setInterval(() => {
+          try {
+            const n = credentials(o)
+            if (
+              n.certificatePem === served.certificatePem &&
+              n.privateKeyPem === served.privateKeyPem
+            )
+              return
+            server.setSecureContext({
+              cert: n.certificatePem,
+              key: n.privateKeyPem,
+              minVersion: 'TLSv1.2',
+            })
+            served = n
+            o.log('info', 'bundle endpoint certificate reloaded', { cert_file: p.certFile })
+          } catch (err) {
+            o.log('warn', 'bundle endpoint certificate not reloaded; serving the previous one', {
+              cert_file: p.certFile,
+              error: (err as Error).message,
+              remedy: 'cert_file and key_file must be a matching PEM certificate and key',
+            })
+          }
+        }, p.fileSyncIntervalSeconds * 1000)
+      : undefined
+  sync?.unref()
   o.log('info', 'bundle endpoint listening', {
     address: `${o.config.address}:${port}`,
     profile: o.config.profile.type,
@@ -117,6 +149,7 @@ export async function startBundleEndpoint(
     },
     close: () =>
       new Promise<void>((resolve) => {
+        clearInterval(sync)
         server.close(() => resolve())
         server.closeAllConnections()
       }),
