@@ -5,7 +5,7 @@
  * going backwards), and that the agent SVID key lives in the same TPM (certify by the AK) and is
  * the key of the CSR. Everything fails closed; see README.md in this folder for the protocol.
  */
-import { createHash, type KeyObject, randomBytes, timingSafeEqual } from 'node:crypto'
+import { createHash, createPublicKey, type KeyObject, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { Log } from '../../common/log.js'
 import { isSpiffeEdgeError } from '../../errors.js'
 import { HASH_ALGS } from '../../tpm/constants.js'
@@ -90,10 +90,10 @@ export function checkAgentKeyAttributes(pub: TpmPublic): void {
   if (a & TPMA_OBJECT.restricted) refuse('agent_key', 'the agent key is restricted (an AK?)')
 }
 
-function sameKey(a: KeyObject, b: KeyObject): boolean {
-  const da = a.export({ type: 'spki', format: 'der' })
-  const db = b.export({ type: 'spki', format: 'der' })
-  return da.length === db.length && timingSafeEqual(da, db)
+/** The same public key (OpenSSL's EVP_PKEY_eq: type, parameters and point or modulus). */
+export function sameKey(a: KeyObject, b: KeyObject): boolean {
+  const pub = (k: KeyObject) => (k.type === 'private' ? createPublicKey(k) : k)
+  return pub(a).equals(pub(b))
 }
 
 interface StoredClock {
