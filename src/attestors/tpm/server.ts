@@ -5,7 +5,13 @@
  * going backwards), and that the agent SVID key lives in the same TPM (certify by the AK) and is
  * the key of the CSR. Everything fails closed; see README.md in this folder for the protocol.
  */
-import { createHash, createPublicKey, type KeyObject, randomBytes, timingSafeEqual } from 'node:crypto'
+import {
+  createHash,
+  createPublicKey,
+  type KeyObject,
+  randomBytes,
+  timingSafeEqual,
+} from 'node:crypto'
 import type { Log } from '../../common/log.js'
 import { isSpiffeEdgeError } from '../../errors.js'
 import { HASH_ALGS } from '../../tpm/constants.js'
