@@ -47,6 +47,7 @@ import {
   checkAgentKeyAttributes,
   DEFAULT_PCR_SELECTION,
   parseTpmServerConfig,
+  sameKey,
   type TpmServerConfig,
   tpmServerAttestor,
   wireToPcrValues,
@@ -164,9 +165,7 @@ function verifyRecorded(
   if (!Buffer.from(ekc.leafSpki).equals(Buffer.from(ekSpki))) throw new Error('EK mismatch')
   checkAkAttributes(ak)
   checkAgentKeyAttributes(agentKey)
-  const a = publicKeyObject(agentKey).export({ type: 'spki', format: 'der' })
-  const b = rec.agentPublicKey.export({ type: 'spki', format: 'der' })
-  if (a.length !== b.length || !timingSafeEqual(a, b)) throw new Error('agent key mismatch')
+  if (!sameKey(publicKeyObject(agentKey), rec.agentPublicKey)) throw new Error('agent key mismatch')
   const secret = new Uint8Array(randomBytes(32))
   randomBytes(32) // the server's fresh nonce; the quote and certify answer rec.nonce
   const nonce = rec.nonce

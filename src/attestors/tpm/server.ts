@@ -123,10 +123,10 @@ export function checkHsmAgentKey(cfg: TpmServerConfig, spki: Uint8Array, csrKey:
   return new Uint8Array(csr)
 }
 
-function sameKey(a: KeyObject, b: KeyObject): boolean {
-  const da = a.export({ type: 'spki', format: 'der' })
-  const db = b.export({ type: 'spki', format: 'der' })
-  return da.length === db.length && timingSafeEqual(da, db)
+/** The same public key (OpenSSL's EVP_PKEY_eq: type, parameters and point or modulus). */
+export function sameKey(a: KeyObject, b: KeyObject): boolean {
+  const pub = (k: KeyObject) => (k.type === 'private' ? createPublicKey(k) : k)
+  return pub(a).equals(pub(b))
 }
 
 interface StoredClock {

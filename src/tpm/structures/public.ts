@@ -184,18 +184,51 @@ function pad(bytes: Uint8Array, size: number, field: string): Uint8Array {
   return out
 }
 
-// Parsed public areas are immutable, and building a KeyObject from a JWK costs more than the
-// signature check a verifier does with it: remember one per public area.
+// Building a KeyObject from a JWK costs more than the signature check a verifier does with it
+// (an RSA EK several times more), and a server sees the same EK, AK and agent key every time a
+// TPM re-attests: remember one per key, by exactly the fields buildKeyObject reads (type, curve
+// and point, or modulus and exponent; a KeyObject is immutable and fully determined by them). Bounded (least recently used dropped); failures are not cached.
 const keyObjects = new WeakMap<TpmPublic, KeyObject>()
+const byContent = new Map<string, KeyObject>()
+/** Bytes a cached key is charged: its public area (as a base64 key) plus the key object itself. */
+const KEY_OBJECT_OVERHEAD = 2048
+export const PUBLIC_KEY_CACHE_MAX_BYTES = 4 * 2 ** 20
+let byContentBytes = 0
+const charge = (k: string) => k.length + KEY_OBJECT_OVERHEAD
 
 /** The public key as a Node KeyObject (RSA or EC); rejects points that are not on the curve. */
 export function publicKeyObject(pub: TpmPublic): KeyObject {
   let key = keyObjects.get(pub)
-  if (!key) {
+  if (key) return key
+  const content = keyContent(pub)
+  key = byContent.get(content)
+  if (key) {
+    byContent.delete(content) // most recently used last
+  } else {
     key = buildKeyObject(pub)
-    keyObjects.set(pub, key)
+    byContentBytes += charge(content)
+    while (byContentBytes > PUBLIC_KEY_CACHE_MAX_BYTES && byContent.size > 0) {
+      const oldest = byContent.keys().next().value!
+      byContent.delete(oldest)
+      byContentBytes -= charge(oldest)
+    }
   }
+  byContent.set(content, key)
+  keyObjects.set(pub, key)
   return key
+}
+
+/** The fields a key object is built from, as one string (not `raw`: hand-built areas lack it). */
+function keyContent(pub: TpmPublic): string {
+  const b64 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.length).toString('base64')
+  return pub.type === 'rsa'
+    ? `rsa:${pub.exponent}:${b64(pub.modulus)}`
+    : `ecc:${pub.curveId}:${b64(pub.x)}:${b64(pub.y)}`
+}
+
+/** Cached key objects (tests). */
+export function publicKeyCacheStats(): { entries: number; bytes: number } {
+  return { entries: byContent.size, bytes: byContentBytes }
 }
 
 function buildKeyObject(pub: TpmPublic): KeyObject {
@@ -235,8 +268,17 @@ function buildKeyObject(pub: TpmPublic): KeyObject {
 
 /** DER SubjectPublicKeyInfo, the form `tpm2_readpublic -f der` writes. */
 export function publicKeySpki(pub: TpmPublic): Uint8Array {
-  return new Uint8Array(publicKeyObject(pub).export({ type: 'spki', format: 'der' }))
+  const key = publicKeyObject(pub)
+  let spki = spkis.get(key)
+  if (!spki) {
+    spki = new Uint8Array(key.export({ type: 'spki', format: 'der' }))
+    spkis.set(key, spki)
+  }
+  // A copy: callers may keep or change what they get.
+  return spki.slice()
 }
+
+const spkis = new WeakMap<KeyObject, Uint8Array>()
 
 /** A short algorithm label: rsa-2048, ecc-p256, ecc-p384. */
 export function keyAlgorithmLabel(pub: TpmPublic): string {
