@@ -32,7 +32,7 @@ export async function deploy(
   const server = await startServerProcess(dir, t)
   const token = JSON.parse(
     await server.admin('token', 'generate', '--spiffeID', 'spiffe://example.org/host', '--json'),
-  ).token as string
+  ).value as string
   for (const e of entries) {
     await server.admin(
       'entry',
