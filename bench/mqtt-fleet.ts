@@ -14,7 +14,8 @@
  * Printed: syncs/s, messages/s through the broker (each sync is one request PUBLISH the broker
  * takes from the agent and hands to the server, and one reply PUBLISH back: 2 application messages
  * in, 2 out; the figure counts 2 per sync, QoS 1 PUBACKs not counted), p50/p99 sync latency, and
- * the broker's and the server's CPU seconds over the window (utime + stime from /proc/<pid>/stat).
+ * the broker's and the server's CPU seconds over the window (utime + stime from /proc/<pid>/stat;
+ * the agent processes' too, to show where the machine's time went).
  *
  * Run: npm run build && node dist/bench/mqtt-fleet.js
  *   (BENCH_AGENTS=200 for a quicker run; BENCH_ATTEST_CONCURRENCY, default 16 per process)
@@ -91,6 +92,7 @@ async function main(): Promise<void> {
     const bundle = String((await admin('GET', '/v1/bundle?format=spiffe')).bundle)
     // One token and one entry per agent: each agent's sync returns its own entry.
     const tokens: string[] = []
+    const p0 = performance.now()
     for (let i = 0; i < AGENTS; i++) {
       const token = String((await server.ask({ op: 'token' })).token)
       tokens.push(token)
@@ -103,6 +105,7 @@ async function main(): Promise<void> {
     for (let p = 0; p < PROCS; p++) procs.push(child('mqtt-fleet-agents.js'))
     await Promise.all(procs.map((p) => p.ready))
     const ca = readFileSync(broker.caFile!, 'utf8')
+    console.log(`${AGENTS} tokens and entries in ${((performance.now() - p0) / 1000).toFixed(1)} s`)
     const a0 = performance.now()
     const attested = await Promise.all(
       procs.map((p, k) => {
@@ -127,6 +130,7 @@ async function main(): Promise<void> {
 
     const b0 = cpuSeconds(broker.pid)
     const s0 = cpuSeconds(server.pid)
+    const c0 = procs.reduce((n, p) => n + cpuSeconds(p.pid), 0)
     const t0 = performance.now()
     const done = await Promise.all(
       procs.map((p) => p.ask({ op: 'run', ms: SECONDS * 1000, intervalMs: INTERVAL_MS })),
@@ -134,6 +138,7 @@ async function main(): Promise<void> {
     const wall = (performance.now() - t0) / 1000
     const brokerCpu = cpuSeconds(broker.pid) - b0
     const serverCpu = cpuSeconds(server.pid) - s0
+    const agentsCpu = procs.reduce((n, p) => n + cpuSeconds(p.pid), 0) - c0
     const lat = done.flatMap((d) => d.lat as number[])
     const errors = done.reduce((n, d) => n + Number(d.errors), 0)
     const syncsPerS = lat.length / wall
@@ -149,6 +154,7 @@ async function main(): Promise<void> {
       sync_ms: { p50: +pct(lat, 50).toFixed(1), p99: +pct(lat, 99).toFixed(1) },
       broker_cpu_s: +brokerCpu.toFixed(2),
       server_cpu_s: +serverCpu.toFixed(2),
+      agent_processes_cpu_s: +agentsCpu.toFixed(2),
       server_cpu_ms_per_sync: +((serverCpu * 1000) / lat.length).toFixed(3),
     }
     console.log(JSON.stringify(r))
