@@ -18,7 +18,8 @@
  * the agent processes' too, to show where the machine's time went).
  *
  * Run: npm run build && node dist/bench/mqtt-fleet.js
- *   (BENCH_AGENTS=200 for a quicker run; BENCH_ATTEST_CONCURRENCY, default 16 per process)
+ *   (BENCH_AGENTS=200 for a quicker run; BENCH_ATTEST_CONCURRENCY, default 16 per process;
+ *   BENCH_CPU_PROF=<dir> writes a CPU profile of the server process)
  */
 import { type ChildProcess, fork } from 'node:child_process'
 import { readFileSync } from 'node:fs'
@@ -43,10 +44,11 @@ function cpuSeconds(pid: number): number {
 }
 
 /** A forked child spoken to by IPC: one answer per question, in order. */
-function child(file: string, env: Record<string, string> = {}) {
+function child(file: string, env: Record<string, string> = {}, execArgv: string[] = []) {
   const c: ChildProcess = fork(join(here, file), [], {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     env: { ...process.env, ...env },
+    execArgv,
   })
   const queue: ((m: Record<string, unknown>) => void)[] = []
   c.on('message', (m: Record<string, unknown>) => queue.shift()?.(m))
@@ -79,11 +81,17 @@ function child(file: string, env: Record<string, string> = {}) {
 
 async function main(): Promise<void> {
   await using broker = await startMosquitto({ tls: true })
-  const server = child('server-proc.js', {
+  const prof = process.env.BENCH_CPU_PROF
+  const server = child(
+    'server-proc.js',
+    {
     BENCH_SERVER_TOML:
       `attest_rate_per_second = 10000\n[server.mqtt]\nurl = "${broker.url}"\n` +
       `ca_file = "${broker.caFile}"\n`,
-  })
+    },
+    // BENCH_CPU_PROF=<dir> profiles the server process (node --cpu-prof), as in server-sign.
+    prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [],
+  )
   const procs: ReturnType<typeof child>[] = []
   try {
     await server.ready
