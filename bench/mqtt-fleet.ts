@@ -85,9 +85,9 @@ async function main(): Promise<void> {
   const server = child(
     'server-proc.js',
     {
-    BENCH_SERVER_TOML:
-      `attest_rate_per_second = 10000\n[server.mqtt]\nurl = "${broker.url}"\n` +
-      `ca_file = "${broker.caFile}"\n`,
+      BENCH_SERVER_TOML:
+        `attest_rate_per_second = 10000\n[server.mqtt]\nurl = "${broker.url}"\n` +
+        `ca_file = "${broker.caFile}"\n`,
     },
     // BENCH_CPU_PROF=<dir> profiles the server process (node --cpu-prof), as in server-sign.
     prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [],
