@@ -3,11 +3,13 @@
  * time apart from its clients'. Forked with an IPC channel; messages:
  *   {op:'token'} → {token}; {op:'admin', method, path, body} → {result};
  *   {op:'cpu'} → {us}: this process's user + system CPU time so far, µs; {op:'quit'}.
- * On start it sends {address, dir}.
+ * On start it sends {address, dir}. BENCH_SERVER_TOML, when set, is the server's extra config
+ * (e.g. a [plugins.KeyManager.pkcs11] block); otherwise the test server's default (disk keys).
  */
 import { startTestServer } from '../test/helpers/server.js'
 
-const s = await startTestServer()
+const toml = process.env.BENCH_SERVER_TOML
+const s = await startTestServer(toml ? { extraToml: toml } : {})
 const send = (m: unknown) => process.send!(m)
 process.on(
   'message',
