@@ -16,7 +16,8 @@
  * event-loop stall while 100 signatures run at once through the key manager.
  *
  * Run: npm run build && node dist/bench/pkcs11.js   (BENCH_BATCHES, default 10;
- * BENCH_CPU_PROF=<dir> writes a --cpu-prof of the token server)
+ * BENCH_CPU_PROF=<dir> writes a --cpu-prof of the token server; BENCH_P11_MAX_SESSIONS sets the
+ * server's max_sessions, default the key manager's 4)
  */
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -89,7 +90,10 @@ async function main(): Promise<void> {
     chmodSync(pinFile, 0o600)
     const p11Toml =
       'attest_rate_per_second = 1000\n[plugins.KeyManager.pkcs11]\n' +
-      `module_path = "${token.modulePath}"\ntoken_label = "bench"\npin_file = "${pinFile}"\nkey_label_prefix = "srv"\n`
+      `module_path = "${token.modulePath}"\ntoken_label = "bench"\npin_file = "${pinFile}"\nkey_label_prefix = "srv"\n` +
+      (process.env.BENCH_P11_MAX_SESSIONS
+        ? `max_sessions = ${Number(process.env.BENCH_P11_MAX_SESSIONS)}\n`
+        : '')
     const hsmSrv = forkProc('server-proc.js', {
       env: { BENCH_SERVER_TOML: p11Toml },
       profile: true,
@@ -111,6 +115,8 @@ async function main(): Promise<void> {
     await raw.ask({ op: 'find', label: 'srv/x509-ca-1' })
     await raw.ask({ op: 'sign', n: 20 }) // warm up
 
+    const main0 = [hsmSrv, diskSrv].map(async (p) => (await p.ask({ op: 'mainCpu' })).us as number)
+    const [hsmMain0, diskMain0] = await Promise.all(main0)
     const sum = { hsmMs: 0, hsmUs: 0, diskMs: 0, diskUs: 0, rawMs: 0, rawUs: 0 }
     for (let i = 0; i < BATCHES; i++) {
       const h = await hsm.round()
@@ -123,6 +129,8 @@ async function main(): Promise<void> {
       sum.rawMs += r.wallMs as number
       sum.rawUs += r.cpuUs as number
     }
+    const hsmMainUs = ((await hsmSrv.ask({ op: 'mainCpu' })).us as number) - hsmMain0!
+    const diskMainUs = ((await diskSrv.ask({ op: 'mainCpu' })).us as number) - diskMain0!
     hsm.close()
     disk.close()
     const n = BATCHES * BATCH
@@ -155,6 +163,10 @@ async function main(): Promise<void> {
     )
     console.log(
       `  server, CA key in a disk file  ${cpuRate(sum.diskUs)} SVIDs per server CPU-second, ${rate(sum.diskMs)} SVIDs/s wall`,
+    )
+    const us = (x: number) => `${Math.round(x / n)} µs`
+    console.log(
+      `  server CPU per SVID: token ${us(sum.hsmUs)} (main thread ${us(hsmMainUs)}), disk ${us(sum.diskUs)} (main thread ${us(diskMainUs)}); raw ${us(sum.rawUs)} per signature`,
     )
     console.log(
       `  raw C_SignInit + C_Sign, same key, own process  ${cpuRate(sum.rawUs)} signatures per CPU-second, ${rate(sum.rawMs)} signatures/s wall`,
