@@ -3,14 +3,22 @@
  * table of the SUMMARY lines they print, with the goal beside each figure. Exits 0 whether or
  * not goals are met: on a shared machine the figures are evidence, not a gate.
  *
- * BENCH_SKIP=name,name leaves benches out (e.g. BENCH_SKIP=tpm,attestation without swtpm).
+ * BENCH_SKIP=name,name leaves benches out (e.g. BENCH_SKIP=tpm,attestation without swtpm,
+ * BENCH_SKIP=pkcs11 without SoftHSM2).
  */
 import { spawn } from 'node:child_process'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const here = dirname(fileURLToPath(import.meta.url))
-const BENCHES = ['workload-latency', 'server-sign', 'attestation', 'tpm-event-loop', 'tpm']
+const BENCHES = [
+  'workload-latency',
+  'server-sign',
+  'pkcs11',
+  'attestation',
+  'tpm-event-loop',
+  'tpm',
+]
 const skip = new Set((process.env.BENCH_SKIP ?? '').split(',').filter(Boolean))
 
 interface Row {

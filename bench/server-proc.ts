@@ -2,14 +2,30 @@
  * A real test server (bench helper) in its own process, so a bench can measure the server's CPU
  * time apart from its clients'. Forked with an IPC channel; messages:
  *   {op:'token'} → {token}; {op:'admin', method, path, body} → {result};
- *   {op:'cpu'} → {us}: this process's user + system CPU time so far, µs; {op:'quit'}.
- * On start it sends {address, dir}. BENCH_SERVER_TOML, when set, is the [server] config tail
- * (e.g. a [server.mqtt] table), in place of the test server's default rate limit line.
+ *   {op:'cpu'} → {us}: this process's user + system CPU time so far, µs;
+ *   {op:'mainCpu'} → {us}: the main (event-loop) thread's alone, from /proc (Linux, 10 ms
+ *     ticks; -1 elsewhere): the rest is libuv workers (PKCS#11 C_SignAsync) and V8's threads;
+ *   {op:'quit'}.
+ * On start it sends {address, dir}. BENCH_SERVER_TOML, when set, is the server's extra config
+ * (a [plugins.KeyManager.pkcs11] block, a [server.mqtt] table) in place of the test server's
+ * default rate-limit line; otherwise the test server's default (disk keys).
  */
+import { readFileSync } from 'node:fs'
 import { startTestServer } from '../test/helpers/server.js'
 
-const extraToml = process.env.BENCH_SERVER_TOML
-const s = await startTestServer(extraToml ? { extraToml } : {})
+const toml = process.env.BENCH_SERVER_TOML
+const s = await startTestServer(toml ? { extraToml: toml } : {})
+/** The main thread's user + system CPU time, µs (fields 14-15 of /proc/self/task/<pid>/stat). */
+function mainThreadCpuUs(): number {
+  try {
+    const st = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8')
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ')
+    return (Number(f[11]) + Number(f[12])) * 10_000 // USER_HZ is 100 on Linux
+  } catch {
+    return -1
+  }
+}
+
 const send = (m: unknown) => process.send!(m)
 process.on(
   'message',
@@ -25,7 +41,8 @@ process.on(
       else if (m.op === 'cpu') {
         const u = process.cpuUsage()
         send({ us: u.user + u.system })
-      } else if (m.op === 'quit') {
+      } else if (m.op === 'mainCpu') send({ us: mainThreadCpuUs() })
+      else if (m.op === 'quit') {
         await s[Symbol.asyncDispose]()
         process.exit(0)
       }

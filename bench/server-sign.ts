@@ -11,50 +11,19 @@
  *
  * Run: npm run build && node dist/bench/server-sign.js   (BENCH_BATCHES, default 10)
  */
-import { fork } from 'node:child_process'
 import { sign as cryptoSign } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { joinTokenAgentAttestor } from '../src/attestors/join-token/agent.js'
 import { MemoryKeyManager } from '../src/keymanager/memory.js'
 import { createCsr } from '../src/spiffe/csr.js'
 import { TrustDomain } from '../src/spiffe/id.js'
 import { GrpcNodeClient } from '../src/transport/grpc-client.js'
+import { forkProc } from './fork-proc.js'
 import { summary } from './summary.js'
 
 const BATCHES = Number(process.env.BENCH_BATCHES ?? 10)
 const BATCH = 100
-
-/** The server in its own process, answering over IPC. */
-function forkServer(): {
-  ask: (m: Record<string, unknown>) => Promise<Record<string, unknown>>
-  ready: Promise<Record<string, unknown>>
-  quit: () => void
-} {
-  const here = dirname(fileURLToPath(import.meta.url))
-  // BENCH_CPU_PROF=<dir> profiles the server process (node --cpu-prof).
-  const prof = process.env.BENCH_CPU_PROF
-  const child = fork(join(here, 'server-proc.js'), [], {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    execArgv: prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [],
-  })
-  const queue: ((m: Record<string, unknown>) => void)[] = []
-  child.on('message', (m: Record<string, unknown>) => queue.shift()?.(m))
-  const next = () => new Promise<Record<string, unknown>>((r) => queue.push(r))
-  const ready = next()
-  return {
-    ready,
-    ask: async (m) => {
-      const p = next()
-      child.send(m)
-      const a = await p
-      if (a.error) throw new Error(String(a.error))
-      return a
-    },
-    quit: () => child.send({ op: 'quit' }),
-  }
-}
 
 const cpuUs = () => {
   const u = process.cpuUsage()
@@ -62,7 +31,7 @@ const cpuUs = () => {
 }
 
 async function main(): Promise<void> {
-  const srv = forkServer()
+  const srv = forkProc('server-proc.js', { profile: true })
   const info = await srv.ready
   const s = {
     address: String(info.address),
