@@ -1,6 +1,7 @@
-import { createPrivateKey, createPublicKey, randomBytes } from 'node:crypto'
-import { chmod, link, mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises'
+import { createPrivateKey, createPublicKey } from 'node:crypto'
+import { chmod, link, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
+import { writeTempFile } from '../common/temp-file.js'
 import { generateSoftwareKeyPair, softwareKey } from './memory.js'
 import {
   type Key,
@@ -64,20 +65,14 @@ export class DiskKeyManager implements KeyManager {
     const pem = privateKey.export({ format: 'pem', type: 'pkcs8' })
     const target = this.pathOf(id)
     // The temp name never ends in SUFFIX, so listKeys never sees a half-written file.
-    const tmp = join(this.dir, `.${id}.${randomBytes(6).toString('hex')}.tmp`)
+    let tmp: string | undefined
     try {
-      const fh = await open(tmp, 'wx', 0o600)
-      try {
-        await fh.writeFile(pem)
-        await fh.sync()
-      } finally {
-        await fh.close()
-      }
+      tmp = await writeTempFile(this.dir, id, pem)
       await chmod(tmp, 0o600) // a umask cannot widen it, but a weird ACL default could
       await link(tmp, target) // atomic, and EEXIST instead of replacing
       await rm(tmp, { force: true })
     } catch (err) {
-      await rm(tmp, { force: true }).catch(() => {})
+      if (tmp) await rm(tmp, { force: true }).catch(() => {})
       if (errCode(err) === 'EEXIST') {
         throw new KeyManagerError(
           `key file ${target} already exists; refusing to overwrite it`,

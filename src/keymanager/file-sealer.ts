@@ -5,9 +5,10 @@
  * start. The key file is created once and never overwritten.
  */
 import { hkdf, randomBytes } from 'node:crypto'
-import { chmod, link, open, readFile, rm, stat } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { chmod, link, readFile, rm, stat } from 'node:fs/promises'
+import { dirname } from 'node:path'
 import { promisify } from 'node:util'
+import { writeTempFile } from '../common/temp-file.js'
 import { type CacheSealer, sealError, unwrapWith, wrapWith } from './sealer.js'
 
 const hkdfAsync = promisify(hkdf)
@@ -38,14 +39,7 @@ export class FileSealer implements CacheSealer {
       } catch (err) {
         if ((err as { code?: string }).code !== 'ENOENT' || !create) throw err
       }
-      const tmp = join(dirname(this.path), `.cache-kek.${randomBytes(6).toString('hex')}.tmp`)
-      const fh = await open(tmp, 'wx', 0o600)
-      try {
-        await fh.writeFile(randomBytes(KEK_FILE_BYTES))
-        await fh.sync()
-      } finally {
-        await fh.close()
-      }
+      const tmp = await writeTempFile(dirname(this.path), 'cache-kek', randomBytes(KEK_FILE_BYTES))
       try {
         await link(tmp, this.path) // EEXIST rather than replacing a key another start wrote
       } finally {

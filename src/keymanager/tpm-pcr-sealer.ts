@@ -11,10 +11,11 @@
  * (the old caches stay closed to it). The key file records the PCR values next to the blob, so a
  * refusal says which PCRs changed; they are checked against the key's authPolicy before use.
  */
-import { createHash, hkdf, randomBytes, verify } from 'node:crypto'
+import { createHash, hkdf, verify } from 'node:crypto'
 import { link, mkdir, open, readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { writeTempFile } from '../common/temp-file.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { TPM_ALG } from '../tpm/constants.js'
 import { isConnectionFailure, type KeyBlob, type TpmContext } from '../tpm/context.js'
@@ -158,20 +159,14 @@ export class TpmPcrSealer implements CacheSealer {
       pcr_bank: 'sha256',
       pcr_values: Object.fromEntries(this.selection[0]!.pcrs.map((p) => [p, hex(bank.get(p)!)])),
     })
-    const tmp = join(this.dir, `.${id}.${randomBytes(6).toString('hex')}.tmp`)
+    let tmp: string | undefined
     try {
-      const fh = await open(tmp, 'wx', 0o600)
-      try {
-        await fh.writeFile(text)
-        await fh.sync()
-      } finally {
-        await fh.close()
-      }
+      tmp = await writeTempFile(this.dir, id, text)
       await link(tmp, this.pathOf(id)).catch((err: { code?: string }) => {
         if (err.code !== 'EEXIST') throw err // another start made it first: use that one
       })
     } finally {
-      await rm(tmp, { force: true }).catch(() => undefined)
+      if (tmp) await rm(tmp, { force: true }).catch(() => undefined)
     }
     const k = await this.readKey(id)
     if (!k) throw sealError(`the TPM cache key ${id} vanished after it was written`)

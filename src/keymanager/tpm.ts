@@ -4,9 +4,10 @@
  * (`<dir>/<id>.tpmkey`, JSON of the SRK-wrapped private part and the public area, mode 0600): it
  * is useless outside this TPM. Signing hashes in software and signs the digest in the TPM.
  */
-import { createHash, randomBytes } from 'node:crypto'
-import { chmod, mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { chmod, mkdir, readdir, readFile, rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
+import { writeTempFile } from '../common/temp-file.js'
 import { TPM_ALG } from '../tpm/constants.js'
 import {
   isConnectionFailure,
@@ -165,19 +166,13 @@ export class TpmKeyManager implements KeyManager {
       public: Buffer.from(blob.public).toString('base64'),
     })
     // Atomic replace: a crash never leaves a half-written blob under the real name.
-    const tmp = join(this.dir, `.${id}.${randomBytes(6).toString('hex')}.tmp`)
+    let tmp: string | undefined
     try {
-      const fh = await open(tmp, 'wx', 0o600)
-      try {
-        await fh.writeFile(text)
-        await fh.sync()
-      } finally {
-        await fh.close()
-      }
+      tmp = await writeTempFile(this.dir, id, text)
       await chmod(tmp, 0o600)
       await rename(tmp, this.pathOf(id))
     } catch (err) {
-      await rm(tmp, { force: true }).catch(() => {})
+      if (tmp) await rm(tmp, { force: true }).catch(() => {})
       throw new KeyManagerError(
         `cannot write TPM key ${id} to ${this.dir}`,
         'check the directory permissions and free space',

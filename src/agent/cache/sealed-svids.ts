@@ -18,6 +18,7 @@ import {
 import { open, readFile, rename, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import type { Log } from '../../common/log.js'
+import { writeTempFile } from '../../common/temp-file.js'
 import { x509 } from '../../common/x509.js'
 import { type CacheSealer, DEK_BYTES } from '../../keymanager/sealer.js'
 import type { TrustBundle } from '../../spiffe/bundle.js'
@@ -296,18 +297,12 @@ export class SealedSvidStore {
     if (Buffer.byteLength(text) > MAX_CACHE_FILE_BYTES)
       throw new Error('the cache would exceed its size cap')
     // Atomic: a crash leaves the old cache or the new one, never half of one.
-    const tmp = join(dirname(this.path), `.${CACHE_FILE}.${randomBytes(6).toString('hex')}.tmp`)
+    let tmp: string | undefined
     try {
-      const fh = await open(tmp, 'wx', 0o600)
-      try {
-        await fh.writeFile(text)
-        await fh.sync()
-      } finally {
-        await fh.close()
-      }
+      tmp = await writeTempFile(dirname(this.path), CACHE_FILE, text)
       await rename(tmp, this.path)
     } catch (err) {
-      await rm(tmp, { force: true }).catch(() => undefined)
+      if (tmp) await rm(tmp, { force: true }).catch(() => undefined)
       throw err
     }
   }
