@@ -9,14 +9,15 @@ import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { type HealthListener, startHealthListener } from '../common/health-http.js'
 import { type Log, Logger } from '../common/log.js'
-import { type MetricsListener, packageVersion, startMetricsListener } from '../common/telemetry.js'
+import { packageVersion } from '../common/package-root.js'
+import type { MetricsListener } from '../common/telemetry.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { parsePemCertificates, TrustBundle } from '../spiffe/bundle.js'
 import { TrustDomain } from '../spiffe/id.js'
 import { SealedSvidStore } from './cache/sealed-svids.js'
 import type { AgentConfig } from './config.js'
 import { AgentManager } from './manager.js'
-import { AgentMetrics } from './metrics.js'
+import type { AgentMetrics } from './metrics.js'
 import { nodeClient } from './node-client.js'
 import { fileSealer, nodeIdentity, workloadAttestors } from './plugins.js'
 import { AgentStorage } from './storage.js'
@@ -111,8 +112,13 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
   const td = TrustDomain.parse(config.trustDomain)
   const attestors = workloadAttestors(config)
   await checkSocketFree(config.socketPath)
-  const metrics = config.telemetry
-    ? new AgentMetrics({ trustDomain: td.name, version: packageVersion() })
+  // prom-client (and the metrics module) only when [telemetry] asks for them: an agent without
+  // it should not pay their load time on a cold start (docs/benchmarks.md, offline cold start).
+  const metrics: AgentMetrics | undefined = config.telemetry
+    ? new (await import('./metrics.js')).AgentMetrics({
+        trustDomain: td.name,
+        version: packageVersion(),
+      })
     : undefined
   // Before the TPM is opened, so the attestation's own commands are timed too.
   const stopTpmObserver = metrics?.observeTpm()
@@ -250,6 +256,7 @@ async function startAgentLocked(config: AgentConfig, opts: { log: Log }): Promis
   metrics?.watchWorkloadApi(api)
   if (config.telemetry) {
     try {
+      const { startMetricsListener } = await import('../common/telemetry.js')
       metricsListener = await startMetricsListener(config.telemetry, metrics!.registry)
       log('info', 'metrics listening', {
         address: `${config.telemetry.host}:${metricsListener.port}`,

@@ -11,7 +11,7 @@ import {
 import { type HealthChecksConfig, healthChecksConfig } from '../common/health-http.js'
 import type { LogConfig } from '../common/log.js'
 import { isMqttUrl, MQTT_KEYS, type MqttSettings, mqttSettings } from '../common/mqtt-config.js'
-import { type TelemetryConfig, telemetryConfig } from '../common/telemetry.js'
+import { type TelemetryConfig, telemetryConfig } from '../common/telemetry-config.js'
 import type { KeyType } from '../keymanager/types.js'
 import { DEFAULT_SDS_NAMES, type SdsNames } from './workload-api/sds-resources.js'
 

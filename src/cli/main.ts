@@ -1,36 +1,19 @@
 import { packageVersion } from '../common/package-root.js'
-import { agentRunCommand } from './agent-run.js'
-import { agentHealthcheck, apiGroup } from './api.js'
 import { type Group, type Io, runCli } from './command.js'
-import { configGroup, validateCommand } from './config-cmds.js'
-import { keysGroup } from './keys.js'
-import { oidcGroup } from './oidc.js'
-import { serverGroup } from './server.js'
-import { serverRunCommand } from './server-run.js'
-import { simGroup } from './sim.js'
-import { tpmGroup } from './tpm.js'
+import { AGENT_GROUP, ROOT } from './root.js'
 
-export const cliTree: Group = {
-  kind: 'group',
-  name: 'spiffe-edge',
-  summary:
-    'spiffe-edge: a hardware-attested SPIFFE agent and server for edge fleets.\n' +
-    'Server (node API, admin), agent (Workload API), TPM diagnostics and hardware-sim.',
-  children: [
-    serverGroup(serverRunCommand, validateCommand('server')),
-    {
-      kind: 'group',
-      name: 'agent',
-      summary: 'the node agent: attests, keeps SVIDs fresh, serves the Workload API',
-      children: [agentRunCommand, agentHealthcheck, validateCommand('agent')],
-    },
-    apiGroup,
-    oidcGroup,
-    keysGroup,
-    tpmGroup,
-    simGroup,
-    configGroup,
-  ],
+/**
+ * `agent run` is the one command whose start time matters (serving cached SVIDs within 1 s of a
+ * reboot, the server down): it gets a tree holding only itself, so none of the other commands'
+ * modules (server, sim, admin API clients, OIDC) load. The same leaf, so the same options, help
+ * and errors; anything else gets the whole tree.
+ */
+async function treeFor(argv: readonly string[]): Promise<Group> {
+  if (argv[0] === 'agent' && argv[1] === 'run') {
+    const { agentRunCommand } = await import('./agent-run.js')
+    return { ...ROOT, children: [{ ...AGENT_GROUP, children: [agentRunCommand] }] }
+  }
+  return (await import('./tree.js')).cliTree
 }
 
 /**
@@ -51,7 +34,7 @@ export async function main(argv: readonly string[], io?: Partial<Io>): Promise<n
   // Nothing can be reported once stderr's reader is gone; keep the exit code we would have had.
   if (!io?.err) exitQuietlyOnEpipe(process.stderr, 1)
   return runCli(
-    cliTree,
+    await treeFor(argv),
     argv,
     {
       out: io?.out ?? ((t) => process.stdout.write(t)),

@@ -6,39 +6,11 @@
  */
 import { createServer, type Server } from 'node:http'
 import { collectDefaultMetrics, Registry } from 'prom-client'
-import type { ConfigReader, Table } from './config.js'
 import { listenHttp } from './http-listener.js'
 import { packageVersion } from './package-root.js'
+import type { TelemetryConfig } from './telemetry-config.js'
 
-export interface TelemetryConfig {
-  readonly host: string
-  readonly port: number
-}
-
-/** `[telemetry]`; undefined unless `[telemetry.Prometheus]` is present (as in SPIRE). */
-export function telemetryConfig(r: ConfigReader, doc: Table): TelemetryConfig | undefined {
-  const t = r.table(doc, 'telemetry', 'telemetry')
-  if (!t) return undefined
-  for (const k of Object.keys(t)) {
-    if (k === 'Prometheus') continue
-    // SPIRE's other sinks are named so a converted config says what it lost.
-    const spireSink = ['DogStatsd', 'Statsd', 'M3', 'InMem', 'metric_prefix'].includes(k)
-    r.problems.push(
-      `telemetry.${k}: ${spireSink ? 'not supported (only Prometheus is)' : 'unknown key'}`,
-    )
-  }
-  const p = r.table(t, 'Prometheus', 'telemetry.Prometheus')
-  if (!p) return undefined
-  r.known(p, ['host', 'port'], 'telemetry.Prometheus')
-  // SPIRE's examples sometimes quote the port: take either.
-  const raw = p.port
-  const port = typeof raw === 'string' && /^\d+$/.test(raw) ? Number(raw) : raw
-  if (port === undefined) r.problems.push('telemetry.Prometheus.port: required')
-  return {
-    host: r.string(p, 'host', 'telemetry.Prometheus', 'localhost')!,
-    port: r.int({ port }, 'port', 'telemetry.Prometheus', 0, 0, 65535),
-  }
-}
+export { type TelemetryConfig, telemetryConfig } from './telemetry-config.js'
 
 /** A registry with Node's process metrics (CPU, memory, event loop lag) under `prefix`. */
 export function newRegistry(prefix: 'spire_server_' | 'spire_agent_'): Registry {

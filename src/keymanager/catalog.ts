@@ -7,9 +7,6 @@ import { resolve } from 'node:path'
 import { ConfigError, ConfigReader, type KeyManagerConfig } from '../common/config.js'
 import { DiskKeyManager } from './disk.js'
 import { MemoryKeyManager } from './memory.js'
-import { parsePkcs11Config } from './pkcs11/config.js'
-import { Pkcs11KeyManager } from './pkcs11/manager.js'
-import { Pkcs11Sealer } from './pkcs11-sealer.js'
 import type { CacheSealer } from './sealer.js'
 import type { KeyManager } from './types.js'
 
@@ -60,6 +57,12 @@ export const memoryPlugin: KeyManagerFactory = async (cfg) => {
 }
 
 export const pkcs11Plugin: KeyManagerFactory = async (cfg) => {
+  // Loaded only when configured: pkcs11js and the token code are no part of other starts.
+  const [{ parsePkcs11Config }, { Pkcs11KeyManager }, { Pkcs11Sealer }] = await Promise.all([
+    import('./pkcs11/config.js'),
+    import('./pkcs11/manager.js'),
+    import('./pkcs11-sealer.js'),
+  ])
   const km = await Pkcs11KeyManager.open(parsePkcs11Config(cfg.data, cfg.configDir))
   return {
     name: 'pkcs11',

@@ -12,7 +12,7 @@ import { type HealthChecksConfig, healthChecksConfig } from '../common/health-ht
 import type { LogConfig } from '../common/log.js'
 import { isMqttUrl, MQTT_KEYS, type MqttSettings, mqttSettings } from '../common/mqtt-config.js'
 import { DEFAULT_ADMIN_SOCKET } from '../common/socket-dir.js'
-import { type TelemetryConfig, telemetryConfig } from '../common/telemetry.js'
+import { type TelemetryConfig, telemetryConfig } from '../common/telemetry-config.js'
 import { type FederationConfig, federationConfig } from './federation/config.js'
 
 export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-3072' | 'rsa-4096'

@@ -7,7 +7,8 @@ import {
   normalizeFlags,
   runCli,
 } from '../../src/cli/command.js'
-import { cliTree, main } from '../../src/cli/main.js'
+import { main } from '../../src/cli/main.js'
+import { cliTree } from '../../src/cli/tree.js'
 import { SpiffeEdgeError } from '../../src/errors.js'
 
 async function capture(argv: string[]) {

@@ -8,7 +8,7 @@ import type * as grpc from '@grpc/grpc-js'
 import type { Log } from '../../common/log.js'
 import { SpiffeEdgeError } from '../../errors.js'
 import { SpiffeId, type TrustDomain } from '../../spiffe/id.js'
-import { validateJwtSvid } from '../../spiffe/jwt-svid.js'
+import type { validateJwtSvid } from '../../spiffe/jwt-svid.js'
 import { GrpcStatus, WorkloadStatusError } from './errors.js'
 import type { Middleware } from './middleware.js'
 import { checkHeader } from './middleware.js'
@@ -218,8 +218,10 @@ export function workloadHandlers(
         throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, 'svid must be specified')
       }
       let v: Awaited<ReturnType<typeof validateJwtSvid>>
+      // jose loads with the first validation, not with the agent (cold start).
+      const { validateJwtSvid: validate } = await import('../../spiffe/jwt-svid.js')
       try {
-        v = await validateJwtSvid(req.svid, {
+        v = await validate(req.svid, {
           audience: req.audience,
           bundles: (td) => source.jwtBundle(td),
           now: new Date(),

@@ -18,9 +18,9 @@ import { ConnTable, listenEndpoint, prepareSocketPath } from './endpoint.js'
 import { workloadHandlers } from './handlers.js'
 import { middleware } from './middleware.js'
 import { DEFAULT_PROC_ROOT } from './proc.js'
-import { type SdsNames, sdsHandlers, sdsServiceDefinition } from './sds.js'
+import type { SdsNames } from './sds.js'
 import { SECURITY_HEADER, workloadServiceDefinition } from './service.js'
-import { addSideServices } from './side-services.js'
+import type { SideServices } from './side-services.js'
 import type { PeerInfo, WorkloadAttestor, WorkloadSource } from './types.js'
 
 export { RESET_BUDGET } from './endpoint.js'
@@ -85,12 +85,6 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
   })
   const handlers = workloadHandlers({ ...opts, log }, mw)
   grpcServer.addService(workloadServiceDefinition, opts.wrapHandlers?.(handlers) ?? handlers)
-  grpcServer.addService(
-    sdsServiceDefinition,
-    sdsHandlers({ ...opts, names: opts.sds, log, noteReset: (p) => conns.noteReset(p) }, mw),
-  )
-  // The endpoint answers from the local cache only, so "up" is what SERVING can mean here.
-  const side = addSideServices(grpcServer, () => serving && (opts.ready?.() ?? true))
   const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure())
   conns.watchSessions(grpcServer)
 
@@ -107,6 +101,30 @@ export async function startWorkloadApi(opts: WorkloadApiServerOptions): Promise<
     injector,
   )
   log('info', 'Workload API listening', { socket: opts.socketPath })
+  // SDS, health and reflection are added once the Workload API listens: their modules and protos
+  // (proto-loader, protobufjs, the reflection and Envoy types) are most of this endpoint's load
+  // time, and a workload restarting beside a rebooted agent asks for its SVID first. grpc-js
+  // looks handlers up per call, so adding them now is safe; until then (a few hundred ms on a
+  // cold start) they answer UNIMPLEMENTED. This function returns only once they are in.
+  let side: SideServices
+  try {
+    const [sds, sideServices] = await Promise.all([
+      import('./sds.js'),
+      import('./side-services.js'),
+    ])
+    grpcServer.addService(
+      sds.sdsServiceDefinition,
+      sds.sdsHandlers({ ...opts, names: opts.sds, log, noteReset: (p) => conns.noteReset(p) }, mw),
+    )
+    // The endpoint answers from the local cache only, so "up" is what SERVING can mean here.
+    side = sideServices.addSideServices(grpcServer, () => serving && (opts.ready?.() ?? true))
+  } catch (err) {
+    await endpoint.stopListening()
+    injector.destroy()
+    grpcServer.forceShutdown()
+    endpoint.removeSocket()
+    throw err
+  }
 
   let closing: Promise<void> | undefined
   const close = (): Promise<void> => {
