@@ -78,6 +78,7 @@ function kindGroup(kind: CloudKind): Group {
         pid: sim.pid,
         state: sim.stateDir,
         trust: sim.trust,
+        ...(sim.credentials ? { credentials: sim.credentials } : {}),
       }
       io.out(`${JSON.stringify(out)}\n`)
       return 0
