@@ -9,9 +9,10 @@
  *    a bearer token from that endpoint: the instance resource JSON with its network tags, labels,
  *    metadata items and service accounts; 401 UNAUTHENTICATED, 404 notFound as Compute answers.
  */
+
+import type { KeyObject } from 'node:crypto'
 import { randomBytes } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import type { KeyObject } from 'node:crypto'
 import { jwtVerify } from 'jose'
 
 export interface GcpApiIdentity {

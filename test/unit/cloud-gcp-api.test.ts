@@ -4,6 +4,7 @@ import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { ensureCloudKeys, writeServiceAccountFile } from '../../hardware-sim/cloud/keys.js'
 import { DEFAULT_IDENTITY, serveCloudMetadata } from '../../hardware-sim/cloud/service.js'
 import { CloudAttestationError } from '../../src/attestors/cloud/common.js'
@@ -119,6 +120,31 @@ test('GcpApi against the simulated Google APIs: selectors; an over-long allowed 
     api.selectors(I.projectId, I.zone, I.instanceName, '1234', now),
     refused('instance', /deleted and recreated/),
   )
+})
+
+test('GcpApi: a cached access token the API no longer takes is exchanged again once', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-gcp-api-unit-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const keys = await ensureCloudKeys(dir, 'gcp')
+  const first = await serveCloudMetadata('gcp', keys, {}, 0)
+  const url = `http://127.0.0.1:${first.port}`
+  const file = writeServiceAccountFile(dir, keys, I.apiServiceAccount, url)
+  writeFileSync(join(dir, 'jwks.json'), readFileSync(keys.trustFile))
+  const cfg = parseGcpServerConfig(
+    { ...base, use_instance_metadata: true, service_account_file: file, compute_endpoint: url },
+    dir,
+    {},
+  ).api as GcpApiConfig
+  const api = new GcpApi(cfg)
+  const get = () => api.selectors(I.projectId, I.zone, I.instanceName, I.gcpInstanceId, Date.now())
+  assert.ok((await get()).length > 0)
+  // A restarted API forgets the tokens it issued: the cached one now answers 401.
+  await close(first.server)
+  // (Let the client see its keep-alive socket closed: a race of this test, not the code's.)
+  await sleep(200)
+  const second = await serveCloudMetadata('gcp', keys, {}, first.port)
+  t.after(() => close(second.server))
+  assert.ok((await get()).some((s) => s.value === 'tag:edge-gateway'))
 })
 
 test('GcpApi bounds: an answer over 1 MiB and an API that never answers refuse as [api] within the deadline', async (t) => {

@@ -222,13 +222,23 @@ export class GcpApi {
     id: string,
     now: number,
   ): Promise<Instance> {
-    const token = await this.accessToken(now)
     const path = [project, zone, name].map(encodeURIComponent)
     const url = `${this.cfg.computeEndpoint}/compute/v1/projects/${path[0]}/zones/${path[1]}/instances/${path[2]}`
     const what = `Compute instances.get ${project}/${zone}/${name}`
-    const r = await this.call(what, url, {
-      headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' },
-    })
+    const get = async () =>
+      this.call(what, url, {
+        headers: {
+          Authorization: `Bearer ${await this.accessToken(now)}`,
+          Accept: 'application/json',
+        },
+      })
+    const cached = this.token !== undefined
+    let r = await get()
+    // A cached token the API no longer takes (revoked, the key rotated): one fresh exchange.
+    if (r.status === 401) {
+      this.token = undefined
+      if (cached) r = await get()
+    }
     const err = (r.json as { error?: { message?: unknown; status?: unknown } } | undefined)?.error
     const message =
       typeof err?.message === 'string' ? err.message.slice(0, 300) : r.text.slice(0, 200)

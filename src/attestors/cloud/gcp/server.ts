@@ -5,14 +5,6 @@
  * selectors are SPIRE's: spiffe://<td>/spire/agent/gcp_iit/<project>/<instance id>.
  */
 import { resolve } from 'node:path'
-import {
-  DEFAULT_API_TIMEOUT_MS,
-  DEFAULT_COMPUTE_ENDPOINT,
-  GcpApi,
-  type GcpApiConfig,
-  insecureUrlProblem,
-  readServiceAccountKey,
-} from './compute.js'
 import type { Table } from '../../../common/config.js'
 import type { Selector, ServerNodeAttestor } from '../../types.js'
 import {
@@ -23,6 +15,14 @@ import {
   PluginConfig,
 } from '../common.js'
 import { type KeyResolver, keyResolver, verifyJwt } from '../jwt.js'
+import {
+  DEFAULT_API_TIMEOUT_MS,
+  DEFAULT_COMPUTE_ENDPOINT,
+  GcpApi,
+  type GcpApiConfig,
+  insecureUrlProblem,
+  readServiceAccountKey,
+} from './compute.js'
 import {
   DEFAULT_AUDIENCE,
   GCP_IIT,
