@@ -5,8 +5,8 @@
  */
 import { rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { type CloudKind, ensureCloudKeys } from './keys.js'
-import { type CloudIdentity, serveCloudMetadata } from './service.js'
+import { type CloudKind, ensureCloudKeys, writeServiceAccountFile } from './keys.js'
+import { type CloudIdentity, DEFAULT_IDENTITY, serveCloudMetadata } from './service.js'
 
 const [kind, stateDir, portText, identityText] = process.argv.slice(2) as [
   CloudKind,
@@ -18,13 +18,25 @@ const identity = identityText ? (JSON.parse(identityText) as CloudIdentity) : {}
 const keys = await ensureCloudKeys(stateDir, kind)
 const { server, port } = await serveCloudMetadata(kind, keys, identity, Number(portText))
 const record = join(stateDir, `cloud-${kind}.json`)
+const url = `http://127.0.0.1:${port}`
+// GCP: the key file the server's service_account_file names (its token_uri is this port's).
+const credentials =
+  kind === 'gcp'
+    ? writeServiceAccountFile(
+        stateDir,
+        keys,
+        identity.apiServiceAccount ?? DEFAULT_IDENTITY.apiServiceAccount,
+        url,
+      )
+    : undefined
 const info = {
   kind,
-  url: `http://127.0.0.1:${port}`,
+  url,
   port,
   pid: process.pid,
   state: stateDir,
   trust: keys.trustFile,
+  ...(credentials ? { credentials } : {}),
 }
 writeFileSync(record, `${JSON.stringify(info)}\n`, { mode: 0o600 })
 const stop = () => {

@@ -38,6 +38,8 @@ export interface CloudSim {
   readonly stateDir: string
   /** AWS: the certificate PEM; GCP/Azure: the JWKS JSON the server trusts. */
   readonly trust: string
+  /** GCP: the service-account key file for the server's service_account_file (Compute API). */
+  readonly credentials?: string
   stop(): Promise<void>
   [Symbol.asyncDispose](): Promise<void>
 }
@@ -47,6 +49,7 @@ interface SimRecord {
   readonly port: number
   readonly pid: number
   readonly trust: string
+  readonly credentials?: string
   readonly state: string
 }
 
@@ -142,6 +145,7 @@ export async function startCloudSim(opts: CloudSimOptions): Promise<CloudSim> {
     pid: rec.pid,
     stateDir: dir,
     trust: rec.trust,
+    ...(rec.credentials ? { credentials: rec.credentials } : {}),
     stop,
     [Symbol.asyncDispose]: stop,
   }

@@ -20,6 +20,8 @@ export interface CloudKeys {
   readonly trustFile: string
   /** JWT key id (GCP/Azure). */
   readonly kid: string
+  /** GCP: the key of the service account the server calls the Compute API as. */
+  readonly serviceAccount?: { readonly privateKey: KeyObject; readonly keyId: string }
 }
 
 function loadOrCreateKey(file: string): KeyObject {
@@ -74,10 +76,49 @@ export async function ensureCloudKeys(stateDir: string, kind: CloudKind): Promis
     }
     return { privateKey, keyFile, trustFile, kid }
   }
+  let serviceAccount: CloudKeys['serviceAccount']
+  if (kind === 'gcp') {
+    const sa = loadOrCreateKey(join(stateDir, 'gcp-service-account-key.pem'))
+    const saJwk = createPublicKey(sa).export({ format: 'jwk' }) as {
+      kty: string
+      n: string
+      e: string
+    }
+    serviceAccount = { privateKey: sa, keyId: (await calculateJwkThumbprint(saJwk)).slice(0, 40) }
+  }
   const trustFile = join(stateDir, `${kind}-jwks.json`)
   if (!existsSync(trustFile)) {
     const keys = { keys: [{ ...jwk, kid, alg: 'RS256', use: 'sig' }] }
     writeFileSync(trustFile, `${JSON.stringify(keys, null, 2)}\n`, { mode: 0o644, flag: 'wx' })
   }
-  return { privateKey, keyFile, trustFile, kid }
+  return { privateKey, keyFile, trustFile, kid, ...(serviceAccount ? { serviceAccount } : {}) }
+}
+
+/**
+ * The service-account key file a server's service_account_file points at, in the format
+ * `gcloud iam service-accounts keys create` writes, its token_uri the simulator's.
+ */
+export function writeServiceAccountFile(
+  stateDir: string,
+  keys: CloudKeys,
+  email: string,
+  url: string,
+): string {
+  const sa = keys.serviceAccount!
+  const file = join(stateDir, 'gcp-service-account.json')
+  const project = email.split('@')[1]?.split('.')[0] ?? 'edge-fleet-sim'
+  const o = {
+    type: 'service_account',
+    project_id: project,
+    private_key_id: sa.keyId,
+    private_key: sa.privateKey.export({ type: 'pkcs8', format: 'pem' }),
+    client_email: email,
+    client_id: '104710471047104710472',
+    auth_uri: 'https://accounts.google.com/o/oauth2/auth',
+    token_uri: `${url}/token`,
+    auth_provider_x509_cert_url: 'https://www.googleapis.com/oauth2/v1/certs',
+    universe_domain: 'googleapis.com',
+  }
+  writeFileSync(file, `${JSON.stringify(o, null, 2)}\n`, { mode: 0o600 })
+  return file
 }

@@ -12,7 +12,7 @@
  *    /metadata/identity/oauth2/token?api-version=…&resource=….
  */
 import { execFileSync } from 'node:child_process'
-import { randomBytes, randomUUID, sign } from 'node:crypto'
+import { createPublicKey, randomBytes, randomUUID, sign } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { tmpdir } from 'node:os'
@@ -20,6 +20,7 @@ import { join } from 'node:path'
 import { SignJWT } from 'jose'
 import { findBinary } from '../process.js'
 import { awsApiHandler } from './aws-api.js'
+import { gcpApiHandler } from './gcp-api.js'
 import type { CloudKeys, CloudKind } from './keys.js'
 
 /** What the simulated instance is; every field has a default. */
@@ -50,6 +51,12 @@ export interface CloudIdentity {
   readonly zone?: string
   readonly instanceName?: string
   readonly serviceAccount?: string
+  /** Compute API (instances.get on the same port): network tags, labels, metadata items. */
+  readonly networkTags?: readonly string[]
+  readonly labels?: Readonly<Record<string, string>>
+  readonly metadata?: Readonly<Record<string, string>>
+  /** The service account the server's key file names (the API refuses assertions from others). */
+  readonly apiServiceAccount?: string
   // Azure
   readonly tenantId?: string
   readonly principalId?: string
@@ -87,6 +94,12 @@ export const DEFAULT_IDENTITY = {
   zone: 'europe-west1-b',
   instanceName: 'gateway-1',
   serviceAccount: '471104711047-compute@developer.gserviceaccount.com',
+  networkTags: ['edge-gateway', 'http-server'] as readonly string[],
+  labels: { fleet: 'edge', env: 'prod' } as Readonly<Record<string, string>>,
+  metadata: { role: 'gateway', 'startup-script': '#!/bin/sh\necho hi' } as Readonly<
+    Record<string, string>
+  >,
+  apiServiceAccount: 'spiffe-edge-attestor@edge-fleet-sim.iam.gserviceaccount.com',
   tenantId: '72f988bf-86f1-41af-91ab-2d7cd011db47',
   principalId: '5b2e6c1e-3f4a-4f9b-9c1d-0e2f3a4b5c6d',
   subscriptionId: 'd5b40d61-272e-48da-beb9-05f295c42bd6',
@@ -209,7 +222,12 @@ function awsHandler(id: Id, keys: CloudKeys) {
 
 function gcpHandler(id: Id, keys: CloudKeys) {
   const flavor = { 'Metadata-Flavor': 'Google', Server: 'Metadata Server for VM' }
+  const sa = keys.serviceAccount!
+  const api = gcpApiHandler(id, createPublicKey(sa.privateKey), sa.keyId, new Date())
   return async (req: IncomingMessage, res: ServerResponse, url: URL) => {
+    // The OAuth2 token endpoint and the Compute API, beside the metadata server on one port.
+    const answered = api(req, res, url)
+    if (answered !== false) return answered
     if (
       req.headers['x-forwarded-for'] !== undefined ||
       req.headers['metadata-flavor'] !== 'Google'

@@ -45,7 +45,10 @@ function kindGroup(kind: CloudKind): Group {
     name: 'start',
     summary: `start a simulated ${kind} metadata service on 127.0.0.1 in the background`,
     details:
-      `Output: {"kind", "url", "port", "pid", "state", "trust"}; url is the agent's metadata_url, trust the\n${TRUST[kind]}.\n` +
+      `Output: {"kind", "url", "port", "pid", "state", "trust"${kind === 'gcp' ? ', "credentials"' : ''}}; url is the agent's metadata_url, trust the\n${TRUST[kind]}.\n` +
+      (kind === 'gcp'
+        ? 'credentials is a service-account key file for the Compute API it serves (token endpoint and\ninstances.get on url): [plugins.NodeAttestor.gcp_iit] use_instance_metadata = true,\nservice_account_file = <credentials>, compute_endpoint = <url>.\n'
+        : '') +
       '--identity overrides the simulated instance, e.g. \'{"accountId":"123456789012"}\'.',
     options: {
       state: stateOption,
@@ -78,6 +81,7 @@ function kindGroup(kind: CloudKind): Group {
         pid: sim.pid,
         state: sim.stateDir,
         trust: sim.trust,
+        ...(sim.credentials ? { credentials: sim.credentials } : {}),
       }
       io.out(`${JSON.stringify(out)}\n`)
       return 0

@@ -14,7 +14,11 @@ import { AZURE_MSI } from '../attestors/cloud/azure/protocol.js'
 import { azureServerAttestor, parseAzureServerConfig } from '../attestors/cloud/azure/server.js'
 import type { AttestedLookup } from '../attestors/cloud/common.js'
 import { GCP_IIT } from '../attestors/cloud/gcp/protocol.js'
-import { gcpServerAttestor, parseGcpServerConfig } from '../attestors/cloud/gcp/server.js'
+import {
+  describeGcpApi,
+  gcpServerAttestor,
+  parseGcpServerConfig,
+} from '../attestors/cloud/gcp/server.js'
 import type { ServerNodeAttestor } from '../attestors/types.js'
 import type { Table } from '../common/config.js'
 import type { ServerPluginContext } from './plugins.js'
@@ -41,15 +45,12 @@ const logApi = (
   name: string,
   selectors: string,
   on: string | undefined,
+  off = 'no cloud API credentials configured',
 ) => {
   if (on === undefined) {
-    ctx.log(
-      'info',
-      `${name}: no cloud API credentials configured: ${selectors} selectors are off`,
-      {
-        attestor: name,
-      },
-    )
+    ctx.log('info', `${name}: ${off}: ${selectors} selectors are off`, {
+      attestor: name,
+    })
   } else {
     ctx.log(
       'info',
@@ -84,6 +85,13 @@ export const CLOUD_NODE_ATTESTORS: readonly [
     (data, ctx) => {
       const cfg = parseGcpServerConfig(data, ctx.configDir)
       warnIfNoTofu(ctx, GCP_IIT, cfg.tofu)
+      logApi(
+        ctx,
+        GCP_IIT,
+        'tag:, label:, metadata: and instance sa:',
+        cfg.api ? describeGcpApi(cfg.api) : undefined,
+        'use_instance_metadata is off',
+      )
       return gcpServerAttestor(cfg, attestedIn(ctx))
     },
   ],

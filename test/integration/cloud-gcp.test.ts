@@ -8,6 +8,7 @@ import {
   assertRefused,
   cloudRig,
   registerWorkload,
+  serverSaid,
   siblingSim,
   workloadSvids,
 } from '../helpers/cloud.js'
@@ -21,6 +22,11 @@ test('gcp_iit end to end on the simulated metadata server: SPIRE ID and selector
     t,
     'gcp_iit',
     `projectid_allow_list = ["edge-fleet-sim"]\njwks_file = "${sim.trust}"`,
+  )
+  // Without use_instance_metadata the API selectors are absent, and the server says so at start.
+  await serverSaid(
+    rig.server,
+    /gcp_iit: use_instance_metadata is off: tag:, label:, metadata: and instance sa: selectors are off/,
   )
   const agentId = 'spiffe://example.org/spire/agent/gcp_iit/edge-fleet-sim/4710471047104710471'
 

@@ -239,6 +239,10 @@ export class PluginConfig {
       if (!known.includes(k)) this.problems.push(`${k}: unknown key`)
   }
 
+  has(key: string): boolean {
+    return this.raw[key] !== undefined
+  }
+
   string(key: string): string | undefined {
     const v = this.raw[key]
     if (v === undefined) return undefined

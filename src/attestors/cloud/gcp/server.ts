@@ -16,6 +16,14 @@ import {
 } from '../common.js'
 import { type KeyResolver, keyResolver, verifyJwt } from '../jwt.js'
 import {
+  DEFAULT_API_TIMEOUT_MS,
+  DEFAULT_COMPUTE_ENDPOINT,
+  GcpApi,
+  type GcpApiConfig,
+  insecureUrlProblem,
+  readServiceAccountKey,
+} from './compute.js'
+import {
   DEFAULT_AUDIENCE,
   GCP_IIT,
   GOOGLE_ISSUERS,
@@ -28,18 +36,34 @@ export interface GcpServerConfig {
   readonly audience: string
   readonly keys: KeyResolver
   readonly tofu: boolean
+  /** use_instance_metadata: Compute Engine lookups for tag:, sa:, label:, metadata: selectors. */
+  readonly api?: GcpApiConfig
 }
+
+/** SPIRE's default for max_metadata_value_size. */
+const DEFAULT_MAX_METADATA_VALUE_SIZE = 128
 
 /** GCP project IDs; legacy domain-scoped ones (example.com:p) cannot be a SPIFFE ID segment. */
 const PROJECT = /^[a-z][a-z0-9-]{4,28}[a-z0-9]$/
 
-export function parseGcpServerConfig(raw: Table, baseDir: string): GcpServerConfig {
+export function parseGcpServerConfig(
+  raw: Table,
+  baseDir: string,
+  env: NodeJS.ProcessEnv = process.env,
+): GcpServerConfig {
   const c = new PluginConfig(`plugins.NodeAttestor.${GCP_IIT}`, raw, [
     'projectid_allow_list',
     'audience',
     'jwks_file',
     'jwks_url',
     'tofu',
+    'use_instance_metadata',
+    'service_account_file',
+    'allowed_label_keys',
+    'allowed_metadata_keys',
+    'max_metadata_value_size',
+    'compute_endpoint',
+    'api_timeout_ms',
   ])
   const projects = new Set(c.strings('projectid_allow_list', PROJECT, true))
   const audience = c.string('audience') ?? DEFAULT_AUDIENCE
@@ -53,8 +77,59 @@ export function parseGcpServerConfig(raw: Table, baseDir: string): GcpServerConf
     c.problems.push(`jwks_file: ${(err as Error).message}`)
   }
   const tofu = c.bool('tofu', true)
+  const api = parseApi(c, baseDir, env)
   c.done()
-  return { projects, audience, keys: keys!, tofu }
+  return { projects, audience, keys: keys!, tofu, ...(api ? { api } : {}) }
+}
+
+/** GCE label keys and metadata keys: lowercase/ASCII words, at most 128 characters. */
+const KEY = /^[A-Za-z0-9_-]{1,128}$/
+
+function parseApi(
+  c: PluginConfig,
+  baseDir: string,
+  env: NodeJS.ProcessEnv,
+): GcpApiConfig | undefined {
+  const on = c.bool('use_instance_metadata', false)
+  const fileKey = c.string('service_account_file')
+  const labels = new Set(c.strings('allowed_label_keys', KEY, false))
+  const metadata = new Set(c.strings('allowed_metadata_keys', KEY, false))
+  const maxValue = c.int('max_metadata_value_size', DEFAULT_MAX_METADATA_VALUE_SIZE, 256 * 1024)
+  const endpoint = c.url('compute_endpoint') ?? DEFAULT_COMPUTE_ENDPOINT
+  const bad = insecureUrlProblem('compute_endpoint', endpoint)
+  if (bad) c.problems.push(bad)
+  const timeoutMs =
+    c.int('api_timeout_ms', DEFAULT_API_TIMEOUT_MS, 120_000) || DEFAULT_API_TIMEOUT_MS
+  if (!on) {
+    for (const k of ['service_account_file', 'allowed_label_keys', 'allowed_metadata_keys'])
+      if (c.has(k)) c.problems.push(`${k}: needs use_instance_metadata = true`)
+    return undefined
+  }
+  // SPIRE falls back to Application Default Credentials; ours is the key file ADC names.
+  const file = fileKey ?? env.GOOGLE_APPLICATION_CREDENTIALS
+  if (!file) {
+    c.problems.push(
+      'use_instance_metadata: needs service_account_file (or GOOGLE_APPLICATION_CREDENTIALS): a service-account key with compute.instances.get',
+    )
+    return undefined
+  }
+  try {
+    return {
+      key: readServiceAccountKey(resolve(baseDir, file)),
+      computeEndpoint: endpoint,
+      timeoutMs,
+      allowedLabelKeys: labels,
+      allowedMetadataKeys: metadata,
+      maxMetadataValueSize: maxValue || DEFAULT_MAX_METADATA_VALUE_SIZE,
+    }
+  } catch (err) {
+    c.problems.push(`service_account_file: ${(err as Error).message}`)
+    return undefined
+  }
+}
+
+export function describeGcpApi(cfg: GcpApiConfig): string {
+  return `service account ${cfg.key.clientEmail}, Compute at ${cfg.computeEndpoint}`
 }
 
 interface ComputeEngine {
@@ -68,6 +143,7 @@ export function gcpServerAttestor(
   cfg: GcpServerConfig,
   attested: AttestedLookup,
 ): ServerNodeAttestor {
+  const api = cfg.api ? new GcpApi(cfg.api) : undefined
   return {
     kind: 'NodeAttestor',
     name: GCP_IIT,
@@ -107,6 +183,15 @@ export function gcpServerAttestor(
       ]
       if (typeof claims.email === 'string' && claims.email.length <= 256) {
         selectors.push({ type: GCP_IIT, value: `sa:${claims.email}` })
+      }
+      // After the token, project and first-use checks, so a refused token costs no API call.
+      if (api) {
+        const seen = new Set(selectors.map((s) => s.value))
+        for (const s of await api.selectors(project, zone, name, instanceId, ctx.now.getTime()))
+          if (!seen.has(s.value)) {
+            seen.add(s.value)
+            selectors.push(s)
+          }
       }
       return { agentPath, selectors, canReattest: false }
     },
