@@ -134,6 +134,11 @@ export async function agentSelectors(server: ServerProcess, agentId: string): Pr
   return shown.selectors.map((s) => `${s.type}:${s.value}`)
 }
 
+/** Every one of `expected` is among the agent's selectors (the message lists what there is). */
+export function assertSelectors(sels: readonly string[], expected: readonly string[]): void {
+  for (const s of expected) assert.ok(sels.includes(s), `${s} in ${sels.join(' ')}`)
+}
+
 /** Waits (≤ 5 s) for the server's log to match: start-up lines may still be in the pipe. */
 export async function serverSaid(server: ServerProcess, re: RegExp): Promise<void> {
   for (let i = 0; i < 50 && !re.test(server.stderr()); i++) await sleep(100)

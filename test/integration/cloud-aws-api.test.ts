@@ -7,6 +7,7 @@ import { processDir } from '../helpers/agent-process.js'
 import {
   agentSelectors,
   assertRefused,
+  assertSelectors,
   cloudRig,
   registerWorkload,
   serverSaid,
@@ -39,16 +40,14 @@ test('aws_iid with EC2/IAM lookups on the simulated API: tag, sg and iamrole sel
   const agent = await rig.startAgent('a1', `metadata_url = "${sim.url}"\nsignature = "rsa2048"`)
   assert.equal(agent.first.agent_id, agentId)
   const sels = await agentSelectors(rig.server, agentId)
-  for (const s of [
+  assertSelectors(sels, [
     'aws_iid:region:us-west-2',
     'aws_iid:tag:Name:gateway-1',
     'aws_iid:tag:fleet:edge',
     'aws_iid:sg:id:sg-0a1b2c3d4e5f60718',
     'aws_iid:sg:name:edge-gateways',
     'aws_iid:iamrole:arn:aws:iam::123456789012:role/edge-gateway',
-  ]) {
-    assert.ok(sels.includes(s), `${s} in ${sels.join(' ')}`)
-  }
+  ])
   // The entry is on a tag only the EC2 API knows: the workload's SVID proves the lookup happened.
   const app = await registerWorkload(rig.server, 'aws_iid:tag:fleet:edge', 'aws-tag')
   assert.ok((await workloadSvids(agent.socket)).includes(app))

@@ -6,6 +6,7 @@ import { processDir } from '../helpers/agent-process.js'
 import {
   agentSelectors,
   assertRefused,
+  assertSelectors,
   cloudRig,
   registerWorkload,
   siblingSim,
@@ -30,12 +31,10 @@ test('azure_msi end to end on the simulated IMDS: SPIRE ID and selectors, a work
   const agent = await rig.startAgent('a1', toml(sim.url))
   assert.equal(agent.first.agent_id, agentId)
   const sels = await agentSelectors(rig.server, agentId)
-  for (const s of [
+  assertSelectors(sels, [
     `azure_msi:subscription-id:${DEFAULT_IDENTITY.subscriptionId}`,
     'azure_msi:vm-name:frontend:blog',
-  ]) {
-    assert.ok(sels.includes(s), `${s} in ${sels.join(' ')}`)
-  }
+  ])
   const app = await registerWorkload(rig.server, 'azure_msi:vm-name:frontend:blog', 'azure')
   assert.ok((await workloadSvids(agent.socket)).includes(app))
 

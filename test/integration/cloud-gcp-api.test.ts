@@ -8,6 +8,7 @@ import { processDir } from '../helpers/agent-process.js'
 import {
   agentSelectors,
   assertRefused,
+  assertSelectors,
   cloudRig,
   registerWorkload,
   serverSaid,
@@ -34,16 +35,14 @@ test('gcp_iit with use_instance_metadata on the simulated Compute API: label, me
   const agent = await rig.startAgent('a1', `metadata_url = "${sim.url}"`)
   assert.equal(agent.first.agent_id, agentId)
   const sels = await agentSelectors(rig.server, agentId)
-  for (const s of [
+  assertSelectors(sels, [
     'gcp_iit:project-id:edge-fleet-sim',
     'gcp_iit:label:fleet:edge',
     'gcp_iit:metadata:role:gateway',
     'gcp_iit:tag:edge-gateway',
     'gcp_iit:tag:http-server',
     'gcp_iit:sa:471104711047-compute@developer.gserviceaccount.com',
-  ]) {
-    assert.ok(sels.includes(s), `${s} in ${sels.join(' ')}`)
-  }
+  ])
   // Only the allowed keys become selectors (SPIRE's allowed_label_keys / allowed_metadata_keys).
   assert.ok(!sels.some((s) => s.startsWith('gcp_iit:label:env:')), sels.join(' '))
   assert.ok(!sels.some((s) => s.startsWith('gcp_iit:metadata:startup-script:')), sels.join(' '))
