@@ -9,6 +9,7 @@ import {
   assertSelectors,
   cloudRig,
   registerWorkload,
+  serverSaid,
   siblingSim,
   workloadSvids,
 } from '../helpers/cloud.js'
@@ -24,6 +25,11 @@ test('azure_msi end to end on the simulated IMDS: SPIRE ID and selectors, a work
     t,
     'azure_msi',
     `tenants = { "${tenant}" = { resource_id = "${resource}", jwks_file = "${sim.trust}" } }`,
+  )
+  // No tenant credentials: the Resource Manager selectors are off, and the server says so.
+  await serverSaid(
+    rig.server,
+    /azure_msi: no tenant has app_id\/app_secret or use_msi: network-security-group:, virtual-network:, virtual-network-subnet: selectors are off/,
   )
   const agentId = `spiffe://example.org/spire/agent/azure_msi/${tenant}/${DEFAULT_IDENTITY.principalId}`
   const toml = (url: string, res = resource) => `metadata_url = "${url}"\nresource_id = "${res}"`
