@@ -264,25 +264,18 @@ function gcpHandler(id: Id, keys: CloudKeys) {
       return send(res, 403, 'Missing required header: "Metadata-Flavor": "Google"\n', flavor)
     }
     if (req.method !== 'GET') return send(res, 405, '', flavor)
-    // The instance's own service account token, for a server that runs on this instance.
-    const tok = /^\/computeMetadata\/v1\/instance\/service-accounts\/([^/]+)\/token$/.exec(
-      url.pathname,
-    )
-    if (tok) {
-      const who = decodeURIComponent(tok[1]!)
-      if (who !== 'default' && who !== id.serviceAccount)
-        return send(res, 404, 'Not Found\n', flavor)
-      return send(res, 200, JSON.stringify(api.issue()), {
-        ...flavor,
-        'Content-Type': 'application/json',
-      })
-    }
-    const m = /^\/computeMetadata\/v1\/instance\/service-accounts\/([^/]+)\/identity$/.exec(
+    const m = /^\/computeMetadata\/v1\/instance\/service-accounts\/([^/]+)\/(identity|token)$/.exec(
       url.pathname,
     )
     if (!m) return send(res, 404, 'Not Found\n', flavor)
     const sa = decodeURIComponent(m[1]!)
     if (sa !== 'default' && sa !== id.serviceAccount) return send(res, 404, 'Not Found\n', flavor)
+    // The account's access token, for a server that runs on this instance (ADC's last resort).
+    if (m[2] === 'token')
+      return send(res, 200, JSON.stringify(api.issue()), {
+        ...flavor,
+        'Content-Type': 'application/json',
+      })
     const audience = url.searchParams.get('audience') ?? ''
     if (audience === '') return send(res, 400, 'non-empty audience parameter required\n', flavor)
     const iat = Math.floor(Date.now() / 1000)
