@@ -5,7 +5,8 @@
  * server's own managed identity (use_msi, IMDS), then the VM the token's xms_mirid names and its
  * network interfaces. From their answers come SPIRE's network-security-group:, virtual-network:
  * and virtual-network-subnet: selectors. No Azure SDK: three kinds of JSON GET and one token
- * call are all it takes, and the SDK's identity + compute + network packages are several MB.
+ * call are all it takes; the SDK would bring @azure/identity (with MSAL), @azure/arm-compute,
+ * @azure/arm-network and their core packages, and its own retry and timeout rules to bound.
  */
 import type { Selector } from '../../types.js'
 import {
