@@ -5,13 +5,17 @@
  *    RS256-signed by the simulated service account's key (checked with jose against its public
  *    key), name the account as iss, this endpoint as aud, a Compute or cloud-platform scope, and
  *    live at most an hour; else 400 invalid_grant as Google answers;
+ *    An authorized_user's refresh-token grant (client ID, secret and refresh token checked, else
+ *    400 invalid_grant / 401 invalid_client) is answered there too;
+ *  - `issue()` mints the tokens the metadata server hands the instance's own service account
+ *    (/computeMetadata/v1/instance/service-accounts/default/token, served in service.ts);
  *  - Compute Engine instances.get (GET /compute/v1/projects/<p>/zones/<z>/instances/<name>) with
  *    a bearer token from that endpoint: the instance resource JSON with its network tags, labels,
  *    metadata items and service accounts; 401 UNAUTHENTICATED, 404 notFound as Compute answers.
  */
 
 import type { KeyObject } from 'node:crypto'
-import { randomBytes } from 'node:crypto'
+import { randomBytes, timingSafeEqual } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { jwtVerify } from 'jose'
 
@@ -26,6 +30,11 @@ export interface GcpApiIdentity {
   readonly metadata: Readonly<Record<string, string>>
   /** The service account the server calls the API as (its key is the sim's). */
   readonly apiServiceAccount: string
+  readonly gcpUser: {
+    readonly clientId: string
+    readonly clientSecret: string
+    readonly refreshToken: string
+  }
 }
 
 const MAX_BODY = 64 * 1024
@@ -75,6 +84,23 @@ export function gcpApiHandler(
 ) {
   const tokens = new Map<string, number>()
   const created = startedAt.toISOString()
+  const issue = () => {
+    if (tokens.size > 10_000) tokens.clear()
+    const t = `ya29.sim-${randomBytes(32).toString('base64url')}`
+    tokens.set(t, Date.now() + 3600_000)
+    return { access_token: t, expires_in: 3599, token_type: 'Bearer' }
+  }
+  const same = (a: string | null, b: string) =>
+    a !== null && a.length === b.length && timingSafeEqual(Buffer.from(a), Buffer.from(b))
+
+  const refresh = (res: ServerResponse, form: URLSearchParams) => {
+    const u = id.gcpUser
+    if (form.get('client_id') !== u.clientId || !same(form.get('client_secret'), u.clientSecret))
+      return json(res, 401, { error: 'invalid_client', error_description: 'Unauthorized' })
+    if (!same(form.get('refresh_token'), u.refreshToken))
+      return json(res, 400, { error: 'invalid_grant', error_description: 'Bad Request' })
+    return json(res, 200, { ...issue(), scope: 'https://www.googleapis.com/auth/cloud-platform' })
+  }
 
   const token = async (req: IncomingMessage, res: ServerResponse) => {
     const invalid = (d: string) => json(res, 400, { error: 'invalid_grant', error_description: d })
@@ -82,6 +108,7 @@ export function gcpApiHandler(
     const body = await readBody(req)
     if (body === undefined) return json(res, 413, { error: 'invalid_request' })
     const form = new URLSearchParams(body)
+    if (form.get('grant_type') === 'refresh_token') return refresh(res, form)
     if (form.get('grant_type') !== 'urn:ietf:params:oauth:grant-type:jwt-bearer')
       return json(res, 400, {
         error: 'unsupported_grant_type',
@@ -119,10 +146,7 @@ export function gcpApiHandler(
         error: 'invalid_scope',
         error_description: 'Invalid OAuth scope or ID token audience provided.',
       })
-    if (tokens.size > 10_000) tokens.clear()
-    const t = `ya29.sim-${randomBytes(32).toString('base64url')}`
-    tokens.set(t, Date.now() + 3600_000)
-    return json(res, 200, { access_token: t, expires_in: 3599, token_type: 'Bearer' })
+    return json(res, 200, issue())
   }
 
   const instance = (req: IncomingMessage, res: ServerResponse, url: URL) => {
@@ -183,9 +207,14 @@ export function gcpApiHandler(
     })
   }
 
-  return (req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> | void | false => {
+  const handle = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    url: URL,
+  ): Promise<void> | void | false => {
     if (url.pathname === '/token') return token(req, res)
     if (url.pathname.startsWith('/compute/v1/')) return instance(req, res, url)
     return false
   }
+  return { handle, issue }
 }

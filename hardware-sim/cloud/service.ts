@@ -20,6 +20,7 @@ import { join } from 'node:path'
 import { SignJWT } from 'jose'
 import { findBinary } from '../process.js'
 import { awsApiHandler } from './aws-api.js'
+import { ARM_RESOURCE, azureApiHandler } from './azure-api.js'
 import { gcpApiHandler } from './gcp-api.js'
 import type { CloudKeys, CloudKind } from './keys.js'
 
@@ -57,12 +58,27 @@ export interface CloudIdentity {
   readonly metadata?: Readonly<Record<string, string>>
   /** The service account the server's key file names (the API refuses assertions from others). */
   readonly apiServiceAccount?: string
+  /** An authorized_user (gcloud application-default login) the token endpoint accepts. */
+  readonly gcpUser?: {
+    readonly clientId: string
+    readonly clientSecret: string
+    readonly refreshToken: string
+  }
   // Azure
   readonly tenantId?: string
   readonly principalId?: string
   readonly subscriptionId?: string
   readonly resourceGroup?: string
   readonly vmName?: string
+  /** Resource Manager (on the same port): the VM's NIC security group, virtual network, subnet. */
+  readonly networkResourceGroup?: string
+  readonly networkSecurityGroup?: string
+  readonly virtualNetwork?: string
+  readonly subnet?: string
+  /** The app registration (client credentials) AAD accepts for Resource Manager. */
+  readonly azureApi?: { readonly clientId: string; readonly clientSecret: string }
+  /** Test faults of the Resource Manager VM answer. */
+  readonly armFault?: 'oversize' | 'slow'
   /** GCP/Azure token lifetime, seconds (negative: already expired, for refusal tests). */
   readonly lifetimeSeconds?: number
 }
@@ -105,6 +121,19 @@ export const DEFAULT_IDENTITY = {
   subscriptionId: 'd5b40d61-272e-48da-beb9-05f295c42bd6',
   resourceGroup: 'frontend',
   vmName: 'blog',
+  networkResourceGroup: 'network',
+  networkSecurityGroup: 'frontend-nsg',
+  virtualNetwork: 'edge-vnet',
+  subnet: 'gateways',
+  azureApi: {
+    clientId: '0b1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d',
+    clientSecret: 'sim~c2ltdWxhdGVkLWF6dXJlLWNsaWVudC1zZWNyZXQ',
+  },
+  gcpUser: {
+    clientId: '764086051850-sim.apps.googleusercontent.com',
+    clientSecret: 'd-FL95Q19q7MQmFpd7hHD0Ty',
+    refreshToken: '1//sim-refresh-token-for-the-compute-api',
+  },
 } as const
 
 type Id = typeof DEFAULT_IDENTITY & CloudIdentity
@@ -226,7 +255,7 @@ function gcpHandler(id: Id, keys: CloudKeys) {
   const api = gcpApiHandler(id, createPublicKey(sa.privateKey), sa.keyId, new Date())
   return async (req: IncomingMessage, res: ServerResponse, url: URL) => {
     // The OAuth2 token endpoint and the Compute API, beside the metadata server on one port.
-    const answered = api(req, res, url)
+    const answered = api.handle(req, res, url)
     if (answered !== false) return answered
     if (
       req.headers['x-forwarded-for'] !== undefined ||
@@ -235,12 +264,18 @@ function gcpHandler(id: Id, keys: CloudKeys) {
       return send(res, 403, 'Missing required header: "Metadata-Flavor": "Google"\n', flavor)
     }
     if (req.method !== 'GET') return send(res, 405, '', flavor)
-    const m = /^\/computeMetadata\/v1\/instance\/service-accounts\/([^/]+)\/identity$/.exec(
+    const m = /^\/computeMetadata\/v1\/instance\/service-accounts\/([^/]+)\/(identity|token)$/.exec(
       url.pathname,
     )
     if (!m) return send(res, 404, 'Not Found\n', flavor)
     const sa = decodeURIComponent(m[1]!)
     if (sa !== 'default' && sa !== id.serviceAccount) return send(res, 404, 'Not Found\n', flavor)
+    // The account's access token, for a server that runs on this instance (ADC's last resort).
+    if (m[2] === 'token')
+      return send(res, 200, JSON.stringify(api.issue()), {
+        ...flavor,
+        'Content-Type': 'application/json',
+      })
     const audience = url.searchParams.get('audience') ?? ''
     if (audience === '') return send(res, 400, 'non-empty audience parameter required\n', flavor)
     const iat = Math.floor(Date.now() / 1000)
@@ -274,11 +309,15 @@ function gcpHandler(id: Id, keys: CloudKeys) {
 }
 
 function azureHandler(id: Id, keys: CloudKeys) {
+  const api = azureApiHandler(id)
   const json = (res: ServerResponse, status: number, o: unknown) =>
     send(res, status, JSON.stringify(o), { 'Content-Type': 'application/json; charset=utf-8' })
   const bad = (res: ServerResponse, description: string) =>
     json(res, 400, { error: 'invalid_request', error_description: description })
   return async (req: IncomingMessage, res: ServerResponse, url: URL) => {
+    // AAD's token endpoint and Resource Manager, beside IMDS on one port.
+    const answered = api.handle(req, res, url)
+    if (answered !== false) return answered
     if (req.headers['x-forwarded-for'] !== undefined)
       return bad(res, 'Request contains X-Forwarded-For header')
     if (req.headers.metadata !== 'true') return bad(res, 'Required metadata header not specified')
@@ -310,6 +349,8 @@ function azureHandler(id: Id, keys: CloudKeys) {
       .setNotBefore(iat)
       .setExpirationTime(iat + lifetime)
       .sign(keys.privateKey)
+    // A managed identity token for Resource Manager is what the server's use_msi asks for.
+    if (resource === ARM_RESOURCE) api.register(token, (iat + lifetime) * 1000)
     return json(res, 200, {
       access_token: token,
       client_id: id.principalId,

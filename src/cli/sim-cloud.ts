@@ -49,6 +49,12 @@ function kindGroup(kind: CloudKind): Group {
       (kind === 'gcp'
         ? 'credentials is a service-account key file for the Compute API it serves (token endpoint and\ninstances.get on url): [plugins.NodeAttestor.gcp_iit] use_instance_metadata = true,\nservice_account_file = <credentials>, compute_endpoint = <url>.\n'
         : '') +
+      (kind === 'azure'
+        ? "It also serves AAD (POST /<tenant>/oauth2/v2.0/token, client credentials) and Resource Manager\n(VM and NIC GETs) on url: [plugins.NodeAttestor.azure_msi] authority_url = resource_manager_endpoint\n= <url>, tenants.<t>.app_id/app_secret = the identity's azureApi (or use_msi, msi_endpoint = <url>).\n"
+        : '') +
+      (kind === 'gcp'
+        ? "It serves the instance's service-account token too (GCE_METADATA_HOST=127.0.0.1:<port>).\n"
+        : '') +
       '--identity overrides the simulated instance, e.g. \'{"accountId":"123456789012"}\'.',
     options: {
       state: stateOption,

@@ -10,8 +10,13 @@ import {
   describeAwsApi,
   parseAwsServerConfig,
 } from '../attestors/cloud/aws/server.js'
+import { describeAzureApi } from '../attestors/cloud/azure/arm.js'
 import { AZURE_MSI } from '../attestors/cloud/azure/protocol.js'
-import { azureServerAttestor, parseAzureServerConfig } from '../attestors/cloud/azure/server.js'
+import {
+  azureApis,
+  azureServerAttestor,
+  parseAzureServerConfig,
+} from '../attestors/cloud/azure/server.js'
 import type { AttestedLookup } from '../attestors/cloud/common.js'
 import { GCP_IIT } from '../attestors/cloud/gcp/protocol.js'
 import {
@@ -100,6 +105,14 @@ export const CLOUD_NODE_ATTESTORS: readonly [
     (data, ctx) => {
       const cfg = parseAzureServerConfig(data, ctx.configDir)
       warnIfNoTofu(ctx, AZURE_MSI, cfg.tofu)
+      const apis = azureApis(cfg)
+      logApi(
+        ctx,
+        AZURE_MSI,
+        'network-security-group:, virtual-network:, virtual-network-subnet:',
+        apis.length > 0 ? apis.map(describeAzureApi).join('; ') : undefined,
+        'no tenant has app_id/app_secret or use_msi',
+      )
       return azureServerAttestor(cfg, attestedIn(ctx))
     },
   ],

@@ -4,7 +4,7 @@
  * processes configured against it, each in a directory of its own.
  */
 import assert from 'node:assert/strict'
-import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { basename, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
@@ -13,11 +13,29 @@ import {
   type CloudSim,
   startCloudSim,
 } from '../../hardware-sim/cloud/index.js'
-import { fetchValidSvids, type ServerProcess, startServerProcess } from './agent-process.js'
+import {
+  fetchValidSvids,
+  processDir,
+  type ServerProcess,
+  startServerProcess,
+} from './agent-process.js'
 import { type CliProcess, startCli } from './cli-process.js'
 import { cli, type ExecResult } from './exec.js'
 
-type T = { after: (fn: () => Promise<void>) => void }
+type T = { after: (fn: () => Promise<void> | void) => void }
+
+/** A test's own directory (removed after it) and a simulated metadata service (stopped after). */
+export async function cloudTest(
+  t: T,
+  kind: CloudKind,
+  identity?: CloudIdentity,
+): Promise<{ root: string; sim: CloudSim }> {
+  const root = processDir(`spiffe-edge-e2e-${kind}-`)
+  t.after(() => rmSync(root, { recursive: true, force: true }))
+  const sim = await startCloudSim({ kind, ...(identity ? { identity } : {}) })
+  t.after(() => sim.stop())
+  return { root, sim }
+}
 
 /** Another simulated instance of the same cloud, signing with the same (trusted) keys. */
 export async function siblingSim(
@@ -53,11 +71,14 @@ export async function cloudRig(
   t: T,
   kind: string,
   serverAttestorToml: string,
+  env?: NodeJS.ProcessEnv,
 ): Promise<CloudRig> {
   const server = await startServerProcess(
     root,
     t,
     `\n[plugins.NodeAttestor.${kind}]\n${serverAttestorToml}\n`,
+    0,
+    env,
   )
   const bundle = join(root, 'bundle.pem')
   writeFileSync(bundle, await server.admin('bundle', 'show'))
@@ -86,6 +107,20 @@ export async function cloudRig(
       startCli(['agent', 'run', '--config', join(root, name, 'agent.conf')], t),
     failAgent: (name, toml) => cli(['agent', 'run', '--config', agentConfig(name, toml)]),
   }
+}
+
+/** Another server (own directory root/name, own datastore) with another attestor config. */
+export function rigIn(
+  root: string,
+  name: string,
+  t: T,
+  kind: string,
+  serverAttestorToml: string,
+  env?: NodeJS.ProcessEnv,
+): Promise<CloudRig> {
+  const dir = join(root, name)
+  mkdirSync(dir)
+  return cloudRig(dir, t, kind, serverAttestorToml, env)
 }
 
 /** A node alias on one of the agent's selectors and a workload entry for this uid under it. */

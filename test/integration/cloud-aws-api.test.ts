@@ -1,15 +1,14 @@
 import assert from 'node:assert/strict'
-import { mkdirSync, rmSync } from 'node:fs'
-import { join } from 'node:path'
 import { test } from 'node:test'
-import { DEFAULT_IDENTITY, startCloudSim } from '../../hardware-sim/cloud/index.js'
-import { processDir } from '../helpers/agent-process.js'
+import { DEFAULT_IDENTITY } from '../../hardware-sim/cloud/index.js'
 import {
   agentSelectors,
   assertRefused,
   assertSelectors,
   cloudRig,
+  cloudTest,
   registerWorkload,
+  rigIn,
   serverSaid,
   siblingSim,
   workloadSvids,
@@ -18,9 +17,7 @@ import {
 const { accessKeyId, secretAccessKey } = DEFAULT_IDENTITY.awsApi
 
 test('aws_iid with EC2/IAM lookups on the simulated API: tag, sg and iamrole selectors through an assumed role; wrong credentials, API down, unknown and tampered instances refuse', async (t) => {
-  const root = processDir('spiffe-edge-e2e-aws-api-')
-  t.after(() => rmSync(root, { recursive: true, force: true }))
-  await using sim = await startCloudSim({ kind: 'aws' })
+  const { root, sim } = await cloudTest(t, 'aws')
   const base = `account_ids = ["123456789012"]\ncertificates = { "*" = "${sim.trust}" }\n`
   const endpoints = (url: string) =>
     `ec2_endpoint = "${url}"\niam_endpoint = "${url}"\nsts_endpoint = "${url}"\napi_timeout_ms = 3000\n`
@@ -67,10 +64,9 @@ test('aws_iid with EC2/IAM lookups on the simulated API: tag, sg and iamrole sel
     instanceId: 'i-0eeeeeeeeeeeeeeee',
     rootVolumeAttachDelay: 600,
   })
-  const strictDir = join(root, 'strict')
-  mkdirSync(strictDir)
-  const strict = await cloudRig(
-    strictDir,
+  const strict = await rigIn(
+    root,
+    'strict',
     t,
     'aws_iid',
     `${base}access_key_id = "${accessKeyId}"\nsecret_access_key = "${secretAccessKey}"\n${endpoints(swapped.url)}`,
@@ -82,10 +78,9 @@ test('aws_iid with EC2/IAM lookups on the simulated API: tag, sg and iamrole sel
   )
 
   // Wrong credentials: the API refuses them (SigV4 checked by the sim), so the server refuses.
-  const wrongDir = join(root, 'wrong')
-  mkdirSync(wrongDir)
-  const wrong = await cloudRig(
-    wrongDir,
+  const wrong = await rigIn(
+    root,
+    'wrong',
     t,
     'aws_iid',
     `${base}access_key_id = "${accessKeyId}"\nsecret_access_key = "not-the-secret"\n${endpoints(sim.url)}`,
@@ -96,10 +91,9 @@ test('aws_iid with EC2/IAM lookups on the simulated API: tag, sg and iamrole sel
   assert.match(refusedWrong.stderr, /AuthFailure \(HTTP 401\)/, refusedWrong.stderr)
 
   // The API down: refused, not attested without the selectors.
-  const downDir = join(root, 'down')
-  mkdirSync(downDir)
-  const down = await cloudRig(
-    downDir,
+  const down = await rigIn(
+    root,
+    'down',
     t,
     'aws_iid',
     `${base}access_key_id = "${accessKeyId}"\nsecret_access_key = "${secretAccessKey}"\n${endpoints('http://127.0.0.1:1')}`,

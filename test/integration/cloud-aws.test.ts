@@ -1,13 +1,12 @@
 import assert from 'node:assert/strict'
-import { rmSync } from 'node:fs'
 import { test } from 'node:test'
 import { startCloudSim } from '../../hardware-sim/cloud/index.js'
-import { processDir } from '../helpers/agent-process.js'
 import {
   agentSelectors,
   assertRefused,
   assertSelectors,
   cloudRig,
+  cloudTest,
   registerWorkload,
   serverSaid,
   siblingSim,
@@ -15,9 +14,7 @@ import {
 } from '../helpers/cloud.js'
 
 test('aws_iid end to end on the simulated IMDSv2: SPIRE ID and selectors, a workload SVID, each refusal', async (t) => {
-  const root = processDir('spiffe-edge-e2e-aws-')
-  t.after(() => rmSync(root, { recursive: true, force: true }))
-  await using sim = await startCloudSim({ kind: 'aws' })
+  const { root, sim } = await cloudTest(t, 'aws')
   const rig = await cloudRig(
     root,
     t,

@@ -1,22 +1,20 @@
 import assert from 'node:assert/strict'
-import { rmSync } from 'node:fs'
 import { test } from 'node:test'
 import { DEFAULT_IDENTITY, startCloudSim } from '../../hardware-sim/cloud/index.js'
-import { processDir } from '../helpers/agent-process.js'
 import {
   agentSelectors,
   assertRefused,
   assertSelectors,
   cloudRig,
+  cloudTest,
   registerWorkload,
+  serverSaid,
   siblingSim,
   workloadSvids,
 } from '../helpers/cloud.js'
 
 test('azure_msi end to end on the simulated IMDS: SPIRE ID and selectors, a workload SVID, each refusal', async (t) => {
-  const root = processDir('spiffe-edge-e2e-azure-')
-  t.after(() => rmSync(root, { recursive: true, force: true }))
-  await using sim = await startCloudSim({ kind: 'azure' })
+  const { root, sim } = await cloudTest(t, 'azure')
   const tenant = DEFAULT_IDENTITY.tenantId
   const resource = 'api://spiffe-edge-node-attestation'
   const rig = await cloudRig(
@@ -24,6 +22,11 @@ test('azure_msi end to end on the simulated IMDS: SPIRE ID and selectors, a work
     t,
     'azure_msi',
     `tenants = { "${tenant}" = { resource_id = "${resource}", jwks_file = "${sim.trust}" } }`,
+  )
+  // No tenant credentials: the Resource Manager selectors are off, and the server says so.
+  await serverSaid(
+    rig.server,
+    /azure_msi: no tenant has app_id\/app_secret or use_msi: network-security-group:, virtual-network:, virtual-network-subnet: selectors are off/,
   )
   const agentId = `spiffe://example.org/spire/agent/azure_msi/${tenant}/${DEFAULT_IDENTITY.principalId}`
   const toml = (url: string, res = resource) => `metadata_url = "${url}"\nresource_id = "${res}"`

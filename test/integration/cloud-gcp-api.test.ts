@@ -1,25 +1,23 @@
 import assert from 'node:assert/strict'
 import { generateKeyPairSync } from 'node:crypto'
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { startCloudSim } from '../../hardware-sim/cloud/index.js'
-import { processDir } from '../helpers/agent-process.js'
 import {
   agentSelectors,
   assertRefused,
   assertSelectors,
   cloudRig,
+  cloudTest,
   registerWorkload,
+  rigIn,
   serverSaid,
   siblingSim,
   workloadSvids,
 } from '../helpers/cloud.js'
 
 test('gcp_iit with use_instance_metadata on the simulated Compute API: label, metadata, tag selectors; wrong credentials, API down and an unknown instance refuse', async (t) => {
-  const root = processDir('spiffe-edge-e2e-gcp-api-')
-  t.after(() => rmSync(root, { recursive: true, force: true }))
-  await using sim = await startCloudSim({ kind: 'gcp' })
+  const { root, sim } = await cloudTest(t, 'gcp')
   assert.ok(sim.credentials, 'the gcp sim writes a service-account key file')
   const base = `projectid_allow_list = ["edge-fleet-sim"]\njwks_file = "${sim.trust}"\n`
   const api = (file: string, endpoint: string) =>
@@ -72,9 +70,7 @@ test('gcp_iit with use_instance_metadata on the simulated Compute API: label, me
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
   sa.private_key = privateKey.export({ type: 'pkcs8', format: 'pem' })
   writeFileSync(wrongFile, JSON.stringify(sa), { mode: 0o600 })
-  const wrongDir = join(root, 'wrong')
-  mkdirSync(wrongDir)
-  const wrong = await cloudRig(wrongDir, t, 'gcp_iit', base + api(wrongFile, sim.url))
+  const wrong = await rigIn(root, 'wrong', t, 'gcp_iit', base + api(wrongFile, sim.url))
   const refusedWrong = await wrong.failAgent('wrong', `metadata_url = "${sim.url}"`)
   assertRefused(refusedWrong, 'gcp_iit', 'api')
   assert.match(
@@ -84,10 +80,9 @@ test('gcp_iit with use_instance_metadata on the simulated Compute API: label, me
   )
 
   // The Compute API down: refused, not attested without the selectors.
-  const downDir = join(root, 'down')
-  mkdirSync(downDir)
-  const down = await cloudRig(
-    downDir,
+  const down = await rigIn(
+    root,
+    'down',
     t,
     'gcp_iit',
     base + api(sim.credentials, 'http://127.0.0.1:1'),

@@ -45,14 +45,33 @@ test('gcp_iit config: lookups absent without use_instance_metadata; their keys, 
     () => parseGcpServerConfig({ ...base, allowed_label_keys: ['fleet'] }, dir, {}),
     /allowed_label_keys: needs use_instance_metadata = true/,
   )
+  // No file anywhere in ADC's order: the GCE metadata server (GCE_METADATA_HOST if set).
+  assert.deepEqual(
+    parseGcpServerConfig({ ...base, use_instance_metadata: true }, dir, { HOME: dir }).api
+      ?.credentials,
+    { kind: 'metadata', url: 'http://metadata.google.internal' },
+  )
+  assert.deepEqual(
+    parseGcpServerConfig({ ...base, use_instance_metadata: true }, dir, {
+      HOME: dir,
+      GCE_METADATA_HOST: '127.0.0.1:8080',
+    }).api?.credentials,
+    { kind: 'metadata', url: 'http://127.0.0.1:8080' },
+  )
   assert.throws(
-    () => parseGcpServerConfig({ ...base, use_instance_metadata: true }, dir, {}),
-    /needs service_account_file \(or GOOGLE_APPLICATION_CREDENTIALS\)/,
+    () =>
+      parseGcpServerConfig(
+        { ...base, use_instance_metadata: true, gce_metadata_url: 'http://meta.example.com' },
+        dir,
+        { HOME: dir },
+      ),
+    /gce_metadata_url: .* must be https/,
   )
   const fromEnv = parseGcpServerConfig({ ...base, use_instance_metadata: true }, dir, {
     GOOGLE_APPLICATION_CREDENTIALS: file,
   })
-  assert.equal(fromEnv.api?.key.clientEmail, I.apiServiceAccount)
+  const cred = fromEnv.api?.credentials
+  assert.equal(cred?.kind === 'service_account' && cred.clientEmail, I.apiServiceAccount)
   assert.equal(fromEnv.api?.maxMetadataValueSize, 128)
   const on = { ...base, use_instance_metadata: true, service_account_file: file }
   assert.throws(
@@ -69,9 +88,14 @@ test('gcp_iit config: lookups absent without use_instance_metadata; their keys, 
     /token_uri: .* must be https/,
   )
   writeFileSync(join(dir, 'user.json'), JSON.stringify({ ...sa, type: 'authorized_user' }))
+  writeFileSync(join(dir, 'other.json'), JSON.stringify({ ...sa, type: 'external_account' }))
+  assert.throws(
+    () => parseGcpServerConfig({ ...on, service_account_file: 'other.json' }, dir, {}),
+    /not "service_account" or "authorized_user"/,
+  )
   assert.throws(
     () => parseGcpServerConfig({ ...on, service_account_file: 'user.json' }, dir, {}),
-    /not "service_account"/,
+    /client_secret is missing/,
   )
 })
 
@@ -182,7 +206,7 @@ test('GcpApi bounds: an answer over 1 MiB and an API that never answers refuse a
   await assert.rejects(
     new GcpApi({
       ...cfg,
-      key: { ...cfg.key, tokenUri: `http://127.0.0.1:${port}/hang/x` },
+      credentials: { ...cfg.credentials, tokenUri: `http://127.0.0.1:${port}/hang/x` } as never,
     }).selectors(I.projectId, I.zone, I.instanceName, I.gcpInstanceId, Date.now()),
     refused('api', /OAuth2 token exchange .*no answer in time/),
   )

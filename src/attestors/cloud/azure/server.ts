@@ -8,6 +8,7 @@ import { resolve } from 'node:path'
 import { decodeJwt } from 'jose'
 import type { Table } from '../../../common/config.js'
 import type { Selector, ServerNodeAttestor } from '../../types.js'
+import { DEFAULT_API_TIMEOUT_MS, insecureUrlProblem } from '../api.js'
 import {
   type AttestedLookup,
   CloudAttestationError,
@@ -16,6 +17,14 @@ import {
   PluginConfig,
 } from '../common.js'
 import { type KeyResolver, keyResolver, MAX_TOKEN, verifyJwt } from '../jwt.js'
+import {
+  AzureApi,
+  type AzureApiConfig,
+  type AzureCredential,
+  DEFAULT_AUTHORITY,
+  DEFAULT_MSI_ENDPOINT,
+  DEFAULT_RESOURCE_MANAGER,
+} from './arm.js'
 import {
   AZURE_MSI,
   DEFAULT_RESOURCE,
@@ -27,6 +36,8 @@ import {
 interface TenantRule {
   readonly resourceId: string
   readonly keys: KeyResolver
+  /** Resource Manager lookups (app_id/app_secret or use_msi): the network selectors. */
+  readonly api?: AzureApiConfig
 }
 
 export interface AzureServerConfig {
@@ -38,7 +49,28 @@ const TENANT = /^[0-9a-fA-F-]{36}$/
 const SOURCE = `plugins.NodeAttestor.${AZURE_MSI}`
 
 export function parseAzureServerConfig(raw: Table, baseDir: string): AzureServerConfig {
-  const c = new PluginConfig(SOURCE, raw, ['tenants', 'tofu'])
+  const c = new PluginConfig(SOURCE, raw, [
+    'tenants',
+    'tofu',
+    'authority_url',
+    'resource_manager_endpoint',
+    'msi_endpoint',
+    'api_timeout_ms',
+  ])
+  const endpoints = {
+    authority: c.url('authority_url') ?? DEFAULT_AUTHORITY,
+    resourceManager: c.url('resource_manager_endpoint') ?? DEFAULT_RESOURCE_MANAGER,
+    msiEndpoint: c.url('msi_endpoint') ?? DEFAULT_MSI_ENDPOINT,
+    timeoutMs: c.int('api_timeout_ms', DEFAULT_API_TIMEOUT_MS, 120_000) || DEFAULT_API_TIMEOUT_MS,
+  }
+  for (const [k, v, md] of [
+    ['authority_url', endpoints.authority, false],
+    ['resource_manager_endpoint', endpoints.resourceManager, false],
+    ['msi_endpoint', endpoints.msiEndpoint, true],
+  ] as const) {
+    const bad = insecureUrlProblem(k, v, md)
+    if (bad) c.problems.push(bad)
+  }
   const tenants = new Map<string, TenantRule>()
   const t = c.table('tenants')
   if (!t || Object.keys(t).length === 0)
@@ -52,7 +84,25 @@ export function parseAzureServerConfig(raw: Table, baseDir: string): AzureServer
       'resource_id',
       'jwks_file',
       'jwks_url',
+      'subscription_id',
+      'app_id',
+      'app_secret',
+      'use_msi',
     ])
+    const credential = tenantCredential(tc)
+    const subscriptionId = tc.string('subscription_id')
+    if (subscriptionId !== undefined && !TENANT.test(subscriptionId))
+      tc.problems.push('subscription_id: not a subscription ID (a GUID)')
+    if (subscriptionId !== undefined && !credential)
+      tc.problems.push('subscription_id: needs app_id/app_secret or use_msi')
+    const api: AzureApiConfig | undefined = credential
+      ? {
+          tenant: tenant.toLowerCase(),
+          credential,
+          ...(subscriptionId ? { subscriptionId } : {}),
+          ...endpoints,
+        }
+      : undefined
     const file = tc.string('jwks_file')
     const url = tc.url('jwks_url')
     if (file && url) tc.problems.push('jwks_file and jwks_url: set one')
@@ -63,6 +113,7 @@ export function parseAzureServerConfig(raw: Table, baseDir: string): AzureServer
       tenants.set(tenant.toLowerCase(), {
         resourceId: tc.string('resource_id') ?? DEFAULT_RESOURCE,
         keys,
+        ...(api ? { api } : {}),
       })
     } catch (err) {
       tc.problems.push(`jwks_file: ${(err as Error).message}`)
@@ -74,6 +125,25 @@ export function parseAzureServerConfig(raw: Table, baseDir: string): AzureServer
   return { tenants, tofu }
 }
 
+/** SPIRE's per-tenant credentials: an app registration's client secret, or the server's MSI. */
+function tenantCredential(tc: PluginConfig): AzureCredential | undefined {
+  const appId = tc.string('app_id')
+  const appSecret = tc.string('app_secret')
+  const msi = tc.bool('use_msi', false)
+  if (msi && (appId || appSecret))
+    tc.problems.push('use_msi: set it or app_id/app_secret, not both')
+  if ((appId === undefined) !== (appSecret === undefined))
+    tc.problems.push('app_id and app_secret: set both')
+  if (appId && !TENANT.test(appId)) tc.problems.push('app_id: not an application (client) ID')
+  if (appId && appSecret) return { kind: 'secret', appId, appSecret }
+  return msi ? { kind: 'msi' } : undefined
+}
+
+/** The tenants whose Resource Manager lookups are on, for the start-up line. */
+export function azureApis(cfg: AzureServerConfig): AzureApiConfig[] {
+  return [...cfg.tenants.values()].flatMap((t) => (t.api ? [t.api] : []))
+}
+
 /** /subscriptions/<s>/resourcegroups/<rg>/providers/Microsoft.Compute/virtualMachines/<name> */
 const MIRID =
   /^\/subscriptions\/([0-9a-fA-F-]{36})\/resourcegroups\/([^/]{1,90})\/providers\/Microsoft\.Compute\/virtualMachines\/([^/]{1,64})$/i
@@ -82,6 +152,8 @@ export function azureServerAttestor(
   cfg: AzureServerConfig,
   attested: AttestedLookup,
 ): ServerNodeAttestor {
+  const apis = new Map<string, AzureApi>()
+  for (const [tenant, rule] of cfg.tenants) if (rule.api) apis.set(tenant, new AzureApi(rule.api))
   return {
     kind: 'NodeAttestor',
     name: AZURE_MSI,
@@ -119,6 +191,26 @@ export function azureServerAttestor(
       if (m) {
         selectors.push({ type: AZURE_MSI, value: `subscription-id:${m[1]!.toLowerCase()}` })
         selectors.push({ type: AZURE_MSI, value: `vm-name:${m[2]}:${m[3]}` })
+      }
+      // After the token, tenant and first-use checks, so a refused token costs no API call.
+      const api = apis.get(tenant)
+      if (api) {
+        if (!m)
+          throw new CloudAttestationError(
+            AZURE_MSI,
+            'claims',
+            "the token has no VM resource ID (xms_mirid): Resource Manager selectors need the VM's system-assigned identity",
+          )
+        const seen = new Set(selectors.map((s) => s.value))
+        for (const s of await api.selectors(
+          claims.xms_mirid as string,
+          principal,
+          ctx.now.getTime(),
+        ))
+          if (!seen.has(s.value)) {
+            seen.add(s.value)
+            selectors.push(s)
+          }
       }
       return { agentPath, selectors, canReattest: false }
     },

@@ -7,6 +7,7 @@
 import { resolve } from 'node:path'
 import type { Table } from '../../../common/config.js'
 import type { Selector, ServerNodeAttestor } from '../../types.js'
+import { DEFAULT_API_TIMEOUT_MS, insecureUrlProblem } from '../api.js'
 import {
   type AttestedLookup,
   CloudAttestationError,
@@ -15,14 +16,8 @@ import {
   PluginConfig,
 } from '../common.js'
 import { type KeyResolver, keyResolver, verifyJwt } from '../jwt.js'
-import {
-  DEFAULT_API_TIMEOUT_MS,
-  DEFAULT_COMPUTE_ENDPOINT,
-  GcpApi,
-  type GcpApiConfig,
-  insecureUrlProblem,
-  readServiceAccountKey,
-} from './compute.js'
+import { DEFAULT_COMPUTE_ENDPOINT, GcpApi, type GcpApiConfig } from './compute.js'
+import { describeCredentials, findCredentials } from './credentials.js'
 import {
   DEFAULT_AUDIENCE,
   GCP_IIT,
@@ -63,6 +58,7 @@ export function parseGcpServerConfig(
     'allowed_metadata_keys',
     'max_metadata_value_size',
     'compute_endpoint',
+    'gce_metadata_url',
     'api_timeout_ms',
   ])
   const projects = new Set(c.strings('projectid_allow_list', PROJECT, true))
@@ -92,6 +88,7 @@ function parseApi(
 ): GcpApiConfig | undefined {
   const on = c.bool('use_instance_metadata', false)
   const fileKey = c.string('service_account_file')
+  const metadataUrl = c.url('gce_metadata_url')
   const labels = new Set(c.strings('allowed_label_keys', KEY, false))
   const metadata = new Set(c.strings('allowed_metadata_keys', KEY, false))
   const maxValue = c.int('max_metadata_value_size', DEFAULT_MAX_METADATA_VALUE_SIZE, 256 * 1024)
@@ -101,21 +98,19 @@ function parseApi(
   const timeoutMs =
     c.int('api_timeout_ms', DEFAULT_API_TIMEOUT_MS, 120_000) || DEFAULT_API_TIMEOUT_MS
   if (!on) {
-    for (const k of ['service_account_file', 'allowed_label_keys', 'allowed_metadata_keys'])
+    for (const k of [
+      'service_account_file',
+      'gce_metadata_url',
+      'allowed_label_keys',
+      'allowed_metadata_keys',
+    ])
       if (c.has(k)) c.problems.push(`${k}: needs use_instance_metadata = true`)
     return undefined
   }
-  // SPIRE falls back to Application Default Credentials; ours is the key file ADC names.
-  const file = fileKey ?? env.GOOGLE_APPLICATION_CREDENTIALS
-  if (!file) {
-    c.problems.push(
-      'use_instance_metadata: needs service_account_file (or GOOGLE_APPLICATION_CREDENTIALS): a service-account key with compute.instances.get',
-    )
-    return undefined
-  }
+  // SPIRE falls back to Application Default Credentials; so do we, in Google's order.
   try {
     return {
-      key: readServiceAccountKey(resolve(baseDir, file)),
+      credentials: findCredentials(fileKey, metadataUrl, baseDir, env),
       computeEndpoint: endpoint,
       timeoutMs,
       allowedLabelKeys: labels,
@@ -123,13 +118,13 @@ function parseApi(
       maxMetadataValueSize: maxValue || DEFAULT_MAX_METADATA_VALUE_SIZE,
     }
   } catch (err) {
-    c.problems.push(`service_account_file: ${(err as Error).message}`)
+    c.problems.push(`use_instance_metadata credentials: ${(err as Error).message}`)
     return undefined
   }
 }
 
 export function describeGcpApi(cfg: GcpApiConfig): string {
-  return `service account ${cfg.key.clientEmail}, Compute at ${cfg.computeEndpoint}`
+  return `${describeCredentials(cfg.credentials)}, Compute at ${cfg.computeEndpoint}`
 }
 
 interface ComputeEngine {

@@ -1,0 +1,131 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { DEFAULT_IDENTITY } from '../../hardware-sim/cloud/index.js'
+import {
+  agentSelectors,
+  assertRefused,
+  assertSelectors,
+  cloudRig,
+  cloudTest,
+  registerWorkload,
+  rigIn,
+  serverSaid,
+  siblingSim,
+  workloadSvids,
+} from '../helpers/cloud.js'
+
+const I = DEFAULT_IDENTITY
+const resource = 'api://spiffe-edge-node-attestation'
+
+test('azure_msi with Resource Manager lookups on the simulated AAD/ARM: network selectors by client secret and by the server MSI; wrong secret, ARM down, an oversized or late answer and an unknown VM refuse', async (t) => {
+  const { root, sim } = await cloudTest(t, 'azure')
+  const tenant = (creds: string) =>
+    `tenants = { "${I.tenantId}" = { resource_id = "${resource}", jwks_file = "${sim.trust}", ${creds} } }\n`
+  const secret = (s: string = I.azureApi.clientSecret) =>
+    `app_id = "${I.azureApi.clientId}", app_secret = "${s}", subscription_id = "${I.subscriptionId}"`
+  const endpoints = (aad: string, arm: string, timeoutMs = 3000) =>
+    `authority_url = "${aad}"\nresource_manager_endpoint = "${arm}"\napi_timeout_ms = ${timeoutMs}\n`
+  const agentToml = (url: string) => `metadata_url = "${url}"\nresource_id = "${resource}"`
+  const agentId = `spiffe://example.org/spire/agent/azure_msi/${I.tenantId}/${I.principalId}`
+  const network = [
+    'azure_msi:network-security-group:network:frontend-nsg',
+    'azure_msi:virtual-network:network:edge-vnet',
+    'azure_msi:virtual-network-subnet:network:edge-vnet:gateways',
+  ]
+
+  const rig = await cloudRig(root, t, 'azure_msi', tenant(secret()) + endpoints(sim.url, sim.url))
+  await serverSaid(
+    rig.server,
+    /azure_msi: network-security-group:, virtual-network:, virtual-network-subnet: selectors from the cloud API \(tenant 72f988bf-86f1-41af-91ab-2d7cd011db47: app 0b1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d via http:\/\/127\.0\.0\.1:\d+, Resource Manager at/,
+  )
+  const agent = await rig.startAgent('a1', agentToml(sim.url))
+  assert.equal(agent.first.agent_id, agentId)
+  const sels = await agentSelectors(rig.server, agentId)
+  assertSelectors(sels, [
+    `azure_msi:subscription-id:${I.subscriptionId}`,
+    'azure_msi:vm-name:frontend:blog',
+    ...network,
+  ])
+  // The entry is on a subnet only Resource Manager knows: the SVID proves the lookup happened.
+  const app = await registerWorkload(
+    rig.server,
+    'azure_msi:virtual-network-subnet:network:edge-vnet:gateways',
+    'azure-subnet',
+  )
+  assert.ok((await workloadSvids(agent.socket)).includes(app))
+  agent.child.kill('SIGTERM')
+  assert.equal(await agent.exited, 0)
+
+  // The server's own managed identity (IMDS token for Resource Manager) instead of a secret.
+  const msi = await rigIn(
+    root,
+    'msi',
+    t,
+    'azure_msi',
+    `${tenant('use_msi = true')}${endpoints(sim.url, sim.url)}msi_endpoint = "${sim.url}"\n`,
+  )
+  await serverSaid(msi.server, /tenant [0-9a-f-]+: the server's managed identity via http/)
+  const viaMsi = await msi.startAgent('m1', agentToml(sim.url))
+  assertSelectors(await agentSelectors(msi.server, agentId), network)
+  viaMsi.child.kill('SIGTERM')
+  assert.equal(await viaMsi.exited, 0)
+
+  // A validly signed token naming a VM Resource Manager does not know: refused.
+  await using ghost = await siblingSim(root, sim, {
+    vmName: 'ghost',
+    principalId: '44444444-2222-3333-4444-555555555555',
+  })
+  assertRefused(await rig.failAgent('ghost', agentToml(ghost.url)), 'azure_msi', 'instance')
+
+  // A wrong client secret: AAD refuses it, so the attestation is refused, saying why.
+  const wrong = await rigIn(
+    root,
+    'wrong',
+    t,
+    'azure_msi',
+    tenant(secret('not-the-secret')) + endpoints(sim.url, sim.url),
+  )
+  const refusedWrong = await wrong.failAgent('wrong', agentToml(sim.url))
+  assertRefused(refusedWrong, 'azure_msi', 'api')
+  assert.match(refusedWrong.stderr, /HTTP 401: invalid_client: AADSTS7000215/, refusedWrong.stderr)
+
+  // Resource Manager down: refused, not attested without the selectors.
+  const down = await rigIn(
+    root,
+    'down',
+    t,
+    'azure_msi',
+    tenant(secret()) + endpoints(sim.url, 'http://127.0.0.1:1'),
+  )
+  const refusedDown = await down.failAgent('down', agentToml(sim.url))
+  assertRefused(refusedDown, 'azure_msi', 'api')
+  assert.match(refusedDown.stderr, /virtualMachines\.get frontend\/blog/, refusedDown.stderr)
+
+  // An answer over the 1 MiB cap, and one later than api_timeout_ms.
+  await using big = await siblingSim(root, sim, { armFault: 'oversize' })
+  const oversized = await rigIn(
+    root,
+    'big',
+    t,
+    'azure_msi',
+    tenant(secret()) + endpoints(big.url, big.url),
+  )
+  const refusedBig = await oversized.failAgent('big', agentToml(big.url))
+  assertRefused(refusedBig, 'azure_msi', 'api')
+  assert.match(refusedBig.stderr, /over 1048576/, refusedBig.stderr)
+  await using slow = await siblingSim(root, sim, { armFault: 'slow' })
+  const late = await rigIn(
+    root,
+    'slow',
+    t,
+    'azure_msi',
+    tenant(secret()) + endpoints(slow.url, slow.url, 1500),
+  )
+  const started = Date.now()
+  const refusedSlow = await late.failAgent('slow', agentToml(slow.url))
+  assertRefused(refusedSlow, 'azure_msi', 'api')
+  assert.match(refusedSlow.stderr, /no answer in time/, refusedSlow.stderr)
+  assert.ok(Date.now() - started < 15_000, `refused after ${Date.now() - started} ms`)
+  // Refused attestations record nothing.
+  assert.equal(await down.server.admin('agent', 'list'), await wrong.server.admin('agent', 'list'))
+})
