@@ -27,14 +27,15 @@ import { initSoftHsm } from '../hardware-sim/softhsm.js'
 import { joinTokenAgentAttestor } from '../src/attestors/join-token/agent.js'
 import { MemoryKeyManager } from '../src/keymanager/memory.js'
 import { Pkcs11KeyManager } from '../src/keymanager/pkcs11/manager.js'
-import { createCsr } from '../src/spiffe/csr.js'
 import { TrustDomain } from '../src/spiffe/id.js'
 import { GrpcNodeClient } from '../src/transport/grpc-client.js'
+import { distinctCsrs, floor } from './csrs.js'
 import { forkProc, type Proc } from './fork-proc.js'
 import { summary } from './summary.js'
 
 const BATCHES = Number(process.env.BENCH_BATCHES ?? 10)
 const BATCH = 100
+const WARM = Number(process.env.BENCH_WARM ?? 3)
 const td = TrustDomain.parse('example.org')
 
 /** An attested agent of the server in `srv` and a batch of BATCH CSRs it may have signed. */
@@ -62,11 +63,16 @@ async function agentOf(srv: Proc) {
       },
     })
   ).result as { id: unknown }
-  const csr = await createCsr(await keys.generateKey('w', 'ec-p256'))
-  const params = Array.from({ length: BATCH }, () => ({ entryId: String(entry.id), csr }))
-  await client.call('BatchNewX509SVID', { params: params.slice(0, 5) }, auth) // warm up
+  // Distinct CSRs, none sent twice: WARM batches to warm the server up, then BATCHES rounds.
+  const csrs = await distinctCsrs((WARM + BATCHES) * BATCH)
+  const paramsOf = (b: number) =>
+    csrs.slice(b * BATCH, (b + 1) * BATCH).map((c) => ({ entryId: String(entry.id), csr: c.csr }))
+  for (let w = 0; w < WARM; w++)
+    await client.call('BatchNewX509SVID', { params: paramsOf(w) }, auth)
+  let done = 0
   /** One batch: wall ms and the server's CPU µs for it. */
   const round = async () => {
+    const params = paramsOf(WARM + done++)
     const c0 = (await srv.ask({ op: 'cpu' })).us as number
     const t = performance.now()
     const r = await client.call('BatchNewX509SVID', { params }, auth)
@@ -76,7 +82,11 @@ async function agentOf(srv: Proc) {
     // Includes answering the two 'cpu' messages: a few µs, charged to the server.
     return { ms, us: ((await srv.ask({ op: 'cpu' })).us as number) - c0 }
   }
-  return { round, close: () => client.close() }
+  return {
+    round,
+    csrsOf: (b: number) => csrs.slice(b * BATCH, (b + 1) * BATCH),
+    close: () => client.close(),
+  }
 }
 
 async function main(): Promise<void> {
@@ -117,7 +127,9 @@ async function main(): Promise<void> {
 
     const main0 = [hsmSrv, diskSrv].map(async (p) => (await p.ask({ op: 'mainCpu' })).us as number)
     const [hsmMain0, diskMain0] = await Promise.all(main0)
-    const sum = { hsmMs: 0, hsmUs: 0, diskMs: 0, diskUs: 0, rawMs: 0, rawUs: 0 }
+    await hsmSrv.ask({ op: 'loop' }) // resets the token server's event-loop delay histogram
+    const sum = { hsmMs: 0, hsmUs: 0, diskMs: 0, diskUs: 0, rawMs: 0, rawUs: 0, popUs: 0 }
+    await floor(hsm.csrsOf(0), undefined) // warm up
     for (let i = 0; i < BATCHES; i++) {
       const h = await hsm.round()
       sum.hsmMs += h.ms
@@ -128,9 +140,16 @@ async function main(): Promise<void> {
       const r = await raw.ask({ op: 'sign', n: BATCH })
       sum.rawMs += r.wallMs as number
       sum.rawUs += r.cpuUs as number
+      // Proof of possession alone (CSR key import + CSR signature check) over the CSRs the token
+      // server just got, in this process: what no server verifying CSRs can skip.
+      const p0 = process.cpuUsage()
+      await floor(hsm.csrsOf(WARM + i), undefined)
+      const pu = process.cpuUsage(p0)
+      sum.popUs += pu.user + pu.system
     }
     const hsmMainUs = ((await hsmSrv.ask({ op: 'mainCpu' })).us as number) - hsmMain0!
     const diskMainUs = ((await diskSrv.ask({ op: 'mainCpu' })).us as number) - diskMain0!
+    const hsmLoop = await hsmSrv.ask({ op: 'loop' })
     hsm.close()
     disk.close()
     const n = BATCHES * BATCH
@@ -174,9 +193,18 @@ async function main(): Promise<void> {
     console.log(
       `  100 concurrent key manager signatures: ${rate(concurrentMs, 100)} signatures/s, event loop delay max ${(hist.max / 1e6).toFixed(1)} ms, p99 ${(hist.percentile(99) / 1e6).toFixed(1)} ms`,
     )
+    console.log(
+      `  token server's event loop during the rounds: delay max ${(hsmLoop.maxMs as number).toFixed(1)} ms, p99 ${(hsmLoop.p99Ms as number).toFixed(1)} ms`,
+    )
+    console.log(
+      `  budget per SVID (CPU): proof of possession alone ${us(sum.popUs)} + raw token signature ${us(sum.rawUs)} = ${us(sum.popUs + sum.rawUs)}, so even a server doing nothing else would reach ${(sum.rawUs / (sum.popUs + sum.rawUs)).toFixed(2)} of the raw rate; the token server spends ${us(sum.hsmUs - sum.popUs - sum.rawUs)} more (disk server: ${us(sum.diskUs - sum.popUs)} beyond proof of possession, its own ~25 µs signature included)`,
+    )
     const share = sum.rawUs / sum.hsmUs
     console.log(
-      `RESULT server SVIDs per CPU-second / raw PKCS#11 signatures per CPU-second = ${share.toFixed(2)} (goal >= 0.5); wall clock incl. client ${(sum.rawMs / sum.hsmMs).toFixed(2)}`,
+      `RESULT server SVIDs per CPU-second / raw PKCS#11 signatures per CPU-second = ${share.toFixed(2)} (goal >= 0.5)`,
+    )
+    console.log(
+      `RESULT server SVIDs/s (wall, with the client) / raw PKCS#11 signatures/s (wall) = ${(sum.rawMs / sum.hsmMs).toFixed(2)} (goal >= 0.5)`,
     )
     console.log(
       `RESULT server CPU per SVID, CA key in the token / on disk = ${(sum.hsmUs / sum.diskUs).toFixed(2)}x`,
