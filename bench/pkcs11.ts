@@ -12,8 +12,11 @@
  * What is compared is CPU time per SVID (server process) against CPU time per signature (raw
  * process): the client's work is not the server's cost, and CPU time leaves out the waits a
  * shared machine adds. Wall rates are printed too. Rounds alternate token server, disk server and
- * raw, so load from other processes falls on all alike. Last, in this process: the worst
- * event-loop stall while 100 signatures run at once through the key manager.
+ * raw, so load from other processes falls on all alike; every CSR is distinct and sent once.
+ * Printed too: the token server's event-loop delay during the rounds, the proof-of-possession
+ * floor over the same CSRs (the per-SVID budget no CSR-verifying server can go under), and, in
+ * this process, the worst event-loop stall while 100 signatures run at once through the key
+ * manager.
  *
  * Run: npm run build && node dist/bench/pkcs11.js   (BENCH_BATCHES, default 10;
  * BENCH_CPU_PROF=<dir> writes a --cpu-prof of the token server; BENCH_P11_MAX_SESSIONS sets the
@@ -35,7 +38,10 @@ import { summary } from './summary.js'
 
 const BATCHES = Number(process.env.BENCH_BATCHES ?? 10)
 const BATCH = 100
-const WARM = Number(process.env.BENCH_WARM ?? 3)
+// Warm-up batches before the measured rounds: V8 keeps compiling the server's hot path on its
+// background threads for about the first thousand SVIDs (measured: with 300 SVIDs of warm-up,
+// 50-80 µs of each measured SVID's CPU was on those threads; after 1200, 26-34 µs).
+const WARM = Number(process.env.BENCH_WARM ?? 10)
 const td = TrustDomain.parse('example.org')
 
 /** An attested agent of the server in `srv` and a batch of BATCH CSRs it may have signed. */

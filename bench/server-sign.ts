@@ -6,10 +6,14 @@
  * envelope, TLS, CSR checks, certificate building, response signature). The server runs in its
  * own process (bench/server-proc.ts) and its CPU time per SVID is what is compared: the client's
  * work (TLS, envelope checks, validating the returned SVIDs) is not the server's cost, and CPU
- * time does not count the waits a shared machine adds. Rounds alternate server batch, raw
- * signing and floor. Goal (issue 16): the server's rate at least half the floor's.
+ * time does not count the waits a shared machine adds. Every CSR is distinct (its own key) and
+ * sent once, so no cache could profit. The floor verifies the very CSRs the server got, with the
+ * cheapest key import known (the server's own: a raw EC point); the floor with a JWK import (the
+ * definition before 2026-12-02) is printed beside it. Rounds alternate server batch, raw signing
+ * and the floors. Goal (issue 16): the server's rate at least half the floor's.
  *
- * Run: npm run build && node dist/bench/server-sign.js   (BENCH_BATCHES, default 10)
+ * Run: npm run build && node dist/bench/server-sign.js   (BENCH_BATCHES, default 10; BENCH_WARM
+ * warm-up batches, default 10; BENCH_CPU_PROF=<dir> profiles the server)
  */
 import { createPrivateKey, sign as cryptoSign } from 'node:crypto'
 import { readFileSync } from 'node:fs'
@@ -24,7 +28,10 @@ import { summary } from './summary.js'
 
 const BATCHES = Number(process.env.BENCH_BATCHES ?? 10)
 const BATCH = 100
-const WARM = Number(process.env.BENCH_WARM ?? 3)
+// Warm-up batches before the measured rounds: V8 keeps compiling the server's hot path on its
+// background threads for about the first thousand SVIDs (measured: with 300 SVIDs of warm-up,
+// 50-80 µs of each measured SVID's CPU was on those threads; after 1200, 26-34 µs).
+const WARM = Number(process.env.BENCH_WARM ?? 10)
 
 const cpuUs = () => {
   const u = process.cpuUsage()
