@@ -33,6 +33,7 @@ class SignThread {
       const p = this.pending.get(m.id)
       if (!p) return
       this.pending.delete(m.id)
+      if (this.pending.size === 0) this.worker.unref()
       if ('sigs' in m) p.resolve(m.sigs)
       else p.reject(Object.assign(new Error(m.error.message), m.error))
     })
@@ -80,6 +81,8 @@ export class SignThreads {
     const t = this.pick()
     const id = nextId++
     return new Promise((resolve, reject) => {
+      // A job in flight keeps the process alive, as a pending libuv work item would.
+      if (t.pending.size === 0) t.worker.ref()
       t.pending.set(id, { resolve, reject })
       t.worker.postMessage({ id, session, key, ...job } satisfies SignJob)
     })
