@@ -5,16 +5,21 @@
  *   {op:'cpu'} → {us}: this process's user + system CPU time so far, µs;
  *   {op:'mainCpu'} → {us}: the main (event-loop) thread's alone, from /proc (Linux, 10 ms
  *     ticks; -1 elsewhere): the rest is libuv workers (PKCS#11 C_SignAsync) and V8's threads;
+ *   {op:'loop'} → {maxMs, p99Ms}: this process's event-loop delay since the last 'loop' (then reset);
  *   {op:'quit'}.
  * On start it sends {address, dir}. BENCH_SERVER_TOML, when set, is the server's extra config
  * (a [plugins.KeyManager.pkcs11] block, a [server.mqtt] table) in place of the test server's
  * default rate-limit line; otherwise the test server's default (disk keys).
  */
 import { readFileSync } from 'node:fs'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { startTestServer } from '../test/helpers/server.js'
 
 const toml = process.env.BENCH_SERVER_TOML
 const s = await startTestServer(toml ? { extraToml: toml } : {})
+// How long a batch holds the event loop (CSR checks run in chunks; token signing on a thread).
+const loop = monitorEventLoopDelay({ resolution: 1 })
+loop.enable()
 /** The main thread's user + system CPU time, µs (fields 14-15 of /proc/self/task/<pid>/stat). */
 function mainThreadCpuUs(): number {
   try {
@@ -42,7 +47,10 @@ process.on(
         const u = process.cpuUsage()
         send({ us: u.user + u.system })
       } else if (m.op === 'mainCpu') send({ us: mainThreadCpuUs() })
-      else if (m.op === 'quit') {
+      else if (m.op === 'loop') {
+        send({ maxMs: loop.max / 1e6, p99Ms: loop.percentile(99) / 1e6 })
+        loop.reset()
+      } else if (m.op === 'quit') {
         await s[Symbol.asyncDispose]()
         process.exit(0)
       }

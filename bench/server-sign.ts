@@ -6,24 +6,32 @@
  * envelope, TLS, CSR checks, certificate building, response signature). The server runs in its
  * own process (bench/server-proc.ts) and its CPU time per SVID is what is compared: the client's
  * work (TLS, envelope checks, validating the returned SVIDs) is not the server's cost, and CPU
- * time does not count the waits a shared machine adds. Rounds alternate server batch, raw
- * signing and floor. Goal (issue 16): the server's rate at least half the floor's.
+ * time does not count the waits a shared machine adds. Every CSR is distinct (its own key) and
+ * sent once, so no cache could profit. The floor verifies the very CSRs the server got, with the
+ * cheapest key import known (the server's own: a raw EC point); the floor with a JWK import (the
+ * definition before 2026-12-02) is printed beside it. Rounds alternate server batch, raw signing
+ * and the floors. Goal (issue 16): the server's rate at least half the floor's.
  *
- * Run: npm run build && node dist/bench/server-sign.js   (BENCH_BATCHES, default 10)
+ * Run: npm run build && node dist/bench/server-sign.js   (BENCH_BATCHES, default 10; BENCH_WARM
+ * warm-up batches, default 10; BENCH_CPU_PROF=<dir> profiles the server)
  */
-import { sign as cryptoSign } from 'node:crypto'
+import { createPrivateKey, sign as cryptoSign } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { joinTokenAgentAttestor } from '../src/attestors/join-token/agent.js'
 import { MemoryKeyManager } from '../src/keymanager/memory.js'
-import { createCsr } from '../src/spiffe/csr.js'
 import { TrustDomain } from '../src/spiffe/id.js'
 import { GrpcNodeClient } from '../src/transport/grpc-client.js'
+import { type BenchCsr, distinctCsrs, floor } from './csrs.js'
 import { forkProc } from './fork-proc.js'
 import { summary } from './summary.js'
 
 const BATCHES = Number(process.env.BENCH_BATCHES ?? 10)
 const BATCH = 100
+// Warm-up batches before the measured rounds: V8 keeps compiling the server's hot path on its
+// background threads for about the first thousand SVIDs (measured: with 300 SVIDs of warm-up,
+// 50-80 µs of each measured SVID's CPU was on those threads; after 1200, 26-34 µs).
+const WARM = Number(process.env.BENCH_WARM ?? 10)
 
 const cpuUs = () => {
   const u = process.cpuUsage()
@@ -52,34 +60,38 @@ async function main(): Promise<void> {
       parent_id: att.svid.spiffeId,
       selectors: [{ type: 'unix', value: 'uid:0' }],
     })
-    const workload = await keys.generateKey('w', 'ec-p256')
-    const csr = await createCsr(workload)
-    const params = Array.from({ length: BATCH }, () => ({ entryId: String(entry.id), csr }))
-    await client.call('BatchNewX509SVID', { params: params.slice(0, 5) }, auth) // warm up
+    // Distinct CSRs, each for its own key, none sent twice: WARM batches to warm the server up
+    // (JIT, caches a long-running server has warm), then BATCHES measured ones.
+    const csrs = await distinctCsrs((WARM + BATCHES) * BATCH)
+    const batchOf = (i: number) => csrs.slice(i * BATCH, (i + 1) * BATCH)
+    const paramsOf = (b: BenchCsr[]) => b.map((c) => ({ entryId: String(entry.id), csr: c.csr }))
+    for (let w = 0; w < WARM; w++)
+      await client.call('BatchNewX509SVID', { params: paramsOf(batchOf(w)) }, auth)
 
     // Baseline: the same CA key (disk key manager file) signing a certificate-sized message.
     const caKeyFile = join(s.dir, 'data', 'keys', 'x509-ca-1.key.pem')
     const caKey = readFileSync(caKeyFile, 'utf8')
     const tbs = new Uint8Array(450).fill(7)
-    const { createPrivateKey } = await import('node:crypto')
     const keyObject = createPrivateKey(caKey)
-    // The floor any server verifying proof of possession pays per SVID: import the CSR's key,
-    // verify the CSR signature, sign the certificate.
-    const { verify, createPublicKey: importKey } = await import('node:crypto')
-    const { publicKeyFromCsr } = await import('../src/spiffe/csr.js')
-    const csrKey = await publicKeyFromCsr(csr)
-    const jwk = csrKey.export({ format: 'jwk' })
-    const csrSig = new Uint8Array(await workload.sign(tbs))
+    await floor(batchOf(0), keyObject) // warm up
+    await floor(batchOf(0), keyObject, 'jwk')
 
-    // Rounds alternate server batch, raw signing, floor, so load from other processes falls on
-    // all three alike.
+    // Rounds alternate server batch, raw signing, floor (raw point import), floor (JWK import),
+    // so load from other processes falls on all alike. The floors verify the very CSRs the
+    // server got in that round.
     let serverMs = 0
     let serverCpuUs = 0
     let rawMs = 0
     let rawWithPemMs = 0
     let floorMs = 0
     let floorCpuUs = 0
+    let jwkFloorCpuUs = 0
+    let loopMaxMs = 0
+    await srv.ask({ op: 'loop' }) // resets the server's event-loop delay histogram
+    const main0 = (await srv.ask({ op: 'mainCpu' })).us as number
     for (let i = 0; i < BATCHES; i++) {
+      const batch = batchOf(WARM + i)
+      const params = paramsOf(batch)
       const c0 = (await srv.ask({ op: 'cpu' })).us as number
       let t = performance.now()
       const r = await client.call('BatchNewX509SVID', { params }, auth)
@@ -87,6 +99,7 @@ async function main(): Promise<void> {
       serverMs += performance.now() - t
       // Includes answering the two 'cpu' messages: a few µs, charged to the server.
       serverCpuUs += ((await srv.ask({ op: 'cpu' })).us as number) - c0
+      loopMaxMs = Math.max(loopMaxMs, (await srv.ask({ op: 'loop' })).maxMs as number)
       t = performance.now()
       for (let j = 0; j < BATCH; j++)
         cryptoSign('sha256', tbs, { key: keyObject, dsaEncoding: 'ieee-p1363' })
@@ -96,15 +109,15 @@ async function main(): Promise<void> {
         cryptoSign('sha256', tbs, { key: caKey, dsaEncoding: 'ieee-p1363' })
       rawWithPemMs += performance.now() - t
       t = performance.now()
-      const f0 = cpuUs()
-      for (let j = 0; j < BATCH; j++) {
-        const k = importKey({ key: jwk, format: 'jwk' })
-        verify('sha256', tbs, { key: k, dsaEncoding: 'ieee-p1363' }, csrSig)
-        cryptoSign('sha256', tbs, { key: keyObject, dsaEncoding: 'ieee-p1363' })
-      }
+      let f0 = cpuUs()
+      await floor(batch, keyObject)
       floorMs += performance.now() - t
       floorCpuUs += cpuUs() - f0
+      f0 = cpuUs()
+      await floor(batch, keyObject, 'jwk')
+      jwkFloorCpuUs += cpuUs() - f0
     }
+    const mainUs = ((await srv.ask({ op: 'mainCpu' })).us as number) - main0
     const n = BATCHES * BATCH
 
     const rate = (ms: number) => Math.round((n / ms) * 1000)
@@ -118,7 +131,14 @@ async function main(): Promise<void> {
     console.log(`  raw crypto.sign (KeyObject) ${rate(rawMs)} signatures/s`)
     console.log(`  raw crypto.sign (PEM each)  ${rate(rawWithPemMs)} signatures/s`)
     console.log(
-      `  raw floor: key import + CSR verify + sign ${rate(floorMs)} SVIDs/s wall, ${cpuRate(floorCpuUs)} per CPU-second`,
+      `  raw floor: key import (raw point) + CSR verify + sign ${rate(floorMs)} SVIDs/s wall, ${cpuRate(floorCpuUs)} per CPU-second`,
+    )
+    console.log(
+      `  the same floor with a JWK key import (the floor before 2026-12-02 14:00) ${cpuRate(jwkFloorCpuUs)} per CPU-second; share ${(jwkFloorCpuUs / serverCpuUs).toFixed(2)}`,
+    )
+    const us = (x: number) => `${Math.round(x / n)} µs`
+    console.log(
+      `  CPU per SVID: server ${us(serverCpuUs)} (main thread ${us(mainUs)}, the rest GC and JIT threads), floor ${us(floorCpuUs)}; server event loop delay max ${loopMaxMs.toFixed(1)} ms during the rounds`,
     )
     const share = floorCpuUs / serverCpuUs
     console.log(

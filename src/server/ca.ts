@@ -13,7 +13,7 @@ import { SpiffeEdgeError } from '../errors.js'
 import { type KeyManager, KeyManagerError, type KeyType, type Signer } from '../keymanager/types.js'
 import { TrustBundle } from '../spiffe/bundle.js'
 import type { SpiffeId, TrustDomain } from '../spiffe/id.js'
-import { issueX509Ca, issueX509Svid } from '../spiffe/x509-svid.js'
+import { issueX509Ca, issueX509Svids } from '../spiffe/x509-svid.js'
 import type { Datastore } from './datastore/types.js'
 
 export interface Clock {
@@ -98,6 +98,14 @@ function fraction(
 ): number {
   const from = slot.issuedAt ?? slot.notBefore
   return (now - from) / (slot.notAfter - from)
+}
+
+/** One X509-SVID to sign: the key from the CSR, the ID and lifetime from its entry. */
+export interface SvidRequest {
+  publicKey: KeyObject
+  spiffeId: SpiffeId
+  ttlSeconds: number
+  dnsNames?: readonly string[]
 }
 
 export interface IssuedX509 {
@@ -332,28 +340,42 @@ export class CaManager {
   }
 
   /** Signs an X509-SVID for a public key; the lifetime is clamped to the CA's. */
-  async signX509Svid(params: {
-    publicKey: KeyObject
-    spiffeId: SpiffeId
-    ttlSeconds: number
-    dnsNames?: readonly string[]
-  }): Promise<IssuedX509> {
+  async signX509Svid(params: SvidRequest): Promise<IssuedX509> {
+    const [one] = await this.signX509Svids([params])
+    if (!one || one instanceof Error) throw one ?? new Error('no SVID issued')
+    return one
+  }
+
+  /**
+   * signX509Svid for several keys with one call into the CA key (signMany where the key has it:
+   * one hop to the token for the lot). A request that cannot be issued is its own Error; a
+   * failed CA signature rejects them all.
+   */
+  async signX509Svids(list: readonly SvidRequest[]): Promise<(IssuedX509 | Error)[]> {
     const ca = await this.activeX509()
     const now = this.nowMs()
-    const notAfter = Math.min(now + params.ttlSeconds * 1000, ca.notAfter)
-    const serial = BigInt(`0x${randomSerialBytes().toString('hex')}`) >> 1n
-    const leaf = await issueX509Svid({
-      subjectPublicKey: params.publicKey,
-      spiffeId: params.spiffeId,
-      ...(params.dnsNames ? { dnsNames: params.dnsNames } : {}),
-      issuer: { certificate: ca.certificate, signer: ca.signer },
-      notBefore: new Date(now - 10_000),
-      notAfter: new Date(notAfter),
-      serial,
+    const meta = list.map((p) => ({
+      notAfter: Math.min(now + p.ttlSeconds * 1000, ca.notAfter),
+      serial: BigInt(`0x${randomSerialBytes().toString('hex')}`) >> 1n,
+    }))
+    const leaves = await issueX509Svids(
+      { certificate: ca.certificate, signer: ca.signer },
+      list.map((p, i) => ({
+        subjectPublicKey: p.publicKey,
+        spiffeId: p.spiffeId,
+        ...(p.dnsNames ? { dnsNames: p.dnsNames } : {}),
+        notBefore: new Date(now - 10_000),
+        notAfter: new Date(meta[i]!.notAfter),
+        serial: meta[i]!.serial,
+      })),
+    )
+    return leaves.map((leaf: Uint8Array | Error, i: number) => {
+      if (leaf instanceof Error) return leaf
+      const chain = [leaf]
+      if (this.o.upstream) chain.push(ca.certificate, ...this.o.upstream.chain)
+      const m = meta[i]!
+      return { chain, notAfter: new Date(m.notAfter), serial: m.serial.toString(16) }
     })
-    const chain = [leaf]
-    if (this.o.upstream) chain.push(ca.certificate, ...this.o.upstream.chain)
-    return { chain, notAfter: new Date(notAfter), serial: serial.toString(16) }
   }
 
   /** The CA certificates (DER) still valid, current first: what the bundle publishes. */

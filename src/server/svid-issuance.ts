@@ -3,15 +3,18 @@
  * authorized entries (BatchNewX509SVID) and JWT SVIDs (NewJWTSVID). Authorization is decided by
  * the caller's entry list; this file only refuses what is not in it.
  */
+import { isSpiffeEdgeError } from '../errors.js'
 import { SpiffeId } from '../spiffe/id.js'
 import { mintJwtSvid } from '../spiffe/jwt-svid.js'
 import { encryptTo } from '../transport/mqtt/jwe.js'
 import type { CallMethods, X509SvidMessage } from '../transport/proto.js'
-import type { IssuedX509 } from './ca.js'
+import type { IssuedX509, SvidRequest } from './ca.js'
 import type { AttestedNode, RegistrationEntry } from './datastore/types.js'
 import { csrKey, NodeApiError, type NodeApiOptions, Status } from './node-api-common.js'
 
 const MAX_BATCH = 500
+/** CSRs verified per step of a batch (see batchNewX509Svid). */
+const CHUNK = 16
 
 type IssuanceOptions = Pick<
   NodeApiOptions,
@@ -76,43 +79,82 @@ export async function batchNewX509Svid(
     )
   }
   const authorized = new Map((await authorizedEntries()).map((e) => [e.id, e]))
-  type Result = CallMethods['BatchNewX509SVID']['response']['results'][number]
-  const one = async (p: (typeof req.params)[number]): Promise<Result> => {
-    const entry = authorized.get(p.entryId)
-    if (!entry) {
-      return {
-        status: Status.NOT_FOUND,
-        message: `entry ${p.entryId} is not authorized for this agent`,
+  const ids = new Map<string, SpiffeId>()
+  const n = req.params.length
+  const results: BatchResult[] = new Array(n)
+  const signing: Promise<void>[] = []
+  for (let from = 0; from < n; from += CHUNK) {
+    // The event loop runs between chunks: a batch of 500 CSRs stalls it for one chunk at a time.
+    if (from > 0) await new Promise<void>((r) => setImmediate(r))
+    const chunk: { i: number; entry: RegistrationEntry }[] = []
+    const reqs: SvidRequest[] = []
+    for (let i = from; i < Math.min(n, from + CHUNK); i++) {
+      const p = req.params[i]!
+      const entry = authorized.get(p.entryId)
+      if (!entry) {
+        results[i] = {
+          status: Status.NOT_FOUND,
+          message: `entry ${p.entryId} is not authorized for this agent`,
+        }
+        continue
+      }
+      try {
+        let spiffeId = ids.get(entry.id)
+        if (!spiffeId) {
+          spiffeId = SpiffeId.parse(entry.spiffeId)
+          ids.set(entry.id, spiffeId)
+        }
+        reqs.push({
+          publicKey: await csrKey(p.csr),
+          spiffeId,
+          ttlSeconds: entry.x509SvidTtl || o.defaultX509SvidTtlSeconds,
+          dnsNames: entry.dnsNames,
+        })
+        chunk.push({ i, entry })
+      } catch (err) {
+        results[i] = failed(err)
       }
     }
-    try {
-      const publicKey = await csrKey(p.csr)
-      const issued = await o.ca.signX509Svid({
-        publicKey,
-        spiffeId: SpiffeId.parse(entry.spiffeId),
-        ttlSeconds: entry.x509SvidTtl || o.defaultX509SvidTtlSeconds,
-        dnsNames: entry.dnsNames,
-      })
-      return {
-        status: Status.OK,
-        message: '',
-        svid: svidMessage(issued, entry.spiffeId, entry.hint),
-      }
-    } catch (err) {
-      return {
-        status: err instanceof NodeApiError ? err.status : Status.INTERNAL,
-        message: (err as Error).message,
-      }
-    }
+    if (reqs.length === 0) continue
+    // Not awaited here: while the CA key signs this chunk (a token signs on another thread), the
+    // next chunk's CSRs are verified. Bounded: at most MAX_BATCH / CHUNK chunks per batch.
+    signing.push(
+      o.ca.signX509Svids(reqs).then(
+        (issued) => {
+          for (const [k, { i, entry }] of chunk.entries()) {
+            const x = issued[k]!
+            results[i] =
+              x instanceof Error
+                ? failed(x)
+                : {
+                    status: Status.OK,
+                    message: '',
+                    svid: svidMessage(x, entry.spiffeId, entry.hint),
+                  }
+          }
+        },
+        (err: unknown) => {
+          for (const { i } of chunk) results[i] = failed(err)
+        },
+      ),
+    )
   }
-  // Up to 8 at once, results in request order: a CA key in an HSM signs on several sessions.
-  const results: Result[] = new Array(req.params.length)
-  let next = 0
-  const worker = async () => {
-    for (let i = next++; i < req.params.length; i = next++) results[i] = await one(req.params[i]!)
-  }
-  await Promise.all(Array.from({ length: Math.min(8, req.params.length) }, worker))
+  await Promise.all(signing)
   return { results }
+}
+
+type BatchResult = CallMethods['BatchNewX509SVID']['response']['results'][number]
+
+/**
+ * A refused or failed SVID of a batch: coded refusals keep their status; a key manager failure
+ * (a token that went away) is UNAVAILABLE and names its code, so the agent retries later.
+ */
+function failed(err: unknown): BatchResult {
+  if (err instanceof NodeApiError) return { status: err.status, message: err.message }
+  const code = isSpiffeEdgeError(err) ? err.code : undefined
+  if (code?.startsWith('ERR_PKCS11') || code === 'ERR_KEY_MANAGER')
+    return { status: Status.UNAVAILABLE, message: `${code}: ${(err as Error).message}` }
+  return { status: Status.INTERNAL, message: (err as Error).message }
 }
 
 async function encryptResponseToken(responseKey: string, token: string): Promise<string> {

@@ -3,7 +3,7 @@
  * server takes the key and ignores every other CSR field. Creating one goes through a Signer, so
  * the key may be in a TPM or HSM.
  */
-import { createPublicKey, verify as cryptoVerify, type KeyObject } from 'node:crypto'
+import { createPublicKey, verify as cryptoVerify, KeyObject } from 'node:crypto'
 import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
 import * as der from './der.js'
@@ -46,6 +46,23 @@ const CSR_SIGNATURE_HASHES: ReadonlyMap<string, string> = new Map([
 ])
 
 /**
+ * An uncompressed EC point as a public KeyObject. WebCrypto's raw import decodes the point,
+ * refusing any that is not on the curve (P-256 and P-384 have cofactor 1, so that is the whole
+ * validity check); a JWK import checks that too and then also multiplies the point by the group
+ * order, which costs another ~20 µs per CSR (measured, docs/benchmarks.md).
+ */
+async function importEcPoint(crv: string, point: Uint8Array): Promise<KeyObject> {
+  const k = await globalThis.crypto.subtle.importKey(
+    'raw',
+    point,
+    { name: 'ECDSA', namedCurve: crv },
+    true,
+    ['verify'],
+  )
+  return KeyObject.from(k)
+}
+
+/**
  * The CSR's public key, after checking the CSR is signed by it (proof of possession). Read with
  * the small DER reader rather than @peculiar/x509: the server does this once per SVID, and the
  * library costs over a millisecond where this costs one signature verification.
@@ -67,7 +84,7 @@ export async function publicKeyFromCsr(csrDer: Uint8Array): Promise<KeyObject> {
     if (sig.value[0] !== 0) throw new Error('signature BIT STRING has unused bits')
     const ec = der.ecJwkFromSpki(spki.raw)
     key = ec
-      ? createPublicKey({ key: { kty: 'EC', crv: ec.crv, x: ec.x, y: ec.y }, format: 'jwk' })
+      ? await importEcPoint(ec.crv, ec.point)
       : createPublicKey({ key: Buffer.from(spki.raw), format: 'der', type: 'spki' })
     // The CA embeds the key it signs for; it must never embed bytes the requester chose. Only the
     // canonical DER of the parsed key is accepted (junk inside or around the SPKI, long-form or

@@ -27,6 +27,12 @@ export interface Signer {
    * IEEE P1363 r||s (the JWS and WebCrypto form), RSA signatures PKCS#1 v1.5.
    */
   sign(data: Uint8Array): Promise<Uint8Array>
+  /**
+   * Optional: sign() for each of `data`, results in order, all or nothing. A hardware signer
+   * offers it when one round trip for many signatures costs less than one per signature (a
+   * PKCS#11 token: one hop to a signing thread per batch instead of per SVID).
+   */
+  signMany?(data: readonly Uint8Array[]): Promise<Uint8Array[]>
 }
 
 export function isKeyType(s: unknown): s is KeyType {

@@ -10,6 +10,7 @@ import { randomBytes, verify } from 'node:crypto'
 import { cpSync, mkdtempSync, renameSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { after, before, test } from 'node:test'
 import pkcs11js from 'pkcs11js'
 import { initSoftHsm, type SoftHsmToken } from '../../hardware-sim/softhsm.js'
@@ -255,6 +256,45 @@ test('pkcs11: a token that vanishes mid-run fails with a code, and signing resum
     )
     all.forEach((s, i) => {
       assert.ok(verifies(key, s, Buffer.from(`${i}`)))
+    })
+  }))
+
+test('pkcs11: signMany signs a batch on a signing thread without holding the event loop; a token that vanishes mid-batch fails the whole batch with a code, and batches sign again when it returns', () =>
+  withManager('vanish-batch', async (km) => {
+    const key = await km.generateKey('k', 'ec-p256')
+    const big = Array.from({ length: 1024 }, (_, i) => Buffer.from(`batch message ${i}`))
+    const loop = monitorEventLoopDelay({ resolution: 1 })
+    loop.enable()
+    const t0 = performance.now()
+    const sigs = await key.signMany!(big)
+    const ms = performance.now() - t0
+    loop.disable()
+    assert.equal(sigs.length, big.length)
+    sigs.forEach((sig, i) => {
+      assert.ok(verifies(key, sig, big[i]!), `signature ${i} verifies`)
+    })
+    // A batch signed on the event loop would stall it for the whole batch.
+    assert.ok(
+      loop.max / 1e6 < ms / 2,
+      `event loop delay max ${(loop.max / 1e6).toFixed(1)} ms during a ${ms.toFixed(1)} ms batch`,
+    )
+
+    const tokens = join(token.stateDir, 'tokens')
+    const saved = join(token.stateDir, 'tokens.saved')
+    cpSync(tokens, saved, { recursive: true })
+    const job = key.signMany!(big)
+    await new Promise((r) => setTimeout(r, 5))
+    rmSync(tokens, { recursive: true, force: true })
+    await assert.rejects(job, (err: { code?: string; remedy?: string }) => {
+      assert.match(String(err.code), /^ERR_PKCS11_(TOKEN_REMOVED|TOKEN_MISSING|KEY_MISSING)$/)
+      assert.ok(err.remedy)
+      return true
+    })
+    renameSync(saved, tokens)
+    await new Promise((r) => setTimeout(r, 1100)) // a missing token is looked for once a second
+    const again = await key.signMany!(big.slice(0, 10))
+    again.forEach((sig, i) => {
+      assert.ok(verifies(key, sig, big[i]!))
     })
   }))
 

@@ -5,7 +5,7 @@
  * without their datastore, and a datastore whose CA key was deleted from the token.
  */
 import assert from 'node:assert/strict'
-import { createPublicKey } from 'node:crypto'
+import { createPublicKey, X509Certificate } from 'node:crypto'
 import { chmodSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -17,7 +17,7 @@ import { x509 } from '../../src/common/x509.js'
 import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import { Pkcs11KeyManager } from '../../src/keymanager/pkcs11/manager.js'
 import { Pkcs11Module } from '../../src/keymanager/pkcs11/module.js'
-import { createCsr } from '../../src/spiffe/csr.js'
+import { createCsr, publicKeyFromCsr } from '../../src/spiffe/csr.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
 import { GrpcNodeClient } from '../../src/transport/grpc-client.js'
 import { run } from '../helpers/exec.js'
@@ -175,7 +175,7 @@ test('server with RSA-3072 CA and JWT keys in SoftHSM2: SVIDs verify, restart ke
   })
 })
 
-test('a batch of CSRs is signed on several token sessions at once, results in request order', async (t) => {
+test('a batch of CSRs is signed in chunks on signing threads, several sessions at once, results in request order; a token gone fails every SVID with a code', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-server-p11-'))
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   const token = await initSoftHsm({ stateDir: join(dir, 'hsm'), label: 'srv' })
@@ -183,17 +183,19 @@ test('a batch of CSRs is signed on several token sessions at once, results in re
   const pinFile = join(dir, 'pin')
   writeFileSync(pinFile, token.pin, { mode: 0o600 })
   chmodSync(pinFile, 0o600)
-  await using s = await startTestServer({
-    extraToml: tokenToml(token, pinFile).replace('ca_key_type = "rsa-3072"\n', ''),
-  })
+  // RSA-3072: a few ms per signature in SoftHSM2, so chunks overlap as on a slow HSM.
+  await using s = await startTestServer({ extraToml: tokenToml(token, pinFile) })
   const keys = new MemoryKeyManager()
   const agentKey = await keys.generateKey('agent', 'ec-p256')
   const client = new GrpcNodeClient({ address: s.address, trustDomain: td, bundle: 'insecure' })
-  // The server's module, shared in this process: every CA signature takes 30 ms, as on a slow HSM.
+  // The server's module, shared in this process: count module jobs in flight, and signatures
+  // made one hop each (C_SignAsync) rather than in a signing thread's job.
   const mod = Pkcs11Module.acquire(token.modulePath)
-  const real = mod.p.C_SignAsync
+  const realRun = mod.run
+  const realSignAsync = mod.p.C_SignAsync
   let inFlight = 0
   let most = 0
+  let singleHops = 0
   try {
     const att = await client.attestAgent(joinTokenAgentAttestor(await s.token()), agentKey)
     const auth = { spiffeId: att.svid.spiffeId, chain: att.svid.certChain, signer: agentKey }
@@ -206,28 +208,54 @@ test('a batch of CSRs is signed on several token sessions at once, results in re
         }),
       ),
     )
-    const csr = await createCsr(await keys.generateKey('w', 'ec-p256'))
-    const params = Array.from({ length: 16 }, (_, i) => ({
-      entryId: String(entries[i % 2]!.id),
-      csr,
-    }))
-    mod.p.C_SignAsync = async (...args: Parameters<typeof real>) => {
+    // Distinct CSRs, each its own key.
+    const params = await Promise.all(
+      Array.from({ length: 48 }, async (_, i) => ({
+        entryId: String(entries[i % 2]!.id),
+        csr: await createCsr(await keys.generateKey(`w${i}`, 'ec-p256')),
+      })),
+    )
+    mod.run = async function <T>(this: Pkcs11Module, fn: Parameters<typeof realRun>[0]) {
       most = Math.max(most, ++inFlight)
       try {
-        await new Promise((r) => setTimeout(r, 30))
-        return await real.apply(mod.p, args)
+        return (await realRun.call(this, fn)) as T
       } finally {
         inFlight--
       }
+    } as typeof realRun
+    mod.p.C_SignAsync = (...args: Parameters<typeof realSignAsync>) => {
+      singleHops++
+      return realSignAsync.apply(mod.p, args)
     }
     const batch = await client.call('BatchNewX509SVID', { params }, auth)
     assert.deepEqual(
       batch.results.map((r) => r.svid?.spiffeId),
       params.map((_, i) => `spiffe://example.org/${i % 2 === 0 ? 'a' : 'b'}`),
     )
-    assert.ok(most >= 2, `signatures overlapped in the token (at most ${most} at once)`)
+    // Each SVID carries its own CSR's key and verifies under the token's CA key.
+    const ca = new X509Certificate(client.currentBundle()!.toPem())
+    for (const [i, r] of batch.results.entries()) {
+      const leaf = new X509Certificate(r.svid!.certChain[0]!)
+      assert.ok(leaf.verify(ca.publicKey), `SVID ${i} verifies under the CA`)
+      const want = (await publicKeyFromCsr(params[i]!.csr)).export({ type: 'spki', format: 'der' })
+      const got = leaf.publicKey.export({ type: 'spki', format: 'der' })
+      assert.ok(got.equals(want), `SVID ${i} carries its own CSR's key`)
+    }
+    assert.ok(most >= 2, `token jobs overlapped (at most ${most} at once)`)
+    assert.equal(singleHops, 0, 'CA signatures go through signing-thread jobs, not one hop each')
+
+    // The token store goes away: every SVID of the next batch fails, UNAVAILABLE, with the code.
+    rmSync(join(token.stateDir, 'tokens'), { recursive: true, force: true })
+    const gone = await client.call('BatchNewX509SVID', { params: params.slice(0, 20) }, auth)
+    assert.equal(gone.results.length, 20)
+    for (const r of gone.results) {
+      assert.equal(r.status, 14, `UNAVAILABLE, not ${r.status}: ${r.message}`)
+      assert.match(r.message, /^ERR_PKCS11_(TOKEN_REMOVED|TOKEN_MISSING|KEY_MISSING): /)
+      assert.ok(!r.svid, 'no SVID')
+    }
   } finally {
-    mod.p.C_SignAsync = real
+    mod.run = realRun
+    mod.p.C_SignAsync = realSignAsync
     mod.release()
     client.close()
   }

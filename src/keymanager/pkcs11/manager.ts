@@ -26,6 +26,7 @@ import {
 import { fromPkcs11, isHandleGone, isTokenGone, Pkcs11KeyError } from './errors.js'
 import { Pkcs11Module } from './module.js'
 import {
+  batchMechanism,
   findObjects,
   generatePair,
   hasPss,
@@ -34,6 +35,7 @@ import {
   type SignScheme,
   signWith,
 } from './objects.js'
+import { SignThreads } from './sign-threads.js'
 import { describeSelector, Pkcs11Token, type TokenSelector } from './token.js'
 
 export interface Pkcs11Options {
@@ -69,19 +71,24 @@ interface Entry {
 
 const PREFIX = /^[A-Za-z0-9._-]{1,32}$/
 const TOKEN_RETRY_MS = 1000
+/** Messages per signMany call: the server's chunks are 16; a bound, not a tuning knob. */
+const MAX_SIGN_MANY = 1024
 
 export class Pkcs11KeyManager implements KeyManager {
   readonly prefix: string
   private readonly token: Pkcs11Token
+  private readonly threads: SignThreads
   private readonly entries = new Map<string, Entry>()
   private pss: boolean | undefined
   private lastMissingReopen = 0
   private tokenLost = false
   private closed = false
 
-  private constructor(token: Pkcs11Token, prefix: string) {
+  private constructor(token: Pkcs11Token, prefix: string, maxSessions: number) {
     this.token = token
     this.prefix = prefix
+    // One signing thread per session at most: a job holds its session until it is done.
+    this.threads = new SignThreads(token.module.path, maxSessions)
   }
 
   /** Loads the module and logs in once now, so a wrong PIN or a missing token fails at start. */
@@ -94,7 +101,7 @@ export class Pkcs11KeyManager implements KeyManager {
     }
     const mod = Pkcs11Module.acquire(o.modulePath)
     const token = new Pkcs11Token(mod, o.token, o.pin, o.maxSessions ?? 4)
-    const km = new Pkcs11KeyManager(token, o.keyLabelPrefix)
+    const km = new Pkcs11KeyManager(token, o.keyLabelPrefix, o.maxSessions ?? 4)
     try {
       km.pss = await token.withSession((p, s) => hasPss(p, s))
     } catch (err) {
@@ -170,14 +177,51 @@ export class Pkcs11KeyManager implements KeyManager {
 
   private sign(e: Entry, data: Uint8Array, scheme: SignScheme): Promise<Uint8Array> {
     if (this.closed) return Promise.reject(closedError())
-    return this.withRecovery(
-      `signing with key ${e.id}`,
-      (p, s, gen) => signWith(p, s, this.handleOf(e, p, s, gen), e.type, data, scheme),
-      () => {
-        e.handle = undefined
-      },
-    ).catch((err: unknown) => {
-      // Gone for good: getKey must look in the token again rather than hand out this entry.
+    return this.forgetIfMissing(
+      e,
+      this.withRecovery(
+        `signing with key ${e.id}`,
+        (p, s, gen) => signWith(p, s, this.handleOf(e, p, s, gen), e.type, data, scheme),
+        () => {
+          e.handle = undefined
+        },
+      ),
+    )
+  }
+
+  /**
+   * Signs every message in one job on a signing thread (sign-threads.ts), in one session: all
+   * signatures or one coded error for the lot. A token that goes away mid-job is reopened and
+   * the whole job tried again (bounded, as for one signature).
+   */
+  private signMany(e: Entry, data: readonly Uint8Array[]): Promise<Uint8Array[]> {
+    if (this.closed) return Promise.reject(closedError())
+    if (data.length === 0) return Promise.resolve([])
+    if (data.length > MAX_SIGN_MANY) {
+      return Promise.reject(
+        new Pkcs11KeyError(
+          'ERR_PKCS11',
+          `${data.length} messages in one signMany call (at most ${MAX_SIGN_MANY})`,
+          'split the batch',
+        ),
+      )
+    }
+    const m = batchMechanism(e.type)
+    return this.forgetIfMissing(
+      e,
+      this.withRecovery(
+        `signing ${data.length} messages with key ${e.id}`,
+        (p, s, gen) => this.threads.sign(s, this.handleOf(e, p, s, gen), { ...m, inputs: data }),
+        () => {
+          e.handle = undefined
+        },
+      ),
+    )
+  }
+
+  /** A key gone for good: getKey must look in the token again rather than hand out this entry. */
+  private forgetIfMissing<T>(e: Entry, op: Promise<T>): Promise<T> {
+    return op.catch((err: unknown) => {
       const code = (err as { code?: unknown }).code
       if (code === 'ERR_PKCS11_KEY_MISSING' && this.entries.get(e.id) === e)
         this.entries.delete(e.id)
@@ -193,6 +237,7 @@ export class Pkcs11KeyManager implements KeyManager {
       label: e.label,
       ckaId: e.ckaId.toString('hex'),
       sign: (data: Uint8Array) => this.sign(e, data, 'default'),
+      signMany: (data: readonly Uint8Array[]) => this.signMany(e, data),
       ...(this.pss && e.type.startsWith('rsa')
         ? { signPss: (data: Uint8Array) => this.sign(e, data, 'pss') }
         : {}),
@@ -353,6 +398,7 @@ export class Pkcs11KeyManager implements KeyManager {
   close(): void {
     if (this.closed) return
     this.closed = true
+    this.threads.close()
     this.token.close()
     this.token.module.release()
   }

@@ -222,6 +222,25 @@ export async function signWith(
   return new Uint8Array(sig.buffer, sig.byteOffset, sig.byteLength)
 }
 
+/**
+ * What signWith's default scheme does, for a signing thread (sign-thread.ts): the mechanism,
+ * the software hash ECDSA needs first, the signature length.
+ */
+export function batchMechanism(type: KeyType): {
+  mechanism: number
+  hash?: 'sha256' | 'sha384'
+  outLen: number
+} {
+  if (type === 'ec-p256' || type === 'ec-p384') {
+    return {
+      mechanism: pkcs11js.CKM_ECDSA,
+      hash: type === 'ec-p384' ? 'sha384' : 'sha256',
+      outLen: 2 * CURVES[type].size,
+    }
+  }
+  return { mechanism: pkcs11js.CKM_SHA256_RSA_PKCS, outLen: (RSA_BITS[type] ?? 4096) / 8 }
+}
+
 /** Whether the session's token offers RSA-PSS with SHA-256 (SoftHSM2 does; many smart cards do not). */
 export function hasPss(p: pkcs11js.PKCS11, session: pkcs11js.Handle): boolean {
   try {
