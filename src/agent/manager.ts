@@ -2,33 +2,34 @@
  * The agent's manager: it composes the agent identity (cache/identity.ts), the entry sync
  * (cache/entries.ts), the workload X509-SVIDs (cache/x509-svids.ts), the JWT-SVID cache
  * (cache/jwt-svids.ts), the bundle (cache/bundle.ts) and the sync timing (cache/schedule.ts); it
- * runs one sync round and decides what a refusal means. It is
- * the WorkloadSource the Workload API serves from, so workloads are answered from memory and keep
- * being answered while the server is unreachable; the sync loop retries with capped exponential
- * backoff and reports it in health(). It talks to the server only through a NodeClient.
+ * runs one sync round and acts on a refusal. It is the WorkloadSource the Workload API serves
+ * from, so workloads are answered from memory and keep being answered while the server is
+ * unreachable; the sync loop retries with capped exponential backoff and reports it in health().
+ * It talks to the server only through a NodeClient.
  *
- * Over 400 lines because start-up order (saved state, federated bundles, the sealed cache, then
- * the first sync) and the refusal and identity-recovery rules read best in one place; the next
- * split moves start-up restore and recoverIdentity into cache/ (noted in issue 10's follow-up).
+ * Bundle fetching and pushes live in bundle-sync.ts, attestation in identity-recovery.ts and what
+ * a failure or refusal means in sync-errors.ts; start-up order and the sync round stay here.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { AgentNodeAttestor } from '../attestors/types.js'
 import type { Log } from '../common/log.js'
-import { SpiffeEdgeError } from '../errors.js'
+import type { SpiffeEdgeError } from '../errors.js'
 import type { KeyManager, KeyType } from '../keymanager/types.js'
 import type { JwtBundle } from '../spiffe/bundle.js'
-import { TrustBundle } from '../spiffe/bundle.js'
 import type { TrustDomain } from '../spiffe/id.js'
-import { NodeCallError, type NodeClient } from '../transport/node-client.js'
+import type { NodeClient } from '../transport/node-client.js'
+import { BundleSync } from './bundle-sync.js'
 import { BundleState } from './cache/bundle.js'
 import { EntrySync, sel } from './cache/entries.js'
 import { IdentityKeeper } from './cache/identity.js'
 import { JWT_CACHE_DEFAULT_BYTES, JwtSvidCache } from './cache/jwt-svids.js'
-import { OfflineClock, type OfflineStatus, svidExpiredError } from './cache/offline.js'
+import { OfflineClock, type OfflineStatus } from './cache/offline.js'
 import { SyncSchedule } from './cache/schedule.js'
 import type { SealedSvidStore } from './cache/sealed-svids.js'
 import { X509SvidCache } from './cache/x509-svids.js'
+import { IdentityRecovery } from './identity-recovery.js'
 import type { AgentStorage } from './storage.js'
+import { fatalRefusalError, isIdentityRefusal, isRefusal, syncFailureLog } from './sync-errors.js'
 import { GrpcStatus, WorkloadStatusError } from './workload-api/errors.js'
 import {
   audienceProblem,
@@ -73,9 +74,6 @@ export interface ManagerOptions {
 const NEAR_EXPIRY_MS = 30_000
 const START_WAIT_MS = 1000
 
-/** Refusals that mean the server no longer accepts this agent identity. */
-const IDENTITY_REFUSALS = ['banned', 'not_attested', 'stale_svid', 'bad_svid']
-
 export class AgentManager implements WorkloadSource {
   private readonly o: ManagerOptions
   private readonly clock: Clock
@@ -92,8 +90,8 @@ export class AgentManager implements WorkloadSource {
   private failures = 0
   private lastError: string | undefined
   private readonly offline: OfflineClock
-  /** Set once the server refused the join token of an expired agent: do not ask again. */
-  private needsNewToken: SpiffeEdgeError | undefined
+  private readonly bundles: BundleSync
+  private readonly recovery: IdentityRecovery
 
   constructor(o: ManagerOptions) {
     this.o = o
@@ -141,6 +139,27 @@ export class AgentManager implements WorkloadSource {
       nextRotation: (t) => this.x509.nextRotation(t),
       overdueExpiry: (t) => this.x509.overdueExpiry(t),
     })
+    this.bundles = new BundleSync({
+      trustDomain: o.trustDomain,
+      client: o.client,
+      storage: o.storage,
+      log: o.log,
+      bundle: this.bundle,
+      entries: this.entries,
+      auth,
+      stopped: () => this.stopped,
+      changed: () => {
+        this.bundle.notify()
+        this.x509.notify()
+      },
+    })
+    this.recovery = new IdentityRecovery({
+      identity: this.identity,
+      bundle: this.bundle,
+      entries: this.entries,
+      attestor: o.attestor,
+      log: o.log,
+    })
   }
 
   /** Rewrites the sealed cache with what we hold now (coalesced in the store). */
@@ -166,27 +185,14 @@ export class AgentManager implements WorkloadSource {
    */
   async start(): Promise<void> {
     const state = this.o.storage.load()
-    if (state.bundle) {
-      this.bundle.current = TrustBundle.fromSpiffeJson(this.o.trustDomain, state.bundle)
-      this.o.client.setBundle(this.bundle.current)
-    }
+    this.bundles.restoreOwn(state.bundle)
     this.offline.restore(state.lastSyncOk)
     await this.identity.restore(state)
     // A pushed bundle (MQTT) is taken at once, so a CA rotation needs no poll to arrive.
-    this.unsubscribePush ??= this.o.client.onBundle?.((b) => this.takeBundle(b))
+    this.unsubscribePush ??= this.o.client.onBundle?.((b) => this.bundles.take(b))
     const a = this.identity.current
     if (state.entries && a) this.entries.restore(state.entries, state.revision)
-    if (state.federatedBundles && a) {
-      // Served before the server answers, like our own bundle and the entries.
-      this.bundle.adoptFederated(
-        JSON.parse(state.federatedBundles) as { trustDomain: string; bundle: string }[],
-        (td, err) =>
-          this.o.log('warn', 'a saved federated bundle is unusable; dropped', {
-            trust_domain: td,
-            error: err.message,
-          }),
-      )
-    }
+    if (state.federatedBundles && a) this.bundles.restoreFederated(state.federatedBundles)
     if (this.o.sealed && a) {
       const records = await this.o.sealed.load(a.spiffeId, this.bundle.current, this.now())
       const n = this.x509.restore(records)
@@ -218,48 +224,6 @@ export class AgentManager implements WorkloadSource {
     if (!this.stopped) this.schedule.start()
   }
 
-  /**
-   * No usable agent SVID (none yet, or it expired during an outage): attest. A re-attestable
-   * attestor (TPM) does it in place; a join-token agent tries its configured token once (it may
-   * be a new one) and, once the server refuses it, says plainly it needs a new token.
-   */
-  private async recoverIdentity(): Promise<void> {
-    const a = this.identity.current
-    if (!a) return this.attest()
-    if (this.needsNewToken) throw this.needsNewToken
-    if (!a.reattestable) {
-      try {
-        await this.attest()
-      } catch (err) {
-        // Refused (the token is spent), or no token configured at all: only a new one helps.
-        const noToken = (err as { code?: unknown }).code === 'ERR_JOIN_TOKEN_MISSING'
-        if (noToken || (err instanceof NodeCallError && err.code === 'ERR_SERVER_REFUSED')) {
-          this.needsNewToken = svidExpiredError(a.spiffeId, err)
-          this.o.log('error', this.needsNewToken.message, {
-            code: this.needsNewToken.code,
-            remedy: this.needsNewToken.remedy,
-          })
-          throw this.needsNewToken
-        }
-        throw err
-      }
-      return
-    }
-    this.o.log('warn', 'the agent SVID expired while the server was unreachable; attesting again', {
-      agent: a.spiffeId,
-    })
-    await this.attest()
-  }
-
-  /** Node attestation; a different identity than before starts its entries afresh. */
-  private async attest(): Promise<void> {
-    const { r, old } = await this.identity.attest()
-    this.bundle.current = r.bundle
-    if (old && old.spiffeId !== r.svid.spiffeId) this.entries.clear()
-    this.o.log('info', 'node attested', { agent: r.svid.spiffeId, attestor: this.o.attestor.name })
-    this.bundle.notify()
-  }
-
   /** One sync (coalesced with a running one). Rejects when it failed; the state is kept. */
   syncNow(): Promise<void> {
     this.syncing ??= this.sync().finally(() => {
@@ -272,15 +236,15 @@ export class AgentManager implements WorkloadSource {
     try {
       const a = this.identity.current
       // Never sign with an expired SVID: the server would take it for an evicted agent.
-      if (!a || this.identity.expired()) await this.recoverIdentity()
+      if (!a || this.identity.expired()) await this.recovery.recover()
       else if (this.now() >= a.rotateAt) {
         // Renew the agent SVID (RenewAgent), or attest again when the attestor allows it.
-        if (a.reattestable) await this.attest()
+        if (a.reattestable) await this.recovery.attest()
         else await this.identity.renew()
       }
-      await this.syncBundle()
+      await this.bundles.sync()
       if (await this.entries.sync(this.identity.auth())) this.x509.entriesChanged()
-      await this.syncFederatedBundles()
+      await this.bundles.syncFederated()
       await this.x509.sync()
       const wasFailing = this.failures > 0
       this.failures = 0
@@ -290,26 +254,9 @@ export class AgentManager implements WorkloadSource {
       this.failures++
       this.lastError = (err as Error).message
       const offlineSeconds = this.offline.failed()
-      // A TPM that stopped answering (the agent key signs every request) is not the server's fault.
-      const code = (err as { code?: unknown }).code
-      const tpm = code === 'ERR_TPM'
       const first = this.x509.firstExpiry()
-      this.o.log('warn', `sync failed (${tpm ? 'TPM' : 'server'}); serving cached identities`, {
-        error: this.lastError,
-        ...(typeof code === 'string' ? { code } : {}),
-        failures: this.failures,
-        offline_seconds: offlineSeconds,
-        ...(first !== undefined ? { first_svid_expires: new Date(first).toISOString() } : {}),
-        remedy:
-          tpm || code === 'ERR_AGENT_SVID_EXPIRED'
-            ? (err as { remedy?: string }).remedy
-            : 'check that the server is reachable; the agent retries with backoff',
-      })
-      if (
-        err instanceof NodeCallError &&
-        err.code === 'ERR_SERVER_REFUSED' &&
-        IDENTITY_REFUSALS.includes(err.reason)
-      ) {
+      this.o.log('warn', ...syncFailureLog(err, this.failures, offlineSeconds, first))
+      if (isIdentityRefusal(err)) {
         // The server no longer accepts this identity: forget it. An attestor that can attests
         // again; otherwise nothing will ever be renewed, so stop serving (SPIRE's agent exits).
         this.o.storage.clearIdentity()
@@ -317,7 +264,7 @@ export class AgentManager implements WorkloadSource {
           this.o.log('warn', 'the server no longer accepts the agent identity; attesting again', {
             reason: err.reason,
           })
-          await this.attest().catch((e: unknown) => this.refused(e))
+          await this.recovery.attest().catch((e: unknown) => this.refused(e))
         } else {
           this.refused(err)
         }
@@ -330,22 +277,9 @@ export class AgentManager implements WorkloadSource {
 
   /** A refusal that ends this agent: stop, drop what we serve, log why, tell the owner. */
   private refused(err: unknown): void {
-    if (!(err instanceof NodeCallError) || err.code !== 'ERR_SERVER_REFUSED') return
-    if (this.stopped) return
-    const banned = err.reason === 'banned'
+    if (!isRefusal(err) || this.stopped) return
     const id = this.identity.current?.spiffeId ?? 'unknown'
-    const fatal = new SpiffeEdgeError(
-      banned ? 'ERR_AGENT_BANNED' : 'ERR_AGENT_EVICTED',
-      banned
-        ? `the server banned this agent (${id}); stopping`
-        : `the server no longer accepts this agent (${id}, ${err.reason}); stopping`,
-      {
-        cause: err,
-        remedy: banned
-          ? 'on the server, evict the agent (spiffe-edge server agent evict), then give it a new join token'
-          : 'give the agent a new join token (spiffe-edge server token generate) and start it again',
-      },
-    )
+    const fatal = fatalRefusalError(err, id)
     this.stopped = true
     this.schedule.stop()
     // Nothing of this identity may be served again, not even after a restart: empty the cache.
@@ -360,55 +294,6 @@ export class AgentManager implements WorkloadSource {
       remedy: fatal.remedy,
     })
     this.o.onFatal?.(fatal)
-  }
-
-  private async syncBundle(): Promise<void> {
-    const r = await this.o.client.call('GetBundle', {}, this.identity.auth())
-    this.takeBundle(TrustBundle.fromSpiffeJson(this.o.trustDomain, r.bundle))
-  }
-
-  /** A verified bundle from the server: kept, trusted and served when newer than ours. */
-  private takeBundle(b: TrustBundle): void {
-    const cur = this.bundle.current
-    if (this.stopped || (cur && b.sequence <= cur.sequence)) return
-    this.bundle.current = b
-    this.o.client.setBundle(b)
-    this.o.storage.save({ bundle: b.toSpiffeJson() })
-    this.o.log('info', 'trust bundle updated', { sequence: b.sequence })
-    this.bundle.notify()
-    this.x509.notify()
-  }
-
-  /**
-   * The bundles of the trust domains our entries federate with. Asked only when an entry names
-   * one (or we hold some to drop), so agents without federation make no extra call.
-   */
-  private async syncFederatedBundles(): Promise<void> {
-    const wanted = [...this.entries.entries.values()].some((e) => e.federatesWith.length > 0)
-    if (!wanted && this.bundle.federated.size === 0) return
-    const r = wanted
-      ? await this.o.client.call('GetFederatedBundles', {}, this.identity.auth())
-      : { bundles: [] }
-    const changed = this.bundle.adoptFederated(r.bundles, (td, err) =>
-      this.o.log('warn', 'the server sent a federated bundle we cannot use; keeping the old one', {
-        trust_domain: td,
-        error: err.message,
-      }),
-    )
-    if (!changed) return
-    this.o.storage.save({
-      federatedBundles: JSON.stringify(
-        [...this.bundle.federated].map(([td, b]) => ({
-          trustDomain: td,
-          bundle: b.toSpiffeJson(),
-        })),
-      ),
-    })
-    this.o.log('info', 'federated bundles updated', {
-      trust_domains: [...this.bundle.federated.keys()].join(','),
-    })
-    this.bundle.notify()
-    this.x509.notify()
   }
 
   // ------------------------------------------------------------ WorkloadSource
@@ -484,7 +369,7 @@ export class AgentManager implements WorkloadSource {
       h.agentExpiresAt = new Date(a.notAfter).toISOString()
     }
     if (this.lastError) h.lastError = this.lastError
-    if (this.needsNewToken) h.errorCode = this.needsNewToken.code
+    if (this.recovery.needsNewToken) h.errorCode = this.recovery.needsNewToken.code
     const first = this.x509.firstExpiry()
     if (first !== undefined) h.firstSvidExpiresAt = new Date(first).toISOString()
     return h

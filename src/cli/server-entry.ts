@@ -111,6 +111,19 @@ async function findEntries(v: OptionValues, sock: string): Promise<EntryView[]> 
 const MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 /** `entry create -data FILE` (or `-` for stdin): one admin call per entry, reported per entry as SPIRE does. */
+/** One entry created (POST) or replaced (PUT) from the flags; prints it as SPIRE does. */
+async function writeEntry(
+  v: OptionValues,
+  io: Io,
+  sock: string,
+  method: 'POST' | 'PUT',
+  path: string,
+): Promise<number> {
+  const e = (await adminCall(sock, method, path, entryBody(v))) as unknown as EntryView
+  io.out(v.json ? line(entryBatchMsg([{ entry: e as never }])) : formatEntry(e))
+  return 0
+}
+
 async function createBatch(v: OptionValues, io: Io, sock: string): Promise<number> {
   const file = String(v.data)
   let text: string
@@ -263,14 +276,7 @@ export const entryGroup: Group = {
       },
       async (v, io, sock) => {
         if (typeof v.data === 'string') return createBatch(v, io, sock)
-        const e = (await adminCall(
-          sock,
-          'POST',
-          '/v1/entries',
-          entryBody(v),
-        )) as unknown as EntryView
-        io.out(v.json ? line(entryBatchMsg([{ entry: e as never }])) : formatEntry(e))
-        return 0
+        return writeEntry(v, io, sock, 'POST', '/v1/entries')
       },
     ),
     leaf(
@@ -282,14 +288,7 @@ export const entryGroup: Group = {
       },
       async (v, io, sock) => {
         const id = encodeURIComponent(requireString(v, 'entryID'))
-        const e = (await adminCall(
-          sock,
-          'PUT',
-          `/v1/entries/${id}`,
-          entryBody(v),
-        )) as unknown as EntryView
-        io.out(v.json ? line(entryBatchMsg([{ entry: e as never }])) : formatEntry(e))
-        return 0
+        return writeEntry(v, io, sock, 'PUT', `/v1/entries/${id}`)
       },
     ),
     leaf(

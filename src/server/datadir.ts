@@ -67,12 +67,26 @@ export async function refuseKeysWithoutDatastore(
   if ((await datastore.getJournal('ca')) !== undefined) return
   const keys = await keyFileNames(keyDir)
   if (keys.length === 0) return
-  throw new SpiffeEdgeError(
+  throw unknownKeys(
+    keyDir,
+    keys,
+    datastorePath,
+    'run `server run --reset`, which moves the datastore and keys aside (agents must then trust the new bundle)',
+  )
+}
+
+/** CA keys in `where` that the datastore does not know; `newCa` says how to start over. */
+function unknownKeys(
+  where: string,
+  keys: readonly string[],
+  datastorePath: string,
+  newCa: string,
+): SpiffeEdgeError {
+  return new SpiffeEdgeError(
     'ERR_DATASTORE_MISSING',
-    `${keyDir} holds CA keys (${keys.slice(0, 3).join(', ')}${keys.length > 3 ? ', ...' : ''}) but the datastore ${datastorePath} does not know them (it is missing, empty or another one)`,
+    `${where} holds CA keys (${keys.slice(0, 3).join(', ')}${keys.length > 3 ? ', ...' : ''}) but the datastore ${datastorePath} does not know them (it is missing, empty or another one)`,
     {
-      remedy:
-        'restore datastore.sqlite3 from a backup; or, to start a new CA on purpose, run `server run --reset`, which moves the datastore and keys aside (agents must then trust the new bundle)',
+      remedy: `restore datastore.sqlite3 from a backup; or, to start a new CA on purpose, ${newCa}`,
     },
   )
 }
@@ -91,12 +105,10 @@ export async function refuseTokenKeysWithoutDatastore(
   if ((await datastore.getJournal('ca')) !== undefined) return
   const ids = (await keyManager.listKeys()).map((k) => k.id)
   if (ids.length === 0) return
-  throw new SpiffeEdgeError(
-    'ERR_DATASTORE_MISSING',
-    `${where} holds CA keys (${ids.slice(0, 3).join(', ')}${ids.length > 3 ? ', ...' : ''}) but the datastore ${datastorePath} does not know them (it is missing, empty or another one)`,
-    {
-      remedy:
-        'restore datastore.sqlite3 from a backup; or, to start a new CA on purpose, set another key_label_prefix (keys in a token are never deleted by --reset)',
-    },
+  throw unknownKeys(
+    where,
+    ids,
+    datastorePath,
+    'set another key_label_prefix (keys in a token are never deleted by --reset)',
   )
 }

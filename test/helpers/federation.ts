@@ -2,9 +2,10 @@
  * Two trust domains on one host for the federation tests: a real `server run` and `agent run`
  * per domain, each server with a bundle endpoint and a federates_with for the other.
  */
-import { writeFileSync } from 'node:fs'
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
+import { processDir } from './agent-process.js'
 import { type CliProcess, startCli } from './cli-process.js'
 import { cli } from './exec.js'
 
@@ -28,6 +29,30 @@ export interface Domain {
   readonly endpointPort: number
   server?: CliProcess & { adminSocket: string; address: string }
   agent?: CliProcess & { socket: string }
+}
+
+/**
+ * one.test and two.test, each with a directory under one test root (removed after the test) and a
+ * free bundle endpoint port. With FED_DEBUG set, their logs are left in /tmp/<name>-<td>.log.
+ */
+export async function twoDomains(
+  t: After,
+  name: string,
+): Promise<{ root: string; one: Domain; two: Domain }> {
+  const root = processDir(`spiffe-edge-${name}-`)
+  t.after(async () => rmSync(root, { recursive: true, force: true }))
+  const one: Domain = { td: 'one.test', dir: join(root, 'one'), endpointPort: await freePort() }
+  const two: Domain = { td: 'two.test', dir: join(root, 'two'), endpointPort: await freePort() }
+  for (const d of [one, two]) mkdirSync(d.dir, { mode: 0o755 })
+  t.after(async () => {
+    if (process.env.FED_DEBUG)
+      for (const d of [one, two])
+        writeFileSync(
+          `/tmp/${name}-${d.td}.log`,
+          `${d.server?.stderr()}${d.agent ? `\n----\n${d.agent.stderr()}` : ''}`,
+        )
+  })
+  return { root, one, two }
 }
 
 /** Runs `spiffe-edge server <args> --admin-socket …`; returns stdout, throws with stderr. */
@@ -56,6 +81,43 @@ export async function startDomainServer(
   )
   d.server = { ...p, adminSocket: String(p.first.admin_socket), address: String(p.first.listening) }
   return d.server
+}
+
+/**
+ * Stops the domain's server (SIGTERM) and starts it again on the same data; returns the ISO time
+ * between the two (anything the new process does is later).
+ */
+export async function restartDomainServer(
+  d: Domain,
+  federationToml: string,
+  t: After,
+): Promise<string> {
+  d.server!.child.kill('SIGTERM')
+  await d.server!.exited
+  const stoppedAt = new Date().toISOString()
+  await startDomainServer(d, federationToml, t)
+  return stoppedAt
+}
+
+/** `server federation <verb>` flags for one relationship, as SPIRE spells them, then `extra`. */
+export function relationshipArgs(
+  verb: string,
+  trustDomain: string,
+  url: string,
+  profile: string,
+  ...extra: string[]
+): string[] {
+  return [
+    'federation',
+    verb,
+    '-trustDomain',
+    trustDomain,
+    '-bundleEndpointURL',
+    url,
+    '-bundleEndpointProfile',
+    profile,
+    ...extra,
+  ]
 }
 
 export async function startDomainAgent(d: Domain, token: string, t: After) {

@@ -1,7 +1,9 @@
 /** Processes for the offline tests: a TPM server and agent as operators run them, a workload fetch. */
-import { readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { type SwtpmInstance, startSwtpm } from '../../hardware-sim/swtpm.js'
 import { CACHE_FILE } from '../../src/agent/cache/sealed-svids.js'
 import { workloadClient } from '../../src/agent/workload-api/client.js'
 import { TrustBundle } from '../../src/spiffe/bundle.js'
@@ -135,4 +137,66 @@ export function cacheWritten(agentDataDir: string, n = 1): Promise<true> {
 export async function kill9(p: CliProcess): Promise<void> {
   p.child.kill('SIGKILL')
   await p.exited
+}
+
+export interface RebootableTpm {
+  /** The test's own directory (server and agent data). */
+  readonly dir: string
+  /** The running swtpm; a new instance after each reboot. */
+  readonly sim: SwtpmInstance
+  /** A power cycle: swtpm stopped and started again on its port, from the same state. */
+  reboot(): Promise<void>
+}
+
+/** A test directory and a swtpm whose state outlives its restarts; both gone after the test. */
+export async function rebootableTpm(t: After, name: string): Promise<RebootableTpm> {
+  const dir = mkdtempSync(join(tmpdir(), `spiffe-edge-${name}-`))
+  const simDir = mkdtempSync(join(tmpdir(), `spiffe-edge-${name}-tpm-`))
+  let sim = await startSwtpm({ stateDir: simDir })
+  t.after(async () => {
+    await sim.stop()
+    rmSync(dir, { recursive: true, force: true })
+    rmSync(simDir, { recursive: true, force: true })
+  })
+  return {
+    dir,
+    get sim() {
+      return sim
+    },
+    async reboot() {
+      const port = sim.port
+      await sim.stop()
+      sim = await startSwtpm({ stateDir: simDir, port })
+    },
+  }
+}
+
+export interface ServingAgent {
+  readonly server: TpmServer
+  /** `agent run` arguments, to start the same agent again. */
+  readonly args: string[]
+  readonly agent: CliProcess
+  readonly socket: string
+  /** The first SVID served for the entry. */
+  readonly first: Served
+}
+
+/**
+ * The common arrangement of the offline tests: a TPM server (`serverToml`) and agent
+ * (`agentToml`) in `dir`, an entry for `spiffeId`, its first SVID served and in the sealed cache.
+ */
+export async function servingTpmAgent(
+  dir: string,
+  sim: SwtpmInstance,
+  t: After,
+  o: { serverToml: string; agentToml: string; spiffeId: string },
+): Promise<ServingAgent> {
+  const server = await startTpmServer(dir, sim.ekCaBundle, t, o.serverToml)
+  const args = tpmAgentArgs(dir, server.address, sim.tcti, o.agentToml)
+  const agent = await startCli(args, t)
+  const socket = String(agent.first.socket_path)
+  await createEntry(server.adminSocket, String(agent.first.agent_id), o.spiffeId)
+  const first = await until('a first SVID', 30_000, () => fetchServed(socket))
+  await cacheWritten(join(dir, 'agent'))
+  return { server, args, agent, socket, first }
 }

@@ -8,20 +8,18 @@
  */
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { startCli } from '../helpers/cli-process.js'
 import {
   cacheWritten,
-  createEntry,
   fetchServed,
   kill9,
+  rebootableTpm,
+  servingTpmAgent,
   startTpmServer,
-  tpmAgentArgs,
   until,
 } from '../helpers/offline.js'
 
@@ -33,43 +31,22 @@ const pcrKeys = (agentDir: string) =>
     .sort()
 
 test('seal_pcrs: the cache opens after a reboot with the same PCRs, and is refused (coded, nothing served) after a tampered boot, then refetched', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-pcr-'))
-  const simDir = mkdtempSync(join(tmpdir(), 'spiffe-edge-pcr-tpm-'))
-  let sim = await startSwtpm({ stateDir: simDir })
-  t.after(async () => {
-    await sim.stop()
-    rmSync(dir, { recursive: true, force: true })
-    rmSync(simDir, { recursive: true, force: true })
-  })
-  const agentDir = join(dir, 'agent')
+  const tpm = await rebootableTpm(t, 'pcr')
+  const agentDir = join(tpm.dir, 'agent')
   const serverToml = 'default_x509_svid_ttl = "1h"\nagent_ttl = "1h"'
-  let server = await startTpmServer(dir, sim.ekCaBundle, t, serverToml)
-  const args = tpmAgentArgs(
-    dir,
-    server.address,
-    sim.tcti,
-    '[agent.cache]\nseal_pcrs = [0, 2, 4, 7]',
-  )
-  let agent = await startCli(args, t)
-  const sock = String(agent.first.socket_path)
-  await createEntry(server.adminSocket, String(agent.first.agent_id), APP)
-  const before = await until('a first SVID', 30_000, () => fetchServed(sock))
-  await cacheWritten(agentDir)
+  const agentToml = '[agent.cache]\nseal_pcrs = [0, 2, 4, 7]'
+  const setup = await servingTpmAgent(tpm.dir, tpm.sim, t, { serverToml, agentToml, spiffeId: APP })
+  const { args, socket: sock, first: before } = setup
+  let { server, agent } = setup
   const keys = pcrKeys(agentDir)
   assert.equal(keys.length, 1)
   assert.match(keys[0]!, /^cache-kek-pcr-[0-9a-f]{16}\.tpmkey$/)
   const firstKey = readFileSync(join(agentDir, 'cache-seal', keys[0]!))
 
-  const reboot = async () => {
-    const port = sim.port
-    await sim.stop()
-    sim = await startSwtpm({ stateDir: simDir, port })
-  }
-
   // A power cut with the server down: PCRs come back with the same values; the cache opens.
   await kill9(server)
   await kill9(agent)
-  await reboot()
+  await tpm.reboot()
   agent = await startCli(args, t)
   const up = Date.now()
   const served = await fetchServed(sock)
@@ -79,8 +56,8 @@ test('seal_pcrs: the cache opens after a reboot with the same PCRs, and is refus
 
   // A tampered boot: the same TPM, but PCR 4 measured something else.
   await kill9(agent)
-  await reboot()
-  execFileSync('tpm2_pcrextend', ['-T', sim.tcti, `4:sha256=${'00'.repeat(31)}01`])
+  await tpm.reboot()
+  execFileSync('tpm2_pcrextend', ['-T', tpm.sim.tcti, `4:sha256=${'00'.repeat(31)}01`])
   agent = await startCli(args, t)
   const refused = await until('the refusal log line', 10_000, async () =>
     agent
@@ -99,7 +76,7 @@ test('seal_pcrs: the cache opens after a reboot with the same PCRs, and is refus
   }
 
   // The server is back: new SVIDs, a new cache under a key for this boot's PCRs.
-  server = await startTpmServer(dir, sim.ekCaBundle, t, serverToml, server.port)
+  server = await startTpmServer(tpm.dir, tpm.sim.ekCaBundle, t, serverToml, server.port)
   const fresh = await until('a refetched SVID', 60_000, () => fetchServed(sock))
   assert.equal(fresh.spiffeId, APP)
   assert.notEqual(fresh.leaf, before.leaf)

@@ -122,33 +122,16 @@ test('PCR-bound cache key: the TPM itself refuses it after a PCR extend (policy 
     // PCR 7 measured something else: the TPM refuses PolicyPCR with the old values' digest, and a
     // session over the current values does not satisfy the key's authPolicy.
     const sel = [{ hashAlg: TPM_ALG.SHA256, pcrs: [0, 7] }]
+    const signUnderPcrs = (v: typeof values) =>
+      withTpm(tpm, async () => {
+        await using k = await loadUnderSrk(tpm, blob)
+        return await tpm.signWithPcrPolicy(k, digest, sel, pcrValuesDigest(TPM_ALG.SHA256, sel, v))
+      })
     const values = await tpm.pcrRead(sel)
     execFileSync('tpm2_pcrextend', ['-T', sim.tcti, `7:sha256=${'00'.repeat(31)}01`])
-    await assert.rejects(
-      withTpm(tpm, async () => {
-        await using k = await loadUnderSrk(tpm, blob)
-        return await tpm.signWithPcrPolicy(
-          k,
-          digest,
-          sel,
-          pcrValuesDigest(TPM_ALG.SHA256, sel, values),
-        )
-      }),
-      /TPM/,
-    )
+    await assert.rejects(signUnderPcrs(values), /TPM/)
     const now = await tpm.pcrRead(sel)
-    await assert.rejects(
-      withTpm(tpm, async () => {
-        await using k = await loadUnderSrk(tpm, blob)
-        return await tpm.signWithPcrPolicy(
-          k,
-          digest,
-          sel,
-          pcrValuesDigest(TPM_ALG.SHA256, sel, now),
-        )
-      }),
-      /TPM/,
-    )
+    await assert.rejects(signUnderPcrs(now), /TPM/)
     await assert.rejects(
       sealer.unwrap(wrapped),
       (e: { code?: string }) => e.code === 'ERR_CACHE_PCR_MISMATCH',

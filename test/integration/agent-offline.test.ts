@@ -13,43 +13,30 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { startCli } from '../helpers/cli-process.js'
 import {
-  cacheWritten,
-  createEntry,
   fetchServed,
   kill9,
+  rebootableTpm,
+  servingTpmAgent,
   startTpmServer,
-  tpmAgentArgs,
   until,
 } from '../helpers/offline.js'
 
 const APP = 'spiffe://example.org/offline/app'
 
 test('reboot while the server is down: the same valid SVID within 1 s of the agent being up, rotation resumes when the server returns', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-offline-'))
-  const simDir = mkdtempSync(join(tmpdir(), 'spiffe-edge-offline-tpm-'))
-  let sim = await startSwtpm({ stateDir: simDir })
-  t.after(async () => {
-    await sim.stop()
-    rmSync(dir, { recursive: true, force: true })
-    rmSync(simDir, { recursive: true, force: true })
-  })
+  const tpm = await rebootableTpm(t, 'offline')
   // 60 s SVIDs renewed while 40 s are left: an outage shorter than 40 s costs workloads nothing.
   const serverToml = 'default_x509_svid_ttl = "60s"\nagent_ttl = "1h"'
-  let server = await startTpmServer(dir, sim.ekCaBundle, t, serverToml)
-  const args = tpmAgentArgs(dir, server.address, sim.tcti, 'availability_target = "40s"')
-  const agent = await startCli(args, t)
-  const sock = String(agent.first.socket_path)
-  await createEntry(server.adminSocket, String(agent.first.agent_id), APP)
-  const before = await until('a first SVID', 30_000, () => fetchServed(sock))
+  const agentToml = 'availability_target = "40s"'
+  const setup = await servingTpmAgent(tpm.dir, tpm.sim, t, { serverToml, agentToml, spiffeId: APP })
+  const { args, agent, socket: sock, first: before } = setup
+  let server = setup.server
   assert.equal(before.spiffeId, APP)
-  await cacheWritten(join(dir, 'agent'))
 
   // The outage, then a power cut: server gone, agent killed -9, the TPM restarted.
   await kill9(server)
   await kill9(agent)
-  const port = sim.port
-  await sim.stop()
-  sim = await startSwtpm({ stateDir: simDir, port })
+  await tpm.reboot()
 
   const spawned = Date.now()
   const again = await startCli(args, t)
@@ -65,7 +52,7 @@ test('reboot while the server is down: the same valid SVID within 1 s of the age
 
   // The server returns on its old address: the agent renews on its own (the SVID is due at
   // 60 s - 40 s), with no restart.
-  server = await startTpmServer(dir, sim.ekCaBundle, t, serverToml, server.port)
+  server = await startTpmServer(tpm.dir, tpm.sim.ekCaBundle, t, serverToml, server.port)
   const rotated = await until('a rotated SVID', 60_000, async () => {
     const s = await fetchServed(sock)
     return s.leaf !== before.leaf ? s : undefined
@@ -85,13 +72,10 @@ test('an outage longer than the agent SVID, with a reboot in it: no workload gap
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   // The agent SVID lives 20 s; workload SVIDs 90 s, renewed while 40 s are left.
   const serverToml = 'default_x509_svid_ttl = "90s"\nagent_ttl = "20s"'
-  let server = await startTpmServer(dir, sim.ekCaBundle, t, serverToml)
-  const args = tpmAgentArgs(dir, server.address, sim.tcti, 'availability_target = "40s"')
-  let agent = await startCli(args, t)
-  const sock = String(agent.first.socket_path)
-  await createEntry(server.adminSocket, String(agent.first.agent_id), APP)
-  const before = await until('a first SVID', 30_000, () => fetchServed(sock))
-  await cacheWritten(join(dir, 'agent'))
+  const agentToml = 'availability_target = "40s"'
+  const setup = await servingTpmAgent(dir, sim, t, { serverToml, agentToml, spiffeId: APP })
+  const { args, socket: sock, first: before } = setup
+  let { server, agent } = setup
 
   await kill9(server)
   const outage = Date.now()

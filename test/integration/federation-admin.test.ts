@@ -6,20 +6,20 @@
  * from the config file cannot be changed through the API (ERR_FEDERATION_STATIC).
  */
 import assert from 'node:assert/strict'
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { adminCall } from '../../src/server/admin-client.js'
 import { TrustBundle } from '../../src/spiffe/bundle.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
-import { processDir } from '../helpers/agent-process.js'
 import { cli } from '../helpers/exec.js'
 import {
   admin,
-  type Domain,
   eventually,
-  freePort,
+  relationshipArgs,
+  restartDomainServer,
   startDomainServer,
+  twoDomains,
 } from '../helpers/federation.js'
 
 interface Rel {
@@ -32,15 +32,7 @@ interface Rel {
 }
 
 test('federation create|update|delete: relationships from the admin API fetch, persist, change live', async (t) => {
-  const root = processDir('spiffe-edge-fedadm-')
-  t.after(() => rmSync(root, { recursive: true, force: true }))
-  const one: Domain = { td: 'one.test', dir: join(root, 'one'), endpointPort: await freePort() }
-  const two: Domain = { td: 'two.test', dir: join(root, 'two'), endpointPort: await freePort() }
-  for (const d of [one, two]) mkdirSync(d.dir, { mode: 0o755 })
-  t.after(() => {
-    if (process.env.FED_DEBUG)
-      for (const d of [one, two]) writeFileSync(`/tmp/fedadm-${d.td}.log`, `${d.server?.stderr()}`)
-  })
+  const { one, two } = await twoDomains(t, 'fedadm')
   await startDomainServer(
     two,
     [
@@ -68,6 +60,12 @@ test('federation create|update|delete: relationships from the admin API fetch, p
   const show = async (td: string) =>
     // Fetch status is not in SPIRE's -output json message: read it from the admin API.
     (await adminCall(sock(), 'GET', `/v1/federation/${td}`)) as unknown as Rel
+  /** two.test's relationship, once `ok` holds for it. */
+  const showWhen = (what: string, ok: (s: Rel) => boolean) =>
+    eventually(what, async () => {
+      const s = await show('two.test')
+      return ok(s) ? s : undefined
+    })
   const list = async () =>
     ((await adminCall(sock(), 'GET', '/v1/federation')) as unknown as { relationships: Rel[] })
       .relationships
@@ -78,20 +76,18 @@ test('federation create|update|delete: relationships from the admin API fetch, p
   const url = `https://127.0.0.1:${two.endpointPort}/`
   const created = await admin(
     one,
-    'federation',
-    'create',
-    '-trustDomain',
-    'two.test',
-    '-bundleEndpointURL',
-    url,
-    '-bundleEndpointProfile',
-    'https_spiffe',
-    '-endpointSpiffeID',
-    'spiffe://two.test/spire/server',
-    '-trustDomainBundlePath',
-    pemFile,
-    '-trustDomainBundleFormat',
-    'pem',
+    ...relationshipArgs(
+      'create',
+      'two.test',
+      url,
+      'https_spiffe',
+      '-endpointSpiffeID',
+      'spiffe://two.test/spire/server',
+      '-trustDomainBundlePath',
+      pemFile,
+      '-trustDomainBundleFormat',
+      'pem',
+    ),
   )
   assert.match(created, /Trust domain\s+: two\.test/)
   assert.match(created, /Endpoint SPIFFE ID\s+: spiffe:\/\/two\.test\/spire\/server/)
@@ -123,16 +119,7 @@ test('federation create|update|delete: relationships from the admin API fetch, p
 
   // A second create of it is a conflict; the config file's one is refused for every verb.
   assert.match(
-    await fail(
-      'federation',
-      'create',
-      '-trustDomain',
-      'two.test',
-      '-bundleEndpointURL',
-      url,
-      '-bundleEndpointProfile',
-      'https_web',
-    ),
+    await fail(...relationshipArgs('create', 'two.test', url, 'https_web')),
     /ERR_DATASTORE_CONFLICT/,
   )
   assert.match(
@@ -141,30 +128,12 @@ test('federation create|update|delete: relationships from the admin API fetch, p
   )
   for (const verb of ['create', 'update'])
     assert.match(
-      await fail(
-        'federation',
-        verb,
-        '-trustDomain',
-        'three.test',
-        '-bundleEndpointURL',
-        'https://127.0.0.1:2/',
-        '-bundleEndpointProfile',
-        'https_web',
-      ),
+      await fail(...relationshipArgs(verb, 'three.test', 'https://127.0.0.1:2/', 'https_web')),
       /ERR_FEDERATION_STATIC/,
     )
   // Bad input is refused before anything is stored, naming the problem.
   assert.match(
-    await fail(
-      'federation',
-      'create',
-      '-trustDomain',
-      'bad.test',
-      '-bundleEndpointURL',
-      'http://127.0.0.1/',
-      '-bundleEndpointProfile',
-      'https_spiffe',
-    ),
+    await fail(...relationshipArgs('create', 'bad.test', 'http://127.0.0.1/', 'https_spiffe')),
     /must be an https URL[\s\S]*endpoint SPIFFE ID is required/,
   )
 
@@ -199,54 +168,30 @@ test('federation create|update|delete: relationships from the admin API fetch, p
     await fail('federation', 'create', '-data', data, '-trustDomain', 'x.test'),
     /cannot use -trustDomain with -data/,
   )
-  assert.deepEqual(
-    (await list()).map((r) => [r.trust_domain, r.source]),
-    [
-      ['four.test', 'api'],
-      ['three.test', 'config'],
-      ['two.test', 'api'],
-    ],
-  )
+  const sources = async () => (await list()).map((r) => [r.trust_domain, r.source])
+  const stored = [
+    ['four.test', 'api'],
+    ['three.test', 'config'],
+    ['two.test', 'api'],
+  ]
+  assert.deepEqual(await sources(), stored)
 
   // Restart: the created relationships come back from the datastore and fetch again.
-  one.server!.child.kill('SIGTERM')
-  await one.server!.exited
-  const restartedAt = new Date().toISOString()
-  await startDomainServer(one, oneToml, t)
-  assert.deepEqual(
-    (await list()).map((r) => [r.trust_domain, r.source]),
-    [
-      ['four.test', 'api'],
-      ['three.test', 'config'],
-      ['two.test', 'api'],
-    ],
+  const restartedAt = await restartDomainServer(one, oneToml, t)
+  assert.deepEqual(await sources(), stored)
+  await showWhen('two.test fetched again after the restart', (s) =>
+    Boolean(s.lastSuccess && s.lastSuccess > restartedAt),
   )
-  await eventually('two.test fetched again after the restart', async () => {
-    const s = await show('two.test')
-    return s.lastSuccess && s.lastSuccess > restartedAt ? s : undefined
-  })
 
   // Update to a wrong endpoint SPIFFE ID: the next fetch (at once, no restart) checks it and
   // fails, keeping the last good bundle; back to the right one, it succeeds again.
   const update = (id: string) =>
     admin(
       one,
-      'federation',
-      'update',
-      '-trustDomain',
-      'two.test',
-      '-bundleEndpointURL',
-      url,
-      '-bundleEndpointProfile',
-      'https_spiffe',
-      '-endpointSpiffeID',
-      id,
+      ...relationshipArgs('update', 'two.test', url, 'https_spiffe', '-endpointSpiffeID', id),
     )
   await update('spiffe://two.test/not/the/server')
-  const bad = await eventually('the updated relationship is used', async () => {
-    const s = await show('two.test')
-    return s.lastError ? s : undefined
-  })
+  const bad = await showWhen('the updated relationship is used', (s) => Boolean(s.lastError))
   assert.equal(bad.endpoint_spiffe_id, 'spiffe://two.test/not/the/server')
   assert.match(bad.lastError!, /expected spiffe:\/\/two\.test\/not\/the\/server/)
   assert.match(
@@ -254,10 +199,7 @@ test('federation create|update|delete: relationships from the admin API fetch, p
     /federated bundle fetch failed; keeping the last good bundle[^\n]*two\.test/,
   )
   await update('spiffe://two.test/spire/server')
-  await eventually('the fixed relationship fetches', async () => {
-    const s = await show('two.test')
-    return s.lastSuccess && !s.lastError ? s : undefined
-  })
+  await showWhen('the fixed relationship fetches', (s) => Boolean(s.lastSuccess && !s.lastError))
 
   // Delete while it fails (a failing fetch logs every refresh hint, 1 s): the log goes quiet,
   // list and show no longer have it; the bundle stays until `bundle delete`.
@@ -282,9 +224,7 @@ test('federation create|update|delete: relationships from the admin API fetch, p
   assert.equal(failures(), atDelete, 'a deleted relationship is not fetched any more')
 
   // …and stays deleted across a restart.
-  one.server!.child.kill('SIGTERM')
-  await one.server!.exited
-  await startDomainServer(one, oneToml, t)
+  await restartDomainServer(one, oneToml, t)
   assert.deepEqual(
     (await list()).map((r) => r.trust_domain),
     ['four.test', 'three.test'],

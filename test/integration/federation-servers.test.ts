@@ -5,26 +5,15 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { TrustBundle } from '../../src/spiffe/bundle.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
-import { processDir } from '../helpers/agent-process.js'
-import {
-  admin,
-  type Domain,
-  eventually,
-  freePort,
-  startDomainServer,
-} from '../helpers/federation.js'
+import { admin, eventually, startDomainServer, twoDomains } from '../helpers/federation.js'
 
 test('https_web: a server fetches a foreign bundle from an endpoint with a web certificate, no bootstrap', async (t) => {
-  const root = processDir('spiffe-edge-fedweb-')
-  t.after(() => rmSync(root, { recursive: true, force: true }))
-  const one: Domain = { td: 'one.test', dir: join(root, 'one'), endpointPort: await freePort() }
-  const two: Domain = { td: 'two.test', dir: join(root, 'two'), endpointPort: await freePort() }
-  for (const d of [one, two]) mkdirSync(d.dir, { mode: 0o755 })
+  const { root, one, two } = await twoDomains(t, 'fedweb')
   // A private "web" CA stands in for a public one: the fetching server trusts it the way Node
   // trusts any extra root (NODE_EXTRA_CA_CERTS), the endpoint's name is checked as usual.
   const ssl = (...a: string[]) => execFileSync('openssl', a, { cwd: root, stdio: 'pipe' })
@@ -107,11 +96,7 @@ test('https_web: a server fetches a foreign bundle from an endpoint with a web c
 })
 
 test('a CA rotation in one domain reaches the other before the new CA signs', async (t) => {
-  const root = processDir('spiffe-edge-fedrot-')
-  t.after(() => rmSync(root, { recursive: true, force: true }))
-  const one: Domain = { td: 'one.test', dir: join(root, 'one'), endpointPort: await freePort() }
-  const two: Domain = { td: 'two.test', dir: join(root, 'two'), endpointPort: await freePort() }
-  for (const d of [one, two]) mkdirSync(d.dir, { mode: 0o755 })
+  const { one, two } = await twoDomains(t, 'fedrot')
   // A 60 s CA: the next one is prepared (and published) at 30 s, signs from 50 s.
   await startDomainServer(
     one,

@@ -7,21 +7,20 @@
 import assert from 'node:assert/strict'
 import { execFileSync, spawn } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { connect, createServer, type TLSSocket } from 'node:tls'
 import { type ClientX509Svid, workloadClient } from '../../src/agent/workload-api/client.js'
 import { adminCall } from '../../src/server/admin-client.js'
 import { certificateToPem } from '../../src/spiffe/bundle.js'
-import { processDir } from '../helpers/agent-process.js'
 import {
   admin,
   type Domain,
   eventually,
-  freePort,
   startDomainAgent,
   startDomainServer,
+  twoDomains,
 } from '../helpers/federation.js'
 
 const pem = (ders: readonly Uint8Array[]) => ders.map(certificateToPem).join('')
@@ -170,16 +169,7 @@ function opensslMtls(
 }
 
 test('two trust domains federate over https_spiffe bundle endpoints: bundles, mTLS and JWT across', async (t) => {
-  const root = processDir('spiffe-edge-fed-')
-  t.after(() => rmSync(root, { recursive: true, force: true }))
-  const one: Domain = { td: 'one.test', dir: join(root, 'one'), endpointPort: await freePort() }
-  const two: Domain = { td: 'two.test', dir: join(root, 'two'), endpointPort: await freePort() }
-  for (const d of [one, two]) mkdirSync(d.dir, { mode: 0o755 })
-  t.after(() => {
-    if (process.env.FED_DEBUG)
-      for (const d of [one, two])
-        writeFileSync(`/tmp/fed-${d.td}.log`, `${d.server?.stderr()}\n----\n${d.agent?.stderr()}`)
-  })
+  const { one, two } = await twoDomains(t, 'fed')
   await startDomainServer(one, federationToml(one, two), t)
   await startDomainServer(two, federationToml(two, one), t)
   assert.equal(one.server!.first.bundle_endpoint, `127.0.0.1:${one.endpointPort}`)

@@ -26,7 +26,7 @@ import {
   TpmAttestationError,
 } from '../../src/attestors/tpm/protocol.js'
 import { parseTpmServerConfig, tpmServerAttestor } from '../../src/attestors/tpm/server.js'
-import type { AttestorState, Challenger } from '../../src/attestors/types.js'
+import type { Challenger } from '../../src/attestors/types.js'
 import { silentLog } from '../../src/common/log.js'
 import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import { TpmKeyManager, tpmKey, withTpm } from '../../src/keymanager/tpm.js'
@@ -43,6 +43,14 @@ import { publicKeySpki, TPMA_OBJECT } from '../../src/tpm/structures/public.js'
 import { signingKeyTemplate } from '../../src/tpm/templates.js'
 import { GrpcNodeClient, NodeCallError } from '../../src/transport/grpc-client.js'
 import { run } from '../helpers/exec.js'
+import {
+  attestContext,
+  decodeWire as decode,
+  encodeWire as encode,
+  memoryState,
+  rejectsWith,
+  replayQuote,
+} from '../helpers/tpm-attest.js'
 
 const td = TrustDomain.parse('example.org')
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex')
@@ -138,17 +146,6 @@ const refused = (tag: RegExp) => (e: unknown) =>
   e.status === 7 &&
   e.reason === 'attestation_failed' &&
   tag.test(e.message)
-
-function memoryState(): AttestorState & { map: Map<string, string> } {
-  const map = new Map<string, string>()
-  return {
-    map,
-    get: async (p) => map.get(p),
-    set: async (p, v) => {
-      map.set(p, v)
-    },
-  }
-}
 
 for (const c of [
   { ek: 'rsa-2048', ak: 'ecc-p256', key: 'ec-p256' },
@@ -313,12 +310,7 @@ test('an AK from another TPM than the EK cannot activate the credential: no SVID
   await assert.rejects(client.attestAgent(forged, attacker.key), { code: 'ERR_TPM' })
   // Guessing the secret instead is refused by the server.
   const cfg = parseTpmServerConfig({ ek_ca_bundle: sim.ekCaBundle }, '/')
-  const ctx = {
-    trustDomain: 'example.org',
-    now: new Date(),
-    agentPublicKey: attacker.key.publicKey,
-    state: memoryState(),
-  }
+  const ctx = attestContext(attacker.key, memoryState())
   await assert.rejects(
     tpmServerAttestor(cfg).attest(
       await forged.payload(),
@@ -346,30 +338,13 @@ async function direct(t: TestContext, serverToml: Record<string, unknown> = {}) 
     parseTpmServerConfig({ ek_ca_bundle: sim.ekCaBundle, ...serverToml }, '/'),
   )
   const state = memoryState()
-  const ctx = (key: Signer = a.key) => ({
-    trustDomain: 'example.org',
-    now: new Date(),
-    agentPublicKey: key.publicKey,
-    state,
-  })
+  const ctx = (key: Signer = a.key) => attestContext(key, state)
   const attest = async (
     script: (challenge: Uint8Array) => Promise<Uint8Array> = a.attestor.respond,
     key?: Signer,
   ) => attestor.attest(await a.attestor.payload(), script as Challenger, ctx(key))
   return { sim, a, attestor, state, ctx, attest }
 }
-
-const rejectsWith = (reason: string, detail?: string) => (e: unknown) => {
-  assert.ok(e instanceof TpmAttestationError, String(e))
-  assert.equal(e.code, 'ERR_ATTESTATION_FAILED')
-  assert.equal(e.reason, reason, e.message)
-  if (detail) assert.equal(e.detail, detail, e.message)
-  return true
-}
-
-type Wire = Record<string, unknown>
-const decode = (b: Uint8Array) => JSON.parse(Buffer.from(b).toString()) as Wire
-const encode = (o: Wire) => new Uint8Array(Buffer.from(JSON.stringify(o)))
 
 test('a replayed quote fails on its nonce; an older quote clock fails after a newer one', async (t) => {
   const d = await direct(t)
@@ -383,16 +358,7 @@ test('a replayed quote fails on its nonce; an older quote clock fails after a ne
   assert.match(stored.clock, /^\d+$/)
   // Fresh activation, but the old quote.
   await assert.rejects(
-    d.attest(async (c) => {
-      const fresh = decode(await d.a.attestor.respond(c))
-      const old = decode(recorded!)
-      return encode({
-        ...fresh,
-        quote_message: old.quote_message,
-        quote_signature: old.quote_signature,
-        pcr_values: old.pcr_values,
-      })
-    }),
+    d.attest(replayQuote(d.a.attestor.respond, recorded!)),
     rejectsWith('quote', 'nonce'),
   )
   // The whole old response: the credential secret is a new one each time.

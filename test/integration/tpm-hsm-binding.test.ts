@@ -12,27 +12,24 @@ import { test } from 'node:test'
 import { initSoftHsm } from '../../hardware-sim/softhsm.js'
 import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { tpmAgentAttestor } from '../../src/attestors/tpm/agent.js'
-import { TpmAttestationError } from '../../src/attestors/tpm/protocol.js'
 import { parseTpmServerConfig, tpmServerAttestor } from '../../src/attestors/tpm/server.js'
-import type { AttestorState, Challenger } from '../../src/attestors/types.js'
+import type { Challenger } from '../../src/attestors/types.js'
 import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import { Pkcs11KeyManager } from '../../src/keymanager/pkcs11/manager.js'
 import type { Signer } from '../../src/keymanager/types.js'
 import { TpmContext } from '../../src/tpm/context.js'
+import {
+  attestContext,
+  decodeWire as decode,
+  encodeWire as encode,
+  memoryState,
+  rejectsWith,
+  replayQuote,
+  type Wire,
+} from '../helpers/tpm-attest.js'
 
-type Wire = Record<string, unknown>
-const decode = (b: Uint8Array) => JSON.parse(Buffer.from(b).toString()) as Wire
-const encode = (o: Wire) => new Uint8Array(Buffer.from(JSON.stringify(o)))
 const b64spki = (k: Signer) =>
   k.publicKey.export({ type: 'spki', format: 'der' }).toString('base64')
-
-const rejectsWith = (reason: string, detail?: string) => (e: unknown) => {
-  assert.ok(e instanceof TpmAttestationError, String(e))
-  assert.equal(e.code, 'ERR_ATTESTATION_FAILED')
-  assert.equal(e.reason, reason, e.message)
-  if (detail) assert.equal(e.detail, detail, e.message)
-  return true
-}
 
 test('TPM attestation with a PKCS#11 agent key: bound by the quote; mismatches, replays and no opt-in refused', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-tpm-hsm-'))
@@ -54,13 +51,7 @@ test('TPM attestation with a PKCS#11 agent key: bound by the quote; mismatches, 
   const key = await km.generateKey('agent-svid-1', 'ec-p256')
   const other = await new MemoryKeyManager().generateKey('other', 'ec-p256')
   const agent = tpmAgentAttestor({ tpm, dataDir: join(dir, 'tpm'), hsmAgentKey: () => key })
-  const map = new Map<string, string>()
-  const state: AttestorState = {
-    get: async (p) => map.get(p),
-    set: async (p, v) => {
-      map.set(p, v)
-    },
-  }
+  const state = memoryState()
   const server = (allow: boolean) =>
     tpmServerAttestor(
       parseTpmServerConfig(
@@ -68,12 +59,6 @@ test('TPM attestation with a PKCS#11 agent key: bound by the quote; mismatches, 
         '/',
       ),
     )
-  const ctx = (k: Signer) => ({
-    trustDomain: 'example.org',
-    now: new Date(),
-    agentPublicKey: k.publicKey,
-    state,
-  })
   const attest = async (
     o: {
       allow?: boolean
@@ -86,7 +71,7 @@ test('TPM attestation with a PKCS#11 agent key: bound by the quote; mismatches, 
     return server(o.allow ?? true).attest(
       encode(o.payload ? o.payload(p) : p),
       (o.respond ?? agent.respond) as Challenger,
-      ctx(o.csrKey ?? key),
+      attestContext(o.csrKey ?? key, state),
     )
   }
 
@@ -115,18 +100,7 @@ test('TPM attestation with a PKCS#11 agent key: bound by the quote; mismatches, 
   )
   // A replayed quote with a fresh activation.
   await assert.rejects(
-    attest({
-      respond: async (c) => {
-        const fresh = decode(await agent.respond(c))
-        const old = decode(recorded!)
-        return encode({
-          ...fresh,
-          quote_message: old.quote_message,
-          quote_signature: old.quote_signature,
-          pcr_values: old.pcr_values,
-        })
-      },
-    }),
+    attest({ respond: replayQuote(agent.respond, recorded!) }),
     rejectsWith('quote', 'nonce'),
   )
   // A certify where none belongs, and a payload naming both key kinds.

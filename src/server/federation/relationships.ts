@@ -225,6 +225,18 @@ export async function startRelationshipAdmin(
     return out
   }
 
+  /** A relationship now in the datastore: served, fetched from now on, logged. */
+  const stored = (rel: FederationRelationship, what: 'created' | 'updated') => {
+    fromApi.set(rel.trustDomain, rel)
+    o.fetcher.upsert(rel)
+    o.log('info', `federation relationship ${what}`, {
+      trust_domain: rel.trustDomain,
+      url: rel.bundleEndpointUrl,
+      profile: rel.profile.type,
+    })
+    return rel
+  }
+
   const admin: RelationshipAdmin = {
     list: () =>
       [
@@ -256,28 +268,14 @@ export async function startRelationshipAdmin(
             throw err
           }
         }
-        fromApi.set(rel.trustDomain, rel)
-        o.fetcher.upsert(rel)
-        o.log('info', 'federation relationship created', {
-          trust_domain: rel.trustDomain,
-          url: rel.bundleEndpointUrl,
-          profile: rel.profile.type,
-        })
-        return rel
+        return stored(rel, 'created')
       }),
     update: (items) =>
       batch(items, async (item) => {
         const { rel, bundle } = check(item, 'update')
         await o.datastore.updateFederationRelationship(row(rel))
         if (bundle) await storeBundle(bundle)
-        fromApi.set(rel.trustDomain, rel)
-        o.fetcher.upsert(rel)
-        o.log('info', 'federation relationship updated', {
-          trust_domain: rel.trustDomain,
-          url: rel.bundleEndpointUrl,
-          profile: rel.profile.type,
-        })
-        return rel
+        return stored(rel, 'updated')
       }),
     delete: (id) =>
       serial(async () => {
