@@ -24,6 +24,7 @@ import {
   DEFAULT_AUTHORITY,
   DEFAULT_MSI_ENDPOINT,
   DEFAULT_RESOURCE_MANAGER,
+  UAI_ID,
 } from './arm.js'
 import {
   AZURE_MSI,
@@ -144,7 +145,8 @@ export function azureApis(cfg: AzureServerConfig): AzureApiConfig[] {
   return [...cfg.tenants.values()].flatMap((t) => (t.api ? [t.api] : []))
 }
 
-/** /subscriptions/<s>/resourcegroups/<rg>/providers/Microsoft.Compute/virtualMachines/<name> */
+/** /subscriptions/<s>/resourcegroups/<rg>/providers/Microsoft.Compute/virtualMachines/<name>
+ * (the token's lower-case resourcegroups, or ARM's resourceGroups from the VM list). */
 const MIRID =
   /^\/subscriptions\/([0-9a-fA-F-]{36})\/resourcegroups\/([^/]{1,90})\/providers\/Microsoft\.Compute\/virtualMachines\/([^/]{1,64})$/i
 
@@ -185,28 +187,31 @@ export function azureServerAttestor(
       const agentPath = `/spire/agent/${AZURE_MSI}/${tenant}/${principal}`
       await checkFirstUse(AZURE_MSI, attested, ctx.trustDomain, agentPath, cfg.tofu)
       const selectors: Selector[] = []
-      // The VM's resource ID is in the signed token (system-assigned identities): SPIRE reads the
-      // same facts from Resource Manager; we take them from the token and need no credentials.
-      const m = typeof claims.xms_mirid === 'string' ? MIRID.exec(claims.xms_mirid) : null
+      const mirid = typeof claims.xms_mirid === 'string' ? claims.xms_mirid : ''
+      const uai = UAI_ID.test(mirid) ? mirid : undefined
+      const api = apis.get(tenant)
+      // A system-assigned identity's token names its VM: SPIRE reads the same facts from
+      // Resource Manager; we take them from the token and need no credentials. A user-assigned
+      // one names only the identity: its VM comes from Resource Manager, after the token, tenant
+      // and first-use checks, so a refused token costs no API call.
+      let vmId: string | undefined = MIRID.test(mirid) ? mirid : undefined
+      if (api && !vmId) {
+        if (!uai)
+          throw new CloudAttestationError(
+            AZURE_MSI,
+            'claims',
+            'the token names neither a VM nor a user-assigned identity (xms_mirid): Resource Manager selectors need one',
+          )
+        vmId = await api.findVm(uai, principal, ctx.now.getTime())
+      }
+      const m = vmId ? MIRID.exec(vmId) : null
       if (m) {
         selectors.push({ type: AZURE_MSI, value: `subscription-id:${m[1]!.toLowerCase()}` })
         selectors.push({ type: AZURE_MSI, value: `vm-name:${m[2]}:${m[3]}` })
       }
-      // After the token, tenant and first-use checks, so a refused token costs no API call.
-      const api = apis.get(tenant)
-      if (api) {
-        if (!m)
-          throw new CloudAttestationError(
-            AZURE_MSI,
-            'claims',
-            "the token has no VM resource ID (xms_mirid): Resource Manager selectors need the VM's system-assigned identity",
-          )
+      if (api && vmId) {
         const seen = new Set(selectors.map((s) => s.value))
-        for (const s of await api.selectors(
-          claims.xms_mirid as string,
-          principal,
-          ctx.now.getTime(),
-        ))
+        for (const s of await api.selectors(vmId, principal, ctx.now.getTime(), uai))
           if (!seen.has(s.value)) {
             seen.add(s.value)
             selectors.push(s)
