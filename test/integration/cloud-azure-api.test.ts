@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { test } from 'node:test'
 import { DEFAULT_IDENTITY } from '../../hardware-sim/cloud/index.js'
 import {
@@ -38,6 +40,9 @@ test('azure_msi with Resource Manager lookups on the simulated AAD/ARM: network 
     rig.server,
     /azure_msi: network-security-group:, virtual-network:, virtual-network-subnet: selectors from the cloud API \(tenant 72f988bf-86f1-41af-91ab-2d7cd011db47: app 0b1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d via http:\/\/127\.0\.0\.1:\d+, Resource Manager at/,
   )
+  // SPIRE's app_secret in the config still works, with a warning that does not quote it.
+  await serverSaid(rig.server, /app_secret: the client secret is in the config file/)
+  assert.ok(!rig.server.stderr().includes(I.azureApi.clientSecret))
   const agent = await rig.startAgent('a1', agentToml(sim.url))
   assert.equal(agent.first.agent_id, agentId)
   const sels = await agentSelectors(rig.server, agentId)
@@ -146,7 +151,10 @@ test('azure_msi with a user-assigned identity: Resource Manager finds its one VM
     ...extra,
   })
   const { root, sim } = await cloudTest(t, 'azure', vmWith())
-  const rule = `tenants = { "${I.tenantId}" = { resource_id = "${resource}", jwks_file = "${sim.trust}", app_id = "${I.azureApi.clientId}", app_secret = "${I.azureApi.clientSecret}", subscription_id = "${I.subscriptionId}" } }\n`
+  // The secret from a 0600 file (app_secret_file), not the config.
+  const secretFile = join(root, 'azure-app-secret')
+  writeFileSync(secretFile, `${I.azureApi.clientSecret}\n`, { mode: 0o600 })
+  const rule = `tenants = { "${I.tenantId}" = { resource_id = "${resource}", jwks_file = "${sim.trust}", app_id = "${I.azureApi.clientId}", app_secret_file = "${secretFile}", subscription_id = "${I.subscriptionId}" } }\n`
   const endpoints = (url: string) =>
     `authority_url = "${url}"\nresource_manager_endpoint = "${url}"\napi_timeout_ms = 3000\n`
   const agentToml = (url: string) => `metadata_url = "${url}"\nresource_id = "${resource}"`

@@ -8,7 +8,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from 'node:fs'
-import type { Server } from 'node:http'
+import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
@@ -188,4 +188,41 @@ test('azure_msi client secret from app_secret_file (0600, owned, one line) or ap
   } else {
     assert.match(JSON.stringify(readSecretFile('app_secret_file', file, me + 1)), /owned by uid/)
   }
+})
+
+test('AzureApi.findVm: a nextLink to another origin is refused before the bearer token follows it; endless pages stop at the cap', async (t) => {
+  const { dir, url } = await simRig(t)
+  const cfg = azureApis(
+    parseAzureServerConfig({ ...tenantWith(secret), authority_url: url }, dir),
+  )[0] as AzureApiConfig
+  let calls = 0
+  let next = (_host: string) => 'http://127.0.0.2:9/elsewhere'
+  const rm = createServer((req, res) => {
+    calls++
+    res.writeHead(200, { 'Content-Type': 'application/json' })
+    res.end(JSON.stringify({ value: [], nextLink: next(String(req.headers.host)) }))
+  })
+  await new Promise<void>((r) => rm.listen(0, '127.0.0.1', r))
+  t.after(() => new Promise<void>((r) => rm.close(() => r())))
+  const api = new AzureApi({
+    ...cfg,
+    resourceManager: `http://127.0.0.1:${(rm.address() as { port: number }).port}`,
+  })
+  const uai = `/subscriptions/${I.subscriptionId}/resourcegroups/ids/providers/Microsoft.ManagedIdentity/userAssignedIdentities/edge`
+  await assert.rejects(
+    api.findVm(uai, I.principalId, Date.now()),
+    refused('api', /nextLink leaves/),
+  )
+  assert.equal(calls, 1)
+  next = (host) => `http://${host}/subscriptions/${I.subscriptionId}/resources?page=more`
+  calls = 0
+  await assert.rejects(
+    api.findVm(uai, I.principalId, Date.now()),
+    refused('api', /more than 20 pages/),
+  )
+  assert.equal(calls, 20)
+  await assert.rejects(
+    api.findVm(uai.replace('userAssignedIdentities', 'virtualMachines'), I.principalId, Date.now()),
+    refused('claims', /not a user-assigned identity/),
+  )
 })
