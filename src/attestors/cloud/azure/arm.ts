@@ -269,7 +269,8 @@ async function findVmOf(
   const base = new URL(api.cfg.resourceManager)
   const deadline = Date.now() + api.cfg.timeoutMs * LIST_DEADLINE_FACTOR
   let url: string | undefined = `${api.cfg.resourceManager}/subscriptions/${sub}/resources?${q}`
-  const found: string[] = []
+  // By lower-cased ID: ARM IDs are case-insensitive, and a VM listed twice is still one VM.
+  const found = new Map<string, string>()
   let listed = 0
   for (let page = 0; url !== undefined; page++) {
     if (page >= MAX_LIST_PAGES)
@@ -289,7 +290,8 @@ async function findVmOf(
       const r = item as { id?: unknown; identity?: Identity } | null
       if (typeof r?.id !== 'string' || !VM_ID.test(r.id)) continue
       const p = userAssigned(r.identity, uaiId)
-      if (typeof p === 'string' && p.toLowerCase() === principal.toLowerCase()) found.push(r.id)
+      if (typeof p === 'string' && p.toLowerCase() === principal.toLowerCase())
+        found.set(r.id.toLowerCase(), r.id)
     }
     const next = body.nextLink
     url = undefined
@@ -306,19 +308,20 @@ async function findVmOf(
       url = n.toString()
     }
   }
-  if (found.length === 0)
+  const ids = [...found.values()]
+  if (ids.length === 0)
     throw new CloudAttestationError(
       AZURE_MSI,
       'instance',
       `${what}: no VM carries the identity with principal ${principal} (detached, or another subscription?)`,
     )
-  if (found.length > 1)
+  if (ids.length > 1)
     throw new CloudAttestationError(
       AZURE_MSI,
       'instance',
-      `${what}: ${found.length} VMs carry the identity (${found.slice(0, 3).join(', ')}); a shared user-assigned identity does not name one VM`,
+      `${what}: ${ids.length} VMs carry the identity (${ids.slice(0, 3).join(', ')}); a shared user-assigned identity does not name one VM`,
     )
-  return found[0]!
+  return ids[0]!
 }
 
 /** The principal ID of user-assigned identity `uaiId` in an ARM identity block (IDs compare case-insensitively). */
