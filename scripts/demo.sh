@@ -72,10 +72,16 @@ jwks_file = \"$trust\""
       agent_plugin="metadata_url = \"$metadata_url\""
       node_selector="gcp_iit:project-id:edge-fleet-sim" ;;
     azure)
-      server_plugin="tenants = { \"72f988bf-86f1-41af-91ab-2d7cd011db47\" = { resource_id = \"api://spiffe-edge-demo\", jwks_file = \"$trust\" } }"
+      # Resource Manager lookups on the simulator (AAD client credentials, the secret in the
+      # simulator's 0600 file): the node entry is on a subnet only Resource Manager knows.
+      secret_file="$(json "$started" credentials)"
+      server_plugin="tenants = { \"72f988bf-86f1-41af-91ab-2d7cd011db47\" = { resource_id = \"api://spiffe-edge-demo\", jwks_file = \"$trust\", app_id = \"0b1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\", app_secret_file = \"$secret_file\", subscription_id = \"d5b40d61-272e-48da-beb9-05f295c42bd6\" } }
+authority_url = \"$metadata_url\"
+resource_manager_endpoint = \"$metadata_url\""
       agent_plugin="metadata_url = \"$metadata_url\"
 resource_id = \"api://spiffe-edge-demo\""
-      node_selector="azure_msi:vm-name:frontend:blog" ;;
+      node_selector="azure_msi:virtual-network-subnet:network:edge-vnet:gateways"
+      node_note="the node selector comes from the Resource Manager lookups (VM, then its NIC) on the simulated AAD and Resource Manager at $metadata_url" ;;
   esac
   printf '[server]\ntrust_domain = "example.org"\nbind_address = "127.0.0.1"\ndata_dir = "./server"\nlog_level = "info"\n\n[plugins.KeyManager.disk]\n\n[plugins.NodeAttestor.%s]\n%s\n' \
     "$attestor" "$server_plugin" >"$state/server.conf"
@@ -154,6 +160,7 @@ api="$state/agent/public/api.sock"
 if [ -n "$cloud" ]; then
   echo
   echo "== spiffe-edge server entry create --node --spiffeID spiffe://example.org/gateway/1 --selector $node_selector"
+  [ -n "${node_note:-}" ] && echo "   ($node_note)"
   ./bin/spiffe-edge server entry create --admin-socket "$sock" --node \
     --spiffeID spiffe://example.org/gateway/1 --selector "$node_selector"
   agent_args=(--config "$state/agent.conf")

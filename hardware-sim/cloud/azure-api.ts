@@ -9,6 +9,8 @@
  *    from that endpoint or from IMDS for https://management.azure.com/; api-version required;
  *    ARM's {error: {code, message}} answers (400 MissingApiVersionParameter, 401
  *    AuthenticationFailed / InvalidAuthenticationToken, 404 ResourceNotFound).
+ *  - Resources - List (GET /subscriptions/<s>/resources, $filter resourceType eq only, paged by
+ *    nextLink with a $skiptoken): the VM and `otherVms`, each with its identity block.
  * Test faults (identity armFault): 'oversize' pads the VM answer past 1 MiB, 'slow' delays it.
  */
 import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
@@ -28,10 +30,21 @@ export interface AzureApiIdentity {
   /** The app registration the server signs in as. */
   readonly azureApi: { readonly clientId: string; readonly clientSecret: string }
   readonly armFault?: 'oversize' | 'slow'
+  readonly userAssigned?: {
+    readonly resourceGroup: string
+    readonly name: string
+    readonly principalId: string
+    readonly clientId: string
+  }
+  readonly systemAssigned?: boolean
+  readonly otherVms?: { readonly count: number; readonly shared?: number }
 }
 
 export const ARM_RESOURCE = 'https://management.azure.com/'
 const MAX_BODY = 64 * 1024
+const VM_TYPE = 'Microsoft.Compute/virtualMachines'
+/** Resources - List's page size here (ARM's own is up to 1000): small, so paging is exercised. */
+const PAGE = 100
 
 function json(res: ServerResponse, status: number, o: unknown) {
   const body = JSON.stringify(o)
@@ -60,6 +73,35 @@ const same = (a: string, b: string) => {
   const x = Buffer.from(a)
   const y = Buffer.from(b)
   return x.length === y.length && timingSafeEqual(x, y)
+}
+
+/** Which identity IMDS issues for: IMDS's own selection rules and error texts. */
+export function imdsIdentity(
+  id: AzureApiIdentity,
+  q: URLSearchParams,
+): string | { principalId: string; clientId: string; mirid: string } {
+  const system = {
+    principalId: id.principalId,
+    clientId: id.principalId,
+    mirid: `/subscriptions/${id.subscriptionId}/resourcegroups/${id.resourceGroup}/providers/Microsoft.Compute/virtualMachines/${id.vmName}`,
+  }
+  const u = id.userAssigned
+  const user = u && {
+    principalId: u.principalId,
+    clientId: u.clientId,
+    mirid: `/subscriptions/${id.subscriptionId}/resourcegroups/${u.resourceGroup}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/${u.name}`,
+  }
+  const asked = q.get('client_id') ?? q.get('object_id') ?? q.get('msi_res_id')
+  if (asked !== null) {
+    const hit =
+      user &&
+      [user.clientId, user.principalId, user.mirid].some(
+        (v) => v.toLowerCase() === asked.toLowerCase(),
+      )
+    return hit ? user : 'Identity not found'
+  }
+  if (id.systemAssigned !== false) return system
+  return user ?? 'Identity not found'
 }
 
 /** Routes AAD and ARM paths; `register` records an IMDS-issued Resource Manager token. */
@@ -134,6 +176,76 @@ export function azureApiHandler(id: AzureApiIdentity) {
   const nicId = `/subscriptions/${id.subscriptionId}/resourceGroups/${id.resourceGroup}/providers/Microsoft.Network/networkInterfaces/${nicName}`
   const net = `/subscriptions/${id.subscriptionId}/resourceGroups/${id.networkResourceGroup}/providers/Microsoft.Network`
 
+  const uaiId = id.userAssigned
+    ? `/subscriptions/${id.subscriptionId}/resourceGroups/${id.userAssigned.resourceGroup}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/${id.userAssigned.name}`
+    : undefined
+  // ARM's identity block: type, the system principal, the user-assigned ones keyed by their ID.
+  const vmIdentity = (withUser: boolean, system = id.systemAssigned !== false) => {
+    const user = withUser && id.userAssigned && uaiId
+    if (!system && !user) return undefined
+    return {
+      type: [system && 'SystemAssigned', user && 'UserAssigned'].filter(Boolean).join(', '),
+      ...(system ? { principalId: id.principalId, tenantId: id.tenantId } : {}),
+      ...(user
+        ? {
+            userAssignedIdentities: {
+              [uaiId]: {
+                principalId: id.userAssigned!.principalId,
+                clientId: id.userAssigned!.clientId,
+              },
+            },
+          }
+        : {}),
+    }
+  }
+  // The subscription's VMs as Resources - List pages them: ours, then otherVms (the first
+  // `shared` of them carry our user-assigned identity too), PAGE per page with a $skiptoken.
+  const listed = () => {
+    const all: Record<string, unknown>[] = [
+      {
+        id: vmId,
+        name: id.vmName,
+        type: VM_TYPE,
+        location: 'westeurope',
+        identity: vmIdentity(true),
+      },
+    ]
+    for (let i = 0; i < (id.otherVms?.count ?? 0); i++) {
+      const name = `${id.vmName}-peer${i}`
+      const ident = i < (id.otherVms?.shared ?? 0) ? vmIdentity(true, false) : undefined
+      all.push({
+        id: `/subscriptions/${id.subscriptionId}/resourceGroups/fleet/providers/Microsoft.Compute/virtualMachines/${name}`,
+        name,
+        type: VM_TYPE,
+        location: 'westeurope',
+        ...(ident ? { identity: ident } : {}),
+      })
+    }
+    return all
+  }
+  const list = (req: IncomingMessage, res: ServerResponse, url: URL) => {
+    const filter = url.searchParams.get('$filter')
+    const want = filter === null ? null : /^resourceType eq '([^']+)'$/i.exec(filter.trim())
+    if (filter !== null && !want)
+      return armError(
+        res,
+        400,
+        'InvalidFilterInQueryString',
+        `Invalid $filter '${filter}' specified in the query string.`,
+      )
+    const items = want && want[1]!.toLowerCase() !== VM_TYPE.toLowerCase() ? [] : listed()
+    const skip = Number(url.searchParams.get('$skiptoken') ?? '0') || 0
+    const page = items.slice(skip, skip + PAGE)
+    const body: Record<string, unknown> = { value: page }
+    if (skip + PAGE < items.length) {
+      const next = new URL(url.pathname, `http://${req.headers.host}`)
+      for (const [k, v] of url.searchParams) if (k !== '$skiptoken') next.searchParams.set(k, v)
+      next.searchParams.set('$skiptoken', String(skip + PAGE))
+      body.nextLink = next.toString()
+    }
+    return json(res, 200, body)
+  }
+
   const vm = async (res: ServerResponse) => {
     if (id.armFault === 'slow') await sleep(5000)
     const body: Record<string, unknown> = {
@@ -141,7 +253,7 @@ export function azureApiHandler(id: AzureApiIdentity) {
       id: vmId,
       type: 'Microsoft.Compute/virtualMachines',
       location: 'westeurope',
-      identity: { type: 'SystemAssigned', principalId: id.principalId, tenantId: id.tenantId },
+      identity: vmIdentity(true),
       properties: {
         vmId: randomUUID(),
         hardwareProfile: { vmSize: 'Standard_B1s' },
@@ -207,6 +319,8 @@ export function azureApiHandler(id: AzureApiIdentity) {
       return armError(res, 405, 'MethodNotAllowed', 'The requested method is not allowed.')
     // Resource group and resource names are case-insensitive in ARM.
     const path = decodeURIComponent(url.pathname).toLowerCase()
+    if (path === `/subscriptions/${id.subscriptionId}/resources`.toLowerCase())
+      return list(req, res, url)
     if (path === vmId.toLowerCase()) return vm(res)
     if (path === nicId.toLowerCase()) return nic(res)
     const m = /\/resourcegroups\/([^/]+)\/providers\/([^/]+\/[^/]+)\/([^/]+)$/.exec(path)

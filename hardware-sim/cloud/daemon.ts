@@ -20,6 +20,14 @@ const { server, port } = await serveCloudMetadata(kind, keys, identity, Number(p
 const record = join(stateDir, `cloud-${kind}.json`)
 const url = `http://127.0.0.1:${port}`
 // GCP: the key file the server's service_account_file names (its token_uri is this port's).
+// Azure: the app registration's client secret, for the server's app_secret_file (0600).
+const azureSecretFile = () => {
+  const file = join(stateDir, 'azure-app-secret')
+  writeFileSync(file, `${(identity.azureApi ?? DEFAULT_IDENTITY.azureApi).clientSecret}\n`, {
+    mode: 0o600,
+  })
+  return file
+}
 const credentials =
   kind === 'gcp'
     ? writeServiceAccountFile(
@@ -28,7 +36,9 @@ const credentials =
         identity.apiServiceAccount ?? DEFAULT_IDENTITY.apiServiceAccount,
         url,
       )
-    : undefined
+    : kind === 'azure'
+      ? azureSecretFile()
+      : undefined
 const info = {
   kind,
   url,

@@ -12,7 +12,7 @@
  *    /metadata/identity/oauth2/token?api-version=…&resource=….
  */
 import { execFileSync } from 'node:child_process'
-import { createPublicKey, randomBytes, randomUUID, sign } from 'node:crypto'
+import { createPublicKey, randomBytes, sign } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { tmpdir } from 'node:os'
@@ -20,7 +20,7 @@ import { join } from 'node:path'
 import { SignJWT } from 'jose'
 import { findBinary } from '../process.js'
 import { awsApiHandler } from './aws-api.js'
-import { ARM_RESOURCE, azureApiHandler } from './azure-api.js'
+import { ARM_RESOURCE, azureApiHandler, imdsIdentity } from './azure-api.js'
 import { gcpApiHandler } from './gcp-api.js'
 import type { CloudKeys, CloudKind } from './keys.js'
 
@@ -77,6 +77,20 @@ export interface CloudIdentity {
   readonly subnet?: string
   /** The app registration (client credentials) AAD accepts for Resource Manager. */
   readonly azureApi?: { readonly clientId: string; readonly clientSecret: string }
+  /**
+   * A user-assigned managed identity on the VM. IMDS answers with its token when asked by
+   * client_id, object_id or msi_res_id, or when the VM has no system-assigned identity.
+   */
+  readonly userAssigned?: {
+    readonly resourceGroup: string
+    readonly name: string
+    readonly principalId: string
+    readonly clientId: string
+  }
+  /** false: the VM has no system-assigned identity (default true). */
+  readonly systemAssigned?: boolean
+  /** More VMs in the subscription's resource list; `shared` of them also carry userAssigned. */
+  readonly otherVms?: { readonly count: number; readonly shared?: number }
   /** Test faults of the Resource Manager VM answer. */
   readonly armFault?: 'oversize' | 'slow'
   /** GCP/Azure token lifetime, seconds (negative: already expired, for refusal tests). */
@@ -328,23 +342,25 @@ function azureHandler(id: Id, keys: CloudKeys) {
       return bad(res, 'Required query variable api-version is missing')
     const resource = url.searchParams.get('resource') ?? ''
     if (resource === '') return bad(res, 'Required audience parameter not specified')
+    const who = imdsIdentity(id, url.searchParams)
+    if (typeof who === 'string') return bad(res, who)
     const iat = Math.floor(Date.now() / 1000)
     const lifetime = id.lifetimeSeconds ?? 86400
     const issuer = `https://sts.windows.net/${id.tenantId}/`
     const token = await new SignJWT({
-      appid: randomUUID(),
+      appid: who.clientId,
       appidacr: '2',
       idp: issuer,
-      oid: id.principalId,
+      oid: who.principalId,
       tid: id.tenantId,
       uti: randomBytes(16).toString('base64url'),
       ver: '1.0',
-      xms_mirid: `/subscriptions/${id.subscriptionId}/resourcegroups/${id.resourceGroup}/providers/Microsoft.Compute/virtualMachines/${id.vmName}`,
+      xms_mirid: who.mirid,
     })
       .setProtectedHeader({ alg: 'RS256', kid: keys.kid, x5t: keys.kid, typ: 'JWT' })
       .setIssuer(issuer)
       .setAudience(resource)
-      .setSubject(id.principalId)
+      .setSubject(who.principalId)
       .setIssuedAt(iat)
       .setNotBefore(iat)
       .setExpirationTime(iat + lifetime)
@@ -353,7 +369,7 @@ function azureHandler(id: Id, keys: CloudKeys) {
     if (resource === ARM_RESOURCE) api.register(token, (iat + lifetime) * 1000)
     return json(res, 200, {
       access_token: token,
-      client_id: id.principalId,
+      client_id: who.clientId,
       expires_in: String(lifetime),
       expires_on: String(iat + lifetime),
       ext_expires_in: String(lifetime),

@@ -45,12 +45,12 @@ function kindGroup(kind: CloudKind): Group {
     name: 'start',
     summary: `start a simulated ${kind} metadata service on 127.0.0.1 in the background`,
     details:
-      `Output: {"kind", "url", "port", "pid", "state", "trust"${kind === 'gcp' ? ', "credentials"' : ''}}; url is the agent's metadata_url, trust the\n${TRUST[kind]}.\n` +
+      `Output: {"kind", "url", "port", "pid", "state", "trust"${kind !== 'aws' ? ', "credentials"' : ''}}; url is the agent's metadata_url, trust the\n${TRUST[kind]}.\n` +
       (kind === 'gcp'
         ? 'credentials is a service-account key file for the Compute API it serves (token endpoint and\ninstances.get on url): [plugins.NodeAttestor.gcp_iit] use_instance_metadata = true,\nservice_account_file = <credentials>, compute_endpoint = <url>.\n'
         : '') +
       (kind === 'azure'
-        ? "It also serves AAD (POST /<tenant>/oauth2/v2.0/token, client credentials) and Resource Manager\n(VM and NIC GETs) on url: [plugins.NodeAttestor.azure_msi] authority_url = resource_manager_endpoint\n= <url>, tenants.<t>.app_id/app_secret = the identity's azureApi (or use_msi, msi_endpoint = <url>).\n"
+        ? "It also serves AAD (POST /<tenant>/oauth2/v2.0/token, client credentials) and Resource Manager\n(VM and NIC GETs) on url: [plugins.NodeAttestor.azure_msi] authority_url = resource_manager_endpoint\n= <url>, tenants.<t>.app_id = the identity's azureApi client ID, app_secret_file = <credentials>\n(its client secret, mode 0600), or use_msi, msi_endpoint = <url>. Resources - List pages the\nsubscription's VMs, for user-assigned identities (identity userAssigned, systemAssigned = false).\n"
         : '') +
       (kind === 'gcp'
         ? "It serves the instance's service-account token too (GCE_METADATA_HOST=127.0.0.1:<port>).\n"

@@ -105,6 +105,7 @@ export const CLOUD_NODE_ATTESTORS: readonly [
     (data, ctx) => {
       const cfg = parseAzureServerConfig(data, ctx.configDir)
       warnIfNoTofu(ctx, AZURE_MSI, cfg.tofu)
+      for (const w of cfg.warnings) ctx.log('warn', w, { attestor: AZURE_MSI })
       const apis = azureApis(cfg)
       logApi(
         ctx,

@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { test } from 'node:test'
 import { DEFAULT_IDENTITY } from '../../hardware-sim/cloud/index.js'
 import {
@@ -38,6 +40,9 @@ test('azure_msi with Resource Manager lookups on the simulated AAD/ARM: network 
     rig.server,
     /azure_msi: network-security-group:, virtual-network:, virtual-network-subnet: selectors from the cloud API \(tenant 72f988bf-86f1-41af-91ab-2d7cd011db47: app 0b1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d via http:\/\/127\.0\.0\.1:\d+, Resource Manager at/,
   )
+  // SPIRE's app_secret in the config still works, with a warning that does not quote it.
+  await serverSaid(rig.server, /app_secret: the client secret is in the config file/)
+  assert.ok(!rig.server.stderr().includes(I.azureApi.clientSecret))
   const agent = await rig.startAgent('a1', agentToml(sim.url))
   assert.equal(agent.first.agent_id, agentId)
   const sels = await agentSelectors(rig.server, agentId)
@@ -128,4 +133,71 @@ test('azure_msi with Resource Manager lookups on the simulated AAD/ARM: network 
   assert.ok(Date.now() - started < 15_000, `refused after ${Date.now() - started} ms`)
   // Refused attestations record nothing.
   assert.equal(await down.server.admin('agent', 'list'), await wrong.server.admin('agent', 'list'))
+})
+
+test('azure_msi with a user-assigned identity: Resource Manager finds its one VM among paged VMs (network selectors, vm-name, an SVID on the subnet); a shared identity, a detached one and a list over the cap refuse', async (t) => {
+  const uai = {
+    resourceGroup: 'identities',
+    name: 'edge-gateway-id',
+    principalId: '7c9e6679-7425-40de-944b-e07fc1f90ae7',
+    clientId: '6f1d2b3a-9c8e-4d7f-a6b5-c4d3e2f1a0b9',
+  }
+  // No system-assigned identity: IMDS answers with the user-assigned one, as Azure does. 250 more
+  // VMs in the subscription: three pages of Resources - List before the VM is known.
+  const vmWith = (extra: Record<string, unknown> = {}) => ({
+    userAssigned: uai,
+    systemAssigned: false,
+    otherVms: { count: 250 },
+    ...extra,
+  })
+  const { root, sim } = await cloudTest(t, 'azure', vmWith())
+  // The secret from a 0600 file (app_secret_file), not the config.
+  const secretFile = join(root, 'azure-app-secret')
+  writeFileSync(secretFile, `${I.azureApi.clientSecret}\n`, { mode: 0o600 })
+  const rule = `tenants = { "${I.tenantId}" = { resource_id = "${resource}", jwks_file = "${sim.trust}", app_id = "${I.azureApi.clientId}", app_secret_file = "${secretFile}", subscription_id = "${I.subscriptionId}" } }\n`
+  const endpoints = (url: string) =>
+    `authority_url = "${url}"\nresource_manager_endpoint = "${url}"\napi_timeout_ms = 3000\n`
+  const agentToml = (url: string) => `metadata_url = "${url}"\nresource_id = "${resource}"`
+  const rig = await cloudRig(root, t, 'azure_msi', rule + endpoints(sim.url))
+  const agent = await rig.startAgent('u1', agentToml(sim.url))
+  const agentId = `spiffe://example.org/spire/agent/azure_msi/${I.tenantId}/${uai.principalId}`
+  assert.equal(agent.first.agent_id, agentId)
+  assertSelectors(await agentSelectors(rig.server, agentId), [
+    `azure_msi:subscription-id:${I.subscriptionId}`,
+    'azure_msi:vm-name:frontend:blog',
+    'azure_msi:network-security-group:network:frontend-nsg',
+    'azure_msi:virtual-network:network:edge-vnet',
+    'azure_msi:virtual-network-subnet:network:edge-vnet:gateways',
+  ])
+  // vm-name comes only from the list: the token names the identity, not the VM.
+  const app = await registerWorkload(rig.server, 'azure_msi:vm-name:frontend:blog', 'azure-uai')
+  assert.ok((await workloadSvids(agent.socket)).includes(app))
+  agent.child.kill('SIGTERM')
+  assert.equal(await agent.exited, 0)
+
+  // Two more VMs carry the same identity: its token does not say which VM it came from.
+  await using shared = await siblingSim(root, sim, vmWith({ otherVms: { count: 250, shared: 2 } }))
+  const s = await rigIn(root, 'shared', t, 'azure_msi', rule + endpoints(shared.url))
+  const refusedShared = await s.failAgent('shared', agentToml(shared.url))
+  assertRefused(refusedShared, 'azure_msi', 'instance')
+  assert.match(refusedShared.stderr, /3 VMs carry the identity/, refusedShared.stderr)
+
+  // The identity signs tokens but no VM in the subscription carries it (detached): refused.
+  await using detached = await siblingSim(
+    root,
+    sim,
+    vmWith({ userAssigned: { ...uai, name: 'elsewhere-id' } }),
+  )
+  const d = await rigIn(root, 'detached', t, 'azure_msi', rule + endpoints(detached.url))
+  // The sibling's VM carries elsewhere-id; a token for edge-gateway-id comes from a third sim.
+  const refusedDetached = await d.failAgent('detached', agentToml(sim.url))
+  assertRefused(refusedDetached, 'azure_msi', 'instance')
+  assert.match(refusedDetached.stderr, /no VM carries the identity/, refusedDetached.stderr)
+
+  // More VMs than the list cap: refused unresolved, not matched on a partial list.
+  await using crowded = await siblingSim(root, sim, vmWith({ otherVms: { count: 2100 } }))
+  const c = await rigIn(root, 'crowded', t, 'azure_msi', rule + endpoints(crowded.url))
+  const refusedCrowded = await c.failAgent('crowded', agentToml(crowded.url))
+  assertRefused(refusedCrowded, 'azure_msi', 'api')
+  assert.match(refusedCrowded.stderr, /more than (2000 VMs|20 pages)/, refusedCrowded.stderr)
 })

@@ -1,6 +1,14 @@
 import assert from 'node:assert/strict'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import type { Server } from 'node:http'
+import {
+  chmodSync,
+  chownSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs'
+import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
@@ -9,6 +17,7 @@ import { DEFAULT_IDENTITY, serveCloudMetadata } from '../../hardware-sim/cloud/s
 import { AzureApi, type AzureApiConfig } from '../../src/attestors/cloud/azure/arm.js'
 import { azureApis, parseAzureServerConfig } from '../../src/attestors/cloud/azure/server.js'
 import { CloudAttestationError } from '../../src/attestors/cloud/common.js'
+import { readSecretFile } from '../../src/attestors/cloud/secret.js'
 
 const I = DEFAULT_IDENTITY
 const refused = (reason: string, re: RegExp) => (e: unknown) =>
@@ -112,5 +121,108 @@ test('AzureApi against the simulated AAD and Resource Manager: selectors; anothe
       now,
     ),
     refused('api', /HTTP 400: invalid_tenant: AADSTS90002/),
+  )
+})
+
+test('azure_msi client secret from app_secret_file (0600, owned, one line) or app_secret_env; app_secret in the config warns; wrong modes, owners, links and half settings refuse', async (t) => {
+  const { dir } = await simRig(t)
+  const id = { app_id: I.azureApi.clientId }
+  const secretOf = (extra: Record<string, unknown>, env: NodeJS.ProcessEnv = {}) => {
+    const cfg = parseAzureServerConfig(tenantWith({ ...id, ...extra }), dir, env)
+    const c = azureApis(cfg)[0]?.credential
+    return { secret: c?.kind === 'secret' ? c.appSecret : undefined, warnings: cfg.warnings }
+  }
+  const file = join(dir, 'app-secret')
+  writeFileSync(file, `${I.azureApi.clientSecret}\n`, { mode: 0o600 })
+  assert.deepEqual(secretOf({ app_secret_file: 'app-secret' }), {
+    secret: I.azureApi.clientSecret,
+    warnings: [],
+  })
+  assert.deepEqual(secretOf({ app_secret_env: 'AZ_SECRET' }, { AZ_SECRET: 's3cret' }), {
+    secret: 's3cret',
+    warnings: [],
+  })
+  // SPIRE's app_secret still works, with a warning that never quotes the secret.
+  const inline = secretOf({ app_secret: I.azureApi.clientSecret })
+  assert.equal(inline.secret, I.azureApi.clientSecret)
+  assert.equal(inline.warnings.length, 1)
+  assert.match(
+    inline.warnings[0]!,
+    /app_secret: the client secret is in the config file.*app_secret_file/,
+  )
+  assert.ok(!inline.warnings[0]!.includes(I.azureApi.clientSecret))
+  const bad = (extra: Record<string, unknown>, re: RegExp, env: NodeJS.ProcessEnv = {}) =>
+    assert.throws(
+      () => parseAzureServerConfig(tenantWith({ ...id, ...extra }), dir, env),
+      (e: Error) => re.test(e.message) && !e.message.includes(I.azureApi.clientSecret),
+    )
+  bad(
+    { app_secret_file: 'app-secret', app_secret_env: 'AZ_SECRET' },
+    /app_secret, app_secret_file, app_secret_env: set one/,
+    { AZ_SECRET: 'x' },
+  )
+  bad(
+    { app_secret_env: 'AZ_SECRET' },
+    /app_secret_env: the environment variable AZ_SECRET is not set/,
+  )
+  bad({ app_secret_file: 'missing' }, /app_secret_file: cannot read .*ENOENT/)
+  chmodSync(file, 0o640)
+  bad({ app_secret_file: 'app-secret' }, /app_secret_file: .* has mode 0640; make it 0600/)
+  chmodSync(file, 0o600)
+  symlinkSync(file, join(dir, 'link'))
+  bad({ app_secret_file: 'link' }, /app_secret_file: .* is not a regular file/)
+  writeFileSync(join(dir, 'two-lines'), 'a\nb\n', { mode: 0o600 })
+  bad({ app_secret_file: 'two-lines' }, /the secret must be one non-empty line/)
+  bad(
+    { app_secret_file: 'app-secret', use_msi: true },
+    /use_msi: set it or app_id\/app_secret, not both/,
+  )
+  // Someone else's file (root may own it: root can read it anyway).
+  const me = process.geteuid?.() ?? 0
+  if (me === 0) {
+    chownSync(file, 4242, 4242)
+    assert.match(
+      JSON.stringify(readSecretFile('app_secret_file', file)),
+      /owned by uid 4242, not by this process's uid 0 or root/,
+    )
+  } else {
+    assert.match(JSON.stringify(readSecretFile('app_secret_file', file, me + 1)), /owned by uid/)
+  }
+})
+
+test('AzureApi.findVm: a nextLink to another origin is refused before the bearer token follows it; endless pages stop at the cap', async (t) => {
+  const { dir, url } = await simRig(t)
+  const cfg = azureApis(
+    parseAzureServerConfig({ ...tenantWith(secret), authority_url: url }, dir),
+  )[0] as AzureApiConfig
+  let calls = 0
+  let next = (_host: string) => 'http://127.0.0.2:9/elsewhere'
+  const rm = createServer((req, res) => {
+    calls++
+    res.writeHead(200, { 'Content-Type': 'application/json' })
+    res.end(JSON.stringify({ value: [], nextLink: next(String(req.headers.host)) }))
+  })
+  await new Promise<void>((r) => rm.listen(0, '127.0.0.1', r))
+  t.after(() => new Promise<void>((r) => rm.close(() => r())))
+  const api = new AzureApi({
+    ...cfg,
+    resourceManager: `http://127.0.0.1:${(rm.address() as { port: number }).port}`,
+  })
+  const uai = `/subscriptions/${I.subscriptionId}/resourcegroups/ids/providers/Microsoft.ManagedIdentity/userAssignedIdentities/edge`
+  await assert.rejects(
+    api.findVm(uai, I.principalId, Date.now()),
+    refused('api', /nextLink leaves/),
+  )
+  assert.equal(calls, 1)
+  next = (host) => `http://${host}/subscriptions/${I.subscriptionId}/resources?page=more`
+  calls = 0
+  await assert.rejects(
+    api.findVm(uai, I.principalId, Date.now()),
+    refused('api', /more than 20 pages/),
+  )
+  assert.equal(calls, 20)
+  await assert.rejects(
+    api.findVm(uai.replace('userAssignedIdentities', 'virtualMachines'), I.principalId, Date.now()),
+    refused('claims', /not a user-assigned identity/),
   )
 })

@@ -4,7 +4,9 @@
  * registration (app_id / app_secret, sent to the tenant's AAD token endpoint) or from the
  * server's own managed identity (use_msi, IMDS), then the VM the token's xms_mirid names and its
  * network interfaces. From their answers come SPIRE's network-security-group:, virtual-network:
- * and virtual-network-subnet: selectors. No Azure SDK: three kinds of JSON GET and one token
+ * and virtual-network-subnet: selectors. A user-assigned identity's token names the identity, not
+ * a VM: as SPIRE does, the VM is found by listing the subscription's VMs (bounded) and keeping
+ * the one that carries that identity with the token's principal; none or several refuse. No Azure SDK: three kinds of JSON GET and one token
  * call are all it takes; the SDK would bring @azure/identity (with MSAL), @azure/arm-compute,
  * @azure/arm-network and their core packages, and its own retry and timeout rules to bound.
  */
@@ -28,6 +30,11 @@ const ARM_RESOURCE = 'https://management.azure.com/'
 const VM_API_VERSION = '2024-07-01'
 const NIC_API_VERSION = '2024-05-01'
 const MSI_API_VERSION = '2018-02-01'
+const RESOURCES_API_VERSION = '2021-04-01'
+/** The VM list for a user-assigned identity: bounded in pages, resources and time. */
+export const MAX_LIST_PAGES = 20
+export const MAX_LISTED = 2000
+const LIST_DEADLINE_FACTOR = 4
 /** Azure allows a few NICs per VM (8 on most sizes) and IP configurations per NIC (256). */
 const MAX_NICS = 16
 const MAX_IP_CONFIGS = 256
@@ -52,6 +59,7 @@ const SUB = '([0-9a-fA-F-]{36})'
 const rx = (tail: string) =>
   new RegExp(`^/subscriptions/${SUB}/resourceGroups/${SEG}/providers/${tail}$`, 'i')
 export const VM_ID = rx(`Microsoft\\.Compute/virtualMachines/${SEG}`)
+export const UAI_ID = rx(`Microsoft\\.ManagedIdentity/userAssignedIdentities/${SEG}`)
 const NIC_ID = rx(`Microsoft\\.Network/networkInterfaces/${SEG}`)
 const NSG_ID = rx(`Microsoft\\.Network/networkSecurityGroups/${SEG}`)
 const SUBNET_ID = rx(`Microsoft\\.Network/virtualNetworks/${SEG}/subnets/${SEG}`)
@@ -64,8 +72,13 @@ export function describeAzureApi(cfg: AzureApiConfig): string {
   return `tenant ${cfg.tenant}: ${how}, Resource Manager at ${cfg.resourceManager}`
 }
 
+interface Identity {
+  principalId?: unknown
+  userAssignedIdentities?: unknown
+}
+
 interface VirtualMachine {
-  identity?: { principalId?: unknown }
+  identity?: Identity
   properties?: { networkProfile?: { networkInterfaces?: unknown } }
 }
 
@@ -139,7 +152,11 @@ export class AzureApi {
 
   /** A Resource Manager GET with the bearer token; one fresh token if a cached one is refused. */
   private async get(what: string, path: string, apiVersion: string, now: number) {
-    const url = `${this.cfg.resourceManager}${path}?api-version=${apiVersion}`
+    return this.fetchJson(what, `${this.cfg.resourceManager}${path}?api-version=${apiVersion}`, now)
+  }
+
+  /** A GET of a full Resource Manager URL (a list's nextLink); the caller checks its origin. */
+  async fetchJson(what: string, url: string, now: number) {
     const once = async () =>
       apiCall(
         AZURE_MSI,
@@ -172,12 +189,23 @@ export class AzureApi {
     return r.json
   }
 
+  /** The one VM carrying user-assigned identity `uaiId` with `principal` (see findVmOf). */
+  findVm(uaiId: string, principal: string, now: number): Promise<string> {
+    return findVmOf(this, uaiId, principal, now)
+  }
+
   /**
    * SPIRE's Resource Manager selectors for the VM `vmId` names (from the signed token), whose
    * system-assigned identity must be `principal` (a VM deleted and recreated under the same name
-   * has another identity: its successor's network is not evidence about this token).
+   * has another identity: its successor's network is not evidence about this token). With
+   * `uaiId`, the VM must carry that user-assigned identity with principal `principal`.
    */
-  async selectors(vmId: string, principal: string, now: number): Promise<Selector[]> {
+  async selectors(
+    vmId: string,
+    principal: string,
+    now: number,
+    uaiId?: string,
+  ): Promise<Selector[]> {
     const m = VM_ID.exec(vmId)
     if (!m) throw new CloudAttestationError(AZURE_MSI, 'claims', `xms_mirid ${vmId} is not a VM`)
     const [sub, rg, name] = [m[1]!, m[2]!, m[3]!]
@@ -190,12 +218,12 @@ export class AzureApi {
     const path = `/subscriptions/${sub}/resourceGroups/${encodeURIComponent(rg)}/providers/Microsoft.Compute/virtualMachines/${encodeURIComponent(name)}`
     const what = `Resource Manager virtualMachines.get ${rg}/${name}`
     const vm = (await this.get(what, path, VM_API_VERSION, now)) as VirtualMachine
-    const owner = vm.identity?.principalId
+    const owner = uaiId ? userAssigned(vm.identity, uaiId) : vm.identity?.principalId
     if (typeof owner !== 'string' || owner.toLowerCase() !== principal.toLowerCase())
       throw new CloudAttestationError(
         AZURE_MSI,
         'instance',
-        `${what}: the VM's identity is ${JSON.stringify(owner)}, the token's is ${principal} (deleted and recreated?)`,
+        `${what}: the VM's ${uaiId ? `user-assigned identity ${uaiId}` : 'identity'} is ${JSON.stringify(owner ?? null)}, the token's is ${principal} (deleted and recreated, or detached?)`,
       )
     const refs = vm.properties?.networkProfile?.networkInterfaces
     const nics = Array.isArray(refs) ? refs : []
@@ -215,6 +243,95 @@ export class AzureApi {
     }
     return [...values].sort().map((value) => ({ type: AZURE_MSI, value }))
   }
+}
+
+/**
+ * The ID of the one VM in the subscription that carries user-assigned identity `uaiId` with
+ * principal `principal` (the token names only the identity). SPIRE lists resources filtered by
+ * principal; we list the subscription's VMs and match locally, since the server-side filter is
+ * not documented to cover user-assigned identities, and a filter is not evidence anyway.
+ */
+async function findVmOf(
+  api: AzureApi,
+  uaiId: string,
+  principal: string,
+  now: number,
+): Promise<string> {
+  const u = UAI_ID.exec(uaiId)
+  if (!u)
+    throw new CloudAttestationError(AZURE_MSI, 'claims', `${uaiId} is not a user-assigned identity`)
+  const sub = api.cfg.subscriptionId ?? u[1]!
+  const q = new URLSearchParams({
+    $filter: "resourceType eq 'Microsoft.Compute/virtualMachines'",
+    'api-version': RESOURCES_API_VERSION,
+  })
+  const what = `Resource Manager resources.list (VMs of subscription ${sub}) for identity ${u[3]}`
+  const base = new URL(api.cfg.resourceManager)
+  const deadline = Date.now() + api.cfg.timeoutMs * LIST_DEADLINE_FACTOR
+  let url: string | undefined = `${api.cfg.resourceManager}/subscriptions/${sub}/resources?${q}`
+  // By lower-cased ID: ARM IDs are case-insensitive, and a VM listed twice is still one VM.
+  const found = new Map<string, string>()
+  let listed = 0
+  for (let page = 0; url !== undefined; page++) {
+    if (page >= MAX_LIST_PAGES)
+      throw apiFailure(AZURE_MSI, what, `more than ${MAX_LIST_PAGES} pages; refused unresolved`)
+    if (Date.now() > deadline)
+      throw apiFailure(
+        AZURE_MSI,
+        what,
+        `not done in ${api.cfg.timeoutMs * LIST_DEADLINE_FACTOR} ms`,
+      )
+    const body = (await api.fetchJson(what, url, now)) as { value?: unknown; nextLink?: unknown }
+    const items = Array.isArray(body.value) ? body.value : []
+    listed += items.length
+    if (listed > MAX_LISTED)
+      throw apiFailure(AZURE_MSI, what, `more than ${MAX_LISTED} VMs; refused unresolved`)
+    for (const item of items) {
+      const r = item as { id?: unknown; identity?: Identity } | null
+      if (typeof r?.id !== 'string' || !VM_ID.test(r.id)) continue
+      const p = userAssigned(r.identity, uaiId)
+      if (typeof p === 'string' && p.toLowerCase() === principal.toLowerCase())
+        found.set(r.id.toLowerCase(), r.id)
+    }
+    const next = body.nextLink
+    url = undefined
+    if (typeof next === 'string' && next !== '') {
+      // The bearer token goes with the next page: only to the Resource Manager we were given.
+      let n: URL
+      try {
+        n = new URL(next)
+      } catch {
+        throw apiFailure(AZURE_MSI, what, 'nextLink is not a URL')
+      }
+      if (n.origin !== base.origin)
+        throw apiFailure(AZURE_MSI, what, `nextLink leaves ${base.origin}; refused`)
+      url = n.toString()
+    }
+  }
+  const ids = [...found.values()]
+  if (ids.length === 0)
+    throw new CloudAttestationError(
+      AZURE_MSI,
+      'instance',
+      `${what}: no VM carries the identity with principal ${principal} (detached, or another subscription?)`,
+    )
+  if (ids.length > 1)
+    throw new CloudAttestationError(
+      AZURE_MSI,
+      'instance',
+      `${what}: ${ids.length} VMs carry the identity (${ids.slice(0, 3).join(', ')}); a shared user-assigned identity does not name one VM`,
+    )
+  return ids[0]!
+}
+
+/** The principal ID of user-assigned identity `uaiId` in an ARM identity block (IDs compare case-insensitively). */
+function userAssigned(identity: Identity | undefined, uaiId: string): unknown {
+  const map = identity?.userAssignedIdentities
+  if (typeof map !== 'object' || map === null) return undefined
+  const want = uaiId.toLowerCase()
+  for (const [k, v] of Object.entries(map))
+    if (k.toLowerCase() === want) return (v as { principalId?: unknown } | null)?.principalId
+  return undefined
 }
 
 /** SPIRE's shapes: network-security-group:<rg>:<nsg>, virtual-network[-subnet]:<rg>:<vnet>[:<subnet>]. */

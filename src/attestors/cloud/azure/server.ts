@@ -17,6 +17,7 @@ import {
   PluginConfig,
 } from '../common.js'
 import { type KeyResolver, keyResolver, MAX_TOKEN, verifyJwt } from '../jwt.js'
+import { readSecretEnv, readSecretFile } from '../secret.js'
 import {
   AzureApi,
   type AzureApiConfig,
@@ -24,6 +25,7 @@ import {
   DEFAULT_AUTHORITY,
   DEFAULT_MSI_ENDPOINT,
   DEFAULT_RESOURCE_MANAGER,
+  UAI_ID,
 } from './arm.js'
 import {
   AZURE_MSI,
@@ -43,12 +45,19 @@ interface TenantRule {
 export interface AzureServerConfig {
   readonly tenants: ReadonlyMap<string, TenantRule>
   readonly tofu: boolean
+  /** Accepted but unwise settings (app_secret in the config), for the start-up log. */
+  readonly warnings: readonly string[]
 }
 
 const TENANT = /^[0-9a-fA-F-]{36}$/
 const SOURCE = `plugins.NodeAttestor.${AZURE_MSI}`
 
-export function parseAzureServerConfig(raw: Table, baseDir: string): AzureServerConfig {
+export function parseAzureServerConfig(
+  raw: Table,
+  baseDir: string,
+  env: NodeJS.ProcessEnv = process.env,
+): AzureServerConfig {
+  const warnings: string[] = []
   const c = new PluginConfig(SOURCE, raw, [
     'tenants',
     'tofu',
@@ -87,9 +96,15 @@ export function parseAzureServerConfig(raw: Table, baseDir: string): AzureServer
       'subscription_id',
       'app_id',
       'app_secret',
+      'app_secret_file',
+      'app_secret_env',
       'use_msi',
     ])
-    const credential = tenantCredential(tc)
+    const credential = tenantCredential(tc, baseDir, env)
+    if (tc.has('app_secret'))
+      warnings.push(
+        `${SOURCE}.tenants.${tenant}.app_secret: the client secret is in the config file (configs get copied and logged); prefer app_secret_file (mode 0600) or app_secret_env`,
+      )
     const subscriptionId = tc.string('subscription_id')
     if (subscriptionId !== undefined && !TENANT.test(subscriptionId))
       tc.problems.push('subscription_id: not a subscription ID (a GUID)')
@@ -122,20 +137,42 @@ export function parseAzureServerConfig(raw: Table, baseDir: string): AzureServer
   }
   const tofu = c.bool('tofu', true)
   c.done()
-  return { tenants, tofu }
+  return { tenants, tofu, warnings }
 }
 
-/** SPIRE's per-tenant credentials: an app registration's client secret, or the server's MSI. */
-function tenantCredential(tc: PluginConfig): AzureCredential | undefined {
+/**
+ * SPIRE's per-tenant credentials: an app registration's client secret (app_secret as SPIRE, or
+ * app_secret_file / app_secret_env, kept out of the config), or the server's MSI.
+ */
+function tenantCredential(
+  tc: PluginConfig,
+  baseDir: string,
+  env: NodeJS.ProcessEnv,
+): AzureCredential | undefined {
   const appId = tc.string('app_id')
-  const appSecret = tc.string('app_secret')
+  const inline = tc.string('app_secret')
+  const file = tc.string('app_secret_file')
+  const envName = tc.string('app_secret_env')
+  const sources = [inline, file, envName].filter((v) => v !== undefined).length
   const msi = tc.bool('use_msi', false)
-  if (msi && (appId || appSecret))
+  if (msi && (appId || sources > 0))
     tc.problems.push('use_msi: set it or app_id/app_secret, not both')
-  if ((appId === undefined) !== (appSecret === undefined))
-    tc.problems.push('app_id and app_secret: set both')
+  if (sources > 1) tc.problems.push('app_secret, app_secret_file, app_secret_env: set one')
+  if ((appId === undefined) !== (sources === 0))
+    tc.problems.push(
+      'app_id and app_secret: set both (the secret as app_secret, app_secret_file or app_secret_env)',
+    )
   if (appId && !TENANT.test(appId)) tc.problems.push('app_id: not an application (client) ID')
-  if (appId && appSecret) return { kind: 'secret', appId, appSecret }
+  if (appId && sources === 1 && tc.problems.length === 0) {
+    const got =
+      inline !== undefined
+        ? { secret: inline }
+        : file !== undefined
+          ? readSecretFile('app_secret_file', resolve(baseDir, file))
+          : readSecretEnv('app_secret_env', envName!, env)
+    if ('problem' in got) tc.problems.push(got.problem)
+    else return { kind: 'secret', appId, appSecret: got.secret }
+  }
   return msi ? { kind: 'msi' } : undefined
 }
 
@@ -144,7 +181,8 @@ export function azureApis(cfg: AzureServerConfig): AzureApiConfig[] {
   return [...cfg.tenants.values()].flatMap((t) => (t.api ? [t.api] : []))
 }
 
-/** /subscriptions/<s>/resourcegroups/<rg>/providers/Microsoft.Compute/virtualMachines/<name> */
+/** /subscriptions/<s>/resourcegroups/<rg>/providers/Microsoft.Compute/virtualMachines/<name>
+ * (the token's lower-case resourcegroups, or ARM's resourceGroups from the VM list). */
 const MIRID =
   /^\/subscriptions\/([0-9a-fA-F-]{36})\/resourcegroups\/([^/]{1,90})\/providers\/Microsoft\.Compute\/virtualMachines\/([^/]{1,64})$/i
 
@@ -185,28 +223,31 @@ export function azureServerAttestor(
       const agentPath = `/spire/agent/${AZURE_MSI}/${tenant}/${principal}`
       await checkFirstUse(AZURE_MSI, attested, ctx.trustDomain, agentPath, cfg.tofu)
       const selectors: Selector[] = []
-      // The VM's resource ID is in the signed token (system-assigned identities): SPIRE reads the
-      // same facts from Resource Manager; we take them from the token and need no credentials.
-      const m = typeof claims.xms_mirid === 'string' ? MIRID.exec(claims.xms_mirid) : null
+      const mirid = typeof claims.xms_mirid === 'string' ? claims.xms_mirid : ''
+      const uai = UAI_ID.test(mirid) ? mirid : undefined
+      const api = apis.get(tenant)
+      // A system-assigned identity's token names its VM: SPIRE reads the same facts from
+      // Resource Manager; we take them from the token and need no credentials. A user-assigned
+      // one names only the identity: its VM comes from Resource Manager, after the token, tenant
+      // and first-use checks, so a refused token costs no API call.
+      let vmId: string | undefined = MIRID.test(mirid) ? mirid : undefined
+      if (api && !vmId) {
+        if (!uai)
+          throw new CloudAttestationError(
+            AZURE_MSI,
+            'claims',
+            'the token names neither a VM nor a user-assigned identity (xms_mirid): Resource Manager selectors need one',
+          )
+        vmId = await api.findVm(uai, principal, ctx.now.getTime())
+      }
+      const m = vmId ? MIRID.exec(vmId) : null
       if (m) {
         selectors.push({ type: AZURE_MSI, value: `subscription-id:${m[1]!.toLowerCase()}` })
         selectors.push({ type: AZURE_MSI, value: `vm-name:${m[2]}:${m[3]}` })
       }
-      // After the token, tenant and first-use checks, so a refused token costs no API call.
-      const api = apis.get(tenant)
-      if (api) {
-        if (!m)
-          throw new CloudAttestationError(
-            AZURE_MSI,
-            'claims',
-            "the token has no VM resource ID (xms_mirid): Resource Manager selectors need the VM's system-assigned identity",
-          )
+      if (api && vmId) {
         const seen = new Set(selectors.map((s) => s.value))
-        for (const s of await api.selectors(
-          claims.xms_mirid as string,
-          principal,
-          ctx.now.getTime(),
-        ))
+        for (const s of await api.selectors(vmId, principal, ctx.now.getTime(), uai))
           if (!seen.has(s.value)) {
             seen.add(s.value)
             selectors.push(s)
