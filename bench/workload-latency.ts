@@ -39,6 +39,9 @@ class Proc {
     const execArgv = [
       // Both measured processes run full collections before their RSS is read (op 'gc').
       ...(measured ? ['--expose-gc'] : []),
+      ...(role === 'agent' && process.env.BENCH_AGENT_FLAGS
+        ? process.env.BENCH_AGENT_FLAGS.split(' ')
+        : []),
       ...(prof && measured
         ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, `--cpu-prof-name=${role}.cpuprofile`]
         : []),
