@@ -23,6 +23,7 @@ import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { startSwtpm } from '../hardware-sim/swtpm.js'
 import { CACHE_FILE } from '../src/agent/cache/sealed-svids.js'
+import { AGENT_V8_FLAGS } from '../src/agent/heap-flags.js'
 import { cliPath } from '../test/helpers/exec.js'
 import {
   cacheWritten,
@@ -52,7 +53,13 @@ async function round(args: string[], sock: string) {
   const next = () => new Promise<string>((r) => lines.once('line', r))
   await next() // "ready": the client's imports are done
   const t0 = Date.now()
-  const agent = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  // As its systemd unit starts it: NODE_OPTIONS with the agent's V8 flags (src/agent/heap-flags.ts);
+  // BENCH_AGENT_FLAGS overrides them ('' for none).
+  const nodeOptions = process.env.BENCH_AGENT_FLAGS ?? AGENT_V8_FLAGS.join(' ')
+  const agent = spawn(process.execPath, [cliPath, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NODE_OPTIONS: nodeOptions },
+  })
   let stderr = ''
   agent.stderr!.on('data', (d: Buffer) => {
     stderr += d.toString()
