@@ -4,7 +4,7 @@
  * not goals are met: on a shared machine the figures are evidence, not a gate.
  *
  * BENCH_SKIP=name,name leaves benches out (e.g. BENCH_SKIP=tpm,attestation without swtpm,
- * BENCH_SKIP=pkcs11 without SoftHSM2).
+ * BENCH_SKIP=pkcs11 without SoftHSM2, BENCH_SKIP=offline-start without swtpm).
  */
 import { spawn } from 'node:child_process'
 import { dirname, join } from 'node:path'
@@ -18,6 +18,7 @@ const BENCHES = [
   'attestation',
   'tpm-event-loop',
   'tpm',
+  'offline-start',
 ]
 const skip = new Set((process.env.BENCH_SKIP ?? '').split(',').filter(Boolean))
 

@@ -20,16 +20,13 @@
  * after a re-issued SVID reached its cache.
  */
 import { join } from 'node:path'
+import { getHeapSpaceStatistics } from 'node:v8'
 import * as grpc from '@grpc/grpc-js'
-import { unixAttestor } from '../src/agent/workload-api/attestors/unix.js'
-import { startWorkloadApi } from '../src/agent/workload-api/server.js'
+// Only what the bare server needs is imported statically: the agent's and the server's modules
+// load in their own roles (below), so the bare process holds grpc-js and the service definition
+// alone and its RSS is a bare grpc-js server's, not one that also loaded the agent's code.
 import { workloadServiceDefinition } from '../src/agent/workload-api/service.js'
 import type { WorkloadSource } from '../src/agent/workload-api/types.js'
-import { silentLog } from '../src/common/log.js'
-import { adminCall } from '../src/server/admin-client.js'
-import { TrustDomain } from '../src/spiffe/id.js'
-import { startTestAgent } from '../test/helpers/agent.js'
-import { startTestServer } from '../test/helpers/server.js'
 
 type Msg =
   | { op: 'bytes'; x509: string; x509b: string; jwt: string }
@@ -37,11 +34,15 @@ type Msg =
   | { op: 'rotate' | 'rss' | 'cpu' | 'gc' | 'quit' }
 
 /** Full collections before RSS is read, so both processes report live memory, not garbage. */
-const gc = () => {
+const gc = async () => {
+  const settle = Number(process.env.BENCH_SETTLE_MS ?? 0)
+  if (settle > 0) await new Promise((r) => setTimeout(r, settle))
   const g = (globalThis as { gc?: () => void }).gc
   for (let i = 0; i < 3; i++) g?.()
-  send({ ok: true, mem: process.memoryUsage() })
+  send({ ok: true, mem: process.memoryUsage(), newSpace: newSpaceMiB() })
 }
+const newSpaceMiB = () =>
+  (getHeapSpaceStatistics().find((x) => x.space_name === 'new_space')?.space_size ?? 0) / 2 ** 20
 
 const send = (m: unknown) => process.send!(m)
 const now = () => Number(process.hrtime.bigint()) / 1e6
@@ -80,7 +81,7 @@ async function bare(dir: string): Promise<void> {
       e ? reject(e) : resolve(),
     ),
   )
-  process.on('message', (m: Msg) => {
+  process.on('message', async (m: Msg) => {
     if (m.op === 'bytes') {
       x509 = Buffer.from(m.x509, 'base64')
       x509b = Buffer.from(m.x509b, 'base64')
@@ -92,7 +93,7 @@ async function bare(dir: string): Promise<void> {
       send({ t0 })
     } else if (m.op === 'rss') send({ rss: process.memoryUsage().rss })
     else if (m.op === 'cpu') send({ us: cpuUs() })
-    else if (m.op === 'gc') gc()
+    else if (m.op === 'gc') await gc()
     else if (m.op === 'quit') {
       server.forceShutdown()
       process.exit(0)
@@ -102,6 +103,7 @@ async function bare(dir: string): Promise<void> {
 }
 
 async function server(): Promise<void> {
+  const { startTestServer } = await import('../test/helpers/server.js')
   const s = await startTestServer()
   process.on('message', async (m: Msg) => {
     if (m.op === 'quit') {
@@ -113,6 +115,15 @@ async function server(): Promise<void> {
 }
 
 async function agent(dir: string, address: string, adminSocket: string): Promise<void> {
+  const [{ unixAttestor }, { startWorkloadApi }, { silentLog }, { adminCall }, { TrustDomain }] =
+    await Promise.all([
+      import('../src/agent/workload-api/attestors/unix.js'),
+      import('../src/agent/workload-api/server.js'),
+      import('../src/common/log.js'),
+      import('../src/server/admin-client.js'),
+      import('../src/spiffe/id.js'),
+    ])
+  const { startTestAgent } = await import('../test/helpers/agent.js')
   const admin = (method: 'POST' | 'PUT', path: string, body: unknown) =>
     adminCall(adminSocket, method, path, body)
   const token = String(
@@ -180,7 +191,7 @@ async function agent(dir: string, address: string, adminSocket: string): Promise
       send(manager.x509CacheStats())
     } else if (m.op === 'rss') send({ rss: process.memoryUsage().rss })
     else if (m.op === 'cpu') send({ us: cpuUs() })
-    else if (m.op === 'gc') gc()
+    else if (m.op === 'gc') await gc()
     else if (m.op === 'quit') {
       await api.close()
       await a[Symbol.asyncDispose]()

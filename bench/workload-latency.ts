@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import * as grpc from '@grpc/grpc-js'
+import { AGENT_V8_FLAGS } from '../src/agent/heap-flags.js'
 import { workloadServiceDefinition } from '../src/agent/workload-api/service.js'
 import { pct, summary } from './summary.js'
 
@@ -39,6 +40,13 @@ class Proc {
     const execArgv = [
       // Both measured processes run full collections before their RSS is read (op 'gc').
       ...(measured ? ['--expose-gc'] : []),
+      // The agent runs with the flags it ships with (its systemd unit sets them);
+      // BENCH_AGENT_FLAGS overrides them ('' for none, to measure what they change).
+      ...(role === 'agent'
+        ? process.env.BENCH_AGENT_FLAGS === undefined
+          ? AGENT_V8_FLAGS
+          : process.env.BENCH_AGENT_FLAGS.split(' ').filter(Boolean)
+        : []),
       ...(prof && measured
         ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, `--cpu-prof-name=${role}.cpuprofile`]
         : []),

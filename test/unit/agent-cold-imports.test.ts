@@ -3,6 +3,7 @@
  * transport, no [telemetry]) whose server is unreachable, with a module resolve hook logging every
  * ESM module it loads. The cold-start path (issue 13) must not load the other commands (server,
  * sim, admin API clients), prom-client, MQTT or PKCS#11: each is a few hundred ms on an edge box.
+ * Nor @bufbuild/protobuf (ValidateJWTSVID only): several MiB of the agent's RSS (issue 16).
  */
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
@@ -63,6 +64,7 @@ test('agent run loads only what the agent needs (no server, prom-client, MQTT, P
   // The agent did start: config, composition root, the node transport for attesting.
   assert.ok(loaded('/dist/src/agent/agent.js'), `agent.js not loaded; stderr: ${stderr}`)
   assert.ok(loaded('/dist/src/transport/grpc-client.js'), `no transport loaded; stderr: ${stderr}`)
+  assert.ok(loaded('/dist/src/agent/workload-api/proto.js'), 'the Workload API codec not loaded')
   for (const part of [
     '/dist/src/server/',
     '/dist/src/cli/server',
@@ -76,6 +78,8 @@ test('agent run loads only what the agent needs (no server, prom-client, MQTT, P
     '/node_modules/pkcs11js/',
     '/dist/src/keymanager/pkcs11/',
     '/dist/src/agent/metrics.js',
+    // Only ValidateJWTSVID's claims need it (src/agent/workload-api/proto.ts loads it then).
+    '/node_modules/@bufbuild/protobuf/',
   ]) {
     assert.ok(!loaded(part), `agent run loaded ${part}`)
   }

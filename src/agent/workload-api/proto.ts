@@ -4,9 +4,9 @@
  * over the wire as raw bytes (see service.ts) and are (de)coded here, so a malformed request is a
  * coded error the handler maps to INVALID_ARGUMENT instead of a transport failure.
  */
+import { createRequire } from 'node:module'
 import { join } from 'node:path'
-import { fromBinary, fromJson, type JsonObject, toBinary, toJson } from '@bufbuild/protobuf'
-import { StructSchema } from '@bufbuild/protobuf/wkt'
+import type { JsonObject } from '@bufbuild/protobuf'
 import protobuf from 'protobufjs'
 import { packageRoot } from '../../common/package-root.js'
 import { WorkloadProtocolError } from './errors.js'
@@ -136,12 +136,28 @@ const EMPTY: Readonly<object> = Object.freeze({})
 
 const structType = () => workloadProtoRoot().lookupType('google.protobuf.Struct')
 
+type Bufbuild = typeof import('@bufbuild/protobuf') & typeof import('@bufbuild/protobuf/wkt')
+let bufbuild: Bufbuild | undefined
+/**
+ * @bufbuild/protobuf is loaded on the first Struct conversion (ValidateJWTSVID only): loaded at
+ * start it was ~60 modules and several MiB of the agent's resident memory that FetchX509SVID and
+ * FetchJWTSVID never use. Synchronous (its CommonJS build) because the codec is.
+ */
+function structRuntime(): Bufbuild {
+  if (!bufbuild) {
+    const req = createRequire(import.meta.url)
+    bufbuild = { ...req('@bufbuild/protobuf'), ...req('@bufbuild/protobuf/wkt') } as Bufbuild
+  }
+  return bufbuild
+}
+
 /**
  * Claims ↔ google.protobuf.Struct. protobufjs has no JSON mapping for Struct, so
  * @bufbuild/protobuf's well-known-type mapping does it (it refuses what JSON cannot hold, such as
  * NaN); the Struct crosses between the two runtimes as its wire bytes.
  */
 function claimsToStruct(claims: Record<string, unknown>): protobuf.Message {
+  const { toBinary, fromJson, StructSchema } = structRuntime()
   let bytes: Uint8Array
   try {
     bytes = toBinary(StructSchema, fromJson(StructSchema, claims as JsonObject))
@@ -154,6 +170,7 @@ function claimsToStruct(claims: Record<string, unknown>): protobuf.Message {
 function structToClaims(s: protobuf.Message | null | undefined): Record<string, unknown> {
   if (!s) return {}
   const bytes = structType().encode(s).finish()
+  const { toJson, fromBinary, StructSchema } = structRuntime()
   try {
     return toJson(StructSchema, fromBinary(StructSchema, bytes)) as Record<string, unknown>
   } catch (err) {
