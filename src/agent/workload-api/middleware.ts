@@ -12,12 +12,15 @@ import { GrpcStatus, WorkloadProtocolError, WorkloadStatusError } from './errors
 import { type ProcStamp, procStampSync, stampMismatch } from './proc.js'
 import { workloadCodec } from './proto.js'
 import { SECURITY_HEADER } from './service.js'
-import { StreamState, toBuffer } from './stream-state.js'
+import { CallAbort, type CallSignal, StreamState, toBuffer } from './stream-state.js'
 import type { Selector, WorkloadAttestor } from './types.js'
 
 type AnyCall =
   | grpc.ServerUnaryCall<Uint8Array, Uint8Array>
   | grpc.ServerWritableStream<Uint8Array, Uint8Array>
+
+/** One shared reason: an Error (with its stack) per cancelled call is measurable. */
+const CALL_CANCELLED = new Error('call cancelled')
 
 export function checkHeader(md: grpc.Metadata): void {
   const v = md.get(SECURITY_HEADER)
@@ -80,12 +83,12 @@ export interface Middleware {
   /** Maps any error to the status a caller may see; unexpected ones are logged as INTERNAL. */
   statusOf(err: unknown): WorkloadStatusError
   /** Runs every attestor on the caller, then checks the caller is still the same process. */
-  attest(call: AnyCall, signal: AbortSignal): Promise<Selector[]>
+  attest(call: AnyCall, signal: CallSignal): Promise<Selector[]>
   /** Unary handler scaffolding: header, cancellation, status mapping. */
   unary(
     fn: (
       call: grpc.ServerUnaryCall<Uint8Array, Uint8Array>,
-      signal: AbortSignal,
+      signal: CallSignal,
     ) => Promise<Uint8Array>,
     needsHeader?: boolean,
   ): grpc.handleUnaryCall<Uint8Array, Uint8Array>
@@ -148,7 +151,7 @@ export function middleware(opts: MiddlewareOptions): Middleware {
   /** Connections that started an attestation in this turn of the event loop. */
   const busy = new Set<string>()
 
-  function attest(call: AnyCall, signal: AbortSignal): Promise<Selector[]> {
+  function attest(call: AnyCall, signal: CallSignal): Promise<Selector[]> {
     const peer = call.getPeer()
     const conn = conns.get(peer)
     if (!conn) {
@@ -287,23 +290,31 @@ export function middleware(opts: MiddlewareOptions): Middleware {
   const unary: Middleware['unary'] =
     (fn, needsHeader = true) =>
     (call, callback) => {
-      const ac = new AbortController()
+      const ac = new CallAbort()
+      let answered = false
       const peer = call.getPeer() // after a cancel, getPeer() no longer knows the socket
       call.on('cancelled', () => {
+        // grpc-js (1.14) reports 'cancelled' after every unary call it finished as well: only
+        // one before our answer is the client's. (Counting the others as stream resets recycled
+        // a connection making FetchJWTSVID calls every ~800 calls.)
+        if (answered) return
         conns.noteReset(peer)
-        ac.abort(new Error('call cancelled'))
+        ac.abort(CALL_CANCELLED)
       })
       Promise.resolve()
         .then(() => {
           if (needsHeader) checkHeader(call.metadata)
-          return fn(call, ac.signal)
+          return fn(call, ac)
         })
         .then(
           (res) => {
-            if (!ac.signal.aborted) callback(null, toBuffer(res))
+            if (ac.aborted) return
+            answered = true
+            callback(null, toBuffer(res))
           },
           (err: unknown) => {
-            if (ac.signal.aborted) return // the caller left; nobody to answer
+            if (ac.aborted) return // the caller left; nobody to answer
+            answered = true
             const s = statusOf(err)
             callback({ code: s.status, details: s.message })
           },
@@ -317,7 +328,7 @@ export function middleware(opts: MiddlewareOptions): Middleware {
       .then(async () => {
         checkHeader(call.metadata)
         workloadCodec.empty.decode(requestName, call.request)
-        const selectors = await attest(call, s.abort.signal)
+        const selectors = await attest(call, s.abort)
         if (!s.closed) subscribe(s, selectors)
       })
       .catch((err: unknown) => {
