@@ -34,16 +34,16 @@ export function checkHeader(md: grpc.Metadata): void {
 }
 
 /**
- * Rejects when the batch's signal aborts, whether or not the attestor honours it. The batch keeps
- * the rejecters and runs them from its one abort listener (registered once, never removed: the
- * batch and its controller are dropped together), instead of adding and removing a listener per
- * attestor: the profile showed event-target bookkeeping as a share of every call.
+ * Rejects when the batch is cut (deadline, or every caller left), whether or not the attestor
+ * honours its signal. The batch keeps the rejecters and runs them from its one cut listener,
+ * instead of adding and removing a listener per attestor: the profile showed event-target
+ * bookkeeping as a share of every call.
  */
 function raceAbort<T>(p: Promise<T>, batch: Batch): Promise<T> {
-  const signal = batch.ac.signal
-  if (signal.aborted) return Promise.reject(signal.reason)
+  const cut = batch.cut
+  if (cut.aborted) return Promise.reject(cut.reason)
   return new Promise<T>((resolve, reject) => {
-    batch.onAbort.push(() => reject(signal.reason))
+    batch.onAbort.push(() => reject(cut.reason))
     p.then(resolve, reject)
   })
 }
@@ -59,11 +59,13 @@ interface Waiter {
 interface Batch {
   readonly waiters: Set<Waiter>
   /**
-   * The attestation's one controller: aborted when every waiter has left (`left` set), or by the
-   * deadline. One per batch, not per call or per purpose: creating and listening to abort signals
-   * was a measurable share of each call in the profile.
+   * The attestation's one cancellation: cut when every waiter has left (`left` set), or by the
+   * deadline. One per batch, not per call or per purpose, and a plain flag: creating and
+   * listening to abort signals was a measurable share of each call in the profile.
    */
-  readonly ac: AbortController
+  readonly cut: CallAbort
+  /** The AbortSignal for attestors that read one, made only for them, aborted with `cut`. */
+  ac: AbortController | undefined
   left: boolean
   /** Rejecters of the attestors' races (see raceAbort). */
   readonly onAbort: (() => void)[]
@@ -139,7 +141,7 @@ export function middleware(opts: MiddlewareOptions): Middleware {
       for (const r of running) {
         if (r.deadline > now) continue
         running.delete(r)
-        r.ac.abort(new DOMException('workload attestation timed out', 'TimeoutError'))
+        r.cut.abort(new DOMException('workload attestation timed out', 'TimeoutError'))
       }
       if (running.size === 0) {
         clearInterval(sweeper)
@@ -164,14 +166,16 @@ export function middleware(opts: MiddlewareOptions): Middleware {
     if (!batch) {
       const b: Batch = {
         waiters: new Set(),
-        ac: new AbortController(),
+        cut: new CallAbort(),
+        ac: undefined,
         left: false,
         onAbort: [],
         deadline: Number.POSITIVE_INFINITY,
       }
-      b.ac.signal.onabort = () => {
+      b.cut.addEventListener('abort', () => {
+        b.ac?.abort(b.cut.reason)
         for (const r of b.onAbort.splice(0)) r()
-      }
+      })
       batches.set(peer, b)
       const start = () => {
         if (batches.get(peer) === b) batches.delete(peer)
@@ -208,7 +212,7 @@ export function middleware(opts: MiddlewareOptions): Middleware {
         // Nobody left waiting: let the attestors stop too.
         if (b.waiters.size === 0) {
           b.left = true
-          b.ac.abort(signal.reason)
+          b.cut.abort(signal.reason)
           // Not started yet: a call arriving now must not join an abandoned attestation.
           if (batches.get(peer) === b) batches.delete(peer)
         }
@@ -230,19 +234,26 @@ export function middleware(opts: MiddlewareOptions): Middleware {
 
   /** Runs every attestor on the caller, then checks the caller is still the same process. */
   async function attestNow(conn: Conn, batch: Batch): Promise<Selector[]> {
-    const deadline = batch.ac.signal
+    const cut = batch.cut
     let results: PromiseSettledResult<Selector[]>[]
     watchDeadline(batch)
     try {
-      if (batch.left) throw deadline.reason
+      if (batch.left) throw cut.reason
       results = await Promise.allSettled(
-        opts.attestors.map((a) => raceAbort(a.attest(conn.peer, deadline), batch)),
+        opts.attestors.map((a) => {
+          let signal: AbortSignal | undefined
+          if (!a.ignoresSignal) {
+            batch.ac ??= new AbortController()
+            signal = batch.ac.signal
+          }
+          return raceAbort(a.attest(conn.peer, signal), batch)
+        }),
       )
     } finally {
       running.delete(batch)
     }
     // Everyone left: nobody to answer (a timeout instead is the attestors' failure, below).
-    if (batch.left) throw deadline.reason
+    if (batch.left) throw cut.reason
     const selectors: Selector[] = []
     let failures = 0
     results.forEach((r, i) => {
