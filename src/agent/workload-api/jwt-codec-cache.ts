@@ -10,9 +10,13 @@
  */
 
 /** Most entries kept by each cache. */
-export const JWT_CODEC_CACHE_MAX = 256
-/** Longest key remembered (a request, or a response's tokens); longer ones are just not kept. */
-export const JWT_CODEC_KEY_MAX_BYTES = 16 * 1024
+export const JWT_CODEC_CACHE_MAX = 128
+/**
+ * Longest key remembered (a request, or a response's tokens); longer ones are just not kept.
+ * With the count, this bounds each cache near 2 MiB at worst (key plus value); typical entries
+ * are well under 2 KiB.
+ */
+export const JWT_CODEC_KEY_MAX_BYTES = 8 * 1024
 
 export class CodecCache<V> {
   private readonly m = new Map<string, V>()

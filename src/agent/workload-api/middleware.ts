@@ -243,7 +243,10 @@ export function middleware(opts: MiddlewareOptions): Middleware {
         opts.attestors.map((a) => {
           let signal: AbortSignal | undefined
           if (!a.ignoresSignal) {
-            batch.ac ??= new AbortController()
+            if (!batch.ac) {
+              batch.ac = new AbortController()
+              if (cut.aborted) batch.ac.abort(cut.reason)
+            }
             signal = batch.ac.signal
           }
           return raceAbort(a.attest(conn.peer, signal), batch)
