@@ -47,8 +47,16 @@ class Proc {
           ? AGENT_V8_FLAGS
           : process.env.BENCH_AGENT_FLAGS.split(' ').filter(Boolean)
         : []),
+      // BENCH_NODE_FLAGS="--trace-gc ...": extra node flags for both measured processes.
+      ...(measured && process.env.BENCH_NODE_FLAGS ? process.env.BENCH_NODE_FLAGS.split(' ') : []),
       ...(prof && measured
-        ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, `--cpu-prof-name=${role}.cpuprofile`]
+        ? [
+            '--cpu-prof',
+            `--cpu-prof-dir=${prof}`,
+            `--cpu-prof-name=${role}.cpuprofile`,
+            // BENCH_CPU_PROF_INTERVAL=<µs>: finer sampling than the default 1000 µs.
+            `--cpu-prof-interval=${process.env.BENCH_CPU_PROF_INTERVAL ?? 1000}`,
+          ]
         : []),
     ]
     this.child = fork(join(here, script), args, {

@@ -557,6 +557,26 @@ describe('Workload API server', () => {
     assert.ok(recycled >= Math.min(2, expected), `${recycled} recycles in ${ms} ms`)
   })
 
+  test('answered unary calls are not stream resets: 1,500 FetchJWTSVID on one client, no recycling', async () => {
+    const logs: string[] = []
+    await using f = await fixture({ log: (_level, msg) => logs.push(msg) })
+    await f.source.addEntry({
+      id: 'e1',
+      spiffeId: 'spiffe://example.org/web',
+      selectors: [sel(`unix:uid:${UID}`)],
+    })
+    const t0 = performance.now()
+    for (let i = 0; i < 1500; i++) {
+      const r = await f.client.fetchJwt(['aud'])
+      assert.equal(r.length, 1)
+    }
+    const ms = performance.now() - t0
+    // grpc-js reports 'cancelled' after every unary call it answered; counted as resets, 1,500
+    // calls within ~20 s drained the mirrored budget and recycled the connection (~800 calls).
+    const recycled = logs.filter((m) => m.startsWith('recycling')).length
+    assert.equal(recycled, 0, `${recycled} recycles in ${ms.toFixed(0)} ms`)
+  })
+
   test('close ends open streams and drops their subscriptions', async () => {
     const f = await fixture()
     await f.source.addEntry({

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import type * as grpc from '@grpc/grpc-js'
+import { parseProcStatus } from '../../src/agent/workload-api/attestors/proc-parse.js'
 import { unixAttestor } from '../../src/agent/workload-api/attestors/unix.js'
 import { ConnTable } from '../../src/agent/workload-api/endpoint.js'
 import { GrpcStatus, WorkloadStatusError } from '../../src/agent/workload-api/errors.js'
@@ -157,6 +158,38 @@ describe("ProcFiles: the caller's /proc files opened at connect", () => {
       assert.ok(now > before, 'utime read through the held file advanced')
     } finally {
       files.close()
+    }
+  })
+
+  test('startTime() and statusIds() read what the text parsers read from the whole file', async () => {
+    // A comm with spaces and parentheses (the binary's name), so the ")" scan is exercised.
+    const dir = mkdtempSync(join(tmpdir(), 'procfiles-'))
+    const bin = join(dir, 'a (b) c')
+    symlinkSync('/bin/sleep', bin)
+    const child = spawn(bin, ['30'])
+    try {
+      await new Promise((r) => setTimeout(r, 100))
+      const files = ProcFiles.open(child.pid!)
+      for (const pid of [child.pid!, process.pid]) {
+        const f = pid === child.pid ? files : ProcFiles.open(pid)
+        assert.equal(f.startTime(), startOf(pid))
+        assert.deepEqual(
+          parseProcStatus(f.statusIds()),
+          parseProcStatus(readFileSync(`/proc/${pid}/status`, 'utf8')),
+        )
+        // Only the three lines, each from a line start.
+        assert.match(f.statusIds(), /^Uid:[^\n]*\nGid:[^\n]*\n(Groups:[^\n]*\n)?$/)
+        if (f !== files) f.close()
+      }
+      assert.match(readFileSync(`/proc/${child.pid}/stat`, 'utf8'), /\(a \(b\) c\)/)
+      child.kill()
+      await exited(child)
+      assert.throws(() => files.startTime(), /ESRCH/)
+      assert.throws(() => files.statusIds(), /ESRCH/)
+      files.close()
+    } finally {
+      child.kill()
+      rmSync(dir, { recursive: true, force: true })
     }
   })
 })

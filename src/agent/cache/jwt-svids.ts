@@ -18,6 +18,9 @@ interface CachedJwt {
   readonly bytes: number
 }
 
+/** Served from the cache until half its lifetime has passed (then fetched anew). */
+const isFresh = (c: CachedJwt, now: number) => now < c.issuedAt + (c.expiresAt - c.issuedAt) / 2
+
 const JWT_CACHE_MAX_ENTRIES = 1000
 export const JWT_CACHE_DEFAULT_BYTES = 8 << 20
 const JWT_CACHE_SLOT_OVERHEAD = 128
@@ -41,6 +44,8 @@ export class JwtSvidCache {
 
   /** JWT-SVIDs for `entries` (one per SPIFFE ID, already chosen), `aud` sorted and unique. */
   async fetch(entries: readonly EntryMessage[], aud: readonly string[]): Promise<JwtSvidResult[]> {
+    const fresh = this.allFresh(entries, aud)
+    if (fresh) return fresh
     const results = await Promise.allSettled(entries.map((e) => this.jwtFor(e, aud)))
     const out: JwtSvidResult[] = []
     let firstError: unknown
@@ -60,11 +65,31 @@ export class JwtSvidCache {
     return out
   }
 
+  /**
+   * Every entry's token from the cache when all are before their half-life, else undefined. The
+   * common call (a workload asking again for its cached token) then skips a promise per entry
+   * and the settled-results walk.
+   */
+  private allFresh(
+    entries: readonly EntryMessage[],
+    aud: readonly string[],
+  ): JwtSvidResult[] | undefined {
+    const now = this.d.now()
+    const out: JwtSvidResult[] = []
+    const audKey = aud.join('\u0000')
+    for (const e of entries) {
+      const cached = this.cache.get(`${e.spiffeId}|${audKey}`)
+      if (!cached || !isFresh(cached, now)) return undefined
+      out.push({ spiffeId: cached.spiffeId, token: cached.token, hint: cached.hint })
+    }
+    return out
+  }
+
   private async jwtFor(e: EntryMessage, aud: readonly string[]): Promise<JwtSvidResult> {
     const key = `${e.spiffeId}|${aud.join('\u0000')}`
     const cached = this.cache.get(key)
     const now = this.d.now()
-    if (cached && now < cached.issuedAt + (cached.expiresAt - cached.issuedAt) / 2) {
+    if (cached && isFresh(cached, now)) {
       return { spiffeId: cached.spiffeId, token: cached.token, hint: cached.hint }
     }
     try {

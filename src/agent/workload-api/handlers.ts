@@ -10,6 +10,7 @@ import { SpiffeEdgeError } from '../../errors.js'
 import { SpiffeId, type TrustDomain } from '../../spiffe/id.js'
 import type { validateJwtSvid } from '../../spiffe/jwt-svid.js'
 import { GrpcStatus, WorkloadStatusError } from './errors.js'
+import { bytesKey, CodecCache } from './jwt-codec-cache.js'
 import type { Middleware } from './middleware.js'
 import { checkHeader } from './middleware.js'
 import {
@@ -56,6 +57,34 @@ function dedupeHints<T extends { readonly hint: string }>(items: readonly T[]): 
   })
 }
 
+interface ParsedJwtRequest {
+  readonly audience: readonly string[]
+  /** The SPIFFE ID asked for, normalized; undefined: every identity of the caller. */
+  readonly wanted: string | undefined
+}
+
+/** A FetchJWTSVID request, decoded strictly and checked; a pure function of its bytes. */
+function parseJwtRequest(bytes: Uint8Array): ParsedJwtRequest {
+  const req = workloadCodec.jwtSvidRequest.decode(bytes)
+  const bad = audienceProblem(req.audience)
+  if (bad !== undefined) throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, bad)
+  let wanted: string | undefined
+  if (req.spiffeId !== '') {
+    try {
+      wanted = SpiffeId.parse(req.spiffeId).toString()
+    } catch (err) {
+      throw new WorkloadStatusError(
+        GrpcStatus.INVALID_ARGUMENT,
+        `invalid requested SPIFFE ID: ${(err as Error).message}`,
+      )
+    }
+  }
+  return Object.freeze({ audience: Object.freeze([...req.audience]), wanted })
+}
+
+/** A string as an unambiguous key part (its length first, so no separator can be forged). */
+const lengthKey = (s: string) => `${s.length}:${s}`
+
 export interface HandlerOptions {
   readonly source: WorkloadSource
   readonly trustDomain: TrustDomain
@@ -96,6 +125,9 @@ export function workloadHandlers(
   }
 
   const encoded = new X509EncodeCache()
+  // Parsed requests and encoded responses of FetchJWTSVID, by their exact inputs (see the file).
+  const jwtRequests = new CodecCache<ParsedJwtRequest>()
+  const jwtResponses = new CodecCache<Uint8Array>()
   const encodeX509 = (u: X509Update): Uint8Array | undefined => {
     const msg = composeX509(u)
     return msg.svids.length === 0 ? undefined : workloadCodec.x509SvidResponse.encode(msg)
@@ -173,24 +205,13 @@ export function workloadHandlers(
       }),
     ),
     FetchJWTSVID: unary(async (call, signal) => {
-      const req = workloadCodec.jwtSvidRequest.decode(call.request)
-      const bad = audienceProblem(req.audience)
-      if (bad !== undefined) throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, bad)
-      let wanted: string | undefined
-      if (req.spiffeId !== '') {
-        try {
-          wanted = SpiffeId.parse(req.spiffeId).toString()
-        } catch (err) {
-          throw new WorkloadStatusError(
-            GrpcStatus.INVALID_ARGUMENT,
-            `invalid requested SPIFFE ID: ${(err as Error).message}`,
-          )
-        }
-      }
+      const { audience, wanted } = jwtRequests.get(bytesKey(call.request), () =>
+        parseJwtRequest(call.request),
+      )
       const selectors = await attest(call, signal)
       let results: Awaited<ReturnType<WorkloadSource['fetchJwtSvids']>>
       try {
-        results = await source.fetchJwtSvids(selectors, req.audience, wanted)
+        results = await source.fetchJwtSvids(selectors, audience, wanted)
       } catch (err) {
         if (err instanceof WorkloadStatusError) throw err
         // The code tells the workload whose fault it is (the agent's server, most often).
@@ -202,12 +223,16 @@ export function workloadHandlers(
       }
       if (wanted !== undefined) results = results.filter((r) => r.spiffeId === wanted)
       if (results.length === 0) throw PERMISSION_DENIED()
-      const svids: JwtSvidMsg[] = dedupeHints(results).map((r) => ({
-        spiffeId: r.spiffeId,
-        svid: r.token,
-        hint: r.hint,
-      }))
-      return workloadCodec.jwtSvidResponse.encode({ svids })
+      const svids = dedupeHints(results)
+      let key = ''
+      for (const r of svids) key += lengthKey(r.spiffeId) + lengthKey(r.token) + lengthKey(r.hint)
+      return jwtResponses.get(key, () =>
+        workloadCodec.jwtSvidResponse.encode({
+          svids: svids.map(
+            (r): JwtSvidMsg => ({ spiffeId: r.spiffeId, svid: r.token, hint: r.hint }),
+          ),
+        }),
+      )
     }),
     ValidateJWTSVID: unary(async (call) => {
       const req = workloadCodec.validateJwtSvidRequest.decode(call.request)

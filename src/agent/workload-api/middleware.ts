@@ -12,12 +12,15 @@ import { GrpcStatus, WorkloadProtocolError, WorkloadStatusError } from './errors
 import { type ProcStamp, procStampSync, stampMismatch } from './proc.js'
 import { workloadCodec } from './proto.js'
 import { SECURITY_HEADER } from './service.js'
-import { StreamState, toBuffer } from './stream-state.js'
+import { CallAbort, type CallSignal, StreamState, toBuffer } from './stream-state.js'
 import type { Selector, WorkloadAttestor } from './types.js'
 
 type AnyCall =
   | grpc.ServerUnaryCall<Uint8Array, Uint8Array>
   | grpc.ServerWritableStream<Uint8Array, Uint8Array>
+
+/** One shared reason: an Error (with its stack) per cancelled call is measurable. */
+const CALL_CANCELLED = new Error('call cancelled')
 
 export function checkHeader(md: grpc.Metadata): void {
   const v = md.get(SECURITY_HEADER)
@@ -31,16 +34,16 @@ export function checkHeader(md: grpc.Metadata): void {
 }
 
 /**
- * Rejects when the batch's signal aborts, whether or not the attestor honours it. The batch keeps
- * the rejecters and runs them from its one abort listener (registered once, never removed: the
- * batch and its controller are dropped together), instead of adding and removing a listener per
- * attestor: the profile showed event-target bookkeeping as a share of every call.
+ * Rejects when the batch is cut (deadline, or every caller left), whether or not the attestor
+ * honours its signal. The batch keeps the rejecters and runs them from its one cut listener,
+ * instead of adding and removing a listener per attestor: the profile showed event-target
+ * bookkeeping as a share of every call.
  */
 function raceAbort<T>(p: Promise<T>, batch: Batch): Promise<T> {
-  const signal = batch.ac.signal
-  if (signal.aborted) return Promise.reject(signal.reason)
+  const cut = batch.cut
+  if (cut.aborted) return Promise.reject(cut.reason)
   return new Promise<T>((resolve, reject) => {
-    batch.onAbort.push(() => reject(signal.reason))
+    batch.onAbort.push(() => reject(cut.reason))
     p.then(resolve, reject)
   })
 }
@@ -56,11 +59,13 @@ interface Waiter {
 interface Batch {
   readonly waiters: Set<Waiter>
   /**
-   * The attestation's one controller: aborted when every waiter has left (`left` set), or by the
-   * deadline. One per batch, not per call or per purpose: creating and listening to abort signals
-   * was a measurable share of each call in the profile.
+   * The attestation's one cancellation: cut when every waiter has left (`left` set), or by the
+   * deadline. One per batch, not per call or per purpose, and a plain flag: creating and
+   * listening to abort signals was a measurable share of each call in the profile.
    */
-  readonly ac: AbortController
+  readonly cut: CallAbort
+  /** The AbortSignal for attestors that read one, made only for them, aborted with `cut`. */
+  ac: AbortController | undefined
   left: boolean
   /** Rejecters of the attestors' races (see raceAbort). */
   readonly onAbort: (() => void)[]
@@ -80,12 +85,12 @@ export interface Middleware {
   /** Maps any error to the status a caller may see; unexpected ones are logged as INTERNAL. */
   statusOf(err: unknown): WorkloadStatusError
   /** Runs every attestor on the caller, then checks the caller is still the same process. */
-  attest(call: AnyCall, signal: AbortSignal): Promise<Selector[]>
+  attest(call: AnyCall, signal: CallSignal): Promise<Selector[]>
   /** Unary handler scaffolding: header, cancellation, status mapping. */
   unary(
     fn: (
       call: grpc.ServerUnaryCall<Uint8Array, Uint8Array>,
-      signal: AbortSignal,
+      signal: CallSignal,
     ) => Promise<Uint8Array>,
     needsHeader?: boolean,
   ): grpc.handleUnaryCall<Uint8Array, Uint8Array>
@@ -136,7 +141,7 @@ export function middleware(opts: MiddlewareOptions): Middleware {
       for (const r of running) {
         if (r.deadline > now) continue
         running.delete(r)
-        r.ac.abort(new DOMException('workload attestation timed out', 'TimeoutError'))
+        r.cut.abort(new DOMException('workload attestation timed out', 'TimeoutError'))
       }
       if (running.size === 0) {
         clearInterval(sweeper)
@@ -148,7 +153,7 @@ export function middleware(opts: MiddlewareOptions): Middleware {
   /** Connections that started an attestation in this turn of the event loop. */
   const busy = new Set<string>()
 
-  function attest(call: AnyCall, signal: AbortSignal): Promise<Selector[]> {
+  function attest(call: AnyCall, signal: CallSignal): Promise<Selector[]> {
     const peer = call.getPeer()
     const conn = conns.get(peer)
     if (!conn) {
@@ -161,14 +166,16 @@ export function middleware(opts: MiddlewareOptions): Middleware {
     if (!batch) {
       const b: Batch = {
         waiters: new Set(),
-        ac: new AbortController(),
+        cut: new CallAbort(),
+        ac: undefined,
         left: false,
         onAbort: [],
         deadline: Number.POSITIVE_INFINITY,
       }
-      b.ac.signal.onabort = () => {
+      b.cut.addEventListener('abort', () => {
+        b.ac?.abort(b.cut.reason)
         for (const r of b.onAbort.splice(0)) r()
-      }
+      })
       batches.set(peer, b)
       const start = () => {
         if (batches.get(peer) === b) batches.delete(peer)
@@ -205,7 +212,7 @@ export function middleware(opts: MiddlewareOptions): Middleware {
         // Nobody left waiting: let the attestors stop too.
         if (b.waiters.size === 0) {
           b.left = true
-          b.ac.abort(signal.reason)
+          b.cut.abort(signal.reason)
           // Not started yet: a call arriving now must not join an abandoned attestation.
           if (batches.get(peer) === b) batches.delete(peer)
         }
@@ -227,19 +234,29 @@ export function middleware(opts: MiddlewareOptions): Middleware {
 
   /** Runs every attestor on the caller, then checks the caller is still the same process. */
   async function attestNow(conn: Conn, batch: Batch): Promise<Selector[]> {
-    const deadline = batch.ac.signal
+    const cut = batch.cut
     let results: PromiseSettledResult<Selector[]>[]
     watchDeadline(batch)
     try {
-      if (batch.left) throw deadline.reason
+      if (batch.left) throw cut.reason
       results = await Promise.allSettled(
-        opts.attestors.map((a) => raceAbort(a.attest(conn.peer, deadline), batch)),
+        opts.attestors.map((a) => {
+          let signal: AbortSignal | undefined
+          if (!a.ignoresSignal) {
+            if (!batch.ac) {
+              batch.ac = new AbortController()
+              if (cut.aborted) batch.ac.abort(cut.reason)
+            }
+            signal = batch.ac.signal
+          }
+          return raceAbort(a.attest(conn.peer, signal), batch)
+        }),
       )
     } finally {
       running.delete(batch)
     }
     // Everyone left: nobody to answer (a timeout instead is the attestors' failure, below).
-    if (batch.left) throw deadline.reason
+    if (batch.left) throw cut.reason
     const selectors: Selector[] = []
     let failures = 0
     results.forEach((r, i) => {
@@ -287,23 +304,31 @@ export function middleware(opts: MiddlewareOptions): Middleware {
   const unary: Middleware['unary'] =
     (fn, needsHeader = true) =>
     (call, callback) => {
-      const ac = new AbortController()
+      const ac = new CallAbort()
+      let answered = false
       const peer = call.getPeer() // after a cancel, getPeer() no longer knows the socket
       call.on('cancelled', () => {
+        // grpc-js (1.14) reports 'cancelled' after every unary call it finished as well: only
+        // one before our answer is the client's. (Counting the others as stream resets recycled
+        // a connection making FetchJWTSVID calls every ~800 calls.)
+        if (answered) return
         conns.noteReset(peer)
-        ac.abort(new Error('call cancelled'))
+        ac.abort(CALL_CANCELLED)
       })
       Promise.resolve()
         .then(() => {
           if (needsHeader) checkHeader(call.metadata)
-          return fn(call, ac.signal)
+          return fn(call, ac)
         })
         .then(
           (res) => {
-            if (!ac.signal.aborted) callback(null, toBuffer(res))
+            if (ac.aborted) return
+            answered = true
+            callback(null, toBuffer(res))
           },
           (err: unknown) => {
-            if (ac.signal.aborted) return // the caller left; nobody to answer
+            if (ac.aborted) return // the caller left; nobody to answer
+            answered = true
             const s = statusOf(err)
             callback({ code: s.status, details: s.message })
           },
@@ -317,7 +342,7 @@ export function middleware(opts: MiddlewareOptions): Middleware {
       .then(async () => {
         checkHeader(call.metadata)
         workloadCodec.empty.decode(requestName, call.request)
-        const selectors = await attest(call, s.abort.signal)
+        const selectors = await attest(call, s.abort)
         if (!s.closed) subscribe(s, selectors)
       })
       .catch((err: unknown) => {

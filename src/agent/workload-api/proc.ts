@@ -47,7 +47,8 @@ export const PROC_FILE_MAX_BYTES = 1 << 20
 /** One buffer for every read: the reads are synchronous, so no two overlap. */
 let readBuf = Buffer.allocUnsafe(16 * 1024)
 
-function preadAll(fd: number): string {
+/** Reads a whole /proc file into readBuf; returns its length. */
+function preadAll(fd: number): number {
   let n = 0
   for (;;) {
     if (n === readBuf.length) {
@@ -58,9 +59,62 @@ function preadAll(fd: number): string {
     }
     // Explicit positions from 0: the kernel renders the file afresh for every read from 0.
     const r = readSync(fd, readBuf, n, readBuf.length - n, n)
-    if (r === 0) return readBuf.toString('utf8', 0, n)
+    if (r === 0) return n
     n += r
   }
+}
+
+const isSpaceByte = (c: number) => c === 32 || (c >= 9 && c <= 13)
+
+/**
+ * parseStatStartTime on the bytes in readBuf, without making the file a string and splitting
+ * all ~50 fields (the largest allocation of each attestation in the heap profile).
+ */
+function startTimeOfBuf(n: number): string {
+  const close = n === 0 ? -1 : readBuf.lastIndexOf(0x29, n - 1)
+  if (close < 0) throw new Error('no ")" after comm in /proc/<pid>/stat')
+  let i = close + 1
+  // Fields after comm start at field 3 (state); starttime is field 22.
+  for (let field = 3; ; field++) {
+    while (i < n && isSpaceByte(readBuf[i]!)) i++
+    const start = i
+    while (i < n && !isSpaceByte(readBuf[i]!)) i++
+    if (start === i) throw new Error('no starttime in stat')
+    if (field < 22) continue
+    for (let j = start; j < i; j++) {
+      const c = readBuf[j]!
+      if (c < 0x30 || c > 0x39) throw new Error('no starttime in stat')
+    }
+    return readBuf.toString('latin1', start, i)
+  }
+}
+
+const STATUS_LINES = ['Uid', 'Gid', 'Groups'].map((name) => ({
+  atStart: Buffer.from(`${name}:`),
+  after: Buffer.from(`\n${name}:`),
+}))
+
+/**
+ * Only the Uid:, Gid: and Groups: lines of the status in readBuf (the first of each, at a line
+ * start, as parseProcStatus picks them), as text: the unix attestor parses nothing else, and the
+ * whole file is ~1.5 KiB to decode per call.
+ */
+function statusLinesOfBuf(n: number): string {
+  // A view of this read only: readBuf past n holds older reads.
+  const b = readBuf.subarray(0, n)
+  let out = ''
+  for (const l of STATUS_LINES) {
+    let at = b.subarray(0, l.atStart.length).equals(l.atStart) ? 0 : -1
+    if (at < 0) {
+      const nl = b.indexOf(l.after)
+      if (nl < 0) continue
+      at = nl + 1
+    }
+    let end = b.indexOf(0x0a, at)
+    if (end < 0) end = n
+    out += `${b.toString('utf8', at, end)}\n`
+  }
+  return out
 }
 
 /**
@@ -71,7 +125,9 @@ function preadAll(fd: number): string {
  * profile.) Closed with the connection.
  */
 export class ProcFiles {
-  private readonly dir: string
+  /** /proc/<pid> and /proc/<pid>/exe, joined once (path.join per call showed in the profile). */
+  readonly dir: string
+  readonly exePath: string
   private readonly statFd: number
   /**
    * Opened at the first attestation, not at connect: it needs no binding of its own, because
@@ -83,6 +139,7 @@ export class ProcFiles {
 
   private constructor(dir: string, statFd: number) {
     this.dir = dir
+    this.exePath = join(dir, 'exe')
     this.statFd = statFd
   }
 
@@ -93,10 +150,25 @@ export class ProcFiles {
 
   stat(): string {
     if (this.closed) throw new Error('the connection is closed')
-    return preadAll(this.statFd)
+    return readBuf.toString('utf8', 0, preadAll(this.statFd))
+  }
+
+  /** Field 22 of stat (parseStatStartTime's answer), read without decoding the whole file. */
+  startTime(): string {
+    if (this.closed) throw new Error('the connection is closed')
+    return startTimeOfBuf(preadAll(this.statFd))
   }
 
   status(): string {
+    return readBuf.toString('utf8', 0, this.readStatus())
+  }
+
+  /** The status lines parseProcStatus reads (Uid, Gid, Groups), fresh from the kernel. */
+  statusIds(): string {
+    return statusLinesOfBuf(this.readStatus())
+  }
+
+  private readStatus(): number {
     if (this.closed) throw new Error('the connection is closed')
     this.statusFd ??= openSync(join(this.dir, 'status'), 'r')
     return preadAll(this.statusFd)
@@ -119,16 +191,18 @@ export function procStampSync(
   procRoot = DEFAULT_PROC_ROOT,
   files?: ProcFiles,
 ): ProcStamp {
-  const dir = join(procRoot, String(pid))
+  const dir = files ? files.dir : join(procRoot, String(pid))
   const st = statSync(dir)
   let exe: string | undefined
   try {
-    exe = exeId(statSync(join(dir, 'exe')))
+    exe = exeId(statSync(files ? files.exePath : join(dir, 'exe')))
   } catch {
     exe = undefined
   }
   return {
-    startTime: parseStatStartTime(files ? files.stat() : readFileSync(join(dir, 'stat'), 'utf8')),
+    startTime: files
+      ? files.startTime()
+      : parseStatStartTime(readFileSync(join(dir, 'stat'), 'utf8')),
     uid: st.uid,
     gid: st.gid,
     exe,

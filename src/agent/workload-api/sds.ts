@@ -22,7 +22,7 @@ import {
   DEFAULT_SDS_NAMES,
   type SdsNames,
 } from './sds-resources.js'
-import { StreamState } from './stream-state.js'
+import { type CallSignal, StreamState } from './stream-state.js'
 import type { WorkloadSource, X509Update } from './types.js'
 
 export { sdsServiceDefinition } from './sds-proto.js'
@@ -135,7 +135,7 @@ export function sdsHandlers(opts: SdsOptions, mw: Middleware): grpc.UntypedServi
     })
     call.on('error', () => s.close())
 
-    mw.attest(call as never, s.abort.signal)
+    mw.attest(call as never, s.abort)
       .then((selectors) => {
         if (s.closed) return
         s.hold(
@@ -158,7 +158,7 @@ export function sdsHandlers(opts: SdsOptions, mw: Middleware): grpc.UntypedServi
   /** The caller's current state once: the first update of a subscription, then unsubscribe. */
   function currentUpdate(
     selectors: Parameters<WorkloadSource['subscribeX509']>[0],
-    signal: AbortSignal,
+    signal: CallSignal,
   ): Promise<X509Update> {
     return new Promise((resolve, reject) => {
       let unsub: (() => void) | undefined

@@ -109,5 +109,11 @@ export interface PeerInfo {
 export interface WorkloadAttestor {
   readonly kind: 'WorkloadAttestor'
   readonly name: string
+  /**
+   * True when attest() never reads its signal: the middleware then passes none (an AbortSignal
+   * per attestation showed in the profile). The middleware's deadline and callers leaving still
+   * end the wait for it either way.
+   */
+  readonly ignoresSignal?: boolean
   attest(peer: PeerInfo, signal?: AbortSignal): Promise<Selector[]>
 }

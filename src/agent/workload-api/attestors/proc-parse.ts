@@ -11,17 +11,26 @@ export interface ProcStatus {
   readonly groups: readonly number[]
 }
 
+/** Space, tab and the other ASCII line whitespace (\t \n \v \f \r). */
+const isSpace = (c: number) => c === 32 || (c >= 9 && c <= 13)
+
+/** The ids of one status line's value. A scan, not split/filter/map: it runs on every call. */
 function ids(line: string | undefined, what: string): number[] {
   if (line === undefined) throw new Error(`no ${what}: line in /proc/<pid>/status`)
-  const values = line
-    .trim()
-    .split(/\s+/)
-    .filter((v) => v !== '')
-    .map(Number)
-  if (values.some((v) => !Number.isSafeInteger(v) || v < 0)) {
-    throw new Error(`malformed ${what}: line in /proc/<pid>/status`)
+  const values: number[] = []
+  const n = line.length
+  let i = 0
+  for (;;) {
+    while (i < n && isSpace(line.charCodeAt(i))) i++
+    if (i >= n) return values
+    const start = i
+    while (i < n && !isSpace(line.charCodeAt(i))) i++
+    const v = Number(line.slice(start, i))
+    if (!Number.isSafeInteger(v) || v < 0) {
+      throw new Error(`malformed ${what}: line in /proc/<pid>/status`)
+    }
+    values.push(v)
   }
-  return values
 }
 
 /** The value of the first `name:` line, without splitting the whole file (~55 lines). */
@@ -39,20 +48,16 @@ function statusLine(text: string, name: string): string | undefined {
 
 export function parseProcStatus(text: string): ProcStatus {
   // Only the three lines we use; the attestor reads this file on every call.
-  const lines = new Map<string, string>()
-  for (const name of ['Uid', 'Gid', 'Groups']) {
-    const v = statusLine(text, name)
-    if (v !== undefined) lines.set(name, v)
-  }
-  const uids = ids(lines.get('Uid'), 'Uid')
-  const gids = ids(lines.get('Gid'), 'Gid')
+  const uids = ids(statusLine(text, 'Uid'), 'Uid')
+  const gids = ids(statusLine(text, 'Gid'), 'Gid')
   // Real, effective, saved, filesystem: attest the effective id when there is more than one.
   const pick = (v: number[], what: string): number => {
     const id = v.length > 1 ? v[1] : v[0]
     if (id === undefined) throw new Error(`empty ${what}: line in /proc/<pid>/status`)
     return id
   }
-  const groups = lines.has('Groups') ? ids(lines.get('Groups'), 'Groups') : []
+  const groupsLine = statusLine(text, 'Groups')
+  const groups = groupsLine === undefined ? [] : ids(groupsLine, 'Groups')
   return { uid: pick(uids, 'Uid'), gid: pick(gids, 'Gid'), groups }
 }
 

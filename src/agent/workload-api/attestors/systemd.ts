@@ -19,6 +19,7 @@ export function systemdAttestor(opts: SystemdAttestorOptions = {}): WorkloadAtte
   return {
     kind: 'WorkloadAttestor',
     name: 'systemd',
+    ignoresSignal: true,
     async attest(peer: PeerInfo): Promise<Selector[]> {
       let text: string
       try {

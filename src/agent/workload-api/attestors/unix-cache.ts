@@ -40,7 +40,7 @@ export const ID_FILE_MAX_BYTES = 32 * 2 ** 20
 
 /** id → name of a passwd or group file, re-read whenever its version changes. */
 export class IdNamesFile {
-  private version: string | undefined
+  private version: NumberVersion | undefined
   private names = new Map<number, string>()
   readonly file: string
 
@@ -65,15 +65,17 @@ export class IdNamesFile {
       this.names = new Map()
       return this.names
     }
-    const v = numberVersion(st)
-    if (v === this.version) return this.names
+    if (this.version !== undefined && sameVersion(this.version, st)) return this.names
     try {
       if (st.size > ID_FILE_MAX_BYTES) throw new Error('too large')
       const text = readFileSync(this.file, 'utf8')
       // Re-stat: a change while reading must not be cached under the old version.
-      const after = numberVersion(statSync(this.file))
+      const after = statSync(this.file)
       this.names = parseIdNames(text)
-      this.version = after === v && st.ctimeMs < Date.now() - SETTLE_MS ? v : undefined
+      this.version =
+        sameVersion(numberVersion(st), after) && st.ctimeMs < Date.now() - SETTLE_MS
+          ? numberVersion(st)
+          : undefined
     } catch {
       this.names = new Map()
       this.version = undefined
@@ -82,7 +84,22 @@ export class IdNamesFile {
   }
 }
 
-const numberVersion = (st: Stats) => `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`
+/** (dev, inode, size, mtime, ctime) of a number stat, compared field by field on every call. */
+type NumberVersion = readonly [number, number, number, number, number]
+const numberVersion = (st: Stats): NumberVersion => [
+  st.dev,
+  st.ino,
+  st.size,
+  st.mtimeMs,
+  st.ctimeMs,
+]
+/** No string per call (formatting five doubles was most of the check's own cost). */
+const sameVersion = (v: NumberVersion, st: Stats) =>
+  v[0] === st.dev &&
+  v[1] === st.ino &&
+  v[2] === st.size &&
+  v[3] === st.mtimeMs &&
+  v[4] === st.ctimeMs
 
 function sha256Stream(path: string): Promise<string> {
   return new Promise((resolve, reject) => {

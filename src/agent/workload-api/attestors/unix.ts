@@ -35,11 +35,12 @@ export function unixAttestor(opts: UnixAttestorOptions = {}): UnixAttestor {
   return {
     kind: 'WorkloadAttestor',
     name: 'unix',
+    // A binary hash in flight is shared by callers, so it is never cut short for one of them.
+    ignoresSignal: true,
     get binariesHashed() {
       return hashes.hashed
     },
     async attest(peer: PeerInfo): Promise<Selector[]> {
-      const dir = join(procRoot, String(peer.pid))
       let status: ReturnType<typeof parseProcStatus>
       try {
         // Read on every call (supplementary groups can change), synchronously: /proc is served
@@ -47,7 +48,9 @@ export function unixAttestor(opts: UnixAttestorOptions = {}): UnixAttestor {
         // read, close) of readFile were the largest cost per call in the profile.
         // Through the file opened at connect when there is one: bound to that process.
         status = parseProcStatus(
-          peer.proc ? peer.proc.status() : readFileSync(join(dir, 'status'), 'utf8'),
+          peer.proc
+            ? peer.proc.statusIds()
+            : readFileSync(join(procRoot, String(peer.pid), 'status'), 'utf8'),
         )
       } catch (err) {
         throw new WorkloadAttestationError(`unix: cannot read status of pid ${peer.pid}`, err)
@@ -71,7 +74,7 @@ export function unixAttestor(opts: UnixAttestorOptions = {}): UnixAttestor {
         if (name !== undefined) add(`supplementary_group:${name}`)
       }
       if (opts.discoverWorkloadPath) {
-        const exe = join(dir, 'exe')
+        const exe = peer.proc ? peer.proc.exePath : join(procRoot, String(peer.pid), 'exe')
         let path: string
         try {
           path = await readlink(exe)
