@@ -205,9 +205,12 @@ export class GrpcNodeClient implements NodeClient {
         })().catch(fail)
       })
       call.on('error', (err: grpc.ServiceError) => fail(this.fromGrpcError(err)))
-      call.on('end', () =>
-        fail(new NodeCallError(14, 'closed', 'the server closed the attestation stream')),
-      )
+      // The stream ends after every attestation, a successful one too: build the error (and its
+      // stack) only when it is news.
+      call.on('end', () => {
+        if (!settled)
+          fail(new NodeCallError(14, 'closed', 'the server closed the attestation stream'))
+      })
       void attestParams(attestor, signer)
         .then((m) => call.write(m))
         .catch(fail)
