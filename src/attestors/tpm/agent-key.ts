@@ -14,7 +14,10 @@ export interface AgentTpmKey {
 }
 
 export interface AgentKeyOptions {
-  /** Exactly one of these, asked at every attestation. */
+  /**
+   * Exactly one of these, asked at every attestation; it must not take the TPM lock (withTpm):
+   * the attestor asks it while queued for that lock.
+   */
   readonly agentKey?: (() => AgentTpmKey | Promise<AgentTpmKey>) | undefined
   readonly hsmAgentKey?:
     | (() => { readonly publicKey: KeyObject } | Promise<{ readonly publicKey: KeyObject }>)

@@ -243,9 +243,13 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
   return {
     kind: 'NodeAttestor',
     name: TPM,
-    async payload() {
-      const agentKeyField = await agentKey.payloadField()
+    payload() {
+      // The TPM lock is taken before anything is awaited: the CSR for this attempt is signed in
+      // the same turn (attestParams), and it must come after the SRK is held, to sign under it.
+      const field = agentKey.payloadField()
+      field.catch(() => undefined) // awaited below, under the lock
       return withTpm(tpm, async () => {
+        const agentKeyField = await field
         // A payload before the last one's challenge: that attempt is over.
         await release(takeHeld())
         const nv = new Set(await tpm.listHandles(0x01000000))
