@@ -54,4 +54,9 @@ export interface AgentNodeAttestor {
   payload(): Promise<Uint8Array>
   /** Answers one server challenge. */
   respond(challenge: Uint8Array): Promise<Uint8Array>
+  /**
+   * The attempt is over, whatever its outcome: frees what payload() kept for the challenge (the
+   * TPM attestor's loaded SRK and AK). Transports call it once per attempt; never throws.
+   */
+  end?(): Promise<void>
 }

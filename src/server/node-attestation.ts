@@ -104,6 +104,7 @@ export class NodeAttestation {
       return reply.challengeResponse
     }
     let result: Awaited<ReturnType<ServerNodeAttestor['attest']>>
+    const journalWrites = new Map<string, string>()
     try {
       const ds = this.o.datastore
       const journal = (path: string) => `attestor:${attestor.name}:${path}`
@@ -111,9 +112,12 @@ export class NodeAttestation {
         trustDomain: this.o.trustDomain.name,
         now: this.o.clock.now(),
         agentPublicKey: publicKey,
+        // Kept until the node record is written, in the same transaction (saveAttestation).
         state: {
-          get: (path) => ds.getJournal(journal(path)),
-          set: (path, value) => ds.setJournal(journal(path), value),
+          get: async (path) => journalWrites.get(journal(path)) ?? ds.getJournal(journal(path)),
+          set: async (path, value) => {
+            journalWrites.set(journal(path), value)
+          },
         },
       })
     } catch (err) {
@@ -172,8 +176,7 @@ export class NodeAttestation {
       createdAt: existing?.createdAt ?? now,
       updatedAt: now,
     }
-    if (existing) await this.o.datastore.updateAttestedNode(id, node)
-    else await this.o.datastore.createAttestedNode(node)
+    await this.o.datastore.saveAttestation(node, journalWrites)
     this.o.log?.('info', 'agent attested', {
       agent: id,
       attestor: attestor.name,

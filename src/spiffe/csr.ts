@@ -4,30 +4,37 @@
  * the key may be in a TPM or HSM.
  */
 import { createPublicKey, verify as cryptoVerify, KeyObject } from 'node:crypto'
-import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
 import * as der from './der.js'
-import { type Signer, webCryptoAlgorithm } from './signer.js'
-import { signerCrypto, signerCryptoKey } from './webcrypto.js'
+import type { Signer } from './signer.js'
 
+/** The CSR's subject (the server ignores it; SPIRE agents send the same shape). */
+const SUBJECT = der.seq(der.tlv(0x31, der.seq(der.oid('2.5.4.10'), der.utf8String('spiffe-edge'))))
+const NULL = Uint8Array.of(0x05, 0x00)
+
+/** The signature AlgorithmIdentifier for what sign() makes (hashOf: SHA-384 only with P-384). */
+function signatureAlgorithm(keyType: Signer['keyType']): Uint8Array {
+  if (keyType === 'ec-p256') return der.seq(der.oid('1.2.840.10045.4.3.2'))
+  if (keyType === 'ec-p384') return der.seq(der.oid('1.2.840.10045.4.3.3'))
+  return der.seq(der.oid('1.2.840.113549.1.1.11'), NULL)
+}
+
+/**
+ * A DER PKCS#10 CSR for the signer's key, signed by it. Built with the small DER writer rather
+ * than @peculiar/x509: the agent makes one on every attestation and SVID batch, and the library
+ * took ~1.9 ms of CPU for each (ASN.1 schema serialising, WebCrypto key import, re-parsing its own
+ * output) against ~0.05 ms here, on the event loop the TPM and TLS work of an attestation share.
+ */
 export async function createCsr(signer: Signer): Promise<Uint8Array> {
-  const crypto = signerCrypto(signer)
-  const publicKey = await globalThis.crypto.subtle.importKey(
-    'spki',
-    signer.publicKey.export({ type: 'spki', format: 'der' }),
-    webCryptoAlgorithm(signer.keyType),
-    true,
-    ['verify'],
+  const info = der.seq(
+    der.uint(Uint8Array.of(0)),
+    SUBJECT,
+    der.spkiOf(signer.publicKey),
+    der.tlv(0xa0), // no attributes
   )
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create(
-    {
-      name: 'O=spiffe-edge',
-      keys: { privateKey: signerCryptoKey(signer), publicKey },
-      signingAlgorithm: webCryptoAlgorithm(signer.keyType),
-    },
-    crypto,
-  )
-  return new Uint8Array(csr.rawData)
+  const raw = await signer.sign(info)
+  const sig = signer.keyType.startsWith('ec-') ? der.p1363ToDer(raw) : raw
+  return der.seq(info, signatureAlgorithm(signer.keyType), der.bits(sig))
 }
 
 export class CsrError extends SpiffeEdgeError {

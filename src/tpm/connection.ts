@@ -209,6 +209,22 @@ export class TpmConnection {
     return h
   }
 
+  /** Whether a handle still names a loaded object of the current context. */
+  isCurrent(h: KeyHandle): boolean {
+    return !h.disposed && this.handleGeneration.get(h) === this.generationNo
+  }
+
+  /**
+   * A second reference to a loaded handle, stamped with the same generation, whose disposal runs
+   * `release` instead of flushing: for a handle several owners share (the SRK, context.ts).
+   */
+  borrow(h: KeyHandle, release: () => Promise<void>): KeyHandle {
+    const b = new KeyHandle(h.handle, h.public, h.name, h.persistent, release)
+    const gen = this.handleGeneration.get(h)
+    if (gen !== undefined) this.handleGeneration.set(b, gen)
+    return b
+  }
+
   private readonly releaseHandle = async (h: KeyHandle): Promise<void> => {
     if (this.closed) return // close() flushed everything already
     // Loaded before a reopen, or the TPM is unreachable: the TPM that held it is gone (a reopen

@@ -25,6 +25,7 @@ import {
   type TpmPublic,
 } from './structures/public.js'
 import { Reader } from './structures/reader.js'
+import { srkTemplate } from './templates.js'
 
 export { isConnectionFailure, type OpenOptions, type TpmHealth } from './connection.js'
 export type { Attestation } from './flows.js'
@@ -62,6 +63,8 @@ export interface PublicArea {
 export class TpmContext implements AsyncDisposable {
   private readonly conn: TpmConnection
   private nvBufferMax: number | undefined
+  /** The SRK while anyone holds it (see openSrk). */
+  private srkShare: { readonly handle: KeyHandle; refs: number } | undefined
   readonly tcti: string
 
   private constructor(conn: TpmConnection) {
@@ -198,6 +201,40 @@ export class TpmContext implements AsyncDisposable {
     return this.conn.adopt(r.handle, parseTpm2bPublic(r.public), r.name, false)
   }
 
+  /**
+   * The storage root key (recreated from its template: same TPM, same key), loaded once for all
+   * who hold it at the same time: each caller gets its own handle to dispose, and the SRK is
+   * flushed when the last one is. CreatePrimary is the costliest command an attestation repeats
+   * (ms on swtpm, far more on chips), and an attestation holds the SRK across its round trip
+   * while the key manager signs under it. A reconnect makes the shared SRK stale: the next
+   * caller creates a new one.
+   */
+  async openSrk(): Promise<KeyHandle> {
+    let s = this.srkShare
+    if (s && !this.conn.isCurrent(s.handle)) {
+      // Its TPM forgot it; the old references release nothing (their generation is gone).
+      this.srkShare = s = undefined
+    }
+    if (!s) {
+      const handle = await this.createPrimary(TPM_RH.OWNER, srkTemplate())
+      const raced = this.srkShare
+      if (raced && this.conn.isCurrent(raced.handle)) {
+        await handle.dispose()
+        s = raced
+      } else {
+        s = { handle, refs: 0 }
+        this.srkShare = s
+      }
+    }
+    const share = s
+    share.refs++
+    return this.conn.borrow(share.handle, async () => {
+      if (--share.refs > 0) return
+      if (this.srkShare === share) this.srkShare = undefined
+      await share.handle.dispose()
+    })
+  }
+
   /** Creates a key under a loaded parent; the result is a blob to load (and to store). */
   async createKey(parent: KeyHandle, template: PublicTemplate): Promise<KeyBlob> {
     const p = this.conn.handleFor(parent)
@@ -217,6 +254,25 @@ export class TpmContext implements AsyncDisposable {
     const area = await this.readPublic(tpmHandle)
     const r = await this.conn.run((c) => c.trFromTpmPublic(tpmHandle))
     return this.conn.adopt(r.handle, area.public, r.name, true)
+  }
+
+  /**
+   * A reference to a persistent object whose public area the caller already read: one command
+   * (the ESYS reference reads it again and checks the Name); refused unless the Names match.
+   */
+  async persistentKeyOf(tpmHandle: number, known: PublicArea): Promise<KeyHandle> {
+    const r = await this.conn.run((c) => c.trFromTpmPublic(tpmHandle))
+    const h = this.conn.adopt(r.handle, known.public, r.name, true)
+    if (!Buffer.from(r.name).equals(Buffer.from(known.name))) {
+      await h.dispose()
+      throw new TpmError(`the object at 0x${tpmHandle.toString(16)} changed`, 0, '')
+    }
+    return h
+  }
+
+  /** Whether a handle still names a loaded object (not disposed, not from before a reconnect). */
+  isLoaded(h: KeyHandle): boolean {
+    return this.conn.isCurrent(h)
   }
 
   /** Makes a loaded transient persistent at tpmHandle (owner auth); the transient stays loaded. */

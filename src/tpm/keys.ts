@@ -13,7 +13,6 @@ import {
   type KeyAlgorithm,
   rsaEkTemplate,
   signingKeyTemplate,
-  srkTemplate,
 } from './templates.js'
 
 export type EkAlgorithm = 'rsa-2048' | 'ecc-p256' | 'ecc-p384'
@@ -41,9 +40,9 @@ export async function openEk(tpm: TpmContext, alg: EkAlgorithm = 'rsa-2048'): Pr
   )
 }
 
-/** The storage root key, recreated from its template (deterministic: same TPM, same key). */
+/** The storage root key, shared while held (TpmContext.openSrk); dispose the handle. */
 export function openSrk(tpm: TpmContext): Promise<KeyHandle> {
-  return tpm.createPrimary(TPM_RH.OWNER, srkTemplate())
+  return tpm.openSrk()
 }
 
 /** Creates an attestation key under the SRK; store the blob and load it with loadKey. */

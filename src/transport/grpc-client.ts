@@ -128,7 +128,24 @@ export class GrpcNodeClient implements NodeClient {
   }
 
   private client(): RawClient {
+    if (!this.strict && this.bundle) this.strict = this.strictClient(this.bundle.toPem())
     return this.strict?.client ?? this.insecure!
+  }
+
+  private strictClient(pem: string): { client: RawClient; roots: RootsProvider } {
+    const roots = new RootsProvider(pem)
+    const creds = grpc.experimental.createCertificateProviderChannelCredentials(roots, null, {
+      rejectUnauthorized: true,
+      checkServerIdentity: (h, c) => this.checkServerId(h, c),
+    })
+    return {
+      roots,
+      client: new RawNodeClient(
+        this.o.address,
+        creds,
+        this.channelOptions(),
+      ) as unknown as RawClient,
+    }
   }
 
   /** The bundle the client now trusts (updated from attestation and GetBundle). */
@@ -142,24 +159,9 @@ export class GrpcNodeClient implements NodeClient {
    */
   setBundle(b: TrustBundle): void {
     this.bundle = b
-    const pem = b.toPem()
-    if (this.strict) {
-      this.strict.roots.update(pem)
-      return
-    }
-    const roots = new RootsProvider(pem)
-    const creds = grpc.experimental.createCertificateProviderChannelCredentials(roots, null, {
-      rejectUnauthorized: true,
-      checkServerIdentity: (h, c) => this.checkServerId(h, c),
-    })
-    this.strict = {
-      roots,
-      client: new RawNodeClient(
-        this.o.address,
-        creds,
-        this.channelOptions(),
-      ) as unknown as RawClient,
-    }
+    // The verifying channel is made at its first call (client()), not here: an attestation's
+    // result carries the bundle, and making a channel then sat on the attestation's path.
+    if (this.strict) this.strict.roots.update(b.toPem())
   }
 
   private deadline(): Date {
@@ -168,6 +170,11 @@ export class GrpcNodeClient implements NodeClient {
 
   /** Runs AttestAgent: sends evidence and a CSR for `signer`, answers challenges, returns the SVID. */
   attestAgent(attestor: AgentNodeAttestor, signer: Signer): Promise<AttestResult> {
+    // Settles only once the attestor has let go of the attempt (a refused one holds TPM objects).
+    return this.attestOnce(attestor, signer).finally(() => attestor.end?.())
+  }
+
+  private attestOnce(attestor: AgentNodeAttestor, signer: Signer): Promise<AttestResult> {
     return new Promise<AttestResult>((resolve, reject) => {
       const call = (
         this.client().attestAgent as (
@@ -198,9 +205,12 @@ export class GrpcNodeClient implements NodeClient {
         })().catch(fail)
       })
       call.on('error', (err: grpc.ServiceError) => fail(this.fromGrpcError(err)))
-      call.on('end', () =>
-        fail(new NodeCallError(14, 'closed', 'the server closed the attestation stream')),
-      )
+      // The stream ends after every attestation, a successful one too: build the error (and its
+      // stack) only when it is news.
+      call.on('end', () => {
+        if (!settled)
+          fail(new NodeCallError(14, 'closed', 'the server closed the attestation stream'))
+      })
       void attestParams(attestor, signer)
         .then((m) => call.write(m))
         .catch(fail)

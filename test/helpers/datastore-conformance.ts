@@ -179,6 +179,28 @@ export function runDatastoreConformance(name: string, b: DatastoreBackend): void
       assert.equal(await ds.getJournal('jwt'), '{"entries":[2]}')
     }))
 
+  test(`${name}: saveAttestation writes the journal and the node together, or neither`, (t) =>
+    withStore(t, async (ds) => {
+      const n = node({ selectors: [{ type: 'tpm', value: 'ek-hash:ab' }] })
+      await ds.saveAttestation(n, new Map([['attestor:tpm:/a', '{"clock":1}']]))
+      assert.deepEqual(await ds.getAttestedNode(AGENT), n)
+      assert.equal(await ds.getJournal('attestor:tpm:/a'), '{"clock":1}')
+      // Again for the same agent: the record is replaced, not refused as a conflict.
+      const again = { ...n, certSerial: 'ee', updatedAt: n.updatedAt + 1 }
+      await ds.saveAttestation(again, new Map([['attestor:tpm:/a', '{"clock":2}']]))
+      assert.deepEqual(await ds.getAttestedNode(AGENT), again)
+      assert.equal(await ds.getJournal('attestor:tpm:/a'), '{"clock":2}')
+      // A node that cannot be stored takes its journal write with it.
+      await rejectsWith(
+        ds.saveAttestation(
+          { ...again, spiffeId: '' },
+          new Map([['attestor:tpm:/a', '{"clock":3}']]),
+        ),
+        'ERR_DATASTORE_INVALID',
+      )
+      assert.equal(await ds.getJournal('attestor:tpm:/a'), '{"clock":2}')
+    }))
+
   test(`${name}: invalid inputs are ERR_DATASTORE_INVALID and store nothing`, (t) =>
     withStore(t, async (ds) => {
       const bad: [string, Partial<EntryInput>][] = [

@@ -1,24 +1,29 @@
 /**
  * The agent half of the TPM node attestor: sends the EK (certificate, NV chain, public area), the
- * AK and the agent's own TPM key; answers the one challenge with ActivateCredential, a quote over
- * the PCRs the server names and a certify of the agent key by the AK. The AK is made once and its
- * blob kept in dataDir, so restarts and re-attestations reuse it.
+ * AK and the agent's own key (agent-key.ts); answers the one challenge with ActivateCredential, a
+ * quote over the PCRs the server names and a certify of a TPM agent key by the AK. The AK is made
+ * once and its blob kept in dataDir, so restarts and re-attestations reuse it.
+ *
+ * TPM work per attempt: the payload loads the SRK and the AK (proving the stored AK is this
+ * TPM's) and keeps both loaded, owned by the attempt, until its challenge is answered; the key
+ * manager signs the CSR under the same SRK meanwhile (TpmContext.openSrk). That is two of swtpm's
+ * three object slots between the round trips (a signing key fits beside them), and none is
+ * recreated or reloaded for the challenge. An attempt that gets no challenge frees them when the
+ * transport ends it (end()), at the next payload, or after HOLD_MS.
  */
-import { type KeyObject, randomBytes } from 'node:crypto'
-import { chmod, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { gzipSync } from 'node:zlib'
-import { ConfigError, type Table } from '../../common/config.js'
 import { withTpm } from '../../keymanager/tpm.js'
 import {
   isConnectionFailure,
   type KeyBlob,
   type KeyHandle,
+  type PublicArea,
   type TpmContext,
 } from '../../tpm/context.js'
 import { EK_SLOTS, type EkSlot, extractDerCertificate } from '../../tpm/ek.js'
 import { TpmError } from '../../tpm/errors.js'
-import { DEFAULT_LIMITS } from '../../tpm/eventlog/parse.js'
 import { createAk, type EkAlgorithm, openEk, openSrk } from '../../tpm/keys.js'
 import {
   bankName,
@@ -29,31 +34,32 @@ import {
 import { keyAlgorithmLabel, parseTpm2bPublic } from '../../tpm/structures/public.js'
 import type { KeyAlgorithm } from '../../tpm/templates.js'
 import type { AgentNodeAttestor } from '../types.js'
+import { DEFAULT_EVENT_LOG_PATH, readEventLog } from './agent-config.js'
+import { type AgentKeyOptions, agentKeySource } from './agent-key.js'
 import {
   encodePayload,
   encodeResponse,
-  hsmKeyQualifyingData,
   MAX_CHAIN,
-  MAX_EVENT_LOG_COMPRESSED,
   parseChallenge,
   TPM,
   TpmAttestationError,
   type WirePcrValues,
 } from './protocol.js'
 
-export const DEFAULT_TCTI = 'device:/dev/tpmrm0'
-/** Where Linux exposes the firmware's TCG event log (securityfs). */
-export const DEFAULT_EVENT_LOG_PATH = '/sys/kernel/security/tpm0/binary_bios_measurements'
+export {
+  DEFAULT_EVENT_LOG_PATH,
+  DEFAULT_TCTI,
+  parseTpmAgentConfig,
+  readEventLog,
+  type TpmAgentConfig,
+} from './agent-config.js'
+export type { AgentTpmKey } from './agent-key.js'
+
 // NV indices an EK certificate chain may occupy (TCG EK profile 2.x).
 const CHAIN_FIRST = 0x01c00100
 const CHAIN_LAST = 0x01c001ff
 
-/** Anything holding the blob of the TPM key the agent SVID is issued for (e.g. a TpmKey). */
-export interface AgentTpmKey {
-  readonly blob: KeyBlob
-}
-
-export interface TpmAgentAttestorOptions {
+export interface TpmAgentAttestorOptions extends AgentKeyOptions {
   /** An open TPM, owned by the caller (also shared with the TPM key manager). */
   readonly tpm: TpmContext
   /** Where the AK blob is kept (ak.priv 0600, ak.pub 0644). */
@@ -64,101 +70,12 @@ export interface TpmAgentAttestorOptions {
   readonly akAlgorithm?: KeyAlgorithm | undefined
   /** Persist a recreated EK at its standard handle (RSA CreatePrimary takes seconds on chips). */
   readonly persistEk?: boolean | undefined
-  /**
-   * The key the SVID will be issued for (asked at every attestation), exactly one of: `agentKey`,
-   * TPM-resident, certified by the AK; `hsmAgentKey`, held outside the TPM (a PKCS#11 token), whose
-   * SPKI the quote's qualifying data commits to (the server needs allow_hsm_agent_key).
-   */
-  readonly agentKey?: () => AgentTpmKey | Promise<AgentTpmKey>
-  readonly hsmAgentKey?: () =>
-    | { readonly publicKey: KeyObject }
-    | Promise<{ readonly publicKey: KeyObject }>
   /** The TCG event log sent when the server asks (default DEFAULT_EVENT_LOG_PATH). */
   readonly eventLogPath?: string | undefined
 }
 
-/** The [agent] TPM settings: tcti, ek_algorithm, ak_algorithm, persist_ek. */
-export interface TpmAgentConfig {
-  readonly tcti: string
-  readonly ekAlgorithm: EkAlgorithm | undefined
-  readonly akAlgorithm: KeyAlgorithm
-  readonly persistEk: boolean
-  readonly eventLogPath: string
-}
-
-const EK_ALGS: readonly EkAlgorithm[] = ['rsa-2048', 'ecc-p256', 'ecc-p384']
-const AK_ALGS: readonly KeyAlgorithm[] = ['ecc-p256', 'rsa-2048']
-
-/** Validates an agent-side [plugins.NodeAttestor.tpm] table. */
-export function parseTpmAgentConfig(raw: Table): TpmAgentConfig {
-  const problems: string[] = []
-  const known = ['tcti', 'ek_algorithm', 'ak_algorithm', 'persist_ek', 'event_log_path']
-  for (const k of Object.keys(raw)) if (!known.includes(k)) problems.push(`${k}: unknown key`)
-  const str = (k: string, def: string | undefined, allowed?: readonly string[]) => {
-    const v = raw[k]
-    if (v === undefined) return def
-    if (typeof v !== 'string' || v === '' || (allowed && !allowed.includes(v))) {
-      problems.push(`${k}: must be ${allowed ? `one of ${allowed.join(', ')}` : 'a string'}`)
-      return def
-    }
-    return v
-  }
-  const tcti = str('tcti', DEFAULT_TCTI)!
-  const ekAlgorithm = str('ek_algorithm', undefined, EK_ALGS) as EkAlgorithm | undefined
-  const akAlgorithm = str('ak_algorithm', 'ecc-p256', AK_ALGS) as KeyAlgorithm
-  let persistEk = false
-  if (raw.persist_ek !== undefined) {
-    if (typeof raw.persist_ek !== 'boolean') problems.push('persist_ek: must be true or false')
-    else persistEk = raw.persist_ek
-  }
-  const eventLogPath = str('event_log_path', DEFAULT_EVENT_LOG_PATH)!
-  if (problems.length > 0) throw new ConfigError('plugins.NodeAttestor.tpm', problems)
-  return { tcti, ekAlgorithm, akAlgorithm, persistEk, eventLogPath }
-}
-
-/**
- * Reads the event log, at most the server's cap (securityfs reports size 0, so read until EOF),
- * and gzips it for the wire. Too big or unreadable is the agent's error, said here where it is
- * fixable, not as a refusal from the server.
- */
-export async function readEventLog(path: string): Promise<Uint8Array> {
-  const max = DEFAULT_LIMITS.maxBytes
-  let fh: Awaited<ReturnType<typeof open>>
-  try {
-    fh = await open(path, 'r')
-  } catch (err) {
-    throw new TpmAttestationError(
-      'event_log',
-      `cannot read the event log ${path}: ${(err as Error).message}`,
-      undefined,
-      err,
-    )
-  }
-  const chunks: Buffer[] = []
-  let total = 0
-  try {
-    for (;;) {
-      const buf = Buffer.alloc(64 * 1024)
-      const { bytesRead } = await fh.read(buf, 0, buf.length, null)
-      if (bytesRead === 0) break
-      total += bytesRead
-      if (total > max) {
-        throw new TpmAttestationError('event_log', `the event log ${path} is over ${max} bytes`)
-      }
-      chunks.push(buf.subarray(0, bytesRead))
-    }
-  } finally {
-    await fh.close()
-  }
-  const gz = new Uint8Array(gzipSync(Buffer.concat(chunks), { level: 9 }))
-  if (gz.length > MAX_EVENT_LOG_COMPRESSED) {
-    throw new TpmAttestationError(
-      'event_log',
-      `the event log ${path} compresses to ${gz.length} bytes, over the protocol's ${MAX_EVENT_LOG_COMPRESSED}`,
-    )
-  }
-  return gz
-}
+/** How long an attempt's SRK and AK stay loaded waiting for its challenge (above any deadline). */
+const HOLD_MS = 60_000
 
 /** A TPMT_PUBLIC as the TPM2B_PUBLIC the wire carries. */
 function tpm2b(raw: Uint8Array): Uint8Array {
@@ -216,27 +133,64 @@ function toWire(values: PcrValues): WirePcrValues {
   return out
 }
 
+/** The EK's public area, and whether it is the persistent one (then respond needs no re-read). */
+interface EkSeen {
+  readonly slot: EkSlot
+  readonly area: PublicArea
+  readonly persistent: boolean
+}
+
+/** The EK of this slot: read at its persistent handle (one command), else recreated. */
+async function seeEk(
+  tpm: TpmContext,
+  s: EkSlot,
+  persistentHandles: readonly number[],
+  persist: boolean,
+): Promise<EkSeen> {
+  if (persistentHandles.includes(s.persistentHandle)) {
+    const area = await tpm.readPublic(s.persistentHandle)
+    if (keyAlgorithmLabel(area.public) === s.algorithm) return { slot: s, area, persistent: true }
+  }
+  await using ek = await openEk(tpm, s.algorithm)
+  if (persist && !ek.persistent) await tpm.evictControl(ek, s.persistentHandle)
+  const area = { public: ek.public, raw: tpm2b(ek.public.raw), name: ek.name }
+  return { slot: s, area, persistent: ek.persistent }
+}
+
 /** The TPM node attestor, agent half. */
 export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor {
   const { tpm } = o
-  if ((o.agentKey === undefined) === (o.hsmAgentKey === undefined)) {
-    throw new Error('tpmAgentAttestor: give exactly one of agentKey and hsmAgentKey')
-  }
+  const agentKey = agentKeySource(o)
   const akAlg = o.akAlgorithm ?? 'ecc-p256'
   const akPriv = join(o.dataDir, 'ak.priv')
   const akPub = join(o.dataDir, 'ak.pub')
-  let slot: EkSlot | undefined
+  let ekSeen: EkSeen | undefined
   let akBlob: KeyBlob | undefined
-  // The HSM key's SPKI this attempt's payload named: the quote must commit to the very same key.
-  let sentSpki: Uint8Array | undefined
 
   // An AK this process made for an attempt that has not got through the TPM's part yet. It goes to
   // disk only then (persistAk): a failed attempt leaves no AK files, and the stored AK (the one
   // the working identity was attested with) is replaced only by an AK that did its job.
   let pendingAk: KeyBlob | undefined
 
-  /** The stored AK when it is of the right algorithm and loads in this TPM; else a new one. */
-  const ensureAk = async (): Promise<KeyBlob> => {
+  // The SRK and AK the last payload loaded, owned here until its challenge takes them over.
+  let held: { srk: KeyHandle; ak: KeyHandle; timer: NodeJS.Timeout } | undefined
+  const takeHeld = () => {
+    const h = held
+    held = undefined
+    if (h) clearTimeout(h.timer)
+    return h
+  }
+  const release = async (h: { srk: KeyHandle; ak: KeyHandle } | undefined) => {
+    if (!h) return
+    try {
+      await h.ak.dispose()
+    } finally {
+      await h.srk.dispose()
+    }
+  }
+
+  /** The stored AK, loaded, when it is of the right algorithm and this TPM's; else a new one. */
+  const loadAk = async (srk: KeyHandle): Promise<{ blob: KeyBlob; ak: KeyHandle }> => {
     let stored: KeyBlob | undefined
     try {
       stored = {
@@ -248,19 +202,17 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
       if (errCode(err) !== 'ENOENT' && errCode(err) !== 'ERR_TPM_STRUCTURE') throw err
       stored = undefined
     }
-    await using srk = await openSrk(tpm)
     for (const blob of [stored, pendingAk]) {
       if (!blob) continue
       try {
-        await (await tpm.loadKey(srk, blob)).dispose()
-        return blob
+        return { blob, ak: await tpm.loadKey(srk, blob) }
       } catch (err) {
         // Only "this blob is not this TPM's" replaces it; a TPM that is down or busy does not.
         if (!blobRejected(err)) throw err
       }
     }
     pendingAk = await createAk(tpm, srk, akAlg)
-    return pendingAk
+    return { blob: pendingAk, ak: await tpm.loadKey(srk, pendingAk) }
   }
 
   /** Stores the AK an attempt used, if it is new. Private first, both via rename. */
@@ -291,20 +243,18 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
   return {
     kind: 'NodeAttestor',
     name: TPM,
-    async payload() {
-      const agentKeyField = o.hsmAgentKey
-        ? {
-            agentKeySpki: new Uint8Array(
-              (await o.hsmAgentKey()).publicKey.export({ type: 'spki', format: 'der' }),
-            ),
-          }
-        : { agentKeyPublic: (await o.agentKey!()).blob.public }
-      sentSpki = agentKeyField.agentKeySpki
+    payload() {
+      // The TPM lock is taken before anything is awaited: the CSR for this attempt is signed in
+      // the same turn (attestParams), and it must come after the SRK is held, to sign under it.
+      const field = agentKey.payloadField()
+      field.catch(() => undefined) // awaited below, under the lock
       return withTpm(tpm, async () => {
-        akBlob = await ensureAk()
+        const agentKeyField = await field
+        // A payload before the last one's challenge: that attempt is over.
+        await release(takeHeld())
         const nv = new Set(await tpm.listHandles(0x01000000))
+        const persistent = await tpm.listHandles(0x81000000)
         const s = chooseSlot(nv)
-        slot = s
         const ekCert = nv.has(s.certIndex)
           ? extractDerCertificate(await tpm.nvReadAll(s.certIndex))
           : undefined
@@ -319,14 +269,27 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
             `this TPM's NV holds ${ekChain.length} EK intermediates; the protocol carries at most ${MAX_CHAIN}`,
           )
         }
-        await using ek = await openEk(tpm, s.algorithm)
-        if (o.persistEk && !ek.persistent) await tpm.evictControl(ek, s.persistentHandle)
+        // Before the SRK and AK: a recreated EK needs a slot of its own for a moment.
+        const ek = await seeEk(tpm, s, persistent, o.persistEk === true)
+        ekSeen = ek
+        const srk = await openSrk(tpm)
+        let loaded: { blob: KeyBlob; ak: KeyHandle }
+        try {
+          loaded = await loadAk(srk)
+        } catch (err) {
+          await srk.dispose()
+          throw err
+        }
+        akBlob = loaded.blob
+        const h = { srk, ak: loaded.ak, timer: setTimeout(() => void expire(h), HOLD_MS) }
+        h.timer.unref()
+        held = h
         return encodePayload({
           version: 1,
           ...(ekCert ? { ekCert } : {}),
           ...(ekChain.length ? { ekChain } : {}),
-          ekPublic: tpm2b(ek.public.raw),
-          akPublic: akBlob.public,
+          ekPublic: tpm2b(ek.area.public.raw),
+          akPublic: loaded.blob.public,
           ...agentKeyField,
         })
       })
@@ -340,47 +303,53 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
       } catch (err) {
         throw new TpmAttestationError('challenge', `PCR selection: ${(err as Error).message}`)
       }
-      if (!slot || !akBlob) {
+      if (!ekSeen || !akBlob) {
         throw new TpmAttestationError('challenge', 'a challenge came before the payload was made')
       }
-      const ekSlot = slot
+      const ekWas = ekSeen
       const ak0 = akBlob
       // Read before the TPM work: the log is of this boot, so it cannot change under the quote
       // (the kernel only appends to the runtime IMA log, which is another file).
       const eventLog = c.eventLog
         ? await readEventLog(o.eventLogPath ?? DEFAULT_EVENT_LOG_PATH)
         : undefined
-      const spki = sentSpki
-      if (o.hsmAgentKey && !spki) {
-        throw new TpmAttestationError('challenge', 'a challenge came before the payload was made')
-      }
-      // A TPM key is certified with the plain nonce; an HSM key is bound into the quote instead.
-      const agentBlob = spki ? undefined : (await o.agentKey!()).blob
-      const qualifying = spki ? hsmKeyQualifyingData(c.nonce, spki) : c.nonce
+      const proof = await agentKey.forChallenge(c.nonce)
       return withTpm(tpm, async () => {
         // Slot order for a 3-object TPM: SRK+AK+key, SRK flushed, then the EK beside them.
+        let h = takeHeld()
+        let srk: KeyHandle | undefined
         let ak: KeyHandle | undefined
         let key: KeyHandle | undefined
         try {
-          {
-            await using srk = await openSrk(tpm)
+          if (h && tpm.isLoaded(h.srk) && tpm.isLoaded(h.ak)) {
+            ;({ srk, ak } = h)
+          } else {
+            // Expired, or the TPM reconnected since the payload: load them again.
+            const stale = h
+            h = undefined
+            await release(stale)
+            srk = await openSrk(tpm)
             ak = await tpm.loadKey(srk, ak0)
-            if (agentBlob) key = await tpm.loadKey(srk, agentBlob)
           }
+          h = undefined
+          if (proof.blob) key = await tpm.loadKey(srk, proof.blob)
+          await srk.dispose()
           let secret: Uint8Array
           {
-            await using ek = await openEk(tpm, ekSlot.algorithm)
+            await using ek = ekWas.persistent
+              ? await tpm.persistentKeyOf(ekWas.slot.persistentHandle, ekWas.area)
+              : await openEk(tpm, ekWas.slot.algorithm)
             secret = await tpm.activateCredential(ak, ek, c.credentialBlob, c.encryptedSecret)
           }
           // PCRs can move between the read and the quote: read around it until they hold still.
           let values = await tpm.pcrRead(selection)
-          let quote = await tpm.quote(ak, qualifying, selection)
+          let quote = await tpm.quote(ak, proof.qualifying, selection)
           for (let i = 0; i < 3; i++) {
             const after = await tpm.pcrRead(selection)
             const still = sameValues(values, after)
             values = after
             if (still) break
-            quote = await tpm.quote(ak, qualifying, selection)
+            quote = await tpm.quote(ak, proof.qualifying, selection)
           }
           const certify = key ? await tpm.certify(key, ak, c.nonce) : undefined
           await persistAk(ak0)
@@ -396,10 +365,22 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
             ...(eventLog ? { eventLog } : {}),
           })
         } finally {
+          await release(h)
           await key?.dispose()
           await ak?.dispose()
+          await srk?.dispose()
         }
       })
     },
+
+    end: () => withTpm(tpm, () => release(takeHeld())).catch(() => undefined),
+  }
+
+  /** An attempt that got no challenge in time: its SRK and AK go (under the TPM lock). */
+  async function expire(h: NonNullable<typeof held>): Promise<void> {
+    await withTpm(tpm, async () => {
+      if (held !== h) return
+      await release(takeHeld())
+    }).catch(() => undefined)
   }
 }

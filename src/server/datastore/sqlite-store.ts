@@ -194,6 +194,19 @@ export class SqliteDatastore implements Datastore {
     return this.#op('get CA journal', () => tokens.getJournal(this.#c, name))
   }
 
+  async saveAttestation(node: AttestedNode, journal: ReadonlyMap<string, string>): Promise<void> {
+    return this.#op('save attestation', () =>
+      this.#c.write(() => {
+        for (const [name, value] of journal) tokens.setJournal(this.#c, name, value)
+        if (nodes.getAttestedNode(this.#c, node.spiffeId)) {
+          nodes.updateAttestedNode(this.#c, node.spiffeId, node)
+        } else {
+          nodes.createAttestedNode(this.#c, node)
+        }
+      }),
+    )
+  }
+
   async setJournal(name: string, value: string): Promise<void> {
     return this.#op('set CA journal', () => tokens.setJournal(this.#c, name, value))
   }

@@ -183,6 +183,11 @@ export interface Datastore extends AsyncDisposable {
   /** CA journal blobs (JSON) by name. */
   getJournal(name: string): Promise<string | undefined>
   setJournal(name: string, value: string): Promise<void>
+  /**
+   * One attestation's writes in one transaction (one commit, so one fsync on the attestation's
+   * path): journal blobs, then the node record, created or replaced.
+   */
+  saveAttestation(node: AttestedNode, journal: ReadonlyMap<string, string>): Promise<void>
 
   // Additions beyond the lead's contract.
 

@@ -137,6 +137,8 @@ export class MqttNodeClient implements NodeClient {
     } finally {
       // The session is spent; its connection closes in the background.
       void rpc.close()
+      // The attestor lets go of the attempt (a refused one holds TPM objects) before we settle.
+      await attestor.end?.()
     }
   }
 

@@ -1,0 +1,91 @@
+/**
+ * What one TPM attestation asks of the TPM (real swtpm, the real server attestor): the SRK is
+ * created once for the attempt and the key manager signs the CSR under it, the AK is loaded once,
+ * and every object is flushed at the end. Between payload and challenge the attempt holds two of
+ * swtpm's three object slots, the key manager's signing key fits in the third, and a refused
+ * attempt gives both back when the transport ends it.
+ */
+import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { test } from 'node:test'
+import { startSwtpm } from '../../hardware-sim/swtpm.js'
+import { tpmAgentAttestor } from '../../src/attestors/tpm/agent.js'
+import { parseTpmServerConfig, tpmServerAttestor } from '../../src/attestors/tpm/server.js'
+import type { AttestorState } from '../../src/attestors/types.js'
+import { TpmKeyManager } from '../../src/keymanager/tpm.js'
+import { setTpmCommandObserver } from '../../src/tpm/command-observer.js'
+import { TpmContext } from '../../src/tpm/context.js'
+
+function memoryState(): AttestorState {
+  const m = new Map<string, string>()
+  return {
+    get: async (p) => m.get(p),
+    set: async (p, v) => {
+      m.set(p, v)
+    },
+  }
+}
+
+test('one TPM attestation: SRK created once, AK loaded once, the CSR signed meanwhile, all flushed', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-tpm-cmds-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  await using sim = await startSwtpm()
+  await using tpm = await TpmContext.open(sim.tcti)
+  const key = await new TpmKeyManager(tpm, join(dir, 'keys')).generateKey('agent', 'ec-p256')
+  const dataDir = join(dir, 'agent')
+  const cfg = parseTpmServerConfig({ ek_ca_bundle: sim.ekCaBundle }, '/')
+  const server = tpmServerAttestor(cfg)
+  const ctx = () => ({
+    trustDomain: 'example.org',
+    now: new Date(),
+    agentPublicKey: key.publicKey,
+    state: memoryState(),
+  })
+  // A first attestation makes and stores the AK; the counted one reuses it, as restarts do.
+  const first = tpmAgentAttestor({ tpm, dataDir, agentKey: () => key })
+  await server.attest(await first.payload(), (c) => first.respond(c), ctx())
+  await first.end?.()
+
+  const counts = new Map<string, number>()
+  const prev = setTpmCommandObserver((command) => {
+    counts.set(command, (counts.get(command) ?? 0) + 1)
+  })
+  t.after(() => setTpmCommandObserver(prev))
+  const agent = tpmAgentAttestor({ tpm, dataDir, agentKey: () => key })
+  const payload = await agent.payload()
+  // Held for the challenge: the SRK and the AK, and the key manager signs beside them.
+  assert.equal(await tpm.loadedTransientCount(), 2)
+  await key.sign(new Uint8Array(Buffer.from('the CSR')))
+  const result = await server.attest(payload, (c) => agent.respond(c), ctx())
+  await agent.end?.()
+  setTpmCommandObserver(prev)
+  assert.match(result.agentPath, /^\/spire\/agent\/tpm\//)
+  assert.equal(counts.get('createPrimary'), 1, 'the SRK once, shared with the CSR signature')
+  assert.equal(counts.get('load'), 3, 'the AK once; the agent key for the CSR and the certify')
+  assert.equal(await tpm.loadedTransientCount(), 0)
+})
+
+test('a TPM attempt refused after its payload gives its SRK and AK back when it ends', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-tpm-cmds-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  await using sim = await startSwtpm()
+  await using tpm = await TpmContext.open(sim.tcti)
+  const key = await new TpmKeyManager(tpm, join(dir, 'keys')).generateKey('agent', 'ec-p256')
+  for (let i = 0; i < 3; i++) {
+    // Each attempt a new attestor (an agent restart): none may leave objects behind.
+    const agent = tpmAgentAttestor({ tpm, dataDir: join(dir, 'agent'), agentKey: () => key })
+    await agent.payload()
+    assert.equal(await tpm.loadedTransientCount(), 2)
+    await agent.end?.()
+    assert.equal(await tpm.loadedTransientCount(), 0)
+  }
+  // A second payload on the same attestor replaces the first attempt's objects.
+  const agent = tpmAgentAttestor({ tpm, dataDir: join(dir, 'agent'), agentKey: () => key })
+  await agent.payload()
+  await agent.payload()
+  assert.equal(await tpm.loadedTransientCount(), 2)
+  await agent.end?.()
+  assert.equal(await tpm.loadedTransientCount(), 0)
+})
