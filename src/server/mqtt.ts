@@ -18,7 +18,7 @@ import { noDelay } from '../transport/mqtt/connection.js'
 import { type EcdhKeyPair, MAX_JWE, newEcdhKey } from '../transport/mqtt/jwe.js'
 import { codec, type SignedResponse } from '../transport/proto.js'
 import { MAX_RECEIVE_MESSAGE } from './grpc.js'
-import { AttestSessions } from './mqtt-attest.js'
+import { AttestSessions, type AttestSessionsOptions } from './mqtt-attest.js'
 import { type NodeApi, NodeApiError, type ServerIdentity, Status } from './node-api.js'
 
 export interface NodeMqttOptions {
@@ -32,6 +32,8 @@ export interface NodeMqttOptions {
   readonly cert?: Buffer | undefined
   readonly key?: Buffer | undefined
   readonly encryptionKey: EcdhKeyPair
+  /** The replay cache every replica shares (the datastore's seen_nonces). */
+  readonly replay: AttestSessionsOptions['replay']
   readonly brokerAccess?: BrokerAccess | undefined
   readonly bundle: () => TrustBundle
   readonly identity: () => ServerIdentity
@@ -120,7 +122,9 @@ export async function startNodeMqttServer(
   const sessions = new AttestSessions({
     api,
     encryptionKey: o.encryptionKey,
+    replay: o.replay,
     brokerAccess: o.brokerAccess,
+    replica: o.clientId,
     log: o.log,
   })
   const bootstrapRe = new RegExp(`^${escapeRe(o.topicPrefix)}/v1/bootstrap/(bs-[0-9a-f]{32})/req$`)

@@ -6,7 +6,6 @@
 import { createPrivateKey } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import type { Socket } from 'node:net'
-import { join } from 'node:path'
 import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
 import { startHealthListener } from '../common/health-http.js'
@@ -142,7 +141,7 @@ export async function startServer(
       config.adminSocket,
       config.adminSocketGroup === undefined ? undefined : groupId(config.adminSocketGroup),
     )
-    const datastorePath = join(config.dataDir, 'datastore.sqlite3')
+    const datastorePath = config.datastorePath
     const keys = await buildKeyManager(KEY_MANAGERS, config.keyManager, 'server')
     cleanups.push(() => keys.close())
     const keyDir = keys.directory
@@ -257,6 +256,7 @@ export async function startServer(
     const mqttServer = config.mqtt
       ? await startMqttListener(api, config.mqtt, {
           dataDir: config.dataDir,
+          replay: datastore,
           brokerAccess,
           bundle: () => ca.bundle(),
           identity: () => identity,
@@ -310,6 +310,7 @@ export async function startServer(
           const nowS = Math.floor(now / 1000)
           await datastore.pruneJoinTokens(nowS)
           await datastore.pruneNonces(now)
+          await datastore.pruneAttestRounds(now)
           // Entries past their expiry go (SPIRE: pruning, not a security feature). Agents sync by
           // comparing what they hold, so tombstones are not needed once written.
           await datastore.pruneExpiredEntries(nowS)

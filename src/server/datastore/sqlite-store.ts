@@ -9,6 +9,7 @@ import { checkIntegrity, closedError, mapError } from './sqlite-errors.js'
 import * as federated from './sqlite-federated.js'
 import * as nodes from './sqlite-nodes.js'
 import * as nonces from './sqlite-nonces.js'
+import * as rounds from './sqlite-rounds.js'
 import { prepareStatements, type SqliteContext } from './sqlite-statements.js'
 import * as tokens from './sqlite-tokens.js'
 import type {
@@ -215,6 +216,32 @@ export class SqliteDatastore implements Datastore {
 
   async pruneNonces(nowMs: number): Promise<number> {
     return this.#op('prune nonces', () => nonces.pruneNonces(this.#c, nowMs))
+  }
+
+  async putAttestRound(
+    key: string,
+    round: number,
+    state: Uint8Array,
+    expiresAtMs: number,
+    nowMs: number,
+  ): Promise<void> {
+    return this.#op('put attestation round', () =>
+      rounds.putAttestRound(this.#c, key, round, state, expiresAtMs, nowMs),
+    )
+  }
+
+  async takeAttestRound(
+    key: string,
+    round: number,
+    nowMs: number,
+  ): Promise<Uint8Array | undefined> {
+    return this.#op('take attestation round', () =>
+      rounds.takeAttestRound(this.#c, key, round, nowMs),
+    )
+  }
+
+  async pruneAttestRounds(nowMs: number): Promise<number> {
+    return this.#op('prune attestation rounds', () => rounds.pruneAttestRounds(this.#c, nowMs))
   }
 
   async healthCheck(): Promise<{ ok: true } | { ok: false; error: SpiffeEdgeError }> {
