@@ -253,7 +253,11 @@ export async function startNodeMqttServer(
   const close = async () => {
     clearInterval(timer)
     sessions.close()
-    await client.endAsync()
+    // Session expiry 0 on a deliberate stop: the broker drops our session and its shared
+    // subscriptions now, or it would keep handing this replica its share of requests (queued for
+    // a session nobody resumes) until the expiry. A crashed replica's session still does, until
+    // REPLY_EXPIRY_SECONDS; agents resend a frame with no reply, and the share rotates.
+    await client.endAsync(false, { properties: { sessionExpiryInterval: 0 } })
   }
   return {
     close,
