@@ -6,7 +6,7 @@
  */
 import type BetterSqlite3 from 'better-sqlite3'
 import { SpiffeEdgeError } from '../../errors.js'
-import type { SqliteContext } from './sqlite-statements.js'
+import { type SqliteContext, unsynced } from './sqlite-statements.js'
 import { checkInt, checkNonEmpty } from './validate.js'
 
 /** At most this many rounds wait at once (each for seconds); more is refused, not queued. */
@@ -71,17 +71,21 @@ export function putAttestRound(
     throw new SpiffeEdgeError('ERR_DATASTORE_INVALID', 'attestation round state too large', {
       remedy: 'this is a bug in spiffe-edge; please report it',
     })
-  c.write(() => {
-    const s = st(c)
-    s.pruneSome.run(nowMs)
-    if ((s.count.get()?.n ?? 0) >= MAX_ROUNDS)
-      throw new SpiffeEdgeError(
-        'ERR_DATASTORE_BUSY',
-        `${MAX_ROUNDS} attestations are waiting for a challenge answer`,
-        { remedy: 'retry later; many agents are attesting at once' },
-      )
-    s.put.run(key, round, Buffer.from(state), expiresAtMs)
-  })
+  // Not fsynced: a round lost on power loss costs its agent a new attempt; a round coming back
+  // after its take was lost cannot be resumed twice, as the answering frame's claim is fsynced.
+  unsynced(c, () =>
+    c.write(() => {
+      const s = st(c)
+      s.pruneSome.run(nowMs)
+      if ((s.count.get()?.n ?? 0) >= MAX_ROUNDS)
+        throw new SpiffeEdgeError(
+          'ERR_DATASTORE_BUSY',
+          `${MAX_ROUNDS} attestations are waiting for a challenge answer`,
+          { remedy: 'retry later; many agents are attesting at once' },
+        )
+      s.put.run(key, round, Buffer.from(state), expiresAtMs)
+    }),
+  )
 }
 
 export function takeAttestRound(
@@ -93,7 +97,7 @@ export function takeAttestRound(
   checkKey(key)
   checkInt('round', round, 0)
   checkInt('nowMs', nowMs, 0)
-  const row = c.write(() => st(c).take.get(key, round, nowMs))
+  const row = unsynced(c, () => c.write(() => st(c).take.get(key, round, nowMs)))
   return row ? new Uint8Array(row.state) : undefined
 }
 
