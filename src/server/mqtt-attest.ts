@@ -205,8 +205,6 @@ export class AttestSessions {
       return {}
     }
   }
-
-  close(): void {}
 }
 
 const internal = () =>

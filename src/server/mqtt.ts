@@ -252,7 +252,6 @@ export async function startNodeMqttServer(
   })
   const close = async () => {
     clearInterval(timer)
-    sessions.close()
     // Session expiry 0 on a deliberate stop: the broker drops our session and its shared
     // subscriptions now, or it would keep handing this replica its share of requests (queued for
     // a session nobody resumes) until the expiry. A crashed replica's session still does, until
