@@ -52,7 +52,13 @@ export interface NodeMqttServer extends AsyncDisposable {
 
 /** How long a reply waits in the broker for an agent whose link is down (and a request for us). */
 const REPLY_EXPIRY_SECONDS = 300
-const MAX_IN_FLIGHT = 64
+/**
+ * Requests handled at once (each at most MAX_RECEIVE_MESSAGE, 1 MiB: 256 MiB at worst); more are
+ * dropped and their agents resend. Claims commit in batches (one fsync per event-loop turn), so
+ * the loop takes requests faster than one fsync each: 64 dropped requests under a back-to-back
+ * fleet (bench/mqtt-fleet.ts, 200 agents), 256 none.
+ */
+const MAX_IN_FLIGHT = 256
 const RECONNECT_MIN_MS = 1000
 const RECONNECT_MAX_MS = 30_000
 const MAX_BOOTSTRAP_MESSAGE = MAX_JWE + (64 << 10)

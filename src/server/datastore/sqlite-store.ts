@@ -26,6 +26,8 @@ import type {
 
 /** quick_check reads every page: bounded to once per interval however often health is asked. */
 const HEALTH_CHECK_INTERVAL_MS = 5000
+/** Claims committed in one transaction at most (bounds the write lock's hold time). */
+const MAX_CLAIM_BATCH = 256
 
 export class SqliteDatastore implements Datastore {
   #db: BetterSqlite3.Database
@@ -199,15 +201,57 @@ export class SqliteDatastore implements Datastore {
     return this.#op('set CA journal', () => tokens.setJournal(this.#c, name, value))
   }
 
-  async claimNonce(
+  /**
+   * Claims wait for the end of this turn of the event loop and commit together: one IMMEDIATE
+   * transaction (one fsync) for every claim made meanwhile, each in its own savepoint, so one
+   * refused claim does not undo the others. Still atomic across processes, and still durable
+   * before any caller learns its claim was taken.
+   */
+  claimNonce(
     key: string,
     digest: string,
     expiresAtMs: number,
     nowMs: number,
   ): Promise<{ digest: string; answer?: Uint8Array } | undefined> {
-    return this.#op('claim nonce', () =>
-      nonces.claimNonce(this.#c, key, digest, expiresAtMs, nowMs),
-    )
+    return new Promise((resolve, reject) => {
+      this.#claims.push({ key, digest, expiresAtMs, nowMs, resolve, reject })
+      if (this.#claims.length === 1) setImmediate(() => this.#flushClaims())
+    })
+  }
+
+  #claims: {
+    key: string
+    digest: string
+    expiresAtMs: number
+    nowMs: number
+    resolve: (v: { digest: string; answer?: Uint8Array } | undefined) => void
+    reject: (e: unknown) => void
+  }[] = []
+
+  #flushClaims(): void {
+    const batch = this.#claims.splice(0, MAX_CLAIM_BATCH)
+    if (this.#claims.length > 0) setImmediate(() => this.#flushClaims())
+    let results: ({ ok: ReturnType<typeof nonces.claimNonce> } | { err: unknown })[]
+    try {
+      results = this.#op('claim nonce', () =>
+        this.#c.write(() =>
+          batch.map((b) => {
+            try {
+              return { ok: nonces.claimNonce(this.#c, b.key, b.digest, b.expiresAtMs, b.nowMs) }
+            } catch (err) {
+              return { err }
+            }
+          }),
+        ),
+      )
+    } catch (err) {
+      for (const b of batch) b.reject(err)
+      return
+    }
+    results.forEach((r, i) => {
+      if ('ok' in r) batch[i]!.resolve(r.ok)
+      else batch[i]!.reject(mapError(r.err, 'claim nonce'))
+    })
   }
 
   async setNonceAnswer(key: string, answer: Uint8Array): Promise<void> {
