@@ -55,6 +55,7 @@ import {
   type TpmAttestReason,
   type TpmResponse,
 } from './protocol.js'
+import { fromHex, parseRound, type RoundState } from './round-state.js'
 import { SOURCE, type TpmServerConfig } from './server-config.js'
 
 // Config parsing lives in server-config.ts; re-exported so callers keep one module.
@@ -195,41 +196,6 @@ export function tpmServerAttestor(cfg: TpmServerConfig, log?: Log): ServerNodeAt
     },
   }
 }
-
-/**
- * What the check of the answer needs, kept between the challenge and the answer (in memory over
- * gRPC, in the datastore over MQTT). The credential secret itself is not in it, only its SHA-256:
- * whoever reads the datastore still cannot answer for the TPM.
- */
-interface RoundState {
-  readonly v: 1
-  readonly akPublic: string
-  readonly agentKeyPublic?: string
-  readonly agentKeySpki?: string
-  readonly nonce: string
-  readonly secretSha256: string
-  readonly ekHash: string
-  readonly selectors: readonly Selector[]
-}
-
-function parseRound(text: string): RoundState {
-  const r = step('response', 'round state', () => JSON.parse(text) as Partial<RoundState>)
-  const isHex = (v: unknown) => typeof v === 'string' && /^([0-9a-f]{2})+$/.test(v)
-  if (
-    r.v !== 1 ||
-    !isHex(r.akPublic) ||
-    !isHex(r.nonce) ||
-    !isHex(r.secretSha256) ||
-    r.secretSha256?.length !== 64 ||
-    !isHex(r.ekHash) ||
-    !Array.isArray(r.selectors) ||
-    (r.agentKeyPublic === undefined) === (r.agentKeySpki === undefined)
-  )
-    refuse('response', 'the saved attestation round is malformed')
-  return r as RoundState
-}
-
-const fromHex = (h: string) => new Uint8Array(Buffer.from(h, 'hex'))
 
 async function prepare(
   cfg: TpmServerConfig,
