@@ -37,6 +37,11 @@ export interface NodeAttestationResult {
   readonly canReattest: boolean
 }
 
+/** One step of a resumable exchange: the result, or a challenge and the state to resume from. */
+export type AttestStep =
+  | { readonly result: NodeAttestationResult }
+  | { readonly challenge: Uint8Array; readonly state: string }
+
 export interface ServerNodeAttestor {
   readonly kind: 'NodeAttestor'
   readonly name: string
@@ -45,6 +50,15 @@ export interface ServerNodeAttestor {
     challenge: Challenger,
     ctx: AttestationContext,
   ): Promise<NodeAttestationResult>
+  /**
+   * The same exchange as steps whose state between rounds is data (JSON text), so any server
+   * replica can take the answer (MQTT through shared subscriptions). The state is kept by the
+   * server, never sent to the agent, and must hold no secret the answer has to prove (a hash of
+   * it instead): a reader of the datastore must not be able to answer for the agent. Attestors
+   * that never challenge need neither.
+   */
+  begin?(payload: Uint8Array, ctx: AttestationContext): Promise<AttestStep>
+  resume?(state: string, response: Uint8Array, ctx: AttestationContext): Promise<AttestStep>
 }
 
 export interface AgentNodeAttestor {

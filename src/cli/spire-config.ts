@@ -283,10 +283,21 @@ class Mapper {
           out[t] = { ...((out[t] as Obj | undefined) ?? {}), [n]: d }
         }
         if (type === 'DataStore') {
+          const cs = data.connection_string
           if (name === 'sql' && data.database_type === 'sqlite3') {
-            this.notes.push(
-              `${path}: the embedded SQLite datastore in data_dir is used (connection_string ignored)`,
-            )
+            // A plain file path maps (replicas name one file); a DSN's URI or options do not.
+            if (
+              typeof cs === 'string' &&
+              cs !== '' &&
+              !cs.startsWith('file:') &&
+              !cs.includes('?')
+            ) {
+              put(type, name, { database_type: 'sqlite3', connection_string: cs })
+              this.notes.push(`${path}: the embedded SQLite datastore, in the file ${cs}`)
+            } else
+              this.notes.push(
+                `${path}: the embedded SQLite datastore in data_dir is used (a connection_string that is not a plain file path is ignored)`,
+              )
           } else this.unmapped.push(`${path}: only the embedded SQLite datastore exists here`)
         } else if (type === 'KeyManager' && name === 'disk' && kind === 'server') {
           // SPIRE keeps one keys.json; ours is a directory of key files (a SPIRE file is never read).

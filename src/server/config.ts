@@ -1,6 +1,7 @@
 import { isIP } from 'node:net'
-import { dirname, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import {
+  type ConfigReader,
   checkTrustDomain,
   type KeyManagerConfig,
   keyManagerConfig,
@@ -23,6 +24,11 @@ export interface ServerConfig {
   readonly bindAddress: string
   readonly bindPort: number
   readonly dataDir: string
+  /**
+   * The SQLite datastore file (`[plugins.DataStore.sql] connection_string`, SPIRE's shape);
+   * <data_dir>/datastore.sqlite3 by default. Replicas name one file (each its own data_dir).
+   */
+  readonly datastorePath: string
   /** server.admin_socket; DEFAULT_ADMIN_SOCKET (absolute, shared with the CLI) when unset. */
   readonly adminSocket: string
   /** A group whose members may use the admin socket besides root; undefined: root only. */
@@ -171,7 +177,8 @@ export function parseServerConfig(
     r.problems.push('server.mqtt.client_id: letters, digits, . _ - only')
 
   const plugins = r.table(doc, 'plugins', 'plugins')
-  r.known(plugins, ['NodeAttestor', 'KeyManager'], 'plugins')
+  r.known(plugins, ['NodeAttestor', 'KeyManager', 'DataStore'], 'plugins')
+  const datastorePath = datastoreConfig(r, plugins, dataDir)
   const keyManager = keyManagerConfig(r, plugins, dataDir, dirname(resolve(source)))
   const na = r.table(plugins ?? {}, 'NodeAttestor', 'plugins.NodeAttestor')
   const nodeAttestors = new Map<string, Table>()
@@ -192,6 +199,7 @@ export function parseServerConfig(
     bindAddress: overrides.bindAddress ?? r.string(s, 'bind_address', 'server', '127.0.0.1')!,
     bindPort: overrides.bindPort ?? r.int(s, 'bind_port', 'server', 8081, 0, 65535),
     dataDir,
+    datastorePath,
     adminSocket,
     adminSocketGroup: r.optionalString(s, 'admin_socket_group', 'server'),
     logLevel: log.level,
@@ -228,6 +236,34 @@ export function parseServerConfig(
   }
   r.done(source)
   return config
+}
+
+/**
+ * `[plugins.DataStore.sql]`: database_type "sqlite3" (the only one) and connection_string, a file
+ * path (relative to the config file). A `file:` URI is refused: its options could turn off what
+ * the datastore relies on (WAL, the busy timeout, secure_delete).
+ */
+function datastoreConfig(r: ConfigReader, plugins: Table | undefined, dataDir: string): string {
+  const fallback = join(dataDir, 'datastore.sqlite3')
+  const ds = r.table(plugins ?? {}, 'DataStore', 'plugins.DataStore')
+  if (!ds) return fallback
+  const names = Object.keys(ds)
+  if (names.length !== 1 || names[0] !== 'sql') {
+    r.problems.push('plugins.DataStore: only [plugins.DataStore.sql] exists')
+    return fallback
+  }
+  const sql = r.table(ds, 'sql', 'plugins.DataStore.sql') ?? {}
+  r.known(sql, ['database_type', 'connection_string'], 'plugins.DataStore.sql')
+  r.oneOf(sql, 'database_type', 'plugins.DataStore.sql', ['sqlite3'] as const, 'sqlite3')
+  const cs = r.optionalString(sql, 'connection_string', 'plugins.DataStore.sql')
+  if (cs === undefined) return fallback
+  if (cs.startsWith('file:') || cs.includes('?')) {
+    r.problems.push(
+      'plugins.DataStore.sql.connection_string: a file path, not a file: URI or options',
+    )
+    return fallback
+  }
+  return r.path(sql, 'connection_string', 'plugins.DataStore.sql') ?? fallback
 }
 
 /**

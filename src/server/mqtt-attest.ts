@@ -1,21 +1,24 @@
 /**
- * AttestAgent over MQTT, server side: each bootstrap session's frames feed the same
- * transport-neutral NodeAttestation the gRPC stream feeds (NodeApi.attestAgent).
+ * AttestAgent over MQTT, server side: each bootstrap session's frames are steps of the
+ * transport-neutral attestation (NodeApi.attestBegin / attestResume).
  *
- * State between rounds: the attestor's exchange is a coroutine (a TPM challenge holds the
- * credential-activation secret and the nonce it expects back, and only this process must know the
- * secret, or a broker could answer for the TPM). So an exchange lives in the memory of the replica
- * that got its params, for at most SESSION_TTL_MS; a later round another replica receives gets a
- * signed `unknown_session` refusal and the agent starts over. Nothing pins the reply: the reply
- * topic is the agent's own bootstrap topic, whoever answers. Join-token attestation has no second
- * round, so it needs no replica state at all.
+ * No replica holds state between rounds. Replicas share one datastore; a challenge's round (the
+ * attestor's state: for a TPM the AK, the nonce and a SHA-256 of the credential secret, never the
+ * secret) is put there under the attempt's key (bootstrap client id + attempt nonce) and the frame
+ * number that must answer it, and taken (deleted, atomically across processes) by whichever
+ * replica the broker gives the answer to. So the reply topic need not pin the round to a replica:
+ * it is the agent's own bootstrap topic, whoever answers. The params are encrypted to the MQTT
+ * encryption key every replica holds (<data_dir>/mqtt-encryption.key, the same file on each).
  *
- * Replays and duplicates: a params frame whose nonce was seen is dropped without an answer (QoS 1
- * may deliver twice; a broker may replay), so no second SVID is issued and nothing is written twice;
- * a frame for a round already answered is dropped too.
+ * Replays and duplicates: every frame of rounds 1+ is claimed once in the shared replay cache
+ * (seen_nonces) by its key and digest, and its signed answer recorded there. The same frame again
+ * (QoS 1 redelivery, an agent resending after a lost reply, or a broker replay), on any replica,
+ * gets that same signed answer and nothing is run again: no second SVID, nothing written twice, a
+ * spent join token does not lock out an agent whose reply was lost. A different frame under a
+ * claimed key (an altered or forged one) gets nothing.
  */
 import { createHash, type KeyObject } from 'node:crypto'
-import { ReplayCache } from '../transport/envelope.js'
+import { isSpiffeEdgeError } from '../errors.js'
 import type { BrokerAccess } from '../transport/mqtt/broker-access.js'
 import { decryptBound, encryptTo } from '../transport/mqtt/jwe.js'
 import {
@@ -25,34 +28,25 @@ import {
   type MqttAttestRequest,
   type SignedResponse,
 } from '../transport/proto.js'
+import type { Datastore } from './datastore/types.js'
 import { type NodeApi, NodeApiError, Status, toNodeApiError } from './node-api.js'
 
-const SESSION_TTL_MS = 60_000
-const MAX_SESSIONS = 1000
+/** How long an answer is kept for duplicates of its frame (an agent resends within this). */
 const ANSWER_TTL_MS = 300_000
-const MAX_ANSWERS = 2000
 
 const frameDigest = (b: Uint8Array) => createHash('sha256').update(b).digest('base64')
-
-interface Session {
-  readonly clientId: string
-  /** The round whose frame we wait for next. */
-  expected: number
-  deliver: ((m: AttestAgentRequest) => void) | undefined
-  fail: ((e: Error) => void) | undefined
-  /** Answers the frame the exchange is at (its correlation data), and that frame. */
-  reply: Reply
-  frame: Uint8Array
-  readonly timer: NodeJS.Timeout
-}
 
 /** Publishes a signed frame on the session's reply topic, for one received frame. */
 export type Reply = (res: SignedResponse) => void
 
 export interface AttestSessionsOptions {
   readonly api: NodeApi
+  /** The replay cache every replica shares. */
+  readonly replay: Pick<Datastore, 'claimNonce' | 'setNonceAnswer'>
   readonly encryptionKey: { readonly privateKey: KeyObject; readonly publicJwk: string }
   readonly brokerAccess?: BrokerAccess | undefined
+  /** Names this replica in the log (which replica answered which round). */
+  readonly replica?: string | undefined
   readonly log?:
     | ((level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void)
     | undefined
@@ -60,26 +54,18 @@ export interface AttestSessionsOptions {
 
 export class AttestSessions {
   private readonly o: AttestSessionsOptions
-  private readonly sessions = new Map<string, Session>()
-  private readonly seen = new ReplayCache(100_000)
 
   constructor(o: AttestSessionsOptions) {
     this.o = o
   }
 
-  get size(): number {
-    return this.sessions.size
-  }
-
-  private async send(
-    reply: Reply,
+  private async sign(
     nonce: Uint8Array,
     round: number,
     step: AttestAgentResponse | undefined,
     extra: { serverKey?: string; brokerCredentials?: string } = {},
     err?: NodeApiError,
-    keep?: { key: string; frame: Uint8Array },
-  ): Promise<void> {
+  ): Promise<SignedResponse> {
     const body = err
       ? new Uint8Array()
       : codec.mqttAttestResponse.encode({
@@ -87,38 +73,7 @@ export class AttestSessions {
           step: step ? codec.attestResponse.encode(step) : new Uint8Array(),
           ...extra,
         })
-    const res = await this.o.api.sign('AttestAgent', nonce, body, err)
-    if (keep) this.keep(keep.key, round, keep.frame, res)
-    reply(res)
-  }
-
-  /**
-   * The last answer of each attempt, for a while: an agent whose reply was lost (a link or broker
-   * restart) sends the same frame again and gets the same signed answer, not a second SVID, so a
-   * spent join token does not lock it out. Bounded in count and age.
-   */
-  private readonly answered = new Map<
-    string,
-    { round: number; frame: string; res: SignedResponse; at: number }
-  >()
-
-  private keep(key: string, round: number, frame: Uint8Array, res: SignedResponse): void {
-    const now = Date.now()
-    for (const [k, v] of this.answered) {
-      if (now - v.at < ANSWER_TTL_MS && this.answered.size < MAX_ANSWERS) break
-      this.answered.delete(k)
-    }
-    this.answered.delete(key)
-    this.answered.set(key, { round, frame: frameDigest(frame), res, at: now })
-  }
-
-  /** Re-sends the kept answer when this frame is the one it answered. */
-  private resend(key: string, f: MqttAttestRequest, bytes: Uint8Array, reply: Reply): boolean {
-    const a = this.answered.get(key)
-    if (!a || a.round !== f.round || a.frame !== frameDigest(bytes)) return false
-    if (Date.now() - a.at >= ANSWER_TTL_MS) return false
-    reply(a.res)
-    return true
+    return this.o.api.sign('AttestAgent', nonce, body, err)
   }
 
   /** One frame from bootstrap client `clientId` (the topic it came on says who). */
@@ -130,68 +85,82 @@ export class AttestSessions {
       return // not ours to answer: without a nonce no reply could be bound to anything
     }
     if (f.nonce.length !== 16) return
-    const key = `${clientId}/${Buffer.from(f.nonce).toString('hex')}`
-    try {
-      if (f.round === 0) {
-        await this.send(reply, f.nonce, 0, undefined, { serverKey: this.o.encryptionKey.publicJwk })
-        return
-      }
-      if (this.resend(key, f, bytes, reply)) return
-      if (f.round === 1) {
-        try {
-          this.seen.check(f.nonce, Date.now())
-        } catch {
-          this.o.log?.('warn', 'MQTT attestation params replayed or duplicated; dropped', {
-            client: clientId,
-          })
-          return
-        }
-        await this.start(clientId, key, f, reply, bytes)
-        return
-      }
-      const s = this.sessions.get(key)
-      if (!s) {
-        throw new NodeApiError(
-          Status.NOT_FOUND,
-          'unknown_session',
-          'no attestation in progress for this nonce here',
-          'start the attestation again',
-        )
-      }
-      // A duplicate of a round already answered, or one from the future: not for us to act on.
-      if (f.round !== s.expected || !s.deliver) return
-      const req = codec.attestRequest.decode(f.step)
-      const d = s.deliver
-      s.reply = reply
-      s.frame = bytes
-      s.deliver = undefined
-      s.fail = undefined
-      d(req)
-    } catch (err) {
-      const e =
-        toNodeApiError(err) ??
-        new NodeApiError(Status.INTERNAL, 'internal', 'internal error', 'see the server log')
-      await this.send(reply, f.nonce, f.round, undefined, {}, e).catch(() => undefined)
+    if (f.round === 0) {
+      reply(await this.sign(f.nonce, 0, undefined, { serverKey: this.o.encryptionKey.publicJwk }))
+      return
     }
+    const key = `${clientId}/${Buffer.from(f.nonce).toString('hex')}`
+    const claim = `mqtt-attest:${key}/${f.round}`
+    const digest = frameDigest(bytes)
+    const now = Date.now()
+    let prior: { digest: string; answer?: Uint8Array } | undefined
+    try {
+      prior = await this.o.replay.claimNonce(claim, digest, now + ANSWER_TTL_MS, now)
+    } catch (err) {
+      const e = toNodeApiError(err) ?? (isBusy(err) ? busy() : internal())
+      reply(await this.sign(f.nonce, f.round, undefined, {}, e))
+      return
+    }
+    if (prior) {
+      // Taken already, here or on another replica: the same frame gets the same answer (once it
+      // exists); anything else under this key is not the agent's and gets nothing.
+      if (prior.digest === digest && prior.answer) {
+        this.o.log?.('info', 'MQTT attestation frame seen before; its answer sent again', {
+          client: clientId,
+          round: f.round,
+        })
+        reply(codec.signedResponse.decode(prior.answer))
+      } else
+        this.o.log?.('warn', 'MQTT attestation frame replayed or altered; dropped', {
+          client: clientId,
+          round: f.round,
+        })
+      return
+    }
+    const res = await this.step(clientId, key, f).catch((err: unknown) => {
+      if (!toNodeApiError(err) && !isBusy(err))
+        this.o.log?.('warn', 'MQTT attestation failed', { error: (err as Error).message })
+      const e = toNodeApiError(err) ?? (isBusy(err) ? busy() : internal())
+      return this.sign(f.nonce, f.round, undefined, {}, e)
+    })
+    await this.o.replay
+      .setNonceAnswer(claim, codec.signedResponse.encode(res))
+      .catch((err: unknown) =>
+        this.o.log?.('warn', 'could not record an MQTT attestation answer', {
+          error: (err as Error).message,
+        }),
+      )
+    reply(res)
   }
 
-  private async start(
-    clientId: string,
-    key: string,
-    f: MqttAttestRequest,
-    reply: Reply,
-    frame: Uint8Array,
-  ): Promise<void> {
-    if (this.sessions.size >= MAX_SESSIONS) {
-      throw new NodeApiError(
-        Status.RESOURCE_EXHAUSTED,
-        'busy',
-        'too many attestations in progress',
-        'retry later',
-      )
+  /** Runs frame `f.round` of attempt `key` and signs its answer. */
+  private async step(clientId: string, key: string, f: MqttAttestRequest): Promise<SignedResponse> {
+    // One bucket for everything through the broker: the source address is the broker's.
+    const peer = 'mqtt'
+    if (f.round === 1) {
+      const { first, responseKey } = await this.params(f)
+      const m = await this.o.api.attestBegin(peer, key, first, responseKey)
+      this.o.log?.('info', 'MQTT attestation params answered', {
+        client: clientId,
+        replica: this.o.replica,
+        step: m.result ? 'result' : 'challenge',
+      })
+      return this.sign(f.nonce, f.round, m, await this.grant(m, responseKey))
     }
-    let first: AttestAgentRequest
-    let responseKey: string | undefined
+    const answer = codec.attestRequest.decode(f.step)
+    const r = await this.o.api.attestResume(peer, key, f.round, answer)
+    this.o.log?.('info', 'MQTT attestation round answered', {
+      client: clientId,
+      replica: this.o.replica,
+      round: f.round,
+      step: r.response.result ? 'result' : 'challenge',
+    })
+    return this.sign(f.nonce, f.round, r.response, await this.grant(r.response, r.carry))
+  }
+
+  private async params(
+    f: MqttAttestRequest,
+  ): Promise<{ first: AttestAgentRequest; responseKey: string | undefined }> {
     try {
       const d = await decryptBound(
         this.o.encryptionKey.privateKey,
@@ -200,8 +169,7 @@ export class AttestSessions {
       // The header is authenticated: it ties these params to this attempt's nonce.
       if (d.bound.spe_nonce !== Buffer.from(f.nonce).toString('base64url'))
         throw new Error('the params are bound to another nonce')
-      responseKey = d.bound.spe_rk
-      first = codec.attestRequest.decode(d.plaintext)
+      return { first: codec.attestRequest.decode(d.plaintext), responseKey: d.bound.spe_rk }
     } catch (err) {
       throw new NodeApiError(
         Status.INVALID_ARGUMENT,
@@ -210,93 +178,44 @@ export class AttestSessions {
         'fetch the server key again (the agent does this by itself)',
       )
     }
-    const nonce = f.nonce
-    const s: Session = {
-      clientId,
-      expected: 2,
-      deliver: undefined,
-      fail: undefined,
-      reply,
-      frame,
-      timer: setTimeout(() => {
-        s.fail?.(
-          new NodeApiError(
-            Status.UNAVAILABLE,
-            'timeout',
-            'the agent did not answer in time',
-            'attest again',
-          ),
-        )
-        this.sessions.delete(key)
-      }, SESSION_TTL_MS),
-    }
-    s.timer.unref()
-    this.sessions.set(key, s)
-    let round = 1
-    let firstTaken = false
-    this.o.api
-      .attestAgent({
-        // One bucket for everything through the broker: the source address is the broker's.
-        peer: 'mqtt',
-        receive: () => {
-          if (!firstTaken) {
-            firstTaken = true
-            return Promise.resolve(first)
-          }
-          return new Promise<AttestAgentRequest>((resolve, reject) => {
-            s.expected = round + 1
-            s.deliver = (m) => {
-              round++
-              resolve(m)
-            }
-            s.fail = reject
-          })
-        },
-        send: async (m) => {
-          const extra: { brokerCredentials?: string } = {}
-          if (m.result && this.o.brokerAccess && responseKey) {
-            const id = m.result.svid?.spiffeId ?? ''
-            try {
-              const c = await this.o.brokerAccess.grantAgent(id)
-              extra.brokerCredentials = await encryptTo(
-                responseKey,
-                Buffer.from(JSON.stringify({ username: c.username, password: c.password })),
-              )
-            } catch (err) {
-              // The SVID is issued already: the agent keeps its bootstrap connection and works
-              // wherever the broker lets it; the operator sees why.
-              this.o.log?.('warn', 'could not grant broker access to an attested agent', {
-                agent: id,
-                error: (err as Error).message,
-              })
-            }
-          }
-          await this.send(s.reply, nonce, round, m, extra, undefined, { key, frame: s.frame })
-        },
-      })
-      .catch(async (err: unknown) => {
-        const e =
-          toNodeApiError(err) ??
-          new NodeApiError(Status.INTERNAL, 'internal', 'internal error', 'see the server log')
-        if (!toNodeApiError(err))
-          this.o.log?.('warn', 'MQTT attestation failed', { error: (err as Error).message })
-        await this.send(s.reply, nonce, round, undefined, {}, e, { key, frame: s.frame }).catch(
-          () => undefined,
-        )
-      })
-      .finally(() => {
-        clearTimeout(s.timer)
-        this.sessions.delete(key)
-      })
   }
 
-  close(): void {
-    for (const s of this.sessions.values()) {
-      clearTimeout(s.timer)
-      s.fail?.(
-        new NodeApiError(Status.UNAVAILABLE, 'closing', 'the server is stopping', 'attest again'),
-      )
+  /** The attested agent's own broker client, its credentials encrypted to the agent. */
+  private async grant(
+    m: AttestAgentResponse,
+    responseKey: string | undefined,
+  ): Promise<{ brokerCredentials?: string }> {
+    if (!m.result || !this.o.brokerAccess || !responseKey) return {}
+    const id = m.result.svid?.spiffeId ?? ''
+    try {
+      const c = await this.o.brokerAccess.grantAgent(id)
+      return {
+        brokerCredentials: await encryptTo(
+          responseKey,
+          Buffer.from(JSON.stringify({ username: c.username, password: c.password })),
+        ),
+      }
+    } catch (err) {
+      // The SVID is issued already: the agent keeps its bootstrap connection and works wherever
+      // the broker lets it; the operator sees why.
+      this.o.log?.('warn', 'could not grant broker access to an attested agent', {
+        agent: id,
+        error: (err as Error).message,
+      })
+      return {}
     }
-    this.sessions.clear()
   }
 }
+
+const internal = () =>
+  new NodeApiError(Status.INTERNAL, 'internal', 'internal error', 'see the server log')
+
+const busy = () =>
+  new NodeApiError(
+    Status.RESOURCE_EXHAUSTED,
+    'busy',
+    'too many attestations at once',
+    'retry later',
+  )
+
+const isBusy = (err: unknown) => isSpiffeEdgeError(err) && err.code === 'ERR_DATASTORE_BUSY'

@@ -11,7 +11,12 @@ import type { BrokerAccess } from '../transport/mqtt/broker-access.js'
 import { MosquittoDynSec } from '../transport/mqtt/dynsec.js'
 import { readPasswordFile } from '../transport/mqtt/dynsec-client.js'
 import type { ServerMqttConfig } from './config.js'
-import { loadOrCreateEncryptionKey, type NodeMqttServer, startNodeMqttServer } from './mqtt.js'
+import {
+  loadOrCreateEncryptionKey,
+  type NodeMqttOptions,
+  type NodeMqttServer,
+  startNodeMqttServer,
+} from './mqtt.js'
 import type { NodeApi, ServerIdentity } from './node-api.js'
 
 export async function startMqttListener(
@@ -19,6 +24,7 @@ export async function startMqttListener(
   cfg: ServerMqttConfig,
   o: {
     dataDir: string
+    replay: NodeMqttOptions['replay']
     brokerAccess: BrokerAccess | undefined
     bundle: () => TrustBundle
     identity: () => ServerIdentity
@@ -43,6 +49,7 @@ export async function startMqttListener(
     cert: files.cert,
     key: files.key,
     encryptionKey,
+    replay: o.replay,
     brokerAccess: o.brokerAccess,
     bundle: o.bundle,
     identity: o.identity,

@@ -14,6 +14,8 @@
 import { isSpiffeEdgeError } from '../errors.js'
 import { AuthError, responseSigningString } from '../transport/envelope.js'
 import {
+  type AttestAgentRequest,
+  type AttestAgentResponse,
   type CallMethod,
   codec,
   isCallMethod,
@@ -54,6 +56,29 @@ export class NodeApi {
 
   attestAgent(stream: AttestStream): Promise<void> {
     return this.attestation.attest(stream)
+  }
+
+  /**
+   * AttestAgent as steps, for transports whose frames may reach any replica (MQTT): the params of
+   * attempt `key`; a challenge's round is kept in the datastore, not in this process.
+   */
+  attestBegin(
+    peer: string,
+    key: string,
+    first: AttestAgentRequest,
+    carry?: string,
+  ): Promise<AttestAgentResponse> {
+    return this.attestation.begin(peer, key, first, carry)
+  }
+
+  /** The answer to round `round` of attempt `key`, on whichever replica it reaches (once). */
+  attestResume(
+    peer: string,
+    key: string,
+    round: number,
+    answer: AttestAgentRequest,
+  ): Promise<{ response: AttestAgentResponse; carry?: string | undefined }> {
+    return this.attestation.resume(peer, key, round, answer)
   }
 
   /** Entries this agent may issue: its own children, and descendants of node aliases it matches. */

@@ -2,11 +2,21 @@
  * AttestAgent: rate limiting per source, the challenge/response exchange with a node attestor
  * plugin (bounded rounds), agent ID checks, bans, and the first agent SVID plus its node record.
  * Only the plugin decides who the agent is; nothing is written unless attestation succeeds.
+ *
+ * Two shapes of the same exchange: a stream (gRPC: the plugin's coroutine waits in memory for the
+ * answer), and steps (MQTT: `begin` and `resume`, the state between rounds kept in the datastore
+ * under the attempt's key, so the answer may reach any replica on that datastore and is taken
+ * once). Both end in the same checks and issuance.
  */
-import type { ServerNodeAttestor } from '../attestors/types.js'
+import type {
+  AttestationContext,
+  AttestStep,
+  NodeAttestationResult,
+  ServerNodeAttestor,
+} from '../attestors/types.js'
 import { isSpiffeEdgeError } from '../errors.js'
 import { SpiffeId } from '../spiffe/id.js'
-import type { Selector } from '../transport/proto.js'
+import type { AttestAgentRequest, AttestAgentResponse, Selector } from '../transport/proto.js'
 import type { AttestedNode } from './datastore/types.js'
 import {
   type AttestStream,
@@ -18,6 +28,18 @@ import {
 import { svidMessage } from './svid-issuance.js'
 
 const MAX_CHALLENGE_ROUNDS = 8
+/** How long a round waits in the datastore for the agent's answer. */
+export const ROUND_TTL_MS = 60_000
+
+/** What `resume` needs besides the plugin's own state; all of it public or server-side. */
+interface SavedRound {
+  readonly attestor: string
+  readonly csr: string
+  readonly rounds: number
+  readonly state: string
+  /** The transport's own public facts for the attempt (MQTT: the agent's response key). */
+  readonly carry?: string
+}
 
 /** Per-key token buckets; idle buckets are dropped once there are many (bounded memory). */
 class TokenBuckets {
@@ -53,8 +75,8 @@ export class NodeAttestation {
     this.serverId = serverId
   }
 
-  async attest(stream: AttestStream): Promise<void> {
-    if (!this.limiter.take(stream.peer, this.o.clock.now().getTime())) {
+  private rateLimit(peer: string): void {
+    if (!this.limiter.take(peer, this.o.clock.now().getTime())) {
       throw new NodeApiError(
         Status.RESOURCE_EXHAUSTED,
         'rate_limited',
@@ -62,7 +84,22 @@ export class NodeAttestation {
         'retry in a second',
       )
     }
-    const first = await stream.receive()
+  }
+
+  private attestorFor(type: string): ServerNodeAttestor {
+    const attestor = this.o.attestors.get(type)
+    if (!attestor) {
+      throw new NodeApiError(
+        Status.INVALID_ARGUMENT,
+        'unknown_attestor',
+        `node attestor '${type}' is not configured on this server`,
+        `use one of: ${[...this.o.attestors.keys()].join(', ')}`,
+      )
+    }
+    return attestor
+  }
+
+  private params(first: AttestAgentRequest) {
     const params = first.params
     if (!params?.data) {
       throw new NodeApiError(
@@ -72,59 +109,38 @@ export class NodeAttestation {
         'send params first',
       )
     }
-    const attestor = this.o.attestors.get(params.data.type)
-    if (!attestor) {
-      throw new NodeApiError(
-        Status.INVALID_ARGUMENT,
-        'unknown_attestor',
-        `node attestor '${params.data.type}' is not configured on this server`,
-        `use one of: ${[...this.o.attestors.keys()].join(', ')}`,
-      )
-    }
-    const publicKey = await csrKey(params.csr)
-    let rounds = 0
-    const challenge = async (c: Uint8Array): Promise<Uint8Array> => {
-      if (++rounds > MAX_CHALLENGE_ROUNDS)
-        throw new NodeApiError(
-          Status.INVALID_ARGUMENT,
-          'challenge_rounds',
-          `the attestor asked for more than ${MAX_CHALLENGE_ROUNDS} challenge rounds`,
-          'the node attestor plugin misbehaves; check the server and agent versions',
-        )
-      await stream.send({ challenge: c })
-      const reply = await stream.receive()
-      if (!reply.challengeResponse) {
-        throw new NodeApiError(
-          Status.INVALID_ARGUMENT,
-          'malformed',
-          'expected a challenge response',
-          'answer the challenge',
-        )
-      }
-      return reply.challengeResponse
-    }
-    let result: Awaited<ReturnType<ServerNodeAttestor['attest']>>
-    const journalWrites = new Map<string, string>()
-    try {
-      const ds = this.o.datastore
-      const journal = (path: string) => `attestor:${attestor.name}:${path}`
-      result = await attestor.attest(params.data.payload, challenge, {
-        trustDomain: this.o.trustDomain.name,
-        now: this.o.clock.now(),
-        agentPublicKey: publicKey,
-        // Kept until the node record is written, in the same transaction (saveAttestation).
-        state: {
-          get: async (path) => journalWrites.get(journal(path)) ?? ds.getJournal(journal(path)),
-          set: async (path, value) => {
-            journalWrites.set(journal(path), value)
-          },
+    return { data: params.data, csr: params.csr }
+  }
+
+  private context(attestor: ServerNodeAttestor, publicKey: AttestationContext['agentPublicKey']) {
+    const ds = this.o.datastore
+    const journal = (path: string) => `attestor:${attestor.name}:${path}`
+    const writes = new Map<string, string>()
+    return {
+      trustDomain: this.o.trustDomain.name,
+      now: this.o.clock.now(),
+      agentPublicKey: publicKey,
+      // Writes are kept until the node record is written, in the same transaction
+      // (saveAttestation): a refused attestation writes nothing.
+      state: {
+        get: async (path: string) => writes.get(journal(path)) ?? ds.getJournal(journal(path)),
+        set: async (path: string, value: string) => {
+          writes.set(journal(path), value)
         },
-      })
+      },
+      writes,
+    }
+  }
+
+  /** Runs the plugin; its refusals become coded PERMISSION_DENIED errors (logged here). */
+  private async plugin<T>(attestor: ServerNodeAttestor, peer: string, run: () => Promise<T>) {
+    try {
+      return await run()
     } catch (err) {
       if (err instanceof NodeApiError) throw err
       this.o.log?.('warn', 'node attestation failed', {
         attestor: attestor.name,
-        peer: stream.peer,
+        peer,
         error: (err as Error).message,
       })
       const msg = isSpiffeEdgeError(err) ? err.message : 'attestation failed'
@@ -135,6 +151,153 @@ export class NodeAttestation {
         isSpiffeEdgeError(err) && err.remedy ? err.remedy : 'check the agent and server logs',
       )
     }
+  }
+
+  private tooManyRounds(rounds: number): void {
+    if (rounds > MAX_CHALLENGE_ROUNDS)
+      throw new NodeApiError(
+        Status.INVALID_ARGUMENT,
+        'challenge_rounds',
+        `the attestor asked for more than ${MAX_CHALLENGE_ROUNDS} challenge rounds`,
+        'the node attestor plugin misbehaves; check the server and agent versions',
+      )
+  }
+
+  async attest(stream: AttestStream): Promise<void> {
+    this.rateLimit(stream.peer)
+    const params = this.params(await stream.receive())
+    const attestor = this.attestorFor(params.data.type)
+    const publicKey = await csrKey(params.csr)
+    let rounds = 0
+    const challenge = async (c: Uint8Array): Promise<Uint8Array> => {
+      this.tooManyRounds(++rounds)
+      await stream.send({ challenge: c })
+      return challengeResponse(await stream.receive())
+    }
+    const ctx = this.context(attestor, publicKey)
+    const result = await this.plugin(attestor, stream.peer, () =>
+      attestor.attest(params.data.payload, challenge, ctx),
+    )
+    await stream.send(await this.issue(attestor, result, publicKey, stream.peer, ctx.writes))
+  }
+
+  /**
+   * The first step of an attestation kept as data: the params in, the result or a challenge out.
+   * A challenge's round is saved under `key` (the attempt: the transport's session and nonce) for
+   * `resume` on any server sharing the datastore. An attestor without steps must not challenge.
+   */
+  async begin(
+    peer: string,
+    key: string,
+    first: AttestAgentRequest,
+    carry?: string,
+  ): Promise<AttestAgentResponse> {
+    this.rateLimit(peer)
+    const params = this.params(first)
+    const attestor = this.attestorFor(params.data.type)
+    const publicKey = await csrKey(params.csr)
+    const ctx = this.context(attestor, publicKey)
+    const begin = attestor.begin?.bind(attestor)
+    const step: AttestStep = await this.plugin(attestor, peer, async () =>
+      begin
+        ? begin(params.data.payload, ctx)
+        : {
+            result: await attestor.attest(params.data.payload, () => notResumable(attestor), ctx),
+          },
+    )
+    const csr = Buffer.from(params.csr).toString('base64')
+    return this.next(attestor, publicKey, step, {
+      peer,
+      key,
+      csr,
+      round: 1,
+      carry,
+      writes: ctx.writes,
+    })
+  }
+
+  /** The agent's answer to round `round` of the attempt `key`: taken once, by any replica. */
+  async resume(
+    peer: string,
+    key: string,
+    round: number,
+    answer: AttestAgentRequest,
+  ): Promise<{ response: AttestAgentResponse; carry?: string | undefined }> {
+    const now = this.o.clock.now().getTime()
+    const bytes = await this.o.datastore.takeAttestRound(key, round, now)
+    if (!bytes) {
+      throw new NodeApiError(
+        Status.NOT_FOUND,
+        'unknown_session',
+        'no attestation waits for this answer (expired, answered already, or never begun)',
+        'start the attestation again',
+      )
+    }
+    const saved = JSON.parse(Buffer.from(bytes).toString('utf8')) as SavedRound
+    const attestor = this.attestorFor(saved.attestor)
+    const csr = new Uint8Array(Buffer.from(saved.csr, 'base64'))
+    const publicKey = await csrKey(csr)
+    const answerBytes = challengeResponse(answer)
+    const resume = attestor.resume?.bind(attestor)
+    if (!resume) notResumable(attestor)
+    const ctx = this.context(attestor, publicKey)
+    const step = await this.plugin(attestor, peer, () => resume(saved.state, answerBytes, ctx))
+    const carry = saved.carry
+    const response = await this.next(attestor, publicKey, step, {
+      writes: ctx.writes,
+      peer,
+      key,
+      csr: saved.csr,
+      round: saved.rounds + 1,
+      carry,
+    })
+    return { response, carry }
+  }
+
+  private async next(
+    attestor: ServerNodeAttestor,
+    publicKey: AttestationContext['agentPublicKey'],
+    step: AttestStep,
+    at: {
+      peer: string
+      key: string
+      csr: string
+      round: number
+      carry?: string | undefined
+      writes: ReadonlyMap<string, string>
+    },
+  ): Promise<AttestAgentResponse> {
+    if ('result' in step) return this.issue(attestor, step.result, publicKey, at.peer, at.writes)
+    // A step that challenges ends this process's part: what it wrote cannot wait for the record.
+    for (const [k, v] of at.writes) await this.o.datastore.setJournal(k, v)
+    this.tooManyRounds(at.round)
+    const saved: SavedRound = {
+      attestor: attestor.name,
+      csr: at.csr,
+      rounds: at.round,
+      state: step.state,
+      ...(at.carry !== undefined ? { carry: at.carry } : {}),
+    }
+    const now = this.o.clock.now().getTime()
+    // The answer to this challenge is the attempt's frame number round + 1 (params are frame 1).
+    await this.o.datastore.putAttestRound(
+      at.key,
+      at.round + 1,
+      new Uint8Array(Buffer.from(JSON.stringify(saved))),
+      now + ROUND_TTL_MS,
+      now,
+    )
+    return { challenge: step.challenge }
+  }
+
+  /** Agent ID checks, bans, the agent SVID and the node record: after the plugin said who. */
+  private async issue(
+    attestor: ServerNodeAttestor,
+    result: NodeAttestationResult,
+    publicKey: AttestationContext['agentPublicKey'],
+    peer: string,
+    writes: ReadonlyMap<string, string>,
+  ): Promise<AttestAgentResponse> {
     const agentId = SpiffeId.fromPath(this.o.trustDomain, result.agentPath)
     const id = agentId.toString()
     if (id === this.serverId || !result.agentPath.startsWith('/spire/agent/')) {
@@ -176,19 +339,40 @@ export class NodeAttestation {
       createdAt: existing?.createdAt ?? now,
       updatedAt: now,
     }
-    await this.o.datastore.saveAttestation(node, journalWrites)
+    await this.o.datastore.saveAttestation(node, writes)
     this.o.log?.('info', 'agent attested', {
       agent: id,
       attestor: attestor.name,
-      peer: stream.peer,
+      peer,
     })
-    await stream.send({
+    return {
       result: {
         svid: svidMessage(issued, id),
         reattestable: result.canReattest,
         selectors,
         bundle: this.o.ca.bundle().toSpiffeJson(),
       },
-    })
+    }
   }
+}
+
+function challengeResponse(reply: AttestAgentRequest): Uint8Array {
+  if (!reply.challengeResponse) {
+    throw new NodeApiError(
+      Status.INVALID_ARGUMENT,
+      'malformed',
+      'expected a challenge response',
+      'answer the challenge',
+    )
+  }
+  return reply.challengeResponse
+}
+
+function notResumable(attestor: ServerNodeAttestor): never {
+  throw new NodeApiError(
+    Status.FAILED_PRECONDITION,
+    'not_resumable',
+    `node attestor '${attestor.name}' challenges but cannot resume a round on another server`,
+    'attest over gRPC with this attestor',
+  )
 }

@@ -6,12 +6,10 @@
 import { createPrivateKey } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import type { Socket } from 'node:net'
-import { join } from 'node:path'
 import { ConfigError } from '../common/config.js'
 import { acquireDataDirLock } from '../common/datadir-lock.js'
-import { startHealthListener } from '../common/health-http.js'
 import { type Log, Logger } from '../common/log.js'
-import { packageVersion, startMetricsListener } from '../common/telemetry.js'
+import { packageVersion } from '../common/telemetry.js'
 import { x509 } from '../common/x509.js'
 import { SpiffeEdgeError } from '../errors.js'
 import { buildKeyManager } from '../keymanager/catalog.js'
@@ -38,9 +36,9 @@ import { startFederation } from './federation/index.js'
 import { MemoryCertificateProvider, startNodeGrpcServer } from './grpc.js'
 import { scrubLiveTokenAliases } from './join-token-alias.js'
 import { ServerMetrics } from './metrics.js'
-import { dynsecFromConfig, startMqttListener } from './mqtt-start.js'
 import { NodeApi, type ServerIdentity } from './node-api.js'
 import { buildNodeAttestors, KEY_MANAGERS } from './plugins.js'
+import { startHealthAndMetrics, startMqtt } from './server-listeners.js'
 
 export interface RunningServer extends AsyncDisposable {
   readonly port: number
@@ -142,7 +140,7 @@ export async function startServer(
       config.adminSocket,
       config.adminSocketGroup === undefined ? undefined : groupId(config.adminSocketGroup),
     )
-    const datastorePath = join(config.dataDir, 'datastore.sqlite3')
+    const datastorePath = config.datastorePath
     const keys = await buildKeyManager(KEY_MANAGERS, config.keyManager, 'server')
     cleanups.push(() => keys.close())
     const keyDir = keys.directory
@@ -252,18 +250,13 @@ export async function startServer(
       )
     })
     cleanups.push(() => grpcServer.close())
-    const brokerAccess = opts.brokerAccess ?? (await dynsecFromConfig(config.mqtt))
-    if (brokerAccess) cleanups.push(() => brokerAccess.close())
-    const mqttServer = config.mqtt
-      ? await startMqttListener(api, config.mqtt, {
-          dataDir: config.dataDir,
-          brokerAccess,
-          bundle: () => ca.bundle(),
-          identity: () => identity,
-          log,
-        })
-      : undefined
-    if (mqttServer) cleanups.push(() => mqttServer.close())
+    const { brokerAccess, mqttServer } = await startMqtt(config, opts.brokerAccess, cleanups, {
+      api,
+      datastore,
+      bundle: () => ca.bundle(),
+      identity: () => identity,
+      log,
+    })
 
     const federation = await startFederation({
       config: config.federation,
@@ -310,6 +303,7 @@ export async function startServer(
           const nowS = Math.floor(now / 1000)
           await datastore.pruneJoinTokens(nowS)
           await datastore.pruneNonces(now)
+          await datastore.pruneAttestRounds(now)
           // Entries past their expiry go (SPIRE: pruning, not a security feature). Agents sync by
           // comparing what they hold, so tombstones are not needed once written.
           await datastore.pruneExpiredEntries(nowS)
@@ -322,49 +316,13 @@ export async function startServer(
     tick.unref()
     cleanups.push(() => clearInterval(tick))
 
-    // Readiness from the tick's datastore check (the listener answers from memory, never waits on I/O).
-    let datastoreOk = true
-    const healthTick = setInterval(() => {
-      void datastore.healthCheck().then(
-        (h) => {
-          datastoreOk = h.ok
-        },
-        () => {
-          datastoreOk = false
-        },
-      )
-    }, opts.tickMs ?? 5000)
-    healthTick.unref()
-    cleanups.push(() => clearInterval(healthTick))
-    if (config.healthChecks) {
-      const health = await startHealthListener(config.healthChecks, {
-        live: () => ({ ok: true }),
-        ready: () => {
-          // A configured MQTT listener whose broker is down: not ready (it keeps reconnecting).
-          const mqttOk = mqttServer ? mqttServer.connected() : true
-          return {
-            ok: datastoreOk && mqttOk,
-            details: {
-              datastore: datastoreOk ? 'ok' : 'failing',
-              ...(mqttServer ? { mqtt: mqttOk ? 'connected' : 'disconnected' } : {}),
-            },
-          }
-        },
-      })
-      cleanups.push(() => health.close())
-      log('info', 'health checks listening', {
-        address: `${config.healthChecks.bindAddress}:${health.port}`,
-      })
-    }
-    if (config.telemetry && metrics) {
-      metrics.watchDatastore(() => datastoreOk)
-      const listener = await startMetricsListener(config.telemetry, metrics.registry)
-      cleanups.push(() => listener.close())
-      log('info', 'metrics listening', {
-        address: `${config.telemetry.host}:${listener.port}`,
-      })
-    }
-
+    await startHealthAndMetrics(config, cleanups, {
+      datastore,
+      mqttServer,
+      metrics,
+      tickMs: opts.tickMs ?? 5000,
+      log,
+    })
     log('info', 'server started', {
       trust_domain: trustDomain.name,
       bind: `${config.bindAddress}:${grpcServer.port}`,

@@ -598,3 +598,24 @@ test('TPM key manager: keys sign verifiably in the TPM, persist as 0600 blobs, a
   const foreign = await new TpmKeyManager(otherTpm, join(dir, 'keys')).getKey('ec')
   await assert.rejects(foreign!.sign(data), { code: 'ERR_TPM' })
 })
+
+test('as steps (MQTT replicas): the saved round holds no credential secret; another attestor instance resumes it; a wrong secret is still refused', async (t) => {
+  const d = await direct(t)
+  const begun = await d.attestor.begin!(await d.a.attestor.payload(), d.ctx())
+  assert.ok('challenge' in begun)
+  const answer = await d.a.attestor.respond(begun.challenge)
+  const secret = Buffer.from(parseResponse(answer).secret)
+  for (const enc of ['hex', 'base64', 'base64url'] as const)
+    assert.ok(
+      !begun.state.includes(secret.toString(enc)),
+      `the round state holds the secret (${enc})`,
+    )
+  // Another replica: its own attestor from the same config, only the saved state in common.
+  const other = tpmServerAttestor(parseTpmServerConfig({ ek_ca_bundle: d.sim.ekCaBundle }, '/'))
+  const wrong = encodeResponse({ ...parseResponse(answer), secret: randomBytes(32) })
+  await assert.rejects(other.resume!(begun.state, wrong, d.ctx()), rejectsWith('activation'))
+  await assert.rejects(other.resume!('{"v":1}', answer, d.ctx()), rejectsWith('response'))
+  const r = await other.resume!(begun.state, answer, d.ctx())
+  assert.ok('result' in r)
+  assert.match(r.result.agentPath, /^\/spire\/agent\/tpm\/[0-9a-f]{64}$/)
+})

@@ -23,3 +23,22 @@ test('the replay cache is shared by two connections on one datastore file, expir
   assert.equal(await a.pruneNonces(now + 5000), 1)
   assert.equal(await a.claimNonce('req:x', 'd4', now + 9000, now + 5000), undefined)
 })
+
+test('claims made in one turn commit together, each still once: a duplicate in the same batch is refused, a refused claim does not undo the others', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-nonces-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'datastore.sqlite3')
+  await using a = await openSqliteDatastore(file)
+  await using b = await openSqliteDatastore(file)
+  const now = 1_000_000
+  const claims = await Promise.all([
+    ...Array.from({ length: 300 }, (_, i) => a.claimNonce(`req:${i}`, 'a', now + 1000, now)),
+    a.claimNonce('req:7', 'dup', now + 1000, now),
+    a.claimNonce('', 'invalid', now + 1000, now).catch((e: { code: string }) => e.code),
+    ...Array.from({ length: 300 }, (_, i) => b.claimNonce(`req:${i}`, 'b', now + 1000, now)),
+  ])
+  assert.deepEqual(claims.slice(0, 300), Array(300).fill(undefined))
+  assert.deepEqual(claims[300], { digest: 'a' })
+  assert.equal(claims[301], 'ERR_DATASTORE_INVALID')
+  assert.deepEqual(claims.slice(302), Array(300).fill({ digest: 'a' }))
+})

@@ -94,3 +94,34 @@ test('jwt_issuer: unset by default; an https URL is kept; anything an OIDC clien
     )
   }
 })
+
+test('the datastore file: <data_dir>/datastore.sqlite3, or [plugins.DataStore.sql] connection_string (a path, never a URI)', () => {
+  assert.equal(
+    parseServerConfig(base, '/etc/se/server.conf').datastorePath,
+    '/etc/se/data/datastore.sqlite3',
+  )
+  const sql = (body: string) =>
+    `${base}[plugins.DataStore.sql]\n${body}\n[plugins.NodeAttestor.join_token]\n`
+  assert.equal(
+    parseServerConfig(
+      sql('database_type = "sqlite3"\nconnection_string = "../shared/ds.sqlite3"'),
+      '/etc/se/server.conf',
+    ).datastorePath,
+    '/etc/shared/ds.sqlite3',
+  )
+  for (const [body, problem] of [
+    ['database_type = "postgres"', /database_type/],
+    ['connection_string = "file:/x.db?mode=ro"', /not a file: URI/],
+    ['connection_string = "/x.db?_busy_timeout=1"', /not a file: URI/],
+    ['connection_string = "/x.db"\nmax_open_conns = 3', /max_open_conns: unknown key/],
+  ] as const)
+    assert.throws(
+      () => parseServerConfig(sql(body), '/etc/se/server.conf'),
+      (e: Error) => problem.test(e.message),
+      body,
+    )
+  assert.throws(
+    () => parseServerConfig(`${base}[plugins.DataStore.other]\n`, '/etc/se/server.conf'),
+    /only \[plugins.DataStore.sql\]/,
+  )
+})

@@ -26,6 +26,7 @@ test("SPIRE's quickstart server.conf maps onto ours, with what differs said", as
   assert.equal(cfg.bindPort, 8081)
   assert.equal(cfg.adminSocket, '/run/spire/server/private/api.sock')
   assert.equal(cfg.dataDir, '/etc/spire/data/server')
+  assert.equal(cfg.datastorePath, '/etc/spire/data/server/datastore.sqlite3')
   assert.equal(cfg.logLevel, 'debug')
   assert.equal(cfg.upstream?.certFile, '/etc/spire/conf/server/dummy_upstream_ca.crt')
   assert.deepEqual(cfg.healthChecks, {

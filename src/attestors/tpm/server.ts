@@ -55,6 +55,7 @@ import {
   type TpmAttestReason,
   type TpmResponse,
 } from './protocol.js'
+import { fromHex, parseRound, type RoundState } from './round-state.js'
 import { SOURCE, type TpmServerConfig } from './server-config.js'
 
 // Config parsing lives in server-config.ts; re-exported so callers keep one module.
@@ -183,19 +184,25 @@ export function tpmServerAttestor(cfg: TpmServerConfig, log?: Log): ServerNodeAt
     kind: 'NodeAttestor',
     name: TPM,
     async attest(payloadBytes, challenge: Challenger, ctx: AttestationContext) {
-      return attest(cfg, ekChains, payloadBytes, challenge, ctx, reference)
+      const r = await prepare(cfg, ekChains, payloadBytes, ctx)
+      return finish(cfg, r.state, await challenge(r.challenge), ctx, reference)
+    },
+    async begin(payloadBytes, ctx) {
+      const r = await prepare(cfg, ekChains, payloadBytes, ctx)
+      return { challenge: r.challenge, state: JSON.stringify(r.state) }
+    },
+    async resume(state, response, ctx) {
+      return { result: await finish(cfg, parseRound(state), response, ctx, reference) }
     },
   }
 }
 
-async function attest(
+async function prepare(
   cfg: TpmServerConfig,
   ekChains: EkChainCache,
   payloadBytes: Uint8Array,
-  challenge: Challenger,
   ctx: AttestationContext,
-  reference: () => ReferenceState | undefined,
-): Promise<NodeAttestationResult> {
+): Promise<{ challenge: Uint8Array; state: RoundState }> {
   if (cfg.caCertificates.length === 0 && cfg.ekHashes.size === 0) {
     refuse('config', 'no EK CA and no EK hash is configured: refusing every TPM')
   }
@@ -264,18 +271,47 @@ async function attest(
   const nonce = new Uint8Array(randomBytes(32))
   const akName = objectName(ak)
   const cred = step('payload', 'MakeCredential to the EK', () => makeCredential(ek, akName, secret))
-  const responseBytes = await challenge(
-    encodeChallenge({
-      version: 1,
-      credentialBlob: cred.credentialBlob,
-      encryptedSecret: cred.encryptedSecret,
-      nonce,
-      pcrs: formatPcrSpec(cfg.pcrSelection),
-      ...(cfg.eventLog ? { eventLog: true } : {}),
-    }),
-  )
+  const challenge = encodeChallenge({
+    version: 1,
+    credentialBlob: cred.credentialBlob,
+    encryptedSecret: cred.encryptedSecret,
+    nonce,
+    pcrs: formatPcrSpec(cfg.pcrSelection),
+    ...(cfg.eventLog ? { eventLog: true } : {}),
+  })
+  const state: RoundState = {
+    v: 1,
+    akPublic: hex(payload.akPublic),
+    ...(payload.agentKeyPublic ? { agentKeyPublic: hex(payload.agentKeyPublic) } : {}),
+    ...(agentSpki ? { agentKeySpki: hex(agentSpki) } : {}),
+    nonce: hex(nonce),
+    secretSha256: sha256Hex(secret),
+    ekHash,
+    selectors,
+  }
+  return { challenge, state }
+}
+
+async function finish(
+  cfg: TpmServerConfig,
+  round: RoundState,
+  responseBytes: Uint8Array,
+  ctx: AttestationContext,
+  reference: () => ReferenceState | undefined,
+): Promise<NodeAttestationResult> {
+  const policy = { allowSha1: cfg.allowSha1 === true }
+  const ak = step('response', 'round state', () => parseTpm2bPublic(fromHex(round.akPublic)))
+  const akName = objectName(ak)
+  const agentKey = round.agentKeyPublic
+    ? step('response', 'round state', () => parseTpm2bPublic(fromHex(round.agentKeyPublic!)))
+    : undefined
+  const agentSpki = round.agentKeySpki ? fromHex(round.agentKeySpki) : undefined
+  const nonce = fromHex(round.nonce)
+  const ekHash = round.ekHash
+  const selectors: Selector[] = [...round.selectors]
   const res = parseResponse(responseBytes)
-  if (res.secret.length !== secret.length || !timingSafeEqual(res.secret, secret)) {
+  const want = Buffer.from(round.secretSha256, 'hex')
+  if (!timingSafeEqual(createHash('sha256').update(res.secret).digest(), want)) {
     refuse('activation', 'the credential secret is wrong: the AK is not in the TPM of this EK')
   }
   const hasCertify = res.certifyMessage !== undefined && res.certifySignature !== undefined

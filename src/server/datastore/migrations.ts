@@ -184,6 +184,23 @@ export const migrations: readonly Migration[] = [
       CREATE INDEX seen_nonces_expires_at ON seen_nonces (expires_at);
     `,
   },
+  {
+    version: 6,
+    description: 'attestation challenge rounds any server on this datastore can resume',
+    sql: `
+      -- An attestation waiting for the agent's answer to a challenge (MQTT, where the next frame
+      -- may reach another replica): the attestor's state between rounds, taken (deleted) by the
+      -- replica that gets the answer, so a round is resumed once. It never holds a secret the
+      -- answer must prove (the attestor stores a hash of it). Times in unix ms.
+      CREATE TABLE attest_rounds (
+        key TEXT PRIMARY KEY,
+        round INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        expires_at INTEGER NOT NULL
+      ) STRICT;
+      CREATE INDEX attest_rounds_expires_at ON attest_rounds (expires_at);
+    `,
+  },
 ]
 
 /** The schema version this build writes; a database with a higher one is refused. */

@@ -3,7 +3,7 @@
  * two server processes on one datastore never both take the same key.
  */
 import { SpiffeEdgeError } from '../../errors.js'
-import type { SqliteContext } from './sqlite-statements.js'
+import { type SqliteContext, unsynced } from './sqlite-statements.js'
 import { checkInt, checkNonEmpty } from './validate.js'
 
 /** At most this many unexpired keys (about 240 s of 2,000 requests/s); more is refused. */
@@ -62,7 +62,9 @@ export function setNonceAnswer(c: SqliteContext, key: string, answer: Uint8Array
     throw new SpiffeEdgeError('ERR_DATASTORE_INVALID', 'replay answer too large', {
       remedy: 'this is a bug in spiffe-edge; please report it',
     })
-  c.st.setNonceAnswer.run(Buffer.from(answer), key)
+  // Lost on power loss, a duplicate of the frame gets no answer and its agent starts over; the
+  // claim itself (above) stays fsynced, so a replay is refused either way.
+  unsynced(c, () => c.st.setNonceAnswer.run(Buffer.from(answer), key))
 }
 
 export function pruneNonces(c: SqliteContext, nowMs: number): number {

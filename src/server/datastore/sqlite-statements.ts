@@ -220,3 +220,17 @@ export interface SqliteContext {
    */
   write<T>(fn: () => T): T
 }
+
+/**
+ * Runs `fn` with its commit not fsynced (WAL, synchronous=NORMAL): it survives a process crash,
+ * and the next FULL commit makes it durable too; only power loss before that can drop it. For
+ * writes whose loss costs a retry, never safety (a kept answer, a short-lived attestation round).
+ */
+export function unsynced<T>(c: SqliteContext, fn: () => T): T {
+  c.db.pragma('synchronous = NORMAL')
+  try {
+    return fn()
+  } finally {
+    c.db.pragma('synchronous = FULL')
+  }
+}

@@ -9,6 +9,7 @@ import { checkIntegrity, closedError, mapError } from './sqlite-errors.js'
 import * as federated from './sqlite-federated.js'
 import * as nodes from './sqlite-nodes.js'
 import * as nonces from './sqlite-nonces.js'
+import * as rounds from './sqlite-rounds.js'
 import { prepareStatements, type SqliteContext } from './sqlite-statements.js'
 import * as tokens from './sqlite-tokens.js'
 import type {
@@ -25,6 +26,8 @@ import type {
 
 /** quick_check reads every page: bounded to once per interval however often health is asked. */
 const HEALTH_CHECK_INTERVAL_MS = 5000
+/** Claims committed in one transaction at most (bounds the write lock's hold time). */
+const MAX_CLAIM_BATCH = 256
 
 export class SqliteDatastore implements Datastore {
   #db: BetterSqlite3.Database
@@ -211,15 +214,57 @@ export class SqliteDatastore implements Datastore {
     return this.#op('set CA journal', () => tokens.setJournal(this.#c, name, value))
   }
 
-  async claimNonce(
+  /**
+   * Claims wait for the end of this turn of the event loop and commit together: one IMMEDIATE
+   * transaction (one fsync) for every claim made meanwhile, each in its own savepoint, so one
+   * refused claim does not undo the others. Still atomic across processes, and still durable
+   * before any caller learns its claim was taken.
+   */
+  claimNonce(
     key: string,
     digest: string,
     expiresAtMs: number,
     nowMs: number,
   ): Promise<{ digest: string; answer?: Uint8Array } | undefined> {
-    return this.#op('claim nonce', () =>
-      nonces.claimNonce(this.#c, key, digest, expiresAtMs, nowMs),
-    )
+    return new Promise((resolve, reject) => {
+      this.#claims.push({ key, digest, expiresAtMs, nowMs, resolve, reject })
+      if (this.#claims.length === 1) setImmediate(() => this.#flushClaims())
+    })
+  }
+
+  #claims: {
+    key: string
+    digest: string
+    expiresAtMs: number
+    nowMs: number
+    resolve: (v: { digest: string; answer?: Uint8Array } | undefined) => void
+    reject: (e: unknown) => void
+  }[] = []
+
+  #flushClaims(): void {
+    const batch = this.#claims.splice(0, MAX_CLAIM_BATCH)
+    if (this.#claims.length > 0) setImmediate(() => this.#flushClaims())
+    let results: ({ ok: ReturnType<typeof nonces.claimNonce> } | { err: unknown })[]
+    try {
+      results = this.#op('claim nonce', () =>
+        this.#c.write(() =>
+          batch.map((b) => {
+            try {
+              return { ok: nonces.claimNonce(this.#c, b.key, b.digest, b.expiresAtMs, b.nowMs) }
+            } catch (err) {
+              return { err }
+            }
+          }),
+        ),
+      )
+    } catch (err) {
+      for (const b of batch) b.reject(err)
+      return
+    }
+    results.forEach((r, i) => {
+      if ('ok' in r) batch[i]!.resolve(r.ok)
+      else batch[i]!.reject(mapError(r.err, 'claim nonce'))
+    })
   }
 
   async setNonceAnswer(key: string, answer: Uint8Array): Promise<void> {
@@ -228,6 +273,32 @@ export class SqliteDatastore implements Datastore {
 
   async pruneNonces(nowMs: number): Promise<number> {
     return this.#op('prune nonces', () => nonces.pruneNonces(this.#c, nowMs))
+  }
+
+  async putAttestRound(
+    key: string,
+    round: number,
+    state: Uint8Array,
+    expiresAtMs: number,
+    nowMs: number,
+  ): Promise<void> {
+    return this.#op('put attestation round', () =>
+      rounds.putAttestRound(this.#c, key, round, state, expiresAtMs, nowMs),
+    )
+  }
+
+  async takeAttestRound(
+    key: string,
+    round: number,
+    nowMs: number,
+  ): Promise<Uint8Array | undefined> {
+    return this.#op('take attestation round', () =>
+      rounds.takeAttestRound(this.#c, key, round, nowMs),
+    )
+  }
+
+  async pruneAttestRounds(nowMs: number): Promise<number> {
+    return this.#op('prune attestation rounds', () => rounds.pruneAttestRounds(this.#c, nowMs))
   }
 
   async healthCheck(): Promise<{ ok: true } | { ok: false; error: SpiffeEdgeError }> {

@@ -217,6 +217,22 @@ export interface Datastore extends AsyncDisposable {
   pruneNonces(nowMs: number): Promise<number>
 
   /**
+   * An attestation's state between a challenge and its answer, for whichever server on this
+   * datastore gets the answer (bounded: ERR_DATASTORE_BUSY when full; a key is put once).
+   */
+  putAttestRound(
+    key: string,
+    round: number,
+    state: Uint8Array,
+    expiresAtMs: number,
+    nowMs: number,
+  ): Promise<void>
+  /** Takes (deletes) the unexpired state put for `key` at `round`: across processes, once. */
+  takeAttestRound(key: string, round: number, nowMs: number): Promise<Uint8Array | undefined>
+  /** Forgets expired rounds; returns how many. */
+  pruneAttestRounds(nowMs: number): Promise<number>
+
+  /**
    * Whether the store is usable: a bounded consistency check (SQLite: quick_check, at most every
    * few seconds) plus any corruption met by earlier calls. Never throws for an unhealthy store.
    */
