@@ -112,7 +112,9 @@ function templateOf(
   dnsNames: readonly string[],
   rsa: boolean,
 ): LeafTemplate {
-  const key = `${parentKey}\n${rsa}\n${id.toString()}\n${dnsNames.join('\n')}`
+  // JSON, not a join: the names are checked only on a miss, so one name holding the separator
+  // must not match the key of two valid names (and get their template without the check).
+  const key = JSON.stringify([parentKey, rsa, id.toString(), dnsNames])
   const hit = templates.get(key)
   if (hit) return hit
   for (const d of dnsNames) {

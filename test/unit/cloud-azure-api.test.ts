@@ -226,3 +226,44 @@ test('AzureApi.findVm: a nextLink to another origin is refused before the bearer
     refused('claims', /not a user-assigned identity/),
   )
 })
+
+test('AzureApi: a refused token under concurrent lookups is exchanged once, not once per late 401 (each drop forgot the fresh token)', async (t) => {
+  let exchanges = 0
+  const aad = createServer((_req, res) => {
+    exchanges++
+    res.writeHead(200, { 'Content-Type': 'application/json' })
+    res.end(JSON.stringify({ access_token: `t${exchanges}`, expires_in: 3600 }))
+  })
+  let revoked = false
+  let late = 0
+  const rm = createServer((req, res) => {
+    const refuse = revoked && req.headers.authorization === 'Bearer t1'
+    // Lookups that left with the old token hear of its refusal one after another.
+    setTimeout(
+      () => {
+        res.writeHead(refuse ? 401 : 200, { 'Content-Type': 'application/json' })
+        res.end(refuse ? '{"error":{"code":"InvalidAuthenticationToken"}}' : '{}')
+      },
+      refuse ? 20 * late++ : 0,
+    )
+  })
+  for (const s of [aad, rm]) {
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
+    t.after(() => new Promise<void>((r) => s.close(() => r())))
+  }
+  const at = (s: Server) => `http://127.0.0.1:${(s.address() as { port: number }).port}`
+  const api = new AzureApi({
+    tenant: I.tenantId,
+    credential: { kind: 'secret', appId: I.azureApi.clientId, appSecret: 'x' },
+    authority: at(aad),
+    resourceManager: at(rm),
+    msiEndpoint: 'http://127.0.0.1:9',
+    timeoutMs: 5000,
+  })
+  const now = Date.now()
+  await api.fetchJson('prime', `${at(rm)}/x`, now)
+  assert.equal(exchanges, 1)
+  revoked = true
+  await Promise.all(Array.from({ length: 8 }, () => api.fetchJson('lookup', `${at(rm)}/x`, now)))
+  assert.equal(exchanges, 2, 'one exchange for the refused token')
+})

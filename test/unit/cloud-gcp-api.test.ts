@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -211,4 +211,30 @@ test('GcpApi bounds: an answer over 1 MiB and an API that never answers refuse a
     refused('api', /OAuth2 token exchange .*no answer in time/),
   )
   assert.ok(Date.now() - started < 5000, `refused after ${Date.now() - started} ms`)
+})
+
+test('gcp_iit credentials files: a file that is not JSON does not quote its secrets in the config error; devices, oversize and world-writable files refuse', async (t) => {
+  const { dir } = await simRig(t)
+  const on = { ...base, use_instance_metadata: true }
+  const secret = 'MIIEvQIBADANBgkqhkiG9w0BAQEFAASC'
+  writeFileSync(join(dir, 'broken.json'), `{"type": "service_account", "private_key": ${secret}}`)
+  assert.throws(
+    () => parseGcpServerConfig({ ...on, service_account_file: 'broken.json' }, dir, {}),
+    (e: Error) => /broken\.json: not JSON/.test(e.message) && !e.message.includes('MIIE'),
+  )
+  assert.throws(
+    () => parseGcpServerConfig(on, dir, { GOOGLE_APPLICATION_CREDENTIALS: '/dev/zero' }),
+    /\/dev\/zero: not a regular file/,
+  )
+  writeFileSync(join(dir, 'big.json'), `{"x": "${'a'.repeat(70 * 1024)}"}`)
+  assert.throws(
+    () => parseGcpServerConfig({ ...on, service_account_file: 'big.json' }, dir, {}),
+    /big\.json: over 65536 bytes/,
+  )
+  writeFileSync(join(dir, 'open.json'), '{}', { mode: 0o666 })
+  chmodSync(join(dir, 'open.json'), 0o666)
+  assert.throws(
+    () => parseGcpServerConfig({ ...on, service_account_file: 'open.json' }, dir, {}),
+    /open\.json: writable by anyone/,
+  )
 })

@@ -120,3 +120,16 @@ test('issueX509Svids: a failed or short signMany fails the whole batch; a signer
   const out = await issueX509Svids({ certificate: caDer, signer: plain }, leaves)
   for (const der of out) assert.ok(validateX509Svid([der as Uint8Array], bundles, hours(1)))
 })
+
+test('issueX509Svids: a DNS name that is two cached names joined by a newline is refused, not served the cached template', async () => {
+  const signer = batchSigner()
+  const ok = await issueX509Svids({ certificate: caDer, signer }, [
+    leaf(0, a, ['one.example.org', 'two.example.org']),
+  ])
+  assert.ok(ok[0] instanceof Uint8Array)
+  const out = await issueX509Svids({ certificate: caDer, signer }, [
+    leaf(1, a, ['one.example.org\ntwo.example.org']),
+  ])
+  assert.ok(out[0] instanceof Error, 'the joined name is not a DNS name')
+  assert.match(out[0].message, /invalid DNS name/)
+})

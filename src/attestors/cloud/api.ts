@@ -94,7 +94,7 @@ export interface AccessToken {
 
 /**
  * Caches one access token until shortly before it expires; concurrent attestations share one
- * exchange. `drop()` forgets it (the API refused it: revoked, rotated).
+ * exchange. `drop()` forgets a token the API refused (revoked, rotated).
  */
 export class TokenCache {
   private token: AccessToken | undefined
@@ -122,8 +122,13 @@ export class TokenCache {
     return this.pending
   }
 
-  drop(): void {
-    this.token = undefined
+  /**
+   * Forgets `refused` if it is still the cached token. A lookup that left with the old token and
+   * hears of its refusal late must not drop the fresh one others exchanged meanwhile (each late
+   * 401 cost another exchange: a storm of them under load, which AAD and Google throttle).
+   */
+  drop(refused: string): void {
+    if (this.token?.value === refused) this.token = undefined
   }
 }
 

@@ -398,9 +398,14 @@ export class Pkcs11KeyManager implements KeyManager {
   close(): void {
     if (this.closed) return
     this.closed = true
-    this.threads.close()
-    this.token.close()
-    this.token.module.release()
+    const release = () => {
+      this.token.close()
+      this.token.module.release()
+    }
+    // A signing thread still inside C_Sign must be gone before the module may be finalized.
+    const busy = this.threads.close()
+    if (busy) void busy.then(release)
+    else release()
   }
 }
 

@@ -53,7 +53,9 @@ export class Pkcs11Module {
         // A process that exits without closing its key managers still finalizes (some modules
         // flush their state or release a device lock only then).
         process.once('exit', () => {
-          for (const mod of modules.values()) mod.finalize()
+          // Not under a call still running (a signing thread inside C_Sign at process.exit):
+          // finalizing under it crashed the exiting process; the OS frees what it holds.
+          for (const mod of modules.values()) if (mod.inflight.size === 0) mod.finalize()
         })
       }
     }

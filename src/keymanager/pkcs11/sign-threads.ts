@@ -103,7 +103,15 @@ export class SignThreads {
     return this.threads.reduce((a, b) => (b.pending.size < a.pending.size ? b : a))
   }
 
-  close(): void {
-    for (const t of this.threads.splice(0)) void t.worker.terminate()
+  /**
+   * Stops every thread. A busy one may be inside C_Sign, which terminate() cannot interrupt: the
+   * promise (only when a thread was busy) settles once they are all gone, and until then the
+   * caller must not close their sessions or finalize the module (that crashed the process).
+   */
+  close(): Promise<void> | undefined {
+    const all = this.threads.splice(0)
+    const busy = all.some((t) => t.pending.size > 0)
+    const gone = all.map((t) => t.worker.terminate().then(() => undefined))
+    return busy ? Promise.allSettled(gone).then(() => undefined) : undefined
   }
 }

@@ -157,23 +157,21 @@ export class AzureApi {
 
   /** A GET of a full Resource Manager URL (a list's nextLink); the caller checks its origin. */
   async fetchJson(what: string, url: string, now: number) {
-    const once = async () =>
-      apiCall(
+    let used = ''
+    const once = async () => {
+      used = await this.tokens.get(now)
+      return apiCall(
         AZURE_MSI,
         what,
         url,
-        {
-          headers: {
-            Authorization: `Bearer ${await this.tokens.get(now)}`,
-            Accept: 'application/json',
-          },
-        },
+        { headers: { Authorization: `Bearer ${used}`, Accept: 'application/json' } },
         this.cfg.timeoutMs,
       )
+    }
     const cached = this.tokens.cached
     let r = await once()
     if (r.status === 401) {
-      this.tokens.drop()
+      this.tokens.drop(used)
       if (cached) r = await once()
     }
     if (r.status === 404)

@@ -63,24 +63,22 @@ export class GcpApi {
     const path = [project, zone, name].map(encodeURIComponent)
     const url = `${this.cfg.computeEndpoint}/compute/v1/projects/${path[0]}/zones/${path[1]}/instances/${path[2]}`
     const what = `Compute instances.get ${project}/${zone}/${name}`
-    const get = async () =>
-      apiCall(
+    let used = ''
+    const get = async () => {
+      used = await this.tokens.get(now)
+      return apiCall(
         GCP_IIT,
         what,
         url,
-        {
-          headers: {
-            Authorization: `Bearer ${await this.tokens.get(now)}`,
-            Accept: 'application/json',
-          },
-        },
+        { headers: { Authorization: `Bearer ${used}`, Accept: 'application/json' } },
         this.cfg.timeoutMs,
       )
+    }
     const cached = this.tokens.cached
     let r = await get()
     // A cached token the API no longer takes (revoked, the key rotated): one fresh exchange.
     if (r.status === 401) {
-      this.tokens.drop()
+      this.tokens.drop(used)
       if (cached) r = await get()
     }
     const err = (r.json as { error?: { message?: unknown; status?: unknown } } | undefined)?.error
@@ -92,7 +90,7 @@ export class GcpApi {
         'instance',
         `${what}: the API knows no such instance (${message})`,
       )
-    if (r.status === 401) this.tokens.drop()
+    if (r.status === 401) this.tokens.drop(used)
     if (r.status !== 200) this.fail(what, `HTTP ${r.status}: ${message}`)
     const i = r.json as Instance | undefined
     if (typeof i !== 'object' || i === null) this.fail(what, 'the answer is not a JSON object')

@@ -6,7 +6,7 @@
  * file (`gcloud auth application-default login`: a refresh-token grant). Read at start, fail
  * closed; each exchange is one bounded call (api.ts).
  */
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync, statSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { importPKCS8, SignJWT } from 'jose'
@@ -27,6 +27,8 @@ const GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
 const ASSERTION_SECONDS = 3600
 const GOOGLE_TOKEN_URI = 'https://oauth2.googleapis.com/token'
 export const DEFAULT_GCE_METADATA = 'http://metadata.google.internal'
+/** gcloud's files are 2-3 KiB; a cap keeps a wrong path (a device, a log) from filling memory. */
+const MAX_CREDENTIALS_FILE = 64 * 1024
 
 export interface ServiceAccountKey {
   readonly kind: 'service_account'
@@ -55,11 +57,25 @@ export type GcpCredentials = ServiceAccountKey | AuthorizedUser | MetadataServer
 
 /** A JSON credentials file as gcloud writes them (service_account or authorized_user). */
 export function readCredentialsFile(file: string): ServiceAccountKey | AuthorizedUser {
-  let o: Record<string, unknown>
+  let text: string
   try {
-    o = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>
+    // stat, not lstat: a mounted secret (Kubernetes) is a symbolic link; its target is checked.
+    const st = statSync(file)
+    if (!st.isFile()) throw new Error('not a regular file')
+    if (st.size > MAX_CREDENTIALS_FILE) throw new Error(`over ${MAX_CREDENTIALS_FILE} bytes`)
+    // Anyone who can write it picks the credentials and the token_uri they are sent to.
+    if ((st.mode & 0o002) !== 0) throw new Error('writable by anyone; chmod o-w (or 600)')
+    text = readFileSync(file, 'utf8')
   } catch (err) {
     throw new Error(`${file}: ${(err as Error).message}`)
+  }
+  let o: Record<string, unknown>
+  try {
+    o = JSON.parse(text) as Record<string, unknown>
+  } catch (err) {
+    // Not the parser's message: V8 quotes the text around the error, here a private key.
+    const at = /position \d+/.exec((err as Error).message)?.[0]
+    throw new Error(`${file}: not JSON${at ? ` (at ${at})` : ''}`)
   }
   if (typeof o !== 'object' || o === null) throw new Error(`${file}: not a JSON object`)
   const field = (k: string): string => {
