@@ -100,20 +100,26 @@ export class ServerMetrics {
     this.datastoreOk = ok
   }
 
-  /** Counts every X509-SVID the CA signs, by what it is for (from its path, a closed set). */
+  /**
+   * Counts every X509-SVID the CA signs, by what it is for (from its path, a closed set). Wraps
+   * signX509Svids: signX509Svid goes through it, and batches (BatchNewX509SVID) call it directly.
+   */
   instrumentCa(ca: CaManager): void {
-    const sign = ca.signX509Svid.bind(ca)
-    ca.signX509Svid = async (params) => {
-      const issued = await sign(params)
-      const path = params.spiffeId.path
-      this.x509Signed.inc({
-        svid_kind: path.startsWith('/spire/agent/')
-          ? 'agent'
-          : path === '/spire/server'
-            ? 'server'
-            : 'workload',
+    const signMany = ca.signX509Svids.bind(ca)
+    ca.signX509Svids = async (list) => {
+      const out = await signMany(list)
+      out.forEach((r, i) => {
+        if (r instanceof Error) return
+        const path = list[i]!.spiffeId.path
+        this.x509Signed.inc({
+          svid_kind: path.startsWith('/spire/agent/')
+            ? 'agent'
+            : path === '/spire/server'
+              ? 'server'
+              : 'workload',
+        })
       })
-      return issued
+      return out
     }
   }
 
