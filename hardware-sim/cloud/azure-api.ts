@@ -16,6 +16,7 @@
 import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { readBody } from './gcp-api.js'
 
 export interface AzureApiIdentity {
   readonly tenantId: string
@@ -41,7 +42,6 @@ export interface AzureApiIdentity {
 }
 
 export const ARM_RESOURCE = 'https://management.azure.com/'
-const MAX_BODY = 64 * 1024
 const VM_TYPE = 'Microsoft.Compute/virtualMachines'
 /** Resources - List's page size here (ARM's own is up to 1000): small, so paging is exercised. */
 const PAGE = 100
@@ -57,17 +57,6 @@ function json(res: ServerResponse, status: number, o: unknown) {
 
 const armError = (res: ServerResponse, status: number, code: string, message: string) =>
   json(res, status, { error: { code, message } })
-
-async function readBody(req: IncomingMessage): Promise<string | undefined> {
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const c of req as AsyncIterable<Buffer>) {
-    size += c.length
-    if (size > MAX_BODY) return undefined
-    chunks.push(c)
-  }
-  return Buffer.concat(chunks).toString('utf8')
-}
 
 const same = (a: string, b: string) => {
   const x = Buffer.from(a)

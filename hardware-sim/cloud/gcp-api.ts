@@ -64,7 +64,8 @@ const computeError = (
     error: { code, message, errors: [{ message, domain: 'global', reason }], status },
   })
 
-async function readBody(req: IncomingMessage): Promise<string | undefined> {
+/** A request body up to MAX_BODY bytes (undefined beyond): shared with the Azure simulator. */
+export async function readBody(req: IncomingMessage): Promise<string | undefined> {
   const chunks: Buffer[] = []
   let size = 0
   for await (const c of req as AsyncIterable<Buffer>) {
