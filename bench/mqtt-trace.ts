@@ -1,0 +1,249 @@
+/**
+ * One MQTT join-token attestation and one 100-CSR batch, traced: every MQTT packet the agent and
+ * the server send and receive (mqtt.js packetsend / packetreceive) and every datastore call the
+ * server makes, with wall-clock timestamps (performance.timeOrigin + now(), comparable across
+ * processes), merged into one timeline; the broker's part is what lies between a PUBLISH leaving
+ * one side and arriving on the other. With BENCH_STRACE=1 the broker's socket reads and writes are
+ * added (strace -ttt on the mosquitto process; strace slows the broker, so its gaps grow).
+ *
+ * Run: npm run build && node dist/bench/mqtt-trace.js
+ */
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { MqttClient } from 'mqtt'
+import { startMosquitto } from '../hardware-sim/mosquitto.js'
+import { joinTokenAgentAttestor } from '../src/attestors/join-token/agent.js'
+import { silentLog } from '../src/common/log.js'
+import { MemoryKeyManager } from '../src/keymanager/memory.js'
+import { adminCall } from '../src/server/admin-client.js'
+import { parseServerConfig } from '../src/server/config.js'
+import { SqliteDatastore } from '../src/server/datastore/sqlite-store.js'
+import { startServer } from '../src/server/server.js'
+import { TrustBundle } from '../src/spiffe/bundle.js'
+import { createCsr } from '../src/spiffe/csr.js'
+import { TrustDomain } from '../src/spiffe/id.js'
+import { GrpcNodeClient } from '../src/transport/grpc-client.js'
+import { MqttNodeClient } from '../src/transport/mqtt/client.js'
+
+const RUNS = Number(process.env.BENCH_N ?? 5)
+const td = TrustDomain.parse('example.org')
+const now = () => performance.timeOrigin + performance.now()
+
+interface Ev {
+  t: number
+  who: string
+  what: string
+}
+const events: Ev[] = []
+const mark = (who: string, what: string) => events.push({ t: now(), who, what })
+
+/** Records every packet of every mqtt.js client in this process. */
+function traceMqtt(who: string): void {
+  const emit = MqttClient.prototype.emit
+  MqttClient.prototype.emit = function (
+    this: MqttClient,
+    name: string | symbol,
+    ...args: unknown[]
+  ) {
+    if (name === 'packetsend' || name === 'packetreceive') {
+      const p = args[0] as { cmd: string; topic?: string; payload?: Buffer; messageId?: number }
+      const id = this.options.clientId?.slice(0, 12) ?? '?'
+      const size = p.payload ? ` ${p.payload.length}B` : ''
+      mark(
+        `${who}:${id}`,
+        `${name === 'packetsend' ? '->' : '<-'} ${p.cmd}${p.messageId ? `#${p.messageId}` : ''}${size}`,
+      )
+    }
+    return (emit as (...a: unknown[]) => boolean).call(this, name, ...args)
+  } as typeof emit
+}
+
+/** Records the start and end of every datastore call in this process. */
+function traceDatastore(): void {
+  const proto = SqliteDatastore.prototype as unknown as Record<string, unknown>
+  for (const name of Object.getOwnPropertyNames(proto)) {
+    const f = proto[name]
+    if (name === 'constructor' || typeof f !== 'function') continue
+    proto[name] = function (this: unknown, ...args: unknown[]) {
+      mark('server', `ds ${name} start`)
+      const r = (f as (...a: unknown[]) => unknown).apply(this, args)
+      if (r instanceof Promise) {
+        return r.finally(() => mark('server', `ds ${name} end`))
+      }
+      mark('server', `ds ${name} end`)
+      return r
+    }
+  }
+}
+
+interface Job {
+  mqtt: string
+  grpc: string
+  ca: string
+  bundle: string
+  tokens: string[]
+  grpcTokens: string[]
+  entryId: string
+}
+
+async function client(job: Job): Promise<void> {
+  traceMqtt('agent')
+  const bundle = TrustBundle.fromSpiffeJson(td, job.bundle)
+  const mqtt = new MqttNodeClient({
+    url: job.mqtt,
+    trustDomain: td,
+    bundle,
+    topicPrefix: 'spiffe-edge',
+    ca: Buffer.from(job.ca),
+  })
+  const keys = new MemoryKeyManager()
+  const csrs: Uint8Array[] = []
+  for (let i = 0; i < 100; i++)
+    csrs.push(await createCsr(await keys.generateKey(`w${i}`, 'ec-p256')))
+  let auth: Parameters<MqttNodeClient['call']>[2]
+  for (let i = 0; i <= RUNS; i++) {
+    const key = await keys.generateKey(`a${i}`, 'ec-p256')
+    mark('agent', `attest ${i} start`)
+    const r = await mqtt.attestAgent(joinTokenAgentAttestor(job.tokens[i]!), key)
+    mark('agent', `attest ${i} end`)
+    auth = { spiffeId: r.svid.spiffeId, chain: r.svid.certChain, signer: key }
+  }
+  for (let i = 0; i <= RUNS; i++) {
+    const grpc = new GrpcNodeClient({ address: job.grpc, trustDomain: td, bundle })
+    const key = await keys.generateKey(`g${i}`, 'ec-p256')
+    mark('agent', `grpc attest ${i} start`)
+    await grpc.attestAgent(joinTokenAgentAttestor(job.grpcTokens[i]!), key)
+    mark('agent', `grpc attest ${i} end`)
+    grpc.close()
+  }
+  for (let i = 0; i <= RUNS; i++) {
+    mark('agent', `batch ${i} start`)
+    await mqtt.call(
+      'BatchNewX509SVID',
+      { params: csrs.map((csr) => ({ entryId: job.entryId, csr })) },
+      auth,
+    )
+    mark('agent', `batch ${i} end`)
+  }
+  mqtt.close()
+  process.stdout.write(`${JSON.stringify(events)}\n`)
+}
+
+function strace(pid: number, out: string): ChildProcess {
+  return spawn('strace', ['-ttt', '-p', String(pid), '-e', 'trace=read,write', '-o', out], {
+    stdio: 'ignore',
+  })
+}
+
+function parseStrace(file: string): Ev[] {
+  const evs: Ev[] = []
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    const m = /^(\d+\.\d+) (read|write)\((\d+), .*= (\d+)$/.exec(line)
+    if (m) evs.push({ t: Number(m[1]) * 1000, who: 'broker', what: `${m[2]} fd${m[3]} ${m[4]}B` })
+  }
+  return evs
+}
+
+function print(all: Ev[], from: string, to: string): void {
+  const a = all.find((e) => e.who === 'agent' && e.what === from)
+  const b = all.find((e) => e.who === 'agent' && e.what === to)
+  if (!a || !b) return
+  console.log(`\n${from} .. ${to}: ${(b.t - a.t).toFixed(2)} ms`)
+  let prev = a.t
+  for (const e of all) {
+    if (e.t < a.t || e.t > b.t) continue
+    console.log(
+      `${(e.t - a.t).toFixed(2).padStart(8)} +${(e.t - prev).toFixed(2).padStart(6)}  ${e.who.padEnd(20)} ${e.what}`,
+    )
+    prev = e.t
+  }
+}
+
+async function main(): Promise<void> {
+  traceMqtt('server')
+  traceDatastore()
+  await using broker = await startMosquitto({ tls: true })
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-bench-mqtt-trace-'))
+  try {
+    const config = parseServerConfig(
+      `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\nattest_rate_per_second = 10000\n` +
+        `[server.mqtt]\nurl = "${broker.url}"\nca_file = "${broker.caFile}"\n[plugins.NodeAttestor.join_token]\n`,
+      join(dir, 'server.conf'),
+    )
+    await using server = await startServer(config, { log: silentLog })
+    const token = async () =>
+      String(
+        (
+          await adminCall(server.adminSocket, 'POST', '/v1/tokens', {
+            spiffe_id: 'spiffe://example.org/bench',
+          })
+        ).token,
+      )
+    const tokens: string[] = []
+    const grpcTokens: string[] = []
+    for (let i = 0; i <= RUNS; i++) {
+      tokens.push(await token())
+      grpcTokens.push(await token())
+    }
+    const entry = await adminCall(server.adminSocket, 'POST', '/v1/entries', {
+      spiffe_id: 'spiffe://example.org/bench/w',
+      parent_id: 'spiffe://example.org/bench',
+      selectors: [{ type: 'unix', value: 'uid:1' }],
+    })
+    const job: Job = {
+      mqtt: broker.url,
+      grpc: `127.0.0.1:${server.port}`,
+      ca: readFileSync(broker.caFile!, 'utf8'),
+      bundle: server.ca.bundle().toSpiffeJson(),
+      tokens,
+      grpcTokens,
+      entryId: String(entry.id),
+    }
+    const straceOut = join(dir, 'broker.strace')
+    const st = process.env.BENCH_STRACE === '1' ? strace(broker.pid, straceOut) : undefined
+    if (st) await new Promise((r) => setTimeout(r, 500))
+    events.length = 0
+    const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--client'], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    })
+    child.stdin.end(JSON.stringify(job))
+    let out = ''
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString()
+    })
+    const code = await new Promise<number | null>((r) => child.once('exit', r))
+    if (code !== 0) throw new Error(`client exited ${code}`)
+    if (st) {
+      st.kill('SIGINT')
+      await new Promise((r) => st.once('exit', r))
+    }
+    const all = [...events, ...(JSON.parse(out) as Ev[]), ...(st ? parseStrace(straceOut) : [])]
+    all.sort((x, y) => x.t - y.t)
+    print(all, `attest ${RUNS} start`, `attest ${RUNS} end`)
+    print(all, `grpc attest ${RUNS} start`, `grpc attest ${RUNS} end`)
+    print(all, `batch ${RUNS} start`, `batch ${RUNS} end`)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+if (process.argv.includes('--client')) {
+  let input = ''
+  process.stdin.on('data', (d: Buffer) => {
+    input += d.toString()
+  })
+  process.stdin.on('end', () => {
+    client(JSON.parse(input) as Job).then(
+      () => process.exit(0),
+      (err: unknown) => {
+        console.error(err)
+        process.exit(1)
+      },
+    )
+  })
+} else {
+  await main()
+}
