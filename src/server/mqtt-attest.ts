@@ -95,7 +95,12 @@ export class AttestSessions {
     const now = Date.now()
     let prior: { digest: string; answer?: Uint8Array } | undefined
     try {
-      prior = await this.o.replay.claimNonce(claim, digest, now + ANSWER_TTL_MS, now)
+      // Not fsynced by itself: the step's own durable writes (the token spent, the node saved)
+      // are, and they carry this commit to disk with them before the answer leaves. A claim lost
+      // with the power guarded nothing durable: a challenge again, or the same refusal.
+      prior = await this.o.replay.claimNonce(claim, digest, now + ANSWER_TTL_MS, now, {
+        sync: false,
+      })
     } catch (err) {
       const e = toNodeApiError(err) ?? (isBusy(err) ? busy() : internal())
       reply(await this.sign(f.nonce, f.round, undefined, {}, e))
@@ -123,6 +128,11 @@ export class AttestSessions {
       const e = toNodeApiError(err) ?? (isBusy(err) ? busy() : internal())
       return this.sign(f.nonce, f.round, undefined, {}, e)
     })
+    // The answer leaves first and is recorded while it travels: the record only serves a later
+    // duplicate of this frame (a QoS 1 redelivery, or the agent resending after a third of its
+    // timeout), and a duplicate that comes before it exists gets nothing, as one that came during
+    // the step always did; the agent sends the same frame again.
+    reply(res)
     await this.o.replay
       .setNonceAnswer(claim, codec.signedResponse.encode(res))
       .catch((err: unknown) =>
@@ -130,7 +140,6 @@ export class AttestSessions {
           error: (err as Error).message,
         }),
       )
-    reply(res)
   }
 
   /** Runs frame `f.round` of attempt `key` and signs its answer. */

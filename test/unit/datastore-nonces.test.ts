@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
+import { loadBetterSqlite3 } from '../../src/server/datastore/index.js'
 import { openSqliteDatastore } from '../../src/server/datastore/sqlite.js'
 
 test('the replay cache is shared by two connections on one datastore file, expires, and keeps an answer', async (t) => {
@@ -41,4 +42,40 @@ test('claims made in one turn commit together, each still once: a duplicate in t
   assert.deepEqual(claims[300], { digest: 'a' })
   assert.equal(claims[301], 'ERR_DATASTORE_INVALID')
   assert.deepEqual(claims.slice(302), Array(300).fill({ digest: 'a' }))
+})
+
+test('an attestation frame claim (sync: false) commits at once for every connection but is not fsynced, unless its batch holds a durable claim', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-nonces-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'datastore.sqlite3')
+  await using a = await openSqliteDatastore(file)
+  await using b = await openSqliteDatastore(file)
+  // What each commit ran under: the claim batch switches the connection to NORMAL around it.
+  const Db = loadBetterSqlite3()
+  const pragma = Db.prototype.pragma
+  const seen: string[] = []
+  Db.prototype.pragma = function (this: unknown, s: string, ...rest: unknown[]) {
+    seen.push(s)
+    return (pragma as (...x: unknown[]) => unknown).call(this, s, ...rest)
+  } as typeof pragma
+  t.after(() => {
+    Db.prototype.pragma = pragma
+  })
+  const now = 1_000_000
+  assert.equal(await a.claimNonce('f:1', 'd', now + 1000, now, { sync: false }), undefined)
+  assert.deepEqual(seen, ['synchronous = NORMAL', 'synchronous = FULL'])
+  // Taken once all the same: the other connection (another replica) is refused.
+  assert.deepEqual(await b.claimNonce('f:1', 'x', now + 1000, now, { sync: false }), {
+    digest: 'd',
+  })
+  seen.length = 0
+  // One durable claim in the batch: the whole batch is fsynced.
+  const both = await Promise.all([
+    a.claimNonce('f:2', 'd', now + 1000, now, { sync: false }),
+    a.claimNonce('req:1', 'd', now + 1000, now),
+  ])
+  assert.deepEqual(both, [undefined, undefined])
+  assert.deepEqual(seen, [])
+  assert.deepEqual(await a.claimNonce('req:2', 'd', now + 1000, now), undefined)
+  assert.deepEqual(seen, [])
 })

@@ -10,7 +10,7 @@ import * as federated from './sqlite-federated.js'
 import * as nodes from './sqlite-nodes.js'
 import * as nonces from './sqlite-nonces.js'
 import * as rounds from './sqlite-rounds.js'
-import { prepareStatements, type SqliteContext } from './sqlite-statements.js'
+import { prepareStatements, type SqliteContext, unsynced } from './sqlite-statements.js'
 import * as tokens from './sqlite-tokens.js'
 import type {
   AttestedNode,
@@ -218,16 +218,19 @@ export class SqliteDatastore implements Datastore {
    * Claims wait for the end of this turn of the event loop and commit together: one IMMEDIATE
    * transaction (one fsync) for every claim made meanwhile, each in its own savepoint, so one
    * refused claim does not undo the others. Still atomic across processes, and still durable
-   * before any caller learns its claim was taken.
+   * before any caller learns its claim was taken, unless every claim of the batch asked for
+   * `sync: false` (see Datastore.claimNonce): then the batch commits without an fsync.
    */
   claimNonce(
     key: string,
     digest: string,
     expiresAtMs: number,
     nowMs: number,
+    o: { readonly sync?: boolean } = {},
   ): Promise<{ digest: string; answer?: Uint8Array } | undefined> {
     return new Promise((resolve, reject) => {
-      this.#claims.push({ key, digest, expiresAtMs, nowMs, resolve, reject })
+      const sync = o.sync !== false
+      this.#claims.push({ key, digest, expiresAtMs, nowMs, sync, resolve, reject })
       if (this.#claims.length === 1) setImmediate(() => this.#flushClaims())
     })
   }
@@ -237,6 +240,7 @@ export class SqliteDatastore implements Datastore {
     digest: string
     expiresAtMs: number
     nowMs: number
+    sync: boolean
     resolve: (v: { digest: string; answer?: Uint8Array } | undefined) => void
     reject: (e: unknown) => void
   }[] = []
@@ -245,17 +249,19 @@ export class SqliteDatastore implements Datastore {
     const batch = this.#claims.splice(0, MAX_CLAIM_BATCH)
     if (this.#claims.length > 0) setImmediate(() => this.#flushClaims())
     let results: ({ ok: ReturnType<typeof nonces.claimNonce> } | { err: unknown })[]
+    const commit = () =>
+      this.#c.write(() =>
+        batch.map((b) => {
+          try {
+            return { ok: nonces.claimNonce(this.#c, b.key, b.digest, b.expiresAtMs, b.nowMs) }
+          } catch (err) {
+            return { err }
+          }
+        }),
+      )
     try {
       results = this.#op('claim nonce', () =>
-        this.#c.write(() =>
-          batch.map((b) => {
-            try {
-              return { ok: nonces.claimNonce(this.#c, b.key, b.digest, b.expiresAtMs, b.nowMs) }
-            } catch (err) {
-              return { err }
-            }
-          }),
-        ),
+        batch.some((b) => b.sync) ? commit() : unsynced(this.#c, commit),
       )
     } catch (err) {
       for (const b of batch) b.reject(err)

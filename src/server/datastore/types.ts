@@ -204,12 +204,19 @@ export interface Datastore extends AsyncDisposable {
    * Atomic across processes: the first caller for `key` records `digest` until `expiresAtMs` and
    * gets undefined; any later caller, until then, gets what the first recorded (its digest and the
    * answer set for it, if any). Full of unexpired keys: ERR_DATASTORE_BUSY (fail closed).
+   *
+   * Durable before it resolves, unless `o.sync` is false: then committed (every server sees it at
+   * once) but not fsynced; the next fsynced write on this datastore makes it durable too (commits
+   * reach disk in order), and only a power loss before that can drop it. For callers whose every
+   * effect worth protecting after the claim is itself an fsynced write (an attestation frame: the
+   * token spent and the node saved are), so a claim lost with the power had protected nothing.
    */
   claimNonce(
     key: string,
     digest: string,
     expiresAtMs: number,
     nowMs: number,
+    o?: { readonly sync?: boolean },
   ): Promise<{ digest: string; answer?: Uint8Array } | undefined>
   /** Records the answer to a claimed key (for duplicates); no-op when the key is gone. */
   setNonceAnswer(key: string, answer: Uint8Array): Promise<void>
