@@ -128,6 +128,20 @@ async function client(job: Job): Promise<void> {
     )
     mark('agent', `batch ${i} end`)
   }
+  const grpc = new GrpcNodeClient({ address: job.grpc, trustDomain: td, bundle })
+  const gkey = await keys.generateKey('gb', 'ec-p256')
+  const g = await grpc.attestAgent(joinTokenAgentAttestor(job.grpcTokens[RUNS + 1]!), gkey)
+  const gauth = { spiffeId: g.svid.spiffeId, chain: g.svid.certChain, signer: gkey }
+  for (let i = 0; i <= RUNS; i++) {
+    mark('agent', `grpc batch ${i} start`)
+    await grpc.call(
+      'BatchNewX509SVID',
+      { params: csrs.map((csr) => ({ entryId: job.entryId, csr })) },
+      gauth,
+    )
+    mark('agent', `grpc batch ${i} end`)
+  }
+  grpc.close()
   mqtt.close()
   process.stdout.write(`${JSON.stringify(events)}\n`)
 }
@@ -188,6 +202,7 @@ async function main(): Promise<void> {
       tokens.push(await token())
       grpcTokens.push(await token())
     }
+    grpcTokens.push(await token())
     const entry = await adminCall(server.adminSocket, 'POST', '/v1/entries', {
       spiffe_id: 'spiffe://example.org/bench/w',
       parent_id: 'spiffe://example.org/bench',
@@ -225,6 +240,7 @@ async function main(): Promise<void> {
     print(all, `attest ${RUNS} start`, `attest ${RUNS} end`)
     print(all, `grpc attest ${RUNS} start`, `grpc attest ${RUNS} end`)
     print(all, `batch ${RUNS} start`, `batch ${RUNS} end`)
+    print(all, `grpc batch ${RUNS} start`, `grpc batch ${RUNS} end`)
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }
