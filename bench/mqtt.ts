@@ -9,12 +9,15 @@
  *  - a 100-CSR BatchNewX509SVID on an attested agent's warm connection.
  *
  * Medians of BENCH_N runs each (default 10), the two transports interleaved; printed: the table
- * and the MQTT / gRPC ratios (goal <= 1.2x).
+ * and the MQTT / gRPC ratios (goal <= 1.2x), and the CPU each call cost the agent, the server and
+ * the broker (sums over every thread of each process from /proc/<pid>/task/<tid>/schedstat, ns,
+ * read before and after each call; means over the runs). The server runs in this process, the
+ * agent in a child, so each call's window holds only that call's work (and timers).
  *
  * Run: npm run build && node dist/bench/mqtt.js
  */
 import { spawn } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { startMosquitto } from '../hardware-sim/mosquitto.js'
 import { joinTokenAgentAttestor } from '../src/attestors/join-token/agent.js'
@@ -35,6 +38,8 @@ const BATCH = 100
 const td = TrustDomain.parse('example.org')
 
 interface Job {
+  serverPid: number
+  brokerPid: number
   grpc: string
   mqtt: string
   ca: string
@@ -42,6 +47,33 @@ interface Job {
   tokens: { grpc: string[]; mqtt: string[] }
   entryId: string
 }
+
+/** CPU ns of every thread of `pid` so far (threads that ended meanwhile are lost: none here). */
+function cpuNs(pid: number | 'self'): number {
+  let sum = 0
+  const dir = `/proc/${pid}/task`
+  for (const tid of readdirSync(dir)) {
+    try {
+      sum += Number(readFileSync(`${dir}/${tid}/schedstat`, 'utf8').split(' ')[0])
+    } catch {
+      // the thread ended between the listing and the read
+    }
+  }
+  return sum
+}
+
+type Cpu = { agent: number; server: number; broker: number }
+const cpuSample = (job: Job): Cpu => ({
+  agent: cpuNs('self'),
+  server: cpuNs(job.serverPid),
+  broker: cpuNs(job.brokerPid),
+})
+const cpuAdd = (acc: Cpu, a: Cpu, b: Cpu) => {
+  acc.agent += b.agent - a.agent
+  acc.server += b.server - a.server
+  acc.broker += b.broker - a.broker
+}
+const zero = (): Cpu => ({ agent: 0, server: 0, broker: 0 })
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b)
@@ -66,10 +98,13 @@ async function client(job: Job): Promise<void> {
   const batchMs: Record<'grpc' | 'mqtt', number[]> = { grpc: [], mqtt: [] }
   const auths: Partial<Record<'grpc' | 'mqtt', AgentAuth>> = {}
   const clients: Record<'grpc' | 'mqtt', NodeClient> = { grpc, mqtt }
+  const attestCpu = { grpc: zero(), mqtt: zero() }
+  const batchCpu = { grpc: zero(), mqtt: zero() }
   // Run 0 of each is a warm-up (connections, JIT, the MQTT hello); not timed.
   for (let i = 0; i <= N; i++) {
     for (const t of ['grpc', 'mqtt'] as const) {
       const key = await keys.generateKey(`a-${t}-${i}`, 'ec-p256')
+      const cpu0 = cpuSample(job)
       const start = performance.now()
       let c = clients[t]
       if (t === 'grpc' && i > 0) {
@@ -78,19 +113,26 @@ async function client(job: Job): Promise<void> {
         clients.grpc = c
       }
       const r = await c.attestAgent(joinTokenAgentAttestor(job.tokens[t][i]!), key)
-      if (i > 0) attestMs[t].push(performance.now() - start)
+      if (i > 0) {
+        attestMs[t].push(performance.now() - start)
+        cpuAdd(attestCpu[t], cpu0, cpuSample(job))
+      }
       auths[t] = { spiffeId: r.svid.spiffeId, chain: r.svid.certChain, signer: key }
     }
   }
   for (let i = 0; i <= N; i++) {
     for (const t of ['grpc', 'mqtt'] as const) {
+      const cpu0 = cpuSample(job)
       const start = performance.now()
       const r = await clients[t].call(
         'BatchNewX509SVID',
         { params: csrs.map((csr) => ({ entryId: job.entryId, csr })) },
         auths[t],
       )
-      if (i > 0) batchMs[t].push(performance.now() - start)
+      if (i > 0) {
+        batchMs[t].push(performance.now() - start)
+        cpuAdd(batchCpu[t], cpu0, cpuSample(job))
+      }
       if (r.results.some((x) => x.status !== 0)) throw new Error(`${t}: a batch item failed`)
     }
   }
@@ -100,6 +142,8 @@ async function client(job: Job): Promise<void> {
     `${JSON.stringify({
       attest: { grpc: median(attestMs.grpc), mqtt: median(attestMs.mqtt) },
       batch: { grpc: median(batchMs.grpc), mqtt: median(batchMs.mqtt) },
+      attestCpu,
+      batchCpu,
     })}\n`,
   )
 }
@@ -136,6 +180,8 @@ async function main(): Promise<void> {
       selectors: [{ type: 'unix', value: 'uid:1' }],
     })
     const job: Job = {
+      serverPid: process.pid,
+      brokerPid: broker.pid,
       grpc: `127.0.0.1:${server.port}`,
       mqtt: broker.url,
       ca: readFileSync(broker.caFile!, 'utf8'),
@@ -153,13 +199,28 @@ async function main(): Promise<void> {
     })
     const code = await new Promise<number | null>((r) => child.once('exit', r))
     if (code !== 0) throw new Error(`client exited ${code}`)
-    const r = JSON.parse(out) as { attest: Record<string, number>; batch: Record<string, number> }
+    const r = JSON.parse(out) as {
+      attest: Record<string, number>
+      batch: Record<string, number>
+      attestCpu: Record<'grpc' | 'mqtt', Cpu>
+      batchCpu: Record<'grpc' | 'mqtt', Cpu>
+    }
     const row = (name: string, x: Record<string, number>) =>
       `| ${name} | ${x.grpc!.toFixed(1)} | ${x.mqtt!.toFixed(1)} | ${(x.mqtt! / x.grpc!).toFixed(2)}x |`
     console.log(`N = ${N} runs each, medians (ms)\n`)
     console.log('| case | gRPC (ms) | MQTT (ms) | MQTT / gRPC |\n|---|---|---|---|')
     console.log(row('join-token attestation', r.attest))
     console.log(row(`BatchNewX509SVID, ${BATCH} CSRs`, r.batch))
+    const ms = (ns: number) => (ns / N / 1e6).toFixed(1)
+    const total = (c: Cpu) => c.agent + c.server + c.broker
+    const cpuRow = (name: string, x: Record<'grpc' | 'mqtt', Cpu>) =>
+      `| ${name} | ${ms(x.grpc.agent)} / ${ms(x.grpc.server)} | ${ms(x.mqtt.agent)} / ${ms(x.mqtt.server)} / ${ms(x.mqtt.broker)} | ${(total(x.mqtt) / total(x.grpc)).toFixed(2)}x |`
+    console.log('\nCPU per call (ms, means over the runs; broker: gRPC has none)\n')
+    console.log(
+      '| case | gRPC agent / server | MQTT agent / server / broker | MQTT / gRPC (all) |\n|---|---|---|---|',
+    )
+    console.log(cpuRow('join-token attestation', r.attestCpu))
+    console.log(cpuRow(`BatchNewX509SVID, ${BATCH} CSRs`, r.batchCpu))
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }
