@@ -13,72 +13,22 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { MqttClient } from 'mqtt'
 import { startMosquitto } from '../hardware-sim/mosquitto.js'
 import { joinTokenAgentAttestor } from '../src/attestors/join-token/agent.js'
 import { silentLog } from '../src/common/log.js'
 import { MemoryKeyManager } from '../src/keymanager/memory.js'
 import { adminCall } from '../src/server/admin-client.js'
 import { parseServerConfig } from '../src/server/config.js'
-import { SqliteDatastore } from '../src/server/datastore/sqlite-store.js'
 import { startServer } from '../src/server/server.js'
 import { TrustBundle } from '../src/spiffe/bundle.js'
 import { createCsr } from '../src/spiffe/csr.js'
 import { TrustDomain } from '../src/spiffe/id.js'
 import { GrpcNodeClient } from '../src/transport/grpc-client.js'
 import { MqttNodeClient } from '../src/transport/mqtt/client.js'
+import { type Ev, events, mark, print, traceDatastore, traceMqtt } from './trace-hooks.js'
 
 const RUNS = Number(process.env.BENCH_N ?? 5)
 const td = TrustDomain.parse('example.org')
-const now = () => performance.timeOrigin + performance.now()
-
-interface Ev {
-  t: number
-  who: string
-  what: string
-}
-const events: Ev[] = []
-const mark = (who: string, what: string) => events.push({ t: now(), who, what })
-
-/** Records every packet of every mqtt.js client in this process. */
-function traceMqtt(who: string): void {
-  const emit = MqttClient.prototype.emit
-  MqttClient.prototype.emit = function (
-    this: MqttClient,
-    name: string | symbol,
-    ...args: unknown[]
-  ) {
-    if (name === 'packetsend' || name === 'packetreceive') {
-      const p = args[0] as { cmd: string; topic?: string; payload?: Buffer; messageId?: number }
-      const id = this.options.clientId?.slice(0, 12) ?? '?'
-      const size = p.payload ? ` ${p.payload.length}B` : ''
-      mark(
-        `${who}:${id}`,
-        `${name === 'packetsend' ? '->' : '<-'} ${p.cmd}${p.messageId ? `#${p.messageId}` : ''}${size}`,
-      )
-    }
-    return (emit as (...a: unknown[]) => boolean).call(this, name, ...args)
-  } as typeof emit
-}
-
-/** Records the start and end of every datastore call in this process. */
-function traceDatastore(): void {
-  const proto = SqliteDatastore.prototype as unknown as Record<string, unknown>
-  for (const name of Object.getOwnPropertyNames(proto)) {
-    const f = proto[name]
-    if (name === 'constructor' || typeof f !== 'function') continue
-    proto[name] = function (this: unknown, ...args: unknown[]) {
-      mark('server', `ds ${name} start`)
-      const r = (f as (...a: unknown[]) => unknown).apply(this, args)
-      if (r instanceof Promise) {
-        return r.finally(() => mark('server', `ds ${name} end`))
-      }
-      mark('server', `ds ${name} end`)
-      return r
-    }
-  }
-}
-
 interface Job {
   mqtt: string
   grpc: string
@@ -159,21 +109,6 @@ function parseStrace(file: string): Ev[] {
     if (m) evs.push({ t: Number(m[1]) * 1000, who: 'broker', what: `${m[2]} fd${m[3]} ${m[4]}B` })
   }
   return evs
-}
-
-function print(all: Ev[], from: string, to: string): void {
-  const a = all.find((e) => e.who === 'agent' && e.what === from)
-  const b = all.find((e) => e.who === 'agent' && e.what === to)
-  if (!a || !b) return
-  console.log(`\n${from} .. ${to}: ${(b.t - a.t).toFixed(2)} ms`)
-  let prev = a.t
-  for (const e of all) {
-    if (e.t < a.t || e.t > b.t) continue
-    console.log(
-      `${(e.t - a.t).toFixed(2).padStart(8)} +${(e.t - prev).toFixed(2).padStart(6)}  ${e.who.padEnd(20)} ${e.what}`,
-    )
-    prev = e.t
-  }
 }
 
 async function main(): Promise<void> {
