@@ -25,7 +25,7 @@ import {
 } from '../node-client.js'
 import { type CallMethod, type CallMethods, codec, type Init } from '../proto.js'
 import { agentTopicKey, type BrokerCredentials, mqttTopics } from './broker-access.js'
-import { MqttRpc } from './connection.js'
+import { type BrokerTls, brokerTls, MqttRpc } from './connection.js'
 import { decryptWith, encryptTo, MAX_JWE, newEcdhKey } from './jwe.js'
 
 export interface MqttNodeClientOptions {
@@ -65,9 +65,12 @@ export class MqttNodeClient implements NodeClient {
   private serverKey: string | undefined
   private agent: { rpc: MqttRpc; id: string; cred: string } | undefined
   private readonly bundleListeners = new Set<(b: TrustBundle) => void>()
+  /** One TLS context and the broker's last session ticket, for every connection we open. */
+  private readonly tls: BrokerTls | undefined
 
   constructor(o: MqttNodeClientOptions) {
     this.o = o
+    this.tls = o.url.startsWith('mqtts:') ? sharedTls(o) : undefined
     this.topics = mqttTopics(o.topicPrefix)
     this.insecure = o.bundle === 'insecure'
     if (o.bundle !== 'insecure') this.bundle = o.bundle
@@ -113,6 +116,7 @@ export class MqttNodeClient implements NodeClient {
         key: this.o.key,
         sessionExpirySeconds: 300,
         maxPayload: MAX_ATTEST_PAYLOAD,
+        tls: this.tls,
       },
       this.topics.bootstrapReq(clientId),
       this.topics.bootstrapRes(clientId),
@@ -229,6 +233,7 @@ export class MqttNodeClient implements NodeClient {
         key: this.o.key,
         sessionExpirySeconds: this.o.sessionExpirySeconds ?? 3600,
         maxPayload: MAX_CALL_PAYLOAD,
+        tls: this.tls,
       },
       this.topics.agentReq(k),
       this.topics.agentRes(k),
@@ -293,6 +298,15 @@ export class MqttNodeClient implements NodeClient {
   close(): void {
     void this.agent?.rpc.close()
     this.agent = undefined
+  }
+}
+
+/** The shared TLS state, or none when ca/cert/key do not load (each connection reports why). */
+function sharedTls(o: MqttNodeClientOptions): BrokerTls | undefined {
+  try {
+    return brokerTls(o)
+  } catch {
+    return undefined
   }
 }
 

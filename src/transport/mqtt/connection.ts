@@ -7,6 +7,7 @@
  * to find their waiter; the caller verifies every byte (node-call.ts).
  */
 import { randomBytes } from 'node:crypto'
+import { createSecureContext, type SecureContext, type TLSSocket } from 'node:tls'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import { NodeCallError } from '../node-client.js'
 
@@ -25,6 +26,55 @@ export interface MqttConnectOptions {
   readonly sessionExpirySeconds: number
   /** The largest message we accept; the broker is told (CONNECT Maximum Packet Size). */
   readonly maxPayload: number
+  /** Shared by the connections of one client to this broker (mqtts:// only); see brokerTls. */
+  readonly tls?: BrokerTls | undefined
+}
+
+/**
+ * TLS state the connections of one node client to one broker share. Each attestation opens a
+ * bootstrap connection, then the agent connection: a TLS context per connection parsed the CA
+ * again (~1 ms of agent CPU), and a full handshake each time sent and verified the broker's
+ * chain again. The broker's certificate is still verified against `ca` on the first connection
+ * (and on any the broker does not resume); a resumed one proves the broker holds that session's
+ * secret (TLS 1.3 resumption, with a fresh key exchange). In memory only.
+ */
+export interface BrokerTls {
+  readonly secureContext: SecureContext
+  /** The last session ticket the broker sent: the next connection offers it. */
+  session: Buffer | undefined
+}
+
+export function brokerTls(o: {
+  readonly ca?: Buffer | undefined
+  readonly cert?: Buffer | undefined
+  readonly key?: Buffer | undefined
+}): BrokerTls {
+  return {
+    secureContext: createSecureContext({
+      ...(o.ca ? { ca: [o.ca] } : {}),
+      ...(o.cert ? { cert: o.cert } : {}),
+      ...(o.key ? { key: o.key } : {}),
+    }),
+    session: undefined,
+  }
+}
+
+/** Keeps every new session ticket of `client`'s TLS connections (the first and reconnects). */
+function keepSessions(client: MqttClient, t: BrokerTls): void {
+  const seen = new WeakSet<object>()
+  const hook = () => {
+    const s = client.stream as TLSSocket | undefined
+    if (!s || seen.has(s) || typeof s.getSession !== 'function') return
+    seen.add(s)
+    s.on('session', (b: Buffer) => {
+      t.session = b
+    })
+  }
+  hook()
+  // A reconnect builds a new stream and writes CONNECT on it before the handshake completes.
+  client.on('packetsend', (p) => {
+    if (p.cmd === 'connect') hook()
+  })
 }
 
 const MAX_PENDING = 256
@@ -68,9 +118,13 @@ export function clientOptions(o: MqttConnectOptions): IClientOptions {
     resubscribe: true,
     ...(o.username !== undefined ? { username: o.username } : {}),
     ...(o.password !== undefined ? { password: o.password } : {}),
-    ...(o.ca ? { ca: [o.ca] } : {}),
-    ...(o.cert ? { cert: o.cert } : {}),
-    ...(o.key ? { key: o.key } : {}),
+    ...(o.tls
+      ? { secureContext: o.tls.secureContext, ...(o.tls.session ? { session: o.tls.session } : {}) }
+      : {
+          ...(o.ca ? { ca: [o.ca] } : {}),
+          ...(o.cert ? { cert: o.cert } : {}),
+          ...(o.key ? { key: o.key } : {}),
+        }),
     rejectUnauthorized: true,
   }
 }
@@ -99,6 +153,7 @@ export class MqttRpc {
     this.resTopic = resTopic
     this.client = mqtt.connect(o.url, clientOptions(o))
     noDelay(this.client)
+    if (o.tls && o.url.startsWith('mqtts:')) keepSessions(this.client, o.tls)
     this.client.on('error', (err) => {
       this.lastError = err.message
     })
