@@ -3,11 +3,8 @@
  * catalog in plugins.ts. Their agent SVID key is in the configured key manager (disk, memory, PKCS#11):
  * the evidence names the instance, not a key.
  */
-import { awsAgentAttestor, parseAwsAgentConfig } from '../attestors/cloud/aws/agent.js'
 import { AWS_IID } from '../attestors/cloud/aws/protocol.js'
-import { azureAgentAttestor, parseAzureAgentConfig } from '../attestors/cloud/azure/agent.js'
 import { AZURE_MSI } from '../attestors/cloud/azure/protocol.js'
-import { gcpAgentAttestor, parseGcpAgentConfig } from '../attestors/cloud/gcp/agent.js'
 import { GCP_IIT } from '../attestors/cloud/gcp/protocol.js'
 import type { AgentNodeAttestor } from '../attestors/types.js'
 import type { Table } from '../common/config.js'
@@ -31,9 +28,9 @@ export function cloudNodeAttestors(
   agentKeys: AgentKeys,
 ): [string, (config: AgentConfig, data: Table) => Promise<Identity>][] {
   const make =
-    (attestor: (data: Table) => AgentNodeAttestor) =>
+    (attestor: (data: Table) => Promise<AgentNodeAttestor>) =>
     async (config: AgentConfig, data: Table): Promise<Identity> => {
-      const a = attestor(data)
+      const a = await attestor(data)
       const keys = await agentKeys(config)
       return {
         attestor: a,
@@ -44,8 +41,28 @@ export function cloudNodeAttestors(
       }
     }
   return [
-    [AWS_IID, make((d) => awsAgentAttestor(parseAwsAgentConfig(d)))],
-    [GCP_IIT, make((d) => gcpAgentAttestor(parseGcpAgentConfig(d)))],
-    [AZURE_MSI, make((d) => azureAgentAttestor(parseAzureAgentConfig(d)))],
+    // Each attestor's modules load when it is configured (the AWS one verifies PKCS#7 with
+    // @peculiar's ASN.1 stack): a join-token agent keeps none of them in memory.
+    [
+      AWS_IID,
+      make(async (d) => {
+        const m = await import('../attestors/cloud/aws/agent.js')
+        return m.awsAgentAttestor(m.parseAwsAgentConfig(d))
+      }),
+    ],
+    [
+      GCP_IIT,
+      make(async (d) => {
+        const m = await import('../attestors/cloud/gcp/agent.js')
+        return m.gcpAgentAttestor(m.parseGcpAgentConfig(d))
+      }),
+    ],
+    [
+      AZURE_MSI,
+      make(async (d) => {
+        const m = await import('../attestors/cloud/azure/agent.js')
+        return m.azureAgentAttestor(m.parseAzureAgentConfig(d))
+      }),
+    ],
   ]
 }

@@ -5,7 +5,6 @@
  */
 import { join } from 'node:path'
 import { joinTokenAgentAttestor } from '../attestors/join-token/agent.js'
-import { parseTpmAgentConfig, tpmAgentAttestor } from '../attestors/tpm/agent.js'
 import type { AgentNodeAttestor } from '../attestors/types.js'
 import { ConfigError, type Table } from '../common/config.js'
 import { SpiffeEdgeError } from '../errors.js'
@@ -18,14 +17,10 @@ import {
 } from '../keymanager/catalog.js'
 import { FileSealer } from '../keymanager/file-sealer.js'
 import type { CacheSealer } from '../keymanager/sealer.js'
-import { type TpmKey, TpmKeyManager } from '../keymanager/tpm.js'
-import { TpmPcrSealer } from '../keymanager/tpm-pcr-sealer.js'
-import { TpmSealer } from '../keymanager/tpm-sealer.js'
+import type { TpmKey } from '../keymanager/tpm.js'
 import type { KeyManager } from '../keymanager/types.js'
-import { TpmContext } from '../tpm/context.js'
 import { cloudNodeAttestors } from './cloud-plugins.js'
 import type { AgentConfig } from './config.js'
-import { tpmOptions, tpmWithHsmKey, trackCurrent } from './tpm-hsm.js'
 import { dockerAttestor } from './workload-api/attestors/docker.js'
 import { systemdAttestor } from './workload-api/attestors/systemd.js'
 import { unixAttestor } from './workload-api/attestors/unix.js'
@@ -100,6 +95,23 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
   [
     'tpm',
     async (config, data) => {
+      // Loaded only when configured: the TPM stack (with @peculiar/x509 for EK certificates) is
+      // MiBs of RSS a join-token or cloud agent has no use for (bench/agent-modules.ts).
+      const [
+        { parseTpmAgentConfig, tpmAgentAttestor },
+        { TpmKeyManager },
+        { TpmPcrSealer },
+        { TpmSealer },
+        { TpmContext },
+        { tpmOptions, tpmWithHsmKey, trackCurrent },
+      ] = await Promise.all([
+        import('../attestors/tpm/agent.js'),
+        import('../keymanager/tpm.js'),
+        import('../keymanager/tpm-pcr-sealer.js'),
+        import('../keymanager/tpm-sealer.js'),
+        import('../tpm/context.js'),
+        import('./tpm-hsm.js'),
+      ])
       const cfg = parseTpmAgentConfig(data)
       // [plugins.KeyManager.pkcs11] on a TPM agent: the SVID key lives in the token, bound to the
       // quote (tpm-hsm.ts); any other (or no) key manager: the key lives in the TPM, AK-certified.

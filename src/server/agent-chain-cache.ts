@@ -86,7 +86,7 @@ export class AgentChainCache {
       spiffeId: validated.spiffeId,
       serial: validated.leaf.serialNumber,
       leafKey: createPublicKey({
-        key: Buffer.from(validated.leaf.publicKey.rawData),
+        key: Buffer.from(validated.leaf.spki),
         format: 'der',
         type: 'spki',
       }),

@@ -3,7 +3,8 @@
  * library: building leaf X509-SVID TBSCertificates and reading CSRs. @peculiar/x509 costs about 4 ms
  * per certificate (ASN.1 object trees plus asynchronous WebCrypto calls); these fixed shapes take
  * tens of microseconds, which is what lets the server sign at close to raw signature speed (see
- * docs/benchmarks.md). Everything else (CAs, parsing, validation) stays on @peculiar/x509.
+ * docs/benchmarks.md). The reader also serves x509-cert.ts (the fields validation reads); CA
+ * issuance stays on @peculiar/x509.
  */
 import type { KeyObject } from 'node:crypto'
 import { SvidError } from './errors.js'

@@ -9,17 +9,17 @@ import { SvidError } from './errors.js'
 import { SpiffeId, type TrustDomain } from './id.js'
 import {
   basicConstraints,
+  type CertInfo,
   isCa,
   KU,
   keyUsage,
-  type PeculiarCert,
   parseCert,
   uriSans,
 } from './x509-cert.js'
 
 export interface ValidatedX509Svid {
   readonly spiffeId: SpiffeId
-  readonly leaf: PeculiarCert
+  readonly leaf: CertInfo
   /** The verified path, leaf first, ending with the bundle authority it chains to. */
   readonly path: Uint8Array[]
   /** When every certificate of the path is valid: the latest notBefore, the earliest notAfter. */
@@ -43,7 +43,7 @@ const UNDERSTOOD_CRITICAL = new Set([
   OID_AKI,
 ])
 
-function checkCriticalExtensions(c: PeculiarCert, what: string): void {
+function checkCriticalExtensions(c: CertInfo, what: string): void {
   for (const ext of c.extensions) {
     if (ext.critical && !UNDERSTOOD_CRITICAL.has(ext.type)) {
       throw new SvidError(`${what} has an unsupported critical extension ${ext.type}`)
@@ -51,13 +51,13 @@ function checkCriticalExtensions(c: PeculiarCert, what: string): void {
   }
 }
 
-function checkValidAt(c: PeculiarCert, now: Date, what: string): void {
+function checkValidAt(c: CertInfo, now: Date, what: string): void {
   if (now < c.notBefore) throw new SvidError(`${what} is not valid yet`)
   if (now > c.notAfter) throw new SvidError(`${what} has expired`)
 }
 
 /** The leaf's SPIFFE ID, enforcing the X509-SVID leaf rules (spec §5.2 and go-spiffe). */
-function leafId(leaf: PeculiarCert): SpiffeId {
+function leafId(leaf: CertInfo): SpiffeId {
   const uris = uriSans(leaf)
   if (uris.length === 0) throw new SvidError('leaf certificate has no URI SAN')
   if (uris.length > 1) throw new SvidError('leaf certificate has more than one URI SAN')
@@ -81,7 +81,7 @@ function leafId(leaf: PeculiarCert): SpiffeId {
 
 interface Parsed {
   der: Uint8Array
-  p: PeculiarCert
+  p: CertInfo
   n: NodeX509
 }
 

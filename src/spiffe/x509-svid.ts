@@ -5,7 +5,9 @@ import { SvidError } from './errors.js'
 import { SpiffeId, type TrustDomain } from './id.js'
 import { type Signer, webCryptoAlgorithm } from './signer.js'
 import { signerCrypto, signerCryptoKey } from './webcrypto.js'
-import { isCa, KU, type PeculiarCert, parseCert, uriSans } from './x509-cert.js'
+import { isCa, KU, parseCert, uriSans } from './x509-cert.js'
+
+type PeculiarCert = InstanceType<typeof x509.X509Certificate>
 
 // Validation lives in x509-svid-validate.ts; re-exported so callers keep one module.
 export { type ValidatedX509Svid, validateX509Svid } from './x509-svid-validate.js'
@@ -123,7 +125,9 @@ export function prepareIssuer(issuer: X509Issuer, td: TrustDomain, what: string)
       throw new SvidError(`a CA of ${caId.trustDomain} cannot issue ${what} in ${td}`)
     }
   }
-  return { cert: p, signer: issuer.signer, notAfter: p.notAfter }
+  // @peculiar/x509's view for what issuance reads beyond the SPIFFE fields (subject name, SKI).
+  const cert = new x509.X509Certificate(issuer.certificate)
+  return { cert, signer: issuer.signer, notAfter: p.notAfter }
 }
 
 async function sign(

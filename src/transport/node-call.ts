@@ -11,7 +11,7 @@ import { TrustBundle } from '../spiffe/bundle.js'
 import { createCsr } from '../spiffe/csr.js'
 import type { TrustDomain } from '../spiffe/id.js'
 import { parseCert, uriSans } from '../spiffe/x509-cert.js'
-import { validateX509Svid } from '../spiffe/x509-svid.js'
+import { validateX509Svid } from '../spiffe/x509-svid-validate.js'
 import {
   checkTimestamp,
   newNonce,
@@ -123,7 +123,7 @@ export function verifyResponse(
       if (ids.length !== 1 || ids[0] !== serverId)
         throw new Error(`signed by ${ids.join(',') || 'no URI SAN'}, not the server`)
       leafKey = createPublicKey({
-        key: Buffer.from(p.publicKey.rawData),
+        key: Buffer.from(p.spki),
         format: 'der',
         type: 'spki',
       })
@@ -178,7 +178,7 @@ function verifiedServerKey(
   )
   if (v.spiffeId.toString() !== serverId) throw new Error(`signed by ${v.spiffeId}, not the server`)
   const key = createPublicKey({
-    key: Buffer.from(v.leaf.publicKey.rawData),
+    key: Buffer.from(v.leaf.spki),
     format: 'der',
     type: 'spki',
   })

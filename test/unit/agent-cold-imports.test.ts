@@ -3,7 +3,8 @@
  * transport, no [telemetry]) whose server is unreachable, with a module resolve hook logging every
  * ESM module it loads. The cold-start path (issue 13) must not load the other commands (server,
  * sim, admin API clients), prom-client, MQTT or PKCS#11: each is a few hundred ms on an edge box.
- * Nor @bufbuild/protobuf (ValidateJWTSVID only): several MiB of the agent's RSS (issue 16).
+ * Nor @bufbuild/protobuf (ValidateJWTSVID only), @peculiar/x509, or the TPM and cloud attestors
+ * it is not configured with: MiBs of the agent's RSS each (issue 16).
  */
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
@@ -80,6 +81,18 @@ test('agent run loads only what the agent needs (no server, prom-client, MQTT, P
     '/dist/src/agent/metrics.js',
     // Only ValidateJWTSVID's claims need it (src/agent/workload-api/proto.ts loads it then).
     '/node_modules/@bufbuild/protobuf/',
+    // The agent reads certificates with node:crypto and src/spiffe/der.ts: @peculiar/x509 and
+    // its ASN.1 schemas, reflect-metadata and tsyringe are ~12 MiB of RSS (bench/agent-modules.ts).
+    '/node_modules/@peculiar/',
+    '/node_modules/reflect-metadata/',
+    '/node_modules/tsyringe/',
+    '/dist/src/spiffe/x509-svid.js',
+    // TPM and cloud attestors load only when configured (this agent uses a join token).
+    '/dist/src/tpm/',
+    '/dist/src/attestors/tpm/',
+    '/dist/src/attestors/cloud/aws/agent.js',
+    '/dist/src/attestors/cloud/gcp/agent.js',
+    '/dist/src/attestors/cloud/azure/agent.js',
   ]) {
     assert.ok(!loaded(part), `agent run loaded ${part}`)
   }

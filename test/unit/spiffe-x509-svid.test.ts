@@ -271,7 +271,11 @@ test('valid chains validate: leaf under root, leaf under an intermediate', async
   const r1 = validateX509Svid([direct], bundles(rootCa), now)
   assert.ok(r1.spiffeId.equals(workload))
   assert.equal(r1.path.length, 2)
-  assert.ok(r1.leaf instanceof x509.X509Certificate)
+  // The leaf's fields as @peculiar/x509 reads them (the validator reads them with der.ts).
+  const peculiarLeaf = new x509.X509Certificate(direct)
+  assert.equal(r1.leaf.serialNumber, peculiarLeaf.serialNumber)
+  assert.deepEqual(Buffer.from(r1.leaf.spki), Buffer.from(peculiarLeaf.publicKey.rawData))
+  assert.equal(r1.leaf.notAfter.getTime(), peculiarLeaf.notAfter.getTime())
   const viaInter = await svid(inter, leafRsa)
   const r2 = validateX509Svid([viaInter, inter.der], bundles(rootCa), now)
   assert.ok(r2.spiffeId.equals(workload))

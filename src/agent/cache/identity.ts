@@ -5,9 +5,9 @@
  */
 import type { AgentNodeAttestor } from '../../attestors/types.js'
 import type { Log } from '../../common/log.js'
-import { x509 } from '../../common/x509.js'
 import type { Key, KeyManager } from '../../keymanager/types.js'
 import { createCsr } from '../../spiffe/csr.js'
+import { readCert } from '../../spiffe/x509-cert.js'
 import type { AgentAuth, AttestResult, NodeClient } from '../../transport/node-client.js'
 import { required } from '../../transport/proto.js'
 import type { AgentState, AgentStorage } from '../storage.js'
@@ -24,7 +24,7 @@ export interface AgentIdentity {
 }
 
 export function validity(der: Uint8Array): { notBefore: number; notAfter: number } {
-  const c = new x509.X509Certificate(der)
+  const c = readCert(der)
   return { notBefore: c.notBefore.getTime(), notAfter: c.notAfter.getTime() }
 }
 

@@ -19,11 +19,11 @@ import { open, readFile, rename, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import type { Log } from '../../common/log.js'
 import { writeTempFile } from '../../common/temp-file.js'
-import { x509 } from '../../common/x509.js'
 import { type CacheSealer, DEK_BYTES } from '../../keymanager/sealer.js'
 import type { TrustBundle } from '../../spiffe/bundle.js'
 import type { TrustDomain } from '../../spiffe/id.js'
-import { validateX509Svid } from '../../spiffe/x509-svid.js'
+import { readCert } from '../../spiffe/x509-cert.js'
+import { validateX509Svid } from '../../spiffe/x509-svid-validate.js'
 
 export const CACHE_FILE = 'svid-cache.json'
 /** Bounds: 1000 SVIDs with RSA-4096 keys are ~8 MiB; more than this is not a cache we wrote. */
@@ -204,7 +204,7 @@ export class SealedSvidStore {
           Buffer.concat([d.update(ct.subarray(0, ct.length - 16)), d.final()]).toString('utf8'),
         ) as Plain
         const chain = plain.chain.map((c, i) => new Uint8Array(unb64(c, `chain ${i}`)))
-        const leaf = new x509.X509Certificate(chain[0]!)
+        const leaf = readCert(chain[0]!)
         if (leaf.notAfter.getTime() <= now) continue // expired: nothing to serve
         const v = validateX509Svid(
           chain,
@@ -217,7 +217,7 @@ export class SealedSvidStore {
         const spki = (k: ReturnType<typeof createPublicKey>) =>
           k.export({ type: 'spki', format: 'der' })
         const leafKey = createPublicKey({
-          key: Buffer.from(leaf.publicKey.rawData),
+          key: Buffer.from(leaf.spki),
           format: 'der',
           type: 'spki',
         })

@@ -148,6 +148,28 @@ export function sdsCodec(): SdsCodec {
   }
 }
 
+/**
+ * sdsCodec() built on first use: the Envoy protos, parsed, are a few MiB of the agent's RSS
+ * (bench/agent-modules.ts) that an agent no Envoy talks to never needs. The first SDS call pays
+ * their load (~150 ms); a load that fails fails that call and is retried by the next.
+ */
+export function lazySdsCodec(): SdsCodec {
+  let codec: SdsCodec | undefined
+  const get = () => {
+    codec ??= sdsCodec()
+    return codec
+  }
+  return {
+    decodeRequest: (b) => get().decodeRequest(b),
+    encodeResponse: (m) => get().encodeResponse(m),
+    secretAny: (s) => get().secretAny(s),
+    spiffeValidatorAny: (v) => get().spiffeValidatorAny(v),
+  }
+}
+
+/** Whether the Envoy protos have been loaded in this process (tests of what start leaves out). */
+export const envoyProtosLoaded = (): boolean => cached !== undefined
+
 const method = (name: string, requestStream: boolean, responseStream: boolean) =>
   rawMethod(SDS_SERVICE, name, requestStream, responseStream)
 

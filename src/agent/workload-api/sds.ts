@@ -15,7 +15,7 @@ import type { Log } from '../../common/log.js'
 import type { TrustDomain } from '../../spiffe/id.js'
 import { GrpcStatus, WorkloadStatusError } from './errors.js'
 import type { Middleware } from './middleware.js'
-import { type DiscoveryRequestMsg, type SdsCodec, sdsCodec } from './sds-proto.js'
+import { type DiscoveryRequestMsg, lazySdsCodec, type SdsCodec } from './sds-proto.js'
 import {
   buildSdsResponse,
   checkSdsRequest,
@@ -54,7 +54,7 @@ function sameNames(a: readonly string[], b: readonly string[]): boolean {
 type Duplex = grpc.ServerDuplexStream<Uint8Array, Uint8Array>
 
 export function sdsHandlers(opts: SdsOptions, mw: Middleware): grpc.UntypedServiceImplementation {
-  const codec: SdsCodec = sdsCodec()
+  const codec: SdsCodec = lazySdsCodec()
   const names = opts.names ?? DEFAULT_SDS_NAMES
   const ownTd = opts.trustDomain.name
   const { log } = opts

@@ -3,27 +3,57 @@
  * grpc.health.v1 (grpc-health-check) and server reflection v1 and v1alpha (@grpc/reflection).
  * Only the Workload API itself keeps its raw-bytes handlers (service.ts): there a malformed
  * request must become InvalidArgument, which generated handlers cannot map.
+ *
+ * Both are registered at start under their fixed method paths but load on their first call
+ * (lazy.ts): the packages, proto-loader and the parsed descriptors are ~5 MiB of the agent's
+ * RSS (bench/agent-modules.ts), and most agents are never asked for health over gRPC or
+ * reflection.
  */
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type * as grpc from '@grpc/grpc-js'
-import { loadSync, type PackageDefinition } from '@grpc/proto-loader'
-import { ReflectionService } from '@grpc/reflection'
-import {
-  HealthImplementation,
-  protoPath as healthProtoPath,
-  type ServingStatus,
-} from 'grpc-health-check'
-import descriptor from 'protobufjs/ext/descriptor/index.js'
+import type { PackageDefinition } from '@grpc/proto-loader'
+import type { ReflectionService } from '@grpc/reflection'
+import type { HealthImplementation, ServingStatus } from 'grpc-health-check'
+import { addLazyService } from './lazy-service.js'
 import { WORKLOAD_PROTO } from './proto.js'
 import { WORKLOAD_SERVICE } from './service.js'
+
+// CommonJS packages, required synchronously on first use (grpc-js deserializes synchronously).
+const require = createRequire(import.meta.url)
+type ProtoLoader = typeof import('@grpc/proto-loader')
+type Reflection = typeof import('@grpc/reflection')
+type Health = typeof import('grpc-health-check')
+type Descriptor = typeof import('protobufjs/ext/descriptor/index.js')
 
 /** The services health answers for: the server as a whole ('') and the Workload API. */
 const HEALTH_NAMES = ['', WORKLOAD_SERVICE] as const
 
+/** Method names and streaming (request, response), as the packages' protos define them. */
+const HEALTH_METHODS = { Check: [false, false], Watch: [false, true] } as const
+const REFLECTION_METHODS = { ServerReflectionInfo: [true, true] } as const
+
+/**
+ * Check reads the library's status map: make each read re-check readiness first, so Check is
+ * exact; Watch streams are fed by setStatus from the timer. (If the library's internals change,
+ * Check is as fresh as the timer.)
+ */
+function liveStatus(health: HealthImplementation, refresh: () => void): void {
+  const internals = health as unknown as { statusMap?: unknown }
+  if (internals.statusMap instanceof Map) {
+    const live = new (class extends Map<string, ServingStatus> {
+      override get(k: string) {
+        refresh()
+        return super.get(k)
+      }
+    })(internals.statusMap as Map<string, ServingStatus>)
+    internals.statusMap = live
+  }
+}
+
 function reflectionProtos(): string[] {
   // The package ships its protos beside its build; resolve them from its entry point.
-  const entry = createRequire(import.meta.url).resolve('@grpc/reflection')
+  const entry = require.resolve('@grpc/reflection')
   const protoRoot = join(dirname(entry), '..', 'proto', 'grpc', 'reflection')
   return [join(protoRoot, 'v1', 'reflection.proto'), join(protoRoot, 'v1alpha', 'reflection.proto')]
 }
@@ -64,6 +94,7 @@ const FILE_OF_PACKAGE: Readonly<Record<string, string>> = {
 }
 
 function realFileNames(pkg: PackageDefinition): void {
+  const descriptor = require('protobufjs/ext/descriptor/index.js') as Descriptor
   const done = new Map<Buffer, Buffer>()
   const rename = (b: Buffer): Buffer => {
     let out = done.get(b)
@@ -116,38 +147,47 @@ export function addSideServices(
   healthy: () => boolean,
   pollMs = 1000,
 ): SideServices {
-  const status = (): ServingStatus => (healthy() ? 'SERVING' : 'NOT_SERVING')
-  let last = status()
-  const health = new HealthImplementation(Object.fromEntries(HEALTH_NAMES.map((n) => [n, last])))
-  health.addToServer(server)
-  const pkg = loadSync([WORKLOAD_PROTO, healthProtoPath, ...reflectionProtos()], {
-    keepCase: true, // descriptors carry the .proto's own field names
-    includeDirs: [dirname(WORKLOAD_PROTO)],
-  })
-  realFileNames(pkg)
-  const reflection = new ReflectionService(pkg)
-  packageLessNames(reflection)
-  reflection.addToServer(server)
   let stopped = false
+  const status = (): ServingStatus => (!stopped && healthy() ? 'SERVING' : 'NOT_SERVING')
+  let last = status()
+  let health: HealthImplementation | undefined
   const refresh = () => {
-    const now: ServingStatus = stopped ? 'NOT_SERVING' : status()
+    const now = status()
     if (now === last) return
     last = now
-    for (const n of HEALTH_NAMES) health.setStatus(n, now)
+    for (const n of HEALTH_NAMES) health?.setStatus(n, now)
   }
-  // Check reads the library's status map: make each read re-check readiness first, so Check is
-  // exact; Watch streams are fed by setStatus from the timer. (If the library's internals change,
-  // Check is as fresh as the timer.)
-  const internals = health as unknown as { statusMap?: unknown }
-  if (internals.statusMap instanceof Map) {
-    const live = new (class extends Map<string, ServingStatus> {
-      override get(k: string) {
-        refresh()
-        return super.get(k)
-      }
-    })(internals.statusMap as Map<string, ServingStatus>)
-    internals.statusMap = live
+  addLazyService(server, 'grpc.health.v1.Health', HEALTH_METHODS, (capture) => {
+    const { HealthImplementation } = require('grpc-health-check') as Health
+    refresh()
+    health = new HealthImplementation(Object.fromEntries(HEALTH_NAMES.map((n) => [n, last])))
+    liveStatus(health, refresh)
+    health.addToServer(capture)
+  })
+  // Both reflection versions come from one ReflectionService over one parsed package.
+  let reflection: ReflectionService | undefined
+  const loadReflection = (capture: grpc.Server) => {
+    if (!reflection) {
+      const { loadSync } = require('@grpc/proto-loader') as ProtoLoader
+      const { ReflectionService } = require('@grpc/reflection') as Reflection
+      const { protoPath: healthProtoPath } = require('grpc-health-check') as Health
+      const pkg = loadSync([WORKLOAD_PROTO, healthProtoPath, ...reflectionProtos()], {
+        keepCase: true, // descriptors carry the .proto's own field names
+        includeDirs: [dirname(WORKLOAD_PROTO)],
+      })
+      realFileNames(pkg)
+      reflection = new ReflectionService(pkg)
+      packageLessNames(reflection)
+    }
+    reflection.addToServer(capture)
   }
+  for (const v of ['v1', 'v1alpha'])
+    addLazyService(
+      server,
+      `grpc.reflection.${v}.ServerReflection`,
+      REFLECTION_METHODS,
+      loadReflection,
+    )
   const timer = setInterval(refresh, pollMs)
   timer.unref()
   return {
