@@ -99,6 +99,7 @@ function readExtensions(t: Tlv | undefined, what: string): CertExtension[] {
   if (t === undefined) return []
   const [list] = children(t.value, what)
   if (list?.tag !== 0x30) throw new SvidError(`${what}: malformed extensions`)
+  const seen = new Set<string>()
   return children(list.value, what).map((e) => {
     const f = children(e.value, what)
     const id = f[0]
@@ -108,8 +109,13 @@ function readExtensions(t: Tlv | undefined, what: string): CertExtension[] {
     if (e.tag !== 0x30 || id?.tag !== 0x06 || val?.tag !== 0x04 || f.length > (crit ? 3 : 2))
       throw new SvidError(`${what}: malformed extension`)
     if (crit && crit.value.length !== 1) throw new SvidError(`${what}: malformed BOOLEAN`)
+    const type = decodeOid(id.value, what)
+    // RFC 5280 4.2: at most one instance of an extension. Refused here so no reader can take a
+    // different SAN or basic constraints than another (OpenSSL only flags it at verification).
+    if (seen.has(type)) throw new SvidError(`${what}: extension ${type} appears more than once`)
+    seen.add(type)
     return {
-      type: decodeOid(id.value, what),
+      type,
       critical: crit !== undefined && crit.value[0] !== 0,
       value: val.value,
     }

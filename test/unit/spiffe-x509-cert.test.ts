@@ -214,3 +214,17 @@ test('truncated or trailing bytes are refused as an SvidError', async () => {
     )
   }
 })
+
+test('a repeated extension is refused (two SANs cannot name two identities)', async () => {
+  const der = await make({
+    serial: '06',
+    notBefore: d('2026-01-01T00:00:00Z'),
+    notAfter: d('2027-01-01T00:00:00Z'),
+    extensions: [
+      new x509.SubjectAlternativeNameExtension([{ type: 'url', value: 'spiffe://a.test/one' }]),
+      new x509.SubjectAlternativeNameExtension([{ type: 'url', value: 'spiffe://a.test/two' }]),
+    ],
+  })
+  assert.throws(() => readCert(der), /2\.5\.29\.17 appears more than once/)
+  assert.throws(() => parseCert(der, 'leaf'), /leaf is not a DER X.509 certificate/)
+})
