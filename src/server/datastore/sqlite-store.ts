@@ -271,6 +271,10 @@ export class SqliteDatastore implements Datastore {
     return this.#op('set nonce answer', () => nonces.setNonceAnswer(this.#c, key, answer))
   }
 
+  async releaseNonce(key: string, digest: string): Promise<void> {
+    return this.#op('release nonce', () => nonces.releaseNonce(this.#c, key, digest))
+  }
+
   async pruneNonces(nowMs: number): Promise<number> {
     return this.#op('prune nonces', () => nonces.pruneNonces(this.#c, nowMs))
   }

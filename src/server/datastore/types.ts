@@ -213,6 +213,11 @@ export interface Datastore extends AsyncDisposable {
   ): Promise<{ digest: string; answer?: Uint8Array } | undefined>
   /** Records the answer to a claimed key (for duplicates); no-op when the key is gone. */
   setNonceAnswer(key: string, answer: Uint8Array): Promise<void>
+  /**
+   * Forgets the claim of `key` made with `digest` and no answer yet, for a claimed request that
+   * ran nothing: an unauthenticated caller's refused frames then hold no row past their handling.
+   */
+  releaseNonce(key: string, digest: string): Promise<void>
   /** Forgets expired keys; returns how many. */
   pruneNonces(nowMs: number): Promise<number>
 
