@@ -185,7 +185,9 @@ export interface Datastore extends AsyncDisposable {
   setJournal(name: string, value: string): Promise<void>
   /**
    * One attestation's writes in one transaction (one commit, so one fsync on the attestation's
-   * path): journal blobs, then the node record, created or replaced.
+   * path): journal blobs, then the node record, created or replaced. A stored record that is
+   * banned is never replaced (ERR_DATASTORE_CONFLICT, nothing written): a ban made while the
+   * agent attested, after its record was read, must stand.
    */
   saveAttestation(node: AttestedNode, journal: ReadonlyMap<string, string>): Promise<void>
 
