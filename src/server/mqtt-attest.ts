@@ -42,7 +42,7 @@ export type Reply = (res: SignedResponse) => void
 export interface AttestSessionsOptions {
   readonly api: NodeApi
   /** The replay cache every replica shares. */
-  readonly replay: Pick<Datastore, 'claimNonce' | 'setNonceAnswer'>
+  readonly replay: Pick<Datastore, 'claimNonce' | 'setNonceAnswer' | 'releaseNonce'>
   readonly encryptionKey: { readonly privateKey: KeyObject; readonly publicJwk: string }
   readonly brokerAccess?: BrokerAccess | undefined
   /** Names this replica in the log (which replica answered which round). */
@@ -122,10 +122,12 @@ export class AttestSessions {
         })
       return
     }
+    let ranNothing = false
     const res = await this.step(clientId, key, f).catch((err: unknown) => {
       if (!toNodeApiError(err) && !isBusy(err))
         this.o.log?.('warn', 'MQTT attestation failed', { error: (err as Error).message })
       const e = toNodeApiError(err) ?? (isBusy(err) ? busy() : internal())
+      ranNothing = RAN_NOTHING.has(e.reason)
       return this.sign(f.nonce, f.round, undefined, {}, e)
     })
     // The answer leaves first and is recorded while it travels: the record only serves a later
@@ -133,13 +135,17 @@ export class AttestSessions {
     // timeout), and a duplicate that comes before it exists gets nothing, as one that came during
     // the step always did; the agent sends the same frame again.
     reply(res)
-    await this.o.replay
-      .setNonceAnswer(claim, codec.signedResponse.encode(res))
-      .catch((err: unknown) =>
-        this.o.log?.('warn', 'could not record an MQTT attestation answer', {
-          error: (err as Error).message,
-        }),
-      )
+    // A refusal that ran nothing keeps no row: anyone can send such frames, and the cache is the
+    // one every signed call claims its nonce in (full, it refuses them all). Its duplicate is
+    // refused the same way again.
+    const kept = ranNothing
+      ? this.o.replay.releaseNonce(claim, digest)
+      : this.o.replay.setNonceAnswer(claim, codec.signedResponse.encode(res))
+    await kept.catch((err: unknown) =>
+      this.o.log?.('warn', 'could not record an MQTT attestation answer', {
+        error: (err as Error).message,
+      }),
+    )
   }
 
   /** Runs frame `f.round` of attempt `key` and signs its answer. */
@@ -156,7 +162,17 @@ export class AttestSessions {
       })
       return this.sign(f.nonce, f.round, m, await this.grant(m, responseKey))
     }
-    const answer = codec.attestRequest.decode(f.step)
+    let answer: AttestAgentRequest
+    try {
+      answer = codec.attestRequest.decode(f.step)
+    } catch {
+      throw new NodeApiError(
+        Status.INVALID_ARGUMENT,
+        'malformed',
+        'the attestation frame does not parse',
+        'send the answer the challenge asked for',
+      )
+    }
     const r = await this.o.api.attestResume(peer, key, f.round, answer)
     this.o.log?.('info', 'MQTT attestation round answered', {
       client: clientId,
@@ -215,6 +231,17 @@ export class AttestSessions {
     }
   }
 }
+
+/**
+ * Refusals given before anything ran or was written: no round waited for the frame (or it did
+ * not parse), the params did not decrypt, or the rate limit came first.
+ */
+const RAN_NOTHING: ReadonlySet<string> = new Set([
+  'unknown_session',
+  'unknown_key',
+  'malformed',
+  'rate_limited',
+])
 
 const internal = () =>
   new NodeApiError(Status.INTERNAL, 'internal', 'internal error', 'see the server log')

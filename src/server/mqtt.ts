@@ -65,6 +65,14 @@ const REPLY_EXPIRY_SECONDS = 300
  * fleet (bench/mqtt-fleet.ts, 200 agents), 256 none.
  */
 const MAX_IN_FLIGHT = 256
+/**
+ * Bootstrap frames handled at once, counted apart: anyone holding the shared bootstrap password
+ * (or the broker) can send them, and in one count with the agents' requests a flood of them
+ * had every attested agent's request dropped. Attestation frames are few per agent.
+ */
+const MAX_BOOTSTRAP_IN_FLIGHT = 128
+/** Dropped requests are logged at most this often (a flood must not flood the log too). */
+const DROP_LOG_MS = 1000
 const RECONNECT_MIN_MS = 1000
 const RECONNECT_MAX_MS = 30_000
 const MAX_BOOTSTRAP_MESSAGE = MAX_JWE + (64 << 10)
@@ -124,7 +132,9 @@ export async function startNodeMqttServer(
     rejectUnauthorized: true,
   })
   noDelay(client)
-  let inFlight = 0
+  const inFlight = { agent: 0, bootstrap: 0 }
+  const dropped = { agent: 0, bootstrap: 0 }
+  let dropLogAt = 0
   const publishReply = (topic: string, corr: Buffer, res: SignedResponse) => {
     client.publish(topic, Buffer.from(codec.signedResponse.encode(res)), {
       qos: 1,
@@ -182,18 +192,27 @@ export async function startNodeMqttServer(
     }
     publishReply(responseTopic, corr, await api.call(bytes))
   }
+  const bootstrapPrefix = `${o.topicPrefix}/v1/bootstrap/`
   client.on('message', (topic, payload, packet) => {
-    if (inFlight >= MAX_IN_FLIGHT) {
-      o.log?.('warn', 'MQTT node API busy; request dropped', { topic })
+    const kind = topic.startsWith(bootstrapPrefix) ? 'bootstrap' : 'agent'
+    if (inFlight[kind] >= (kind === 'bootstrap' ? MAX_BOOTSTRAP_IN_FLIGHT : MAX_IN_FLIGHT)) {
+      dropped[kind]++
+      const now = Date.now()
+      if (now - dropLogAt >= DROP_LOG_MS) {
+        dropLogAt = now
+        o.log?.('warn', 'MQTT node API busy; requests dropped', { topic, ...dropped })
+        dropped.agent = 0
+        dropped.bootstrap = 0
+      }
       return
     }
-    inFlight++
+    inFlight[kind]++
     onMessage(topic, payload, packet)
       .catch((err: unknown) =>
         o.log?.('warn', 'MQTT node API message failed', { topic, error: (err as Error).message }),
       )
       .finally(() => {
-        inFlight--
+        inFlight[kind]--
       })
   })
   let published: string | undefined

@@ -309,14 +309,7 @@ export class NodeAttestation {
       )
     }
     const existing = await this.o.datastore.getAttestedNode(id)
-    if (existing?.banned) {
-      throw new NodeApiError(
-        Status.PERMISSION_DENIED,
-        'banned',
-        'failed to attest: agent is banned',
-        'evict the agent (server agent evict) to let it attest again',
-      )
-    }
+    if (existing?.banned) throw banned()
     const issued = await this.o.ca.signX509Svid({
       publicKey,
       spiffeId: agentId,
@@ -339,7 +332,14 @@ export class NodeAttestation {
       createdAt: existing?.createdAt ?? now,
       updatedAt: now,
     }
-    await this.o.datastore.saveAttestation(node, writes)
+    try {
+      await this.o.datastore.saveAttestation(node, writes)
+    } catch (err) {
+      // Banned since the check above (here or on another replica): the SVID just signed is
+      // never sent.
+      if (isSpiffeEdgeError(err) && err.code === 'ERR_DATASTORE_CONFLICT') throw banned()
+      throw err
+    }
     this.o.log?.('info', 'agent attested', {
       agent: id,
       attestor: attestor.name,
@@ -367,6 +367,14 @@ function challengeResponse(reply: AttestAgentRequest): Uint8Array {
   }
   return reply.challengeResponse
 }
+
+const banned = () =>
+  new NodeApiError(
+    Status.PERMISSION_DENIED,
+    'banned',
+    'failed to attest: agent is banned',
+    'evict the agent (server agent evict) to let it attest again',
+  )
 
 function notResumable(attestor: ServerNodeAttestor): never {
   throw new NodeApiError(

@@ -101,6 +101,9 @@ function checkCa(c: Parsed, below: number, now: Date, what: string): void {
   }
 }
 
+/** Longest chain accepted: a leaf and intermediates (an upstream CA nests a few levels). */
+export const MAX_SVID_CHAIN = 16
+
 /**
  * Validates an X509-SVID chain (leaf first, then intermediates) against the X.509 bundle of the
  * leaf's own trust domain: leaf rules, then a path of verified signatures to a bundle authority,
@@ -112,6 +115,10 @@ export function validateX509Svid(
   now: Date,
 ): ValidatedX509Svid {
   if (chain.length === 0) throw new SvidError('the certificate chain is empty')
+  // Before any parse: chains come from callers not yet authenticated (a node API request's agent
+  // chain, up to 1 MiB), and each certificate costs a parse and, on the path, signature checks.
+  if (chain.length > MAX_SVID_CHAIN)
+    throw new SvidError(`the certificate chain has more than ${MAX_SVID_CHAIN} certificates`)
   const certs: Parsed[] = chain.map((der, i) => ({
     der,
     ...parseCert(der, i === 0 ? 'leaf certificate' : `chain certificate ${i}`),

@@ -201,6 +201,26 @@ export function runDatastoreConformance(name: string, b: DatastoreBackend): void
       assert.equal(await ds.getJournal('attestor:tpm:/a'), '{"clock":2}')
     }))
 
+  test(`${name}: saveAttestation never lifts a ban (one set while the agent attested)`, (t) =>
+    withStore(t, async (ds) => {
+      const n = node()
+      await ds.saveAttestation(n, new Map())
+      // An operator bans the agent (on this server or another replica) after the attestation
+      // read the record and before it writes the new one.
+      await ds.updateAttestedNode(AGENT, { banned: true })
+      await rejectsWith(
+        ds.saveAttestation(
+          { ...n, certSerial: 'ee', updatedAt: n.updatedAt + 1 },
+          new Map([['attestor:tpm:/a', '{"clock":9}']]),
+        ),
+        'ERR_DATASTORE_CONFLICT',
+      )
+      const kept = await ds.getAttestedNode(AGENT)
+      assert.equal(kept?.banned, true)
+      assert.equal(kept?.certSerial, n.certSerial)
+      assert.equal(await ds.getJournal('attestor:tpm:/a'), undefined)
+    }))
+
   test(`${name}: invalid inputs are ERR_DATASTORE_INVALID and store nothing`, (t) =>
     withStore(t, async (ds) => {
       const bad: [string, Partial<EntryInput>][] = [

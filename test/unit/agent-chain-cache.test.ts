@@ -36,6 +36,7 @@ const leafOf = (issuer: { key: typeof agentKey; der: Uint8Array }, notAfter = h(
     notAfter,
   })
 const leafA = await leafOf(caA)
+const leafOfB = await leafOf(caB)
 const bundleA = new X509Bundle(td, [caA.der])
 const now = t0 + 3600_000
 
@@ -95,4 +96,18 @@ test('the cache is bounded in bytes, least recently used dropped first', async (
   assert.equal(c.misses, misses, 'the newest is still held')
   c.validate([leaves[0]!], td, bundleA, now)
   assert.equal(c.misses, misses + 1, 'the oldest was dropped')
+})
+
+test('a chain longer than an SVID chain can be is refused before any certificate of it is parsed', () => {
+  // Anyone may call the node API with any chain (up to the 1 MiB message): 1,500 certificates
+  // that each name the next as issuer cost seconds of parsing and signature checks per request.
+  const leafB = leafOfB
+  const chain = [leafB, ...Array.from({ length: 1500 }, () => caB.der)]
+  const c = new AgentChainCache()
+  const t = process.hrtime.bigint()
+  assert.throws(() => c.validate(chain, td, bundleA, now), /more than 16 certificates/)
+  const ms = Number(process.hrtime.bigint() - t) / 1e6
+  assert.ok(ms < 200, `refused in ${ms.toFixed(1)} ms`)
+  // A chain within the bound still gets the full validation (and its refusal).
+  assert.throws(() => c.validate([leafB, caB.der], td, bundleA, now), /no path/)
 })

@@ -67,6 +67,12 @@ export function setNonceAnswer(c: SqliteContext, key: string, answer: Uint8Array
   unsynced(c, () => c.st.setNonceAnswer.run(Buffer.from(answer), key))
 }
 
+export function releaseNonce(c: SqliteContext, key: string, digest: string): void {
+  checkNonEmpty('key', key)
+  // Lost on power loss, the claim just stays until it expires.
+  unsynced(c, () => c.st.releaseNonce.run(key, digest))
+}
+
 export function pruneNonces(c: SqliteContext, nowMs: number): number {
   checkInt('nowMs', nowMs, 0)
   return c.st.pruneNonces.run(nowMs).changes

@@ -61,6 +61,7 @@ export interface Statements {
   readonly getNonce: Stmt<[string], { digest: string; expires_at: number; answer: Buffer | null }>
   readonly putNonce: Stmt<[string, string, number]>
   readonly setNonceAnswer: Stmt<[Buffer, string]>
+  readonly releaseNonce: Stmt<[string, string]>
   readonly pruneSomeNonces: Stmt<[number]>
   readonly pruneNonces: Stmt<[number]>
   readonly countNonces: Stmt<[], { n: number }>
@@ -198,6 +199,9 @@ export function prepareStatements(db: Db): Statements {
          answer = NULL`,
     ),
     setNonceAnswer: db.prepare<[Buffer, string]>('UPDATE seen_nonces SET answer = ? WHERE key = ?'),
+    releaseNonce: db.prepare<[string, string]>(
+      'DELETE FROM seen_nonces WHERE key = ? AND digest = ? AND answer IS NULL',
+    ),
     // A few at a time on the write path (the tick prunes the rest), so a claim stays cheap.
     pruneSomeNonces: db.prepare<[number]>(
       `DELETE FROM seen_nonces WHERE key IN

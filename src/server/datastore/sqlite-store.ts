@@ -200,8 +200,13 @@ export class SqliteDatastore implements Datastore {
   async saveAttestation(node: AttestedNode, journal: ReadonlyMap<string, string>): Promise<void> {
     return this.#op('save attestation', () =>
       this.#c.write(() => {
+        const stored = nodes.getAttestedNode(this.#c, node.spiffeId)
+        if (stored?.banned)
+          throw new SpiffeEdgeError('ERR_DATASTORE_CONFLICT', `agent ${node.spiffeId} is banned`, {
+            remedy: 'evict the agent (server agent evict) to let it attest again',
+          })
         for (const [name, value] of journal) tokens.setJournal(this.#c, name, value)
-        if (nodes.getAttestedNode(this.#c, node.spiffeId)) {
+        if (stored) {
           nodes.updateAttestedNode(this.#c, node.spiffeId, node)
         } else {
           nodes.createAttestedNode(this.#c, node)
@@ -275,6 +280,10 @@ export class SqliteDatastore implements Datastore {
 
   async setNonceAnswer(key: string, answer: Uint8Array): Promise<void> {
     return this.#op('set nonce answer', () => nonces.setNonceAnswer(this.#c, key, answer))
+  }
+
+  async releaseNonce(key: string, digest: string): Promise<void> {
+    return this.#op('release nonce', () => nonces.releaseNonce(this.#c, key, digest))
   }
 
   async pruneNonces(nowMs: number): Promise<number> {

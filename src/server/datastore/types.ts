@@ -185,7 +185,9 @@ export interface Datastore extends AsyncDisposable {
   setJournal(name: string, value: string): Promise<void>
   /**
    * One attestation's writes in one transaction (one commit, so one fsync on the attestation's
-   * path): journal blobs, then the node record, created or replaced.
+   * path): journal blobs, then the node record, created or replaced. A stored record that is
+   * banned is never replaced (ERR_DATASTORE_CONFLICT, nothing written): a ban made while the
+   * agent attested, after its record was read, must stand.
    */
   saveAttestation(node: AttestedNode, journal: ReadonlyMap<string, string>): Promise<void>
 
@@ -220,6 +222,11 @@ export interface Datastore extends AsyncDisposable {
   ): Promise<{ digest: string; answer?: Uint8Array } | undefined>
   /** Records the answer to a claimed key (for duplicates); no-op when the key is gone. */
   setNonceAnswer(key: string, answer: Uint8Array): Promise<void>
+  /**
+   * Forgets the claim of `key` made with `digest` and no answer yet, for a claimed request that
+   * ran nothing: an unauthenticated caller's refused frames then hold no row past their handling.
+   */
+  releaseNonce(key: string, digest: string): Promise<void>
   /** Forgets expired keys; returns how many. */
   pruneNonces(nowMs: number): Promise<number>
 
