@@ -7,13 +7,18 @@
 import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs'
 import { readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
+import { type ProcStatus, parseProcStatus } from './attestors/proc-parse.js'
 
 export const DEFAULT_PROC_ROOT = '/proc'
 
 export interface ProcStamp {
   /** Field 22 of /proc/<pid>/stat: start time in clock ticks since boot, as text. */
   readonly startTime: string
-  /** Owner of /proc/<pid> (the process's effective ids). */
+  /**
+   * The process's effective ids, from status's Uid:/Gid: lines. The kernel gives /proc/<pid>
+   * (a 0555 directory, so even for a non-dumpable process) these same ids as owner, but the
+   * unix attestor reads status anyway: taking them from that read saves a stat per call.
+   */
   readonly uid: number
   readonly gid: number
   /**
@@ -118,7 +123,7 @@ function statusLinesOfBuf(n: number): string {
 }
 
 /**
- * A caller's /proc/<pid>/stat (opened when it connects) and /proc/<pid>/status, read again for
+ * A caller's /proc/<pid>/stat and /proc/<pid>/status, opened when it connects and read again for
  * every attestation. An open /proc file stays bound to the process it was opened for: once that
  * process is gone, reads fail (ESRCH) even if its pid now names another process, so a reused pid
  * cannot be read as the caller. (Re-opening by path per call also cost most of each read in the
@@ -130,12 +135,16 @@ export class ProcFiles {
   readonly exePath: string
   private readonly statFd: number
   /**
-   * Opened at the first attestation, not at connect: it needs no binding of its own, because
-   * every attestation ends with the liveness check through `statFd`, which fails unless the
+   * Opened by path after `statFd`: it needs no binding of its own, because the stamp taken at
+   * connect and every attestation end with a read through `statFd`, which fails unless the
    * process that connected is still alive (so its pid was not reused when this was opened).
    */
   private statusFd: number | undefined
   private closed = false
+  /** Counts attestations begun (beginAttestation); `lastStatus` was read during `lastEpoch`. */
+  private epoch = 0
+  private lastStatus: ProcStatus | undefined
+  private lastEpoch = -1
 
   private constructor(dir: string, statFd: number) {
     this.dir = dir
@@ -168,6 +177,29 @@ export class ProcFiles {
     return statusLinesOfBuf(this.readStatus())
   }
 
+  /** parseProcStatus of a fresh read, remembered for the stamp of the attestation in progress. */
+  statusInfo(): ProcStatus {
+    const s = parseProcStatus(this.statusIds())
+    this.lastStatus = s
+    this.lastEpoch = this.epoch
+    return s
+  }
+
+  /**
+   * Marks an attestation's start (after its calls arrived); pass the answer to procStampSync.
+   * A status read from then on (the unix attestor's) serves as the stamp's ids, so the kernel
+   * renders status once per attestation, not twice.
+   */
+  beginAttestation(): number {
+    return ++this.epoch
+  }
+
+  /** Status read since attestation `since` began, else read now. */
+  statusSince(since: number): ProcStatus {
+    if (this.lastStatus !== undefined && this.lastEpoch >= since) return this.lastStatus
+    return this.statusInfo()
+  }
+
   private readStatus(): number {
     if (this.closed) throw new Error('the connection is closed')
     this.statusFd ??= openSync(join(this.dir, 'status'), 'r')
@@ -177,46 +209,51 @@ export class ProcFiles {
   close(): void {
     if (this.closed) return
     this.closed = true
+    this.lastStatus = undefined
     closeSync(this.statFd)
     if (this.statusFd !== undefined) closeSync(this.statusFd)
   }
 }
 
 /**
- * `files`: the caller's ProcFiles; its stat is read through them (bound to the process), the
- * owner and executable by path (stat() of an open /proc file does not follow exec or setuid).
+ * `files`: the caller's ProcFiles; its status and stat are read through them (bound to the
+ * process), the executable by path (stat() of an open /proc file does not follow exec).
+ * `since`: the attestation's beginAttestation() answer; a status read since then is used for
+ * the ids, otherwise status is read here. The order matters: the path stat of exe first, the
+ * read through the bound stat file last, so a success proves the exe stat saw the caller.
  */
 export function procStampSync(
   pid: number,
   procRoot = DEFAULT_PROC_ROOT,
   files?: ProcFiles,
+  since = Number.POSITIVE_INFINITY,
 ): ProcStamp {
   const dir = files ? files.dir : join(procRoot, String(pid))
-  const st = statSync(dir)
   let exe: string | undefined
   try {
     exe = exeId(statSync(files ? files.exePath : join(dir, 'exe')))
   } catch {
     exe = undefined
   }
+  const ids = files
+    ? files.statusSince(since)
+    : parseProcStatus(readFileSync(join(dir, 'status'), 'utf8'))
   return {
     startTime: files
       ? files.startTime()
       : parseStatStartTime(readFileSync(join(dir, 'stat'), 'utf8')),
-    uid: st.uid,
-    gid: st.gid,
+    uid: ids.uid,
+    gid: ids.gid,
     exe,
   }
 }
 
 export async function procStamp(pid: number, procRoot = DEFAULT_PROC_ROOT): Promise<ProcStamp> {
   const dir = join(procRoot, String(pid))
-  const [st, text, exe] = await Promise.all([
-    stat(dir),
-    readFile(join(dir, 'stat'), 'utf8'),
-    stat(join(dir, 'exe')).then(exeId, () => undefined),
-  ])
-  return { startTime: parseStatStartTime(text), uid: st.uid, gid: st.gid, exe }
+  const exe = await stat(join(dir, 'exe')).then(exeId, () => undefined)
+  const ids = parseProcStatus(await readFile(join(dir, 'status'), 'utf8'))
+  const text = await readFile(join(dir, 'stat'), 'utf8')
+  return { startTime: parseStatStartTime(text), uid: ids.uid, gid: ids.gid, exe }
 }
 
 /** Why `now` is not the process `then` recorded, or undefined when it is the same one. */

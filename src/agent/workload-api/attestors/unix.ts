@@ -47,11 +47,10 @@ export function unixAttestor(opts: UnixAttestorOptions = {}): UnixAttestor {
         // from kernel memory in microseconds, and the libuv pool round trips (open, fstat,
         // read, close) of readFile were the largest cost per call in the profile.
         // Through the file opened at connect when there is one: bound to that process.
-        status = parseProcStatus(
-          peer.proc
-            ? peer.proc.statusIds()
-            : readFileSync(join(procRoot, String(peer.pid), 'status'), 'utf8'),
-        )
+        // (Through ProcFiles, this read also serves as the ids of the liveness stamp.)
+        status = peer.proc
+          ? peer.proc.statusInfo()
+          : parseProcStatus(readFileSync(join(procRoot, String(peer.pid), 'status'), 'utf8'))
       } catch (err) {
         throw new WorkloadAttestationError(`unix: cannot read status of pid ${peer.pid}`, err)
       }
