@@ -99,27 +99,70 @@ const STATUS_LINES = ['Uid', 'Gid', 'Groups'].map((name) => ({
   after: Buffer.from(`\n${name}:`),
 }))
 
+/** Where the status lines of STATUS_LINES are in readBuf: [start, end) pairs, -1 when absent. */
+const lineAt = new Int32Array(STATUS_LINES.length * 2)
+
 /**
- * Only the Uid:, Gid: and Groups: lines of the status in readBuf (the first of each, at a line
- * start, as parseProcStatus picks them), as text: the unix attestor parses nothing else, and the
- * whole file is ~1.5 KiB to decode per call.
+ * Finds the Uid:, Gid: and Groups: lines of the status in readBuf (the first of each, at a line
+ * start, as parseProcStatus picks them) into `lineAt`.
  */
-function statusLinesOfBuf(n: number): string {
+function findStatusLines(n: number): void {
   // A view of this read only: readBuf past n holds older reads.
   const b = readBuf.subarray(0, n)
-  let out = ''
-  for (const l of STATUS_LINES) {
+  STATUS_LINES.forEach((l, i) => {
     let at = b.subarray(0, l.atStart.length).equals(l.atStart) ? 0 : -1
     if (at < 0) {
       const nl = b.indexOf(l.after)
-      if (nl < 0) continue
-      at = nl + 1
+      at = nl < 0 ? -1 : nl + 1
     }
-    let end = b.indexOf(0x0a, at)
-    if (end < 0) end = n
-    out += `${b.toString('utf8', at, end)}\n`
+    let end = at < 0 ? -1 : b.indexOf(0x0a, at)
+    if (at >= 0 && end < 0) end = n
+    lineAt[2 * i] = at
+    lineAt[2 * i + 1] = end
+  })
+}
+
+/**
+ * Only the Uid:, Gid: and Groups: lines of the status in readBuf, as text (findStatusLines
+ * first): the unix attestor parses nothing else, and the whole file is ~1.5 KiB to decode.
+ */
+function statusLinesText(): string {
+  let out = ''
+  for (let i = 0; i < lineAt.length; i += 2) {
+    if (lineAt[i]! >= 0) out += `${readBuf.toString('utf8', lineAt[i], lineAt[i + 1])}\n`
   }
   return out
+}
+
+/** Whether the lines found are byte for byte `prev` (statusLinesBytes of an earlier read). */
+function sameStatusLines(prev: Buffer): boolean {
+  let off = 0
+  for (let i = 0; i < lineAt.length; i += 2) {
+    const at = lineAt[i]!
+    // Absent lines are recorded as a lone 0xff (never in a status line) to keep positions.
+    if (at < 0) {
+      if (prev[off] !== 0xff) return false
+      off++
+      continue
+    }
+    const len = lineAt[i + 1]! - at
+    if (off + len + 1 > prev.length) return false
+    if (readBuf.compare(prev, off, off + len, at, at + len) !== 0) return false
+    if (prev[off + len] !== 0x0a) return false
+    off += len + 1
+  }
+  return off === prev.length
+}
+
+/** The lines found, copied (each ended by \n; an absent one as 0xff) for sameStatusLines. */
+function statusLinesBytes(): Buffer {
+  const parts: Buffer[] = []
+  for (let i = 0; i < lineAt.length; i += 2) {
+    const at = lineAt[i]!
+    if (at < 0) parts.push(Buffer.from([0xff]))
+    else parts.push(readBuf.subarray(at, lineAt[i + 1]), Buffer.from([0x0a]))
+  }
+  return Buffer.concat(parts)
 }
 
 /**
@@ -145,6 +188,8 @@ export class ProcFiles {
   private epoch = 0
   private lastStatus: ProcStatus | undefined
   private lastEpoch = -1
+  /** The status lines `lastStatus` was parsed from (statusLinesBytes). */
+  private lastLines: Buffer | undefined
 
   private constructor(dir: string, statFd: number) {
     this.dir = dir
@@ -174,12 +219,23 @@ export class ProcFiles {
 
   /** The status lines parseProcStatus reads (Uid, Gid, Groups), fresh from the kernel. */
   statusIds(): string {
-    return statusLinesOfBuf(this.readStatus())
+    findStatusLines(this.readStatus())
+    return statusLinesText()
   }
 
-  /** parseProcStatus of a fresh read, remembered for the stamp of the attestation in progress. */
+  /**
+   * parseProcStatus of a fresh read, remembered for the stamp of the attestation in progress.
+   * When those lines are byte for byte the previous read's, the previous answer (the same
+   * object, so callers may key memos on it) without parsing or allocating again.
+   */
   statusInfo(): ProcStatus {
-    const s = parseProcStatus(this.statusIds())
+    findStatusLines(this.readStatus())
+    let s = this.lastStatus
+    if (s === undefined || this.lastLines === undefined || !sameStatusLines(this.lastLines)) {
+      s = Object.freeze(parseProcStatus(statusLinesText()))
+      Object.freeze(s.groups)
+      this.lastLines = statusLinesBytes()
+    }
     this.lastStatus = s
     this.lastEpoch = this.epoch
     return s
