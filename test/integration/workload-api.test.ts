@@ -6,6 +6,7 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readFileSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -457,6 +458,8 @@ describe('Workload API server', () => {
     const stat = (start: number) =>
       `${process.pid} (node (x) y) S 1 ${'0 '.repeat(17)}${start} 0 0\n`
     writeFileSync(join(dir, 'stat'), stat(1000))
+    // The stamp's ids come from status (the caller's effective ids).
+    writeFileSync(join(dir, 'status'), readFileSync('/proc/self/status'))
     const swap: WorkloadAttestor = {
       kind: 'WorkloadAttestor',
       name: 'swap',

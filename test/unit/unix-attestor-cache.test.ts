@@ -7,13 +7,17 @@ import { after, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { unixAttestor } from '../../src/agent/workload-api/attestors/unix.js'
 import { SETTLE_MS } from '../../src/agent/workload-api/attestors/unix-cache.js'
+import { ProcFiles } from '../../src/agent/workload-api/proc.js'
+import type { PeerInfo } from '../../src/agent/workload-api/types.js'
 
 const root = mkdtempSync(join(tmpdir(), 'wl-unix-cache-'))
 after(() => rmSync(root, { recursive: true, force: true }))
 
 const STATUS = 'Name:\tw\nUid:\t1001\t1001\t1001\t1001\nGid:\t2001\t2001\t2001\t2001\nGroups:\t\n'
+const STAT = `77 (w) S ${'1 '.repeat(18)}4242 0\n`
 const sha = (s: string) => createHash('sha256').update(s).digest('hex')
-const peer = { pid: 77, uid: 1001, gid: 2001 }
+const plainPeer = { pid: 77, uid: 1001, gid: 2001 }
+const peer: PeerInfo = plainPeer
 const values = (s: { value: string }[]) => s.map((x) => x.value)
 /** Past the window in which a file is too fresh to cache (coarse kernel timestamps). */
 const settle = () => sleep(SETTLE_MS + 200)
@@ -22,6 +26,7 @@ function fakeProc(): { procRoot: string; bin: string } {
   const procRoot = mkdtempSync(join(root, 'proc-'))
   mkdirSync(join(procRoot, '77'))
   writeFileSync(join(procRoot, '77', 'status'), STATUS)
+  writeFileSync(join(procRoot, '77', 'stat'), STAT)
   const bin = join(procRoot, 'workload-bin')
   symlinkSync(bin, join(procRoot, '77', 'exe'))
   return { procRoot, bin }
@@ -73,38 +78,84 @@ describe('unix attestor caches', () => {
     assert.equal(a.binariesHashed, 2, 'changed within SETTLE_MS: read on every call')
   })
 
-  test('user and group names follow passwd and group edits', async () => {
+  for (const through of ['by path', 'through ProcFiles (selectors memoized per status read)']) {
+    test(`user and group names follow passwd and group edits (${through})`, async () => {
+      const { procRoot } = fakeProc()
+      const files = through === 'by path' ? undefined : ProcFiles.open(77, procRoot)
+      const peer: PeerInfo = { ...plainPeer, ...(files ? { proc: files } : {}) }
+      const passwdFile = join(procRoot, 'passwd')
+      const groupFile = join(procRoot, 'group')
+      writeFileSync(passwdFile, 'web:x:1001:2001::/:/bin/sh\n')
+      writeFileSync(groupFile, 'web:x:2001:\n')
+      await settle()
+      const a = unixAttestor({ procRoot, passwdFile, groupFile })
+      assert.deepEqual(values(await a.attest(peer)), [
+        'uid:1001',
+        'user:web',
+        'gid:2001',
+        'group:web',
+      ])
+      assert.deepEqual(values(await a.attest(peer)), [
+        'uid:1001',
+        'user:web',
+        'gid:2001',
+        'group:web',
+      ])
+      // The user is renamed in place (same size), the group file replaced by rename.
+      writeFileSync(passwdFile, 'api:x:1001:2001::/:/bin/sh\n')
+      writeFileSync(`${groupFile}.new`, 'backend:x:2001:\n')
+      renameSync(`${groupFile}.new`, groupFile)
+      assert.deepEqual(values(await a.attest(peer)), [
+        'uid:1001',
+        'user:api',
+        'gid:2001',
+        'group:backend',
+      ])
+      // Both settle (cached again), then only passwd changes: the group map stays the same one.
+      await settle()
+      assert.deepEqual(values(await a.attest(peer)), [
+        'uid:1001',
+        'user:api',
+        'gid:2001',
+        'group:backend',
+      ])
+      // Removed: names are gone, ids still attest.
+      rmSync(passwdFile)
+      assert.deepEqual(values(await a.attest(peer)), ['uid:1001', 'gid:2001', 'group:backend'])
+      files?.close()
+    })
+  }
+
+  test('a status change shows in the next call, also one of the same length, and back', async () => {
     const { procRoot } = fakeProc()
-    const passwdFile = join(procRoot, 'passwd')
-    const groupFile = join(procRoot, 'group')
-    writeFileSync(passwdFile, 'web:x:1001:2001::/:/bin/sh\n')
-    writeFileSync(groupFile, 'web:x:2001:\n')
-    await settle()
-    const a = unixAttestor({ procRoot, passwdFile, groupFile })
-    assert.deepEqual(values(await a.attest(peer)), [
-      'uid:1001',
-      'user:web',
-      'gid:2001',
-      'group:web',
-    ])
-    assert.deepEqual(values(await a.attest(peer)), [
-      'uid:1001',
-      'user:web',
-      'gid:2001',
-      'group:web',
-    ])
-    // The user is renamed in place (same size), the group file replaced by rename.
-    writeFileSync(passwdFile, 'api:x:1001:2001::/:/bin/sh\n')
-    writeFileSync(`${groupFile}.new`, 'backend:x:2001:\n')
-    renameSync(`${groupFile}.new`, groupFile)
-    assert.deepEqual(values(await a.attest(peer)), [
-      'uid:1001',
-      'user:api',
-      'gid:2001',
-      'group:backend',
-    ])
-    // Removed: names are gone, ids still attest.
-    rmSync(passwdFile)
-    assert.deepEqual(values(await a.attest(peer)), ['uid:1001', 'gid:2001', 'group:backend'])
+    const files = ProcFiles.open(77, procRoot)
+    const a = unixAttestor({
+      procRoot,
+      passwdFile: join(procRoot, 'none'),
+      groupFile: join(procRoot, 'none'),
+    })
+    const status = join(procRoot, '77', 'status')
+    const groupsOf = async () =>
+      values(await a.attest({ ...plainPeer, proc: files })).filter((v) => v.startsWith('supp'))
+    try {
+      assert.deepEqual(await groupsOf(), [])
+      for (const [line, want] of [
+        ['5', ['supplementary_gid:5']],
+        ['6', ['supplementary_gid:6']],
+        ['6 7', ['supplementary_gid:6', 'supplementary_gid:7']],
+        ['5', ['supplementary_gid:5']],
+      ] as const) {
+        writeFileSync(status, STATUS.replace('Groups:\t\n', `Groups:\t${line}\n`))
+        assert.deepEqual(await groupsOf(), want, line)
+        assert.deepEqual(await groupsOf(), want, `${line}, again`)
+      }
+      // The effective uid (what the liveness stamp takes from this read) changes alike.
+      writeFileSync(status, STATUS.replace('Uid:\t1001\t1001', 'Uid:\t1001\t1002'))
+      assert.equal(files.statusInfo().uid, 1002)
+      writeFileSync(status, STATUS.replace('Uid:\t1001\t1001', 'Uid:\t1001\t1003'))
+      assert.equal(files.statusInfo().uid, 1003)
+    } finally {
+      files.close()
+    }
   })
 })

@@ -237,6 +237,8 @@ export function middleware(opts: MiddlewareOptions): Middleware {
     const cut = batch.cut
     let results: PromiseSettledResult<Selector[]>[]
     watchDeadline(batch)
+    // After every call of the batch arrived: status read from here on may serve the stamp.
+    const since = conn.peer.proc?.beginAttestation()
     try {
       if (batch.left) throw cut.reason
       results = await Promise.allSettled(
@@ -279,11 +281,12 @@ export function middleware(opts: MiddlewareOptions): Middleware {
     // Liveness: the pid must still be the process (start time, owner, executable) that connected.
     let now: ProcStamp
     try {
-      // Synchronous: three /proc look-ups from kernel memory; the async ones cost a libuv pool
-      // round trip each, several times the work.
+      // Synchronous: /proc look-ups from kernel memory; the async ones cost a libuv pool round
+      // trip each, several times the work.
       // The start time is read through the files opened at connect, which fail once the
-      // process that connected is gone (whoever has its pid now).
-      now = procStampSync(conn.peer.pid, opts.procRoot, conn.peer.proc)
+      // process that connected is gone (whoever has its pid now). The ids come from the unix
+      // attestor's status read in this attestation when it made one (`since`).
+      now = procStampSync(conn.peer.pid, opts.procRoot, conn.peer.proc, since)
     } catch (err) {
       throw new WorkloadStatusError(
         GrpcStatus.UNAUTHENTICATED,
