@@ -22,7 +22,7 @@ import { BundleSync } from './bundle-sync.js'
 import { BundleState } from './cache/bundle.js'
 import { EntrySync, sel } from './cache/entries.js'
 import { IdentityKeeper } from './cache/identity.js'
-import { JWT_CACHE_DEFAULT_BYTES, JwtSvidCache } from './cache/jwt-svids.js'
+import { checkAudience, JWT_CACHE_DEFAULT_BYTES, JwtSvidCache } from './cache/jwt-svids.js'
 import { OfflineClock, type OfflineStatus } from './cache/offline.js'
 import { SyncSchedule } from './cache/schedule.js'
 import type { SealedSvidStore } from './cache/sealed-svids.js'
@@ -30,14 +30,12 @@ import { X509SvidCache } from './cache/x509-svids.js'
 import { IdentityRecovery } from './identity-recovery.js'
 import type { AgentStorage } from './storage.js'
 import { fatalRefusalError, isIdentityRefusal, isRefusal, syncFailureLog } from './sync-errors.js'
-import { GrpcStatus, WorkloadStatusError } from './workload-api/errors.js'
-import {
-  audienceProblem,
-  type BundlesUpdate,
-  type JwtSvidResult,
-  type Selector,
-  type WorkloadSource,
-  type X509Update,
+import type {
+  BundlesUpdate,
+  JwtSvidResult,
+  Selector,
+  WorkloadSource,
+  X509Update,
 } from './workload-api/types.js'
 
 export interface Clock {
@@ -169,7 +167,9 @@ export class AgentManager implements WorkloadSource {
   }
 
   private now(): number {
-    return this.clock.now().getTime()
+    // The caches ask per Workload API call (several times per stream): no Date per ask unless a
+    // clock was injected.
+    return this.o.clock ? this.clock.now().getTime() : Date.now()
   }
 
   get agentId(): string | undefined {
@@ -311,9 +311,7 @@ export class AgentManager implements WorkloadSource {
     audience: readonly string[],
     spiffeId?: string,
   ): Promise<JwtSvidResult[]> {
-    const bad = audienceProblem(audience)
-    if (bad !== undefined) throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, bad)
-    const aud = [...new Set(audience)].sort()
+    const aud = checkAudience(audience)
     const seen = new Set<string>()
     const entries = this.entries.matching(new Set(selectors.map(sel))).filter((e) => {
       if (spiffeId !== undefined && e.spiffeId !== spiffeId) return false

@@ -9,6 +9,8 @@ import {
   CodecCache,
   JWT_CODEC_CACHE_MAX,
   JWT_CODEC_KEY_MAX_BYTES,
+  LastOne,
+  sameBytes,
 } from '../../src/agent/workload-api/jwt-codec-cache.js'
 
 describe('CodecCache', () => {
@@ -46,5 +48,65 @@ describe('CodecCache', () => {
     assert.notEqual(bytesKey(new Uint8Array([0xc3, 0xa9])), bytesKey(new Uint8Array([0xe9])))
     const buf = Buffer.from([9, 1, 2, 3])
     assert.equal(bytesKey(buf.subarray(1)), bytesKey(new Uint8Array([1, 2, 3])))
+  })
+})
+
+describe('LastOne', () => {
+  test('answers the last input again without make(); another input is made anew', () => {
+    const l = new LastOne<Uint8Array, { n: number }>(sameBytes)
+    let made = 0
+    const make = () => ({ n: ++made })
+    const a = l.get(Uint8Array.of(1, 2), make)
+    assert.equal(l.get(Uint8Array.of(1, 2), make), a)
+    assert.equal(made, 1)
+    const b = l.get(Uint8Array.of(1, 3), make)
+    assert.notEqual(b, a)
+    assert.equal(l.get(Uint8Array.of(1), make).n, 3)
+  })
+
+  test('keeps a copy: a caller reusing its input buffer does not change what was remembered', () => {
+    const l = new LastOne<Uint8Array, string>(sameBytes)
+    const buf = Uint8Array.of(7, 7)
+    assert.equal(
+      l.get(
+        buf,
+        () => 'seven',
+        (b) => Uint8Array.from(b),
+      ),
+      'seven',
+    )
+    buf[1] = 8
+    assert.equal(
+      l.get(buf, () => 'seven-eight'),
+      'seven-eight',
+    )
+    assert.equal(
+      l.get(Uint8Array.of(7, 8), () => 'again'),
+      'seven-eight',
+    )
+  })
+
+  test('a make() that throws is not remembered', () => {
+    const l = new LastOne<string, number>((a, b) => a === b)
+    assert.equal(
+      l.get('ok', () => 1),
+      1,
+    )
+    assert.throws(() =>
+      l.get('bad', () => {
+        throw new Error('no')
+      }),
+    )
+    assert.throws(
+      () =>
+        l.get('bad', () => {
+          throw new Error('still no')
+        }),
+      /still no/,
+    )
+    assert.equal(
+      l.get('ok', () => 2),
+      1,
+    )
   })
 })

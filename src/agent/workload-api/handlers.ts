@@ -10,7 +10,13 @@ import { SpiffeEdgeError } from '../../errors.js'
 import { SpiffeId, type TrustDomain } from '../../spiffe/id.js'
 import type { validateJwtSvid } from '../../spiffe/jwt-svid.js'
 import { GrpcStatus, WorkloadStatusError } from './errors.js'
-import { bytesKey, CodecCache } from './jwt-codec-cache.js'
+import {
+  bytesKey,
+  CodecCache,
+  JWT_CODEC_KEY_MAX_BYTES,
+  LastOne,
+  sameBytes,
+} from './jwt-codec-cache.js'
 import type { Middleware } from './middleware.js'
 import { checkHeader } from './middleware.js'
 import {
@@ -23,6 +29,7 @@ import { StreamState, toBuffer } from './stream-state.js'
 import {
   audienceProblem,
   type BundlesUpdate,
+  type JwtSvidResult,
   type WorkloadSource,
   type X509Update,
 } from './types.js'
@@ -82,6 +89,17 @@ function parseJwtRequest(bytes: Uint8Array): ParsedJwtRequest {
   return Object.freeze({ audience: Object.freeze([...req.audience]), wanted })
 }
 
+/** Same SPIFFE IDs, tokens and hints in the same order: the response would be the same bytes. */
+function sameResults(a: readonly JwtSvidResult[], b: readonly JwtSvidResult[]): boolean {
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]!
+    const y = b[i]!
+    if (x.spiffeId !== y.spiffeId || x.token !== y.token || x.hint !== y.hint) return false
+  }
+  return true
+}
+
 /** A string as an unambiguous key part (its length first, so no separator can be forged). */
 const lengthKey = (s: string) => `${s.length}:${s}`
 
@@ -128,6 +146,18 @@ export function workloadHandlers(
   // Parsed requests and encoded responses of FetchJWTSVID, by their exact inputs (see the file).
   const jwtRequests = new CodecCache<ParsedJwtRequest>()
   const jwtResponses = new CodecCache<Uint8Array>()
+  // The last request and the last answer, checked before the maps (see LastOne). Requests too
+  // large for the map are not remembered here either.
+  const lastJwtRequest = new LastOne<Uint8Array, ParsedJwtRequest>(sameBytes)
+  const lastJwtResponse = new LastOne<readonly JwtSvidResult[], Uint8Array>(sameResults)
+  const parseJwt = (bytes: Uint8Array): ParsedJwtRequest =>
+    bytes.byteLength > JWT_CODEC_KEY_MAX_BYTES
+      ? parseJwtRequest(bytes)
+      : lastJwtRequest.get(
+          bytes,
+          () => jwtRequests.get(bytesKey(bytes), () => parseJwtRequest(bytes)),
+          (b) => Uint8Array.from(b),
+        )
   const encodeX509 = (u: X509Update): Uint8Array | undefined => {
     const msg = composeX509(u)
     return msg.svids.length === 0 ? undefined : workloadCodec.x509SvidResponse.encode(msg)
@@ -205,9 +235,7 @@ export function workloadHandlers(
       }),
     ),
     FetchJWTSVID: unary(async (call, signal) => {
-      const { audience, wanted } = jwtRequests.get(bytesKey(call.request), () =>
-        parseJwtRequest(call.request),
-      )
+      const { audience, wanted } = parseJwt(call.request)
       const selectors = await attest(call, signal)
       let results: Awaited<ReturnType<WorkloadSource['fetchJwtSvids']>>
       try {
@@ -224,14 +252,22 @@ export function workloadHandlers(
       if (wanted !== undefined) results = results.filter((r) => r.spiffeId === wanted)
       if (results.length === 0) throw PERMISSION_DENIED()
       const svids = dedupeHints(results)
-      let key = ''
-      for (const r of svids) key += lengthKey(r.spiffeId) + lengthKey(r.token) + lengthKey(r.hint)
-      return jwtResponses.get(key, () =>
-        workloadCodec.jwtSvidResponse.encode({
-          svids: svids.map(
-            (r): JwtSvidMsg => ({ spiffeId: r.spiffeId, svid: r.token, hint: r.hint }),
-          ),
-        }),
+      return lastJwtResponse.get(
+        svids,
+        () => {
+          let key = ''
+          for (const r of svids) {
+            key += lengthKey(r.spiffeId) + lengthKey(r.token) + lengthKey(r.hint)
+          }
+          return jwtResponses.get(key, () =>
+            workloadCodec.jwtSvidResponse.encode({
+              svids: svids.map(
+                (r): JwtSvidMsg => ({ spiffeId: r.spiffeId, svid: r.token, hint: r.hint }),
+              ),
+            }),
+          )
+        },
+        (r) => [...r],
       )
     }),
     ValidateJWTSVID: unary(async (call) => {
