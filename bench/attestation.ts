@@ -22,7 +22,7 @@ import { startSwtpm } from '../hardware-sim/swtpm.js'
 import { tpmAgentAttestor } from '../src/attestors/tpm/agent.js'
 import { DEFAULT_PCR_SELECTION, parseTpmServerConfig } from '../src/attestors/tpm/server.js'
 import { silentLog } from '../src/common/log.js'
-import { TpmKeyManager } from '../src/keymanager/tpm.js'
+import { type TpmKey, TpmKeyManager } from '../src/keymanager/tpm.js'
 import { parseServerConfig } from '../src/server/config.js'
 import { startServer } from '../src/server/server.js'
 import { TrustDomain } from '../src/spiffe/id.js'
@@ -71,11 +71,14 @@ async function main(): Promise<void> {
         const c0 = process.cpuUsage()
         const t = performance.now()
         await using tpm = await TpmContext.open(sim.tcti)
-        const key = await new TpmKeyManager(tpm, join(dir, `keys-${i}`)).generateKey(
-          'agent',
-          'ec-p256',
-        )
-        const attestor = tpmAgentAttestor({ tpm, dataDir: agentDir, agentKey: () => key })
+        // As the agent wires them (src/agent/plugins.ts): the attestor takes over keygen's SRK.
+        const keys = new TpmKeyManager(tpm, join(dir, `keys-${i}`))
+        let key: TpmKey | undefined
+        const attestor = tpmAgentAttestor({ tpm, dataDir: agentDir, agentKey: () => key! })
+        if (process.env.BENCH_NO_SRK_HANDOFF !== '1') {
+          keys.handOffSrk = (srk) => attestor.adoptSrk(srk)
+        }
+        key = await keys.generateKey('agent', 'ec-p256')
         const client = new GrpcNodeClient({
           address: `127.0.0.1:${server.port}`,
           trustDomain: td,

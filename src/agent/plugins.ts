@@ -125,6 +125,8 @@ export const NODE_ATTESTORS: ReadonlyMap<string, NodeAttestorFactory> = new Map<
         ...tpmOptions(config, cfg, tpm),
         agentKey: tracked.current,
       })
+      // Attestation follows key generation: the attestor takes over that SRK (one CreatePrimary).
+      keys.handOffSrk = (srk) => attestor.adoptSrk(srk)
       return {
         attestor,
         keyManager: tracked.keyManager,

@@ -125,6 +125,12 @@ function errCode(err: unknown): string | undefined {
 export class TpmKeyManager implements KeyManager {
   readonly dir: string
   private readonly tpm: TpmContext
+  /**
+   * Takes over the SRK reference key generation used instead of flushing it (the TPM attestor
+   * adopts it: attestation follows key generation, and a CreatePrimary costs milliseconds on
+   * swtpm, far more on chips). The taker owns that reference and must dispose it.
+   */
+  handOffSrk: ((srk: KeyHandle) => void) | undefined
 
   constructor(tpm: TpmContext, dir: string) {
     this.tpm = tpm
@@ -151,8 +157,18 @@ export class TpmKeyManager implements KeyManager {
     }
     await mkdir(this.dir, { recursive: true, mode: 0o700 })
     const made = await withTpm(this.tpm, async () => {
-      await using srk = await openSrk(this.tpm)
-      return await createSigningKey(this.tpm, srk, alg)
+      const srk = await openSrk(this.tpm)
+      let out: KeyBlob
+      try {
+        out = await createSigningKey(this.tpm, srk, alg)
+      } catch (err) {
+        await srk.dispose()
+        throw err
+      }
+      const take = this.handOffSrk
+      if (take) take(srk)
+      else await srk.dispose()
+      return out
     })
     // Plain Uint8Arrays (the addon returns Buffers): the same shape getKey() reads back.
     const blob: KeyBlob = {

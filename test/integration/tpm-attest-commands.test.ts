@@ -14,7 +14,7 @@ import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { tpmAgentAttestor } from '../../src/attestors/tpm/agent.js'
 import { parseTpmServerConfig, tpmServerAttestor } from '../../src/attestors/tpm/server.js'
 import type { AttestorState } from '../../src/attestors/types.js'
-import { TpmKeyManager } from '../../src/keymanager/tpm.js'
+import { type TpmKey, TpmKeyManager } from '../../src/keymanager/tpm.js'
 import { setTpmCommandObserver } from '../../src/tpm/command-observer.js'
 import { TpmContext } from '../../src/tpm/context.js'
 
@@ -87,5 +87,69 @@ test('a TPM attempt refused after its payload gives its SRK and AK back when it 
   await agent.payload()
   assert.equal(await tpm.loadedTransientCount(), 2)
   await agent.end?.()
+  assert.equal(await tpm.loadedTransientCount(), 0)
+})
+
+test('key generation hands its SRK to the attestor: one CreatePrimary from agent key to SVID', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-tpm-cmds-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  await using sim = await startSwtpm()
+  await using tpm = await TpmContext.open(sim.tcti)
+  const dataDir = join(dir, 'agent')
+  const cfg = parseTpmServerConfig({ ek_ca_bundle: sim.ekCaBundle }, '/')
+  const server = tpmServerAttestor(cfg)
+  const counts = new Map<string, number>()
+  const prev = setTpmCommandObserver((command) => {
+    counts.set(command, (counts.get(command) ?? 0) + 1)
+  })
+  t.after(() => setTpmCommandObserver(prev))
+  for (let i = 0; i < 2; i++) {
+    // Wired as the agent does (src/agent/plugins.ts); the second round is a restart.
+    const keys = new TpmKeyManager(tpm, join(dir, `keys-${i}`))
+    let key: TpmKey | undefined
+    const agent = tpmAgentAttestor({ tpm, dataDir, agentKey: () => key! })
+    keys.handOffSrk = (srk) => agent.adoptSrk(srk)
+    counts.clear()
+    key = await keys.generateKey('agent', 'ec-p256')
+    // The SRK stays loaded for the attestation that follows; nothing else.
+    assert.equal(await tpm.loadedTransientCount(), 1)
+    const payload = await agent.payload()
+    assert.equal(await tpm.loadedTransientCount(), 2)
+    await key.sign(new Uint8Array(Buffer.from('the CSR')))
+    const k = key
+    const result = await server.attest(payload, (c) => agent.respond(c), {
+      trustDomain: 'example.org',
+      now: new Date(),
+      agentPublicKey: k.publicKey,
+      state: memoryState(),
+    })
+    await agent.end?.()
+    assert.match(result.agentPath, /^\/spire\/agent\/tpm\//)
+    if (i === 1) assert.equal(counts.get('createPrimary'), 1, 'one SRK for keygen and attestation')
+    assert.equal(await tpm.loadedTransientCount(), 0)
+  }
+})
+
+test('an SRK handed over by key generation is flushed when no payload takes it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-tpm-cmds-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  await using sim = await startSwtpm()
+  await using tpm = await TpmContext.open(sim.tcti)
+  const keys = new TpmKeyManager(tpm, join(dir, 'keys'))
+  const agent = tpmAgentAttestor({ tpm, dataDir: join(dir, 'agent'), agentKey: () => key })
+  keys.handOffSrk = (srk) => agent.adoptSrk(srk)
+  const key = await keys.generateKey('agent', 'ec-p256')
+  // A rotation's second key: the attestor keeps one SRK reference, not two.
+  await keys.generateKey('agent2', 'ec-p256')
+  assert.equal(await tpm.loadedTransientCount(), 1)
+  await agent.end?.()
+  assert.equal(await tpm.loadedTransientCount(), 0)
+  // And without end(): it goes by itself shortly (a key rotation with no attestation after it).
+  await keys.generateKey('agent3', 'ec-p256')
+  assert.equal(await tpm.loadedTransientCount(), 1)
+  const deadline = Date.now() + 5000
+  while ((await tpm.loadedTransientCount()) !== 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100))
+  }
   assert.equal(await tpm.loadedTransientCount(), 0)
 })

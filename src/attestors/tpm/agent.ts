@@ -25,17 +25,14 @@ import {
 import { EK_SLOTS, type EkSlot, extractDerCertificate } from '../../tpm/ek.js'
 import { TpmError } from '../../tpm/errors.js'
 import { createAk, type EkAlgorithm, openEk, openSrk } from '../../tpm/keys.js'
-import {
-  bankName,
-  type PcrSelection,
-  type PcrValues,
-  parsePcrSpec,
-} from '../../tpm/structures/pcr.js'
+import { type PcrSelection, parsePcrSpec } from '../../tpm/structures/pcr.js'
 import { keyAlgorithmLabel, parseTpm2bPublic } from '../../tpm/structures/public.js'
 import type { KeyAlgorithm } from '../../tpm/templates.js'
 import type { AgentNodeAttestor } from '../types.js'
+import { AdoptedSrk } from './adopted-srk.js'
 import { DEFAULT_EVENT_LOG_PATH, readEventLog } from './agent-config.js'
 import { type AgentKeyOptions, agentKeySource } from './agent-key.js'
+import { sameValues, toWire } from './pcr-wire.js'
 import {
   encodePayload,
   encodeResponse,
@@ -43,7 +40,6 @@ import {
   parseChallenge,
   TPM,
   TpmAttestationError,
-  type WirePcrValues,
 } from './protocol.js'
 
 export {
@@ -114,25 +110,6 @@ function blobRejected(err: unknown): boolean {
   return !warning
 }
 
-function sameValues(a: PcrValues, b: PcrValues): boolean {
-  for (const [bank, m] of a) {
-    for (const [i, v] of m) {
-      if (!Buffer.from(v).equals(Buffer.from(b.get(bank)?.get(i) ?? []))) return false
-    }
-  }
-  return true
-}
-
-function toWire(values: PcrValues): WirePcrValues {
-  const out: Record<string, Record<string, string>> = {}
-  for (const [bank, m] of values) {
-    const b: Record<string, string> = {}
-    for (const [i, v] of m) b[String(i)] = Buffer.from(v).toString('hex')
-    out[bankName(bank)] = b
-  }
-  return out
-}
-
 /** The EK's public area, and whether it is the persistent one (then respond needs no re-read). */
 interface EkSeen {
   readonly slot: EkSlot
@@ -157,8 +134,16 @@ async function seeEk(
   return { slot: s, area, persistent: ek.persistent }
 }
 
+export interface TpmAgentNodeAttestor extends AgentNodeAttestor {
+  /**
+   * Takes over an SRK reference (TpmKeyManager.handOffSrk) for the next payload, so the attempt
+   * after key generation needs no CreatePrimary of its own. Released if no payload comes soon.
+   */
+  adoptSrk(srk: KeyHandle): void
+}
+
 /** The TPM node attestor, agent half. */
-export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor {
+export function tpmAgentAttestor(o: TpmAgentAttestorOptions): TpmAgentNodeAttestor {
   const { tpm } = o
   const agentKey = agentKeySource(o)
   const akAlg = o.akAlgorithm ?? 'ecc-p256'
@@ -174,6 +159,8 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
 
   // The SRK and AK the last payload loaded, owned here until its challenge takes them over.
   let held: { srk: KeyHandle; ak: KeyHandle; timer: NodeJS.Timeout } | undefined
+  // An SRK reference handed over by key generation, owned here until a payload takes it.
+  const adopted = new AdoptedSrk(tpm)
   const takeHeld = () => {
     const h = held
     held = undefined
@@ -272,7 +259,14 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
         // Before the SRK and AK: a recreated EK needs a slot of its own for a moment.
         const ek = await seeEk(tpm, s, persistent, o.persistEk === true)
         ekSeen = ek
-        const srk = await openSrk(tpm)
+        const given = adopted.take()
+        let srk: KeyHandle
+        if (given && tpm.isLoaded(given)) srk = given
+        else {
+          // Gone with a reconnect (its dispose releases nothing then): a fresh one.
+          await given?.dispose()
+          srk = await openSrk(tpm)
+        }
         let loaded: { blob: KeyBlob; ak: KeyHandle }
         try {
           loaded = await loadAk(srk)
@@ -315,6 +309,8 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
         : undefined
       const proof = await agentKey.forChallenge(c.nonce)
       return withTpm(tpm, async () => {
+        // A key made since the payload handed its SRK over: it must not hold a slot from the EK.
+        await adopted.release()
         // Slot order for a 3-object TPM: SRK+AK+key, SRK flushed, then the EK beside them.
         let h = takeHeld()
         let srk: KeyHandle | undefined
@@ -373,7 +369,13 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): AgentNodeAttestor 
       })
     },
 
-    end: () => withTpm(tpm, () => release(takeHeld())).catch(() => undefined),
+    end: () =>
+      withTpm(tpm, async () => {
+        await adopted.release()
+        await release(takeHeld())
+      }).catch(() => undefined),
+
+    adoptSrk: (srk) => adopted.adopt(srk),
   }
 
   /** An attempt that got no challenge in time: its SRK and AK go (under the TPM lock). */
