@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { DEFAULT_IDENTITY } from '../../hardware-sim/cloud/index.js'
+import { type CloudIdentity, DEFAULT_IDENTITY } from '../../hardware-sim/cloud/index.js'
 import {
   agentSelectors,
   assertRefused,
@@ -136,7 +136,7 @@ test('azure_msi with Resource Manager lookups on the simulated AAD/ARM: network 
 })
 
 test('azure_msi with a user-assigned identity: Resource Manager finds its one VM among paged VMs (network selectors, vm-name, an SVID on the subnet); a shared identity, a detached one and a list over the cap refuse', async (t) => {
-  const uai = {
+  const uai: NonNullable<CloudIdentity['userAssigned']> = {
     resourceGroup: 'identities',
     name: 'edge-gateway-id',
     principalId: '7c9e6679-7425-40de-944b-e07fc1f90ae7',
@@ -144,7 +144,7 @@ test('azure_msi with a user-assigned identity: Resource Manager finds its one VM
   }
   // No system-assigned identity: IMDS answers with the user-assigned one, as Azure does. 250 more
   // VMs in the subscription: three pages of Resources - List before the VM is known.
-  const vmWith = (extra: Record<string, unknown> = {}) => ({
+  const vmWith = (extra: CloudIdentity = {}): CloudIdentity => ({
     userAssigned: uai,
     systemAssigned: false,
     otherVms: { count: 250 },

@@ -3,20 +3,13 @@ import { randomBytes } from 'node:crypto'
 import { copyFileSync, cpSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { startMosquitto } from '../../hardware-sim/mosquitto.js'
-import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { loadBetterSqlite3 } from '../../src/common/sqlite.js'
 import { codec } from '../../src/transport/proto.js'
 import { fetchValidSvids, processDir } from '../helpers/agent-process.js'
 import { type CliProcess, startCli } from '../helpers/cli-process.js'
 import { cli } from '../helpers/exec.js'
-import {
-  agentMqttToml,
-  type Recorded,
-  type Spy,
-  serverMqttToml,
-  startSpy,
-} from '../helpers/mqtt.js'
+import { type Recorded, type Spy, serverMqttToml } from '../helpers/mqtt.js'
+import { agentMqttTpmToml, serverTpmToml, startMqttTpmRig } from '../helpers/mqtt-tpm.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
@@ -71,13 +64,8 @@ test('two server replicas on one datastore behind one $share group: the TPM chal
 }, async (t) => {
   const dir = processDir('spiffe-edge-mqtt-replicas-')
   t.after(() => rmSync(dir, { recursive: true, force: true }))
-  await using sim = await startSwtpm()
-  await using broker = await startMosquitto({ tls: true })
-  await using spy = await startSpy(broker)
-  const info = JSON.parse((await cli(['tpm', 'info', '--tcti', sim.tcti, '--json'])).stdout) as {
-    endorsement_keys: { algorithm: string; public_key_sha256: string }[]
-  }
-  const ekHash = info.endorsement_keys.find((k) => k.algorithm === 'rsa-2048')!.public_key_sha256
+  await using rig = await startMqttTpmRig()
+  const { sim, broker, spy, ekHash } = rig
   const datastore = join(dir, 'shared', 'datastore.sqlite3')
   const serverConf = (name: string) => {
     const f = join(dir, `server-${name}.conf`)
@@ -86,7 +74,7 @@ test('two server replicas on one datastore behind one $share group: the TPM chal
       `[server]\ntrust_domain = "example.org"\ndata_dir = "./${name}"\nadmin_socket = "./${name}/admin.sock"\nlog_level = "info"\n` +
         `${serverMqttToml(broker, `client_id = "replica-${name}"\n`)}\n[plugins.KeyManager.disk]\n` +
         `[plugins.DataStore.sql]\ndatabase_type = "sqlite3"\nconnection_string = "./shared/datastore.sqlite3"\n` +
-        `[plugins.NodeAttestor.tpm]\nek_ca_bundle = "${sim.ekCaBundle}"\npcr_selection = "sha256:0,1,2,3,4,5,6,7"\n`,
+        serverTpmToml(rig),
     )
     return f
   }
@@ -130,8 +118,7 @@ test('two server replicas on one datastore behind one $share group: the TPM chal
     agentConf,
     `[agent]\ntrust_domain = "example.org"\nserver_address = "${broker.url}"\ndata_dir = "./agent"\n` +
       `socket_path = "./agent/public/api.sock"\ntrust_bundle_path = "${bundle}"\nlog_level = "info"\n` +
-      `${agentMqttToml(broker)}\n[plugins.NodeAttestor.tpm]\ntcti = "${sim.tcti}"\nak_algorithm = "ecc-p256"\n` +
-      '[plugins.KeyManager.disk]\n[plugins.WorkloadAttestor.unix]\n',
+      agentMqttTpmToml(rig),
   )
   const isParams = (r: Recorded) => r.topic.endsWith('/req') && attestFrame(r)?.round === 1
   const params = spy.next(isParams, 60_000).then((r) => {

@@ -2,31 +2,25 @@ import assert from 'node:assert/strict'
 import { rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { startMosquitto } from '../../hardware-sim/mosquitto.js'
-import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { fetchValidSvids, processDir } from '../helpers/agent-process.js'
 import { startCli } from '../helpers/cli-process.js'
 import { cli } from '../helpers/exec.js'
-import { agentMqttToml, serverMqttToml, startSpy } from '../helpers/mqtt.js'
+import { serverMqttToml } from '../helpers/mqtt.js'
+import { agentMqttTpmToml, serverTpmToml, startMqttTpmRig } from '../helpers/mqtt-tpm.js'
 
 test('TPM attestation (swtpm) over MQTT with TLS: agent ID from the EK, SVIDs via the Workload API, re-attestation after a restart', {
   timeout: 180_000,
 }, async (t) => {
   const dir = processDir('spiffe-edge-mqtt-tpm-')
   t.after(() => rmSync(dir, { recursive: true, force: true }))
-  await using sim = await startSwtpm()
-  await using broker = await startMosquitto({ tls: true })
-  await using spy = await startSpy(broker)
-  const info = JSON.parse((await cli(['tpm', 'info', '--tcti', sim.tcti, '--json'])).stdout) as {
-    endorsement_keys: { algorithm: string; public_key_sha256: string }[]
-  }
-  const ekHash = info.endorsement_keys.find((k) => k.algorithm === 'rsa-2048')!.public_key_sha256
+  await using rig = await startMqttTpmRig()
+  const { broker, spy, ekHash } = rig
   const serverConf = join(dir, 'server.conf')
   writeFileSync(
     serverConf,
     '[server]\ntrust_domain = "example.org"\ndata_dir = "./server"\nadmin_socket = "./server/admin.sock"\nlog_level = "info"\nagent_ttl = "16s"\n' +
       `${serverMqttToml(broker)}\n[plugins.KeyManager.disk]\n` +
-      `[plugins.NodeAttestor.tpm]\nek_ca_bundle = "${sim.ekCaBundle}"\npcr_selection = "sha256:0,1,2,3,4,5,6,7"\n`,
+      serverTpmToml(rig),
   )
   const server = await startCli(['server', 'run', '--config', serverConf, '--port', '0'], t)
   const sock = String(server.first.admin_socket)
@@ -35,8 +29,7 @@ test('TPM attestation (swtpm) over MQTT with TLS: agent ID from the EK, SVIDs vi
     agentConf,
     `[agent]\ntrust_domain = "example.org"\nserver_address = "${broker.url}"\ndata_dir = "./agent"\n` +
       'socket_path = "./agent/public/api.sock"\ninsecure_bootstrap = true\nlog_level = "info"\n' +
-      `${agentMqttToml(broker)}\n[plugins.NodeAttestor.tpm]\ntcti = "${sim.tcti}"\nak_algorithm = "ecc-p256"\n` +
-      '[plugins.KeyManager.disk]\n[plugins.WorkloadAttestor.unix]\n',
+      agentMqttTpmToml(rig),
   )
   const agentId = `spiffe://example.org/spire/agent/tpm/${ekHash}`
   const agent = await startCli(['agent', 'run', '--config', agentConf], t)

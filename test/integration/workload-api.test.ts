@@ -32,6 +32,7 @@ import { TrustDomain } from '../../src/spiffe/id.js'
 import { validateJwtSvid } from '../../src/spiffe/jwt-svid.js'
 import { validateX509Svid } from '../../src/spiffe/x509-svid.js'
 import { repoRoot } from '../helpers/exec.js'
+import { reflect } from '../helpers/reflection.js'
 import { MemoryWorkloadSource, sel } from '../helpers/workload-source.js'
 
 const UID = process.getuid!()
@@ -68,6 +69,15 @@ async function fixture(over: Partial<WorkloadApiServerOptions> = {}): Promise<Fi
       await server.close()
     },
   }
+}
+
+/** The entry most tests need: spiffe://example.org/web for this process's uid. */
+async function addWeb(f: Fixture): Promise<void> {
+  await f.source.addEntry({
+    id: 'e1',
+    spiffeId: 'spiffe://example.org/web',
+    selectors: [sel(`unix:uid:${UID}`)],
+  })
 }
 
 async function rejectsStatus(p: Promise<unknown>, status: number): Promise<void> {
@@ -255,11 +265,7 @@ describe('Workload API server', () => {
 
   test('FetchJWTSVID: audience required, tokens validate, unknown spiffe_id denied', async () => {
     await using f = await fixture()
-    await f.source.addEntry({
-      id: 'e1',
-      spiffeId: 'spiffe://example.org/web',
-      selectors: [sel(`unix:uid:${UID}`)],
-    })
+    await addWeb(f)
     await f.source.addEntry({
       id: 'e2',
       spiffeId: 'spiffe://example.org/api',
@@ -308,11 +314,7 @@ describe('Workload API server', () => {
 
   test('bundle streams key every trust domain by its SPIFFE ID', async () => {
     await using f = await fixture()
-    await f.source.addEntry({
-      id: 'e1',
-      spiffeId: 'spiffe://example.org/web',
-      selectors: [sel(`unix:uid:${UID}`)],
-    })
+    await addWeb(f)
     // Federated bundles only of the domains the caller's entries federate with (SPIRE).
     assert.deepEqual([...(await f.client.fetchX509Bundles()).keys()], ['spiffe://example.org'])
     assert.deepEqual([...(await f.client.fetchJwtBundles()).keys()], ['spiffe://example.org'])
@@ -347,26 +349,11 @@ describe('Workload API server', () => {
   test('reflection lists the services and serves the workload.proto descriptor', async () => {
     await using f = await fixture()
     const c = new grpc.Client(`unix://${f.socket}`, grpc.credentials.createInsecure())
-    const call = c.makeBidiStreamRequest(
-      '/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo',
-      (b: Buffer) => b,
-      (b: Buffer) => b,
-    )
-    const got: Buffer[] = []
-    const done = new Promise<void>((resolve) => {
-      call.on('data', (b: Buffer) => {
-        got.push(b)
-        if (got.length === 2) call.end()
-      })
-      call.on('end', () => resolve())
-      call.on('error', () => resolve())
-    })
     // ServerReflectionRequest{list_services=7:"*"}, then {file_containing_symbol=4:"SpiffeWorkloadAPI"}
-    const str = (tag: number, s: string) =>
-      Buffer.concat([Buffer.from([tag, s.length]), Buffer.from(s)])
-    call.write(str(0x3a, '*'))
-    call.write(str(0x22, 'SpiffeWorkloadAPI'))
-    await done
+    const got = await reflect(c, [
+      [0x3a, '*'],
+      [0x22, 'SpiffeWorkloadAPI'],
+    ])
     c.close()
     assert.equal(got.length, 2)
     const text = Buffer.concat(got).toString('latin1')
@@ -435,11 +422,7 @@ describe('Workload API server', () => {
       },
     }
     await using f = await fixture({ attestors: [unixAttestor(), slow] })
-    await f.source.addEntry({
-      id: 'e1',
-      spiffeId: 'spiffe://example.org/web',
-      selectors: [sel(`unix:uid:${UID}`)],
-    })
+    await addWeb(f)
     const leaving = workloadClient(`unix://${f.socket}`)
     const p = leaving.fetchX509().catch((e: unknown) => e)
     while (started === 0) await new Promise((r) => setTimeout(r, 5))
@@ -469,11 +452,7 @@ describe('Workload API server', () => {
       },
     }
     await using f = await fixture({ attestors: [unixAttestor(), swap], procRoot: proc })
-    await f.source.addEntry({
-      id: 'e1',
-      spiffeId: 'spiffe://example.org/web',
-      selectors: [sel(`unix:uid:${UID}`)],
-    })
+    await addWeb(f)
     await rejectsStatus(f.client.fetchX509(), GrpcStatus.UNAUTHENTICATED)
   })
 
@@ -538,11 +517,7 @@ describe('Workload API server', () => {
   test('3000 fetch-and-cancel cycles on one client do not stall (connection recycled)', async () => {
     const logs: string[] = []
     await using f = await fixture({ log: (_level, msg) => logs.push(msg) })
-    await f.source.addEntry({
-      id: 'e1',
-      spiffeId: 'spiffe://example.org/web',
-      selectors: [sel(`unix:uid:${UID}`)],
-    })
+    await addWeb(f)
     const t0 = performance.now()
     for (let i = 0; i < 3000; i++) {
       const r = await f.client.fetchX509()
@@ -563,11 +538,7 @@ describe('Workload API server', () => {
   test('answered unary calls are not stream resets: 1,500 FetchJWTSVID on one client, no recycling', async () => {
     const logs: string[] = []
     await using f = await fixture({ log: (_level, msg) => logs.push(msg) })
-    await f.source.addEntry({
-      id: 'e1',
-      spiffeId: 'spiffe://example.org/web',
-      selectors: [sel(`unix:uid:${UID}`)],
-    })
+    await addWeb(f)
     const t0 = performance.now()
     for (let i = 0; i < 1500; i++) {
       const r = await f.client.fetchJwt(['aud'])
@@ -582,11 +553,7 @@ describe('Workload API server', () => {
 
   test('close ends open streams and drops their subscriptions', async () => {
     const f = await fixture()
-    await f.source.addEntry({
-      id: 'e1',
-      spiffeId: 'spiffe://example.org/web',
-      selectors: [sel(`unix:uid:${UID}`)],
-    })
+    await addWeb(f)
     let got!: () => void
     const first = new Promise<void>((r) => {
       got = r

@@ -25,6 +25,7 @@ import {
 import { JWT_AUDIENCE_LIMITS } from '../../src/agent/workload-api/types.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
 import { repoRoot } from '../helpers/exec.js'
+import { reflect } from '../helpers/reflection.js'
 import { MemoryWorkloadSource, sel } from '../helpers/workload-source.js'
 
 const UID = process.getuid!()
@@ -187,27 +188,16 @@ describe('Workload API hardening', () => {
     const { server } = await serve(socket, { ready: () => ready })
     const c = new grpc.Client(`unix://${socket}`, grpc.credentials.createInsecure())
     try {
-      const str = (tag: number, v: string) =>
-        Buffer.concat([Buffer.from([tag, Buffer.byteLength(v)]), Buffer.from(v)])
-      for (const version of ['v1', 'v1alpha']) {
-        const call = c.makeBidiStreamRequest(
-          `/grpc.reflection.${version}.ServerReflection/ServerReflectionInfo`,
-          (b: Buffer) => b,
-          (b: Buffer) => b,
+      for (const version of ['v1', 'v1alpha'] as const) {
+        const got = await reflect(
+          c,
+          [
+            [0x3a, '*'], // list_services
+            [0x1a, 'workload.proto'], // file_by_filename
+            [0x22, 'grpc.health.v1.Health'], // file_containing_symbol
+          ],
+          version,
         )
-        const got: Buffer[] = []
-        const done = new Promise<void>((resolve) => {
-          call.on('data', (b: Buffer) => {
-            got.push(b)
-            if (got.length === 3) call.end()
-          })
-          call.on('end', () => resolve())
-          call.on('error', () => resolve())
-        })
-        call.write(str(0x3a, '*')) // list_services
-        call.write(str(0x1a, 'workload.proto')) // file_by_filename
-        call.write(str(0x22, 'grpc.health.v1.Health')) // file_containing_symbol
-        await done
         assert.equal(got.length, 3, version)
         const [list, file, health] = got.map((b) => b.toString('latin1'))
         // Listed as its 17-byte name (length prefix 0x11), not with a leading dot.

@@ -13,7 +13,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { ensureCloudKeys } from '../../hardware-sim/cloud/keys.js'
-import { DEFAULT_IDENTITY, serveCloudMetadata } from '../../hardware-sim/cloud/service.js'
+import {
+  type CloudIdentity,
+  DEFAULT_IDENTITY,
+  serveCloudMetadata,
+} from '../../hardware-sim/cloud/service.js'
 import { AzureApi, type AzureApiConfig } from '../../src/attestors/cloud/azure/arm.js'
 import { azureApis, parseAzureServerConfig } from '../../src/attestors/cloud/azure/server.js'
 import { CloudAttestationError } from '../../src/attestors/cloud/common.js'
@@ -26,11 +30,14 @@ const refused = (reason: string, re: RegExp) => (e: unknown) =>
   (reason === 'api' ? e.code === 'ERR_CLOUD_API' : e.code === 'ERR_ATTESTATION_FAILED') &&
   re.test(e.message)
 
-async function simRig(t: { after: (f: () => Promise<void> | void) => void }) {
+async function simRig(
+  t: { after: (f: () => Promise<void> | void) => void },
+  identity: CloudIdentity = {},
+) {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-azure-api-unit-'))
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   const keys = await ensureCloudKeys(dir, 'azure')
-  const { server, port } = await serveCloudMetadata('azure', keys, {}, 0)
+  const { server, port } = await serveCloudMetadata('azure', keys, identity, 0)
   t.after(
     () =>
       new Promise<void>((r) => {
@@ -266,4 +273,26 @@ test('AzureApi: a refused token under concurrent lookups is exchanged once, not 
   revoked = true
   await Promise.all(Array.from({ length: 8 }, () => api.fetchJson('lookup', `${at(rm)}/x`, now)))
   assert.equal(exchanges, 2, 'one exchange for the refused token')
+})
+
+test("AzureApi: a Resource Manager name holding ':' is refused as malformed, not joined into a selector that reads as another group's", async (t) => {
+  for (const identity of [
+    { networkSecurityGroup: 'frontend:nsg' },
+    { networkResourceGroup: 'network:edge' },
+    { subnet: 'gate:ways' },
+  ] satisfies CloudIdentity[]) {
+    const { dir, url } = await simRig(t, identity)
+    const cfg = azureApis(
+      parseAzureServerConfig(
+        { ...tenantWith(secret), authority_url: url, resource_manager_endpoint: url },
+        dir,
+      ),
+    )[0] as AzureApiConfig
+    const vm = `/subscriptions/${I.subscriptionId}/resourcegroups/${I.resourceGroup}/providers/Microsoft.Compute/virtualMachines/${I.vmName}`
+    await assert.rejects(
+      new AzureApi(cfg).selectors(vm, I.principalId, Date.now()),
+      refused('api', /is malformed/),
+      JSON.stringify(identity),
+    )
+  }
 })

@@ -215,6 +215,15 @@ test('azure_msi: managed identity token → SPIRE ID and selectors; every refusa
     'signature',
   )
   await refuse(await jwt(claims, { iss, aud: resource, sub: 'a/b' }), 'claims')
+  // ':' joins the selector's parts: group 'frontend:blog' + VM 'x' would read as 'frontend' + 'blog:x'.
+  for (const bad of [
+    mirid.replace('/resourcegroups/frontend/', '/resourcegroups/frontend:blog/'),
+    mirid.replace('/virtualMachines/blog', '/virtualMachines/blog:x'),
+  ])
+    await refuse(
+      await jwt({ ...claims, xms_mirid: bad }, { iss, aud: resource, sub: principal }),
+      'claims',
+    )
   await refuse(await jwt({ oid: principal }, { iss, aud: resource, sub: principal }), 'claims')
   await refuse('garbage', 'payload')
   await refuse(

@@ -4,7 +4,7 @@
  * logged. The file must be a regular file owned by this process's user (or root) that nobody
  * else can read, of one line; one trailing newline (what `echo secret > file` leaves) is dropped.
  */
-import { lstatSync, readFileSync } from 'node:fs'
+import { readChecked } from '../../common/read-checked.js'
 
 const MAX_SECRET_FILE = 4096
 
@@ -14,30 +14,24 @@ export function readSecretFile(
   file: string,
   euid: number | undefined = process.geteuid?.(),
 ): { secret: string } | { problem: string } {
-  let text: string
-  try {
-    // lstat: a symbolic link's target could be anyone's file.
-    const st = lstatSync(file)
-    if (!st.isFile()) return { problem: `${key}: ${file} is not a regular file` }
-    if (euid !== undefined && st.uid !== euid && st.uid !== 0)
-      return {
-        problem: `${key}: ${file} is owned by uid ${st.uid}, not by this process's uid ${euid} or root`,
-      }
-    if ((st.mode & 0o077) !== 0)
-      return {
-        problem: `${key}: ${file} has mode 0${(st.mode & 0o777).toString(8)}; make it 0600 (chmod 600) so only its owner can read the secret`,
-      }
-    if (st.size === 0 || st.size > MAX_SECRET_FILE)
-      return {
-        problem: `${key}: ${file} must hold the secret alone (1 to ${MAX_SECRET_FILE} bytes)`,
-      }
-    text = readFileSync(file, 'utf8')
-  } catch (err) {
-    return {
-      problem: `${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`,
-    }
-  }
-  return oneLine(key, text.replace(/\r?\n$/, ''))
+  // One open (O_NOFOLLOW: a symbolic link's target could be anyone's file), checks on that
+  // descriptor, the read through it: nothing swapped in after the check is read.
+  const r = readChecked(file, {
+    noFollow: true,
+    maxBytes: MAX_SECRET_FILE,
+    check: (st) => {
+      if (euid !== undefined && st.uid !== euid && st.uid !== 0)
+        return `is owned by uid ${st.uid}, not by this process's uid ${euid} or root`
+      if ((st.mode & 0o077) !== 0)
+        return `has mode 0${(st.mode & 0o777).toString(8)}; make it 0600 (chmod 600) so only its owner can read the secret`
+      return undefined
+    },
+  })
+  if ('errno' in r) return { problem: `${key}: cannot read ${file}: ${r.errno}` }
+  if ('refused' in r) return { problem: `${key}: ${file} ${r.refused}` }
+  if ('oversize' in r || r.text === '')
+    return { problem: `${key}: ${file} must hold the secret alone (1 to ${MAX_SECRET_FILE} bytes)` }
+  return oneLine(key, r.text.replace(/\r?\n$/, ''))
 }
 
 export function readSecretEnv(

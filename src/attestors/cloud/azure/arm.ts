@@ -54,7 +54,11 @@ export interface AzureApiConfig {
   readonly timeoutMs: number
 }
 
-const SEG = '([^/?#]{1,128})'
+// No ':' in a name: selectors join resource group and names with ':' as SPIRE does (unescaped),
+// so a group 'a:b' with NSG 'c' would read as group 'a' with NSG 'b:c'. Azure allows ':' in none
+// of these names, so an ID holding one is refused as malformed rather than escaped (escaping
+// would change the selector strings SPIRE users' entries hold).
+const SEG = '([^/?#:]{1,128})'
 const SUB = '([0-9a-fA-F-]{36})'
 const rx = (tail: string) =>
   new RegExp(`^/subscriptions/${SUB}/resourceGroups/${SEG}/providers/${tail}$`, 'i')

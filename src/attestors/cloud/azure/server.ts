@@ -184,7 +184,7 @@ export function azureApis(cfg: AzureServerConfig): AzureApiConfig[] {
 /** /subscriptions/<s>/resourcegroups/<rg>/providers/Microsoft.Compute/virtualMachines/<name>
  * (the token's lower-case resourcegroups, or ARM's resourceGroups from the VM list). */
 const MIRID =
-  /^\/subscriptions\/([0-9a-fA-F-]{36})\/resourcegroups\/([^/]{1,90})\/providers\/Microsoft\.Compute\/virtualMachines\/([^/]{1,64})$/i
+  /^\/subscriptions\/([0-9a-fA-F-]{36})\/resourcegroups\/([^/:]{1,90})\/providers\/Microsoft\.Compute\/virtualMachines\/([^/:]{1,64})$/i
 
 export function azureServerAttestor(
   cfg: AzureServerConfig,
@@ -220,10 +220,17 @@ export function azureServerAttestor(
         now: ctx.now,
       })
       const principal = idSegment(AZURE_MSI, 'sub', claims.sub)
+      const mirid = typeof claims.xms_mirid === 'string' ? claims.xms_mirid : ''
+      // vm-name:<rg>:<name> joins with ':' (as SPIRE does); no Azure name holds one (see arm.ts).
+      if (mirid.includes(':'))
+        throw new CloudAttestationError(
+          AZURE_MSI,
+          'claims',
+          "xms_mirid holds ':', which no Azure resource name does: its selectors would be ambiguous",
+        )
       const agentPath = `/spire/agent/${AZURE_MSI}/${tenant}/${principal}`
       await checkFirstUse(AZURE_MSI, attested, ctx.trustDomain, agentPath, cfg.tofu)
       const selectors: Selector[] = []
-      const mirid = typeof claims.xms_mirid === 'string' ? claims.xms_mirid : ''
       const uai = UAI_ID.test(mirid) ? mirid : undefined
       const api = apis.get(tenant)
       // A system-assigned identity's token names its VM: SPIRE reads the same facts from

@@ -6,10 +6,11 @@
  * file (`gcloud auth application-default login`: a refresh-token grant). Read at start, fail
  * closed; each exchange is one bounded call (api.ts).
  */
-import { existsSync, readFileSync, statSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { importPKCS8, SignJWT } from 'jose'
+import { readChecked } from '../../../common/read-checked.js'
 import {
   type AccessToken,
   accessTokenOf,
@@ -57,18 +58,18 @@ export type GcpCredentials = ServiceAccountKey | AuthorizedUser | MetadataServer
 
 /** A JSON credentials file as gcloud writes them (service_account or authorized_user). */
 export function readCredentialsFile(file: string): ServiceAccountKey | AuthorizedUser {
-  let text: string
-  try {
-    // stat, not lstat: a mounted secret (Kubernetes) is a symbolic link; its target is checked.
-    const st = statSync(file)
-    if (!st.isFile()) throw new Error('not a regular file')
-    if (st.size > MAX_CREDENTIALS_FILE) throw new Error(`over ${MAX_CREDENTIALS_FILE} bytes`)
+  // stat semantics, not lstat: a mounted secret (Kubernetes) is a symbolic link; its target is
+  // checked. One open, the checks on that descriptor, the read through it (no check-then-read gap).
+  const r = readChecked(file, {
+    noFollow: false,
+    maxBytes: MAX_CREDENTIALS_FILE,
     // Anyone who can write it picks the credentials and the token_uri they are sent to.
-    if ((st.mode & 0o002) !== 0) throw new Error('writable by anyone; chmod o-w (or 600)')
-    text = readFileSync(file, 'utf8')
-  } catch (err) {
-    throw new Error(`${file}: ${(err as Error).message}`)
-  }
+    check: (st) => ((st.mode & 0o002) !== 0 ? 'writable by anyone; chmod o-w (or 600)' : undefined),
+  })
+  if ('errno' in r) throw new Error(`${file}: ${r.errno}`)
+  if ('refused' in r) throw new Error(`${file}: ${r.refused.replace(/^is /, '')}`)
+  if ('oversize' in r) throw new Error(`${file}: over ${MAX_CREDENTIALS_FILE} bytes`)
+  const text = r.text
   let o: Record<string, unknown>
   try {
     o = JSON.parse(text) as Record<string, unknown>
