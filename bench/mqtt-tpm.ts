@@ -30,6 +30,7 @@ import { TpmContext } from '../src/tpm/context.js'
 import { GrpcNodeClient } from '../src/transport/grpc-client.js'
 import { MqttNodeClient } from '../src/transport/mqtt/client.js'
 import type { NodeClient } from '../src/transport/node-client.js'
+import { clientOrMain } from './client-entry.js'
 import { type Ev, events, mark, print, traceDatastore, traceMqtt } from './trace-hooks.js'
 
 const N = Number(process.env.BENCH_N ?? 10)
@@ -187,20 +188,4 @@ async function main(): Promise<void> {
   }
 }
 
-if (process.argv.includes('--client')) {
-  let input = ''
-  process.stdin.on('data', (d: Buffer) => {
-    input += d.toString()
-  })
-  process.stdin.on('end', () => {
-    client(JSON.parse(input) as Job).then(
-      () => process.exit(0),
-      (err: unknown) => {
-        console.error(err)
-        process.exit(1)
-      },
-    )
-  })
-} else {
-  await main()
-}
+await clientOrMain<Job>(client, main)

@@ -25,6 +25,7 @@ import { createCsr } from '../src/spiffe/csr.js'
 import { TrustDomain } from '../src/spiffe/id.js'
 import { GrpcNodeClient } from '../src/transport/grpc-client.js'
 import { MqttNodeClient } from '../src/transport/mqtt/client.js'
+import { clientOrMain } from './client-entry.js'
 import { type Ev, events, mark, print, traceDatastore, traceMqtt } from './trace-hooks.js'
 
 const RUNS = Number(process.env.BENCH_N ?? 5)
@@ -181,20 +182,4 @@ async function main(): Promise<void> {
   }
 }
 
-if (process.argv.includes('--client')) {
-  let input = ''
-  process.stdin.on('data', (d: Buffer) => {
-    input += d.toString()
-  })
-  process.stdin.on('end', () => {
-    client(JSON.parse(input) as Job).then(
-      () => process.exit(0),
-      (err: unknown) => {
-        console.error(err)
-        process.exit(1)
-      },
-    )
-  })
-} else {
-  await main()
-}
+await clientOrMain<Job>(client, main)

@@ -32,6 +32,7 @@ import { TrustDomain } from '../src/spiffe/id.js'
 import { GrpcNodeClient } from '../src/transport/grpc-client.js'
 import { MqttNodeClient } from '../src/transport/mqtt/client.js'
 import type { AgentAuth, NodeClient } from '../src/transport/node-client.js'
+import { clientOrMain } from './client-entry.js'
 
 const N = Number(process.env.BENCH_N ?? 10)
 const BATCH = 100
@@ -226,20 +227,4 @@ async function main(): Promise<void> {
   }
 }
 
-if (process.argv.includes('--client')) {
-  let input = ''
-  process.stdin.on('data', (d: Buffer) => {
-    input += d.toString()
-  })
-  process.stdin.on('end', () => {
-    client(JSON.parse(input) as Job).then(
-      () => process.exit(0),
-      (err: unknown) => {
-        console.error(err)
-        process.exit(1)
-      },
-    )
-  })
-} else {
-  await main()
-}
+await clientOrMain<Job>(client, main)
