@@ -6,11 +6,11 @@
  * and the agent starts over (re-attesting, which is safe where the attestor allows it).
  */
 
-import { X509Certificate } from 'node:crypto'
 import { closeSync, existsSync, mkdirSync, openSync, renameSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { loadBetterSqlite3 } from '../common/sqlite.js'
 import { SpiffeEdgeError } from '../errors.js'
+import { nodeCertFromDer } from '../spiffe/x509-cert.js'
 
 type Db = InstanceType<ReturnType<typeof loadBetterSqlite3>>
 
@@ -165,7 +165,7 @@ function readState(db: Db): AgentState {
       throw bad('agent_svid', 'not a list of base64 certificates')
     out.agentSvid = list.map((b: string) => new Uint8Array(Buffer.from(b, 'base64')))
     // A chain that does not parse would fail later, in the middle of start().
-    for (const c of out.agentSvid) new X509Certificate(c)
+    for (const c of out.agentSvid) nodeCertFromDer(c)
   }
   const id = text('agent_spiffe_id')
   if (id) out.agentSpiffeId = id

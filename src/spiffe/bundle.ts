@@ -1,6 +1,7 @@
-import { createPublicKey, type JsonWebKey, type KeyObject, X509Certificate } from 'node:crypto'
+import { createPublicKey, type JsonWebKey, type KeyObject, type X509Certificate } from 'node:crypto'
 import { BundleError } from './errors.js'
 import type { TrustDomain } from './id.js'
+import { nodeCertFromDer } from './x509-cert.js'
 
 /**
  * Trust bundles: the X.509 and JWT authorities of one trust domain, and the SPIFFE bundle
@@ -161,7 +162,7 @@ export class TrustBundle {
   toSpiffeJson(): string {
     const keys: Record<string, unknown>[] = []
     for (const der of this.x509Authorities) {
-      const cert = new X509Certificate(der)
+      const cert = nodeCertFromDer(der)
       keys.push({
         ...publicJwk(cert.publicKey),
         use: X509_USE,
@@ -289,7 +290,7 @@ function parseX509Key(jwk: Record<string, unknown>, where: string): Uint8Array {
   const der = new Uint8Array(Buffer.from(b64, 'base64'))
   let cert: X509Certificate
   try {
-    cert = new X509Certificate(der)
+    cert = nodeCertFromDer(der)
   } catch (err) {
     throw new BundleError(`${where}: x5c[0] is not a DER certificate`, err)
   }

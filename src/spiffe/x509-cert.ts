@@ -159,9 +159,22 @@ export function readCert(der: Uint8Array, what = 'certificate'): CertInfo {
   }
 }
 
+/**
+ * node:crypto's X509Certificate of exactly these DER bytes. Its constructor tries PEM first, and
+ * OpenSSL's PEM reader skips everything before a BEGIN line: DER bytes that carry a PEM block
+ * (in a signature, say) would be read as that other certificate. Refused unless OpenSSL's
+ * certificate is byte for byte the input, so every reader sees one certificate.
+ */
+export function nodeCertFromDer(der: Uint8Array): NodeX509 {
+  const n = new NodeX509(der)
+  if (!Buffer.from(n.raw).equals(Buffer.from(der.buffer, der.byteOffset, der.byteLength)))
+    throw new SvidError('the bytes are not one DER certificate (OpenSSL read another)')
+  return n
+}
+
 export function parseCert(der: Uint8Array, what: string): { p: CertInfo; n: NodeX509 } {
   try {
-    return { p: readCert(der, what), n: new NodeX509(der) }
+    return { p: readCert(der, what), n: nodeCertFromDer(der) }
   } catch (err) {
     throw new SvidError(`${what} is not a DER X.509 certificate`, err)
   }

@@ -4,11 +4,12 @@
  * a directoryName of TPM attributes, the EK EKU 2.23.133.8.1, RSA EKs with keyEncipherment only).
  * Signatures and issuer/subject matching go through OpenSSL (node:crypto); policy is ours.
  */
-import { createHash, X509Certificate as NodeX509 } from 'node:crypto'
+import { createHash, type X509Certificate as NodeX509 } from 'node:crypto'
 import { readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { x509 } from '../../common/x509.js'
 import { parsePemCertificates } from '../../spiffe/bundle.js'
+import { nodeCertFromDer } from '../../spiffe/x509-cert.js'
 import { TpmAttestationError } from './protocol.js'
 
 export const OID = {
@@ -76,7 +77,7 @@ function boundedKey(node: NodeX509): boolean {
 
 export function parseCert(der: Uint8Array, what: string): Cert {
   try {
-    const node = new NodeX509(der)
+    const node = nodeCertFromDer(der)
     const spki = node.publicKey.export({ type: 'spki', format: 'der' })
     return {
       der,

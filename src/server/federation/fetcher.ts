@@ -4,13 +4,13 @@
  * not take (wrong trust domain, sequence going backwards, too big, no X.509 authority) keeps the
  * last good bundle and says so in the log; retries back off and never poll faster than 1/s.
  */
-import { X509Certificate } from 'node:crypto'
 import { request } from 'node:https'
 import { isIP } from 'node:net'
 import type { Log } from '../../common/log.js'
 import { SpiffeEdgeError } from '../../errors.js'
 import { TrustBundle } from '../../spiffe/bundle.js'
 import { SpiffeId, TrustDomain } from '../../spiffe/id.js'
+import { nodeCertFromDer } from '../../spiffe/x509-cert.js'
 import type { Datastore } from '../datastore/types.js'
 import type { FederationRelationship } from './config.js'
 
@@ -309,7 +309,7 @@ export class FederationFetcher {
     }
     if (b.x509Authorities.length === 0)
       throw fail(`the bundle of ${td.name} has no X.509 authority`, 'check the foreign server')
-    for (const der of b.x509Authorities) new X509Certificate(der)
+    for (const der of b.x509Authorities) nodeCertFromDer(der)
     const stored = await this.o.datastore.getFederatedBundle(td.name)
     if (stored) {
       const cur = TrustBundle.fromSpiffeJson(td, stored.json)
