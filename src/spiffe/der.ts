@@ -102,13 +102,17 @@ export function readTlv(buf: Uint8Array, offset: number, what: string): Tlv & { 
   const bad = () => new SvidError(`${what}: malformed DER at byte ${offset}`)
   if (offset + 2 > buf.length) throw bad()
   const tag = buf[offset]!
+  // DER only: no high tag numbers (which other readers would see as another tag), minimal lengths.
+  if ((tag & 0x1f) === 0x1f) throw bad()
   let len = buf[offset + 1]!
   let head = 2
   if (len & 0x80) {
     const n = len & 0x7f
     if (n === 0 || n > 3 || offset + 2 + n > buf.length) throw bad()
+    if (buf[offset + 2] === 0) throw bad()
     len = 0
     for (let i = 0; i < n; i++) len = len * 256 + buf[offset + 2 + i]!
+    if (len < 0x80) throw bad()
     head += n
   }
   const end = offset + head + len

@@ -190,6 +190,7 @@ export function basicConstraints(c: CertInfo): { ca: boolean; pathLength?: numbe
   let ca = false
   let k = 0
   if (f[0]?.tag === 0x01) {
+    if (f[0].value.length !== 1) throw new SvidError(`${what}: malformed BOOLEAN`)
     ca = f[0].value[0] !== 0
     k = 1
   }
@@ -208,6 +209,7 @@ export function keyUsage(c: CertInfo): number | undefined {
   const bs = readTlv(ext.value, 0, 'key usage')
   if (bs.tag !== 0x03 || bs.value.length === 0) throw new SvidError('key usage: not a BIT STRING')
   const unused = bs.value[0]!
+  if (unused > 7) throw new SvidError('key usage: bad unused-bits count')
   const octets = bs.value.subarray(1)
   const nbits = octets.length * 8 - unused
   let usages = 0

@@ -78,3 +78,18 @@ test('a SPIFFE bundle whose x5c smuggles a PEM block is refused', async () => {
   good.keys[0]!.x5c = [Buffer.from(smuggled).toString('base64')]
   assert.throws(() => TrustBundle.fromSpiffeJson(td, JSON.stringify(good)))
 })
+
+test('the DER reader refuses high tag numbers and non-minimal lengths', () => {
+  // [6] IMPLICIT as a high-tag-number form: OpenSSL reads it as tag 6, a naive reader as 0x9f.
+  assert.throws(() => der.readTlv(Uint8Array.of(0x9f, 0x06, 0x01, 0x41), 0, 't'), /malformed DER/)
+  // Length 1 spelled in the long form, and with a leading zero octet.
+  assert.throws(() => der.readTlv(Uint8Array.of(0x04, 0x81, 0x01, 0x41), 0, 't'), /malformed DER/)
+  assert.throws(
+    () => der.readTlv(Uint8Array.of(0x04, 0x82, 0x00, 0x81, ...new Uint8Array(0x81)), 0, 't'),
+    /malformed DER/,
+  )
+  assert.equal(
+    der.readTlv(Uint8Array.of(0x04, 0x81, 0x80, ...new Uint8Array(0x80)), 0, 't').value.length,
+    0x80,
+  )
+})
