@@ -19,7 +19,7 @@ describe('checkAudience', () => {
   test('unique, sorted, and the cache key part joined by NUL', () => {
     const a = checkAudience(['b', 'a', 'b'])
     assert.deepEqual(a.aud, ['a', 'b'])
-    assert.equal(a.key, 'a\u0000b')
+    assert.equal(a.key, '["a","b"]')
     assert.ok(Object.isFrozen(a.aud))
   })
 
@@ -46,4 +46,9 @@ describe('checkAudience', () => {
     invalid(() => checkAudience(long))
     invalid(() => checkAudience(long))
   })
+})
+
+test('audience sets that differ never share a cache key (an audience may hold NUL)', () => {
+  assert.notEqual(checkAudience(['a\u0000b']).key, checkAudience(['a', 'b']).key)
+  assert.equal(checkAudience(['b', 'a', 'b']).key, checkAudience(['a', 'b']).key)
 })

@@ -31,7 +31,8 @@ export function checkAudience(audience: readonly string[]): Audience {
   const bad = audienceProblem(audience)
   if (bad !== undefined) throw new WorkloadStatusError(GrpcStatus.INVALID_ARGUMENT, bad)
   const aud = Object.freeze([...new Set(audience)].sort())
-  const a: Audience = Object.freeze({ aud, key: aud.join('\u0000') })
+  // JSON, not a separator join: an audience may hold any character, NUL too.
+  const a: Audience = Object.freeze({ aud, key: JSON.stringify(aud) })
   if (Object.isFrozen(audience)) checkedAudiences.set(audience, a)
   return a
 }
