@@ -13,7 +13,7 @@
  * Run: npm run build && node dist/bench/mqtt-tpm.js
  */
 import { spawn } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -22,7 +22,6 @@ import { startSwtpm } from '../hardware-sim/swtpm.js'
 import { tpmAgentAttestor } from '../src/attestors/tpm/agent.js'
 import { silentLog } from '../src/common/log.js'
 import { TpmKeyManager } from '../src/keymanager/tpm.js'
-import { parseServerConfig } from '../src/server/config.js'
 import { startServer } from '../src/server/server.js'
 import { TrustBundle } from '../src/spiffe/bundle.js'
 import { TrustDomain } from '../src/spiffe/id.js'
@@ -31,6 +30,7 @@ import { GrpcNodeClient } from '../src/transport/grpc-client.js'
 import { MqttNodeClient } from '../src/transport/mqtt/client.js'
 import type { NodeClient } from '../src/transport/node-client.js'
 import { clientOrMain } from './client-entry.js'
+import { cpuNs, mqttServerConfig } from './mqtt-common.js'
 import { type Ev, events, mark, print, traceDatastore, traceMqtt } from './trace-hooks.js'
 
 const N = Number(process.env.BENCH_N ?? 10)
@@ -48,20 +48,6 @@ interface Job {
 }
 
 type Cpu = Record<'agent' | 'server' | 'broker' | 'swtpm', number>
-
-/** CPU ns of every thread of `pid` so far. */
-function cpuNs(pid: number | 'self'): number {
-  let sum = 0
-  const dir = `/proc/${pid}/task`
-  for (const tid of readdirSync(dir)) {
-    try {
-      sum += Number(readFileSync(`${dir}/${tid}/schedstat`, 'utf8').split(' ')[0])
-    } catch {
-      // the thread ended between the listing and the read
-    }
-  }
-  return sum
-}
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
@@ -131,11 +117,10 @@ async function main(): Promise<void> {
   await using broker = await startMosquitto({ tls: true })
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-bench-mqtt-tpm-'))
   try {
-    const config = parseServerConfig(
-      `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\nattest_rate_per_second = 10000\n` +
-        `[server.mqtt]\nurl = "${broker.url}"\nca_file = "${broker.caFile}"\n` +
-        `[plugins.NodeAttestor.tpm]\nek_ca_bundle = ${JSON.stringify(sim.ekCaBundle)}\n`,
-      join(dir, 'server.conf'),
+    const config = mqttServerConfig(
+      broker,
+      dir,
+      `[plugins.NodeAttestor.tpm]\nek_ca_bundle = ${JSON.stringify(sim.ekCaBundle)}\n`,
     )
     await using server = await startServer(config, { log: silentLog })
     const job: Job = {

@@ -18,7 +18,6 @@ import { joinTokenAgentAttestor } from '../src/attestors/join-token/agent.js'
 import { silentLog } from '../src/common/log.js'
 import { MemoryKeyManager } from '../src/keymanager/memory.js'
 import { adminCall } from '../src/server/admin-client.js'
-import { parseServerConfig } from '../src/server/config.js'
 import { startServer } from '../src/server/server.js'
 import { TrustBundle } from '../src/spiffe/bundle.js'
 import { createCsr } from '../src/spiffe/csr.js'
@@ -26,6 +25,7 @@ import { TrustDomain } from '../src/spiffe/id.js'
 import { GrpcNodeClient } from '../src/transport/grpc-client.js'
 import { MqttNodeClient } from '../src/transport/mqtt/client.js'
 import { clientOrMain } from './client-entry.js'
+import { benchToken, mqttServerConfig } from './mqtt-common.js'
 import { type Ev, events, mark, print, traceDatastore, traceMqtt } from './trace-hooks.js'
 
 const RUNS = Number(process.env.BENCH_N ?? 5)
@@ -118,20 +118,9 @@ async function main(): Promise<void> {
   await using broker = await startMosquitto({ tls: true })
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-bench-mqtt-trace-'))
   try {
-    const config = parseServerConfig(
-      `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\nattest_rate_per_second = 10000\n` +
-        `[server.mqtt]\nurl = "${broker.url}"\nca_file = "${broker.caFile}"\n[plugins.NodeAttestor.join_token]\n`,
-      join(dir, 'server.conf'),
-    )
+    const config = mqttServerConfig(broker, dir, `[plugins.NodeAttestor.join_token]\n`)
     await using server = await startServer(config, { log: silentLog })
-    const token = async () =>
-      String(
-        (
-          await adminCall(server.adminSocket, 'POST', '/v1/tokens', {
-            spiffe_id: 'spiffe://example.org/bench',
-          })
-        ).token,
-      )
+    const token = () => benchToken(server.adminSocket)
     const tokens: string[] = []
     const grpcTokens: string[] = []
     for (let i = 0; i <= RUNS; i++) {

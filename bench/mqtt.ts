@@ -17,14 +17,13 @@
  * Run: npm run build && node dist/bench/mqtt.js
  */
 import { spawn } from 'node:child_process'
-import { readdirSync, readFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { startMosquitto } from '../hardware-sim/mosquitto.js'
 import { joinTokenAgentAttestor } from '../src/attestors/join-token/agent.js'
 import { silentLog } from '../src/common/log.js'
 import { MemoryKeyManager } from '../src/keymanager/memory.js'
 import { adminCall } from '../src/server/admin-client.js'
-import { parseServerConfig } from '../src/server/config.js'
 import { startServer } from '../src/server/server.js'
 import { TrustBundle } from '../src/spiffe/bundle.js'
 import { createCsr } from '../src/spiffe/csr.js'
@@ -33,6 +32,7 @@ import { GrpcNodeClient } from '../src/transport/grpc-client.js'
 import { MqttNodeClient } from '../src/transport/mqtt/client.js'
 import type { AgentAuth, NodeClient } from '../src/transport/node-client.js'
 import { clientOrMain } from './client-entry.js'
+import { benchToken, cpuNs, mqttServerConfig } from './mqtt-common.js'
 
 const N = Number(process.env.BENCH_N ?? 10)
 const BATCH = 100
@@ -47,20 +47,6 @@ interface Job {
   bundle: string
   tokens: { grpc: string[]; mqtt: string[] }
   entryId: string
-}
-
-/** CPU ns of every thread of `pid` so far (threads that ended meanwhile are lost: none here). */
-function cpuNs(pid: number | 'self'): number {
-  let sum = 0
-  const dir = `/proc/${pid}/task`
-  for (const tid of readdirSync(dir)) {
-    try {
-      sum += Number(readFileSync(`${dir}/${tid}/schedstat`, 'utf8').split(' ')[0])
-    } catch {
-      // the thread ended between the listing and the read
-    }
-  }
-  return sum
 }
 
 type Cpu = { agent: number; server: number; broker: number }
@@ -156,20 +142,9 @@ async function main(): Promise<void> {
   const { join } = await import('node:path')
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-bench-mqtt-'))
   try {
-    const config = parseServerConfig(
-      `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\nattest_rate_per_second = 10000\n` +
-        `[server.mqtt]\nurl = "${broker.url}"\nca_file = "${broker.caFile}"\n[plugins.NodeAttestor.join_token]\n`,
-      join(dir, 'server.conf'),
-    )
+    const config = mqttServerConfig(broker, dir, `[plugins.NodeAttestor.join_token]\n`)
     await using server = await startServer(config, { log: silentLog })
-    const token = async () =>
-      String(
-        (
-          await adminCall(server.adminSocket, 'POST', '/v1/tokens', {
-            spiffe_id: 'spiffe://example.org/bench',
-          })
-        ).token,
-      )
+    const token = () => benchToken(server.adminSocket)
     const tokens = { grpc: [] as string[], mqtt: [] as string[] }
     for (let i = 0; i <= N; i++) {
       tokens.grpc.push(await token())
