@@ -97,17 +97,24 @@ export type ErrorCode =
 export interface ErrorDetails {
   readonly remedy?: string
   readonly cause?: unknown
+  /**
+   * What may be told to an unauthenticated peer (an attesting agent) in place of the message:
+   * the stable part without the detail (paths, policy, upstream answers) that stays in our log.
+   */
+  readonly publicMessage?: string
 }
 
 export class SpiffeEdgeError extends Error {
   readonly code: ErrorCode
   readonly remedy: string | undefined
+  readonly publicMessage: string | undefined
 
   constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause })
     this.name = new.target.name
     this.code = code
     this.remedy = details.remedy
+    this.publicMessage = details.publicMessage
   }
 
   /** JSON shape used by `--json` CLI output and logs: never includes secrets. */

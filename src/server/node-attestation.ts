@@ -8,6 +8,7 @@
  * under the attempt's key, so the answer may reach any replica on that datastore and is taken
  * once). Both end in the same checks and issuance.
  */
+import { randomBytes } from 'node:crypto'
 import type {
   AttestationContext,
   AttestStep,
@@ -132,23 +133,34 @@ export class NodeAttestation {
     }
   }
 
-  /** Runs the plugin; its refusals become coded PERMISSION_DENIED errors (logged here). */
+  /**
+   * Runs the plugin; its refusals become coded PERMISSION_DENIED errors. The caller is not yet
+   * authenticated: it gets the refusal's public part (attestor and stable reason, the remedy) and
+   * an incident id; the detail (which certificate, which PCR, what the cloud API said) is logged
+   * here under that id.
+   */
   private async plugin<T>(attestor: ServerNodeAttestor, peer: string, run: () => Promise<T>) {
     try {
       return await run()
     } catch (err) {
       if (err instanceof NodeApiError) throw err
+      const incident = randomBytes(6).toString('hex')
+      const coded = isSpiffeEdgeError(err) ? err : undefined
       this.o.log?.('warn', 'node attestation failed', {
         attestor: attestor.name,
         peer,
+        incident,
+        code: coded?.code ?? 'ERR_INTERNAL',
         error: (err as Error).message,
       })
-      const msg = isSpiffeEdgeError(err) ? err.message : 'attestation failed'
+      const pub = coded?.publicMessage
       throw new NodeApiError(
         Status.PERMISSION_DENIED,
         'attestation_failed',
-        `failed to attest: ${msg}`,
-        isSpiffeEdgeError(err) && err.remedy ? err.remedy : 'check the agent and server logs',
+        `failed to attest: ${pub ?? `${attestor.name} attestation refused`} (server incident ${incident})`,
+        pub && coded?.remedy
+          ? coded.remedy
+          : `the server's log says why under incident ${incident}: ask its operator`,
       )
     }
   }

@@ -180,6 +180,21 @@ export async function serverSaid(server: ServerProcess, re: RegExp): Promise<voi
   assert.match(server.stderr(), re)
 }
 
+/**
+ * Why a refusal happened (`detail`) is in the server's log, on the line with the incident id the
+ * agent was told, and never in what the agent got (the agent is not authenticated yet).
+ */
+export async function refusedBecause(
+  r: ExecResult,
+  server: ServerProcess,
+  detail: RegExp,
+): Promise<void> {
+  assert.doesNotMatch(r.stderr, detail, r.stderr)
+  const incident = /server incident ([0-9a-f]{12})/.exec(r.stderr)?.[1]
+  assert.ok(incident, r.stderr)
+  await serverSaid(server, new RegExp(`^(?=.*${incident})(?=.*${detail.source})`, 'm'))
+}
+
 /** The agent refused by the server for `reason` (the attestor's stable tag). */
 export function assertRefused(r: ExecResult, attestor: string, reason: string): void {
   assert.equal(r.code, 1, r.stderr)

@@ -7,6 +7,7 @@ import {
   assertSelectors,
   cloudRig,
   cloudTest,
+  refusedBecause,
   registerWorkload,
   rigIn,
   serverSaid,
@@ -88,7 +89,7 @@ test('aws_iid with EC2/IAM lookups on the simulated API: tag, sg and iamrole sel
   // (Each server has its own datastore: the instance is new to it.)
   const refusedWrong = await wrong.failAgent('wrong', `metadata_url = "${sim.url}"`)
   assertRefused(refusedWrong, 'aws_iid', 'api')
-  assert.match(refusedWrong.stderr, /AuthFailure \(HTTP 401\)/, refusedWrong.stderr)
+  await refusedBecause(refusedWrong, wrong.server, /AuthFailure \(HTTP 401\)/)
 
   // The API down: refused, not attested without the selectors.
   const down = await rigIn(
@@ -100,7 +101,7 @@ test('aws_iid with EC2/IAM lookups on the simulated API: tag, sg and iamrole sel
   )
   const refusedDown = await down.failAgent('down', `metadata_url = "${sim.url}"`)
   assertRefused(refusedDown, 'aws_iid', 'api')
-  assert.match(refusedDown.stderr, /EC2 DescribeInstances/, refusedDown.stderr)
+  await refusedBecause(refusedDown, down.server, /EC2 DescribeInstances/)
   // Refused attestations record nothing: the instance is still new to that server.
   assert.equal(await down.server.admin('agent', 'list'), await wrong.server.admin('agent', 'list'))
 })

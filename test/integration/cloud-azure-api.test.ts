@@ -9,6 +9,7 @@ import {
   assertSelectors,
   cloudRig,
   cloudTest,
+  refusedBecause,
   registerWorkload,
   rigIn,
   serverSaid,
@@ -92,7 +93,7 @@ test('azure_msi with Resource Manager lookups on the simulated AAD/ARM: network 
   )
   const refusedWrong = await wrong.failAgent('wrong', agentToml(sim.url))
   assertRefused(refusedWrong, 'azure_msi', 'api')
-  assert.match(refusedWrong.stderr, /HTTP 401: invalid_client: AADSTS7000215/, refusedWrong.stderr)
+  await refusedBecause(refusedWrong, wrong.server, /HTTP 401: invalid_client: AADSTS7000215/)
 
   // Resource Manager down: refused, not attested without the selectors.
   const down = await rigIn(
@@ -104,7 +105,7 @@ test('azure_msi with Resource Manager lookups on the simulated AAD/ARM: network 
   )
   const refusedDown = await down.failAgent('down', agentToml(sim.url))
   assertRefused(refusedDown, 'azure_msi', 'api')
-  assert.match(refusedDown.stderr, /virtualMachines\.get frontend\/blog/, refusedDown.stderr)
+  await refusedBecause(refusedDown, down.server, /virtualMachines\.get frontend\/blog/)
 
   // An answer over the 1 MiB cap, and one later than api_timeout_ms.
   await using big = await siblingSim(root, sim, { armFault: 'oversize' })
@@ -117,7 +118,7 @@ test('azure_msi with Resource Manager lookups on the simulated AAD/ARM: network 
   )
   const refusedBig = await oversized.failAgent('big', agentToml(big.url))
   assertRefused(refusedBig, 'azure_msi', 'api')
-  assert.match(refusedBig.stderr, /over 1048576/, refusedBig.stderr)
+  await refusedBecause(refusedBig, oversized.server, /over 1048576/)
   await using slow = await siblingSim(root, sim, { armFault: 'slow' })
   const late = await rigIn(
     root,
@@ -129,7 +130,7 @@ test('azure_msi with Resource Manager lookups on the simulated AAD/ARM: network 
   const started = Date.now()
   const refusedSlow = await late.failAgent('slow', agentToml(slow.url))
   assertRefused(refusedSlow, 'azure_msi', 'api')
-  assert.match(refusedSlow.stderr, /no answer in time/, refusedSlow.stderr)
+  await refusedBecause(refusedSlow, late.server, /no answer in time/)
   assert.ok(Date.now() - started < 15_000, `refused after ${Date.now() - started} ms`)
   // Refused attestations record nothing.
   assert.equal(await down.server.admin('agent', 'list'), await wrong.server.admin('agent', 'list'))
@@ -180,7 +181,7 @@ test('azure_msi with a user-assigned identity: Resource Manager finds its one VM
   const s = await rigIn(root, 'shared', t, 'azure_msi', rule + endpoints(shared.url))
   const refusedShared = await s.failAgent('shared', agentToml(shared.url))
   assertRefused(refusedShared, 'azure_msi', 'instance')
-  assert.match(refusedShared.stderr, /3 VMs carry the identity/, refusedShared.stderr)
+  await refusedBecause(refusedShared, s.server, /3 VMs carry the identity/)
 
   // The identity signs tokens but no VM in the subscription carries it (detached): refused.
   await using detached = await siblingSim(
@@ -192,12 +193,12 @@ test('azure_msi with a user-assigned identity: Resource Manager finds its one VM
   // The sibling's VM carries elsewhere-id; a token for edge-gateway-id comes from a third sim.
   const refusedDetached = await d.failAgent('detached', agentToml(sim.url))
   assertRefused(refusedDetached, 'azure_msi', 'instance')
-  assert.match(refusedDetached.stderr, /no VM carries the identity/, refusedDetached.stderr)
+  await refusedBecause(refusedDetached, d.server, /no VM carries the identity/)
 
   // More VMs than the list cap: refused unresolved, not matched on a partial list.
   await using crowded = await siblingSim(root, sim, vmWith({ otherVms: { count: 2100 } }))
   const c = await rigIn(root, 'crowded', t, 'azure_msi', rule + endpoints(crowded.url))
   const refusedCrowded = await c.failAgent('crowded', agentToml(crowded.url))
   assertRefused(refusedCrowded, 'azure_msi', 'api')
-  assert.match(refusedCrowded.stderr, /more than (2000 VMs|20 pages)/, refusedCrowded.stderr)
+  await refusedBecause(refusedCrowded, c.server, /more than (2000 VMs|20 pages)/)
 })

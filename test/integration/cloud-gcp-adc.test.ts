@@ -8,6 +8,7 @@ import {
   assertRefused,
   assertSelectors,
   cloudTest,
+  refusedBecause,
   registerWorkload,
   rigIn,
   serverSaid,
@@ -77,7 +78,7 @@ test("gcp_iit use_instance_metadata with Application Default Credentials: an aut
   })
   const refusedRevoked = await revoked.failAgent('revoked', agentToml)
   assertRefused(refusedRevoked, 'gcp_iit', 'api')
-  assert.match(refusedRevoked.stderr, /HTTP 400: invalid_grant/, refusedRevoked.stderr)
+  await refusedBecause(refusedRevoked, revoked.server, /HTTP 400: invalid_grant/)
 
   // Not on GCE (no metadata server answers): refused, not attested without the selectors.
   const offGce = await rigIn(root, 'off-gce', t, 'gcp_iit', toml, {
@@ -86,5 +87,5 @@ test("gcp_iit use_instance_metadata with Application Default Credentials: an aut
   })
   const refusedOff = await offGce.failAgent('off-gce', agentToml)
   assertRefused(refusedOff, 'gcp_iit', 'api')
-  assert.match(refusedOff.stderr, /access token from the GCE metadata server/, refusedOff.stderr)
+  await refusedBecause(refusedOff, offGce.server, /access token from the GCE metadata server/)
 })

@@ -27,7 +27,7 @@ import {
 } from '../../src/attestors/tpm/protocol.js'
 import { parseTpmServerConfig, tpmServerAttestor } from '../../src/attestors/tpm/server.js'
 import type { Challenger } from '../../src/attestors/types.js'
-import { silentLog } from '../../src/common/log.js'
+import { type Log as Logger, silentLog } from '../../src/common/log.js'
 import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import { TpmKeyManager, tpmKey, withTpm } from '../../src/keymanager/tpm.js'
 import type { Signer } from '../../src/keymanager/types.js'
@@ -84,14 +84,14 @@ function tempDir(t: TestContext): string {
 }
 
 /** A real server whose only node attestor is tpm, configured by `tpmToml`. */
-async function tpmServer(t: TestContext, tpmToml: string) {
+async function tpmServer(t: TestContext, tpmToml: string, log: Logger = silentLog) {
   const dir = tempDir(t)
   const config = parseServerConfig(
     `[server]\ntrust_domain = "example.org"\nbind_port = 0\nadmin_socket = "./admin.sock"\nca_ttl = "24h"\n` +
       `attest_rate_per_second = 1000\n[plugins.NodeAttestor.tpm]\n${tpmToml}\n`,
     join(dir, 'server.conf'),
   )
-  const server = await startServer(config, { log: silentLog })
+  const server = await startServer(config, { log })
   defer(t, () => server.close())
   const client = new GrpcNodeClient({
     address: `127.0.0.1:${server.port}`,
@@ -240,9 +240,26 @@ test('an EK without a certificate is admitted by its allowlisted hash only; pers
 test('an EK certificate from another manufacturer CA is refused with no SVID', async (t) => {
   const sim = await swtpm(t)
   const other = await swtpm(t)
-  const { client } = await tpmServer(t, `ek_ca_bundle = ${toml(other.ekCaBundle)}`)
+  const logged: { msg: string; fields: Record<string, unknown> }[] = []
+  const log: Logger = (_level, msg, fields = {}) => void logged.push({ msg, fields })
+  const { client } = await tpmServer(t, `ek_ca_bundle = ${toml(other.ekCaBundle)}`, log)
   const a = await tpmAgent(t, sim.tcti)
-  await assert.rejects(client.attestAgent(a.attestor, a.key), refused(/\[chain\]/))
+  const e = await client.attestAgent(a.attestor, a.key).then(
+    () => assert.fail('attested'),
+    (err: unknown) => err,
+  )
+  assert.ok(refused(/\[chain\]/)(e), String(e))
+  // The unauthenticated caller gets the stable reason and an incident id, not the detail (which
+  // certificate, which CA); the server's log has the detail under the same id.
+  const m = /tpm attestation refused \[chain\] \(server incident ([0-9a-f]{12})\)/.exec(
+    (e as Error).message,
+  )
+  assert.ok(m, (e as Error).message)
+  assert.doesNotMatch((e as Error).message, /\[chain\]:/)
+  const entry = logged.find((l) => l.msg === 'node attestation failed')
+  assert.equal(entry?.fields.incident, m[1])
+  assert.equal(entry?.fields.code, 'ERR_ATTESTATION_FAILED')
+  assert.match(String(entry?.fields.error), /^tpm attestation refused \[chain\]: ./)
 })
 
 test('the EK chain may end at a root only when the agent sends the intermediate from NV', async (t) => {

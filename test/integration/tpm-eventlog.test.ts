@@ -19,7 +19,7 @@ import {
 } from '../../src/attestors/tpm/protocol.js'
 import { parseTpmServerConfig, tpmServerAttestor } from '../../src/attestors/tpm/server.js'
 import type { AttestorState, Challenger } from '../../src/attestors/types.js'
-import { silentLog } from '../../src/common/log.js'
+import { type Log, silentLog } from '../../src/common/log.js'
 import { TpmKeyManager } from '../../src/keymanager/tpm.js'
 import { adminCall } from '../../src/server/admin-client.js'
 import { parseServerConfig } from '../../src/server/config.js'
@@ -119,7 +119,11 @@ test('a node whose PCRs hold a real boot log attests; the facts are selectors a 
       `ek_ca_bundle = ${toml(n.sim.ekCaBundle)}\nreference_state = ${toml(ref)}\n`,
     join(n.dir, 'server.conf'),
   )
-  const server = await startServer(config, { log: silentLog })
+  // The refusals' detail is in the server's log (under the incident the agent is told).
+  const logged: string[] = []
+  const log: Log = (_level, msg, fields = {}) =>
+    void logged.push(`${msg} ${JSON.stringify(fields)}`)
+  const server = await startServer(config, { log })
   t.after(() => server.close())
   const client = new GrpcNodeClient({
     address: `127.0.0.1:${server.port}`,
@@ -178,18 +182,21 @@ test('a node whose PCRs hold a real boot log attests; the facts are selectors a 
   )
   writeFileSync(n.logFile, encodeEventLog({ ...n.log, events: tampered }))
   await assert.rejects(client.attestAgent(n.attestor, n.key), (e: unknown) => {
-    assert.match(String((e as Error).message), /\[event_log\]: PCR sha256:4: .*\[replay\]/)
+    assert.match(String((e as Error).message), /\[event_log\] \(server incident /)
     return true
   })
+  assert.match(logged.join('\n'), /\[event_log\]: PCR sha256:4: .*\[replay\]/)
   writeFileSync(n.logFile, readEventLogFixture('sb_cert_eventlog'))
 
   // Drift: the operator's reference state now allows another kernel only. Re-attestation re-reads
   // it and refuses, naming the event.
   writeFileSync(ref, `require_secure_boot = true\nkernel_digests = [${toml('ab'.repeat(32))}]\n`)
   await assert.rejects(client.attestAgent(n.attestor, n.key), (e: unknown) => {
-    assert.match(String((e as Error).message), /boot_policy.*event 13 \(PCR 4\).*kernel_digests/)
+    assert.match(String((e as Error).message), /\[boot_policy\] \(server incident /)
+    assert.doesNotMatch(String((e as Error).message), /kernel_digests/)
     return true
   })
+  assert.match(logged.join('\n'), /boot_policy.*event 13 \(PCR 4\).*kernel_digests/)
 })
 
 /** The server half on its own, so each tampered log is one quick round. */

@@ -48,6 +48,7 @@ export class CloudAttestationError extends SpiffeEdgeError {
     super(code, `${attestor} attestation refused [${reason}]: ${message}`, {
       remedy: REMEDIES[reason],
       cause,
+      publicMessage: `${attestor} attestation refused [${reason}]`,
     })
     this.reason = reason
   }

@@ -27,6 +27,7 @@ export function joinTokenServerAttestor(store: JoinTokenStore): ServerNodeAttest
       if (!/^[A-Za-z0-9._-]{16,128}$/.test(token)) {
         throw new SpiffeEdgeError('ERR_ATTESTATION_FAILED', 'join token is malformed', {
           remedy: 'pass the token exactly as `spiffe-edge server token generate` printed it',
+          publicMessage: 'join token is malformed',
         })
       }
       const found = await store.consumeJoinToken(
@@ -39,6 +40,7 @@ export function joinTokenServerAttestor(store: JoinTokenStore): ServerNodeAttest
           'join token is unknown, already used or expired',
           {
             remedy: 'generate a new token with `spiffe-edge server token generate`',
+            publicMessage: 'join token is unknown, already used or expired',
           },
         )
       }

@@ -61,6 +61,7 @@ export class TpmAttestationError extends SpiffeEdgeError {
     super('ERR_ATTESTATION_FAILED', `tpm attestation refused [${tag}]: ${message}`, {
       remedy: REMEDIES[reason],
       cause,
+      publicMessage: `tpm attestation refused [${tag}]`,
     })
     this.reason = reason
     this.detail = detail
