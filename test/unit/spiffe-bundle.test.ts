@@ -191,3 +191,13 @@ test('constructor rejects empty kids and bad sequence numbers', () => {
   const b = new TrustBundle({ trustDomain: td, x509Authorities: [ecRoot, Uint8Array.from(ecRoot)] })
   assert.equal(b.x509Authorities.length, 1)
 })
+
+test('a bundle is a value: its document is made once, and the bytes it was built from can change after', () => {
+  const der = new Uint8Array(ecRoot)
+  const b = new TrustBundle({ trustDomain: td, x509Authorities: [der], sequence: 3 })
+  const doc = b.toSpiffeJson()
+  der.fill(0)
+  assert.deepEqual(b.x509Authorities[0], ecRoot)
+  assert.equal(b.toSpiffeJson(), doc)
+  assert.ok(TrustBundle.fromSpiffeJson(td, doc).equals(b))
+})
