@@ -14,6 +14,17 @@ import { type KeyManager, KeyManagerError, type KeyType, type Signer } from '../
 import { TrustBundle } from '../spiffe/bundle.js'
 import type { SpiffeId, TrustDomain } from '../spiffe/id.js'
 import { issueX509Ca, issueX509Svids } from '../spiffe/x509-svid.js'
+import {
+  ACTIVATE_AT,
+  der,
+  fraction,
+  JOURNAL,
+  type Journal,
+  type JwtSlot,
+  PREPARE_AT,
+  randomSerialBytes,
+  type X509Slot,
+} from './ca-journal.js'
 import type { Datastore } from './datastore/types.js'
 
 export interface Clock {
@@ -41,63 +52,6 @@ export interface CaOptions {
   readonly log?:
     | ((level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void)
     | undefined
-}
-
-interface X509Slot {
-  keyId: string
-  /** base64 DER */
-  certificate: string
-  notBefore: number
-  notAfter: number
-  /**
-   * When the CA was made (notBefore is backdated for relying parties' clock skew). Rotation
-   * fractions count from here: with a short ca_ttl the backdating would otherwise let the next CA
-   * be prepared and activated in one tick, before any agent could fetch it. Absent in journals
-   * written before it existed (notBefore is used then).
-   */
-  issuedAt?: number
-}
-
-interface JwtSlot {
-  keyId: string
-  kid: string
-  notBefore: number
-  notAfter: number
-}
-
-interface Journal {
-  x509: { current?: X509Slot; next?: X509Slot; retired: X509Slot[] }
-  jwt: { current?: JwtSlot; next?: JwtSlot; retired: JwtSlot[] }
-  counter: number
-}
-
-const JOURNAL = 'ca'
-const PREPARE_AT = 1 / 2
-const ACTIVATE_AT = 5 / 6
-
-/**
- * 16 fresh CSPRNG bytes for a serial, cut from a 4 KiB block (each byte handed out once): one
- * randomBytes call per SVID cost more than the certificate's DER encoding.
- */
-let serialPool = Buffer.alloc(0)
-let serialOffset = 0
-function randomSerialBytes(): Buffer {
-  if (serialOffset + 16 > serialPool.length) {
-    serialPool = randomBytes(4096)
-    serialOffset = 0
-  }
-  serialOffset += 16
-  return serialPool.subarray(serialOffset - 16, serialOffset)
-}
-
-const der = (b64: string) => new Uint8Array(Buffer.from(b64, 'base64'))
-
-function fraction(
-  slot: { notBefore: number; notAfter: number; issuedAt?: number },
-  now: number,
-): number {
-  const from = slot.issuedAt ?? slot.notBefore
-  return (now - from) / (slot.notAfter - from)
 }
 
 /** One X509-SVID to sign: the key from the CSR, the ID and lifetime from its entry. */
