@@ -102,7 +102,8 @@ export function tpmKey(tpm: TpmContext, id: string, blob: KeyBlob): TpmKey {
         const digest = new Uint8Array(createHash('sha256').update(data).digest())
         for (let attempt = 0; ; attempt++) {
           try {
-            await using k = await loadUnderSrk(tpm, blob)
+            // The TPM attestor may hold this key loaded (the CSR of an attestation): borrowed.
+            await using k = tpm.borrowLoaded(blob) ?? (await loadUnderSrk(tpm, blob))
             return toSignerForm(await tpm.sign(k, digest))
           } catch (err) {
             // The TPM went away (swtpm restart, device reset): the next command reopens the

@@ -10,6 +10,7 @@ import { TpmError, TpmStructureError } from './errors.js'
 import type { Attestation } from './flows.js'
 import * as flows from './flows.js'
 import type { KeyBlob, KeyHandle } from './key-handle.js'
+import { LoadedShares, YieldableObjects } from './shares.js'
 import { parseHandles, parseTpmProperties, propertyString } from './structures/capability.js'
 import { type NvPublic, parseTpm2bNvPublic, TPMA_NV } from './structures/nv.js'
 import {
@@ -30,6 +31,11 @@ import { srkTemplate } from './templates.js'
 export { isConnectionFailure, type OpenOptions, type TpmHealth } from './connection.js'
 export type { Attestation } from './flows.js'
 export { type KeyBlob, KeyHandle } from './key-handle.js'
+
+/** A loaded key's share name: its private blob, which no other key has. */
+function shareId(blob: KeyBlob): string {
+  return `key:${Buffer.from(blob.private).toString('base64')}`
+}
 
 export interface FixedProperties {
   /** The four-character vendor id, e.g. "IBM", "INTC", "STM". */
@@ -63,13 +69,15 @@ export interface PublicArea {
 export class TpmContext implements AsyncDisposable {
   private readonly conn: TpmConnection
   private nvBufferMax: number | undefined
-  /** The SRK while anyone holds it (see openSrk). */
-  private srkShare: { readonly handle: KeyHandle; refs: number } | undefined
+  /** Objects several owners hold loaded at once: the SRK, a key across an attestation. */
+  private readonly shares: LoadedShares
+  private readonly yieldable = new YieldableObjects()
   readonly tcti: string
 
   private constructor(conn: TpmConnection) {
     this.conn = conn
     this.tcti = conn.tcti
+    this.shares = new LoadedShares(conn)
   }
 
   static async open(tcti: string, options: OpenOptions = {}): Promise<TpmContext> {
@@ -197,42 +205,42 @@ export class TpmContext implements AsyncDisposable {
 
   /** A primary key in a hierarchy (owner, endorsement), from a template. */
   async createPrimary(hierarchy: number, template: PublicTemplate): Promise<KeyHandle> {
-    const r = await this.conn.run((c) => c.createPrimary(hierarchy, marshalTpm2bPublic(template)))
+    const r = await this.yieldable.withRoom(() =>
+      this.conn.run((c) => c.createPrimary(hierarchy, marshalTpm2bPublic(template))),
+    )
     return this.conn.adopt(r.handle, parseTpm2bPublic(r.public), r.name, false)
   }
 
   /**
-   * The storage root key (recreated from its template: same TPM, same key), loaded once for all
-   * who hold it at the same time: each caller gets its own handle to dispose, and the SRK is
-   * flushed when the last one is. CreatePrimary is the costliest command an attestation repeats
-   * (ms on swtpm, far more on chips), and an attestation holds the SRK across its round trip
-   * while the key manager signs under it. A reconnect makes the shared SRK stale: the next
-   * caller creates a new one.
+   * Lets `h` be flushed when a load finds no free object slot, for an object kept loaded only to
+   * save work later that its holder reloads if gone (YieldableObjects). Returns the withdrawal.
    */
-  async openSrk(): Promise<KeyHandle> {
-    let s = this.srkShare
-    if (s && !this.conn.isCurrent(s.handle)) {
-      // Its TPM forgot it; the old references release nothing (their generation is gone).
-      this.srkShare = s = undefined
-    }
-    if (!s) {
-      const handle = await this.createPrimary(TPM_RH.OWNER, srkTemplate())
-      const raced = this.srkShare
-      if (raced && this.conn.isCurrent(raced.handle)) {
-        await handle.dispose()
-        s = raced
-      } else {
-        s = { handle, refs: 0 }
-        this.srkShare = s
-      }
-    }
-    const share = s
-    share.refs++
-    return this.conn.borrow(share.handle, async () => {
-      if (--share.refs > 0) return
-      if (this.srkShare === share) this.srkShare = undefined
-      await share.handle.dispose()
-    })
+  yieldWhenFull(h: KeyHandle): () => void {
+    return this.yieldable.offer(h)
+  }
+
+  /**
+   * The storage root key (recreated from its template: same TPM, same key), loaded once for all
+   * who hold it at the same time (LoadedShares). CreatePrimary is the costliest command an
+   * attestation repeats (ms on swtpm, far more on chips), and an attestation holds the SRK from
+   * key generation to its payload.
+   */
+  openSrk(): Promise<KeyHandle> {
+    return this.shares.take('srk', () => this.createPrimary(TPM_RH.OWNER, srkTemplate()))
+  }
+
+  /**
+   * `blob`'s key loaded under `parent`, shared with whoever else holds it (borrowLoaded): the TPM
+   * attestor keeps the agent key loaded from its payload to its answer, and the CSR signature in
+   * between borrows it instead of loading it again (a Load and a FlushContext fewer).
+   */
+  loadShared(parent: KeyHandle, blob: KeyBlob): Promise<KeyHandle> {
+    return this.shares.take(shareId(blob), () => this.loadKey(parent, blob))
+  }
+
+  /** A handle to `blob`'s key if someone holds it loaded (loadShared); else undefined. */
+  borrowLoaded(blob: KeyBlob): KeyHandle | undefined {
+    return this.shares.borrow(shareId(blob))
   }
 
   /** Creates a key under a loaded parent; the result is a blob to load (and to store). */
@@ -245,7 +253,10 @@ export class TpmContext implements AsyncDisposable {
   async loadKey(parent: KeyHandle, blob: KeyBlob): Promise<KeyHandle> {
     const p = this.conn.handleFor(parent)
     const pub = parseTpm2bPublic(blob.public)
-    const r = await this.conn.run((c) => c.load(p, blob.private, blob.public), [parent])
+    const r = await this.yieldable.withRoom(
+      () => this.conn.run((c) => c.load(p, blob.private, blob.public), [parent]),
+      parent,
+    )
     return this.conn.adopt(r.handle, pub, r.name, false)
   }
 

@@ -1,11 +1,13 @@
 /**
  * What one TPM attestation asks of the TPM (real swtpm, the real server attestor): the SRK is
- * created once for the attempt and the key manager signs the CSR under it, the AK is loaded once,
- * and every object is flushed at the end. Between payload and challenge the attempt holds two of
- * swtpm's three object slots, the key manager's signing key fits in the third, and a refused
- * attempt gives both back when the transport ends it.
+ * created once for the attempt, the AK and the agent key are loaded once (the key manager signs
+ * the CSR with the held key), and every object is flushed at the end. Between payload and
+ * challenge the attempt holds two of swtpm's three object slots; another user who needs two more
+ * gets them (the attempt's objects are flushed and its answer reloads them), and a refused attempt
+ * gives both back when the transport ends it.
  */
 import assert from 'node:assert/strict'
+import { verify } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -28,7 +30,7 @@ function memoryState(): AttestorState {
   }
 }
 
-test('one TPM attestation: SRK created once, AK loaded once, the CSR signed meanwhile, all flushed', async (t) => {
+test('one TPM attestation: SRK created once, AK and agent key loaded once, the CSR signed with the held key, all flushed', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-tpm-cmds-'))
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   await using sim = await startSwtpm()
@@ -55,7 +57,8 @@ test('one TPM attestation: SRK created once, AK loaded once, the CSR signed mean
   t.after(() => setTpmCommandObserver(prev))
   const agent = tpmAgentAttestor({ tpm, dataDir, agentKey: () => key })
   const payload = await agent.payload()
-  // Held for the challenge: the SRK and the AK, and the key manager signs beside them.
+  // Held for the challenge: the AK and the agent key (the SRK is flushed), and the key manager
+  // signs with the held key.
   assert.equal(await tpm.loadedTransientCount(), 2)
   await key.sign(new Uint8Array(Buffer.from('the CSR')))
   const result = await server.attest(payload, (c) => agent.respond(c), ctx())
@@ -63,11 +66,48 @@ test('one TPM attestation: SRK created once, AK loaded once, the CSR signed mean
   setTpmCommandObserver(prev)
   assert.match(result.agentPath, /^\/spire\/agent\/tpm\//)
   assert.equal(counts.get('createPrimary'), 1, 'the SRK once, shared with the CSR signature')
-  assert.equal(counts.get('load'), 3, 'the AK once; the agent key for the CSR and the certify')
+  assert.equal(counts.get('load'), 2, 'the AK and the agent key once each: the CSR borrows the key')
   assert.equal(await tpm.loadedTransientCount(), 0)
 })
 
-test('a TPM attempt refused after its payload gives its SRK and AK back when it ends', async (t) => {
+test('a load that finds no free slot during the round trip gets one: the attempt reloads for its answer', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-tpm-cmds-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  await using sim = await startSwtpm()
+  await using tpm = await TpmContext.open(sim.tcti)
+  const keys = new TpmKeyManager(tpm, join(dir, 'keys'))
+  const key = await keys.generateKey('agent', 'ec-p256')
+  const other = await keys.generateKey('other', 'ec-p256')
+  const cfg = parseTpmServerConfig({ ek_ca_bundle: sim.ekCaBundle }, '/')
+  const server = tpmServerAttestor(cfg)
+  const agent = tpmAgentAttestor({ tpm, dataDir: join(dir, 'agent'), agentKey: () => key })
+  const payload = await agent.payload()
+  assert.equal(await tpm.loadedTransientCount(), 2)
+  // Another key's signature (a cache key, say) needs the SRK and its key: four slots of three.
+  const msg = new Uint8Array(Buffer.from('not the CSR'))
+  const sig = await other.sign(msg)
+  assert.equal(
+    verify('sha256', msg, { key: other.publicKey, dsaEncoding: 'ieee-p1363' }, sig),
+    true,
+  )
+  assert.equal(await tpm.loadedTransientCount(), 0, "the attempt's AK and key made room")
+  const loads = new Map<string, number>()
+  const prev = setTpmCommandObserver((command) => loads.set(command, (loads.get(command) ?? 0) + 1))
+  t.after(() => setTpmCommandObserver(prev))
+  const result = await server.attest(payload, (c) => agent.respond(c), {
+    trustDomain: 'example.org',
+    now: new Date(),
+    agentPublicKey: key.publicKey,
+    state: memoryState(),
+  })
+  setTpmCommandObserver(prev)
+  await agent.end?.()
+  assert.match(result.agentPath, /^\/spire\/agent\/tpm\//)
+  assert.equal(loads.get('load'), 2, 'the answer loaded the AK and the agent key again')
+  assert.equal(await tpm.loadedTransientCount(), 0)
+})
+
+test('a TPM attempt refused after its payload gives its AK and agent key back when it ends', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-tpm-cmds-'))
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   await using sim = await startSwtpm()

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { splitDerCertificates } from '../../src/attestors/tpm/agent.js'
+import { splitDerCertificates } from '../../src/attestors/tpm/agent-ek.js'
 import {
   certSpki,
   parseCert,

@@ -36,8 +36,11 @@ export interface AgentKeyProof {
 }
 
 export interface AgentKeySource {
-  /** The payload's agent-key field; remembers an HSM key's SPKI for the challenge. */
-  payloadField(): Promise<AgentKeyField>
+  /**
+   * The payload's agent-key field, and the TPM key's blob (to keep it loaded until the challenge);
+   * remembers an HSM key's SPKI for the challenge.
+   */
+  payloadField(): Promise<{ readonly field: AgentKeyField; readonly blob?: KeyBlob }>
   /** What the answer to a challenge with this nonce proves the key with. */
   forChallenge(nonce: Uint8Array): Promise<AgentKeyProof>
 }
@@ -53,10 +56,11 @@ export function agentKeySource(o: AgentKeyOptions): AgentKeySource {
       if (o.hsmAgentKey) {
         const spki = (await o.hsmAgentKey()).publicKey.export({ type: 'spki', format: 'der' })
         sentSpki = new Uint8Array(spki)
-        return { agentKeySpki: sentSpki }
+        return { field: { agentKeySpki: sentSpki } }
       }
       sentSpki = undefined
-      return { agentKeyPublic: (await o.agentKey!()).blob.public }
+      const { blob } = await o.agentKey!()
+      return { field: { agentKeyPublic: blob.public }, blob }
     },
     async forChallenge(nonce) {
       if (o.hsmAgentKey) {

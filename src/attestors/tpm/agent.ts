@@ -4,11 +4,13 @@
  * quote over the PCRs the server names and a certify of a TPM agent key by the AK. The AK is made
  * once and its blob kept in dataDir, so restarts and re-attestations reuse it.
  *
- * TPM work per attempt: the payload loads the SRK and the AK (proving the stored AK is this
- * TPM's) and keeps both loaded, owned by the attempt, until its challenge is answered; the key
- * manager signs the CSR under the same SRK meanwhile (TpmContext.openSrk). That is two of swtpm's
- * three object slots between the round trips (a signing key fits beside them), and none is
- * recreated or reloaded for the challenge. An attempt that gets no challenge frees them when the
+ * TPM work per attempt: the payload loads the AK (proving the stored AK is this TPM's) and the
+ * agent key under the SRK key generation handed over, flushes the SRK, and keeps the AK and the
+ * key loaded, owned by the attempt, until its challenge is answered; the key manager signs the CSR
+ * with the held key meanwhile (TpmContext.loadShared / borrowLoaded). That is two of swtpm's three
+ * object slots between the round trips, and nothing is recreated or reloaded for the challenge.
+ * They are offered to be flushed if another load finds no free slot (TpmContext.yieldWhenFull):
+ * the answer then loads them again. An attempt that gets no challenge frees them when the
  * transport ends it (end()), at the next payload, or after HOLD_MS.
  */
 import { randomBytes } from 'node:crypto'
@@ -19,7 +21,6 @@ import {
   isConnectionFailure,
   type KeyBlob,
   type KeyHandle,
-  type PublicArea,
   type TpmContext,
 } from '../../tpm/context.js'
 import { EK_SLOTS, type EkSlot, extractDerCertificate } from '../../tpm/ek.js'
@@ -31,6 +32,7 @@ import type { KeyAlgorithm } from '../../tpm/templates.js'
 import type { AgentNodeAttestor } from '../types.js'
 import { AdoptedSrk } from './adopted-srk.js'
 import { DEFAULT_EVENT_LOG_PATH, readEventLog } from './agent-config.js'
+import { type EkSeen, seeEk, splitDerCertificates, tpm2b } from './agent-ek.js'
 import { type AgentKeyOptions, agentKeySource } from './agent-key.js'
 import { sameValues, toWire } from './pcr-wire.js'
 import {
@@ -70,28 +72,11 @@ export interface TpmAgentAttestorOptions extends AgentKeyOptions {
   readonly eventLogPath?: string | undefined
 }
 
-/** How long an attempt's SRK and AK stay loaded waiting for its challenge (above any deadline). */
+/** How long an attempt's AK and agent key stay loaded waiting for its challenge (above any deadline). */
 const HOLD_MS = 60_000
 
-/** A TPMT_PUBLIC as the TPM2B_PUBLIC the wire carries. */
-function tpm2b(raw: Uint8Array): Uint8Array {
-  const out = new Uint8Array(2 + raw.length)
-  out[0] = raw.length >> 8
-  out[1] = raw.length & 0xff
-  out.set(raw, 2)
-  return out
-}
-
-/** Certificates concatenated in one NV index (padding after the last one is ignored). */
-export function splitDerCertificates(nv: Uint8Array): Uint8Array[] {
-  const out: Uint8Array[] = []
-  let rest = nv
-  while (rest.length > 1 && rest[0] === 0x30) {
-    const der = extractDerCertificate(rest)
-    out.push(der)
-    rest = rest.subarray(der.length)
-  }
-  return out
+function sameBlob(a: KeyBlob | undefined, b: KeyBlob | undefined): boolean {
+  return !!a && !!b && Buffer.from(a.private).equals(Buffer.from(b.private))
 }
 
 function errCode(err: unknown): string | undefined {
@@ -108,30 +93,6 @@ function blobRejected(err: unknown): boolean {
   if (!(err instanceof TpmError) || isConnectionFailure(err)) return false
   const warning = err.layer === 0 && (err.rc & 0x900) === 0x900
   return !warning
-}
-
-/** The EK's public area, and whether it is the persistent one (then respond needs no re-read). */
-interface EkSeen {
-  readonly slot: EkSlot
-  readonly area: PublicArea
-  readonly persistent: boolean
-}
-
-/** The EK of this slot: read at its persistent handle (one command), else recreated. */
-async function seeEk(
-  tpm: TpmContext,
-  s: EkSlot,
-  persistentHandles: readonly number[],
-  persist: boolean,
-): Promise<EkSeen> {
-  if (persistentHandles.includes(s.persistentHandle)) {
-    const area = await tpm.readPublic(s.persistentHandle)
-    if (keyAlgorithmLabel(area.public) === s.algorithm) return { slot: s, area, persistent: true }
-  }
-  await using ek = await openEk(tpm, s.algorithm)
-  if (persist && !ek.persistent) await tpm.evictControl(ek, s.persistentHandle)
-  const area = { public: ek.public, raw: tpm2b(ek.public.raw), name: ek.name }
-  return { slot: s, area, persistent: ek.persistent }
 }
 
 export interface TpmAgentNodeAttestor extends AgentNodeAttestor {
@@ -157,22 +118,36 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): TpmAgentNodeAttest
   // the working identity was attested with) is replaced only by an AK that did its job.
   let pendingAk: KeyBlob | undefined
 
-  // The SRK and AK the last payload loaded, owned here until its challenge takes them over.
-  let held: { srk: KeyHandle; ak: KeyHandle; timer: NodeJS.Timeout } | undefined
+  // The AK and (a share of) the agent key the last payload loaded, owned here until its challenge
+  // takes them over. Not the SRK: flushed at the payload's end, so the round trip holds two slots
+  // (swtpm has three and no resource manager), and the answer loads nothing. Offered to be
+  // flushed if another load finds no free slot meanwhile (respond then loads them again).
+  let held:
+    | {
+        ak: KeyHandle
+        key: KeyHandle | undefined
+        keyBlob: KeyBlob | undefined
+        timer: NodeJS.Timeout
+        withdraw: () => void
+      }
+    | undefined
   // An SRK reference handed over by key generation, owned here until a payload takes it.
   const adopted = new AdoptedSrk(tpm)
   const takeHeld = () => {
     const h = held
     held = undefined
-    if (h) clearTimeout(h.timer)
+    if (h) {
+      clearTimeout(h.timer)
+      h.withdraw()
+    }
     return h
   }
-  const release = async (h: { srk: KeyHandle; ak: KeyHandle } | undefined) => {
+  const release = async (h: { ak: KeyHandle; key: KeyHandle | undefined } | undefined) => {
     if (!h) return
     try {
-      await h.ak.dispose()
+      await h.key?.dispose()
     } finally {
-      await h.srk.dispose()
+      await h.ak.dispose()
     }
   }
 
@@ -232,11 +207,11 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): TpmAgentNodeAttest
     name: TPM,
     payload() {
       // The TPM lock is taken before anything is awaited: the CSR for this attempt is signed in
-      // the same turn (attestParams), and it must come after the SRK is held, to sign under it.
+      // the same turn (attestParams), and it must come after the agent key is held, to borrow it.
       const field = agentKey.payloadField()
       field.catch(() => undefined) // awaited below, under the lock
       return withTpm(tpm, async () => {
-        const agentKeyField = await field
+        const { field: agentKeyField, blob: keyBlob } = await field
         // A payload before the last one's challenge: that attempt is over.
         await release(takeHeld())
         const nv = new Set(await tpm.listHandles(0x01000000))
@@ -268,14 +243,29 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): TpmAgentNodeAttest
           srk = await openSrk(tpm)
         }
         let loaded: { blob: KeyBlob; ak: KeyHandle }
+        let key: KeyHandle | undefined
         try {
           loaded = await loadAk(srk)
-        } catch (err) {
+          try {
+            if (keyBlob) key = await tpm.loadShared(srk, keyBlob)
+          } catch (err) {
+            await loaded.ak.dispose()
+            throw err
+          }
+        } finally {
           await srk.dispose()
-          throw err
         }
         akBlob = loaded.blob
-        const h = { srk, ak: loaded.ak, timer: setTimeout(() => void expire(h), HOLD_MS) }
+        const offers = [loaded.ak, ...(key ? [key] : [])].map((x) => tpm.yieldWhenFull(x))
+        const h = {
+          ak: loaded.ak,
+          key,
+          keyBlob,
+          timer: setTimeout(() => void expire(h), HOLD_MS),
+          withdraw: () => {
+            for (const w of offers) w()
+          },
+        }
         h.timer.unref()
         held = h
         return encodePayload({
@@ -311,25 +301,27 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): TpmAgentNodeAttest
       return withTpm(tpm, async () => {
         // A key made since the payload handed its SRK over: it must not hold a slot from the EK.
         await adopted.release()
-        // Slot order for a 3-object TPM: SRK+AK+key, SRK flushed, then the EK beside them.
+        // Slot order for a 3-object TPM: AK+key held (the SRK went after the payload), then the EK.
         let h = takeHeld()
-        let srk: KeyHandle | undefined
         let ak: KeyHandle | undefined
         let key: KeyHandle | undefined
         try {
-          if (h && tpm.isLoaded(h.srk) && tpm.isLoaded(h.ak)) {
-            ;({ srk, ak } = h)
+          if (
+            h &&
+            tpm.isLoaded(h.ak) &&
+            (h.key ? tpm.isLoaded(h.key) && sameBlob(proof.blob, h.keyBlob) : !proof.blob)
+          ) {
+            ;({ ak, key } = h)
           } else {
-            // Expired, or the TPM reconnected since the payload: load them again.
+            // Lost with a reconnect, expired, or another key: load what the answer needs.
             const stale = h
             h = undefined
             await release(stale)
-            srk = await openSrk(tpm)
+            await using srk = await openSrk(tpm)
             ak = await tpm.loadKey(srk, ak0)
+            if (proof.blob) key = await tpm.loadKey(srk, proof.blob)
           }
           h = undefined
-          if (proof.blob) key = await tpm.loadKey(srk, proof.blob)
-          await srk.dispose()
           let secret: Uint8Array
           {
             await using ek = ekWas.persistent
@@ -364,7 +356,6 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): TpmAgentNodeAttest
           await release(h)
           await key?.dispose()
           await ak?.dispose()
-          await srk?.dispose()
         }
       })
     },
