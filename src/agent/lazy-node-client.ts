@@ -76,6 +76,14 @@ export class LazyNodeClient implements NodeClient {
     return () => this.listeners.delete(listener)
   }
 
+  warmUp(): void {
+    // A failed load is reported by the call that follows (and retried there).
+    this.client().then(
+      (c) => c.warmUp?.(),
+      () => undefined,
+    )
+  }
+
   close(): void {
     this.closed = true
     this.unsubscribe?.()

@@ -198,6 +198,7 @@ export class AgentMetrics {
       },
       setBundle: (b) => client.setBundle(b),
       currentBundle: () => client.currentBundle(),
+      warmUp: () => client.warmUp?.(),
       close: () => client.close(),
     }
   }

@@ -238,6 +238,11 @@ export class GrpcNodeClient implements NodeClient {
     return openResponse(method, signed, responseBytes, this.bundle, this.o.trustDomain)
   }
 
+  warmUp(): void {
+    // The channel the next call will use: connecting is what its first call would do anyway.
+    this.client().getChannel().getConnectivityState(true)
+  }
+
   close(): void {
     this.strict?.client.close()
     this.insecure?.close()

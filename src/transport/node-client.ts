@@ -45,6 +45,12 @@ export interface NodeClient {
    * bundle the client trusted and newer than it. Transports without push leave it out.
    */
   onBundle?(listener: (b: TrustBundle) => void): () => void
+  /**
+   * Starts connecting (transport loaded, TCP and TLS under way) without making a call, so the
+   * set-up overlaps what the caller does first: the agent generates its key in the TPM (several
+   * ms the event loop only waits) while the handshake runs. Transports without one leave it out.
+   */
+  warmUp?(): void
   close(): void
 }
 

@@ -131,6 +131,8 @@ export class IdentityKeeper {
    * Returns the result and the identity it replaced.
    */
   async attest(): Promise<{ r: AttestResult; old: AgentIdentity | undefined }> {
+    // The connection is set up while the key is made (TPM time the event loop only waits).
+    this.d.client.warmUp?.()
     const key = await this.newKey()
     const r = await this.d.client
       .attestAgent(this.d.attestor, key)
