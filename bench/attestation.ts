@@ -105,8 +105,11 @@ async function main(): Promise<void> {
         try {
           // As the agent does (AgentIdentity.attest): the connection is set up during keygen.
           if (process.env.BENCH_NO_WARMUP !== '1') client.warmUp()
-          key = await keys.generateKey('agent', 'ec-p256')
+          // As the agent does: the key file is written while the attestation runs.
+          const made = await keys.generateKeyEarly('agent', 'ec-p256')
+          key = made.key
           const r = await client.attestAgent(attestor, key)
+          await made.stored
           const ms = performance.now() - t
           const c = process.cpuUsage(c0)
           const sc = (await serverCpuUs()) - s0

@@ -148,6 +148,15 @@ export class TpmKeyManager implements KeyManager {
   }
 
   async generateKey(id: string, type: KeyType): Promise<TpmKey> {
+    const { key, stored } = await this.generateKeyEarly(id, type)
+    await stored
+    return key
+  }
+
+  async generateKeyEarly(
+    id: string,
+    type: KeyType,
+  ): Promise<{ key: TpmKey; stored: Promise<void> }> {
     validateKeyId(id)
     const alg = TPM_ALGORITHMS[type]
     if (alg === undefined) {
@@ -182,7 +191,14 @@ export class TpmKeyManager implements KeyManager {
       private: Buffer.from(blob.private).toString('base64'),
       public: Buffer.from(blob.public).toString('base64'),
     })
-    // Atomic replace: a crash never leaves a half-written blob under the real name.
+    const stored = this.store(id, text)
+    // Seen by whoever awaits it; a caller that failed first must not leave it unhandled.
+    stored.catch(() => undefined)
+    return { key: tpmKey(this.tpm, id, blob), stored }
+  }
+
+  /** Atomic replace: a crash never leaves a half-written blob under the real name. */
+  private async store(id: string, text: string): Promise<void> {
     let tmp: string | undefined
     try {
       tmp = await writeTempFile(this.dir, id, text)
@@ -196,7 +212,6 @@ export class TpmKeyManager implements KeyManager {
         err,
       )
     }
-    return tpmKey(this.tpm, id, blob)
   }
 
   async getKey(id: string): Promise<TpmKey | undefined> {

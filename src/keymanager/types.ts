@@ -21,6 +21,13 @@ export interface Key extends Signer {
 export interface KeyManager {
   /** Generates a key under `id`, replacing any key already there. */
   generateKey(id: string, type: KeyType): Promise<Key>
+  /**
+   * As generateKey, but returns as soon as the key can sign, with `stored` settling once it is
+   * kept durably (key file written and fsynced): the caller overlaps that write with work that
+   * needs the key (the agent's attestation) and awaits `stored` before it relies on the key
+   * across a restart. Key managers without a write worth overlapping leave it out.
+   */
+  generateKeyEarly?(id: string, type: KeyType): Promise<{ key: Key; stored: Promise<void> }>
   getKey(id: string): Promise<Key | undefined>
   listKeys(): Promise<Key[]>
   /** Deletes the key; deleting a missing key is not an error. */

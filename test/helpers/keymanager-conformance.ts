@@ -90,6 +90,25 @@ export function runKeyManagerConformance(name: string, h: KeyManagerHarness): vo
         }))
     }
 
+    test('generateKeyEarly, where offered: the key signs at once, and is kept once `stored` settles', (t) =>
+      managed(async (km) => {
+        if (!km.generateKeyEarly) {
+          t.skip('this manager has no early generation (generateKey writes before it returns)')
+          return
+        }
+        const type = h.keyTypes[0]!
+        const { key, stored } = await km.generateKeyEarly('early', type)
+        // Signing does not wait for the write.
+        const sig = await key.sign(data)
+        assert.ok(verifies(key, sig))
+        await stored
+        await reopened(km, async (km2) => {
+          const k2 = await km2.getKey('early')
+          assert.ok(k2, 'kept once stored settled')
+          assert.ok(k2.publicKey.equals(key.publicKey))
+        })
+      }))
+
     for (const type of ALL.filter((t) => !h.keyTypes.includes(t))) {
       test(`refuses ${type} keys with ERR_KEY_MANAGER`, () =>
         managed(async (km) => {

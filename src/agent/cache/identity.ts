@@ -115,13 +115,20 @@ export class IdentityKeeper {
     })
   }
 
-  private async newKey(): Promise<Key> {
+  /** A new agent key; `stored` settles once it is kept durably (see generateKeyEarly). */
+  private async newKey(): Promise<{ key: Key; stored: Promise<void> }> {
     const id = `agent-svid-${Date.now()}-${++this.keyCounter}`
-    return this.d.keyManager.generateKey(id, 'ec-p256')
+    const km = this.d.keyManager
+    if (km.generateKeyEarly) return km.generateKeyEarly(id, 'ec-p256')
+    return { key: await km.generateKey(id, 'ec-p256'), stored: Promise.resolve() }
   }
 
-  /** A failed attempt's fresh key is nobody's (the working identity's key has another id): remove it. */
-  private async dropKey(key: Key, err: unknown): Promise<never> {
+  /**
+   * A failed attempt's fresh key is nobody's (the working identity's key has another id): remove
+   * it, once its write has landed (a rename after the delete would bring it back).
+   */
+  private async dropKey(key: Key, err: unknown, stored?: Promise<void>): Promise<never> {
+    await stored?.catch(() => undefined)
     await this.d.keyManager.deleteKey(key.id).catch(() => undefined)
     throw err
   }
@@ -133,10 +140,12 @@ export class IdentityKeeper {
   async attest(): Promise<{ r: AttestResult; old: AgentIdentity | undefined }> {
     // The connection is set up while the key is made (TPM time the event loop only waits).
     this.d.client.warmUp?.()
-    const key = await this.newKey()
+    // The key file is written while the attestation runs; the SVID is kept only once it is.
+    const { key, stored } = await this.newKey()
     const r = await this.d.client
       .attestAgent(this.d.attestor, key)
-      .catch((err) => this.dropKey(key, err))
+      .catch((err) => this.dropKey(key, err, stored))
+    await stored.catch((err) => this.dropKey(key, err))
     const old = this.current
     const v = validity(r.svid.certChain[0]!)
     this.current = {
@@ -161,10 +170,11 @@ export class IdentityKeeper {
   /** RenewAgent: a new key and SVID for the same identity. */
   async renew(): Promise<void> {
     const a = this.current!
-    const key = await this.newKey()
+    const { key, stored } = await this.newKey()
     const r = await createCsr(key)
       .then((csr) => this.d.client.call('RenewAgent', { csr }, this.auth()))
-      .catch((err) => this.dropKey(key, err))
+      .catch((err) => this.dropKey(key, err, stored))
+    await stored.catch((err) => this.dropKey(key, err))
     const svid = required(r.svid, 'RenewAgentResponse.svid')
     const v = validity(svid.certChain[0]!)
     const old = a.key
