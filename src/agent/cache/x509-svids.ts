@@ -203,8 +203,11 @@ export class X509SvidCache {
     return due
   }
 
-  /** Issues what is due (BatchNewX509SVID, at most MAX_BATCH a call), then applies the size limit. */
-  async sync(): Promise<void> {
+  /**
+   * Issues what is due (BatchNewX509SVID, at most MAX_BATCH a call), then applies the size limit.
+   * Returns how many SVIDs were asked for.
+   */
+  async sync(): Promise<number> {
     const due = this.dueEntries()
     const type = this.d.workloadKeyType
     for (let i = 0; i < due.length; i += MAX_BATCH) {
@@ -251,6 +254,7 @@ export class X509SvidCache {
       this.notify()
       this.d.onChange?.()
     }
+    return due.length
   }
 
   /** Soft limit: drop least recently used SVIDs nobody subscribes to (SPIRE's LRU semantics). */
