@@ -203,10 +203,7 @@ export class X509SvidCache {
     return due
   }
 
-  /**
-   * Issues what is due (BatchNewX509SVID, at most MAX_BATCH a call), then applies the size limit.
-   * Returns how many SVIDs were asked for.
-   */
+  /** Issues what is due (BatchNewX509SVID, ≤ MAX_BATCH a call), applies the size limit. */
   async sync(): Promise<number> {
     const due = this.dueEntries()
     const type = this.d.workloadKeyType
@@ -254,7 +251,7 @@ export class X509SvidCache {
       this.notify()
       this.d.onChange?.()
     }
-    return due.length
+    return due.length // how many were due: the manager trims the heap after a large sync
   }
 
   /** Soft limit: drop least recently used SVIDs nobody subscribes to (SPIRE's LRU semantics). */
