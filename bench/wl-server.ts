@@ -39,6 +39,10 @@ const gc = async () => {
   if (settle > 0) await new Promise((r) => setTimeout(r, settle))
   const g = (globalThis as { gc?: () => void }).gc
   for (let i = 0; i < 3; i++) g?.()
+  // Time for what the process does after a full collection (the agent's malloc_trim,
+  // src/agent/heap-trim.ts), as after V8's own; node hands GC entries to observers when the loop
+  // next wakes, hence two timers. The same wait for both processes.
+  for (let i = 0; i < 2; i++) await new Promise((r) => setTimeout(r, 30))
   send({ ok: true, mem: process.memoryUsage(), newSpace: newSpaceMiB() })
 }
 const newSpaceMiB = () =>

@@ -318,8 +318,14 @@ async function main(): Promise<void> {
 /** VmRSS of a child, from /proc/<pid>/status, after it ran full collections. */
 async function vmRss(p: Proc): Promise<number> {
   const { mem } = await p.ask({ op: 'gc' })
-  if (process.env.BENCH_MEM) console.log(p.child.pid, JSON.stringify(mem))
-  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${p.child.pid}/status`, 'utf8'))
+  const status = readFileSync(`/proc/${p.child.pid}/status`, 'utf8')
+  if (process.env.BENCH_MEM) {
+    // Anonymous (heap, malloc) against file-backed (node's own pages touched): which one grew.
+    const kb = (k: string) =>
+      /^(\w+):\s+(\d+) kB$/m.exec(status.slice(status.indexOf(`${k}:`)))?.[2]
+    console.log(p.child.pid, JSON.stringify(mem), 'anon', kb('RssAnon'), 'file', kb('RssFile'))
+  }
+  const m = /^VmRSS:\s+(\d+) kB$/m.exec(status)
   if (!m) throw new Error('no VmRSS in /proc/<pid>/status')
   return Number(m[1]) * 1024
 }

@@ -27,6 +27,7 @@ import { OfflineClock, type OfflineStatus } from './cache/offline.js'
 import { SyncSchedule } from './cache/schedule.js'
 import type { SealedSvidStore } from './cache/sealed-svids.js'
 import { X509SvidCache } from './cache/x509-svids.js'
+import { trimHeapAfterNextGc } from './heap-trim.js'
 import { IdentityRecovery } from './identity-recovery.js'
 import type { AgentStorage } from './storage.js'
 import { fatalRefusalError, isIdentityRefusal, isRefusal, syncFailureLog } from './sync-errors.js'
@@ -71,6 +72,8 @@ export interface ManagerOptions {
 /** A restored SVID with less than this left waits (at most START_WAIT_MS) for the first sync. */
 const NEAR_EXPIRY_MS = 30_000
 const START_WAIT_MS = 1000
+/** Issuing syncs smaller than this leave too little freed memory behind to trim for. */
+const TRIM_AFTER_SVIDS = 50
 
 export class AgentManager implements WorkloadSource {
   private readonly o: ManagerOptions
@@ -245,7 +248,8 @@ export class AgentManager implements WorkloadSource {
       await this.bundles.sync()
       if (await this.entries.sync(this.identity.auth())) this.x509.entriesChanged()
       await this.bundles.syncFederated()
-      await this.x509.sync()
+      // Past a few SVIDs the sync's freed native memory is worth handing back (heap-trim.ts).
+      if ((await this.x509.sync()) >= TRIM_AFTER_SVIDS) trimHeapAfterNextGc()
       const wasFailing = this.failures > 0
       this.failures = 0
       this.lastError = undefined

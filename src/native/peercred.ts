@@ -12,7 +12,8 @@ import { packageRoot } from '../common/package-root.js'
 import { SpiffeEdgeError } from '../errors.js'
 import type { PeerCredentials } from './types.js'
 
-const EXPECTED_ABI = 2
+/** ABI 3 added trimHeap; 2 (no trimHeap) still loads, and then nothing is trimmed. */
+const ACCEPTED_ABI: readonly number[] = [2, 3]
 
 export interface PeerCredBinding {
   readonly abiVersion: number
@@ -20,6 +21,8 @@ export interface PeerCredBinding {
   peerCred(fd: number): PeerCredentials
   /** One datagram to an AF_UNIX socket ('@name': abstract); 0 or the errno. For sd_notify. */
   sdNotify(path: string, message: string): number
+  /** glibc's malloc_trim(0): free pages back to the kernel (false: nothing released, or not glibc). */
+  readonly trimHeap?: () => boolean
 }
 
 export interface LoadPeerCredOptions {
@@ -84,6 +87,7 @@ function mapped(raw: PeerCredBinding): PeerCredBinding {
   return {
     abiVersion: raw.abiVersion,
     sdNotify: (path, message) => raw.sdNotify(path, message),
+    ...(raw.trimHeap ? { trimHeap: () => raw.trimHeap!() } : {}),
     peerCred(fd: number): PeerCredentials {
       try {
         return raw.peerCred(fd)
@@ -117,9 +121,9 @@ export function loadPeerCred(options: LoadPeerCredOptions = {}): PeerCredBinding
     if (!existsSync(candidate)) continue
     try {
       const binding = require(candidate) as PeerCredBinding
-      if (binding.abiVersion !== EXPECTED_ABI || typeof binding.peerCred !== 'function') {
+      if (!ACCEPTED_ABI.includes(binding.abiVersion) || typeof binding.peerCred !== 'function') {
         lastError = new Error(
-          `${candidate} has ABI ${binding.abiVersion}, expected ${EXPECTED_ABI}`,
+          `${candidate} has ABI ${binding.abiVersion}, expected one of ${ACCEPTED_ABI.join(', ')}`,
         )
         continue
       }

@@ -203,8 +203,8 @@ export class X509SvidCache {
     return due
   }
 
-  /** Issues what is due (BatchNewX509SVID, at most MAX_BATCH a call), then applies the size limit. */
-  async sync(): Promise<void> {
+  /** Issues what is due (BatchNewX509SVID, ≤ MAX_BATCH a call), applies the size limit. */
+  async sync(): Promise<number> {
     const due = this.dueEntries()
     const type = this.d.workloadKeyType
     for (let i = 0; i < due.length; i += MAX_BATCH) {
@@ -251,6 +251,7 @@ export class X509SvidCache {
       this.notify()
       this.d.onChange?.()
     }
+    return due.length // how many were due: the manager trims the heap after a large sync
   }
 
   /** Soft limit: drop least recently used SVIDs nobody subscribes to (SPIRE's LRU semantics). */
