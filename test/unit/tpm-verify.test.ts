@@ -7,6 +7,7 @@ import {
   sign,
 } from 'node:crypto'
 import { test } from 'node:test'
+import { quoteCovers } from '../../src/attestors/tpm/pcr-wire.js'
 import { TpmStructureError } from '../../src/tpm/errors.js'
 import { parseAttest, TPM_ST_ATTEST } from '../../src/tpm/structures/attest.js'
 import {
@@ -361,4 +362,24 @@ test('fuzzed attest, signature and PCR selection inputs only ever throw TpmStruc
     parsePcrSelection,
     300,
   )
+})
+
+test("quoteCovers: the agent's read after a quote matches its pcrDigest, or it quotes again", () => {
+  const quote = { message: fromHex(REC.message), signature: fromHex(REC.signature) }
+  const bank = (seven: Uint8Array) =>
+    new Map([
+      [
+        SHA256,
+        new Map([
+          [0, new Uint8Array(32)],
+          [1, new Uint8Array(32)],
+          [7, seven],
+        ]),
+      ],
+    ])
+  assert.equal(quoteCovers(quote, bank(new Uint8Array(32))), true)
+  // PCR 7 extended between the quote and the read.
+  assert.equal(quoteCovers(quote, bank(new Uint8Array(32).fill(1))), false)
+  // A value the read did not return.
+  assert.equal(quoteCovers(quote, new Map([[SHA256, new Map([[0, new Uint8Array(32)]])]])), false)
 })

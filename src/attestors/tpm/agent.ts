@@ -34,7 +34,7 @@ import { AdoptedSrk } from './adopted-srk.js'
 import { DEFAULT_EVENT_LOG_PATH, readEventLog } from './agent-config.js'
 import { type EkSeen, seeEk, splitDerCertificates, tpm2b } from './agent-ek.js'
 import { type AgentKeyOptions, agentKeySource } from './agent-key.js'
-import { sameValues, toWire } from './pcr-wire.js'
+import { quoteCovers, toWire } from './pcr-wire.js'
 import {
   encodePayload,
   encodeResponse,
@@ -329,15 +329,13 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): TpmAgentNodeAttest
               : await openEk(tpm, ekWas.slot.algorithm)
             secret = await tpm.activateCredential(ak, ek, c.credentialBlob, c.encryptedSecret)
           }
-          // PCRs can move between the read and the quote: read around it until they hold still.
-          let values = await tpm.pcrRead(selection)
+          // PCRs can move between the quote and the read: read after it until the values are
+          // the ones it signed (its pcrDigest), quoting again if an extend came between.
           let quote = await tpm.quote(ak, proof.qualifying, selection)
-          for (let i = 0; i < 3; i++) {
-            const after = await tpm.pcrRead(selection)
-            const still = sameValues(values, after)
-            values = after
-            if (still) break
+          let values = await tpm.pcrRead(selection)
+          for (let i = 0; i < 3 && !quoteCovers(quote, values); i++) {
             quote = await tpm.quote(ak, proof.qualifying, selection)
+            values = await tpm.pcrRead(selection)
           }
           const certify = key ? await tpm.certify(key, ak, c.nonce) : undefined
           await persistAk(ak0)
