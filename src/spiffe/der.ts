@@ -175,11 +175,13 @@ export function spkiFromPublicJwk(jwk: Record<string, unknown>): Uint8Array | un
     const size = typeof jwk.crv === 'string' ? EC_SIZES[jwk.crv] : undefined
     const x = strictBase64url(jwk.x)
     const y = strictBase64url(jwk.y)
-    if (!size || x?.length !== size || y?.length !== size) return undefined
+    // RFC 7518 wants full-size coordinates; a shorter one (an encoder that trims leading zero
+    // octets) is the same number, as OpenSSL's JWK import read it.
+    if (!size || !x || !y || x.length > size || y.length > size) return undefined
     const point = new Uint8Array(1 + 2 * size)
     point[0] = 0x04
-    point.set(x, 1)
-    point.set(y, 1 + size)
+    point.set(x, 1 + size - x.length)
+    point.set(y, 1 + 2 * size - y.length)
     return ecSpki(jwk.crv as string, point)
   }
   if (jwk.kty === 'RSA') {

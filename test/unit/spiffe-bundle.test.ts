@@ -3,6 +3,7 @@ import { generateKeyPairSync } from 'node:crypto'
 import { test } from 'node:test'
 import { MemoryKeyManager } from '../../src/keymanager/memory.js'
 import { certificateToPem, parsePemCertificates, TrustBundle } from '../../src/spiffe/bundle.js'
+import { spkiFromPublicJwk } from '../../src/spiffe/der.js'
 import { TrustDomain } from '../../src/spiffe/id.js'
 import { issueX509Ca } from '../../src/spiffe/x509-svid.js'
 
@@ -200,4 +201,43 @@ test('a bundle is a value: its document is made once, and the bytes it was built
   assert.deepEqual(b.x509Authorities[0], ecRoot)
   assert.equal(b.toSpiffeJson(), doc)
   assert.ok(TrustBundle.fromSpiffeJson(td, doc).equals(b))
+})
+
+test('an x509 key JWK is compared with its certificate as SPKI bytes: exact, RSA, trimmed coordinates, non-canonical base64url', () => {
+  // The SPKI the JWK members spell is the one OpenSSL exports, for every curve and RSA.
+  for (const [type, o] of [
+    ['ec', { namedCurve: 'P-256' }],
+    ['ec', { namedCurve: 'P-384' }],
+    ['ec', { namedCurve: 'P-521' }],
+    ['rsa', { modulusLength: 2048 }],
+  ] as const) {
+    const { publicKey } = generateKeyPairSync(type as 'ec', o as { namedCurve: string })
+    const want = Buffer.from(publicKey.export({ type: 'spki', format: 'der' }))
+    const jwk = publicKey.export({ format: 'jwk' }) as Record<string, unknown>
+    assert.deepEqual(Buffer.from(spkiFromPublicJwk(jwk)!), want, type)
+  }
+  // An encoder that trims a coordinate's leading zero octets names the same key.
+  let found = false
+  for (let i = 0; i < 5000 && !found; i++) {
+    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+    const jwk = publicKey.export({ format: 'jwk' }) as { x: string }
+    const x = Buffer.from(jwk.x, 'base64url')
+    if (x[0] !== 0) continue
+    found = true
+    const trimmed = { ...jwk, x: x.subarray(1).toString('base64url') }
+    const want = Buffer.from(publicKey.export({ type: 'spki', format: 'der' }))
+    assert.deepEqual(Buffer.from(spkiFromPublicJwk(trimmed)!), want)
+  }
+  assert.ok(found)
+  const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const jwk = publicKey.export({ format: 'jwk' }) as { x: string; y: string }
+  for (const bad of [
+    { ...jwk, x: `${jwk.x}=` }, // padded
+    { ...jwk, x: `${jwk.x.slice(0, -1)}!` }, // not base64url
+    { ...jwk, x: Buffer.alloc(33, 1).toString('base64url') }, // longer than the curve
+    { ...jwk, crv: 'P-192' },
+    { ...jwk, y: undefined },
+  ]) {
+    assert.equal(spkiFromPublicJwk(bad as Record<string, unknown>), undefined)
+  }
 })
