@@ -77,11 +77,11 @@ export class LazyNodeClient implements NodeClient {
   }
 
   warmUp(): void {
-    // A failed load is reported by the call that follows (and retried there).
-    this.client().then(
-      (c) => c.warmUp?.(),
-      () => undefined,
-    )
+    // Best effort: a failed load or connect is reported by the call that follows (and retried
+    // there), never as an unhandled rejection.
+    this.client()
+      .then((c) => c.warmUp?.())
+      .catch(() => undefined)
   }
 
   close(): void {

@@ -240,7 +240,12 @@ export class GrpcNodeClient implements NodeClient {
 
   warmUp(): void {
     // The channel the next call will use: connecting is what its first call would do anyway.
-    this.client().getChannel().getConnectivityState(true)
+    // Best effort (a closed client throws here): the call that follows reports any failure.
+    try {
+      this.client().getChannel().getConnectivityState(true)
+    } catch {
+      // nothing to warm
+    }
   }
 
   close(): void {
