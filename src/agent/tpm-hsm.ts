@@ -37,6 +37,15 @@ export function trackCurrent<K extends Key>(keys: KeyManager) {
     listKeys: () => keys.listKeys(),
     deleteKey: (id) => keys.deleteKey(id),
   }
+  const early = keys.generateKeyEarly?.bind(keys)
+  if (early) {
+    // Passed through, or IdentityKeeper never overlaps the key file's write with attestation.
+    keyManager.generateKeyEarly = async (id, type) => {
+      const made = await early(id, type)
+      current = made.key as K
+      return made
+    }
+  }
   return {
     keyManager,
     current: (): K => {

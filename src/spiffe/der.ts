@@ -157,6 +157,37 @@ export function spkiOf(key: KeyObject): Uint8Array {
 
 const EC_SIZES: Readonly<Record<string, number>> = { 'P-256': 32, 'P-384': 48, 'P-521': 66 }
 
+/** The NIST curves' field primes and b (a = -3): y^2 = x^3 - 3x + b (mod p). */
+const EC_CURVE_PARAMS: Readonly<Record<string, { p: bigint; b: bigint }>> = {
+  'P-256': {
+    p: 2n ** 256n - 2n ** 224n + 2n ** 192n + 2n ** 96n - 1n,
+    b: 0x5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604bn,
+  },
+  'P-384': {
+    p: 2n ** 384n - 2n ** 128n - 2n ** 96n + 2n ** 32n - 1n,
+    b: 0xb3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aefn,
+  },
+  'P-521': {
+    p: 2n ** 521n - 1n,
+    b: 0x0051953eb9618e1c9a1f929a21a0b68540eea2da725b99b315f3b8b489918ef109e156193951ec7e937b1652c0bd3bb1bf073573df883d2c34f1ef451fd46b503f00n,
+  },
+}
+
+/**
+ * Whether (x, y) is a point of the curve (coordinates below p): what OpenSSL's import checked
+ * before the JWK was compared as bytes. Without it an x5c certificate with an off-curve key (which
+ * OpenSSL and Go's x509 cannot read) would enter a bundle and be served to workloads.
+ */
+function onCurve(crv: string, xb: Uint8Array, yb: Uint8Array): boolean {
+  const c = EC_CURVE_PARAMS[crv]
+  if (!c) return false
+  const x = BigInt(`0x${Buffer.from(xb).toString('hex')}`)
+  const y = BigInt(`0x${Buffer.from(yb).toString('hex')}`)
+  if (x >= c.p || y >= c.p) return false
+  const m = (v: bigint) => ((v % c.p) + c.p) % c.p
+  return m(y * y) === m(x * x * x - 3n * x + c.b)
+}
+
 /** Bytes of a base64url string in its one canonical spelling (no padding), else undefined. */
 function strictBase64url(v: unknown): Uint8Array | undefined {
   if (typeof v !== 'string' || v === '' || !/^[A-Za-z0-9_-]+$/.test(v)) return undefined
@@ -166,9 +197,9 @@ function strictBase64url(v: unknown): Uint8Array | undefined {
 
 /**
  * The DER SubjectPublicKeyInfo a public JWK's members spell (EC on a named curve, or RSA), built
- * without OpenSSL; undefined when the members are missing, of the wrong size or not canonical
- * base64url. Comparing it with a certificate's SPKI bytes says whether the JWK is that
- * certificate's key: with OpenSSL 3 the JWK import and two SPKI exports cost ~0.5 ms per key.
+ * without OpenSSL; undefined when the members are missing, of the wrong size, not canonical
+ * base64url or (EC) off the curve. Comparing it with a certificate's SPKI bytes says whether the
+ * JWK is that certificate's key: with OpenSSL 3 the JWK import and two SPKI exports cost ~0.5 ms.
  */
 export function spkiFromPublicJwk(jwk: Record<string, unknown>): Uint8Array | undefined {
   if (jwk.kty === 'EC') {
@@ -178,6 +209,7 @@ export function spkiFromPublicJwk(jwk: Record<string, unknown>): Uint8Array | un
     // RFC 7518 wants full-size coordinates; a shorter one (an encoder that trims leading zero
     // octets) is the same number, as OpenSSL's JWK import read it.
     if (!size || !x || !y || x.length > size || y.length > size) return undefined
+    if (!onCurve(jwk.crv as string, x, y)) return undefined
     const point = new Uint8Array(1 + 2 * size)
     point[0] = 0x04
     point.set(x, 1 + size - x.length)
