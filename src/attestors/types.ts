@@ -64,6 +64,11 @@ export interface ServerNodeAttestor {
 export interface AgentNodeAttestor {
   readonly kind: 'NodeAttestor'
   readonly name: string
+  /**
+   * The evidence works once (a join token): whatever could fail after the server accepted it must
+   * be done before sending it (the agent writes its key file first, instead of beside the call).
+   */
+  readonly singleUse?: boolean
   /** The first message's payload. */
   payload(): Promise<Uint8Array>
   /** Answers one server challenge. */

@@ -27,3 +27,18 @@ export async function writeTempFile(
   await fh.close()
   return tmp
 }
+
+/**
+ * Fsyncs a directory, so a rename or link into it survives a crash (the file's own fsync covers
+ * its bytes, not its name). Filesystems that cannot sync a directory (EINVAL) are left as they are.
+ */
+export async function syncDirectory(dir: string): Promise<void> {
+  const fh = await open(dir, 'r')
+  try {
+    await fh.sync()
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'EINVAL') throw err
+  } finally {
+    await fh.close()
+  }
+}

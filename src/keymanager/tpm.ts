@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto'
 import { chmod, mkdir, readdir, readFile, rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { writeTempFile } from '../common/temp-file.js'
+import { syncDirectory, writeTempFile } from '../common/temp-file.js'
 import { TPM_ALG } from '../tpm/constants.js'
 import {
   isConnectionFailure,
@@ -204,6 +204,9 @@ export class TpmKeyManager implements KeyManager {
       tmp = await writeTempFile(this.dir, id, text)
       await chmod(tmp, 0o600)
       await rename(tmp, this.pathOf(id))
+      tmp = undefined
+      // The name too: `stored` promises the agent can find the key after a crash.
+      await syncDirectory(this.dir)
     } catch (err) {
       if (tmp) await rm(tmp, { force: true }).catch(() => {})
       throw new KeyManagerError(

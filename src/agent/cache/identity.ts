@@ -115,11 +115,15 @@ export class IdentityKeeper {
     })
   }
 
-  /** A new agent key; `stored` settles once it is kept durably (see generateKeyEarly). */
-  private async newKey(): Promise<{ key: Key; stored: Promise<void> }> {
+  /**
+   * A new agent key; `stored` settles once it is kept durably (see generateKeyEarly). `early`
+   * false: stored before it is returned (single-use evidence must not be spent on a key whose
+   * file then fails to write).
+   */
+  private async newKey(early = true): Promise<{ key: Key; stored: Promise<void> }> {
     const id = `agent-svid-${Date.now()}-${++this.keyCounter}`
     const km = this.d.keyManager
-    if (km.generateKeyEarly) return km.generateKeyEarly(id, 'ec-p256')
+    if (early && km.generateKeyEarly) return km.generateKeyEarly(id, 'ec-p256')
     return { key: await km.generateKey(id, 'ec-p256'), stored: Promise.resolve() }
   }
 
@@ -141,7 +145,7 @@ export class IdentityKeeper {
     // The connection is set up while the key is made (TPM time the event loop only waits).
     this.d.client.warmUp?.()
     // The key file is written while the attestation runs; the SVID is kept only once it is.
-    const { key, stored } = await this.newKey()
+    const { key, stored } = await this.newKey(!this.d.attestor.singleUse)
     const r = await this.d.client
       .attestAgent(this.d.attestor, key)
       .catch((err) => this.dropKey(key, err, stored))

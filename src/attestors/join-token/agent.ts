@@ -7,6 +7,7 @@ export function joinTokenAgentAttestor(token: string): AgentNodeAttestor {
   return {
     kind: 'NodeAttestor',
     name: JOIN_TOKEN,
+    singleUse: true,
     async payload() {
       return new Uint8Array(Buffer.from(token, 'utf8'))
     },
