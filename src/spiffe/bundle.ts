@@ -83,11 +83,16 @@ function checkSequence(v: number, what: string): void {
   if (!isNonNegInt(v)) throw new BundleError(`${what} must be a non-negative integer`)
 }
 
-/** A JWK's key members as a public KeyObject, refusing private key material. */
-function importJwk(jwk: Record<string, unknown>, where: string): KeyObject {
+/** Refuses a JWK carrying private key material (a bundle publishes public keys only). */
+function refusePrivate(jwk: Record<string, unknown>, where: string): void {
   if ('d' in jwk || 'p' in jwk || 'q' in jwk || 'k' in jwk) {
     throw new BundleError(`${where} contains private key material`)
   }
+}
+
+/** A JWK's key members as a public KeyObject, refusing private key material. */
+function importJwk(jwk: Record<string, unknown>, where: string): KeyObject {
+  refusePrivate(jwk, where)
   if (jwk.kty !== 'EC' && jwk.kty !== 'RSA') {
     throw new BundleError(`${where} has unsupported kty ${JSON.stringify(jwk.kty)}`)
   }
@@ -311,9 +316,7 @@ function parseX509Key(jwk: Record<string, unknown>, where: string): Uint8Array {
   }
   // The JWK members must describe the certificate's key, or consumers could disagree. Compared as
   // SPKI bytes built from the members (no OpenSSL import and exports: ~0.5 ms per key).
-  if ('d' in jwk || 'p' in jwk || 'q' in jwk || 'k' in jwk) {
-    throw new BundleError(`${where} contains private key material`)
-  }
+  refusePrivate(jwk, where)
   const fromJwk = spkiFromPublicJwk(jwk)
   if (!fromJwk || !sameBytes(fromJwk, spki)) {
     throw new BundleError(`${where}: the JWK key does not match its x5c certificate`)

@@ -163,10 +163,9 @@ const EC_SIZES: Readonly<Record<string, number>> = { 'P-256': 32, 'P-384': 48, '
  * cannot read) would enter a bundle and be served to workloads. The JWK import alone (~0.1 ms)
  * does it; the certificate parse and the two SPKI exports the old check also made are not needed.
  */
-function onCurve(crv: string, x: Uint8Array, y: Uint8Array): boolean {
-  const b64 = (v: Uint8Array) => Buffer.from(v).toString('base64url')
+function onCurve(crv: string, x: string, y: string): boolean {
   try {
-    createPublicKey({ key: { kty: 'EC', crv, x: b64(x), y: b64(y) }, format: 'jwk' })
+    createPublicKey({ key: { kty: 'EC', crv, x, y }, format: 'jwk' })
     return true
   } catch {
     return false
@@ -194,7 +193,8 @@ export function spkiFromPublicJwk(jwk: Record<string, unknown>): Uint8Array | un
     // RFC 7518 wants full-size coordinates; a shorter one (an encoder that trims leading zero
     // octets) is the same number, as OpenSSL's JWK import read it.
     if (!size || !x || !y || x.length > size || y.length > size) return undefined
-    if (!onCurve(jwk.crv as string, x, y)) return undefined
+    // The members as given: strictBase64url has checked they are canonical.
+    if (!onCurve(jwk.crv as string, jwk.x as string, jwk.y as string)) return undefined
     const point = new Uint8Array(1 + 2 * size)
     point[0] = 0x04
     point.set(x, 1 + size - x.length)
