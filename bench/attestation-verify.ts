@@ -47,6 +47,13 @@ import { ecdsaToDer, parseSignature } from '../src/tpm/structures/signature.js'
 import { checkAkAttributes, verifyCertify, verifyQuote } from '../src/tpm/verify.js'
 
 const WINDOW_MS = 1000
+const ROUNDS = 5
+const ROUND_MS = 300
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.floor(s.length / 2)]!
+}
 
 /**
  * Calls per CPU-second of a synchronous function over one window (after a quarter-window
@@ -124,7 +131,7 @@ export async function recordExchange(
 }
 
 /** One attestation's server-side work on recorded evidence (no challenge round trip, no store). */
-function verifyRecorded(
+export function verifyRecorded(
   cfg: TpmServerConfig,
   rec: Recorded,
   prev: ClockInfo | undefined,
@@ -193,15 +200,27 @@ export function verificationRates(cfg: TpmServerConfig, rec: Recorded): Verifica
   }).attest.clockInfo
   verifyRecorded(cfg, rec, prev, new EkChainCache())
   const warmCache = new EkChainCache()
-  const full = rate(() => verifyRecorded(cfg, rec, prev, warmCache))
-  const cold = rate(() => verifyRecorded(cfg, rec, prev, new EkChainCache()))
   const akKey = publicKeyObject(akPub)
   const sig = parseSignature(res.quoteSignature)
   if (sig.sigAlg !== TPM_ALG.ECDSA) throw new Error('expected an ECDSA AK')
   const der = ecdsaToDer(sig)
-  const bare = rate(() => {
-    if (!cryptoVerify('sha256', res.quoteMessage, akKey, der)) throw new Error('bad signature')
-  })
+  // The full checks and the bare verify alternate in short windows, so a change in the host's
+  // speed (it drifts by 2x within minutes here) falls on both; the medians are reported.
+  // A server verifies all day: the code is measured once the JIT has settled (a second of it).
+  rate(() => verifyRecorded(cfg, rec, prev, warmCache), WINDOW_MS)
+  const fulls: number[] = []
+  const bares: number[] = []
+  for (let i = 0; i < ROUNDS; i++) {
+    fulls.push(rate(() => verifyRecorded(cfg, rec, prev, warmCache), ROUND_MS))
+    bares.push(
+      rate(() => {
+        if (!cryptoVerify('sha256', res.quoteMessage, akKey, der)) throw new Error('bad signature')
+      }, ROUND_MS),
+    )
+  }
+  const full = median(fulls)
+  const bare = median(bares)
+  const cold = rate(() => verifyRecorded(cfg, rec, prev, new EkChainCache()))
   const parts = {
     'EK cert parse + chain': rate(() =>
       verifyEkChain(parseCert(pl.ekCert!, 'ek'), [], cfg.caCertificates, rec.now),

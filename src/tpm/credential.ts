@@ -74,6 +74,15 @@ function labelBytes(label: string): Uint8Array {
   return label.endsWith('\0') ? ascii : concat(ascii, Uint8Array.of(0))
 }
 
+// The labels MakeCredential uses on every call, encoded once (never handed out to be changed).
+const IDENTITY_LABEL = Buffer.from('IDENTITY\0', 'latin1')
+const STORAGE_LABEL = labelBytes('STORAGE')
+const INTEGRITY_LABEL = labelBytes('INTEGRITY')
+const EMPTY = new Uint8Array()
+const ZERO_IV = Buffer.alloc(16)
+const labelFor = (label: string) =>
+  label === 'STORAGE' ? STORAGE_LABEL : label === 'INTEGRITY' ? INTEGRITY_LABEL : labelBytes(label)
+
 function checkBits(bits: number): void {
   if (!Number.isInteger(bits) || bits <= 0 || bits > 0xffff * 8) {
     throw new RangeError(`KDF output size ${bits} bits is out of range`)
@@ -98,7 +107,11 @@ export function kdfa(
 ): Uint8Array {
   checkBits(bits)
   const h = hashOf(hashAlg)
-  const fixed = concat(labelBytes(label), contextU, contextV, u32(bits))
+  const fixed = concat(labelFor(label), contextU, contextV, u32(bits))
+  if (bits <= h.size * 8) {
+    // One block (every key MakeCredential derives): no block list to join.
+    return truncate(createHmac(h.name, key).update(u32(1)).update(fixed).digest(), bits)
+  }
   const blocks: Uint8Array[] = []
   for (let i = 1, got = 0; got * 8 < bits; i++, got += h.size) {
     blocks.push(createHmac(h.name, key).update(u32(i)).update(fixed).digest())
@@ -151,7 +164,7 @@ function protectSeed(ek: TpmPublic): { seed: Uint8Array; encryptedSecret: Uint8A
         key: publicKeyObject(ek),
         padding: constants.RSA_PKCS1_OAEP_PADDING,
         oaepHash: h.name,
-        oaepLabel: Buffer.from('IDENTITY\0', 'latin1'),
+        oaepLabel: IDENTITY_LABEL,
       },
       seed,
     )
@@ -209,17 +222,10 @@ export function makeCredential(
   }
   const { seed, encryptedSecret } = protectSeed(ekPublic)
   const keyBits = sym.keyBits!
-  const symKey = kdfa(ekPublic.nameAlg, seed, 'STORAGE', objectName, new Uint8Array(), keyBits)
-  const cipher = createCipheriv(`aes-${keyBits}-cfb`, symKey, Buffer.alloc(16))
+  const symKey = kdfa(ekPublic.nameAlg, seed, 'STORAGE', objectName, EMPTY, keyBits)
+  const cipher = createCipheriv(`aes-${keyBits}-cfb`, symKey, ZERO_IV)
   const encIdentity = concat(cipher.update(tpm2b(secret)), cipher.final())
-  const hmacKey = kdfa(
-    ekPublic.nameAlg,
-    seed,
-    'INTEGRITY',
-    new Uint8Array(),
-    new Uint8Array(),
-    h.size * 8,
-  )
+  const hmacKey = kdfa(ekPublic.nameAlg, seed, 'INTEGRITY', EMPTY, EMPTY, h.size * 8)
   const outerHmac = createHmac(h.name, hmacKey).update(encIdentity).update(objectName).digest()
   return {
     credentialBlob: tpm2b(concat(tpm2b(outerHmac), encIdentity)),

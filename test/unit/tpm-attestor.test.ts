@@ -94,6 +94,10 @@ test('malformed payloads and responses are refused with payload/response reasons
     ['missing ak_public', json({ ...good, ak_public: undefined })],
     ['not base64', json({ ...good, ek_public: 'a b' })],
     ['base64 with bad padding', json({ ...good, ek_public: 'abc' })],
+    // 'BR==' decodes to the byte 'BQ==' encodes: only the canonical text is taken.
+    ['base64 with stray bits', json({ ...good, ek_public: 'BR==' })],
+    ['base64url', json({ ...good, ek_public: 'a-_b' })],
+    ['base64 padding inside', json({ ...good, ek_public: 'AA==AAAA' })],
     ['chain not an array', json({ ...good, ek_chain: 'AAAA' })],
     ['chain too long', json({ ...good, ek_chain: Array(9).fill('AAAA') })],
     ['huge', new Uint8Array(70 * 1024).fill(0x20)],
@@ -118,6 +122,10 @@ test('malformed payloads and responses are refused with payload/response reasons
     { sha256: { '24': '00' } },
     { sha256: { '1': 'XYZ' } },
     { sha256: { '01': '00' } },
+    { sha256: { '1': 'AB' } },
+    { sha256: { '1': '0' } },
+    { sha256: { '1': '' } },
+    { sha256: { '1': '00'.repeat(65) } },
     { 'SHA-256': { '1': '00' } },
   ]) {
     assert.throws(

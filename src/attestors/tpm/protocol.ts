@@ -152,7 +152,11 @@ const MAX_FIELD = 16 * 1024
 export const MAX_CERT = 8 * 1024
 /** Intermediates the agent may send; each one multiplies the chain search. */
 export const MAX_CHAIN = 4
-const B64 = /^[A-Za-z0-9+/]*={0,2}$/
+// One decoder for every message: a fatal decoder keeps no state between whole-buffer decodes.
+const UTF8 = new TextDecoder('utf-8', { fatal: true })
+// PCR indices as JSON object keys: decimal, no leading zeros (TPM 2.0 has 24).
+const PCR_INDICES: ReadonlySet<string> = new Set(Array.from({ length: 24 }, (_, i) => String(i)))
+const LOWER_HEX = /^[0-9a-f]+$/
 
 type Kind = 'payload' | 'response' | 'challenge'
 
@@ -173,7 +177,7 @@ class Fields {
     if (bytes.length > maxMessage) this.fail(`is ${bytes.length} bytes, over ${maxMessage}`)
     let v: unknown
     try {
-      v = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
+      v = JSON.parse(UTF8.decode(bytes))
     } catch (err) {
       throw new TpmAttestationError(kind, `${what} is not JSON`, undefined, err)
     }
@@ -201,10 +205,14 @@ class Fields {
     }
     // Size first, from the text alone: nothing oversize is decoded, let alone parsed.
     if (value.length > Math.ceil(max / 3) * 4) this.fail(`field '${label}' is over ${max} bytes`)
-    if (value.length % 4 !== 0 || !B64.test(value)) this.fail(`field '${label}' is not base64`)
-    const out = new Uint8Array(Buffer.from(value, 'base64'))
-    if (out.length > max) this.fail(`field '${label}' is over ${max} bytes`)
-    return out
+    const buf = Buffer.from(value, 'base64')
+    // Strict: only the canonical (padded) encoding of what decoded. Node's decoder skips what it
+    // does not know, so the re-encoding differs for any other text; cheaper than a pattern.
+    if (value.length % 4 !== 0 || buf.toString('base64') !== value) {
+      this.fail(`field '${label}' is not base64`)
+    }
+    if (buf.length > max) this.fail(`field '${label}' is over ${max} bytes`)
+    return new Uint8Array(buf)
   }
 
   bytesList(key: string, max = MAX_FIELD): Uint8Array[] {
@@ -241,10 +249,15 @@ class Fields {
       }
       const b: Record<string, string> = {}
       for (const [index, hex] of Object.entries(values)) {
-        if (!/^(?:[0-9]|1[0-9]|2[0-3])$/.test(index)) {
+        if (!PCR_INDICES.has(index)) {
           this.fail(`field '${key}.${bank}' has a bad PCR index '${index.slice(0, 8)}'`)
         }
-        if (typeof hex !== 'string' || !/^(?:[0-9a-f]{2}){1,64}$/.test(hex)) {
+        if (
+          typeof hex !== 'string' ||
+          hex.length % 2 !== 0 ||
+          hex.length > 128 ||
+          !LOWER_HEX.test(hex)
+        ) {
           this.fail(`field '${key}.${bank}.${index}' must be lowercase hex`)
         }
         b[index] = hex

@@ -155,10 +155,12 @@ function previousClock(stored: string | undefined, akName: string): ClockInfo | 
 }
 
 /** PCR values from the wire form ({bank: {index: hex}}); an unknown bank is refused. */
+const BANK_ALGS: ReadonlyMap<string, number> = new Map([...HASH_ALGS].map(([a, h]) => [h.name, a]))
+
 export function wireToPcrValues(wire: TpmResponse['pcrValues']): PcrValues {
   const out = new Map<number, Map<number, Uint8Array>>()
   for (const [bank, values] of Object.entries(wire)) {
-    const alg = [...HASH_ALGS].find(([, h]) => h.name === bank)?.[0]
+    const alg = BANK_ALGS.get(bank)
     if (alg === undefined) refuse('response', `unknown PCR bank '${bank}'`)
     const m = new Map<number, Uint8Array>()
     for (const [index, v] of Object.entries(values)) {
