@@ -71,6 +71,12 @@ export interface AgentNodeAttestor {
   readonly singleUse?: boolean
   /** The first message's payload. */
   payload(): Promise<Uint8Array>
+  /**
+   * The first message is built and goes out now: the attestor may use the round trip for work
+   * its answer needs whatever the challenge says (the TPM attestor: the EK reference and its
+   * policy session). Transports call it once, after payload(); never throws.
+   */
+  payloadSent?(): void
   /** Answers one server challenge. */
   respond(challenge: Uint8Array): Promise<Uint8Array>
   /**

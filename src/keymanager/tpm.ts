@@ -165,7 +165,10 @@ export class TpmKeyManager implements KeyManager {
         'use ec-p256 or rsa-2048',
       )
     }
-    await mkdir(this.dir, { recursive: true, mode: 0o700 })
+    // Beside the TPM work, not before it: the first TPM command goes out at once (the store
+    // below waits for the directory, and reports its failure as the key's write failing).
+    const dirReady = mkdir(this.dir, { recursive: true, mode: 0o700 })
+    dirReady.catch(() => undefined)
     const made = await withTpm(this.tpm, async () => {
       const srk = await openSrk(this.tpm)
       let out: KeyBlob
@@ -191,7 +194,16 @@ export class TpmKeyManager implements KeyManager {
       private: Buffer.from(blob.private).toString('base64'),
       public: Buffer.from(blob.public).toString('base64'),
     })
-    const stored = this.store(id, text)
+    const stored = dirReady.then(
+      () => this.store(id, text),
+      (err: unknown) => {
+        throw new KeyManagerError(
+          `cannot create the key directory ${this.dir}`,
+          'check the directory permissions and free space',
+          err,
+        )
+      },
+    )
     // Seen by whoever awaits it; a caller that failed first must not leave it unhandled.
     stored.catch(() => undefined)
     return { key: tpmKey(this.tpm, id, blob), stored }

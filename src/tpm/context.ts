@@ -7,7 +7,7 @@
 import { type OpenOptions, TpmConnection, type TpmHealth } from './connection.js'
 import { TPM_CAP, TPM_PT, TPM_RH } from './constants.js'
 import { TpmError, TpmStructureError } from './errors.js'
-import type { Attestation } from './flows.js'
+import type { Attestation, EkPolicySession } from './flows.js'
 import * as flows from './flows.js'
 import type { KeyBlob, KeyHandle } from './key-handle.js'
 import { LoadedShares, YieldableObjects } from './shares.js'
@@ -29,7 +29,7 @@ import { Reader } from './structures/reader.js'
 import { srkTemplate } from './templates.js'
 
 export { isConnectionFailure, type OpenOptions, type TpmHealth } from './connection.js'
-export type { Attestation } from './flows.js'
+export type { Attestation, EkPolicySession } from './flows.js'
 export { type KeyBlob, KeyHandle } from './key-handle.js'
 
 /** A loaded key's share name: its private blob, which no other key has. */
@@ -306,8 +306,14 @@ export class TpmContext implements AsyncDisposable {
     ek: KeyHandle,
     credentialBlob: Uint8Array,
     encryptedSecret: Uint8Array,
+    session?: EkPolicySession,
   ): Promise<Uint8Array> {
-    return flows.activateCredential(this.conn, ak, ek, credentialBlob, encryptedSecret)
+    return flows.activateCredential(this.conn, ak, ek, credentialBlob, encryptedSecret, session)
+  }
+
+  /** See flows.startEkPolicySession: the session an EK of this public area needs, owned by the caller. */
+  startEkPolicySession(ekPublic: TpmPublic): Promise<EkPolicySession> {
+    return flows.startEkPolicySession(this.conn, ekPublic)
   }
 
   /** TPM2_Quote over a PCR selection, with the AK's own scheme; nonce is the qualifying data. */

@@ -5,9 +5,11 @@
 import { SpiffeEdgeError } from '../errors.js'
 import type { TpmConnection } from './connection.js'
 import { TPM_RH } from './constants.js'
+import { TpmClosedError } from './errors.js'
 import type { KeyHandle } from './key-handle.js'
 import { marshalDigestList, policyOrDigest, policySecretDigest } from './policy.js'
 import { marshalPcrSelection, type PcrSelection } from './structures/pcr.js'
+import type { TpmPublic } from './structures/public.js'
 import { EK_POLICY_C } from './templates.js'
 
 export interface Attestation {
@@ -29,14 +31,14 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
  * L-1, L-2; undefined here), or that inside a PolicyOR (high-range templates). Anything else is
  * refused up front, before a session is spent on it.
  */
-function ekPolicyBranches(ek: KeyHandle): Uint8Array[] | undefined {
-  const nameAlg = ek.public.nameAlg
+function ekPolicyBranches(ek: TpmPublic): Uint8Array[] | undefined {
+  const nameAlg = ek.nameAlg
   const secretBranch = policySecretDigest(nameAlg, ENDORSEMENT_NAME)
-  if (sameBytes(ek.public.authPolicy, secretBranch)) return undefined
+  if (sameBytes(ek.authPolicy, secretBranch)) return undefined
   const otherBranch = EK_POLICY_C.get(nameAlg)
   if (
     otherBranch &&
-    sameBytes(ek.public.authPolicy, policyOrDigest(nameAlg, [secretBranch, otherBranch]))
+    sameBytes(ek.authPolicy, policyOrDigest(nameAlg, [secretBranch, otherBranch]))
   ) {
     return [secretBranch, otherBranch]
   }
@@ -46,8 +48,61 @@ function ekPolicyBranches(ek: KeyHandle): Uint8Array[] | undefined {
 }
 
 /**
+ * A policy session that satisfies the EK's authPolicy (PolicySecret(endorsement), inside a
+ * PolicyOR for the high-range templates), owned by whoever started it: dispose() flushes it (a
+ * session from before a reconnect is gone already). It depends on the EK's public area only, so
+ * it can be started before the challenge that needs it arrives.
+ */
+export interface EkPolicySession extends AsyncDisposable {
+  readonly handle: number
+  /** Still usable: not disposed, and started on the current connection. */
+  readonly current: boolean
+  dispose(): Promise<void>
+}
+
+export async function startEkPolicySession(
+  conn: TpmConnection,
+  ekPublic: TpmPublic,
+): Promise<EkPolicySession> {
+  const orBranches = ekPolicyBranches(ekPublic)
+  const started = await conn.run((c) => c.startPolicySession(ekPublic.nameAlg))
+  const gen = conn.generation
+  let flushed: Promise<void> | undefined
+  const session: EkPolicySession = {
+    handle: started.handle,
+    get current() {
+      return !flushed && conn.generation === gen
+    },
+    dispose() {
+      flushed ??= conn.flushSession(started.handle, gen)
+      return flushed
+    },
+    [Symbol.asyncDispose]: () => session.dispose(),
+  }
+  try {
+    await conn.run(async (c) => {
+      conn.checkGeneration(gen)
+      return c.policySecret(started.handle, TPM_RH.ENDORSEMENT)
+    })
+    if (orBranches) {
+      const list = marshalDigestList(orBranches)
+      await conn.run(async (c) => {
+        conn.checkGeneration(gen)
+        return c.policyOr(started.handle, list)
+      })
+    }
+    return session
+  } catch (err) {
+    await session.dispose().catch(() => undefined)
+    throw err
+  }
+}
+
+/**
  * TPM2_ActivateCredential: the EK (under a PolicySecret(endorsement) session, as the TCG EK
- * policy demands) decrypts the credential only if it was made for this AK's Name.
+ * policy demands) decrypts the credential only if it was made for this AK's Name. With `session`
+ * (startEkPolicySession, for this EK) it is used and left to its owner; else one is made here and
+ * flushed.
  */
 export async function activateCredential(
   conn: TpmConnection,
@@ -55,32 +110,27 @@ export async function activateCredential(
   ek: KeyHandle,
   credentialBlob: Uint8Array,
   encryptedSecret: Uint8Array,
+  session?: EkPolicySession,
 ): Promise<Uint8Array> {
   const a = conn.handleFor(ak)
   const e = conn.handleFor(ek)
-  const orBranches = ekPolicyBranches(ek)
-  const session = await conn.run((c) => c.startPolicySession(ek.public.nameAlg), [ak, ek])
-  // The session is owned here and flushed in `finally`; it must not outlive a reopen either.
-  const gen = conn.generation
-  try {
-    await conn.run(async (c) => {
-      conn.checkGeneration(gen)
-      return c.policySecret(session.handle, TPM_RH.ENDORSEMENT)
-    })
-    if (orBranches) {
-      const list = marshalDigestList(orBranches)
-      await conn.run(async (c) => {
-        conn.checkGeneration(gen)
-        return c.policyOr(session.handle, list)
-      })
+  if (session) {
+    if (!session.current) {
+      throw new TpmClosedError(
+        'the EK policy session is from before a TPM reconnect or was flushed',
+        'start a new one (startEkPolicySession)',
+      )
     }
-    return await conn.run(
+    return conn.run(
       (c) => c.activateCredential(a, e, session.handle, credentialBlob, encryptedSecret),
       [ak, ek],
     )
-  } finally {
-    await conn.flushSession(session.handle, gen)
   }
+  await using own = await startEkPolicySession(conn, ek.public)
+  return await conn.run(
+    (c) => c.activateCredential(a, e, own.handle, credentialBlob, encryptedSecret),
+    [ak, ek],
+  )
 }
 
 /** TPM2_Quote over a PCR selection, with the AK's own scheme; nonce is the qualifying data. */

@@ -241,9 +241,12 @@ export function transportError(
 /** The first AttestAgent message: the attestor's evidence and a CSR for the new agent key. */
 export async function attestParams(attestor: AgentNodeAttestor, signer: Signer): Promise<Buffer> {
   const [payload, csr] = await Promise.all([attestor.payload(), createCsr(signer)])
-  return Buffer.from(
+  const bytes = Buffer.from(
     codec.attestRequest.encode({ params: { data: { type: attestor.name, payload }, csr } }),
   )
+  // After the CSR's signature (which may need the same TPM): the caller writes these bytes next.
+  attestor.payloadSent?.()
+  return bytes
 }
 
 /**

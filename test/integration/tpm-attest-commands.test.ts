@@ -16,7 +16,7 @@ import { startSwtpm } from '../../hardware-sim/swtpm.js'
 import { tpmAgentAttestor } from '../../src/attestors/tpm/agent.js'
 import { parseTpmServerConfig, tpmServerAttestor } from '../../src/attestors/tpm/server.js'
 import type { AttestorState } from '../../src/attestors/types.js'
-import { type TpmKey, TpmKeyManager } from '../../src/keymanager/tpm.js'
+import { type TpmKey, TpmKeyManager, withTpm } from '../../src/keymanager/tpm.js'
 import { setTpmCommandObserver } from '../../src/tpm/command-observer.js'
 import { TpmContext } from '../../src/tpm/context.js'
 
@@ -191,5 +191,58 @@ test('an SRK handed over by key generation is flushed when no payload takes it',
   while ((await tpm.loadedTransientCount()) !== 0 && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 100))
   }
+  assert.equal(await tpm.loadedTransientCount(), 0)
+})
+
+test("the round trip prepares the answer: the EK's policy session starts before the challenge, the answer uses it, and every end flushes it", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'spiffe-edge-tpm-cmds-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  // swtpm's EK is persistent: the round trip also opens its reference.
+  await using sim = await startSwtpm()
+  await using tpm = await TpmContext.open(sim.tcti)
+  const key = await new TpmKeyManager(tpm, join(dir, 'keys')).generateKey('agent', 'ec-p256')
+  const cfg = parseTpmServerConfig({ ek_ca_bundle: sim.ekCaBundle }, '/')
+  const server = tpmServerAttestor(cfg)
+  const ctx = () => ({
+    trustDomain: 'example.org',
+    now: new Date(),
+    agentPublicKey: key.publicKey,
+    state: memoryState(),
+  })
+  // Loaded policy sessions (TPM_HT_POLICY_SESSION).
+  const sessions = async () => (await tpm.listHandles(0x03000000)).length
+  const order: string[] = []
+  const prev = setTpmCommandObserver((command) => {
+    order.push(command)
+  })
+  t.after(() => setTpmCommandObserver(prev))
+
+  const agent = tpmAgentAttestor({ tpm, dataDir: join(dir, 'agent'), agentKey: () => key })
+  const payload = await agent.payload()
+  agent.payloadSent?.()
+  const starts = () => order.filter((c) => c === 'startPolicySession').length
+  const result = await server.attest(
+    payload,
+    async (c) => {
+      // The preparation queued on the TPM lock when the payload went: behind it, it is done.
+      await withTpm(tpm, async () => undefined)
+      assert.equal(starts(), 1, 'the policy session was started during the round trip')
+      return agent.respond(c)
+    },
+    ctx(),
+  )
+  await agent.end?.()
+  setTpmCommandObserver(prev)
+  assert.match(result.agentPath, /^\/spire\/agent\/tpm\//)
+  assert.equal(starts(), 1, 'the answer used it and started none')
+  assert.equal(await sessions(), 0, 'the used session is flushed')
+  assert.equal(await tpm.loadedTransientCount(), 0)
+
+  // An attempt that gets no challenge: end() flushes its prepared session with its AK and key.
+  const unanswered = tpmAgentAttestor({ tpm, dataDir: join(dir, 'agent'), agentKey: () => key })
+  await unanswered.payload()
+  unanswered.payloadSent?.()
+  await unanswered.end?.()
+  assert.equal(await sessions(), 0)
   assert.equal(await tpm.loadedTransientCount(), 0)
 })

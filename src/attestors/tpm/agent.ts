@@ -10,8 +10,10 @@
  * with the held key meanwhile (TpmContext.loadShared / borrowLoaded). That is two of swtpm's three
  * object slots between the round trips, and nothing is recreated or reloaded for the challenge.
  * They are offered to be flushed if another load finds no free slot (TpmContext.yieldWhenFull):
- * the answer then loads them again. An attempt that gets no challenge frees them when the
- * transport ends it (end()), at the next payload, or after HOLD_MS.
+ * the answer then loads them again. While the payload travels (payloadSent) it also opens the
+ * persistent EK's reference and the EK's policy session (held-attempt.ts). An attempt that gets no
+ * challenge frees all of it when the transport ends it (end()), at the next payload, or after
+ * HOLD_MS; an answered one flushes it after handing its answer over.
  */
 import { randomBytes } from 'node:crypto'
 import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
@@ -34,6 +36,14 @@ import { AdoptedSrk } from './adopted-srk.js'
 import { DEFAULT_EVENT_LOG_PATH, readEventLog } from './agent-config.js'
 import { type EkSeen, seeEk, splitDerCertificates, tpm2b } from './agent-ek.js'
 import { type AgentKeyOptions, agentKeySource } from './agent-key.js'
+import {
+  disposePrepared,
+  type Held,
+  type Prepared,
+  prepareAnswer,
+  releaseHeld,
+  stillUsable,
+} from './held-attempt.js'
 import { quoteCovers, toWire } from './pcr-wire.js'
 import {
   encodePayload,
@@ -122,15 +132,7 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): TpmAgentNodeAttest
   // takes them over. Not the SRK: flushed at the payload's end, so the round trip holds two slots
   // (swtpm has three and no resource manager), and the answer loads nothing. Offered to be
   // flushed if another load finds no free slot meanwhile (respond then loads them again).
-  let held:
-    | {
-        ak: KeyHandle
-        key: KeyHandle | undefined
-        keyBlob: KeyBlob | undefined
-        timer: NodeJS.Timeout
-        withdraw: () => void
-      }
-    | undefined
+  let held: Held | undefined
   // An SRK reference handed over by key generation, owned here until a payload takes it.
   const adopted = new AdoptedSrk(tpm)
   const takeHeld = () => {
@@ -142,14 +144,7 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): TpmAgentNodeAttest
     }
     return h
   }
-  const release = async (h: { ak: KeyHandle; key: KeyHandle | undefined } | undefined) => {
-    if (!h) return
-    try {
-      await h.key?.dispose()
-    } finally {
-      await h.ak.dispose()
-    }
-  }
+  const release = releaseHeld
 
   /** The stored AK, loaded, when it is of the right algorithm and this TPM's; else a new one. */
   const loadAk = async (srk: KeyHandle): Promise<{ blob: KeyBlob; ak: KeyHandle }> => {
@@ -298,63 +293,94 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): TpmAgentNodeAttest
         ? await readEventLog(o.eventLogPath ?? DEFAULT_EVENT_LOG_PATH)
         : undefined
       const proof = await agentKey.forChallenge(c.nonce)
-      return withTpm(tpm, async () => {
-        // A key made since the payload handed its SRK over: it must not hold a slot from the EK.
-        await adopted.release()
-        // Slot order for a 3-object TPM: AK+key held (the SRK went after the payload), then the EK.
-        let h = takeHeld()
-        let ak: KeyHandle | undefined
-        let key: KeyHandle | undefined
-        try {
-          if (
-            h &&
-            tpm.isLoaded(h.ak) &&
-            (h.key ? tpm.isLoaded(h.key) && sameBlob(proof.blob, h.keyBlob) : !proof.blob)
-          ) {
-            ;({ ak, key } = h)
-          } else {
-            // Lost with a reconnect, expired, or another key: load what the answer needs.
-            const stale = h
+      // The answer is handed over before the flushes, which go on under the lock while it travels
+      // (end() and the next attempt queue behind them). A flush that fails then fails nothing: the
+      // handle is the connection's to drop, as after a reconnect.
+      return new Promise<Uint8Array>((resolve, reject) => {
+        withTpm(tpm, async () => {
+          // A key made since the payload handed its SRK over: it must not hold a slot from the EK.
+          await adopted.release()
+          // Slot order for a 3-object TPM: AK+key held (the SRK went after the payload), then the EK.
+          let h = takeHeld()
+          let ak: KeyHandle | undefined
+          let key: KeyHandle | undefined
+          let prep: Prepared | undefined
+          let ownEk: KeyHandle | undefined
+          try {
+            if (
+              h &&
+              tpm.isLoaded(h.ak) &&
+              (h.key ? tpm.isLoaded(h.key) && sameBlob(proof.blob, h.keyBlob) : !proof.blob)
+            ) {
+              ;({ ak, key } = h)
+              prep = h.prepared
+              h.prepared = undefined
+            } else {
+              // Lost with a reconnect, expired, or another key: load what the answer needs.
+              const stale = h
+              h = undefined
+              await release(stale)
+              await using srk = await openSrk(tpm)
+              ak = await tpm.loadKey(srk, ak0)
+              if (proof.blob) key = await tpm.loadKey(srk, proof.blob)
+            }
             h = undefined
-            await release(stale)
-            await using srk = await openSrk(tpm)
-            ak = await tpm.loadKey(srk, ak0)
-            if (proof.blob) key = await tpm.loadKey(srk, proof.blob)
+            if (prep && !stillUsable(tpm, prep)) {
+              await disposePrepared(prep)
+              prep = undefined
+            }
+            if (!prep?.ek) {
+              ownEk = ekWas.persistent
+                ? await tpm.persistentKeyOf(ekWas.slot.persistentHandle, ekWas.area)
+                : await openEk(tpm, ekWas.slot.algorithm)
+            }
+            const ek = prep?.ek ?? ownEk!
+            const secret = await tpm.activateCredential(
+              ak,
+              ek,
+              c.credentialBlob,
+              c.encryptedSecret,
+              prep?.session,
+            )
+            // A recreated EK goes before the quote (3 slots); a persistent one's reference waits.
+            if (ownEk && !ownEk.persistent) {
+              await ownEk.dispose()
+              ownEk = undefined
+            }
+            // PCRs can move between the quote and the read: read after it until the values are
+            // the ones it signed (its pcrDigest), quoting again if an extend came between.
+            let quote = await tpm.quote(ak, proof.qualifying, selection)
+            let values = await tpm.pcrRead(selection)
+            for (let i = 0; i < 3 && !quoteCovers(quote, values); i++) {
+              quote = await tpm.quote(ak, proof.qualifying, selection)
+              values = await tpm.pcrRead(selection)
+            }
+            const certify = key ? await tpm.certify(key, ak, c.nonce) : undefined
+            await persistAk(ak0)
+            resolve(
+              encodeResponse({
+                version: 1,
+                secret,
+                quoteMessage: quote.message,
+                quoteSignature: quote.signature,
+                pcrValues: toWire(values),
+                ...(certify
+                  ? { certifyMessage: certify.message, certifySignature: certify.signature }
+                  : {}),
+                ...(eventLog ? { eventLog } : {}),
+              }),
+            )
+          } finally {
+            try {
+              await disposePrepared(prep)
+              await ownEk?.dispose()
+              await release(h)
+              await key?.dispose()
+            } finally {
+              await ak?.dispose()
+            }
           }
-          h = undefined
-          let secret: Uint8Array
-          {
-            await using ek = ekWas.persistent
-              ? await tpm.persistentKeyOf(ekWas.slot.persistentHandle, ekWas.area)
-              : await openEk(tpm, ekWas.slot.algorithm)
-            secret = await tpm.activateCredential(ak, ek, c.credentialBlob, c.encryptedSecret)
-          }
-          // PCRs can move between the quote and the read: read after it until the values are
-          // the ones it signed (its pcrDigest), quoting again if an extend came between.
-          let quote = await tpm.quote(ak, proof.qualifying, selection)
-          let values = await tpm.pcrRead(selection)
-          for (let i = 0; i < 3 && !quoteCovers(quote, values); i++) {
-            quote = await tpm.quote(ak, proof.qualifying, selection)
-            values = await tpm.pcrRead(selection)
-          }
-          const certify = key ? await tpm.certify(key, ak, c.nonce) : undefined
-          await persistAk(ak0)
-          return encodeResponse({
-            version: 1,
-            secret,
-            quoteMessage: quote.message,
-            quoteSignature: quote.signature,
-            pcrValues: toWire(values),
-            ...(certify
-              ? { certifyMessage: certify.message, certifySignature: certify.signature }
-              : {}),
-            ...(eventLog ? { eventLog } : {}),
-          })
-        } finally {
-          await release(h)
-          await key?.dispose()
-          await ak?.dispose()
-        }
+        }).catch(reject)
       })
     },
 
@@ -363,6 +389,18 @@ export function tpmAgentAttestor(o: TpmAgentAttestorOptions): TpmAgentNodeAttest
         await adopted.release()
         await release(takeHeld())
       }).catch(() => undefined),
+
+    payloadSent() {
+      // While the payload travels and the server checks it, the TPM is idle: make what the answer
+      // needs whatever the challenge says. Failure costs nothing: the answer then does it itself.
+      const h = held
+      const ekWas = ekSeen
+      if (!h || !ekWas) return
+      void withTpm(tpm, async () => {
+        // Under the lock, as every release is: taken or released meanwhile means not wanted.
+        if (held === h) h.prepared = await prepareAnswer(tpm, ekWas)
+      }).catch(() => undefined)
+    },
 
     adoptSrk: (srk) => adopted.adopt(srk),
   }
