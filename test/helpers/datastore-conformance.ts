@@ -52,6 +52,19 @@ export function runDatastoreConformance(name: string, b: DatastoreBackend): void
         selectors: [{ type: 'tpm', value: 'pcr:0:aa' }],
         updatedAt: 1_800_000_000,
       })
+      // The same selectors again (a re-attestation): kept as they are, the rest updated; the same
+      // ones in another order are stored in that order.
+      const two = [
+        { type: 'tpm', value: 'pcr:0:aa' },
+        { type: 'tpm', value: 'pcr:1:bb' },
+      ]
+      await ds.updateAttestedNode(AGENT, { selectors: two })
+      const same = await ds.updateAttestedNode(AGENT, { selectors: two, certSerial: 'fe' })
+      assert.deepEqual([same.selectors, same.certSerial], [two, 'fe'])
+      const reversed = [...two].reverse()
+      await ds.updateAttestedNode(AGENT, { selectors: reversed })
+      assert.deepEqual((await ds.getAttestedNode(AGENT))?.selectors, reversed)
+      await ds.updateAttestedNode(AGENT, { selectors: [{ type: 'tpm', value: 'pcr:0:aa' }] })
       await rejectsWith(
         ds.updateAttestedNode(AGENT, { spiffeId: 'spiffe://example.org/else' }),
         'ERR_DATASTORE_INVALID',

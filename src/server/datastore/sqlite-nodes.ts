@@ -40,14 +40,17 @@ export function updateAttestedNode(
   return c.write(() => {
     const row = c.st.getNode.get(spiffeId)
     if (!row) throw nodeNotFound(spiffeId)
-    const merged: AttestedNode = { ...toNode(row), updatedAt: nowSeconds() }
+    const before = toNode(row)
+    const merged: AttestedNode = { ...before, updatedAt: nowSeconds() }
     // Copy only defined keys: a JS caller's explicit undefined must not erase a field.
     for (const [k, v] of Object.entries(patch)) {
       if (v !== undefined) (merged as unknown as Record<string, unknown>)[k] = v
     }
     validateAttestedNode(merged)
     c.st.updateNode.run(nodeParams(merged))
-    if (patch.selectors !== undefined) {
+    // A re-attestation usually brings the same selectors: rewriting them would zero and rewrite
+    // their pages (secure_delete) for nothing.
+    if (patch.selectors !== undefined && !sameSelectors(before.selectors, merged.selectors)) {
       c.st.deleteNodeSelectors.run(spiffeId)
       insertNodeSelectors(c, spiffeId, merged.selectors)
     }
@@ -55,6 +58,14 @@ export function updateAttestedNode(
     if (!stored) throw nodeNotFound(spiffeId)
     return toNode(stored)
   })
+}
+
+function sameSelectors(a: readonly Selector[], b: readonly Selector[]): boolean {
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) {
+    if (a[i]!.type !== b[i]!.type || a[i]!.value !== b[i]!.value) return false
+  }
+  return true
 }
 
 export function listAttestedNodes(c: SqliteContext): AttestedNode[] {
