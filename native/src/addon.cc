@@ -20,7 +20,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   });
   exports.Set("openContext", Napi::Function::New(env, OpenContext, "openContext"));
   // 2: peerCred moved to the peercred addon (no tpm2-tss needed to check callers).
-  exports.Set("abiVersion", Napi::Number::New(env, 2));
+  exports.Set("abiVersion", Napi::Number::New(env, 3));
   return exports;
 }
 

@@ -6,7 +6,7 @@ import { NativeUnavailableError } from '../errors.js'
 import type { NativeBinding } from './types.js'
 
 /** ABI the TypeScript side expects; bumped together with native/src/addon.cc. */
-const EXPECTED_ABI = 2
+const EXPECTED_ABI = 3
 
 export interface LoadNativeOptions {
   /** An explicit path to tpm_native.node (also SPIFFE_EDGE_NATIVE in the environment). */

@@ -37,7 +37,7 @@ export interface NativeEsysContext {
   create(parent: number, inPublic: Uint8Array): Promise<NativeKeyBlob>
   load(parent: number, priv: Uint8Array, pub: Uint8Array): Promise<NativeLoaded>
   flushContext(handle: number): Promise<{ readonly flushed: number }>
-  trFromTpmPublic(tpmHandle: number): Promise<NativeLoaded>
+  trFromTpmPublic(tpmHandle: number): Promise<NativeReference>
   trClose(handle: number): Promise<{ readonly closed: number }>
   evictControl(object: number, persistentTpmHandle: number): Promise<{ readonly handle: number }>
   startPolicySession(hashAlg: number): Promise<{ readonly handle: number }>
@@ -80,11 +80,17 @@ export interface NativeEsysContext {
   isOpen(): boolean
 }
 
+/** A loaded transient (load): its Name is objectName of the public area the caller passed. */
 export interface NativeLoaded {
   readonly handle: number
+}
+
+/** An ESYS reference to a persistent object, with the Name of the public area ESYS holds. */
+export interface NativeReference extends NativeLoaded {
   readonly name: Uint8Array
 }
 
+/** A primary key: its Name is objectName of `public` (ESYS checked it against the TPM's). */
 export interface NativeCreatedPrimary extends NativeLoaded {
   /** Marshaled TPM2B_PUBLIC. */
   readonly public: Uint8Array

@@ -7,7 +7,7 @@ import { TpmError } from '../../src/tpm/errors.js'
 
 test('the built addon loads and exposes the documented surface', () => {
   const native = loadNative()
-  assert.equal(native.abiVersion, 2)
+  assert.equal(native.abiVersion, 3)
   assert.equal(typeof native.openContext, 'function')
   // peerCred lives in the peercred addon now (test/integration/peercred.test.ts).
   assert.equal((native as unknown as Record<string, unknown>).peerCred, undefined)
