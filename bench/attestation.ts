@@ -3,7 +3,8 @@
  *
  * 1. End-to-end latency, agent start to agent SVID: open a TpmContext, create the TPM-resident
  *    agent key (TpmKeyManager), GrpcNodeClient.attestAgent with tpmAgentAttestor against a real server
- *    ([plugins.NodeAttestor.tpm] trusting the swtpm's EK CA bundle) over loopback gRPC with TLS. The
+ *    ([plugins.NodeAttestor.tpm] trusting the swtpm's EK CA bundle) over loopback gRPC with TLS,
+ *    the agent trusting the server's published bundle (as trust_bundle_path sets it up). The
  *    server runs in its own process (bench/server-proc.ts), as agent and server never share one in
  *    a fleet; BENCH_SERVER_INPROC=1 runs it in this process instead (the figures before 2026-12-03),
  *    where the server's CPU and the agent's take turns on one thread. Median of BENCH_N runs; a warm-up run first creates the AK, so the
@@ -25,8 +26,10 @@ import { tpmAgentAttestor } from '../src/attestors/tpm/agent.js'
 import { DEFAULT_PCR_SELECTION, parseTpmServerConfig } from '../src/attestors/tpm/server.js'
 import { silentLog } from '../src/common/log.js'
 import { type TpmKey, TpmKeyManager } from '../src/keymanager/tpm.js'
+import { adminCall } from '../src/server/admin-client.js'
 import { parseServerConfig } from '../src/server/config.js'
 import { type RunningServer, startServer } from '../src/server/server.js'
+import { TrustBundle } from '../src/spiffe/bundle.js'
 import { TrustDomain } from '../src/spiffe/id.js'
 import { TpmContext } from '../src/tpm/context.js'
 import { parsePcrSpec } from '../src/tpm/structures/pcr.js'
@@ -79,6 +82,14 @@ async function main(): Promise<void> {
       proc = forkProc('server-proc.js', { env: { BENCH_SERVER_TOML: tpmToml }, profile: true })
       address = String((await proc.ready).address)
     }
+    // The trust bundle the agent starts with, as production sets it up (trust_bundle_path, not
+    // insecure_bootstrap): the agent then verifies the server's chain on every connection, and
+    // makes its channel during keygen (GrpcNodeClient.warmUp), not in its constructor.
+    const published = proc
+      ? ((await proc.ask({ op: 'admin', method: 'GET', path: '/v1/bundle?format=spiffe' }))
+          .result as Record<string, unknown>)
+      : await adminCall(inproc!.adminSocket, 'GET', '/v1/bundle?format=spiffe')
+    const bundle = TrustBundle.fromSpiffeJson(td, String(published.bundle))
     const serverCpuUs = async () => (proc ? Number((await proc.ask({ op: 'cpu' })).us) : 0)
     const serverCpuMs: number[] = []
     // This process's CPU for one floor run: the TSS marshalling, sessions and I/O of the same
@@ -97,11 +108,7 @@ async function main(): Promise<void> {
         if (process.env.BENCH_NO_SRK_HANDOFF !== '1') {
           keys.handOffSrk = (srk) => attestor.adoptSrk(srk)
         }
-        const client = new GrpcNodeClient({
-          address,
-          trustDomain: td,
-          bundle: 'insecure',
-        })
+        const client = new GrpcNodeClient({ address, trustDomain: td, bundle })
         try {
           // As the agent does (AgentIdentity.attest): the connection is set up during keygen.
           if (process.env.BENCH_NO_WARMUP !== '1') client.warmUp()
