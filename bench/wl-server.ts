@@ -18,7 +18,10 @@
  * 'rotate' answers {t0}: process.hrtime (CLOCK_MONOTONIC, the same clock in every process) when
  * the fan-out began: the bare server's first write, or the agent's first subscriber callback
  * after a re-issued SVID reached its cache.
+ * BENCH_SMAPS=<dir>: each 'gc' also writes <dir>/<role>-<n>.txt, the process's resident memory by
+ * mapping (/proc/self/smaps) and V8's heap spaces, to compare the agent's with the bare server's.
  */
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { getHeapSpaceStatistics } from 'node:v8'
 import * as grpc from '@grpc/grpc-js'
@@ -26,6 +29,34 @@ import * as grpc from '@grpc/grpc-js'
 // load in their own roles (below), so the bare process holds grpc-js and the service definition
 // alone and its RSS is a bare grpc-js server's, not one that also loaded the agent's code.
 import { workloadServiceDefinition } from '../src/agent/workload-api/service.js'
+
+let smapsNo = 0
+/** With BENCH_SMAPS set, where this process's RSS is (see the header). */
+function dumpSmaps(): void {
+  const rss = process.memoryUsage().rss
+  const dir = process.env.BENCH_SMAPS
+  if (dir) {
+    const byName = new Map<string, number>()
+    let name = '[anon]'
+    for (const line of readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+      const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line)
+      if (head) name = head[1] || '[anon]'
+      else if (line.startsWith('Rss:')) {
+        byName.set(name, (byName.get(name) ?? 0) + Number(line.split(/\s+/)[1]))
+      }
+    }
+    const rows = [...byName].sort((a, b) => b[1] - a[1]).map(([n, kb]) => `${kb} KiB ${n}`)
+    const v8 = getHeapSpaceStatistics().map(
+      (x) =>
+        `${x.space_name} used ${(x.space_used_size / 1024).toFixed(0)} KiB, committed ${(x.physical_space_size / 1024).toFixed(0)} KiB`,
+    )
+    writeFileSync(
+      join(dir, `${process.argv[2]}-${smapsNo++}.txt`),
+      [`VmRSS ${(rss / 1024).toFixed(0)} KiB`, ...rows, ...v8, ''].join('\n'),
+    )
+  }
+}
+
 import type { WorkloadSource } from '../src/agent/workload-api/types.js'
 
 type Msg =
@@ -43,6 +74,7 @@ const gc = async () => {
   // src/agent/heap-trim.ts), as after V8's own; node hands GC entries to observers when the loop
   // next wakes, hence two timers. The same wait for both processes.
   for (let i = 0; i < 2; i++) await new Promise((r) => setTimeout(r, 30))
+  dumpSmaps()
   send({ ok: true, mem: process.memoryUsage(), newSpace: newSpaceMiB() })
 }
 const newSpaceMiB = () =>
